@@ -1,0 +1,32 @@
+//! The core of keyhaven: the domain types, the [`AuthScheme`] and [`Store`]
+//! extension traits, and the errors.
+//!
+//! This crate depends on no other keyhaven crate. A third-party auth scheme or
+//! store depends on it alone, never on the `keyhaven` facade.
+
+mod clock;
+mod error;
+mod ids;
+mod model;
+mod scheme;
+mod secret;
+mod spec;
+mod store;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{BoxError, Error, ErrorKind, SchemeError, StoreError};
+pub use ids::{
+    APP_SLUG_MAX_LEN, AppSlug, ConnectedAccountId, ENTITY_ID_MAX_LEN, EntityId, IntegrationId,
+    LABEL_MAX_LEN, Label, random_bytes,
+};
+pub use model::{
+    AccountFilter, ConnectedAccount, ConnectionRequest, ConnectionRequestOutput, ConnectionStatus,
+    CredentialsUpdate, Integration, Page,
+};
+pub use scheme::{AccountContext, AuthScheme, InitiateContext, Initiated, OutgoingRequest};
+pub use secret::{Credentials, SecretFields};
+pub use spec::{FieldKind, FieldSpec, SchemeSpec, ValidatedFields, validate_fields};
+pub use store::Store;
+
+/// Re-exported so that scheme crates use the same versions as core.
+pub use {async_trait::async_trait, chrono, http, secrecy, serde_json, url};

@@ -1,0 +1,83 @@
+//! The [`Store`] trait: where integrations and connected accounts are kept.
+
+use async_trait::async_trait;
+
+use crate::error::StoreError;
+use crate::ids::{AppSlug, ConnectedAccountId, IntegrationId};
+use crate::model::{AccountFilter, ConnectedAccount, CredentialsUpdate, Integration, Page};
+use crate::secret::Credentials;
+
+/// Persistence for keyhaven. Implementations keep secrets (credentials,
+/// integration secrets) encrypted at rest where they write to disk, and must
+/// be safe to call from many tasks at once.
+///
+/// Every method either does all it says or nothing.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a new integration. A taken id is a [`StoreError::Conflict`].
+    async fn insert_integration(&self, integration: &Integration) -> Result<(), StoreError>;
+
+    /// The oldest integration with `candidate`'s app and auth scheme, or, when there is
+    /// none, `candidate` itself after storing it. Atomic: two concurrent calls for the
+    /// same app and scheme store one integration.
+    async fn find_or_insert_integration(
+        &self,
+        candidate: &Integration,
+    ) -> Result<Integration, StoreError>;
+
+    /// One integration.
+    async fn get_integration(&self, id: &IntegrationId) -> Result<Option<Integration>, StoreError>;
+
+    /// The integrations, of one app or all, oldest first.
+    async fn list_integrations(
+        &self,
+        app: Option<&AppSlug>,
+    ) -> Result<Vec<Integration>, StoreError>;
+
+    /// Deletes an integration that no account uses. `Ok(false)`: there was none.
+    /// One that accounts still use is a [`StoreError::Conflict`] and stays.
+    async fn delete_integration(&self, id: &IntegrationId) -> Result<bool, StoreError>;
+
+    /// Stores a new account with its credentials, if any. Its integration must exist.
+    async fn insert_account(
+        &self,
+        account: &ConnectedAccount,
+        credentials: Option<&Credentials>,
+    ) -> Result<(), StoreError>;
+
+    /// One account.
+    async fn get_account(
+        &self,
+        id: &ConnectedAccountId,
+    ) -> Result<Option<ConnectedAccount>, StoreError>;
+
+    /// One account with its credentials, read together.
+    async fn get_account_and_credentials(
+        &self,
+        id: &ConnectedAccountId,
+    ) -> Result<Option<(ConnectedAccount, Option<Credentials>)>, StoreError>;
+
+    /// Replaces an account if its stored `version` still equals `account.version`
+    /// (else [`StoreError::Conflict`]; a missing one is [`StoreError::Missing`]).
+    /// Returns the stored account, its version bumped.
+    async fn update_account(
+        &self,
+        account: &ConnectedAccount,
+        credentials: CredentialsUpdate<'_>,
+    ) -> Result<ConnectedAccount, StoreError>;
+
+    /// Deletes an account and its credentials. `Ok(false)`: there was none.
+    async fn delete_account(&self, id: &ConnectedAccountId) -> Result<bool, StoreError>;
+
+    /// Accounts matching `filter`, ordered by id (which is creation order), one page.
+    async fn list_accounts(
+        &self,
+        filter: &AccountFilter,
+    ) -> Result<Page<ConnectedAccount>, StoreError>;
+}
+
+impl std::fmt::Debug for dyn Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("dyn Store")
+    }
+}
