@@ -1,0 +1,420 @@
+//! The conformance suite: what every [`Store`] must do, run against each implementation.
+//!
+//! Call [`run`] with a store from your implementation; it panics, naming the
+//! check, on the first failure. Checks use fresh ids and app slugs, so the
+//! store need not be empty, and they leave their rows behind.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use keyhaven_core::{
+    AccountFilter, AppSlug, ConnectedAccount, ConnectedAccountId, ConnectionStatus, Credentials,
+    CredentialsUpdate, EntityId, Integration, IntegrationId, Label, SecretFields, Store,
+    StoreError, chrono::Utc, serde_json,
+};
+
+/// Runs every check against `store`.
+pub async fn run(store: Arc<dyn Store>) {
+    integrations_round_trip(&*store).await;
+    find_or_insert_is_atomic(store.clone()).await;
+    accounts_round_trip(&*store).await;
+    update_is_compare_and_set(store.clone()).await;
+    delete_integration_in_use_is_refused(&*store).await;
+    list_filters_and_pages(&*store).await;
+}
+
+/// A slug no other check or run uses.
+pub fn unique_app(prefix: &str) -> AppSlug {
+    let id = IntegrationId::generate().unwrap();
+    AppSlug::new(format!(
+        "{prefix}-{}",
+        &id.as_str()[id.as_str().len() - 12..]
+    ))
+    .unwrap()
+}
+
+/// An integration of `app` with a secret in it.
+pub fn integration(app: &AppSlug, scheme: &str) -> Integration {
+    let now = Utc::now();
+    let mut secrets = SecretFields::new();
+    secrets.insert("client_secret", "conformance-client-secret");
+    let mut config = serde_json::Map::new();
+    config.insert("client_id".into(), "cid".into());
+    Integration {
+        id: IntegrationId::generate().unwrap(),
+        app: app.clone(),
+        name: format!("{app} {scheme}"),
+        auth_scheme: scheme.into(),
+        scopes: vec!["read".into(), "write".into()],
+        config,
+        secrets,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// An ACTIVE account under `int`.
+pub fn account(int: &Integration, entity: &str, labels: &[&str]) -> ConnectedAccount {
+    let now = Utc::now();
+    let mut params = serde_json::Map::new();
+    params.insert("subdomain".into(), "acme".into());
+    ConnectedAccount {
+        id: ConnectedAccountId::generate().unwrap(),
+        entity_id: EntityId::new(entity).unwrap(),
+        integration_id: int.id.clone(),
+        app: int.app.clone(),
+        auth_scheme: int.auth_scheme.clone(),
+        status: ConnectionStatus::Active,
+        status_reason: None,
+        labels: labels.iter().map(|l| Label::new(*l).unwrap()).collect(),
+        params,
+        redirect_url: Some("https://app.example.com/done".into()),
+        expires_at: Some(now + keyhaven_core::chrono::Duration::hours(1)),
+        version: 1,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// Credentials holding `value` as their `token`.
+pub fn credentials(value: &str) -> Credentials {
+    let mut f = SecretFields::new();
+    f.insert("token", value);
+    f.insert(
+        "nested",
+        serde_json::json!({"refresh": format!("{value}-refresh")}),
+    );
+    Credentials::new(
+        f,
+        Some(Utc::now() + keyhaven_core::chrono::Duration::minutes(30)),
+    )
+}
+
+async fn integrations_round_trip(store: &dyn Store) {
+    let app = unique_app("round");
+    let a = integration(&app, "API_KEY");
+    let b = integration(&app, "OAUTH2");
+    store.insert_integration(&a).await.unwrap();
+    store.insert_integration(&b).await.unwrap();
+    let got = store
+        .get_integration(&a.id)
+        .await
+        .unwrap()
+        .expect("integration a is stored");
+    assert_eq!(got.id, a.id);
+    assert_eq!(got.app, a.app);
+    assert_eq!(got.scopes, a.scopes);
+    assert_eq!(got.config, a.config);
+    assert_eq!(
+        got.secrets, a.secrets,
+        "integration secrets survive a round trip"
+    );
+    let listed = store.list_integrations(Some(&app)).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|i| &i.id).collect::<Vec<_>>(),
+        [&a.id, &b.id],
+        "oldest first"
+    );
+    assert!(matches!(
+        store.insert_integration(&a).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(store.delete_integration(&b.id).await.unwrap());
+    assert!(!store.delete_integration(&b.id).await.unwrap());
+    assert!(store.get_integration(&b.id).await.unwrap().is_none());
+}
+
+async fn find_or_insert_is_atomic(store: Arc<dyn Store>) {
+    let app = unique_app("race");
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let store = store.clone();
+        let candidate = integration(&app, "API_KEY");
+        tasks.push(tokio::spawn(async move {
+            store.find_or_insert_integration(&candidate).await
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap().unwrap().id);
+    }
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        1,
+        "concurrent find_or_insert stores one integration"
+    );
+    assert_eq!(store.list_integrations(Some(&app)).await.unwrap().len(), 1);
+    // Another scheme for the same app is another integration.
+    let other = store
+        .find_or_insert_integration(&integration(&app, "BASIC"))
+        .await
+        .unwrap();
+    assert_ne!(other.id, ids[0]);
+}
+
+async fn accounts_round_trip(store: &dyn Store) {
+    let app = unique_app("acct");
+    let int = integration(&app, "API_KEY");
+    let orphan = account(&int, "alice", &[]);
+    assert!(
+        store.insert_account(&orphan, None).await.is_err(),
+        "an account needs its integration"
+    );
+    store.insert_integration(&int).await.unwrap();
+    let acc = account(&int, "alice", &["a", "b"]);
+    let creds = credentials("secret-token-1");
+    store.insert_account(&acc, Some(&creds)).await.unwrap();
+    assert!(matches!(
+        store.insert_account(&acc, None).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let got = store.get_account(&acc.id).await.unwrap().unwrap();
+    assert_eq!(normalised(&got), normalised(&acc));
+    let (got, got_creds) = store
+        .get_account_and_credentials(&acc.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.id, acc.id);
+    let got_creds = got_creds.expect("credentials stored");
+    assert_eq!(got_creds.expose(), creds.expose());
+    assert_eq!(
+        got_creds.expires_at().map(|t| t.timestamp_millis()),
+        creds.expires_at().map(|t| t.timestamp_millis())
+    );
+    assert!(store.delete_account(&acc.id).await.unwrap());
+    assert!(!store.delete_account(&acc.id).await.unwrap());
+    assert!(store.get_account(&acc.id).await.unwrap().is_none());
+    assert!(
+        store
+            .get_account_and_credentials(&acc.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// Timestamps to the millisecond: stores may keep less precision than chrono.
+fn normalised(a: &ConnectedAccount) -> ConnectedAccount {
+    let mut a = a.clone();
+    let ms = |t: keyhaven_core::chrono::DateTime<Utc>| {
+        keyhaven_core::chrono::DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap()
+    };
+    a.created_at = ms(a.created_at);
+    a.updated_at = ms(a.updated_at);
+    a.expires_at = a.expires_at.map(ms);
+    a
+}
+
+async fn update_is_compare_and_set(store: Arc<dyn Store>) {
+    let app = unique_app("cas");
+    let int = integration(&app, "API_KEY");
+    store.insert_integration(&int).await.unwrap();
+    let acc = account(&int, "bob", &[]);
+    store
+        .insert_account(&acc, Some(&credentials("v1")))
+        .await
+        .unwrap();
+
+    let mut changed = acc.clone();
+    changed.status = ConnectionStatus::Inactive;
+    changed.status_reason = Some("disabled".into());
+    let stored = store
+        .update_account(&changed, CredentialsUpdate::Keep)
+        .await
+        .unwrap();
+    assert_eq!(stored.version, acc.version + 1);
+    let (now, creds) = store
+        .get_account_and_credentials(&acc.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(now.status, ConnectionStatus::Inactive);
+    assert_eq!(now.version, stored.version);
+    assert_eq!(creds.unwrap().get_str("token"), Some("v1"), "Keep keeps");
+
+    // A stale version is refused and changes nothing.
+    assert!(matches!(
+        store
+            .update_account(&changed, CredentialsUpdate::Clear)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let (_, creds) = store
+        .get_account_and_credentials(&acc.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(creds.is_some(), "a refused update changes nothing");
+
+    let v2 = credentials("v2");
+    let stored = store
+        .update_account(&stored, CredentialsUpdate::Set(&v2))
+        .await
+        .unwrap();
+    let (_, creds) = store
+        .get_account_and_credentials(&acc.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(creds.unwrap().get_str("token"), Some("v2"), "Set replaces");
+    let stored = store
+        .update_account(&stored, CredentialsUpdate::Clear)
+        .await
+        .unwrap();
+    let (_, creds) = store
+        .get_account_and_credentials(&acc.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(creds.is_none(), "Clear clears");
+
+    // Of concurrent writers from the same version, exactly one wins.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = store.clone();
+        let mut mine = stored.clone();
+        mine.status_reason = Some(format!("writer {i}"));
+        tasks.push(tokio::spawn(async move {
+            store.update_account(&mine, CredentialsUpdate::Keep).await
+        }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => wins += 1,
+            Err(StoreError::Conflict(_)) => {}
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert_eq!(
+        wins, 1,
+        "compare-and-set lets one of concurrent writers win"
+    );
+
+    let mut ghost = account(&int, "bob", &[]);
+    ghost.version = 1;
+    assert!(matches!(
+        store.update_account(&ghost, CredentialsUpdate::Keep).await,
+        Err(StoreError::Missing { .. })
+    ));
+}
+
+async fn delete_integration_in_use_is_refused(store: &dyn Store) {
+    let app = unique_app("inuse");
+    let int = integration(&app, "API_KEY");
+    store.insert_integration(&int).await.unwrap();
+    let acc = account(&int, "carol", &[]);
+    store.insert_account(&acc, None).await.unwrap();
+    assert!(matches!(
+        store.delete_integration(&int.id).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(store.get_integration(&int.id).await.unwrap().is_some());
+    store.delete_account(&acc.id).await.unwrap();
+    assert!(store.delete_integration(&int.id).await.unwrap());
+}
+
+async fn list_filters_and_pages(store: &dyn Store) {
+    let app1 = unique_app("list");
+    let app2 = unique_app("list");
+    let i1 = integration(&app1, "API_KEY");
+    let i2 = integration(&app2, "API_KEY");
+    store.insert_integration(&i1).await.unwrap();
+    store.insert_integration(&i2).await.unwrap();
+    let entity = format!("e-{}", &i1.id.as_str()[4..16]);
+    let mut made = Vec::new();
+    for n in 0..25 {
+        let int = if n % 2 == 0 { &i1 } else { &i2 };
+        let labels: &[&str] = match n % 3 {
+            0 => &["red", "big"],
+            1 => &["red"],
+            _ => &[],
+        };
+        let mut acc = account(int, &entity, labels);
+        if n % 5 == 0 {
+            acc.status = ConnectionStatus::Expired;
+        }
+        store.insert_account(&acc, None).await.unwrap();
+        made.push(acc);
+    }
+    let ent = EntityId::new(entity.clone()).unwrap();
+    let by = |f: AccountFilter| async move {
+        let mut out = Vec::new();
+        let mut f = f;
+        loop {
+            let page = store.list_accounts(&f).await.unwrap();
+            assert!(page.items.len() <= f.effective_limit());
+            out.extend(page.items.into_iter().map(|a| a.id));
+            match page.next_cursor {
+                Some(c) => f.after = Some(ConnectedAccountId::parse(&c).unwrap()),
+                None => break,
+            }
+        }
+        out
+    };
+    let expect = |pred: &dyn Fn(usize, &ConnectedAccount) -> bool| -> Vec<ConnectedAccountId> {
+        made.iter()
+            .enumerate()
+            .filter(|(n, a)| pred(*n, a))
+            .map(|(_, a)| a.id.clone())
+            .collect()
+    };
+
+    let all = by(AccountFilter {
+        entity_ids: vec![ent.clone()],
+        limit: 4,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        all,
+        expect(&|_, _| true),
+        "pages of 4 give every account once, in order"
+    );
+
+    let red = vec![Label::new("red").unwrap()];
+    let red_big = vec![Label::new("red").unwrap(), Label::new("big").unwrap()];
+    let got = by(AccountFilter {
+        entity_ids: vec![ent.clone()],
+        labels: red,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(got, expect(&|n, _| n % 3 != 2), "label filter");
+    let got = by(AccountFilter {
+        entity_ids: vec![ent.clone()],
+        labels: red_big,
+        limit: 3,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(got, expect(&|n, _| n % 3 == 0), "all labels must match");
+    let got = by(AccountFilter {
+        entity_ids: vec![ent.clone()],
+        apps: vec![app2.clone()],
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(got, expect(&|n, _| n % 2 == 1), "app filter");
+    let got = by(AccountFilter {
+        entity_ids: vec![ent.clone()],
+        integration_ids: vec![i1.id.clone()],
+        statuses: vec![ConnectionStatus::Expired],
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        got,
+        expect(&|n, _| n % 2 == 0 && n % 5 == 0),
+        "integration and status filters"
+    );
+    let none = by(AccountFilter {
+        entity_ids: vec![EntityId::new(format!("{entity}-nobody")).unwrap()],
+        ..Default::default()
+    })
+    .await;
+    assert!(none.is_empty());
+}

@@ -1,0 +1,218 @@
+//! An in-memory store: everything in one lock-protected map, gone when dropped.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use keyhaven_core::{
+    AccountFilter, AppSlug, ConnectedAccount, ConnectedAccountId, Credentials, CredentialsUpdate,
+    Integration, IntegrationId, Page, Store, StoreError,
+};
+use parking_lot::RwLock;
+
+#[derive(Default)]
+struct State {
+    integrations: BTreeMap<IntegrationId, Integration>,
+    accounts: BTreeMap<ConnectedAccountId, (ConnectedAccount, Option<Credentials>)>,
+}
+
+/// A [`Store`] in memory, safe under concurrent use. Keeps nothing once dropped.
+///
+/// Every operation takes one lock for its whole duration and never awaits while
+/// holding it, so each is atomic.
+#[derive(Default)]
+pub struct MemoryStore {
+    state: RwLock<State>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.state.read();
+        f.debug_struct("MemoryStore")
+            .field("integrations", &state.integrations.len())
+            .field("accounts", &state.accounts.len())
+            .finish()
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn insert_integration(&self, integration: &Integration) -> Result<(), StoreError> {
+        let mut state = self.state.write();
+        if state.integrations.contains_key(&integration.id) {
+            return Err(StoreError::Conflict(format!(
+                "integration {} exists",
+                integration.id
+            )));
+        }
+        state
+            .integrations
+            .insert(integration.id.clone(), integration.clone());
+        Ok(())
+    }
+
+    async fn find_or_insert_integration(
+        &self,
+        candidate: &Integration,
+    ) -> Result<Integration, StoreError> {
+        let mut state = self.state.write();
+        let existing = state
+            .integrations
+            .values()
+            .filter(|i| i.app == candidate.app && i.auth_scheme == candidate.auth_scheme)
+            .min_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)))
+            .cloned();
+        if let Some(found) = existing {
+            return Ok(found);
+        }
+        if state.integrations.contains_key(&candidate.id) {
+            return Err(StoreError::Conflict(format!(
+                "integration {} exists",
+                candidate.id
+            )));
+        }
+        state
+            .integrations
+            .insert(candidate.id.clone(), candidate.clone());
+        Ok(candidate.clone())
+    }
+
+    async fn get_integration(&self, id: &IntegrationId) -> Result<Option<Integration>, StoreError> {
+        Ok(self.state.read().integrations.get(id).cloned())
+    }
+
+    async fn list_integrations(
+        &self,
+        app: Option<&AppSlug>,
+    ) -> Result<Vec<Integration>, StoreError> {
+        let state = self.state.read();
+        let mut out: Vec<Integration> = state
+            .integrations
+            .values()
+            .filter(|i| app.is_none_or(|a| &i.app == a))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out)
+    }
+
+    async fn delete_integration(&self, id: &IntegrationId) -> Result<bool, StoreError> {
+        let mut state = self.state.write();
+        let used = state
+            .accounts
+            .values()
+            .filter(|(a, _)| &a.integration_id == id)
+            .count();
+        if used > 0 {
+            return Err(StoreError::Conflict(format!(
+                "integration {id} is used by {used} connected account(s); delete them first"
+            )));
+        }
+        Ok(state.integrations.remove(id).is_some())
+    }
+
+    async fn insert_account(
+        &self,
+        account: &ConnectedAccount,
+        credentials: Option<&Credentials>,
+    ) -> Result<(), StoreError> {
+        let mut state = self.state.write();
+        if !state.integrations.contains_key(&account.integration_id) {
+            return Err(StoreError::Missing {
+                kind: "integration",
+                id: account.integration_id.to_string(),
+            });
+        }
+        if state.accounts.contains_key(&account.id) {
+            return Err(StoreError::Conflict(format!(
+                "connected account {} exists",
+                account.id
+            )));
+        }
+        state
+            .accounts
+            .insert(account.id.clone(), (account.clone(), credentials.cloned()));
+        Ok(())
+    }
+
+    async fn get_account(
+        &self,
+        id: &ConnectedAccountId,
+    ) -> Result<Option<ConnectedAccount>, StoreError> {
+        Ok(self.state.read().accounts.get(id).map(|(a, _)| a.clone()))
+    }
+
+    async fn get_account_and_credentials(
+        &self,
+        id: &ConnectedAccountId,
+    ) -> Result<Option<(ConnectedAccount, Option<Credentials>)>, StoreError> {
+        Ok(self.state.read().accounts.get(id).cloned())
+    }
+
+    async fn update_account(
+        &self,
+        account: &ConnectedAccount,
+        credentials: CredentialsUpdate<'_>,
+    ) -> Result<ConnectedAccount, StoreError> {
+        let mut state = self.state.write();
+        let Some((stored, creds)) = state.accounts.get_mut(&account.id) else {
+            return Err(StoreError::Missing {
+                kind: "connected account",
+                id: account.id.to_string(),
+            });
+        };
+        if stored.version != account.version {
+            return Err(StoreError::Conflict(format!(
+                "connected account {} changed since it was read (version {} now, {} given)",
+                account.id, stored.version, account.version
+            )));
+        }
+        let mut next = account.clone();
+        next.version = stored.version + 1;
+        match credentials {
+            CredentialsUpdate::Keep => {}
+            CredentialsUpdate::Set(c) => *creds = Some(c.clone()),
+            CredentialsUpdate::Clear => *creds = None,
+        }
+        *stored = next.clone();
+        Ok(next)
+    }
+
+    async fn delete_account(&self, id: &ConnectedAccountId) -> Result<bool, StoreError> {
+        Ok(self.state.write().accounts.remove(id).is_some())
+    }
+
+    async fn list_accounts(
+        &self,
+        filter: &AccountFilter,
+    ) -> Result<Page<ConnectedAccount>, StoreError> {
+        let limit = filter.effective_limit();
+        let state = self.state.read();
+        let range = match &filter.after {
+            Some(after) => state.accounts.range((
+                std::ops::Bound::Excluded(after.clone()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => state.accounts.range(..),
+        };
+        let mut items: Vec<ConnectedAccount> = range
+            .map(|(_, (a, _))| a)
+            .filter(|a| filter.matches(a))
+            .take(limit + 1)
+            .cloned()
+            .collect();
+        let next_cursor = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|a| a.id.to_string())
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+}
