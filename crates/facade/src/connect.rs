@@ -1,0 +1,277 @@
+//! Initiating connections: resolve the integration, check the request, run the scheme, store.
+
+use keyhaven_core::{
+    AccountFilter, AppSlug, ConnectedAccount, ConnectedAccountId, ConnectionRequest,
+    ConnectionRequestOutput, ConnectionStatus, EntityId, Error, InitiateContext, Initiated,
+    Integration, IntegrationId, Label, url::Url, validate_fields,
+};
+
+use crate::Keyhaven;
+use crate::integrations::{build_integration, not_found, validate_config};
+
+/// One end user of the app, as returned by [`Keyhaven::entity`].
+#[derive(Debug, Clone)]
+pub struct Entity<'a> {
+    kh: &'a Keyhaven,
+    id: EntityId,
+}
+
+impl Keyhaven {
+    /// The entity `id` (validated: 1 to 128 characters of `[A-Za-z0-9._@:+-]`).
+    ///
+    /// # Errors
+    /// An invalid id.
+    pub fn entity(&self, id: &str) -> Result<Entity<'_>, Error> {
+        Ok(Entity {
+            kh: self,
+            id: EntityId::new(id)?,
+        })
+    }
+
+    /// The `"default"` entity.
+    pub fn default_entity(&self) -> Entity<'_> {
+        Entity {
+            kh: self,
+            id: EntityId::default(),
+        }
+    }
+
+    /// Connects an entity (the request's `entity_id`, `"default"` when absent) to a service.
+    ///
+    /// With `integration_id`, that integration is used. With `app` alone, the oldest
+    /// integration of the app with the requested scheme (`OAUTH2` when none) is used,
+    /// and created from the request's `auth_config` when there is none yet.
+    ///
+    /// # Errors
+    /// Any invalid field, named in the error; an unknown scheme or integration. Nothing
+    /// is stored then.
+    pub async fn initiate_connection(
+        &self,
+        request: ConnectionRequest,
+    ) -> Result<ConnectionRequestOutput, Error> {
+        let entity = match request.entity_id.as_deref() {
+            Some(e) => EntityId::new(e)?,
+            None => EntityId::default(),
+        };
+        let labels = parse_labels(&request.labels)?;
+        let redirect_url = request
+            .redirect_url
+            .as_deref()
+            .map(parse_redirect_url)
+            .transpose()?;
+        let app = request.app.as_deref().map(AppSlug::new).transpose()?;
+        let (integration, created) = self.resolve_integration(&request, app).await?;
+        let scheme = self.schemes().get(&integration.auth_scheme)?;
+        let params = validate_fields(
+            &scheme.spec().params,
+            "connected_account_params",
+            &request.connected_account_params,
+        )?;
+
+        let account_id = ConnectedAccountId::generate()?;
+        let now = self.now();
+        let cx = InitiateContext::new(&integration, &account_id, &entity, &params, now)
+            .with_redirect_url(redirect_url.as_ref());
+        let initiated = scheme.initiate(cx).await?;
+
+        let integration = if created {
+            let stored = self
+                .store()
+                .find_or_insert_integration(&integration)
+                .await?;
+            if stored.id == integration.id {
+                tracing::info!(integration = %stored.id, app = %stored.app, scheme = %stored.auth_scheme, "integration created by initiate");
+            }
+            stored
+        } else {
+            integration
+        };
+        let Initiated::Active { credentials } = initiated;
+        let account = ConnectedAccount {
+            id: account_id,
+            entity_id: entity,
+            integration_id: integration.id.clone(),
+            app: integration.app.clone(),
+            auth_scheme: integration.auth_scheme.clone(),
+            status: ConnectionStatus::Active,
+            status_reason: None,
+            labels,
+            params: params.public,
+            redirect_url: redirect_url.map(String::from),
+            expires_at: credentials.expires_at(),
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store()
+            .insert_account(&account, Some(&credentials))
+            .await?;
+        tracing::info!(account = %account.id, entity = %account.entity_id, app = %account.app, status = %account.status, "connection initiated");
+        Ok(ConnectionRequestOutput {
+            connection_status: account.status,
+            connected_account_id: account.id,
+            redirect_url: None,
+        })
+    }
+
+    /// The integration a request names, or the one its app should use. The flag says
+    /// whether it is a new one, not stored yet.
+    async fn resolve_integration(
+        &self,
+        request: &ConnectionRequest,
+        app: Option<AppSlug>,
+    ) -> Result<(Integration, bool), Error> {
+        let scheme_name = request.auth_scheme.as_deref().map(str::to_ascii_uppercase);
+        if let Some(id) = request.integration_id.as_deref() {
+            let parsed = IntegrationId::parse(id)?;
+            let integration = self
+                .store()
+                .get_integration(&parsed)
+                .await?
+                .ok_or_else(|| not_found(id))?;
+            if let Some(app) = app.filter(|a| *a != integration.app) {
+                return Err(Error::invalid(
+                    "app",
+                    format!(
+                        "integration {id} is for app {:?}, not {:?}; leave app out or pick an integration of {app:?}",
+                        integration.app.as_str(),
+                        app.as_str()
+                    ),
+                ));
+            }
+            if let Some(name) = scheme_name.filter(|s| *s != integration.auth_scheme) {
+                return Err(Error::invalid(
+                    "auth_scheme",
+                    format!(
+                        "integration {id} uses {}, not {name}; leave auth_scheme out or pick another integration",
+                        integration.auth_scheme
+                    ),
+                ));
+            }
+            if !request.auth_config.is_empty() {
+                return Err(Error::invalid(
+                    "auth_config",
+                    format!("integration {id} already has its auth config; leave auth_config out"),
+                ));
+            }
+            return Ok((integration, false));
+        }
+        let Some(app) = app else {
+            return Err(Error::invalid(
+                "integration_id",
+                "give integration_id, or app to use (or create) that app's integration",
+            ));
+        };
+        let scheme_name = scheme_name.unwrap_or_else(|| ConnectionRequest::DEFAULT_SCHEME.into());
+        let scheme = self.schemes().get(&scheme_name)?;
+        let existing = self
+            .store()
+            .list_integrations(Some(&app))
+            .await?
+            .into_iter()
+            .find(|i| i.auth_scheme == scheme.name());
+        match existing {
+            Some(integration) => {
+                if !request.auth_config.is_empty() {
+                    let config = validate_config(scheme.as_ref(), &request.auth_config)?;
+                    if config.public != integration.config || config.secret != integration.secrets {
+                        return Err(Error::invalid(
+                            "auth_config",
+                            format!(
+                                "differs from the auth config of integration {} that app {app} already has for {}; leave auth_config out to use it, or create another integration and pass its integration_id",
+                                integration.id, integration.auth_scheme
+                            ),
+                        ));
+                    }
+                }
+                Ok((integration, false))
+            }
+            None => Ok((
+                build_integration(self, app, scheme.as_ref(), None, &[], &request.auth_config)?,
+                true,
+            )),
+        }
+    }
+}
+
+impl<'a> Entity<'a> {
+    /// The entity's id.
+    pub fn id(&self) -> &EntityId {
+        &self.id
+    }
+
+    /// Connects this entity: [`Keyhaven::initiate_connection`] with its id.
+    ///
+    /// # Errors
+    /// Those of [`Keyhaven::initiate_connection`], and a request naming another entity.
+    pub async fn initiate_connection(
+        &self,
+        mut request: ConnectionRequest,
+    ) -> Result<ConnectionRequestOutput, Error> {
+        match request.entity_id.as_deref() {
+            Some(other) if other != self.id.as_str() => {
+                return Err(Error::invalid(
+                    "entity_id",
+                    format!(
+                        "the request names entity {other:?} but was made for entity {:?}; leave entity_id out",
+                        self.id.as_str()
+                    ),
+                ));
+            }
+            _ => request.entity_id = Some(self.id.to_string()),
+        }
+        self.kh.initiate_connection(request).await
+    }
+
+    /// Every connected account of this entity, oldest first.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn connections(&self) -> Result<Vec<ConnectedAccount>, Error> {
+        self.kh
+            .connected_accounts()
+            .list_all(AccountFilter {
+                entity_ids: vec![self.id.clone()],
+                ..Default::default()
+            })
+            .await
+    }
+
+    /// The newest ACTIVE account of this entity for `app`, if any.
+    ///
+    /// # Errors
+    /// An invalid app slug, or a store failure.
+    pub async fn connection(&self, app: &str) -> Result<Option<ConnectedAccount>, Error> {
+        let filter = AccountFilter {
+            entity_ids: vec![self.id.clone()],
+            apps: vec![AppSlug::new(app)?],
+            statuses: vec![ConnectionStatus::Active],
+            ..Default::default()
+        };
+        Ok(self.kh.connected_accounts().list_all(filter).await?.pop())
+    }
+}
+
+fn parse_labels(raw: &[String]) -> Result<Vec<Label>, Error> {
+    let mut out: Vec<Label> = Vec::with_capacity(raw.len());
+    for l in raw {
+        let label = Label::new(l.as_str())?;
+        if !out.contains(&label) {
+            out.push(label);
+        }
+    }
+    if out.len() > 32 {
+        return Err(Error::invalid("labels", "at most 32 labels per connection"));
+    }
+    Ok(out)
+}
+
+fn parse_redirect_url(raw: &str) -> Result<Url, Error> {
+    match Url::parse(raw) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(u),
+        _ => Err(Error::invalid(
+            "redirect_url",
+            "must be an absolute http(s) URL such as https://app.example.com/connected",
+        )),
+    }
+}

@@ -1,0 +1,226 @@
+//! Integrations: the app's auth configuration for one service.
+
+use std::sync::OnceLock;
+
+use keyhaven_core::{
+    AppSlug, AuthScheme, ConnectionRequest, Error, FieldKind, FieldSpec, Integration,
+    IntegrationId, SecretFields, ValidatedFields, validate_fields,
+};
+use serde::Deserialize;
+
+use crate::Keyhaven;
+
+/// A new integration. Deserializes from both spellings of each field
+/// (`app` / `appName`, `auth_scheme` / `authScheme`, `auth_config` / `authConfig`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct NewIntegration {
+    /// The service.
+    #[serde(alias = "appName", alias = "app_name")]
+    pub app: String,
+    /// A name; the app slug and scheme when absent.
+    pub name: Option<String>,
+    /// The scheme; `OAUTH2` when absent.
+    #[serde(alias = "authScheme")]
+    pub auth_scheme: Option<String>,
+    /// OAuth scopes.
+    pub scopes: Vec<String>,
+    /// The scheme's config fields plus the common ones (`base_url`). Secret ones are encrypted.
+    #[serde(alias = "authConfig")]
+    pub auth_config: SecretFields,
+}
+
+impl NewIntegration {
+    /// An integration of `app` with `scheme`.
+    pub fn new(app: impl Into<String>, scheme: impl Into<String>) -> Self {
+        Self {
+            app: app.into(),
+            auth_scheme: Some(scheme.into()),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the name.
+    #[must_use]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Sets a config field.
+    #[must_use]
+    pub fn config(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<keyhaven_core::serde_json::Value>,
+    ) -> Self {
+        self.auth_config.insert(key, value);
+        self
+    }
+
+    /// Adds a scope.
+    #[must_use]
+    pub fn scope(mut self, scope: impl Into<String>) -> Self {
+        self.scopes.push(scope.into());
+        self
+    }
+}
+
+/// Config fields every integration may have, whatever its scheme.
+fn common_config() -> &'static [FieldSpec] {
+    static COMMON: OnceLock<Vec<FieldSpec>> = OnceLock::new();
+    COMMON.get_or_init(|| {
+        vec![
+            FieldSpec::optional(
+                "base_url",
+                "The base URL of the service's API, for proxied requests.",
+            )
+            .kind(FieldKind::Url),
+        ]
+    })
+}
+
+/// Checks an auth config against the scheme's config fields and the common ones.
+pub(crate) fn validate_config(
+    scheme: &dyn AuthScheme,
+    input: &SecretFields,
+) -> Result<ValidatedFields, Error> {
+    let mut fields = scheme.spec().config.clone();
+    for common in common_config() {
+        if !fields.iter().any(|f| f.name == common.name) {
+            fields.push(common.clone());
+        }
+    }
+    validate_fields(&fields, "auth_config", input)
+}
+
+fn validate_scopes(scopes: &[String]) -> Result<Vec<String>, Error> {
+    let mut out: Vec<String> = Vec::with_capacity(scopes.len());
+    for scope in scopes {
+        if scope.is_empty() || scope.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(Error::invalid(
+                "scopes",
+                format!(
+                    "{scope:?} is not a scope: give each scope as its own item, without spaces"
+                ),
+            ));
+        }
+        if !out.contains(scope) {
+            out.push(scope.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Builds an integration (not stored) after checking every field.
+pub(crate) fn build_integration(
+    kh: &Keyhaven,
+    app: AppSlug,
+    scheme: &dyn AuthScheme,
+    name: Option<String>,
+    scopes: &[String],
+    auth_config: &SecretFields,
+) -> Result<Integration, Error> {
+    let config = validate_config(scheme, auth_config)?;
+    let scopes = validate_scopes(scopes)?;
+    let name = match name {
+        Some(n) if n.trim().is_empty() || n.len() > 200 => {
+            return Err(Error::invalid("name", "must be 1 to 200 characters"));
+        }
+        Some(n) => n,
+        None => format!("{app} ({})", scheme.name()),
+    };
+    let now = kh.now();
+    Ok(Integration {
+        id: IntegrationId::generate()?,
+        app,
+        name,
+        auth_scheme: scheme.name().to_owned(),
+        scopes,
+        config: config.public,
+        secrets: config.secret,
+        created_at: now,
+        updated_at: now,
+    })
+}
+
+pub(crate) fn not_found(id: &str) -> Error {
+    Error::NotFound {
+        kind: "integration",
+        id: id.to_owned(),
+        hint: "list the integrations to find the right id, or initiate by app to create one",
+    }
+}
+
+/// The integrations of a [`Keyhaven`].
+#[derive(Debug, Clone, Copy)]
+pub struct Integrations<'a> {
+    kh: &'a Keyhaven,
+}
+
+impl<'a> Integrations<'a> {
+    pub(crate) fn new(kh: &'a Keyhaven) -> Self {
+        Self { kh }
+    }
+
+    /// Creates an integration; several may exist for one app.
+    ///
+    /// # Errors
+    /// An invalid app slug, an unknown scheme, a config field that is unknown,
+    /// missing, empty or malformed, a bad scope. Nothing is stored then.
+    pub async fn create(&self, new: NewIntegration) -> Result<Integration, Error> {
+        let app = AppSlug::new(new.app)?;
+        let scheme_name = new
+            .auth_scheme
+            .as_deref()
+            .unwrap_or(ConnectionRequest::DEFAULT_SCHEME);
+        let scheme = self.kh.schemes().get(scheme_name)?;
+        let integration = build_integration(
+            self.kh,
+            app,
+            scheme.as_ref(),
+            new.name,
+            &new.scopes,
+            &new.auth_config,
+        )?;
+        self.kh.store().insert_integration(&integration).await?;
+        tracing::info!(integration = %integration.id, app = %integration.app, scheme = %integration.auth_scheme, "integration created");
+        Ok(integration)
+    }
+
+    /// One integration.
+    ///
+    /// # Errors
+    /// A malformed id, or none with that id.
+    pub async fn get(&self, id: &str) -> Result<Integration, Error> {
+        let parsed = IntegrationId::parse(id)?;
+        self.kh
+            .store()
+            .get_integration(&parsed)
+            .await?
+            .ok_or_else(|| not_found(id))
+    }
+
+    /// The integrations, of one app or all, oldest first.
+    ///
+    /// # Errors
+    /// A malformed app slug, or a store failure.
+    pub async fn list(&self, app: Option<&str>) -> Result<Vec<Integration>, Error> {
+        let app = app.map(AppSlug::new).transpose()?;
+        Ok(self.kh.store().list_integrations(app.as_ref()).await?)
+    }
+
+    /// Deletes an integration no account uses.
+    ///
+    /// # Errors
+    /// None with that id, or connected accounts still use it (delete them first).
+    pub async fn delete(&self, id: &str) -> Result<(), Error> {
+        let parsed = IntegrationId::parse(id)?;
+        match self.kh.store().delete_integration(&parsed).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(not_found(id)),
+            Err(keyhaven_core::StoreError::Conflict(why)) => Err(Error::Conflict(why)),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,810 @@
+//! The library API end to end with the static schemes: integrations, initiate,
+//! listing, status changes, credentials, and bad input that must change nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use keyhaven::{
+    AccountFilter, ConnectedAccount, ConnectionRequest, ConnectionStatus, EntityId, ErrorKind,
+    Integration, Keyhaven, Label, MemoryStore, NewIntegration, OutgoingRequest, http::Method,
+    serde_json, url::Url,
+};
+
+const SECRET: &str = "sk-test-0123456789-SECRET";
+
+fn kh() -> Keyhaven {
+    Keyhaven::builder()
+        .store(MemoryStore::new())
+        .build()
+        .unwrap()
+}
+
+fn openai(key: &str) -> ConnectionRequest {
+    ConnectionRequest::for_app("openai")
+        .scheme("API_KEY")
+        .param("api_key", key)
+}
+
+/// Everything in the store, to compare before and after a refused call.
+async fn snapshot(kh: &Keyhaven) -> (Vec<Integration>, Vec<ConnectedAccount>) {
+    let ints = kh.integrations().list(None).await.unwrap();
+    let accs = kh
+        .connected_accounts()
+        .list_all(AccountFilter::default())
+        .await
+        .unwrap();
+    (ints, accs)
+}
+
+fn ids(s: &(Vec<Integration>, Vec<ConnectedAccount>)) -> (Vec<String>, Vec<(String, u64)>) {
+    (
+        s.0.iter().map(|i| i.id.to_string()).collect(),
+        s.1.iter().map(|a| (a.id.to_string(), a.version)).collect(),
+    )
+}
+
+#[tokio::test]
+async fn api_key_connection_is_active_at_once_for_the_default_entity() {
+    let kh = kh();
+    let out = kh.initiate_connection(openai(SECRET)).await.unwrap();
+    assert_eq!(out.connection_status, ConnectionStatus::Active);
+    assert_eq!(out.redirect_url, None);
+    let account = kh
+        .connected_accounts()
+        .get(out.connected_account_id.as_str())
+        .await
+        .unwrap();
+    assert_eq!(account.entity_id, EntityId::default());
+    assert_eq!(account.entity_id.as_str(), "default");
+    assert_eq!(account.app.as_str(), "openai");
+    assert_eq!(account.auth_scheme, "API_KEY");
+    let creds = kh.credentials(account.id.as_str()).await.unwrap();
+    assert_eq!(creds.get_str("api_key"), Some(SECRET));
+    // The default entity handle sees it; another entity does not.
+    assert_eq!(kh.default_entity().connections().await.unwrap().len(), 1);
+    assert!(
+        kh.entity("bob")
+            .unwrap()
+            .connections()
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        kh.default_entity()
+            .connection("openai")
+            .await
+            .unwrap()
+            .map(|a| a.id),
+        Some(account.id)
+    );
+}
+
+#[tokio::test]
+async fn output_uses_the_seed_wire_names() {
+    let kh = kh();
+    let out = kh
+        .entity("alice")
+        .unwrap()
+        .initiate_connection(openai(SECRET))
+        .await
+        .unwrap();
+    let json = serde_json::to_value(&out).unwrap();
+    assert_eq!(json["connectionStatus"], "ACTIVE");
+    assert_eq!(
+        json["connectedAccountId"],
+        out.connected_account_id.as_str()
+    );
+    assert!(json.as_object().unwrap().contains_key("redirectUrl"));
+}
+
+#[tokio::test]
+async fn request_accepts_both_spellings() {
+    let kh = kh();
+    let camel: ConnectionRequest = serde_json::from_value(serde_json::json!({
+        "appName": "openai", "entityId": "alice", "authScheme": "API_KEY",
+        "data": {"api_key": SECRET}, "labels": ["x"], "redirectUri": "https://app.example.com/cb"
+    }))
+    .unwrap();
+    let snake: ConnectionRequest = serde_json::from_value(serde_json::json!({
+        "app": "openai", "entity_id": "alice", "auth_scheme": "API_KEY",
+        "connected_account_params": {"api_key": SECRET}, "labels": ["x"],
+        "redirect_url": "https://app.example.com/cb"
+    }))
+    .unwrap();
+    for req in [camel, snake] {
+        assert!(
+            !format!("{req:?}").contains(SECRET),
+            "a request's Debug hides params"
+        );
+        let out = kh.initiate_connection(req).await.unwrap();
+        let acc = kh
+            .connected_accounts()
+            .get(out.connected_account_id.as_str())
+            .await
+            .unwrap();
+        assert_eq!(acc.entity_id.as_str(), "alice");
+        assert_eq!(acc.labels, vec![Label::new("x").unwrap()]);
+        assert_eq!(
+            acc.redirect_url.as_deref(),
+            Some("https://app.example.com/cb")
+        );
+    }
+    assert_eq!(
+        kh.integrations().list(Some("openai")).await.unwrap().len(),
+        1
+    );
+    let by_id: ConnectionRequest = serde_json::from_value(serde_json::json!({
+        "integrationId": kh.integrations().list(None).await.unwrap()[0].id,
+        "connectedAccountParams": {"api_key": SECRET}
+    }))
+    .unwrap();
+    kh.initiate_connection(by_id).await.unwrap();
+}
+
+#[tokio::test]
+async fn several_integrations_for_one_app() {
+    let kh = kh();
+    let a = kh
+        .integrations()
+        .create(NewIntegration::new("github", "BEARER_TOKEN").name("GitHub PAT"))
+        .await
+        .unwrap();
+    let b = kh
+        .integrations()
+        .create(
+            NewIntegration::new("github", "API_KEY")
+                .name("GitHub via header")
+                .config("header_name", "x-token")
+                .config("header_format", "token {api_key}")
+                .config("base_url", "https://api.github.com"),
+        )
+        .await
+        .unwrap();
+    let c = kh
+        .integrations()
+        .create(NewIntegration::new("github", "BEARER_TOKEN").name("second PAT"))
+        .await
+        .unwrap();
+    let listed: Vec<_> = kh
+        .integrations()
+        .list(Some("github"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(listed, [a.id.clone(), b.id.clone(), c.id.clone()]);
+    assert_eq!(
+        kh.integrations()
+            .get(b.id.as_str())
+            .await
+            .unwrap()
+            .config_str("base_url"),
+        Some("https://api.github.com")
+    );
+
+    // Connect through a chosen integration, and through the other one of the same scheme.
+    let out1 = kh
+        .initiate_connection(
+            ConnectionRequest::for_integration(a.id.as_str()).param("token", SECRET),
+        )
+        .await
+        .unwrap();
+    let out2 = kh
+        .initiate_connection(
+            ConnectionRequest::for_integration(c.id.as_str()).param("token", SECRET),
+        )
+        .await
+        .unwrap();
+    let acc1 = kh
+        .connected_accounts()
+        .get(out1.connected_account_id.as_str())
+        .await
+        .unwrap();
+    let acc2 = kh
+        .connected_accounts()
+        .get(out2.connected_account_id.as_str())
+        .await
+        .unwrap();
+    assert_eq!(acc1.integration_id, a.id);
+    assert_eq!(acc2.integration_id, c.id);
+
+    // By app with scheme BEARER_TOKEN: the oldest such integration is used, none is created.
+    let out3 = kh
+        .initiate_connection(
+            ConnectionRequest::for_app("github")
+                .scheme("bearer_token")
+                .param("token", SECRET),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        kh.connected_accounts()
+            .get(out3.connected_account_id.as_str())
+            .await
+            .unwrap()
+            .integration_id,
+        a.id
+    );
+    assert_eq!(
+        kh.integrations().list(Some("github")).await.unwrap().len(),
+        3
+    );
+
+    // The custom header integration authorizes as configured.
+    let out4 = kh
+        .initiate_connection(
+            ConnectionRequest::for_integration(b.id.as_str()).param("api_key", SECRET),
+        )
+        .await
+        .unwrap();
+    let req = OutgoingRequest::new(
+        Method::GET,
+        Url::parse("https://api.github.com/user").unwrap(),
+    );
+    let req = kh
+        .authorize(out4.connected_account_id.as_str(), req)
+        .await
+        .unwrap();
+    assert_eq!(
+        req.headers["x-token"].to_str().unwrap(),
+        format!("token {SECRET}")
+    );
+
+    // An integration in use cannot be deleted; an unused one can.
+    let err = kh.integrations().delete(a.id.as_str()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    let unused = kh
+        .integrations()
+        .create(NewIntegration::new("github", "NO_AUTH"))
+        .await
+        .unwrap();
+    kh.integrations().delete(unused.id.as_str()).await.unwrap();
+    assert_eq!(
+        kh.integrations()
+            .get(unused.id.as_str())
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
+}
+
+#[tokio::test]
+async fn initiate_by_app_creates_the_integration_once() {
+    let kh = kh();
+    assert!(
+        kh.integrations()
+            .list(Some("openai"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let request = || openai(SECRET).config("header_format", "Bearer {api_key}");
+    let first = kh.initiate_connection(request()).await.unwrap();
+    let ints = kh.integrations().list(Some("openai")).await.unwrap();
+    assert_eq!(ints.len(), 1);
+    assert_eq!(ints[0].auth_scheme, "API_KEY");
+    let second = kh.initiate_connection(request()).await.unwrap();
+    let third = kh
+        .entity("carol")
+        .unwrap()
+        .initiate_connection(openai("other"))
+        .await
+        .unwrap();
+    assert_eq!(
+        kh.integrations().list(Some("openai")).await.unwrap().len(),
+        1,
+        "reused, not created again"
+    );
+    for out in [first, second, third] {
+        let acc = kh
+            .connected_accounts()
+            .get(out.connected_account_id.as_str())
+            .await
+            .unwrap();
+        assert_eq!(acc.integration_id, ints[0].id);
+    }
+    // A different auth_config for the app's existing integration is refused, not silently ignored.
+    let err = kh
+        .initiate_connection(openai(SECRET).config("header_name", "x-api-key"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("auth_config") && err.to_string().contains(ints[0].id.as_str()),
+        "{err}"
+    );
+
+    // Concurrent first initiates for a new app still create one integration.
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let kh = kh.clone();
+        tasks.push(tokio::spawn(async move {
+            kh.initiate_connection(
+                ConnectionRequest::for_app("mistral")
+                    .scheme("API_KEY")
+                    .param("api_key", "k"),
+            )
+            .await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let ints = kh.integrations().list(Some("mistral")).await.unwrap();
+    assert_eq!(ints.len(), 1);
+    let accounts = kh
+        .connected_accounts()
+        .list_all(AccountFilter {
+            apps: vec!["mistral".parse().unwrap()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(accounts.len(), 16);
+    assert!(accounts.iter().all(|a| a.integration_id == ints[0].id));
+}
+
+#[tokio::test]
+async fn labels_filter_needs_every_label() {
+    let kh = kh();
+    let mut ids = Vec::new();
+    for labels in [
+        vec!["team:sales", "prod"],
+        vec!["team:sales"],
+        vec!["prod"],
+        vec![],
+    ] {
+        let mut req = openai(SECRET);
+        for l in labels {
+            req = req.label(l);
+        }
+        ids.push(
+            kh.initiate_connection(req)
+                .await
+                .unwrap()
+                .connected_account_id,
+        );
+    }
+    let filter = |labels: &[&str]| AccountFilter {
+        labels: labels.iter().map(|l| Label::new(*l).unwrap()).collect(),
+        ..Default::default()
+    };
+    let got = |accs: Vec<ConnectedAccount>| accs.into_iter().map(|a| a.id).collect::<Vec<_>>();
+    let accs = kh.connected_accounts();
+    assert_eq!(
+        got(accs.list_all(filter(&["team:sales"])).await.unwrap()),
+        [ids[0].clone(), ids[1].clone()]
+    );
+    assert_eq!(
+        got(accs.list_all(filter(&["prod"])).await.unwrap()),
+        [ids[0].clone(), ids[2].clone()]
+    );
+    assert_eq!(
+        got(accs
+            .list_all(filter(&["prod", "team:sales"]))
+            .await
+            .unwrap()),
+        [ids[0].clone()]
+    );
+    assert!(accs.list_all(filter(&["nope"])).await.unwrap().is_empty());
+    assert_eq!(accs.list_all(filter(&[])).await.unwrap().len(), 4);
+    // Pages.
+    let page = accs
+        .list(&AccountFilter {
+            limit: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 3);
+    let rest = accs
+        .list(&AccountFilter {
+            limit: 3,
+            after: page.next_cursor.map(|c| c.parse().unwrap()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(got(rest.items), [ids[3].clone()]);
+    assert!(rest.next_cursor.is_none());
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_by_name_and_changes_nothing() {
+    let kh = kh();
+    let existing = kh.initiate_connection(openai(SECRET)).await.unwrap();
+    let github = kh
+        .integrations()
+        .create(NewIntegration::new("github", "BEARER_TOKEN"))
+        .await
+        .unwrap();
+    let before = snapshot(&kh).await;
+
+    let cases: Vec<(&str, ConnectionRequest, &[&str])> = vec![
+        (
+            "unknown scheme",
+            ConnectionRequest::for_app("slack")
+                .scheme("MAGIC_LINK")
+                .param("api_key", SECRET),
+            &["MAGIC_LINK", "not registered", "API_KEY"],
+        ),
+        (
+            "default scheme not compiled in",
+            ConnectionRequest::for_app("slack").param("api_key", SECRET),
+            &["OAUTH2", "not registered"],
+        ),
+        (
+            "missing param",
+            ConnectionRequest::for_app("anthropic").scheme("API_KEY"),
+            &["connected_account_params.api_key", "required"],
+        ),
+        (
+            "empty param",
+            ConnectionRequest::for_app("anthropic")
+                .scheme("API_KEY")
+                .param("api_key", ""),
+            &["connected_account_params.api_key", "empty"],
+        ),
+        (
+            "unknown param",
+            ConnectionRequest::for_app("anthropic")
+                .scheme("API_KEY")
+                .param("api_key", SECRET)
+                .param("apiKey", SECRET),
+            &[
+                "connected_account_params.apiKey",
+                "not a known field",
+                "api_key",
+            ],
+        ),
+        (
+            "unknown config field",
+            ConnectionRequest::for_app("anthropic")
+                .scheme("API_KEY")
+                .param("api_key", SECRET)
+                .config("client_id", "x"),
+            &["auth_config.client_id", "not a known field"],
+        ),
+        (
+            "unknown integration id",
+            ConnectionRequest::for_integration("int_0000000000000000deadbeefdeadbeef")
+                .param("token", SECRET),
+            &["int_0000000000000000deadbeefdeadbeef", "not found"],
+        ),
+        (
+            "malformed integration id",
+            ConnectionRequest::for_integration("ca_0123456789abcdef").param("token", SECRET),
+            &["not a valid id", "int_"],
+        ),
+        (
+            "invalid entity id",
+            openai(SECRET).entity("alice smith"),
+            &["entity_id", "' '"],
+        ),
+        (
+            "integration of another app",
+            ConnectionRequest::for_integration(github.id.as_str())
+                .param("token", SECRET)
+                .label("x")
+                .entity("alice")
+                .scheme("BEARER_TOKEN")
+                .redirect_url("https://a.example/b"),
+            &[],
+        ),
+        (
+            "app differs from the integration's",
+            {
+                let mut r =
+                    ConnectionRequest::for_integration(github.id.as_str()).param("token", SECRET);
+                r.app = Some("gitlab".into());
+                r
+            },
+            &["app", "github", "gitlab"],
+        ),
+        (
+            "scheme differs from the integration's",
+            ConnectionRequest::for_integration(github.id.as_str())
+                .scheme("API_KEY")
+                .param("api_key", SECRET),
+            &["auth_scheme", "BEARER_TOKEN", "API_KEY"],
+        ),
+        (
+            "neither integration nor app",
+            ConnectionRequest::default().param("api_key", SECRET),
+            &["integration_id", "app"],
+        ),
+        (
+            "bad app slug",
+            ConnectionRequest::for_app("Open AI")
+                .scheme("API_KEY")
+                .param("api_key", SECRET),
+            &["app"],
+        ),
+        ("bad label", openai(SECRET).label("a,b"), &["labels"]),
+        (
+            "bad redirect",
+            openai(SECRET).redirect_url("javascript:alert(1)"),
+            &["redirect_url"],
+        ),
+        (
+            "header injection",
+            ConnectionRequest::for_app("anthropic")
+                .scheme("API_KEY")
+                .param("api_key", "k\r\nX-Evil: 1"),
+            &["connected_account_params.api_key", "control character"],
+        ),
+    ];
+    for (what, request, words) in cases {
+        let result = kh.initiate_connection(request).await;
+        if words.is_empty() {
+            // A control case: valid, so it must succeed; undo it to keep the snapshot.
+            let out = result.unwrap_or_else(|e| panic!("{what}: {e}"));
+            kh.connected_accounts()
+                .delete(out.connected_account_id.as_str())
+                .await
+                .unwrap();
+            continue;
+        }
+        let err = result.expect_err(what);
+        let msg = err.to_string();
+        for w in words {
+            assert!(msg.contains(w), "{what}: {msg:?} should mention {w:?}");
+        }
+        assert!(
+            !msg.contains(SECRET) && !format!("{err:?}").contains(SECRET),
+            "{what}: error leaks the secret"
+        );
+        assert_eq!(
+            err.kind(),
+            if what.contains("unknown integration") {
+                ErrorKind::NotFound
+            } else {
+                ErrorKind::InvalidInput
+            },
+            "{what}: {msg}"
+        );
+        assert_eq!(
+            ids(&snapshot(&kh).await),
+            ids(&before),
+            "{what}: the store changed"
+        );
+    }
+    assert!(kh.entity("alice smith").is_err());
+    assert!(kh.entity(&"x".repeat(129)).is_err());
+    let other = kh.entity("alice").unwrap();
+    let err = other
+        .initiate_connection(openai(SECRET).entity("bob"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("bob") && err.to_string().contains("alice"),
+        "{err}"
+    );
+    assert_eq!(ids(&snapshot(&kh).await), ids(&before));
+    // The account made before is untouched.
+    kh.credentials(existing.connected_account_id.as_str())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn integrations_refuse_bad_config() {
+    let kh = kh();
+    let cases: Vec<(NewIntegration, &str)> = vec![
+        (NewIntegration::new("openai", "NOPE"), "not registered"),
+        (NewIntegration::new("OpenAI", "API_KEY"), "app"),
+        (
+            NewIntegration::new("openai", "API_KEY").config("header_name", ""),
+            "auth_config.header_name",
+        ),
+        (
+            NewIntegration::new("openai", "API_KEY").config("base_url", "ftp://x"),
+            "auth_config.base_url",
+        ),
+        (
+            NewIntegration::new("openai", "API_KEY").config("secret_sauce", 1),
+            "auth_config.secret_sauce",
+        ),
+        (
+            NewIntegration::new("openai", "API_KEY").scope("a b"),
+            "scopes",
+        ),
+        (NewIntegration::new("openai", "API_KEY").name(" "), "name"),
+    ];
+    for (new, field) in cases {
+        let err = kh.integrations().create(new).await.unwrap_err();
+        assert!(err.to_string().contains(field), "{err}");
+    }
+    assert!(kh.integrations().list(None).await.unwrap().is_empty());
+    assert_eq!(
+        kh.integrations().get("int_nope").await.unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+}
+
+#[tokio::test]
+async fn disable_enable_delete_and_credentials_by_status() {
+    let kh = kh();
+    let id = kh
+        .initiate_connection(openai(SECRET))
+        .await
+        .unwrap()
+        .connected_account_id;
+    let accounts = kh.connected_accounts();
+    let disabled = accounts.disable(id.as_str()).await.unwrap();
+    assert_eq!(disabled.status, ConnectionStatus::Inactive);
+    assert_eq!(
+        accounts.disable(id.as_str()).await.unwrap().version,
+        disabled.version,
+        "idempotent"
+    );
+    let err = kh.credentials(id.as_str()).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("INACTIVE") && msg.contains("enable"), "{msg}");
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    let listed = accounts
+        .list_all(AccountFilter {
+            statuses: vec![ConnectionStatus::Inactive],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    let enabled = accounts.enable(id.as_str()).await.unwrap();
+    assert_eq!(enabled.status, ConnectionStatus::Active);
+    assert_eq!(enabled.status_reason, None);
+    assert_eq!(
+        kh.credentials(id.as_str())
+            .await
+            .unwrap()
+            .get_str("api_key"),
+        Some(SECRET)
+    );
+    accounts.delete(id.as_str()).await.unwrap();
+    assert_eq!(
+        accounts.get(id.as_str()).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        kh.credentials(id.as_str()).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        accounts.delete(id.as_str()).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        accounts.enable("ca_missing0000").await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+}
+
+#[tokio::test]
+async fn no_secret_in_debug_display_or_json() {
+    let kh = kh();
+    let out = kh
+        .initiate_connection(
+            ConnectionRequest::for_app("jira")
+                .scheme("BASIC")
+                .param("username", "admin@x.io")
+                .param("password", SECRET),
+        )
+        .await
+        .unwrap();
+    let id = out.connected_account_id.as_str();
+    let account = kh.connected_accounts().get(id).await.unwrap();
+    let creds = kh.credentials(id).await.unwrap();
+    let integration = kh
+        .integrations()
+        .list(Some("jira"))
+        .await
+        .unwrap()
+        .remove(0);
+    let req = kh
+        .authorize(
+            id,
+            OutgoingRequest::new(
+                Method::GET,
+                Url::parse("https://x.atlassian.net/rest").unwrap(),
+            ),
+        )
+        .await
+        .unwrap();
+    let shown = [
+        format!("{account:?}"),
+        serde_json::to_string(&account).unwrap(),
+        format!("{creds:?}"),
+        format!("{integration:?}"),
+        serde_json::to_string(&integration).unwrap(),
+        format!("{req:?}"),
+        format!("{out:?}"),
+        format!("{kh:?}"),
+        format!("{:?}", kh.store()),
+    ];
+    for s in &shown {
+        assert!(!s.contains(SECRET), "leaked in {s}");
+        assert!(!s.contains("admin@x.io"), "username leaked in {s}");
+    }
+    let err = kh
+        .connected_accounts()
+        .disable(id)
+        .await
+        .map(|_| ())
+        .and(kh.credentials(id).await.map(|_| ()))
+        .unwrap_err();
+    assert!(!err.to_string().contains(SECRET) && !format!("{err:?}").contains(SECRET));
+}
+
+#[tokio::test]
+async fn a_scheme_can_replace_a_built_in_one() {
+    use keyhaven::{
+        AccountContext, AuthScheme, Credentials, InitiateContext, Initiated, SchemeError,
+        SchemeSpec, SecretFields, async_trait,
+    };
+    /// API_KEY that always sends a fixed header name, for this test.
+    struct Shouting;
+    #[async_trait]
+    impl AuthScheme for Shouting {
+        fn name(&self) -> &str {
+            "API_KEY"
+        }
+        fn spec(&self) -> &SchemeSpec {
+            static SPEC: std::sync::OnceLock<SchemeSpec> = std::sync::OnceLock::new();
+            SPEC.get_or_init(|| SchemeSpec {
+                display_name: "shouting".into(),
+                params: vec![keyhaven::FieldSpec::required("api_key", "k").secret()],
+                ..Default::default()
+            })
+        }
+        async fn initiate(&self, cx: InitiateContext<'_>) -> Result<Initiated, SchemeError> {
+            Ok(Initiated::Active {
+                credentials: Credentials::without_expiry(cx.params.secret.clone()),
+            })
+        }
+        fn authorize(
+            &self,
+            cx: &AccountContext<'_>,
+            r: &mut OutgoingRequest,
+        ) -> Result<(), SchemeError> {
+            let key = cx
+                .credentials
+                .get_str("api_key")
+                .unwrap_or_default()
+                .to_uppercase();
+            r.set_secret_header("x-shout", &key)
+        }
+    }
+    let _ = SecretFields::new();
+    let kh = Keyhaven::builder()
+        .store(MemoryStore::new())
+        .register(Shouting)
+        .build()
+        .unwrap();
+    let id = kh
+        .initiate_connection(openai("quiet"))
+        .await
+        .unwrap()
+        .connected_account_id;
+    let req = OutgoingRequest::new(
+        Method::GET,
+        Url::parse("https://api.openai.com/v1/models").unwrap(),
+    );
+    let req = kh.authorize(id.as_str(), req).await.unwrap();
+    assert_eq!(req.headers["x-shout"], "QUIET");
+
+    let bare = Keyhaven::builder()
+        .store(MemoryStore::new())
+        .without_default_schemes()
+        .build()
+        .unwrap();
+    let err = bare.initiate_connection(openai("k")).await.unwrap_err();
+    assert!(err.to_string().contains("registered: none"), "{err}");
+    assert!(
+        Keyhaven::builder()
+            .build()
+            .unwrap_err()
+            .to_string()
+            .contains("store")
+    );
+}
