@@ -63,7 +63,10 @@ async fn connect_and_authorize(
         .map_err(|e| e.to_string())?;
     let acc = account(&int);
     let cx = InitiateContext::new(&int, &acc.id, &acc.entity_id, &validated, Utc::now());
-    let Initiated::Active { credentials } = scheme.initiate(cx).await.map_err(|e| e.to_string())?;
+    let Initiated::Active { credentials } = scheme.initiate(cx).await.map_err(|e| e.to_string())?
+    else {
+        panic!("static schemes are ACTIVE at once")
+    };
     let mut req = OutgoingRequest::new(
         Method::GET,
         Url::parse("https://api.example.com/v1/me?x=1").unwrap(),

@@ -60,6 +60,9 @@ pub enum Error {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Waited too long.
+    #[error("timed out: {0}")]
+    TimedOut(String),
     /// A bug or an unusable environment (no randomness, a broken invariant).
     #[error("internal error: {0}; please report it")]
     Internal(String),
@@ -82,6 +85,7 @@ impl Error {
             Self::NotActive { .. } | Self::Conflict(_) => ErrorKind::Conflict,
             Self::Scheme(e) => e.kind(),
             Self::Store(e) => e.kind(),
+            Self::TimedOut(_) => ErrorKind::TimedOut,
             Self::Internal(_) => ErrorKind::Internal,
         }
     }
@@ -110,6 +114,8 @@ pub enum ErrorKind {
     Rejected,
     /// A dependency (provider, database) is unavailable; retry later.
     Unavailable,
+    /// A wait ran out of time.
+    TimedOut,
     /// A bug or a broken environment.
     Internal,
 }
@@ -218,6 +224,7 @@ impl fmt::Display for ErrorKind {
             Self::Conflict => "conflict",
             Self::Rejected => "rejected",
             Self::Unavailable => "unavailable",
+            Self::TimedOut => "timed_out",
             Self::Internal => "internal",
         })
     }

@@ -21,9 +21,11 @@ pub use ids::{
 };
 pub use model::{
     AccountFilter, ConnectedAccount, ConnectionRequest, ConnectionRequestOutput, ConnectionStatus,
-    CredentialsUpdate, Integration, Page,
+    CredentialsUpdate, Integration, Page, PendingState,
 };
-pub use scheme::{AccountContext, AuthScheme, InitiateContext, Initiated, OutgoingRequest};
+pub use scheme::{
+    AccountContext, AuthScheme, CompleteContext, InitiateContext, Initiated, OutgoingRequest,
+};
 pub use secret::{Credentials, SecretFields};
 pub use spec::{FieldKind, FieldSpec, SchemeSpec, ValidatedFields, validate_fields};
 pub use store::Store;

@@ -346,3 +346,17 @@ pub struct Page<T> {
     /// Pass as `after` to get the next page; `None` on the last page.
     pub next_cursor: Option<String>,
 }
+
+/// A redirect flow waiting for its callback: the single-use state, bound to one
+/// account, with what the scheme asked to keep (a PKCE verifier...).
+#[derive(Debug, Clone)]
+pub struct PendingState {
+    /// The random state sent to the provider. Secret while pending.
+    pub state: String,
+    /// The `INITIATED` account it completes.
+    pub account_id: ConnectedAccountId,
+    /// What the scheme kept for the callback.
+    pub data: SecretFields,
+    /// After this the state is refused.
+    pub expires_at: DateTime<Utc>,
+}

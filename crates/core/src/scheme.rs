@@ -1,6 +1,7 @@
 //! The extension point: [`AuthScheme`], the contexts it is called with, and the
 //! request it puts credentials on.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use async_trait::async_trait;
@@ -11,7 +12,7 @@ use url::Url;
 use crate::error::SchemeError;
 use crate::ids::{ConnectedAccountId, EntityId};
 use crate::model::{ConnectedAccount, Integration};
-use crate::secret::Credentials;
+use crate::secret::{Credentials, SecretFields};
 use crate::spec::{SchemeSpec, ValidatedFields};
 
 /// An HTTP request about to be sent to a provider's API, which a scheme
@@ -101,6 +102,12 @@ pub struct InitiateContext<'a> {
     pub params: &'a ValidatedFields,
     /// Where the user goes afterwards, if given.
     pub redirect_url: Option<&'a Url>,
+    /// The single-use state to put in a redirect (at least 128 random bits), when the
+    /// caller can take a callback.
+    pub state: Option<&'a str>,
+    /// Where the provider sends the user back (keyhaven's callback), when the caller
+    /// can take a callback.
+    pub callback_url: Option<&'a Url>,
     /// The current time.
     pub now: DateTime<Utc>,
 }
@@ -120,8 +127,18 @@ impl<'a> InitiateContext<'a> {
             entity_id,
             params,
             redirect_url: None,
+            state: None,
+            callback_url: None,
             now,
         }
+    }
+
+    /// Sets the state and callback URL of a redirect flow.
+    #[must_use]
+    pub fn with_callback(mut self, state: &'a str, callback_url: &'a Url) -> Self {
+        self.state = Some(state);
+        self.callback_url = Some(callback_url);
+        self
     }
 
     /// Sets the redirect URL.
@@ -141,6 +158,54 @@ pub enum Initiated {
         /// The credentials to store.
         credentials: Credentials,
     },
+    /// The user must go to `url`; the account is `INITIATED` until the callback,
+    /// which [`AuthScheme::complete`] handles.
+    Redirect {
+        /// Where to send the user (the provider's authorization page).
+        url: Url,
+        /// What [`AuthScheme::complete`] will need (a PKCE verifier...), kept secret
+        /// with the single-use state until the callback.
+        pending: SecretFields,
+    },
+}
+
+/// What [`AuthScheme::complete`] is given: the callback of a redirect flow.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct CompleteContext<'a> {
+    /// The integration of the account.
+    pub integration: &'a Integration,
+    /// The account, `INITIATED`.
+    pub account: &'a ConnectedAccount,
+    /// Every query parameter of the callback (`code`, `iss`, ...), `state` already checked.
+    pub query: &'a BTreeMap<String, String>,
+    /// What [`Initiated::Redirect`] asked to keep.
+    pub pending: &'a SecretFields,
+    /// The callback URL the redirect used (token requests must repeat it).
+    pub callback_url: &'a Url,
+    /// The current time.
+    pub now: DateTime<Utc>,
+}
+
+impl<'a> CompleteContext<'a> {
+    /// A context; the facade builds these, and scheme authors build them in tests.
+    pub fn new(
+        integration: &'a Integration,
+        account: &'a ConnectedAccount,
+        query: &'a BTreeMap<String, String>,
+        pending: &'a SecretFields,
+        callback_url: &'a Url,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            integration,
+            account,
+            query,
+            pending,
+            callback_url,
+            now,
+        }
+    }
 }
 
 /// What the other scheme operations are given: one stored account.
@@ -189,8 +254,26 @@ pub trait AuthScheme: Send + Sync + 'static {
     /// only known, non-empty, well-typed fields.
     fn spec(&self) -> &SchemeSpec;
 
+    /// Checks an integration's settings beyond what [`SchemeSpec::config`] can say
+    /// (fields that depend on each other). Called when an integration is created, so
+    /// that a bad one is refused then rather than at its first connection.
+    fn check_integration(&self, integration: &Integration) -> Result<(), SchemeError> {
+        let _ = integration;
+        Ok(())
+    }
+
     /// Starts a connection.
     async fn initiate(&self, cx: InitiateContext<'_>) -> Result<Initiated, SchemeError>;
+
+    /// Finishes a redirect flow: turns the callback into credentials. Schemes that
+    /// never redirect keep this default, which refuses.
+    async fn complete(&self, cx: CompleteContext<'_>) -> Result<Credentials, SchemeError> {
+        let _ = cx;
+        Err(SchemeError::Unsupported {
+            scheme: self.name().to_owned(),
+            operation: "complete",
+        })
+    }
 
     /// Renews credentials that expire. `Ok(None)`: nothing to renew, keep them.
     async fn refresh(&self, cx: AccountContext<'_>) -> Result<Option<Credentials>, SchemeError> {

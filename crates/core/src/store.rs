@@ -4,7 +4,11 @@ use async_trait::async_trait;
 
 use crate::error::StoreError;
 use crate::ids::{AppSlug, ConnectedAccountId, IntegrationId};
-use crate::model::{AccountFilter, ConnectedAccount, CredentialsUpdate, Integration, Page};
+use chrono::{DateTime, Utc};
+
+use crate::model::{
+    AccountFilter, ConnectedAccount, CredentialsUpdate, Integration, Page, PendingState,
+};
 use crate::secret::Credentials;
 
 /// Persistence for keyhaven. Implementations keep secrets (credentials,
@@ -68,6 +72,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes an account and its credentials. `Ok(false)`: there was none.
     async fn delete_account(&self, id: &ConnectedAccountId) -> Result<bool, StoreError>;
+
+    /// Keeps a pending redirect state until its callback.
+    async fn put_pending_state(&self, pending: &PendingState) -> Result<(), StoreError>;
+
+    /// Takes a pending state out of the store: atomic and single use, so of concurrent
+    /// takes of one state exactly one gets it. Expired states are returned too (and
+    /// removed); the caller checks `expires_at`.
+    async fn take_pending_state(&self, state: &str) -> Result<Option<PendingState>, StoreError>;
+
+    /// Removes the pending states that expired before `now`; returns how many.
+    async fn purge_expired_pending_states(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
 
     /// Accounts matching `filter`, ordered by id (which is creation order), one page.
     async fn list_accounts(

@@ -3,12 +3,13 @@
 
 use keyhaven_core::{
     AccountContext, AccountFilter, ConnectedAccount, ConnectedAccountId, ConnectionStatus,
-    Credentials, CredentialsUpdate, Error, Integration, OutgoingRequest, Page, StoreError,
+    Credentials, CredentialsUpdate, Error, Integration, OutgoingRequest, Page, SchemeError,
+    StoreError, chrono,
 };
 
 use crate::Keyhaven;
 
-fn not_found(id: &str) -> Error {
+pub(crate) fn not_found(id: &str) -> Error {
     Error::NotFound {
         kind: "connected account",
         id: id.to_owned(),
@@ -87,17 +88,45 @@ impl<'a> ConnectedAccounts<'a> {
         }
         tracing::info!(account = %account.id, "connected account deleted");
         if let Some(credentials) = credentials {
-            let revoke = async {
-                let integration = self.integration_of(&account).await?;
-                let scheme = self.kh.schemes().get(&integration.auth_scheme)?;
-                let cx = AccountContext::new(&integration, &account, &credentials, self.kh.now());
-                scheme.revoke(cx).await.map_err(Error::from)
+            // Best effort, and never holding up the delete: in the background when
+            // there is a runtime to run it on.
+            let kh = self.kh.clone();
+            let revoke = async move {
+                let result = async {
+                    let integration = kh.integration_of(&account).await?;
+                    let scheme = kh.schemes().get(&integration.auth_scheme)?;
+                    let cx = AccountContext::new(&integration, &account, &credentials, kh.now());
+                    scheme.revoke(cx).await.map_err(Error::from)
+                };
+                match result.await {
+                    Ok(()) => {
+                        tracing::debug!(account = %account.id, "credentials revoked at the provider")
+                    }
+                    Err(e) => {
+                        tracing::warn!(account = %account.id, error = %e, "revocation at the provider failed; the account is deleted anyway")
+                    }
+                }
             };
-            if let Err(e) = revoke.await {
-                tracing::warn!(account = %account.id, error = %e, "revocation at the provider failed; the account is deleted anyway");
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    handle.spawn(revoke);
+                }
+                Err(_) => revoke.await,
             }
         }
         Ok(())
+    }
+
+    /// Refreshes an account's credentials now, whether or not they are due, and
+    /// returns the account as stored afterwards.
+    ///
+    /// # Errors
+    /// Those of [`Keyhaven::credentials`]; a refusal by the provider marks the
+    /// account `EXPIRED` and is returned as [`Error::NotActive`].
+    pub async fn refresh(&self, id: &str) -> Result<ConnectedAccount, Error> {
+        let parsed = ConnectedAccountId::parse(id)?;
+        self.kh.refresh_credentials(&parsed, true).await?;
+        self.get(id).await
     }
 
     /// Disables an account: `INACTIVE` until enabled. Disabling an inactive account does nothing.
@@ -143,7 +172,7 @@ impl<'a> ConnectedAccounts<'a> {
 
     /// Reads the account, decides the new status, writes it with compare-and-set,
     /// and tries again when another writer got there first.
-    async fn change(
+    pub(crate) async fn change(
         &self,
         id: &str,
         decide: impl Fn(
@@ -185,10 +214,14 @@ impl<'a> ConnectedAccounts<'a> {
             "connected account {id} kept changing while being updated; try again"
         )))
     }
+}
 
-    async fn integration_of(&self, account: &ConnectedAccount) -> Result<Integration, Error> {
-        self.kh
-            .store()
+impl Keyhaven {
+    pub(crate) async fn integration_of(
+        &self,
+        account: &ConnectedAccount,
+    ) -> Result<Integration, Error> {
+        self.store()
             .get_integration(&account.integration_id)
             .await?
             .ok_or_else(|| {
@@ -198,17 +231,17 @@ impl<'a> ConnectedAccounts<'a> {
                 ))
             })
     }
-}
 
-impl Keyhaven {
     /// The account and its credentials, when it is `ACTIVE`.
-    async fn active(&self, id: &str) -> Result<(ConnectedAccount, Credentials), Error> {
-        let parsed = ConnectedAccountId::parse(id)?;
+    async fn active(
+        &self,
+        id: &ConnectedAccountId,
+    ) -> Result<(ConnectedAccount, Credentials), Error> {
         let (account, credentials) = self
             .store()
-            .get_account_and_credentials(&parsed)
+            .get_account_and_credentials(id)
             .await?
-            .ok_or_else(|| not_found(id))?;
+            .ok_or_else(|| not_found(id.as_str()))?;
         if account.status != ConnectionStatus::Active {
             return Err(Error::NotActive {
                 id: account.id.to_string(),
@@ -225,13 +258,155 @@ impl Keyhaven {
         Ok((account, credentials))
     }
 
-    /// The credentials of an `ACTIVE` account, to use directly.
+    /// The credentials of an `ACTIVE` account, fresh: when they expire within the
+    /// refresh margin they are refreshed first. Concurrent callers for one account
+    /// share one refresh. When the provider fails (5xx, timeout) the account stays
+    /// `ACTIVE`, further tries back off, and credentials that have not expired yet
+    /// are still returned.
     ///
     /// # Errors
-    /// A malformed id, none with that id, or an account that is not `ACTIVE`
-    /// (the error says its status and what to do).
+    /// A malformed id, none with that id, an account that is not `ACTIVE` (the error
+    /// says its status and what to do), a refresh refused by the provider (the
+    /// account is then `EXPIRED`), or expired credentials that cannot be refreshed now.
     pub async fn credentials(&self, id: &str) -> Result<Credentials, Error> {
-        Ok(self.active(id).await?.1)
+        let parsed = ConnectedAccountId::parse(id)?;
+        let (_, credentials) = self.active(&parsed).await?;
+        if !credentials.expires_within(self.now(), self.inner.settings.refresh_margin) {
+            return Ok(credentials);
+        }
+        self.refresh_credentials(&parsed, false).await
+    }
+
+    /// Refreshes under the account's lock: re-reads after taking it, so a refresh
+    /// another caller just made is reused, not repeated.
+    pub(crate) async fn refresh_credentials(
+        &self,
+        id: &ConnectedAccountId,
+        force: bool,
+    ) -> Result<Credentials, Error> {
+        let refresher = &self.inner.refresher;
+        let lock = refresher.lock_for(id);
+        let result = async {
+            let _guard = lock.lock().await;
+            let (account, credentials) = self.active(id).await?;
+            let now = self.now();
+            if !force && !credentials.expires_within(now, self.inner.settings.refresh_margin) {
+                return Ok(credentials);
+            }
+            let expired = credentials.expires_within(now, chrono::Duration::zero());
+            if let Some(backoff) = refresher.backoff(id, now) {
+                if !expired && !force {
+                    return Ok(credentials);
+                }
+                return Err(Error::Scheme(SchemeError::Unavailable {
+                    message: format!(
+                        "the last refresh of {id} failed ({}); next try after {}",
+                        backoff.last_error,
+                        backoff.until.to_rfc3339()
+                    ),
+                }));
+            }
+            let integration = self.integration_of(&account).await?;
+            let scheme = self.schemes().get(&integration.auth_scheme)?;
+            let cx = AccountContext::new(&integration, &account, &credentials, now);
+            match scheme.refresh(cx).await {
+                Ok(None) => Ok(credentials),
+                Ok(Some(fresh)) => {
+                    self.store_refreshed(account, &fresh).await?;
+                    refresher.succeeded(id);
+                    tracing::info!(account = %id, expires_at = ?fresh.expires_at(), "credentials refreshed");
+                    Ok(fresh)
+                }
+                Err(SchemeError::Rejected { message }) => {
+                    let reason = format!("refresh refused: {message}");
+                    let reason_for_store = reason.clone();
+                    let stored = self
+                        .connected_accounts()
+                        .change(id.as_str(), move |acc, _| {
+                            Ok((acc.status == ConnectionStatus::Active)
+                                .then(|| (ConnectionStatus::Expired, Some(reason_for_store.clone()))))
+                        })
+                        .await?;
+                    tracing::warn!(account = %id, %reason, "refresh refused; the account is EXPIRED");
+                    Err(Error::NotActive {
+                        id: id.to_string(),
+                        status: stored.status,
+                        reason: stored.status_reason.or(Some(reason)),
+                    })
+                }
+                Err(e) => {
+                    let backoff = refresher.failed(id, now, e.to_string());
+                    tracing::warn!(account = %id, error = %e, retry_after = %backoff.until, "refresh failed; the account stays ACTIVE");
+                    if !expired && !force {
+                        Ok(credentials)
+                    } else {
+                        Err(e.into())
+                    }
+                }
+            }
+        }
+        .await;
+        refresher.release(id, lock);
+        result
+    }
+
+    /// Stores refreshed credentials, keeping whatever else changed meanwhile.
+    async fn store_refreshed(
+        &self,
+        mut account: ConnectedAccount,
+        fresh: &Credentials,
+    ) -> Result<(), Error> {
+        for _ in 0..8 {
+            account.expires_at = fresh.expires_at();
+            account.updated_at = self.now();
+            match self
+                .store()
+                .update_account(&account, CredentialsUpdate::Set(fresh))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(StoreError::Conflict(_)) => {
+                    account = self
+                        .store()
+                        .get_account(&account.id)
+                        .await?
+                        .ok_or_else(|| not_found(account.id.as_str()))?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Conflict(format!(
+            "connected account {} kept changing during a refresh",
+            account.id
+        )))
+    }
+
+    /// Waits until the account leaves `INITIATED` (the user finished or failed), and
+    /// returns it. Polls the store, so it sees callbacks handled by other processes.
+    ///
+    /// # Errors
+    /// A malformed id, none with that id, or [`Error::TimedOut`].
+    pub async fn wait_for_connection(
+        &self,
+        id: &str,
+        timeout: std::time::Duration,
+    ) -> Result<ConnectedAccount, Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = std::time::Duration::from_millis(50);
+        loop {
+            let account = self.connected_accounts().get(id).await?;
+            if account.status != ConnectionStatus::Initiated {
+                return Ok(account);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(Error::TimedOut(format!(
+                    "connected account {id} is still INITIATED after {timeout:?}: the user has not finished connecting"
+                )));
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(500));
+        }
     }
 
     /// Puts an `ACTIVE` account's credentials on `request`, as its scheme and integration say.
@@ -243,8 +418,8 @@ impl Keyhaven {
         id: &str,
         mut request: OutgoingRequest,
     ) -> Result<OutgoingRequest, Error> {
-        let (account, credentials) = self.active(id).await?;
-        let integration = self.connected_accounts().integration_of(&account).await?;
+        let (account, credentials) = self.active(&ConnectedAccountId::parse(id)?).await?;
+        let integration = self.integration_of(&account).await?;
         let scheme = self.schemes().get(&integration.auth_scheme)?;
         let cx = AccountContext::new(&integration, &account, &credentials, self.now());
         scheme.authorize(&cx, &mut request)?;

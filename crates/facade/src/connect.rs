@@ -3,11 +3,11 @@
 use keyhaven_core::{
     AccountFilter, AppSlug, ConnectedAccount, ConnectedAccountId, ConnectionRequest,
     ConnectionRequestOutput, ConnectionStatus, EntityId, Error, InitiateContext, Initiated,
-    Integration, IntegrationId, Label, url::Url, validate_fields,
+    Integration, IntegrationId, Label, PendingState, url::Url, validate_fields,
 };
 
 use crate::Keyhaven;
-use crate::integrations::{build_integration, not_found, validate_config};
+use crate::integrations::{build_integration, not_found, redirect_allowlist, validate_config};
 
 /// One end user of the app, as returned by [`Keyhaven::entity`].
 #[derive(Debug, Clone)]
@@ -61,6 +61,9 @@ impl Keyhaven {
             .transpose()?;
         let app = request.app.as_deref().map(AppSlug::new).transpose()?;
         let (integration, created) = self.resolve_integration(&request, app).await?;
+        if let Some(url) = &redirect_url {
+            self.check_redirect_url(url, &integration)?;
+        }
         let scheme = self.schemes().get(&integration.auth_scheme)?;
         let params = validate_fields(
             &scheme.spec().params,
@@ -70,8 +73,11 @@ impl Keyhaven {
 
         let account_id = ConnectedAccountId::generate()?;
         let now = self.now();
+        let state = new_state()?;
+        let callback_url = self.callback_url().clone();
         let cx = InitiateContext::new(&integration, &account_id, &entity, &params, now)
-            .with_redirect_url(redirect_url.as_ref());
+            .with_redirect_url(redirect_url.as_ref())
+            .with_callback(&state, &callback_url);
         let initiated = scheme.initiate(cx).await?;
 
         let integration = if created {
@@ -86,8 +92,7 @@ impl Keyhaven {
         } else {
             integration
         };
-        let Initiated::Active { credentials } = initiated;
-        let account = ConnectedAccount {
+        let mut account = ConnectedAccount {
             id: account_id,
             entity_id: entity,
             integration_id: integration.id.clone(),
@@ -98,19 +103,39 @@ impl Keyhaven {
             labels,
             params: params.public,
             redirect_url: redirect_url.map(String::from),
-            expires_at: credentials.expires_at(),
+            expires_at: None,
             version: 1,
             created_at: now,
             updated_at: now,
         };
-        self.store()
-            .insert_account(&account, Some(&credentials))
-            .await?;
+        let user_url = match initiated {
+            Initiated::Active { credentials } => {
+                account.expires_at = credentials.expires_at();
+                self.store()
+                    .insert_account(&account, Some(&credentials))
+                    .await?;
+                None
+            }
+            Initiated::Redirect { url, pending } => {
+                account.status = ConnectionStatus::Initiated;
+                account.status_reason =
+                    Some("waiting for the user to finish at the provider".into());
+                self.store().insert_account(&account, None).await?;
+                let pending = PendingState {
+                    state,
+                    account_id: account.id.clone(),
+                    data: pending,
+                    expires_at: now + self.inner.settings.pending_ttl,
+                };
+                self.store().put_pending_state(&pending).await?;
+                Some(url.to_string())
+            }
+        };
         tracing::info!(account = %account.id, entity = %account.entity_id, app = %account.app, status = %account.status, "connection initiated");
         Ok(ConnectionRequestOutput {
             connection_status: account.status,
             connected_account_id: account.id,
-            redirect_url: None,
+            redirect_url: user_url,
         })
     }
 
@@ -192,6 +217,50 @@ impl Keyhaven {
             )),
         }
     }
+}
+
+impl Keyhaven {
+    /// Refuses a redirect URL that neither the global nor the integration's allowlist covers.
+    fn check_redirect_url(&self, url: &Url, integration: &Integration) -> Result<(), Error> {
+        let allowed = self
+            .inner
+            .settings
+            .redirect_allowlist
+            .iter()
+            .chain(redirect_allowlist(integration).iter())
+            .any(|prefix| url_under(url, prefix));
+        if allowed {
+            Ok(())
+        } else {
+            Err(Error::invalid(
+                "redirect_url",
+                format!(
+                    "{} is not on the redirect allowlist; allow its origin globally (builder allow_redirect_url) or on the integration (auth_config.redirect_allowlist)",
+                    url.origin().ascii_serialization()
+                ),
+            ))
+        }
+    }
+}
+
+/// Whether `url` is under `prefix`: same scheme, host and port, and a path under
+/// the prefix's path (at a `/` boundary).
+pub(crate) fn url_under(url: &Url, prefix: &Url) -> bool {
+    if url.scheme() != prefix.scheme()
+        || url.host_str() != prefix.host_str()
+        || url.port_or_known_default() != prefix.port_or_known_default()
+    {
+        return false;
+    }
+    let base = prefix.path();
+    let path = url.path();
+    base == "/" || path == base || path.starts_with(&format!("{}/", base.trim_end_matches('/')))
+}
+
+/// A single-use OAuth state: 256 random bits, URL-safe.
+fn new_state() -> Result<String, Error> {
+    let bytes: [u8; 32] = keyhaven_core::random_bytes()?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 impl<'a> Entity<'a> {

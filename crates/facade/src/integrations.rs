@@ -2,6 +2,7 @@
 
 use std::sync::OnceLock;
 
+use keyhaven_core::serde_json::Value;
 use keyhaven_core::{
     AppSlug, AuthScheme, ConnectionRequest, Error, FieldKind, FieldSpec, Integration,
     IntegrationId, SecretFields, ValidatedFields, validate_fields,
@@ -130,8 +131,13 @@ pub(crate) fn build_integration(
         Some(n) => n,
         None => format!("{app} ({})", scheme.name()),
     };
+    if let Some(Value::Array(entries)) = config.public.get("redirect_allowlist") {
+        for entry in entries.iter().filter_map(Value::as_str) {
+            crate::parse_http_url("auth_config.redirect_allowlist", entry)?;
+        }
+    }
     let now = kh.now();
-    Ok(Integration {
+    let integration = Integration {
         id: IntegrationId::generate()?,
         app,
         name,
@@ -141,7 +147,21 @@ pub(crate) fn build_integration(
         secrets: config.secret,
         created_at: now,
         updated_at: now,
-    })
+    };
+    scheme.check_integration(&integration)?;
+    Ok(integration)
+}
+
+/// The redirect allowlist entries of an integration.
+pub(crate) fn redirect_allowlist(integration: &Integration) -> Vec<keyhaven_core::url::Url> {
+    match integration.config.get("redirect_allowlist") {
+        Some(Value::Array(entries)) => entries
+            .iter()
+            .filter_map(Value::as_str)
+            .filter_map(|e| keyhaven_core::url::Url::parse(e).ok())
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 pub(crate) fn not_found(id: &str) -> Error {

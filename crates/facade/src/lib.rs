@@ -18,18 +18,25 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Cargo features pick the built-in auth schemes: `api-key` (on by default:
-//! `API_KEY`, `BEARER_TOKEN`, `BASIC`, `NO_AUTH`). Any other scheme, your own
-//! included, is registered on the [`KeyhavenBuilder`].
+//! Cargo features pick the built-in auth schemes, all on by default: `api-key`
+//! (`API_KEY`, `BEARER_TOKEN`, `BASIC`, `NO_AUTH`) and `oauth2` (`OAUTH2`,
+//! `OAUTH2_CLIENT_CREDENTIALS`). Any other scheme, your own included, is
+//! registered on the [`KeyhavenBuilder`].
 
 mod accounts;
+mod callback;
 mod connect;
 mod integrations;
+mod refresh;
 mod registry;
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use keyhaven_core::url::Url;
 
 pub use accounts::ConnectedAccounts;
+pub use callback::CallbackOutcome;
 pub use connect::Entity;
 pub use integrations::{Integrations, NewIntegration};
 pub use keyhaven_core::{
@@ -55,6 +62,38 @@ struct Inner {
     store: Arc<dyn Store>,
     registry: SchemeRegistry,
     clock: Arc<dyn Clock>,
+    settings: Settings,
+    refresher: refresh::Refresher,
+}
+
+/// Where keyhaven's OAuth callback is, when no other is configured: the server's
+/// default address.
+pub const DEFAULT_CALLBACK_URL: &str = "http://127.0.0.1:9210/api/v1/oauth/callback";
+
+/// The tunable parts of a [`Keyhaven`].
+#[derive(Debug, Clone)]
+struct Settings {
+    callback_url: Url,
+    refresh_margin: chrono::Duration,
+    pending_ttl: chrono::Duration,
+    redirect_allowlist: Vec<Url>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            callback_url: default_callback_url(),
+            refresh_margin: chrono::Duration::minutes(5),
+            pending_ttl: chrono::Duration::minutes(10),
+            redirect_allowlist: Vec::new(),
+        }
+    }
+}
+
+#[allow(clippy::expect_used)]
+fn default_callback_url() -> Url {
+    // A constant, checked by a test: it cannot fail.
+    Url::parse(DEFAULT_CALLBACK_URL).expect("DEFAULT_CALLBACK_URL parses")
 }
 
 impl Keyhaven {
@@ -63,15 +102,22 @@ impl Keyhaven {
         KeyhavenBuilder::default()
     }
 
-    /// A keyhaven that keeps everything in memory, with the default schemes.
+    /// A keyhaven that keeps everything in memory, with the default schemes and settings.
     pub fn in_memory() -> Self {
         Self {
             inner: Arc::new(Inner {
                 store: Arc::new(MemoryStore::new()),
                 registry: SchemeRegistry::with_defaults(),
                 clock: Arc::new(SystemClock),
+                settings: Settings::default(),
+                refresher: refresh::Refresher::default(),
             }),
         }
+    }
+
+    /// The OAuth callback URL that redirects name.
+    pub fn callback_url(&self) -> &Url {
+        &self.inner.settings.callback_url
     }
 
     /// The registered auth schemes.
@@ -112,6 +158,7 @@ pub struct KeyhavenBuilder {
     store: Option<Arc<dyn Store>>,
     registry: SchemeRegistry,
     clock: Arc<dyn Clock>,
+    settings: Settings,
     error: Option<Error>,
 }
 
@@ -121,6 +168,7 @@ impl Default for KeyhavenBuilder {
             store: None,
             registry: SchemeRegistry::with_defaults(),
             clock: Arc::new(SystemClock),
+            settings: Settings::default(),
             error: None,
         }
     }
@@ -178,6 +226,49 @@ impl KeyhavenBuilder {
         self
     }
 
+    /// Where providers send users back after an OAuth redirect: keyhaven's callback
+    /// route as the world reaches it. Default: [`DEFAULT_CALLBACK_URL`].
+    #[must_use]
+    pub fn callback_url(mut self, url: &str) -> Self {
+        match parse_http_url("callback_url", url) {
+            Ok(u) => self.settings.callback_url = u,
+            Err(e) => {
+                self.error.get_or_insert(e);
+            }
+        }
+        self
+    }
+
+    /// Allows `redirect_url`s under `prefix` (same scheme, host and port; path under
+    /// the prefix's path) for every integration. Integrations may allow more with their
+    /// `redirect_allowlist`. A `redirect_url` that no allowlist covers is refused.
+    #[must_use]
+    pub fn allow_redirect_url(mut self, prefix: &str) -> Self {
+        match parse_http_url("redirect allowlist entry", prefix) {
+            Ok(u) => self.settings.redirect_allowlist.push(u),
+            Err(e) => {
+                self.error.get_or_insert(e);
+            }
+        }
+        self
+    }
+
+    /// How long before expiry credentials are refreshed. Default: 5 minutes.
+    #[must_use]
+    pub fn refresh_margin(mut self, margin: Duration) -> Self {
+        self.settings.refresh_margin =
+            chrono::Duration::from_std(margin).unwrap_or(chrono::Duration::MAX);
+        self
+    }
+
+    /// How long a user has to finish an OAuth redirect. Default: 10 minutes.
+    #[must_use]
+    pub fn pending_ttl(mut self, ttl: Duration) -> Self {
+        self.settings.pending_ttl =
+            chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+        self
+    }
+
     /// Builds it.
     ///
     /// # Errors
@@ -197,7 +288,20 @@ impl KeyhavenBuilder {
                 store,
                 registry: self.registry,
                 clock: self.clock,
+                settings: self.settings,
+                refresher: refresh::Refresher::default(),
             }),
         })
+    }
+}
+
+/// Parses an absolute http(s) URL given in configuration.
+pub(crate) fn parse_http_url(what: &str, raw: &str) -> Result<Url, Error> {
+    match Url::parse(raw) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(u),
+        _ => Err(Error::invalid(
+            what,
+            format!("{raw:?} is not an absolute http(s) URL"),
+        )),
     }
 }

@@ -26,6 +26,10 @@ impl SchemeRegistry {
         for scheme in keyhaven_api_key::all() {
             registry.schemes.insert(scheme.name().to_owned(), scheme);
         }
+        #[cfg(feature = "oauth2")]
+        for scheme in keyhaven_oauth2::all() {
+            registry.schemes.insert(scheme.name().to_owned(), scheme);
+        }
         registry
     }
 

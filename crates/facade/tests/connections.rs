@@ -14,6 +14,7 @@ const SECRET: &str = "sk-test-0123456789-SECRET";
 fn kh() -> Keyhaven {
     Keyhaven::builder()
         .store(MemoryStore::new())
+        .allow_redirect_url("https://app.example.com/")
         .build()
         .unwrap()
 }
@@ -430,9 +431,9 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
             &["MAGIC_LINK", "not registered", "API_KEY"],
         ),
         (
-            "default scheme not compiled in",
-            ConnectionRequest::for_app("slack").param("api_key", SECRET),
-            &["OAUTH2", "not registered"],
+            "default scheme OAUTH2 without its config",
+            ConnectionRequest::for_app("slack"),
+            &["auth_config.client_id", "required"],
         ),
         (
             "missing param",
@@ -489,7 +490,7 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
                 .label("x")
                 .entity("alice")
                 .scheme("BEARER_TOKEN")
-                .redirect_url("https://a.example/b"),
+                .redirect_url("https://app.example.com/b"),
             &[],
         ),
         (
@@ -526,6 +527,16 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
             "bad redirect",
             openai(SECRET).redirect_url("javascript:alert(1)"),
             &["redirect_url"],
+        ),
+        (
+            "redirect off the allowlist",
+            openai(SECRET).redirect_url("https://evil.example.net/cb"),
+            &["redirect_url", "https://evil.example.net", "allowlist"],
+        ),
+        (
+            "redirect on the allowed host under another port",
+            openai(SECRET).redirect_url("https://app.example.com:8443/cb"),
+            &["redirect_url", "allowlist"],
         ),
         (
             "header injection",

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use keyhaven_core::{
     AccountFilter, AppSlug, ConnectedAccount, ConnectedAccountId, ConnectionStatus, Credentials,
-    CredentialsUpdate, EntityId, Integration, IntegrationId, Label, SecretFields, Store,
-    StoreError, chrono::Utc, serde_json,
+    CredentialsUpdate, EntityId, Integration, IntegrationId, Label, PendingState, SecretFields,
+    Store, StoreError, chrono::Utc, serde_json,
 };
 
 /// Runs every check against `store`.
@@ -22,6 +22,7 @@ pub async fn run(store: Arc<dyn Store>) {
     update_is_compare_and_set(store.clone()).await;
     delete_integration_in_use_is_refused(&*store).await;
     list_filters_and_pages(&*store).await;
+    pending_states_are_single_use(store.clone()).await;
 }
 
 /// A slug no other check or run uses.
@@ -417,4 +418,97 @@ async fn list_filters_and_pages(store: &dyn Store) {
     })
     .await;
     assert!(none.is_empty());
+}
+
+async fn pending_states_are_single_use(store: Arc<dyn Store>) {
+    let app = unique_app("pending");
+    let int = integration(&app, "OAUTH2");
+    store.insert_integration(&int).await.unwrap();
+    let acc = account(&int, "dora", &[]);
+    store.insert_account(&acc, None).await.unwrap();
+    let mut data = SecretFields::new();
+    data.insert("code_verifier", "conformance-verifier");
+    let fresh = PendingState {
+        state: format!("state-{}", acc.id),
+        account_id: acc.id.clone(),
+        data,
+        expires_at: Utc::now() + keyhaven_core::chrono::Duration::minutes(10),
+    };
+    store.put_pending_state(&fresh).await.unwrap();
+    assert!(
+        store.put_pending_state(&fresh).await.is_err(),
+        "a state is stored once"
+    );
+
+    // Of concurrent takes, exactly one gets it.
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let store = store.clone();
+        let key = fresh.state.clone();
+        tasks.push(tokio::spawn(
+            async move { store.take_pending_state(&key).await },
+        ));
+    }
+    let mut got = Vec::new();
+    for t in tasks {
+        if let Some(p) = t.await.unwrap().unwrap() {
+            got.push(p);
+        }
+    }
+    assert_eq!(got.len(), 1, "a pending state is taken once");
+    assert_eq!(got[0].account_id, acc.id);
+    assert_eq!(
+        got[0].data.get_str("code_verifier"),
+        Some("conformance-verifier")
+    );
+    assert!(
+        store
+            .take_pending_state(&fresh.state)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .take_pending_state("never-issued")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Purge removes the expired ones only.
+    let old = PendingState {
+        state: format!("old-{}", acc.id),
+        expires_at: Utc::now() - keyhaven_core::chrono::Duration::minutes(1),
+        ..fresh.clone()
+    };
+    let live = PendingState {
+        state: format!("live-{}", acc.id),
+        ..fresh.clone()
+    };
+    store.put_pending_state(&old).await.unwrap();
+    store.put_pending_state(&live).await.unwrap();
+    assert!(
+        store
+            .purge_expired_pending_states(Utc::now())
+            .await
+            .unwrap()
+            >= 1
+    );
+    assert!(
+        store
+            .take_pending_state(&old.state)
+            .await
+            .unwrap()
+            .is_none(),
+        "expired one purged"
+    );
+    assert!(
+        store
+            .take_pending_state(&live.state)
+            .await
+            .unwrap()
+            .is_some(),
+        "live one kept"
+    );
 }

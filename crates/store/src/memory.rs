@@ -1,11 +1,12 @@
 //! An in-memory store: everything in one lock-protected map, gone when dropped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use keyhaven_core::{
     AccountFilter, AppSlug, ConnectedAccount, ConnectedAccountId, Credentials, CredentialsUpdate,
-    Integration, IntegrationId, Page, Store, StoreError,
+    Integration, IntegrationId, Page, PendingState, Store, StoreError,
+    chrono::{DateTime, Utc},
 };
 use parking_lot::RwLock;
 
@@ -13,6 +14,7 @@ use parking_lot::RwLock;
 struct State {
     integrations: BTreeMap<IntegrationId, Integration>,
     accounts: BTreeMap<ConnectedAccountId, (ConnectedAccount, Option<Credentials>)>,
+    pending: HashMap<String, PendingState>,
 }
 
 /// A [`Store`] in memory, safe under concurrent use. Keeps nothing once dropped.
@@ -186,6 +188,28 @@ impl Store for MemoryStore {
 
     async fn delete_account(&self, id: &ConnectedAccountId) -> Result<bool, StoreError> {
         Ok(self.state.write().accounts.remove(id).is_some())
+    }
+
+    async fn put_pending_state(&self, pending: &PendingState) -> Result<(), StoreError> {
+        let mut state = self.state.write();
+        if state.pending.contains_key(&pending.state) {
+            return Err(StoreError::Conflict(
+                "that pending state exists already".into(),
+            ));
+        }
+        state.pending.insert(pending.state.clone(), pending.clone());
+        Ok(())
+    }
+
+    async fn take_pending_state(&self, state: &str) -> Result<Option<PendingState>, StoreError> {
+        Ok(self.state.write().pending.remove(state))
+    }
+
+    async fn purge_expired_pending_states(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut state = self.state.write();
+        let before = state.pending.len();
+        state.pending.retain(|_, p| p.expires_at >= now);
+        Ok((before - state.pending.len()) as u64)
     }
 
     async fn list_accounts(

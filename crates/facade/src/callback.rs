@@ -1,0 +1,175 @@
+//! The end of a redirect flow: the provider sends the user back with a code (or an
+//! error) and the state; the account becomes `ACTIVE` or `FAILED`.
+
+use std::collections::BTreeMap;
+
+use keyhaven_core::url::Url;
+use keyhaven_core::{
+    CompleteContext, ConnectedAccount, ConnectionStatus, CredentialsUpdate, Error, StoreError,
+};
+
+use crate::Keyhaven;
+use crate::accounts::not_found;
+
+/// The most of a provider's error text kept as a status reason.
+const MAX_REASON: usize = 500;
+
+/// What came of a callback.
+#[derive(Debug, Clone)]
+pub struct CallbackOutcome {
+    /// The account, now `ACTIVE` or `FAILED`.
+    pub account: ConnectedAccount,
+    /// Where to send the user: the account's `redirect_url` with `status`
+    /// (`success` or `failed`) and `connectedAccountId` added. `None` when the
+    /// account has no redirect URL: show keyhaven's own success or failure page.
+    pub redirect_to: Option<Url>,
+}
+
+impl CallbackOutcome {
+    /// Whether the connection succeeded.
+    pub fn succeeded(&self) -> bool {
+        self.account.status == ConnectionStatus::Active
+    }
+}
+
+fn clip(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_REASON)
+        .collect();
+    if text.chars().count() > MAX_REASON {
+        out.push('…');
+    }
+    out
+}
+
+fn refused(reason: &str) -> Error {
+    Error::invalid("state", format!("{reason}; start the connection again"))
+}
+
+impl Keyhaven {
+    /// Handles the provider's callback, given its query parameters.
+    ///
+    /// The state must be one keyhaven issued, unused and unexpired: it is taken
+    /// atomically, so a replay is refused. An `error` parameter (the user denied...)
+    /// marks the account `FAILED` with the provider's error and description;
+    /// otherwise the scheme exchanges the code and the account becomes `ACTIVE`,
+    /// or `FAILED` with the reason when the exchange fails.
+    ///
+    /// # Errors
+    /// A missing, unknown, reused or expired state, or an account that is no longer
+    /// `INITIATED`: nothing is changed then.
+    pub async fn handle_callback(
+        &self,
+        query: &BTreeMap<String, String>,
+    ) -> Result<CallbackOutcome, Error> {
+        let state = query
+            .get("state")
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| refused("the callback has no state"))?;
+        let pending = self
+            .store()
+            .take_pending_state(state)
+            .await?
+            .ok_or_else(|| refused("the state is unknown or was already used"))?;
+        let now = self.now();
+        if pending.expires_at < now {
+            return Err(refused("the state expired: the user took too long"));
+        }
+        let account = self
+            .store()
+            .get_account(&pending.account_id)
+            .await?
+            .ok_or_else(|| not_found(pending.account_id.as_str()))?;
+        if account.status != ConnectionStatus::Initiated {
+            return Err(Error::Conflict(format!(
+                "connected account {} is {}, not INITIATED: its callback was handled already",
+                account.id, account.status
+            )));
+        }
+        let integration = self.integration_of(&account).await?;
+        let scheme = self.schemes().get(&integration.auth_scheme)?;
+
+        let result = match query.get("error") {
+            Some(error) => Err(clip(&match query.get("error_description") {
+                Some(d) => format!("{error}: {d}"),
+                None => error.clone(),
+            })),
+            None => {
+                let callback_url = self.callback_url().clone();
+                let cx = CompleteContext::new(
+                    &integration,
+                    &account,
+                    query,
+                    &pending.data,
+                    &callback_url,
+                    now,
+                );
+                scheme.complete(cx).await.map_err(|e| clip(&e.to_string()))
+            }
+        };
+        let mut next = account.clone();
+        next.updated_at = self.now();
+        let stored = match &result {
+            Ok(credentials) => {
+                next.status = ConnectionStatus::Active;
+                next.status_reason = None;
+                next.expires_at = credentials.expires_at();
+                self.write_callback(next, CredentialsUpdate::Set(credentials))
+                    .await?
+            }
+            Err(reason) => {
+                next.status = ConnectionStatus::Failed;
+                next.status_reason = Some(reason.clone());
+                self.write_callback(next, CredentialsUpdate::Keep).await?
+            }
+        };
+        tracing::info!(account = %stored.id, status = %stored.status, reason = ?stored.status_reason, "callback handled");
+        let redirect_to = stored
+            .redirect_url
+            .as_deref()
+            .and_then(|u| Url::parse(u).ok())
+            .map(|mut u| {
+                u.query_pairs_mut()
+                    .append_pair("status", if result.is_ok() { "success" } else { "failed" })
+                    .append_pair("connectedAccountId", stored.id.as_str());
+                u
+            });
+        Ok(CallbackOutcome {
+            account: stored,
+            redirect_to,
+        })
+    }
+
+    async fn write_callback(
+        &self,
+        mut next: ConnectedAccount,
+        credentials: CredentialsUpdate<'_>,
+    ) -> Result<ConnectedAccount, Error> {
+        for _ in 0..8 {
+            match self.store().update_account(&next, credentials).await {
+                Ok(stored) => return Ok(stored),
+                Err(StoreError::Conflict(_)) => {
+                    let current = self
+                        .store()
+                        .get_account(&next.id)
+                        .await?
+                        .ok_or_else(|| not_found(next.id.as_str()))?;
+                    if current.status != ConnectionStatus::Initiated {
+                        return Err(Error::Conflict(format!(
+                            "connected account {} became {} while its callback was handled",
+                            current.id, current.status
+                        )));
+                    }
+                    next.version = current.version;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Conflict(format!(
+            "connected account {} kept changing during its callback",
+            next.id
+        )))
+    }
+}

@@ -1,0 +1,99 @@
+//! Refresh bookkeeping: one refresh at a time per account in this process, and
+//! back-off after a provider failed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use keyhaven_core::ConnectedAccountId;
+use keyhaven_core::chrono::{DateTime, Duration, Utc};
+use parking_lot::Mutex;
+
+/// The longest wait between two refresh attempts after failures.
+const MAX_BACKOFF_SECS: i64 = 300;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Backoff {
+    pub(crate) failures: u32,
+    pub(crate) until: DateTime<Utc>,
+    pub(crate) last_error: String,
+}
+
+/// Per-account refresh locks and back-off state.
+#[derive(Default)]
+pub(crate) struct Refresher {
+    locks: Mutex<HashMap<ConnectedAccountId, Arc<tokio::sync::Mutex<()>>>>,
+    backoff: Mutex<HashMap<ConnectedAccountId, Backoff>>,
+}
+
+impl Refresher {
+    /// The lock callers of one account queue on, so that one of them refreshes
+    /// and the others reuse its result.
+    pub(crate) fn lock_for(&self, id: &ConnectedAccountId) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks.lock().entry(id.clone()).or_default().clone()
+    }
+
+    /// Forgets the lock of `id` when no one else holds or waits for it.
+    pub(crate) fn release(&self, id: &ConnectedAccountId, lock: Arc<tokio::sync::Mutex<()>>) {
+        let mut locks = self.locks.lock();
+        // Ours and the map's: nobody else has it.
+        if Arc::strong_count(&lock) <= 2 {
+            locks.remove(id);
+        }
+    }
+
+    /// The back-off in force for `id` at `now`, if any.
+    pub(crate) fn backoff(&self, id: &ConnectedAccountId, now: DateTime<Utc>) -> Option<Backoff> {
+        self.backoff
+            .lock()
+            .get(id)
+            .filter(|b| b.until > now)
+            .cloned()
+    }
+
+    /// Records a failed refresh: waits 1 s, 2 s, 4 s ... up to 5 minutes before the next try.
+    pub(crate) fn failed(
+        &self,
+        id: &ConnectedAccountId,
+        now: DateTime<Utc>,
+        error: String,
+    ) -> Backoff {
+        let mut map = self.backoff.lock();
+        let failures = map.get(id).map_or(0, |b| b.failures).saturating_add(1);
+        let secs = 1_i64
+            .checked_shl(failures.saturating_sub(1).min(20))
+            .unwrap_or(MAX_BACKOFF_SECS);
+        let entry = Backoff {
+            failures,
+            until: now + Duration::seconds(secs.min(MAX_BACKOFF_SECS)),
+            last_error: error,
+        };
+        map.insert(id.clone(), entry.clone());
+        entry
+    }
+
+    /// Forgets past failures of `id`.
+    pub(crate) fn succeeded(&self, id: &ConnectedAccountId) {
+        self.backoff.lock().remove(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        let r = Refresher::default();
+        let id = ConnectedAccountId::generate().unwrap();
+        let now = Utc::now();
+        let waits: Vec<i64> = (0..12)
+            .map(|_| (r.failed(&id, now, "x".into()).until - now).num_seconds())
+            .collect();
+        assert_eq!(&waits[..5], &[1, 2, 4, 8, 16]);
+        assert_eq!(*waits.last().unwrap(), 300);
+        assert!(r.backoff(&id, now).is_some());
+        assert!(r.backoff(&id, now + Duration::seconds(301)).is_none());
+        r.succeeded(&id);
+        assert!(r.backoff(&id, now).is_none());
+    }
+}

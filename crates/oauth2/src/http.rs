@@ -1,0 +1,177 @@
+//! The HTTP client the OAuth schemes use: reqwest, handed to the `oauth2` crate through
+//! its `AsyncHttpClient` trait, with the providers' answers made regular first.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use keyhaven_core::http::{HeaderValue, header};
+use oauth2::{AsyncHttpClient, HttpRequest, HttpResponse};
+
+/// Why an HTTP exchange with a provider failed. Never holds a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The provider could not be reached or did not answer in time.
+    #[error("could not reach {host}: {reason}")]
+    Transport {
+        /// The host asked.
+        host: String,
+        /// What failed (timed out, connection refused, ...).
+        reason: String,
+    },
+    /// The provider answered with a server error or asked us to slow down.
+    #[error("{host} answered HTTP {status}")]
+    Status {
+        /// The host asked.
+        host: String,
+        /// The HTTP status (5xx or 429).
+        status: u16,
+    },
+}
+
+/// A provider-facing HTTP client: timeouts, no redirects (a token endpoint that
+/// redirects is refused rather than followed), and lenient answers: a token answer
+/// sent as a form or as JSON with the wrong content type is turned into JSON.
+#[derive(Debug, Clone)]
+pub struct ProviderHttp {
+    client: reqwest::Client,
+}
+
+impl ProviderHttp {
+    /// The default client: 30 s timeout, 10 s to connect, no redirects.
+    pub fn new() -> Self {
+        let built = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("keyhaven/", env!("CARGO_PKG_VERSION")))
+            .build();
+        Self {
+            client: built.unwrap_or_default(),
+        }
+    }
+
+    /// Uses a client of your own (proxy, timeouts, TLS roots). Turn redirects off on it.
+    pub fn with_client(client: reqwest::Client) -> Self {
+        Self { client }
+    }
+
+    /// The reqwest client, for other calls to the provider.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+}
+
+impl Default for ProviderHttp {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn host_of(uri: &keyhaven_core::http::Uri) -> String {
+    uri.host().unwrap_or("the provider").to_owned()
+}
+
+/// Makes a provider's answer JSON when it is a form (`a=b&c=d`) or JSON sent with
+/// another content type. Returns the new body, or `None` to keep the answer as it is.
+fn normalise_body(content_type: Option<&str>, body: &[u8]) -> Option<Vec<u8>> {
+    let ct = content_type.unwrap_or("").to_ascii_lowercase();
+    if ct.starts_with("application/json") {
+        return None;
+    }
+    let trimmed = body.trim_ascii_start();
+    if trimmed.starts_with(b"{") {
+        return serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .map(|_| body.to_vec());
+    }
+    if ct.starts_with("application/x-www-form-urlencoded") || ct.starts_with("text/plain") {
+        let map: serde_json::Map<String, serde_json::Value> = url_pairs(body)
+            .map(|(k, v)| (k, serde_json::Value::String(v)))
+            .collect();
+        if map.contains_key("access_token") || map.contains_key("error") {
+            return serde_json::to_vec(&map).ok();
+        }
+    }
+    None
+}
+
+fn url_pairs(body: &[u8]) -> impl Iterator<Item = (String, String)> + '_ {
+    keyhaven_core::url::form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned()))
+}
+
+impl<'c> AsyncHttpClient<'c> for ProviderHttp {
+    type Error = HttpError;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, HttpError>> + Send + 'c>>;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let host = host_of(&parts.uri);
+            let transport = |e: reqwest::Error| HttpError::Transport {
+                host: host.clone(),
+                reason: if e.is_timeout() {
+                    "timed out".to_owned()
+                } else if e.is_connect() {
+                    "connection failed".to_owned()
+                } else {
+                    e.without_url().to_string()
+                },
+            };
+            let response = self
+                .client
+                .request(parts.method, parts.uri.to_string())
+                .headers(parts.headers)
+                .body(body)
+                .send()
+                .await
+                .map_err(transport)?;
+            let status = response.status();
+            if status.is_server_error() || status.as_u16() == 429 {
+                return Err(HttpError::Status {
+                    host,
+                    status: status.as_u16(),
+                });
+            }
+            let mut headers = response.headers().clone();
+            let body = response.bytes().await.map_err(transport)?.to_vec();
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            let body = match normalise_body(content_type, &body) {
+                Some(json) => {
+                    headers.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    json
+                }
+                None => body,
+            };
+            let mut out = HttpResponse::new(body);
+            *out.status_mut() = status;
+            *out.headers_mut() = headers;
+            Ok(out)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalise_body;
+
+    #[test]
+    fn forms_and_mislabelled_json_become_json() {
+        let form = normalise_body(
+            Some("application/x-www-form-urlencoded"),
+            b"access_token=a%20b&scope=x,y",
+        )
+        .expect("a form token answer is converted");
+        let v: serde_json::Value = serde_json::from_slice(&form).expect("json");
+        assert_eq!(v["access_token"], "a b");
+        assert_eq!(v["scope"], "x,y");
+        assert!(normalise_body(Some("text/plain"), br#"{"access_token":"t"}"#).is_some());
+        assert!(normalise_body(Some("application/json; charset=utf-8"), b"{}").is_none());
+        assert!(normalise_body(Some("text/html"), b"<html>").is_none());
+    }
+}
