@@ -1,13 +1,17 @@
 //! keyhaven's project chores, run as `cargo xtask <command>`.
 //!
+//! - `test [ARGS...]`: every test, with the services they need made ready first
+//!   (the test OAuth server's packages); missing services then fail the tests
+//!   instead of skipping them. ARGS go to `cargo test`.
 //! - `tidy`: the project's own rules (lints opted in, versions in the root,
 //!   the crate dependency invariants, module docs, no stubs). The same checks
 //!   run as `#[test]`s, so plain `cargo test` enforces them.
 
+mod services;
 mod tidy;
 
 use std::path::PathBuf;
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
 
 fn root() -> PathBuf {
     // xtask lives one level below the workspace root.
@@ -15,9 +19,40 @@ fn root() -> PathBuf {
     here.parent().map(PathBuf::from).unwrap_or(here)
 }
 
+fn test(args: &[String]) -> Result<(), String> {
+    let root = root();
+    let mut envs = services::prepare(&root)?;
+    envs.push(("KEYHAVEN_REQUIRE_SERVICES".into(), "1".into()));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&root)
+        .args(["test", "--workspace", "--all-features"])
+        .args(args);
+    for (k, v) in &envs {
+        cmd.env(k, v);
+    }
+    println!(
+        "xtask: cargo test --workspace --all-features {}",
+        args.join(" ")
+    );
+    let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("cargo test failed ({status})"))
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
+        Some("test") => match test(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                println!("xtask test: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Some("tidy") => {
             let problems = tidy::check_all(&root());
             if problems.is_empty() {
@@ -31,7 +66,7 @@ fn main() -> ExitCode {
             }
         }
         _ => {
-            println!("usage: cargo xtask tidy");
+            println!("usage: cargo xtask test [CARGO TEST ARGS...] | cargo xtask tidy");
             ExitCode::from(2)
         }
     }

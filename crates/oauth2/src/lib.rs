@@ -26,7 +26,7 @@ use keyhaven_core::{
 use oauth2::basic::BasicErrorResponseType;
 use oauth2::{
     AuthUrl, AuthorizationCode, CsrfToken, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl,
-    RefreshToken, RequestTokenError, Scope, StandardErrorResponse, StandardRevocableToken,
+    RefreshToken, RequestTokenError, Scope, StandardErrorResponse,
 };
 
 pub use crate::http::{HttpError, ProviderHttp};
@@ -95,42 +95,68 @@ fn bearer(cx: &AccountContext<'_>, request: &mut OutgoingRequest) -> Result<(), 
     request.set_secret_header("Authorization", &format!("Bearer {token}"))
 }
 
+/// Revokes the refresh token, then the access token, at the RFC 7009 endpoint, if the
+/// integration has one. Done here rather than through the `oauth2` crate, which
+/// refuses plain-HTTP endpoints outright: keyhaven allows them on loopback only.
 async fn revoke_tokens(http: &ProviderHttp, cx: AccountContext<'_>) -> Result<(), SchemeError> {
     let cfg = ProviderConfig::read(cx.integration)?;
-    if cfg.revocation_url.is_none() {
+    let Some(url) = cfg.revocation_url.clone() else {
         return Ok(());
-    }
-    let client = cfg.token_client();
-    let view = OAuth2Tokens::new(cx.credentials);
-    let mut tokens = Vec::new();
-    if let Some(rt) = view.refresh_token() {
-        tokens.push(StandardRevocableToken::RefreshToken(RefreshToken::new(
-            rt.to_owned(),
-        )));
-    }
-    if let Some(at) = view.access_token() {
-        tokens.push(StandardRevocableToken::AccessToken(
-            oauth2::AccessToken::new(at.to_owned()),
+    };
+    let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+    if url.scheme() != "https" && !loopback {
+        return Err(SchemeError::invalid(
+            "auth_config.revocation_url",
+            "must use https (plain http is allowed on loopback only)",
         ));
     }
-    for token in tokens {
-        let request = client
-            .revoke_token(token)
-            .map_err(|e| SchemeError::Other(Box::new(e)))?;
-        request.request_async(http).await.map_err(|e| match e {
-            RequestTokenError::ServerResponse(r) => SchemeError::Rejected {
-                message: format!("revocation refused: {}", r.error().as_ref()),
-            },
-            RequestTokenError::Request(e) => SchemeError::Unavailable {
-                message: format!("revocation: {e}"),
-            },
-            RequestTokenError::Parse(e, _) => SchemeError::Unavailable {
-                message: format!("revocation: unreadable answer at {}", e.path()),
-            },
-            RequestTokenError::Other(s) => SchemeError::Unavailable {
-                message: format!("revocation: {s}"),
-            },
-        })?;
+    let view = OAuth2Tokens::new(cx.credentials);
+    let tokens = [
+        ("refresh_token", view.refresh_token()),
+        ("access_token", view.access_token()),
+    ];
+    for (hint, token) in tokens {
+        let Some(token) = token else { continue };
+        let mut form = vec![("token", token), ("token_type_hint", hint)];
+        let mut request = http.client().post(url.clone());
+        match (cfg.auth, cfg.client_secret) {
+            (config::TokenAuth::Basic, Some(secret)) => {
+                // RFC 6749 2.3.1: both are form-encoded before Basic encoding.
+                let enc = |v: &str| {
+                    keyhaven_core::url::form_urlencoded::byte_serialize(v.as_bytes())
+                        .collect::<String>()
+                };
+                request = request.basic_auth(enc(cfg.client_id), Some(enc(secret)));
+            }
+            (config::TokenAuth::Post, Some(secret)) => {
+                form.push(("client_id", cfg.client_id));
+                form.push(("client_secret", secret));
+            }
+            _ => form.push(("client_id", cfg.client_id)),
+        }
+        let response = request
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| SchemeError::Unavailable {
+                message: format!("revocation: {}", e.without_url()),
+            })?;
+        let status = response.status();
+        if status.is_server_error() || status.as_u16() == 429 {
+            return Err(SchemeError::Unavailable {
+                message: format!("revocation: HTTP {status}"),
+            });
+        }
+        if !status.is_success() {
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            let code = body["error"].as_str().unwrap_or("unknown error");
+            // A provider that cannot revoke this kind of token: nothing more to do for it.
+            if code != "unsupported_token_type" {
+                return Err(SchemeError::Rejected {
+                    message: format!("revocation refused: HTTP {status}, {code}"),
+                });
+            }
+        }
     }
     Ok(())
 }
