@@ -28,7 +28,7 @@ pub use scheme::{
 };
 pub use secret::{Credentials, SecretFields};
 pub use spec::{FieldKind, FieldSpec, SchemeSpec, ValidatedFields, validate_fields};
-pub use store::Store;
+pub use store::{AccountLock, ChangeSink, Store, StoreChange};
 
 /// Re-exported so that scheme crates use the same versions as core.
 pub use {async_trait::async_trait, chrono, http, secrecy, serde_json, url};

@@ -2,6 +2,7 @@
 //! serialized by accident, and wiped from memory when dropped.
 
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use secrecy::{CloneableSecret, ExposeSecret, SecretBox, SecretString};
@@ -158,10 +159,12 @@ impl<'de> Deserialize<'de> for SecretFields {
 ///
 /// The object is open so that third-party schemes can keep what they need;
 /// each scheme crate reads it through typed views. Kept in a [`SecretBox`]:
-/// redacted `Debug`, no `Display`, no `Serialize`, zeroized on drop.
+/// redacted `Debug`, no `Display`, no `Serialize`, zeroized when the last clone
+/// is dropped. Clones share one copy (cloning is a reference count), so handing
+/// out cached credentials costs no allocation.
 #[derive(Clone)]
 pub struct Credentials {
-    fields: SecretBox<SecretFields>,
+    fields: Arc<SecretBox<SecretFields>>,
     expires_at: Option<DateTime<Utc>>,
 }
 
@@ -169,7 +172,7 @@ impl Credentials {
     /// Credentials from secret fields, expiring at `expires_at` (`None`: never).
     pub fn new(fields: SecretFields, expires_at: Option<DateTime<Utc>>) -> Self {
         Self {
-            fields: SecretBox::new(Box::new(fields)),
+            fields: Arc::new(SecretBox::new(Box::new(fields))),
             expires_at,
         }
     }

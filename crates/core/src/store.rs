@@ -84,11 +84,52 @@ pub trait Store: Send + Sync + 'static {
     /// Removes the pending states that expired before `now`; returns how many.
     async fn purge_expired_pending_states(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
 
+    /// Takes the refresh lock of one account, waiting for it, across every process
+    /// that shares this store. Whoever holds it re-reads the account before
+    /// refreshing, so a refresh made by the previous holder is reused.
+    async fn lock_account(
+        &self,
+        id: &ConnectedAccountId,
+    ) -> Result<Box<dyn AccountLock>, StoreError>;
+
+    /// Asks to be told when another process or instance changes accounts, so that
+    /// caches can drop what they hold. Stores that are never shared keep the default,
+    /// which never calls.
+    fn subscribe(&self, sink: ChangeSink) {
+        let _ = sink;
+    }
+
     /// Accounts matching `filter`, ordered by id (which is creation order), one page.
     async fn list_accounts(
         &self,
         filter: &AccountFilter,
     ) -> Result<Page<ConnectedAccount>, StoreError>;
+}
+
+/// A held refresh lock (see [`Store::lock_account`]).
+#[async_trait]
+pub trait AccountLock: Send + Sync {
+    /// Lets the next waiter in. Dropping the lock without calling this releases it too,
+    /// perhaps later (when a lease runs out or a connection closes).
+    async fn release(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+/// A change made elsewhere, reported by [`Store::subscribe`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreChange {
+    /// This account changed or was deleted.
+    Account(ConnectedAccountId),
+    /// Changes may have been missed: forget everything cached.
+    Everything,
+}
+
+/// Where a store reports [`StoreChange`]s.
+pub type ChangeSink = std::sync::Arc<dyn Fn(StoreChange) + Send + Sync>;
+
+impl std::fmt::Debug for dyn AccountLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccountLock")
+    }
 }
 
 impl std::fmt::Debug for dyn Store {

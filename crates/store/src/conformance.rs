@@ -23,6 +23,52 @@ pub async fn run(store: Arc<dyn Store>) {
     delete_integration_in_use_is_refused(&*store).await;
     list_filters_and_pages(&*store).await;
     pending_states_are_single_use(store.clone()).await;
+    account_locks_exclude_each_other(store.clone()).await;
+}
+
+async fn account_locks_exclude_each_other(store: Arc<dyn Store>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let id = ConnectedAccountId::generate().unwrap();
+    let other = ConnectedAccountId::generate().unwrap();
+    let inside = Arc::new(AtomicUsize::new(0));
+    let max_inside = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let (store, id, inside, max_inside) = (
+            store.clone(),
+            id.clone(),
+            inside.clone(),
+            max_inside.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let lock = store.lock_account(&id).await.unwrap();
+            let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+            max_inside.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(15)).await;
+            inside.fetch_sub(1, Ordering::SeqCst);
+            lock.release().await.unwrap();
+        }));
+    }
+    // Another account's lock is not held up by these.
+    let other_lock = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        store.lock_account(&other),
+    )
+    .await
+    .expect("another account's lock is free")
+    .unwrap();
+    other_lock.release().await.unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(max_inside.load(Ordering::SeqCst), 1, "one holder at a time");
+    // A lock dropped without release is released too.
+    drop(store.lock_account(&id).await.unwrap());
+    let again = tokio::time::timeout(std::time::Duration::from_secs(10), store.lock_account(&id))
+        .await
+        .expect("a dropped lock is released")
+        .unwrap();
+    again.release().await.unwrap();
 }
 
 /// A slug no other check or run uses.
@@ -511,4 +557,43 @@ async fn pending_states_are_single_use(store: Arc<dyn Store>) {
             .is_some(),
         "live one kept"
     );
+}
+
+/// A fresh, empty PostgreSQL database for a test, made next to the one that
+/// `KEYHAVEN_TEST_DATABASE_URL` names; `None` (after saying why) when it is unset,
+/// unless `KEYHAVEN_REQUIRE_SERVICES=1`, which makes it a failure.
+#[cfg(feature = "postgres")]
+pub async fn fresh_postgres_database() -> Option<String> {
+    #[allow(clippy::print_stderr)]
+    let Ok(url) = std::env::var("KEYHAVEN_TEST_DATABASE_URL") else {
+        let why = "KEYHAVEN_TEST_DATABASE_URL is not set: PostgreSQL tests are skipped (cargo xtask test sets it)";
+        assert!(
+            std::env::var("KEYHAVEN_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "{why}"
+        );
+        eprintln!("SKIPPED: {why}");
+        return None;
+    };
+    use sqlx::Connection;
+    let mut admin = sqlx::PgConnection::connect(&url)
+        .await
+        .expect("KEYHAVEN_TEST_DATABASE_URL connects");
+    let name = format!(
+        "kh_test_{}",
+        &ConnectedAccountId::generate().unwrap().as_str()[3..]
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let base = url
+        .rsplit_once('/')
+        .map(|(b, _)| b)
+        .expect("a database URL ends with /name");
+    let (_, query) = url.split_once('?').unwrap_or((&url, ""));
+    Some(if query.is_empty() {
+        format!("{base}/{name}")
+    } else {
+        format!("{base}/{name}?{query}")
+    })
 }

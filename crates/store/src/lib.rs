@@ -1,10 +1,45 @@
 //! Stores for keyhaven, behind the [`Store`](keyhaven_core::Store) trait of
-//! `keyhaven-core`: [`MemoryStore`] for tests and for programs that keep
-//! nothing, and (with the `conformance` feature) the suite every store must pass.
+//! `keyhaven-core`:
+//!
+//! - [`SqliteStore`] (feature `sqlite`, default): the embedded store, one file in a
+//!   data directory;
+//! - [`PostgresStore`] (feature `postgres`): many keyhaven instances on one database;
+//! - [`MemoryStore`]: for tests and programs that keep nothing.
+//!
+//! The SQL stores encrypt credentials, integration secrets and pending OAuth data at
+//! rest with AES-256-GCM ([`KeyRing`]), run their embedded migrations on open, and
+//! take refresh locks that hold across processes. With the `conformance` feature,
+//! the suite every store must pass.
 
+mod crypto;
+mod keys;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod rotate;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod rows;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+pub use crypto::{KeyError, KeyRing, MasterKey};
+pub use keys::{KEY_FILE, KeyFile, MASTER_KEY_ENV, OLD_KEYS_ENV, ring_from_base64, ring_from_env};
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use rotate::RotationReport;
+#[cfg(feature = "sqlite")]
+pub use sqlite::{DB_FILE, SqliteStore};
+
+/// A random token (128 bits, hex) naming a lock holder.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn random_token() -> Result<String, keyhaven_core::StoreError> {
+    let bytes: [u8; 16] = keyhaven_core::random_bytes()
+        .map_err(|e| keyhaven_core::StoreError::Backend(Box::new(e)))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}

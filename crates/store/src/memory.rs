@@ -1,11 +1,12 @@
 //! An in-memory store: everything in one lock-protected map, gone when dropped.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use keyhaven_core::{
-    AccountFilter, AppSlug, ConnectedAccount, ConnectedAccountId, Credentials, CredentialsUpdate,
-    Integration, IntegrationId, Page, PendingState, Store, StoreError,
+    AccountFilter, AccountLock, AppSlug, ConnectedAccount, ConnectedAccountId, Credentials,
+    CredentialsUpdate, Integration, IntegrationId, Page, PendingState, Store, StoreError,
     chrono::{DateTime, Utc},
 };
 use parking_lot::RwLock;
@@ -24,6 +25,17 @@ struct State {
 #[derive(Default)]
 pub struct MemoryStore {
     state: RwLock<State>,
+    locks: parking_lot::Mutex<HashMap<ConnectedAccountId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A refresh lock of the memory store: an owned async mutex guard.
+struct MemoryLock(#[allow(dead_code)] tokio::sync::OwnedMutexGuard<()>);
+
+#[async_trait]
+impl AccountLock for MemoryLock {
+    async fn release(self: Box<Self>) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 impl MemoryStore {
@@ -210,6 +222,14 @@ impl Store for MemoryStore {
         let before = state.pending.len();
         state.pending.retain(|_, p| p.expires_at >= now);
         Ok((before - state.pending.len()) as u64)
+    }
+
+    async fn lock_account(
+        &self,
+        id: &ConnectedAccountId,
+    ) -> Result<Box<dyn AccountLock>, StoreError> {
+        let lock = self.locks.lock().entry(id.clone()).or_default().clone();
+        Ok(Box::new(MemoryLock(lock.lock_owned().await)))
     }
 
     async fn list_accounts(

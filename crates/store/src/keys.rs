@@ -1,0 +1,238 @@
+//! Where master keys come from: configuration or the environment (base64), or, for
+//! the embedded default, a key file in the data directory, created with mode 0600.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use keyhaven_core::StoreError;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::crypto::{KeyRing, MasterKey};
+
+/// The environment variable holding the primary master key (base64 of 32 bytes).
+pub const MASTER_KEY_ENV: &str = "KEYHAVEN_MASTER_KEY";
+/// The environment variable holding older keys still needed to read (comma-separated).
+pub const OLD_KEYS_ENV: &str = "KEYHAVEN_OLD_MASTER_KEYS";
+/// The key file's name in a data directory.
+pub const KEY_FILE: &str = "master.key";
+
+fn key_error(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string().into())
+}
+
+/// A key ring from base64 keys: the primary, then older ones.
+pub fn ring_from_base64(primary: &str, older: &[&str]) -> Result<KeyRing, StoreError> {
+    let primary = MasterKey::from_base64(primary).map_err(key_error)?;
+    let older = older
+        .iter()
+        .filter(|k| !k.trim().is_empty())
+        .map(|k| MasterKey::from_base64(k))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(key_error)?;
+    Ok(KeyRing::new(primary, older))
+}
+
+/// The key ring of `KEYHAVEN_MASTER_KEY` and `KEYHAVEN_OLD_MASTER_KEYS`, if the first is set.
+pub fn ring_from_env() -> Result<Option<KeyRing>, StoreError> {
+    let Ok(primary) = std::env::var(MASTER_KEY_ENV) else {
+        return Ok(None);
+    };
+    let primary = Zeroizing::new(primary);
+    let older = Zeroizing::new(std::env::var(OLD_KEYS_ENV).unwrap_or_default());
+    let older: Vec<&str> = older.split(',').collect();
+    ring_from_base64(&primary, &older)
+        .map(Some)
+        .map_err(|e| StoreError::Backend(format!("{MASTER_KEY_ENV}: {e}").into()))
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeyFileContent {
+    primary: String,
+    /// Every key, base64, by id.
+    keys: std::collections::BTreeMap<String, String>,
+}
+
+impl Drop for KeyFileContent {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        for v in self.keys.values_mut() {
+            v.zeroize();
+        }
+    }
+}
+
+/// A key file: the keys of an embedded store, readable by its owner only.
+#[derive(Debug, Clone)]
+pub struct KeyFile {
+    path: PathBuf,
+}
+
+impl KeyFile {
+    /// The key file of a data directory.
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            path: dir.join(KEY_FILE),
+        }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the key ring, creating the file with a new key (mode 0600) when absent.
+    ///
+    /// # Errors
+    /// A file that others can read or write, or that does not parse.
+    pub fn load_or_create(&self) -> Result<KeyRing, StoreError> {
+        if !self.path.exists() {
+            let key = MasterKey::generate()?;
+            let mut keys = std::collections::BTreeMap::new();
+            keys.insert(key.id().to_owned(), key.to_base64().to_string());
+            self.write(
+                &KeyFileContent {
+                    primary: key.id().to_owned(),
+                    keys,
+                },
+                true,
+            )?;
+            tracing::info!(path = %self.path.display(), key = key.id(), "created a new master key file");
+        }
+        self.load()
+    }
+
+    /// Reads the key ring.
+    pub fn load(&self) -> Result<KeyRing, StoreError> {
+        self.check_mode()?;
+        let text = Zeroizing::new(fs::read_to_string(&self.path).map_err(|e| {
+            key_error(format!(
+                "cannot read the key file {}: {e}",
+                self.path.display()
+            ))
+        })?);
+        let content: KeyFileContent = serde_json::from_str(&text)
+            .map_err(|_| key_error(format!("the key file {} is not valid", self.path.display())))?;
+        let primary = content.keys.get(&content.primary).ok_or_else(|| {
+            key_error(format!(
+                "the key file {} has no key {}",
+                self.path.display(),
+                content.primary
+            ))
+        })?;
+        let older: Vec<&str> = content
+            .keys
+            .iter()
+            .filter(|(id, _)| **id != content.primary)
+            .map(|(_, k)| k.as_str())
+            .collect();
+        ring_from_base64(primary, &older)
+    }
+
+    /// Adds a new primary key, keeping the old ones for reading; returns the new ring.
+    pub fn add_primary(&self) -> Result<KeyRing, StoreError> {
+        self.check_mode()?;
+        let text = Zeroizing::new(fs::read_to_string(&self.path).map_err(key_error)?);
+        let mut content: KeyFileContent = serde_json::from_str(&text).map_err(key_error)?;
+        let key = MasterKey::generate()?;
+        content
+            .keys
+            .insert(key.id().to_owned(), key.to_base64().to_string());
+        content.primary = key.id().to_owned();
+        self.write(&content, false)?;
+        self.load()
+    }
+
+    /// Drops every key but the primary (after a completed rotation).
+    pub fn retire_old_keys(&self) -> Result<(), StoreError> {
+        self.check_mode()?;
+        let text = Zeroizing::new(fs::read_to_string(&self.path).map_err(key_error)?);
+        let mut content: KeyFileContent = serde_json::from_str(&text).map_err(key_error)?;
+        let primary = content.primary.clone();
+        content.keys.retain(|id, _| *id == primary);
+        self.write(&content, false)
+    }
+
+    fn check_mode(&self) -> Result<(), StoreError> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let meta = fs::metadata(&self.path).map_err(|e| {
+                key_error(format!(
+                    "cannot read the key file {}: {e}",
+                    self.path.display()
+                ))
+            })?;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(key_error(format!(
+                    "the key file {} can be read or written by others (mode {mode:o}); run `chmod 600 {}`",
+                    self.path.display(),
+                    self.path.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes atomically: a new file with mode 0600, then a rename.
+    fn write(&self, content: &KeyFileContent, create_new: bool) -> Result<(), StoreError> {
+        let text = Zeroizing::new(serde_json::to_string_pretty(content).map_err(key_error)?);
+        let tmp = self.path.with_extension("key.tmp");
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options
+            .open(&tmp)
+            .map_err(|e| key_error(format!("cannot write {}: {e}", tmp.display())))?;
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(key_error)?;
+        if create_new && self.path.exists() {
+            let _ = fs::remove_file(&tmp);
+            return Err(key_error(format!(
+                "{} appeared while creating it",
+                self.path.display()
+            )));
+        }
+        fs::rename(&tmp, &self.path).map_err(key_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_0600_and_refused_when_readable_by_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = KeyFile::in_dir(dir.path());
+        let ring = file.load_or_create().unwrap();
+        let again = file.load_or_create().unwrap();
+        assert_eq!(
+            ring.primary_id(),
+            again.primary_id(),
+            "an existing file is reused"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(file.path()).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+            fs::set_permissions(file.path(), fs::Permissions::from_mode(0o644)).unwrap();
+            let err = file.load().unwrap_err().to_string();
+            assert!(err.contains("chmod 600") && err.contains("644"), "{err}");
+            fs::set_permissions(file.path(), fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let rotated = file.add_primary().unwrap();
+        assert_ne!(rotated.primary_id(), ring.primary_id());
+        assert_eq!(rotated.key_ids().count(), 2);
+        file.retire_old_keys().unwrap();
+        assert_eq!(file.load().unwrap().key_ids().count(), 1);
+    }
+}

@@ -1,0 +1,664 @@
+//! The shared store: PostgreSQL through sqlx, for many keyhaven instances on one
+//! database. Refresh locks are transaction-scoped advisory locks (released when the
+//! holder commits, rolls back or its connection dies); changes are announced with
+//! NOTIFY so that every instance's cache drops what another instance changed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use keyhaven_core::chrono::{DateTime, Utc};
+use keyhaven_core::{
+    AccountFilter, AccountLock, AppSlug, ChangeSink, ConnectedAccount, ConnectedAccountId,
+    Credentials, CredentialsUpdate, Integration, IntegrationId, Page, PendingState, Store,
+    StoreChange, StoreError,
+};
+use parking_lot::RwLock;
+use sha2::{Digest, Sha256};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+
+use crate::crypto::KeyRing;
+use crate::rotate::{RotationReport, Table};
+use crate::rows::{
+    ACCOUNT_COLUMNS, AccountRow, Arg, INTEGRATION_COLUMNS, IntegrationRow, decode_credentials,
+    decode_pending, encode_credentials, encode_pending, list_query, micros, page, state_hash,
+};
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_init.sql"))];
+/// The NOTIFY channel of account changes.
+const CHANNEL: &str = "keyhaven_account_changes";
+/// The advisory lock key that serialises migrations.
+const MIGRATION_LOCK: i64 = 0x6b65_7968_6176_656e; // "keyhaven"
+
+/// Marks SQL built from this module's constants and numbered placeholders (never
+/// from input) as audited for sqlx.
+fn safe(sql: impl Into<String>) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(sql.into())
+}
+
+fn map_err(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some("23505") => StoreError::Conflict(db.message().to_owned()),
+            Some("23503") => StoreError::Missing {
+                kind: "referenced row",
+                id: db.message().to_owned(),
+            },
+            Some(code)
+                if code.starts_with("08") || code.starts_with("57") || code.starts_with("53") =>
+            {
+                StoreError::Unavailable(format!("PostgreSQL: {}", db.message()))
+            }
+            _ => StoreError::Backend(Box::new(e)),
+        },
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => StoreError::Unavailable(format!("PostgreSQL: {e}")),
+        _ => StoreError::Backend(Box::new(e)),
+    }
+}
+
+fn account_row(r: &PgRow) -> Result<AccountRow, StoreError> {
+    let get = |e: sqlx::Error| map_err(e);
+    Ok(AccountRow {
+        id: r.try_get(0).map_err(get)?,
+        entity_id: r.try_get(1).map_err(get)?,
+        integration_id: r.try_get(2).map_err(get)?,
+        app: r.try_get(3).map_err(get)?,
+        auth_scheme: r.try_get(4).map_err(get)?,
+        status: r.try_get(5).map_err(get)?,
+        status_reason: r.try_get(6).map_err(get)?,
+        labels: r.try_get(7).map_err(get)?,
+        params: r.try_get(8).map_err(get)?,
+        redirect_url: r.try_get(9).map_err(get)?,
+        expires_at: r.try_get(10).map_err(get)?,
+        version: r.try_get(11).map_err(get)?,
+        created_at: r.try_get(12).map_err(get)?,
+        updated_at: r.try_get(13).map_err(get)?,
+    })
+}
+
+fn integration_row(r: &PgRow) -> Result<IntegrationRow, StoreError> {
+    let get = |e: sqlx::Error| map_err(e);
+    Ok(IntegrationRow {
+        id: r.try_get(0).map_err(get)?,
+        app: r.try_get(1).map_err(get)?,
+        name: r.try_get(2).map_err(get)?,
+        auth_scheme: r.try_get(3).map_err(get)?,
+        scopes: r.try_get(4).map_err(get)?,
+        config: r.try_get(5).map_err(get)?,
+        secrets: r.try_get(6).map_err(get)?,
+        created_at: r.try_get(7).map_err(get)?,
+        updated_at: r.try_get(8).map_err(get)?,
+    })
+}
+
+/// The advisory lock key of an account: 64 bits of the SHA-256 of its id.
+fn lock_key(id: &ConnectedAccountId) -> i64 {
+    let d = Sha256::digest(id.as_str().as_bytes());
+    i64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+/// The shared [`Store`]: PostgreSQL, credentials and secrets encrypted with a [`KeyRing`].
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    keys: Arc<RwLock<Arc<KeyRing>>>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("pool_size", &self.pool.size())
+            .finish_non_exhaustive()
+    }
+}
+
+async fn insert_labels(
+    tx: &mut Transaction<'static, Postgres>,
+    account: &ConnectedAccount,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM account_labels WHERE account_id = $1")
+        .bind(account.id.as_str())
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    for label in &account.labels {
+        sqlx::query("INSERT INTO account_labels (label, account_id) VALUES ($1, $2)")
+            .bind(label.as_str())
+            .bind(account.id.as_str())
+            .execute(&mut **tx)
+            .await
+            .map_err(map_err)?;
+    }
+    Ok(())
+}
+
+async fn notify(tx: &mut Transaction<'static, Postgres>, id: &str) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    Ok(())
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user@host/db`), runs the migrations (one
+    /// instance at a time), and encrypts with `keys`.
+    pub async fn connect(url: &str, keys: KeyRing) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(32)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
+        let store = Self {
+            pool,
+            keys: Arc::new(RwLock::new(Arc::new(keys))),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// The connection pool, for callers that need their own queries.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The key ring in use.
+    pub fn key_ring(&self) -> Arc<KeyRing> {
+        self.keys.read().clone()
+    }
+
+    /// Replaces the key ring (after adding a key); new writes use its primary.
+    pub fn set_key_ring(&self, keys: KeyRing) {
+        *self.keys.write() = Arc::new(keys);
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        sqlx::query("CREATE TABLE IF NOT EXISTS keyhaven_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        for (version, sql) in MIGRATIONS {
+            let done: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM keyhaven_migrations WHERE version = $1)",
+            )
+            .bind(version)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            if !done {
+                sqlx::raw_sql(safe(*sql))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                sqlx::query(
+                    "INSERT INTO keyhaven_migrations (version, applied_at) VALUES ($1, $2)",
+                )
+                .bind(version)
+                .bind(micros(Utc::now()))
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                tracing::info!(version, "PostgreSQL migration applied");
+            }
+        }
+        tx.commit().await.map_err(map_err)
+    }
+
+    /// Re-encrypts every secret under the primary key, in batches, while other
+    /// reads and writes go on; resumable (rows under the primary are skipped).
+    pub async fn rotate(&self, batch: usize) -> Result<RotationReport, StoreError> {
+        let mut report = RotationReport::default();
+        for table in Table::ALL {
+            let mut cursor = String::new();
+            loop {
+                let sql = format!(
+                    "SELECT {key}, {col} FROM {t} WHERE {key} > $1 AND {col} IS NOT NULL ORDER BY {key} LIMIT $2",
+                    key = table.key,
+                    col = table.column,
+                    t = table.table
+                );
+                let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(safe(sql))
+                    .bind(&cursor)
+                    .bind(batch as i64)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(map_err)?;
+                let Some(last) = rows.last().map(|r| r.0.clone()) else {
+                    break;
+                };
+                let changes = crate::rotate::reencrypt(&self.key_ring(), table, rows, &mut report)?;
+                let update = format!(
+                    "UPDATE {t} SET {col} = $1 WHERE {key} = $2 AND {col} = $3",
+                    key = table.key,
+                    col = table.column,
+                    t = table.table
+                );
+                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                for (key, old, new) in &changes {
+                    let n = sqlx::query(safe(update.as_str()))
+                        .bind(new)
+                        .bind(key)
+                        .bind(old)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                    if n.rows_affected() == 0 {
+                        report.changed_meanwhile += 1;
+                    } else {
+                        report.reencrypted += 1;
+                    }
+                }
+                tx.commit().await.map_err(map_err)?;
+                cursor = last;
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// A held advisory lock: the transaction that took it.
+struct AdvisoryLock(Option<Transaction<'static, Postgres>>);
+
+#[async_trait]
+impl AccountLock for AdvisoryLock {
+    async fn release(mut self: Box<Self>) -> Result<(), StoreError> {
+        match self.0.take() {
+            Some(tx) => tx.commit().await.map_err(map_err),
+            None => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn insert_integration(&self, integration: &Integration) -> Result<(), StoreError> {
+        let r = IntegrationRow::encode(integration, &self.key_ring())?;
+        sqlx::query(safe(format!("INSERT INTO integrations ({INTEGRATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")))
+            .bind(r.id).bind(r.app).bind(r.name).bind(r.auth_scheme).bind(r.scopes).bind(r.config)
+            .bind(r.secrets).bind(r.created_at).bind(r.updated_at)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn find_or_insert_integration(
+        &self,
+        candidate: &Integration,
+    ) -> Result<Integration, StoreError> {
+        let r = IntegrationRow::encode(candidate, &self.key_ring())?;
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let key = {
+            let d = Sha256::digest(format!("integration:{}:{}", r.app, r.auth_scheme).as_bytes());
+            i64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+        };
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(key)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let existing = sqlx::query(safe(format!(
+            "SELECT {INTEGRATION_COLUMNS} FROM integrations WHERE app = $1 AND auth_scheme = $2 ORDER BY created_at, id LIMIT 1"
+        )))
+        .bind(&r.app)
+        .bind(&r.auth_scheme)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if let Some(row) = existing {
+            let row = integration_row(&row)?;
+            tx.commit().await.map_err(map_err)?;
+            return row.decode(&self.key_ring());
+        }
+        sqlx::query(safe(format!("INSERT INTO integrations ({INTEGRATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")))
+            .bind(r.id).bind(r.app).bind(r.name).bind(r.auth_scheme).bind(r.scopes).bind(r.config)
+            .bind(r.secrets).bind(r.created_at).bind(r.updated_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(candidate.clone())
+    }
+
+    async fn get_integration(&self, id: &IntegrationId) -> Result<Option<Integration>, StoreError> {
+        let row = sqlx::query(safe(format!(
+            "SELECT {INTEGRATION_COLUMNS} FROM integrations WHERE id = $1"
+        )))
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        row.map(|r| integration_row(&r)?.decode(&self.key_ring()))
+            .transpose()
+    }
+
+    async fn list_integrations(
+        &self,
+        app: Option<&AppSlug>,
+    ) -> Result<Vec<Integration>, StoreError> {
+        let rows = match app {
+            Some(a) => sqlx::query(safe(format!("SELECT {INTEGRATION_COLUMNS} FROM integrations WHERE app = $1 ORDER BY created_at, id")))
+                .bind(a.as_str())
+                .fetch_all(&self.pool)
+                .await,
+            None => sqlx::query(safe(format!("SELECT {INTEGRATION_COLUMNS} FROM integrations ORDER BY created_at, id")))
+                .fetch_all(&self.pool)
+                .await,
+        }
+        .map_err(map_err)?;
+        let keys = self.key_ring();
+        rows.iter()
+            .map(|r| integration_row(r)?.decode(&keys))
+            .collect()
+    }
+
+    async fn delete_integration(&self, id: &IntegrationId) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        sqlx::query("SELECT id FROM integrations WHERE id = $1 FOR UPDATE")
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let used: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM connected_accounts WHERE integration_id = $1")
+                .bind(id.as_str())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        if used > 0 {
+            return Err(StoreError::Conflict(format!(
+                "integration {id} is used by {used} connected account(s); delete them first"
+            )));
+        }
+        let n = sqlx::query("DELETE FROM integrations WHERE id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(n.rows_affected() > 0)
+    }
+
+    async fn insert_account(
+        &self,
+        account: &ConnectedAccount,
+        credentials: Option<&Credentials>,
+    ) -> Result<(), StoreError> {
+        let r = AccountRow::encode(account)?;
+        let (blob, blob_expiry) = match credentials
+            .map(|c| encode_credentials(&self.key_ring(), &account.id, c))
+            .transpose()?
+        {
+            Some((b, e)) => (Some(b), e),
+            None => (None, None),
+        };
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM integrations WHERE id = $1)")
+                .bind(&r.integration_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        if !exists {
+            return Err(StoreError::Missing {
+                kind: "integration",
+                id: r.integration_id,
+            });
+        }
+        sqlx::query(safe(format!("INSERT INTO connected_accounts ({ACCOUNT_COLUMNS}, credentials, credentials_expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)")))
+            .bind(&r.id).bind(r.entity_id).bind(r.integration_id).bind(r.app).bind(r.auth_scheme)
+            .bind(r.status).bind(r.status_reason).bind(r.labels).bind(r.params).bind(r.redirect_url)
+            .bind(r.expires_at).bind(r.version).bind(r.created_at).bind(r.updated_at).bind(blob).bind(blob_expiry)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        insert_labels(&mut tx, account).await?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn get_account(
+        &self,
+        id: &ConnectedAccountId,
+    ) -> Result<Option<ConnectedAccount>, StoreError> {
+        let row = sqlx::query(safe(format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM connected_accounts WHERE id = $1"
+        )))
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        row.map(|r| account_row(&r)?.decode()).transpose()
+    }
+
+    async fn get_account_and_credentials(
+        &self,
+        id: &ConnectedAccountId,
+    ) -> Result<Option<(ConnectedAccount, Option<Credentials>)>, StoreError> {
+        let row = sqlx::query(safe(format!(
+            "SELECT {ACCOUNT_COLUMNS}, credentials, credentials_expires_at FROM connected_accounts WHERE id = $1"
+        )))
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        let Some(row) = row else { return Ok(None) };
+        let account = account_row(&row)?;
+        let blob: Option<Vec<u8>> = row.try_get(14).map_err(map_err)?;
+        let expiry: Option<i64> = row.try_get(15).map_err(map_err)?;
+        let creds = blob
+            .map(|b| decode_credentials(&self.key_ring(), &account.id, &b, expiry))
+            .transpose()?;
+        Ok(Some((account.decode()?, creds)))
+    }
+
+    async fn update_account(
+        &self,
+        account: &ConnectedAccount,
+        credentials: CredentialsUpdate<'_>,
+    ) -> Result<ConnectedAccount, StoreError> {
+        let mut next = account.clone();
+        next.version = account.version + 1;
+        let r = AccountRow::encode(&next)?;
+        let expected =
+            i64::try_from(account.version).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let creds = match credentials {
+            CredentialsUpdate::Keep => None,
+            CredentialsUpdate::Set(c) => {
+                Some(Some(encode_credentials(&self.key_ring(), &account.id, c)?))
+            }
+            CredentialsUpdate::Clear => Some(None),
+        };
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let n = sqlx::query("UPDATE connected_accounts SET entity_id = $2, integration_id = $3, app = $4, auth_scheme = $5, status = $6, status_reason = $7, labels = $8, params = $9, redirect_url = $10, expires_at = $11, version = $12, created_at = $13, updated_at = $14 WHERE id = $1 AND version = $15")
+            .bind(&r.id).bind(r.entity_id).bind(r.integration_id).bind(r.app).bind(r.auth_scheme)
+            .bind(r.status).bind(r.status_reason).bind(r.labels).bind(r.params).bind(r.redirect_url)
+            .bind(r.expires_at).bind(r.version).bind(r.created_at).bind(r.updated_at).bind(expected)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        if n.rows_affected() == 0 {
+            let current: Option<i64> =
+                sqlx::query_scalar("SELECT version FROM connected_accounts WHERE id = $1")
+                    .bind(&r.id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+            return Err(match current {
+                None => StoreError::Missing {
+                    kind: "connected account",
+                    id: r.id,
+                },
+                Some(v) => StoreError::Conflict(format!(
+                    "connected account {} changed since it was read (version {v} now, {expected} given)",
+                    r.id
+                )),
+            });
+        }
+        if let Some(creds) = creds {
+            let (blob, expiry) = match creds {
+                Some((b, e)) => (Some(b), e),
+                None => (None, None),
+            };
+            sqlx::query("UPDATE connected_accounts SET credentials = $2, credentials_expires_at = $3 WHERE id = $1")
+                .bind(&r.id)
+                .bind(blob)
+                .bind(expiry)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
+        insert_labels(&mut tx, &next).await?;
+        notify(&mut tx, &r.id).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(next)
+    }
+
+    async fn delete_account(&self, id: &ConnectedAccountId) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let n = sqlx::query("DELETE FROM connected_accounts WHERE id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        notify(&mut tx, id.as_str()).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(n.rows_affected() > 0)
+    }
+
+    async fn put_pending_state(&self, pending: &PendingState) -> Result<(), StoreError> {
+        let hash = state_hash(&pending.state);
+        let blob = encode_pending(&self.key_ring(), &hash, &pending.data)?;
+        sqlx::query("INSERT INTO pending_states (state_hash, account_id, data, expires_at) VALUES ($1, $2, $3, $4)")
+            .bind(&hash)
+            .bind(pending.account_id.as_str())
+            .bind(blob)
+            .bind(micros(pending.expires_at))
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn take_pending_state(&self, state: &str) -> Result<Option<PendingState>, StoreError> {
+        let hash = state_hash(state);
+        let row: Option<(String, Vec<u8>, i64)> =
+            sqlx::query_as("DELETE FROM pending_states WHERE state_hash = $1 RETURNING account_id, data, expires_at")
+                .bind(&hash)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map_err)?;
+        let Some((account, blob, expires)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(PendingState {
+            state: state.to_owned(),
+            account_id: ConnectedAccountId::parse(&account)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            data: decode_pending(&self.key_ring(), &hash, &blob)?,
+            expires_at: crate::rows::from_micros(expires)?,
+        }))
+    }
+
+    async fn purge_expired_pending_states(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let n = sqlx::query("DELETE FROM pending_states WHERE expires_at < $1")
+            .bind(micros(now))
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(n.rows_affected())
+    }
+
+    async fn lock_account(
+        &self,
+        id: &ConnectedAccountId,
+    ) -> Result<Box<dyn AccountLock>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(lock_key(id))
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        Ok(Box::new(AdvisoryLock(Some(tx))))
+    }
+
+    fn subscribe(&self, sink: ChangeSink) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("no tokio runtime: caches will not see changes made by other instances");
+            return;
+        };
+        let pool = self.pool.clone();
+        handle.spawn(async move {
+            loop {
+                let mut listener = match PgListener::connect_with(&pool).await {
+                    Ok(l) => l,
+                    Err(_) if pool.is_closed() => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot listen for account changes; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                if let Err(e) = listener.listen(CHANNEL).await {
+                    tracing::warn!(error = %e, "cannot listen for account changes; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                // Anything may have changed while nobody listened.
+                sink(StoreChange::Everything);
+                loop {
+                    match listener.try_recv().await {
+                        Ok(Some(n)) => match ConnectedAccountId::parse(n.payload()) {
+                            Ok(id) => sink(StoreChange::Account(id)),
+                            Err(_) => sink(StoreChange::Everything),
+                        },
+                        // The connection dropped; it is re-established on the next call.
+                        Ok(None) => sink(StoreChange::Everything),
+                        Err(_) => {
+                            sink(StoreChange::Everything);
+                            if pool.is_closed() {
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    async fn list_accounts(
+        &self,
+        filter: &AccountFilter,
+    ) -> Result<Page<ConnectedAccount>, StoreError> {
+        let (sql, args) = list_query(filter, &|n| format!("${n}"));
+        let mut q = sqlx::query(safe(sql));
+        for a in args {
+            q = match a {
+                Arg::Text(s) => q.bind(s),
+                Arg::Int(i) => q.bind(i),
+            };
+        }
+        let rows = q.fetch_all(&self.pool).await.map_err(map_err)?;
+        let items = rows
+            .iter()
+            .map(|r| account_row(r)?.decode())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(page(items, filter))
+    }
+}

@@ -1,0 +1,341 @@
+//! What SQL stores share: rows as plain values, their encoding (JSON columns,
+//! microsecond times, encrypted secrets), and the account listing query.
+
+use keyhaven_core::chrono::{DateTime, Utc};
+use keyhaven_core::{
+    AccountFilter, AppSlug, ConnectedAccount, ConnectedAccountId, ConnectionStatus, Credentials,
+    EntityId, Integration, IntegrationId, Label, SecretFields, StoreError,
+};
+use sha2::{Digest, Sha256};
+
+use crate::crypto::KeyRing;
+
+/// The columns of an account row, in the order [`AccountRow`] reads them.
+pub(crate) const ACCOUNT_COLUMNS: &str = "id, entity_id, integration_id, app, auth_scheme, status, status_reason, labels, params, redirect_url, expires_at, version, created_at, updated_at";
+
+/// The columns of an integration row, in the order [`IntegrationRow`] reads them.
+pub(crate) const INTEGRATION_COLUMNS: &str =
+    "id, app, name, auth_scheme, scopes, config, secrets, created_at, updated_at";
+
+pub(crate) fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+pub(crate) fn from_micros(v: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_micros(v)
+        .ok_or_else(|| StoreError::Corrupt(format!("time {v} is out of range")))
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+/// Associated data binding an encrypted value to its row and column.
+pub(crate) fn aad(table_column: &str, id: &str) -> String {
+    format!("{table_column}:{id}")
+}
+
+pub(crate) const AAD_CREDENTIALS: &str = "connected_accounts.credentials";
+pub(crate) const AAD_SECRETS: &str = "integrations.secrets";
+pub(crate) const AAD_PENDING: &str = "pending_states.data";
+
+/// Pending states are stored by hash, so that the table alone cannot complete a flow.
+pub(crate) fn state_hash(state: &str) -> String {
+    Sha256::digest(state.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// An integration as stored.
+#[derive(Debug, Clone)]
+pub(crate) struct IntegrationRow {
+    pub(crate) id: String,
+    pub(crate) app: String,
+    pub(crate) name: String,
+    pub(crate) auth_scheme: String,
+    pub(crate) scopes: String,
+    pub(crate) config: String,
+    pub(crate) secrets: Option<Vec<u8>>,
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
+}
+
+impl IntegrationRow {
+    pub(crate) fn encode(i: &Integration, keys: &KeyRing) -> Result<Self, StoreError> {
+        let secrets = if i.secrets.is_empty() {
+            None
+        } else {
+            let json = i.secrets.to_json();
+            Some(keys.encrypt(&aad(AAD_SECRETS, i.id.as_str()), secrecy_bytes(&json))?)
+        };
+        Ok(Self {
+            id: i.id.to_string(),
+            app: i.app.to_string(),
+            name: i.name.clone(),
+            auth_scheme: i.auth_scheme.clone(),
+            scopes: serde_json::to_string(&i.scopes).map_err(|e| corrupt("scopes", e))?,
+            config: serde_json::to_string(&i.config).map_err(|e| corrupt("config", e))?,
+            secrets,
+            created_at: micros(i.created_at),
+            updated_at: micros(i.updated_at),
+        })
+    }
+
+    pub(crate) fn decode(self, keys: &KeyRing) -> Result<Integration, StoreError> {
+        let secrets = match &self.secrets {
+            Some(blob) => {
+                let plain = keys.decrypt(&aad(AAD_SECRETS, &self.id), blob)?;
+                secret_fields(&plain, "integration secrets")?
+            }
+            None => SecretFields::new(),
+        };
+        Ok(Integration {
+            id: IntegrationId::parse(&self.id).map_err(|e| corrupt("integration id", e))?,
+            app: AppSlug::new(self.app).map_err(|e| corrupt("app", e))?,
+            name: self.name,
+            auth_scheme: self.auth_scheme,
+            scopes: serde_json::from_str(&self.scopes).map_err(|e| corrupt("scopes", e))?,
+            config: serde_json::from_str(&self.config).map_err(|e| corrupt("config", e))?,
+            secrets,
+            created_at: from_micros(self.created_at)?,
+            updated_at: from_micros(self.updated_at)?,
+        })
+    }
+}
+
+fn secrecy_bytes(s: &keyhaven_core::secrecy::SecretString) -> &[u8] {
+    use keyhaven_core::secrecy::ExposeSecret;
+    s.expose_secret().as_bytes()
+}
+
+fn secret_fields(plain: &[u8], what: &str) -> Result<SecretFields, StoreError> {
+    let text = std::str::from_utf8(plain)
+        .map_err(|_| StoreError::Corrupt(format!("{what} are not UTF-8")))?;
+    SecretFields::from_json(text)
+        .map_err(|_| StoreError::Corrupt(format!("{what} are not a JSON object")))
+}
+
+/// Encrypts credentials for an account row: the blob and the expiry column.
+pub(crate) fn encode_credentials(
+    keys: &KeyRing,
+    id: &ConnectedAccountId,
+    c: &Credentials,
+) -> Result<(Vec<u8>, Option<i64>), StoreError> {
+    let json = c.expose().to_json();
+    let blob = keys.encrypt(&aad(AAD_CREDENTIALS, id.as_str()), secrecy_bytes(&json))?;
+    Ok((blob, c.expires_at().map(micros)))
+}
+
+/// Decrypts the credentials of an account row.
+pub(crate) fn decode_credentials(
+    keys: &KeyRing,
+    id: &str,
+    blob: &[u8],
+    expires_at: Option<i64>,
+) -> Result<Credentials, StoreError> {
+    let plain = keys.decrypt(&aad(AAD_CREDENTIALS, id), blob)?;
+    let fields = secret_fields(&plain, "credentials")?;
+    Ok(Credentials::new(
+        fields,
+        expires_at.map(from_micros).transpose()?,
+    ))
+}
+
+/// Encrypts the data of a pending state.
+pub(crate) fn encode_pending(
+    keys: &KeyRing,
+    hash: &str,
+    data: &SecretFields,
+) -> Result<Vec<u8>, StoreError> {
+    keys.encrypt(&aad(AAD_PENDING, hash), secrecy_bytes(&data.to_json()))
+}
+
+/// Decrypts the data of a pending state.
+pub(crate) fn decode_pending(
+    keys: &KeyRing,
+    hash: &str,
+    blob: &[u8],
+) -> Result<SecretFields, StoreError> {
+    let plain = keys.decrypt(&aad(AAD_PENDING, hash), blob)?;
+    secret_fields(&plain, "pending state data")
+}
+
+/// An account as stored (without its credentials).
+#[derive(Debug, Clone)]
+pub(crate) struct AccountRow {
+    pub(crate) id: String,
+    pub(crate) entity_id: String,
+    pub(crate) integration_id: String,
+    pub(crate) app: String,
+    pub(crate) auth_scheme: String,
+    pub(crate) status: String,
+    pub(crate) status_reason: Option<String>,
+    pub(crate) labels: String,
+    pub(crate) params: String,
+    pub(crate) redirect_url: Option<String>,
+    pub(crate) expires_at: Option<i64>,
+    pub(crate) version: i64,
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
+}
+
+impl AccountRow {
+    pub(crate) fn encode(a: &ConnectedAccount) -> Result<Self, StoreError> {
+        Ok(Self {
+            id: a.id.to_string(),
+            entity_id: a.entity_id.to_string(),
+            integration_id: a.integration_id.to_string(),
+            app: a.app.to_string(),
+            auth_scheme: a.auth_scheme.clone(),
+            status: a.status.as_str().to_owned(),
+            status_reason: a.status_reason.clone(),
+            labels: serde_json::to_string(&a.labels).map_err(|e| corrupt("labels", e))?,
+            params: serde_json::to_string(&a.params).map_err(|e| corrupt("params", e))?,
+            redirect_url: a.redirect_url.clone(),
+            expires_at: a.expires_at.map(micros),
+            version: i64::try_from(a.version).map_err(|e| corrupt("version", e))?,
+            created_at: micros(a.created_at),
+            updated_at: micros(a.updated_at),
+        })
+    }
+
+    pub(crate) fn decode(self) -> Result<ConnectedAccount, StoreError> {
+        let labels: Vec<String> =
+            serde_json::from_str(&self.labels).map_err(|e| corrupt("labels", e))?;
+        Ok(ConnectedAccount {
+            id: ConnectedAccountId::parse(&self.id).map_err(|e| corrupt("account id", e))?,
+            entity_id: EntityId::new(self.entity_id).map_err(|e| corrupt("entity id", e))?,
+            integration_id: IntegrationId::parse(&self.integration_id)
+                .map_err(|e| corrupt("integration id", e))?,
+            app: AppSlug::new(self.app).map_err(|e| corrupt("app", e))?,
+            auth_scheme: self.auth_scheme,
+            status: self
+                .status
+                .parse::<ConnectionStatus>()
+                .map_err(|e| corrupt("status", e))?,
+            status_reason: self.status_reason,
+            labels: labels
+                .into_iter()
+                .map(Label::new)
+                .collect::<Result<_, _>>()
+                .map_err(|e| corrupt("label", e))?,
+            params: serde_json::from_str(&self.params).map_err(|e| corrupt("params", e))?,
+            redirect_url: self.redirect_url,
+            expires_at: self.expires_at.map(from_micros).transpose()?,
+            version: u64::try_from(self.version).map_err(|e| corrupt("version", e))?,
+            created_at: from_micros(self.created_at)?,
+            updated_at: from_micros(self.updated_at)?,
+        })
+    }
+}
+
+/// A value bound to a listing query.
+#[derive(Debug, Clone)]
+pub(crate) enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+/// The listing query for `filter`, with placeholders written by `ph(n)` (1-based).
+/// Fetches one row more than the page, to know whether another page follows.
+pub(crate) fn list_query(
+    filter: &AccountFilter,
+    ph: &dyn Fn(usize) -> String,
+) -> (String, Vec<Arg>) {
+    let mut args: Vec<Arg> = Vec::new();
+    let mut conds: Vec<String> = Vec::new();
+    let push = |args: &mut Vec<Arg>, a: Arg| {
+        args.push(a);
+        ph(args.len())
+    };
+    let any_of =
+        |column: &str, values: Vec<String>, args: &mut Vec<Arg>, conds: &mut Vec<String>| {
+            if values.is_empty() {
+                return;
+            }
+            let list: Vec<String> = values
+                .into_iter()
+                .map(|v| push(args, Arg::Text(v)))
+                .collect();
+            conds.push(format!("{column} IN ({})", list.join(", ")));
+        };
+    any_of(
+        "entity_id",
+        filter.entity_ids.iter().map(ToString::to_string).collect(),
+        &mut args,
+        &mut conds,
+    );
+    any_of(
+        "app",
+        filter.apps.iter().map(ToString::to_string).collect(),
+        &mut args,
+        &mut conds,
+    );
+    any_of(
+        "integration_id",
+        filter
+            .integration_ids
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        &mut args,
+        &mut conds,
+    );
+    any_of(
+        "status",
+        filter
+            .statuses
+            .iter()
+            .map(|s| s.as_str().to_owned())
+            .collect(),
+        &mut args,
+        &mut conds,
+    );
+    let mut labels: Vec<String> = filter.labels.iter().map(ToString::to_string).collect();
+    labels.sort();
+    labels.dedup();
+    if !labels.is_empty() {
+        let n = labels.len();
+        let list: Vec<String> = labels
+            .into_iter()
+            .map(|l| push(&mut args, Arg::Text(l)))
+            .collect();
+        let count = push(&mut args, Arg::Int(n as i64));
+        conds.push(format!(
+            "id IN (SELECT account_id FROM account_labels WHERE label IN ({}) GROUP BY account_id HAVING COUNT(*) = {count})",
+            list.join(", ")
+        ));
+    }
+    if let Some(after) = &filter.after {
+        let p = push(&mut args, Arg::Text(after.to_string()));
+        conds.push(format!("id > {p}"));
+    }
+    let limit = push(&mut args, Arg::Int(filter.effective_limit() as i64 + 1));
+    let where_clause = if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    };
+    (
+        format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM connected_accounts{where_clause} ORDER BY id LIMIT {limit}"
+        ),
+        args,
+    )
+}
+
+/// Cuts the extra row off a listing and makes the cursor.
+pub(crate) fn page(
+    mut items: Vec<ConnectedAccount>,
+    filter: &AccountFilter,
+) -> keyhaven_core::Page<ConnectedAccount> {
+    let limit = filter.effective_limit();
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|a| a.id.to_string())
+    } else {
+        None
+    };
+    keyhaven_core::Page { items, next_cursor }
+}
