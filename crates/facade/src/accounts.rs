@@ -8,6 +8,7 @@ use keyhaven_core::{
 };
 
 use crate::Keyhaven;
+use crate::cache::Cached;
 
 pub(crate) fn not_found(id: &str) -> Error {
     Error::NotFound {
@@ -83,7 +84,9 @@ impl<'a> ConnectedAccounts<'a> {
             .get_account_and_credentials(&parsed)
             .await?
             .ok_or_else(|| not_found(id))?;
-        if !self.kh.store().delete_account(&parsed).await? {
+        let deleted = self.kh.store().delete_account(&parsed).await;
+        self.kh.inner.cache.forget(&parsed);
+        if !deleted? {
             return Err(not_found(id));
         }
         tracing::info!(account = %account.id, "connected account deleted");
@@ -202,6 +205,7 @@ impl<'a> ConnectedAccounts<'a> {
                 .await
             {
                 Ok(stored) => {
+                    self.kh.inner.cache.forget(&stored.id);
                     tracing::info!(account = %stored.id, from = %account.status, to = %stored.status, "status changed");
                     return Ok(stored);
                 }
@@ -269,9 +273,21 @@ impl Keyhaven {
     /// says its status and what to do), a refresh refused by the provider (the
     /// account is then `EXPIRED`), or expired credentials that cannot be refreshed now.
     pub async fn credentials(&self, id: &str) -> Result<Credentials, Error> {
+        let now = self.now();
+        if let Some(hit) = self.inner.cache.fresh(id, now) {
+            return Ok(hit);
+        }
         let parsed = ConnectedAccountId::parse(id)?;
+        let generation = self.inner.cache.generation();
         let (_, credentials) = self.active(&parsed).await?;
-        if !credentials.expires_within(self.now(), self.inner.settings.refresh_margin) {
+        let margin = self.inner.settings.refresh_margin;
+        if !credentials.expires_within(now, margin) {
+            let refresh_at = credentials.expires_at().map(|at| at - margin);
+            let cached = Cached {
+                credentials: credentials.clone(),
+                refresh_at,
+            };
+            self.inner.cache.put(&parsed, cached, generation);
             return Ok(credentials);
         }
         self.refresh_credentials(&parsed, false).await
@@ -288,6 +304,27 @@ impl Keyhaven {
         let lock = refresher.lock_for(id);
         let result = async {
             let _guard = lock.lock().await;
+            // Other processes sharing the store queue here.
+            let store_lock = self.store().lock_account(id).await?;
+            let result = self.refresh_locked(id, force).await;
+            if let Err(e) = store_lock.release().await {
+                tracing::warn!(account = %id, error = %e, "could not release the refresh lock; it is released when it lapses");
+            }
+            result
+        }
+        .await;
+        refresher.release(id, lock);
+        result
+    }
+
+    /// The refresh itself, under both locks.
+    async fn refresh_locked(
+        &self,
+        id: &ConnectedAccountId,
+        force: bool,
+    ) -> Result<Credentials, Error> {
+        let refresher = &self.inner.refresher;
+        {
             let (account, credentials) = self.active(id).await?;
             let now = self.now();
             if !force && !credentials.expires_within(now, self.inner.settings.refresh_margin) {
@@ -313,6 +350,7 @@ impl Keyhaven {
                 Ok(None) => Ok(credentials),
                 Ok(Some(fresh)) => {
                     self.store_refreshed(account, &fresh).await?;
+                    self.inner.cache.forget(id);
                     refresher.succeeded(id);
                     tracing::info!(account = %id, expires_at = ?fresh.expires_at(), "credentials refreshed");
                     Ok(fresh)
@@ -323,8 +361,9 @@ impl Keyhaven {
                     let stored = self
                         .connected_accounts()
                         .change(id.as_str(), move |acc, _| {
-                            Ok((acc.status == ConnectionStatus::Active)
-                                .then(|| (ConnectionStatus::Expired, Some(reason_for_store.clone()))))
+                            Ok((acc.status == ConnectionStatus::Active).then(|| {
+                                (ConnectionStatus::Expired, Some(reason_for_store.clone()))
+                            }))
                         })
                         .await?;
                     tracing::warn!(account = %id, %reason, "refresh refused; the account is EXPIRED");
@@ -345,9 +384,6 @@ impl Keyhaven {
                 }
             }
         }
-        .await;
-        refresher.release(id, lock);
-        result
     }
 
     /// Stores refreshed credentials, keeping whatever else changed meanwhile.
@@ -418,7 +454,8 @@ impl Keyhaven {
         id: &str,
         mut request: OutgoingRequest,
     ) -> Result<OutgoingRequest, Error> {
-        let (account, credentials) = self.active(&ConnectedAccountId::parse(id)?).await?;
+        let credentials = self.credentials(id).await?;
+        let (account, _) = self.active(&ConnectedAccountId::parse(id)?).await?;
         let integration = self.integration_of(&account).await?;
         let scheme = self.schemes().get(&integration.auth_scheme)?;
         let cx = AccountContext::new(&integration, &account, &credentials, self.now());

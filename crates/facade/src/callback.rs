@@ -149,7 +149,10 @@ impl Keyhaven {
     ) -> Result<ConnectedAccount, Error> {
         for _ in 0..8 {
             match self.store().update_account(&next, credentials).await {
-                Ok(stored) => return Ok(stored),
+                Ok(stored) => {
+                    self.inner.cache.forget(&stored.id);
+                    return Ok(stored);
+                }
                 Err(StoreError::Conflict(_)) => {
                     let current = self
                         .store()

@@ -21,9 +21,12 @@
 //! Cargo features pick the built-in auth schemes, all on by default: `api-key`
 //! (`API_KEY`, `BEARER_TOKEN`, `BASIC`, `NO_AUTH`) and `oauth2` (`OAUTH2`,
 //! `OAUTH2_CLIENT_CREDENTIALS`). Any other scheme, your own included, is
-//! registered on the [`KeyhavenBuilder`].
+//! registered on the [`KeyhavenBuilder`]. Stores: `sqlite` (default; the embedded
+//! store in `./keyhaven-data` or `KEYHAVEN_DATA_DIR` when no store is given) and
+//! `postgres` ([`PostgresStore`], for many instances on one database).
 
 mod accounts;
+mod cache;
 mod callback;
 mod connect;
 mod integrations;
@@ -46,7 +49,13 @@ pub use keyhaven_core::{
     Initiated, Integration, IntegrationId, Label, ManualClock, OutgoingRequest, Page, SchemeError,
     SchemeSpec, SecretFields, Store, StoreError, SystemClock, ValidatedFields,
 };
-pub use keyhaven_store::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use keyhaven_store::PostgresStore;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use keyhaven_store::RotationReport;
+#[cfg(feature = "sqlite")]
+pub use keyhaven_store::SqliteStore;
+pub use keyhaven_store::{KeyFile, KeyRing, MasterKey, MemoryStore};
 pub use registry::SchemeRegistry;
 
 /// Re-exported so that users need no direct dependency on these.
@@ -64,6 +73,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     settings: Settings,
     refresher: refresh::Refresher,
+    cache: Arc<cache::CredentialCache>,
 }
 
 /// Where keyhaven's OAuth callback is, when no other is configured: the server's
@@ -77,6 +87,7 @@ struct Settings {
     refresh_margin: chrono::Duration,
     pending_ttl: chrono::Duration,
     redirect_allowlist: Vec<Url>,
+    cache_capacity: usize,
 }
 
 impl Default for Settings {
@@ -86,6 +97,7 @@ impl Default for Settings {
             refresh_margin: chrono::Duration::minutes(5),
             pending_ttl: chrono::Duration::minutes(10),
             redirect_allowlist: Vec::new(),
+            cache_capacity: 10_000,
         }
     }
 }
@@ -104,13 +116,31 @@ impl Keyhaven {
 
     /// A keyhaven that keeps everything in memory, with the default schemes and settings.
     pub fn in_memory() -> Self {
+        Self::assemble(
+            Arc::new(MemoryStore::new()),
+            SchemeRegistry::with_defaults(),
+            Arc::new(SystemClock),
+            Settings::default(),
+        )
+    }
+
+    fn assemble(
+        store: Arc<dyn Store>,
+        registry: SchemeRegistry,
+        clock: Arc<dyn Clock>,
+        settings: Settings,
+    ) -> Self {
+        let cache = cache::CredentialCache::new(settings.cache_capacity);
+        let feed = cache.clone();
+        store.subscribe(Arc::new(move |change| feed.apply(change)));
         Self {
             inner: Arc::new(Inner {
-                store: Arc::new(MemoryStore::new()),
-                registry: SchemeRegistry::with_defaults(),
-                clock: Arc::new(SystemClock),
-                settings: Settings::default(),
+                store,
+                registry,
+                clock,
+                settings,
                 refresher: refresh::Refresher::default(),
+                cache,
             }),
         }
     }
@@ -269,7 +299,17 @@ impl KeyhavenBuilder {
         self
     }
 
-    /// Builds it.
+    /// How many accounts' decrypted credentials to keep in memory, so that fresh
+    /// credentials are served without a database read. Default 10,000; 0 turns the
+    /// cache off.
+    #[must_use]
+    pub fn credential_cache(mut self, capacity: usize) -> Self {
+        self.settings.cache_capacity = capacity;
+        self
+    }
+
+    /// Builds it. Without a store, the embedded SQLite store of the data directory
+    /// (`KEYHAVEN_DATA_DIR`, else `./keyhaven-data`) is opened (feature `sqlite`).
     ///
     /// # Errors
     /// A scheme with an invalid name was registered, or no store was given.
@@ -277,21 +317,16 @@ impl KeyhavenBuilder {
         if let Some(e) = self.error {
             return Err(e);
         }
-        let store = self.store.ok_or_else(|| {
-            Error::invalid(
-                "store",
-                "no store was given: call .store(MemoryStore::new()) or another store on the builder",
-            )
-        })?;
-        Ok(Keyhaven {
-            inner: Arc::new(Inner {
-                store,
-                registry: self.registry,
-                clock: self.clock,
-                settings: self.settings,
-                refresher: refresh::Refresher::default(),
-            }),
-        })
+        let store = match self.store {
+            Some(store) => store,
+            None => default_store()?,
+        };
+        Ok(Keyhaven::assemble(
+            store,
+            self.registry,
+            self.clock,
+            self.settings,
+        ))
     }
 }
 
@@ -304,4 +339,33 @@ pub(crate) fn parse_http_url(what: &str, raw: &str) -> Result<Url, Error> {
             format!("{raw:?} is not an absolute http(s) URL"),
         )),
     }
+}
+
+/// The environment variable naming the embedded store's data directory.
+pub const DATA_DIR_ENV: &str = "KEYHAVEN_DATA_DIR";
+/// The data directory used when `KEYHAVEN_DATA_DIR` is not set.
+pub const DEFAULT_DATA_DIR: &str = "keyhaven-data";
+
+/// The data directory of the embedded store.
+pub fn data_dir() -> std::path::PathBuf {
+    std::env::var_os(DATA_DIR_ENV)
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(DEFAULT_DATA_DIR))
+}
+
+#[cfg(feature = "sqlite")]
+fn default_store() -> Result<Arc<dyn Store>, Error> {
+    let dir = data_dir();
+    let store = SqliteStore::open_dir(&dir)?;
+    tracing::info!(dir = %dir.display(), "opened the embedded store");
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "sqlite"))]
+fn default_store() -> Result<Arc<dyn Store>, Error> {
+    Err(Error::invalid(
+        "store",
+        "no store was given: call .store(...) on the builder, or enable the sqlite feature for the embedded default",
+    ))
 }

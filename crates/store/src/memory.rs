@@ -243,7 +243,7 @@ impl Store for MemoryStore {
                 std::ops::Bound::Excluded(after.clone()),
                 std::ops::Bound::Unbounded,
             )),
-            None => state.accounts.range(..),
+            None => state.accounts.range::<ConnectedAccountId, _>(..),
         };
         let mut items: Vec<ConnectedAccount> = range
             .map(|(_, (a, _))| a)

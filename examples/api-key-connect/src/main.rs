@@ -2,16 +2,30 @@
 //! (no server), then prints the account, a request authorized with it, and the
 //! accounts found by label. Run it with `cargo run -p example-api-key-connect`.
 //!
+//! Everything is kept in the embedded store: `./keyhaven-data` (or
+//! `KEYHAVEN_DATA_DIR`), a SQLite file with the credentials encrypted under a key
+//! file created there with mode 0600. Run it twice: the second run reuses the
+//! integration the first one created, and finds both accounts.
+//!
 //! The key comes from `OPENAI_API_KEY` when set; otherwise a made-up one is used.
 
 use keyhaven::{
-    AccountFilter, ConnectionRequest, Keyhaven, Label, MemoryStore, OutgoingRequest, http::Method,
-    url::Url,
+    AccountFilter, ConnectionRequest, Keyhaven, Label, OutgoingRequest, http::Method, url::Url,
 };
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let kh = Keyhaven::builder().store(MemoryStore::new()).build()?;
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            println!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let kh = Keyhaven::builder().build()?;
     let api_key =
         std::env::var("OPENAI_API_KEY").unwrap_or_else(|_| "sk-example-not-a-real-key".into());
 
@@ -50,6 +64,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..Default::default()
         })
         .await?;
-    println!("accounts labelled team:research: {}", labelled.len());
+    println!(
+        "accounts labelled team:research in {}: {}",
+        keyhaven::data_dir().display(),
+        labelled.len()
+    );
     Ok(())
 }
