@@ -35,8 +35,80 @@ fn oidc_packages(root: &Path) -> Result<(), String> {
     )
 }
 
+fn psql(sql: &str) -> Result<String, String> {
+    let out = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-tAc",
+            sql,
+        ])
+        .output()
+        .map_err(|e| format!("psql cannot start ({e}): install the PostgreSQL client"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "psql: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The local PostgreSQL server, started when it is down, and a fresh database for
+/// this run. `KEYHAVEN_TEST_DATABASE_URL`, when already set, is used as it is.
+fn postgres() -> Result<String, String> {
+    if let Ok(url) = std::env::var("KEYHAVEN_TEST_DATABASE_URL") {
+        println!("xtask: PostgreSQL tests use KEYHAVEN_TEST_DATABASE_URL as given");
+        return Ok(url);
+    }
+    if psql("SELECT 1").is_err() {
+        println!("xtask: starting the local PostgreSQL server");
+        let versions = std::fs::read_dir("/etc/postgresql")
+            .map_err(|e| format!("PostgreSQL is not installed (/etc/postgresql: {e})"))?;
+        for version in versions.flatten() {
+            let v = version.file_name().to_string_lossy().into_owned();
+            run(
+                Command::new("pg_ctlcluster").args([
+                    "--skip-systemctl-redirect",
+                    &v,
+                    "main",
+                    "start",
+                ]),
+                "pg_ctlcluster start",
+            )?;
+        }
+        for _ in 0..50 {
+            if psql("SELECT 1").is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+    psql("SELECT 1")?;
+    // Databases left by earlier runs.
+    let stale = psql(
+        "SELECT datname FROM pg_database WHERE datname LIKE 'kh\\_test\\_%' OR datname LIKE 'keyhaven\\_run\\_%'",
+    )?;
+    for name in stale.lines().filter(|l| !l.trim().is_empty()) {
+        psql(&format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            name.trim()
+        ))?;
+    }
+    let name = format!("keyhaven_run_{}", std::process::id());
+    psql(&format!("CREATE DATABASE {name}"))?;
+    println!("xtask: PostgreSQL database {name} created for this run");
+    Ok(format!("postgres://postgres@127.0.0.1:5432/{name}"))
+}
+
 /// Prepares every service; returns the environment the tests need.
 pub(crate) fn prepare(root: &Path) -> Result<Vec<(String, String)>, String> {
     oidc_packages(root)?;
-    Ok(Vec::new())
+    let url = postgres()?;
+    Ok(vec![("KEYHAVEN_TEST_DATABASE_URL".into(), url)])
 }

@@ -45,8 +45,13 @@ fn map_err(e: sqlx::Error) -> StoreError {
                 kind: "referenced row",
                 id: db.message().to_owned(),
             },
+            // Connection exceptions, operator intervention (shutdown, terminated),
+            // insufficient resources, and a database that no longer exists.
             Some(code)
-                if code.starts_with("08") || code.starts_with("57") || code.starts_with("53") =>
+                if code.starts_with("08")
+                    || code.starts_with("57")
+                    || code.starts_with("53")
+                    || code == "3D000" =>
             {
                 StoreError::Unavailable(format!("PostgreSQL: {}", db.message()))
             }
