@@ -273,19 +273,34 @@ impl Keyhaven {
     /// says its status and what to do), a refresh refused by the provider (the
     /// account is then `EXPIRED`), or expired credentials that cannot be refreshed now.
     pub async fn credentials(&self, id: &str) -> Result<Credentials, Error> {
-        let now = self.now();
-        if let Some(hit) = self.inner.cache.fresh(id, now) {
+        let hit = match &self.inner.fast_clock {
+            Some(clock) => self.inner.cache.fresh_fast(id, clock.now()),
+            None => self.inner.cache.fresh(id, self.now()),
+        };
+        if let Some(hit) = hit {
             return Ok(hit);
         }
+        // Boxed, so that the future of a cached read stays small (it is moved on
+        // every call) while the slow path keeps its large state machine on the heap.
+        Box::pin(self.credentials_uncached(id)).await
+    }
+
+    async fn credentials_uncached(&self, id: &str) -> Result<Credentials, Error> {
+        let now = self.now();
         let parsed = ConnectedAccountId::parse(id)?;
         let generation = self.inner.cache.generation();
         let (_, credentials) = self.active(&parsed).await?;
         let margin = self.inner.settings.refresh_margin;
         if !credentials.expires_within(now, margin) {
             let refresh_at = credentials.expires_at().map(|at| at - margin);
+            let refresh_deadline = match (&self.inner.fast_clock, refresh_at) {
+                (Some(clock), Some(at)) => Some(clock.deadline(at, now)),
+                _ => None,
+            };
             let cached = Cached {
                 credentials: credentials.clone(),
                 refresh_at,
+                refresh_deadline,
             };
             self.inner.cache.put(&parsed, cached, generation);
             return Ok(credentials);

@@ -15,6 +15,42 @@ pub(crate) struct Cached {
     pub(crate) credentials: Credentials,
     /// When these credentials are due for a refresh (expiry less the margin).
     pub(crate) refresh_at: Option<DateTime<Utc>>,
+    /// The same moment on the fast monotonic clock, when the system clock is in use.
+    pub(crate) refresh_deadline: Option<quanta::Instant>,
+}
+
+/// Reading the wall clock costs about 70 ns on these machines, more than the rest
+/// of a cached read: with the system clock, freshness is checked against `quanta`'s
+/// recent time instead, an atomic that one background thread per process advances
+/// every 5 ms (a margin of minutes does not mind 5 ms). Without that thread, it reads
+/// the TSC (about 14 ns).
+pub(crate) struct FastClock(quanta::Clock);
+
+/// The upkeep thread of `quanta`'s recent time, started once per process.
+static UPKEEP: std::sync::OnceLock<Option<quanta::Handle>> = std::sync::OnceLock::new();
+
+impl FastClock {
+    pub(crate) fn new() -> Self {
+        UPKEEP.get_or_init(|| match quanta::Upkeep::new(std::time::Duration::from_millis(5)).start() {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                tracing::debug!(error = %e, "no clock upkeep thread; cached reads read the TSC");
+                None
+            }
+        });
+        Self(quanta::Clock::new())
+    }
+
+    /// The fast-clock instant of the wall-clock moment `at`, seen from `now`.
+    pub(crate) fn deadline(&self, at: DateTime<Utc>, now: DateTime<Utc>) -> quanta::Instant {
+        let ahead = (at - now).to_std().unwrap_or_default();
+        self.0.now() + ahead
+    }
+
+    #[inline]
+    pub(crate) fn now(&self) -> quanta::Instant {
+        self.0.recent()
+    }
 }
 
 /// The cache, shared with the store's change feed.
@@ -40,6 +76,17 @@ impl CredentialCache {
         let hit = self.entries.as_ref()?.get(id)?;
         match hit.refresh_at {
             Some(at) if at <= now => None,
+            _ => Some(hit.credentials),
+        }
+    }
+
+    /// The same, timed by the fast clock (only for entries put with a deadline).
+    #[inline]
+    pub(crate) fn fresh_fast(&self, id: &str, now: quanta::Instant) -> Option<Credentials> {
+        let hit = self.entries.as_ref()?.get(id)?;
+        match (hit.refresh_at, hit.refresh_deadline) {
+            (Some(_), Some(deadline)) if deadline <= now => None,
+            (Some(_), None) => None,
             _ => Some(hit.credentials),
         }
     }

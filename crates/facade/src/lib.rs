@@ -74,6 +74,8 @@ struct Inner {
     settings: Settings,
     refresher: refresh::Refresher,
     cache: Arc<cache::CredentialCache>,
+    /// Set when the clock is the system clock: cached reads are timed by it.
+    fast_clock: Option<cache::FastClock>,
 }
 
 /// Where keyhaven's OAuth callback is, when no other is configured: the server's
@@ -119,17 +121,20 @@ impl Keyhaven {
         Self::assemble(
             Arc::new(MemoryStore::new()),
             SchemeRegistry::with_defaults(),
-            Arc::new(SystemClock),
+            None,
             Settings::default(),
         )
     }
 
+    /// `clock`: `None` for the system clock.
     fn assemble(
         store: Arc<dyn Store>,
         registry: SchemeRegistry,
-        clock: Arc<dyn Clock>,
+        clock: Option<Arc<dyn Clock>>,
         settings: Settings,
     ) -> Self {
+        let fast_clock = clock.is_none().then(cache::FastClock::new);
+        let clock = clock.unwrap_or_else(|| Arc::new(SystemClock));
         let cache = cache::CredentialCache::new(settings.cache_capacity);
         let feed = cache.clone();
         store.subscribe(Arc::new(move |change| feed.apply(change)));
@@ -141,6 +146,7 @@ impl Keyhaven {
                 settings,
                 refresher: refresh::Refresher::default(),
                 cache,
+                fast_clock,
             }),
         }
     }
@@ -187,7 +193,7 @@ impl std::fmt::Debug for Keyhaven {
 pub struct KeyhavenBuilder {
     store: Option<Arc<dyn Store>>,
     registry: SchemeRegistry,
-    clock: Arc<dyn Clock>,
+    clock: Option<Arc<dyn Clock>>,
     settings: Settings,
     error: Option<Error>,
 }
@@ -197,7 +203,7 @@ impl Default for KeyhavenBuilder {
         Self {
             store: None,
             registry: SchemeRegistry::with_defaults(),
-            clock: Arc::new(SystemClock),
+            clock: None,
             settings: Settings::default(),
             error: None,
         }
@@ -252,7 +258,7 @@ impl KeyhavenBuilder {
     /// Uses another clock (tests of expiry).
     #[must_use]
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
+        self.clock = Some(clock);
         self
     }
 

@@ -295,16 +295,12 @@ pub(crate) fn list_query(
     let mut labels: Vec<String> = filter.labels.iter().map(ToString::to_string).collect();
     labels.sort();
     labels.dedup();
-    if !labels.is_empty() {
-        let n = labels.len();
-        let list: Vec<String> = labels
-            .into_iter()
-            .map(|l| push(&mut args, Arg::Text(l)))
-            .collect();
-        let count = push(&mut args, Arg::Int(n as i64));
+    // One indexed EXISTS per label: the other conditions narrow the rows first, and
+    // each label is then a primary-key probe of account_labels.
+    for label in labels {
+        let p = push(&mut args, Arg::Text(label));
         conds.push(format!(
-            "id IN (SELECT account_id FROM account_labels WHERE label IN ({}) GROUP BY account_id HAVING COUNT(*) = {count})",
-            list.join(", ")
+            "EXISTS (SELECT 1 FROM account_labels l WHERE l.label = {p} AND l.account_id = connected_accounts.id)"
         ));
     }
     if let Some(after) = &filter.after {

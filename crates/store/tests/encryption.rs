@@ -3,7 +3,7 @@
 //! under traffic, idempotent migrations, and clear errors with nothing half-written
 //! when PostgreSQL goes away.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use std::collections::HashMap;
 use std::sync::Arc;

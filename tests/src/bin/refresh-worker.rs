@@ -18,7 +18,9 @@ async fn main() {
     let [store, id, callers, go] = args.as_slice() else {
         panic!("usage: refresh-worker STORE ACCOUNT_ID CALLERS GO_FILE");
     };
-    let keys = keyhaven_store::ring_from_env().unwrap().expect("KEYHAVEN_MASTER_KEY is set");
+    let keys = keyhaven_store::ring_from_env()
+        .unwrap()
+        .expect("KEYHAVEN_MASTER_KEY is set");
     let store: Arc<dyn Store> = match store.split_once(':') {
         Some(("sqlite", path)) => Arc::new(SqliteStore::open(path, keys).unwrap()),
         Some(("postgres", url)) => Arc::new(PostgresStore::connect(url, keys).await.unwrap()),

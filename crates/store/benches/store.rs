@@ -1,0 +1,340 @@
+//! Cold reads and listings through the `Store` trait, each against a bare query
+//! measured in the same run, on a table of 1,000,000 accounts of about 1 KiB.
+//!
+//! - SQLite: `get_account_and_credentials` vs a bare rusqlite point lookup of the
+//!   blob plus one AES-256-GCM decrypt (target: at most 1.5x);
+//! - PostgreSQL: the same vs a bare sqlx point query of the blob (target: at most
+//!   1.2x);
+//! - both: a listing by entity and label (target: under 1 ms).
+//!
+//! `cargo bench -p keyhaven-store --bench store --features sqlite,postgres`
+//! The databases are built once (a minute or two) and kept: the SQLite file under
+//! `target/bench-data`, PostgreSQL in the database `keyhaven_bench` of
+//! `KEYHAVEN_BENCH_DATABASE_URL` (default `postgres://postgres@127.0.0.1/postgres`'s server).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    clippy::print_stderr
+)]
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine as _;
+use criterion::{Criterion, criterion_group, criterion_main};
+use futures::FutureExt;
+use keyhaven_core::{
+    AccountFilter, AppSlug, ConnectedAccount, ConnectedAccountId, ConnectionStatus, Credentials,
+    EntityId, Integration, IntegrationId, Label, SecretFields, Store,
+    chrono::{Duration, Utc},
+};
+use keyhaven_store::{KeyRing, MasterKey, PostgresStore, SqliteStore, ring_from_base64};
+use rand::Rng;
+
+const TOTAL: i64 = 1_000_000;
+const REAL: usize = 2_000;
+const ENTITIES: usize = 40;
+/// A fixed bench key, so that the kept databases stay readable between runs.
+const KEY_B64: &str = "a2V5aGF2ZW4tYmVuY2gta2V5LTMyLWJ5dGVzLWxvbmchIQ==";
+
+fn ring() -> KeyRing {
+    ring_from_base64(KEY_B64, &[]).unwrap()
+}
+
+fn cipher() -> Aes256Gcm {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(KEY_B64)
+        .unwrap();
+    Aes256Gcm::new_from_slice(&bytes).unwrap()
+}
+
+/// What a bare reader does with a blob: split the header, decrypt.
+fn bare_decrypt(cipher: &Aes256Gcm, id: &str, blob: &[u8]) -> Vec<u8> {
+    let id_len = blob[3] as usize;
+    let start = 4 + id_len;
+    let aad = format!("connected_accounts.credentials:{id}");
+    cipher
+        .decrypt(
+            Nonce::from_slice(&blob[start..start + 12]),
+            Payload {
+                msg: &blob[start + 12..],
+                aad: aad.as_bytes(),
+            },
+        )
+        .unwrap()
+}
+
+fn kib_credentials(n: usize) -> Credentials {
+    let mut f = SecretFields::new();
+    f.insert("access_token", format!("{n:08}-{}", "a".repeat(600)));
+    f.insert("refresh_token", format!("{n:08}-{}", "r".repeat(250)));
+    f.insert("token_type", "bearer");
+    f.insert("scope", "openid profile email offline_access");
+    Credentials::new(f, Some(Utc::now() + Duration::days(365)))
+}
+
+/// The real accounts, written through the store; their ids are returned.
+async fn seed(store: &dyn Store) -> Vec<ConnectedAccountId> {
+    let now = Utc::now();
+    let int = Integration {
+        id: IntegrationId::generate().unwrap(),
+        app: AppSlug::new("bench").unwrap(),
+        name: "bench".into(),
+        auth_scheme: "OAUTH2".into(),
+        scopes: vec![],
+        config: Default::default(),
+        secrets: SecretFields::new(),
+        created_at: now,
+        updated_at: now,
+    };
+    store.insert_integration(&int).await.unwrap();
+    let mut ids = Vec::with_capacity(REAL);
+    for n in 0..REAL {
+        let acc = ConnectedAccount {
+            id: ConnectedAccountId::generate().unwrap(),
+            entity_id: EntityId::new(format!("bench-e{}", n % ENTITIES)).unwrap(),
+            integration_id: int.id.clone(),
+            app: int.app.clone(),
+            auth_scheme: "OAUTH2".into(),
+            status: ConnectionStatus::Active,
+            status_reason: None,
+            labels: vec![
+                Label::new(format!("l{}", n % 5)).unwrap(),
+                Label::new("common").unwrap(),
+            ],
+            params: Default::default(),
+            redirect_url: None,
+            expires_at: None,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        store
+            .insert_account(&acc, Some(&kib_credentials(n)))
+            .await
+            .unwrap();
+        ids.push(acc.id);
+    }
+    ids
+}
+
+const FILL_SQL: &str = "INSERT INTO connected_accounts SELECT {ID}, 'filler-' || (x % 50000), t.integration_id, t.app, t.auth_scheme, t.status, t.status_reason, t.labels, t.params, t.redirect_url, t.expires_at, t.version, t.created_at, t.updated_at, t.credentials, t.credentials_expires_at FROM {SERIES}, (SELECT * FROM connected_accounts ORDER BY id LIMIT 1) t";
+
+fn real_ids_sqlite(path: &PathBuf) -> Vec<String> {
+    let c = rusqlite::Connection::open(path).unwrap();
+    let mut st = c
+        .prepare("SELECT id FROM connected_accounts WHERE id NOT LIKE 'ca_f%'")
+        .unwrap();
+    st.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn sqlite_store(rt: &tokio::runtime::Runtime) -> (SqliteStore, PathBuf, Vec<String>) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-data");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("store-1m.db");
+    let ready = path.exists()
+        && rusqlite::Connection::open(&path)
+            .and_then(|c| {
+                c.query_row("SELECT COUNT(*) FROM connected_accounts", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+            })
+            .is_ok_and(|n| n == TOTAL);
+    if !ready {
+        eprintln!("building {} ({TOTAL} accounts, once)", path.display());
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        let store = SqliteStore::open(&path, ring()).unwrap();
+        rt.block_on(seed(&store));
+        drop(store);
+        let c = rusqlite::Connection::open(&path).unwrap();
+        let fill = FILL_SQL
+            .replace("{ID}", "printf('ca_f%031x', x)")
+            .replace("{SERIES}", &format!("(WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < {}) SELECT x FROM s)", TOTAL - REAL as i64));
+        c.execute_batch(&format!(
+            "BEGIN; {fill}; INSERT INTO account_labels SELECT 'common', id FROM connected_accounts WHERE id LIKE 'ca_f%'; COMMIT; ANALYZE;"
+        ))
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path, ring()).unwrap();
+    let ids = real_ids_sqlite(&path);
+    (store, path, ids)
+}
+
+async fn postgres_store() -> Option<(PostgresStore, Vec<String>)> {
+    let server = std::env::var("KEYHAVEN_BENCH_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1/postgres".into());
+    use sqlx::Connection;
+    let Ok(mut admin) = sqlx::PgConnection::connect(&server).await else {
+        eprintln!("SKIPPED: no PostgreSQL at {server}");
+        return None;
+    };
+    let exists: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'keyhaven_bench')",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    if !exists {
+        sqlx::query("CREATE DATABASE keyhaven_bench")
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+    let base = server.rsplit_once('/').unwrap().0;
+    let url = format!("{base}/keyhaven_bench");
+    let store = PostgresStore::connect(&url, ring()).await.unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM connected_accounts")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    if count != TOTAL {
+        eprintln!("building PostgreSQL keyhaven_bench ({TOTAL} accounts, once)");
+        sqlx::query("TRUNCATE connected_accounts, account_labels, integrations CASCADE")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        seed(&store).await;
+        let fill = FILL_SQL
+            .replace("{ID}", "'ca_f' || lpad(to_hex(x), 31, '0')")
+            .replace(
+                "{SERIES}",
+                &format!("generate_series(1, {}) x", TOTAL - REAL as i64),
+            );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "{fill}; INSERT INTO account_labels SELECT 'common', id FROM connected_accounts WHERE id LIKE 'ca_f%'; ANALYZE;"
+        )))
+        .execute(store.pool())
+        .await
+        .unwrap();
+    }
+    let ids: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM connected_accounts WHERE id NOT LIKE 'ca_f%'")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    Some((store, ids))
+}
+
+fn list_filter() -> AccountFilter {
+    AccountFilter {
+        entity_ids: vec![EntityId::new("bench-e7").unwrap()],
+        labels: vec![Label::new("l2").unwrap()],
+        ..Default::default()
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cipher = cipher();
+
+    let (store, path, ids) = sqlite_store(&rt);
+    let parsed: Vec<ConnectedAccountId> = ids
+        .iter()
+        .map(|i| ConnectedAccountId::parse(i).unwrap())
+        .collect();
+    let bare = rusqlite::Connection::open(&path).unwrap();
+    let mut group = c.benchmark_group("sqlite 1M accounts");
+    group.bench_function("Store::get_account_and_credentials", |b| {
+        let mut rng = rand::rng();
+        b.iter(|| {
+            let id = &parsed[rng.random_range(0..parsed.len())];
+            black_box(
+                store
+                    .get_account_and_credentials(id)
+                    .now_or_never()
+                    .unwrap()
+                    .unwrap(),
+            )
+        })
+    });
+    group.bench_function("bare rusqlite lookup + AES-GCM decrypt", |b| {
+        let mut rng = rand::rng();
+        let mut st = bare
+            .prepare_cached("SELECT credentials FROM connected_accounts WHERE id = ?1")
+            .unwrap();
+        b.iter(|| {
+            let id = &ids[rng.random_range(0..ids.len())];
+            let blob: Vec<u8> = st.query_row([id], |r| r.get(0)).unwrap();
+            black_box(bare_decrypt(&cipher, id, &blob))
+        })
+    });
+    let filter = list_filter();
+    assert!(
+        !store
+            .list_accounts(&filter)
+            .now_or_never()
+            .unwrap()
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    group.bench_function("Store::list_accounts by entity and label", |b| {
+        b.iter(|| {
+            black_box(
+                store
+                    .list_accounts(&filter)
+                    .now_or_never()
+                    .unwrap()
+                    .unwrap(),
+            )
+        })
+    });
+    group.finish();
+
+    let Some((pg, pg_ids)) = rt.block_on(postgres_store()) else {
+        return;
+    };
+    let pg = Arc::new(pg);
+    let pg_parsed: Vec<ConnectedAccountId> = pg_ids
+        .iter()
+        .map(|i| ConnectedAccountId::parse(i).unwrap())
+        .collect();
+    let mut group = c.benchmark_group("postgres 1M accounts");
+    group.bench_function("Store::get_account_and_credentials", |b| {
+        let mut rng = rand::rng();
+        b.iter(|| {
+            let id = &pg_parsed[rng.random_range(0..pg_parsed.len())];
+            black_box(rt.block_on(pg.get_account_and_credentials(id)).unwrap())
+        })
+    });
+    group.bench_function("bare sqlx point query", |b| {
+        let mut rng = rand::rng();
+        b.iter(|| {
+            let id = &pg_ids[rng.random_range(0..pg_ids.len())];
+            let blob: Vec<u8> = rt
+                .block_on(
+                    sqlx::query_scalar("SELECT credentials FROM connected_accounts WHERE id = $1")
+                        .bind(id)
+                        .fetch_one(pg.pool()),
+                )
+                .unwrap();
+            black_box(blob)
+        })
+    });
+    group.bench_function("Store::list_accounts by entity and label", |b| {
+        b.iter(|| black_box(rt.block_on(pg.list_accounts(&filter)).unwrap()))
+    });
+    group.finish();
+    let _ = MasterKey::generate;
+}
+
+criterion_group! {
+    name = store;
+    config = Criterion::default().sample_size(60).measurement_time(std::time::Duration::from_secs(4));
+    targets = benches
+}
+criterion_main!(store);
