@@ -569,20 +569,32 @@ async fn client_credentials_grant() {
     assert_ne!(first, second, "renewed by asking again");
     assert_eq!(s.server.token_requests("client_credentials").await, 2);
 
-    // A wrong secret at initiate is the provider's refusal; nothing is stored.
+    // A wrong secret at initiate is the provider's refusal: a FAILED account with the
+    // provider's words, never an ACTIVE one, and no secret in the reason.
     let bad = keyhaven::NewIntegration::new("oidc-test", "OAUTH2_CLIENT_CREDENTIALS")
         .name("bad secret")
         .config("client_id", "kh-service")
-        .config("client_secret", "wrong")
+        .config("client_secret", "wrong-secret-value")
         .config("token_url", format!("{}/token", s.server.issuer));
     let bad = s.kh.integrations().create(bad).await.unwrap();
-    let err =
+    let out =
         s.kh.initiate_connection(ConnectionRequest::for_integration(bad.id.as_str()))
             .await
-            .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
-    assert!(err.to_string().contains("invalid_client"), "{err}");
-    assert!(!err.to_string().contains("wrong"), "{err}");
+            .unwrap();
+    assert_eq!(out.connection_status, ConnectionStatus::Failed);
+    let account =
+        s.kh.connected_accounts()
+            .get(out.connected_account_id.as_str())
+            .await
+            .unwrap();
+    let reason = account.status_reason.unwrap();
+    assert!(reason.contains("invalid_client"), "{reason}");
+    assert!(!reason.contains("wrong-secret-value"), "{reason}");
+    assert!(
+        s.kh.credentials(out.connected_account_id.as_str())
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]

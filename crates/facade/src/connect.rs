@@ -3,7 +3,7 @@
 use keyhaven_core::{
     AccountFilter, AppSlug, ConnectedAccount, ConnectedAccountId, ConnectionRequest,
     ConnectionRequestOutput, ConnectionStatus, EntityId, Error, InitiateContext, Initiated,
-    Integration, IntegrationId, Label, PendingState, url::Url, validate_fields,
+    Integration, IntegrationId, Label, PendingState, chrono, url::Url, validate_fields,
 };
 
 use crate::Keyhaven;
@@ -78,7 +78,13 @@ impl Keyhaven {
         let cx = InitiateContext::new(&integration, &account_id, &entity, &params, now)
             .with_redirect_url(redirect_url.as_ref())
             .with_callback(&state, &callback_url);
-        let initiated = scheme.initiate(cx).await?;
+        let initiated = match scheme.initiate(cx).await {
+            Ok(initiated) => Ok(initiated),
+            // The provider refused the credentials: a FAILED account says so, and
+            // never an ACTIVE one. Bad input and outages store nothing.
+            Err(keyhaven_core::SchemeError::Rejected { message }) => Err(message),
+            Err(e) => return Err(e.into()),
+        };
 
         let integration = if created {
             let stored = self
@@ -109,14 +115,26 @@ impl Keyhaven {
             updated_at: now,
         };
         let user_url = match initiated {
-            Initiated::Active { credentials } => {
+            Err(reason) => {
+                account.status = ConnectionStatus::Failed;
+                account.status_reason = Some(
+                    reason
+                        .chars()
+                        .filter(|c| !c.is_control())
+                        .take(500)
+                        .collect(),
+                );
+                self.store().insert_account(&account, None).await?;
+                None
+            }
+            Ok(Initiated::Active { credentials }) => {
                 account.expires_at = credentials.expires_at();
                 self.store()
                     .insert_account(&account, Some(&credentials))
                     .await?;
                 None
             }
-            Initiated::Redirect { url, pending } => {
+            Ok(Initiated::Redirect { url, pending }) => {
                 account.status = ConnectionStatus::Initiated;
                 account.status_reason =
                     Some("waiting for the user to finish at the provider".into());
@@ -128,6 +146,7 @@ impl Keyhaven {
                     expires_at: now + self.inner.settings.pending_ttl,
                 };
                 self.store().put_pending_state(&pending).await?;
+                self.purge_pending_now_and_then(now).await;
                 Some(url.to_string())
             }
         };
@@ -220,6 +239,27 @@ impl Keyhaven {
 }
 
 impl Keyhaven {
+    /// Removes expired pending states, at most once a minute per process.
+    async fn purge_pending_now_and_then(&self, now: chrono::DateTime<chrono::Utc>) {
+        use std::sync::atomic::Ordering;
+        let last = self.inner.last_purge.load(Ordering::Relaxed);
+        let secs = now.timestamp();
+        if secs - last < 60
+            || self
+                .inner
+                .last_purge
+                .compare_exchange(last, secs, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        match self.store().purge_expired_pending_states(now).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(purged = n, "expired pending states removed"),
+            Err(e) => tracing::warn!(error = %e, "could not purge expired pending states"),
+        }
+    }
+
     /// Refuses a redirect URL that neither the global nor the integration's allowlist covers.
     fn check_redirect_url(&self, url: &Url, integration: &Integration) -> Result<(), Error> {
         let allowed = self

@@ -19,9 +19,10 @@
 //! ```
 //!
 //! Cargo features pick the built-in auth schemes, all on by default: `api-key`
-//! (`API_KEY`, `BEARER_TOKEN`, `BASIC`, `NO_AUTH`) and `oauth2` (`OAUTH2`,
-//! `OAUTH2_CLIENT_CREDENTIALS`). Any other scheme, your own included, is
-//! registered on the [`KeyhavenBuilder`]. Stores: `sqlite` (default; the embedded
+//! (`API_KEY`, `BEARER_TOKEN`, `BASIC`, `NO_AUTH`), `oauth2` (`OAUTH2`,
+//! `OAUTH2_CLIENT_CREDENTIALS`) and `basic-jwt` (`BASIC_WITH_JWT`,
+//! `SERVICE_ACCOUNT`, `GOOGLE_SERVICE_ACCOUNT`). Any other scheme, your own included,
+//! is registered on the [`KeyhavenBuilder`]. Stores: `sqlite` (default; the embedded
 //! store in `./keyhaven-data` or `KEYHAVEN_DATA_DIR` when no store is given) and
 //! `postgres` ([`PostgresStore`], for many instances on one database).
 
@@ -76,6 +77,8 @@ struct Inner {
     cache: Arc<cache::CredentialCache>,
     /// Set when the clock is the system clock: cached reads are timed by it.
     fast_clock: Option<cache::FastClock>,
+    /// When expired pending states were last purged (Unix seconds).
+    last_purge: std::sync::atomic::AtomicI64,
 }
 
 /// Where keyhaven's OAuth callback is, when no other is configured: the server's
@@ -147,6 +150,7 @@ impl Keyhaven {
                 refresher: refresh::Refresher::default(),
                 cache,
                 fast_clock,
+                last_purge: std::sync::atomic::AtomicI64::new(0),
             }),
         }
     }

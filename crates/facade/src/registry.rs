@@ -30,6 +30,10 @@ impl SchemeRegistry {
         for scheme in keyhaven_oauth2::all() {
             registry.schemes.insert(scheme.name().to_owned(), scheme);
         }
+        #[cfg(feature = "basic-jwt")]
+        for scheme in keyhaven_basic_jwt::all() {
+            registry.schemes.insert(scheme.name().to_owned(), scheme);
+        }
         registry
     }
 

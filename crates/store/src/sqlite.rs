@@ -30,6 +30,13 @@ use crate::rows::{
     decode_pending, encode_credentials, encode_pending, list_query, micros, page, state_hash,
 };
 
+/// The hot read, built once.
+static ACCOUNT_WITH_CREDENTIALS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {ACCOUNT_COLUMNS}, credentials, credentials_expires_at FROM connected_accounts WHERE id = ?1"
+    )
+});
+
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
 
 /// The file name of the database in a data directory.
@@ -596,16 +603,18 @@ impl Store for SqliteStore {
         id: &ConnectedAccountId,
     ) -> Result<Option<(ConnectedAccount, Option<Credentials>)>, StoreError> {
         let row = self.read(|c| {
-            c.prepare_cached(&format!(
-                "SELECT {ACCOUNT_COLUMNS}, credentials, credentials_expires_at FROM connected_accounts WHERE id = ?1"
-            ))
-            .and_then(|mut st| {
-                st.query_row([id.as_str()], |r| {
-                    Ok((row_to_account(r)?, r.get::<_, Option<Vec<u8>>>(14)?, r.get::<_, Option<i64>>(15)?))
+            c.prepare_cached(&ACCOUNT_WITH_CREDENTIALS)
+                .and_then(|mut st| {
+                    st.query_row([id.as_str()], |r| {
+                        Ok((
+                            row_to_account(r)?,
+                            r.get::<_, Option<Vec<u8>>>(14)?,
+                            r.get::<_, Option<i64>>(15)?,
+                        ))
+                    })
+                    .optional()
                 })
-                .optional()
-            })
-            .map_err(map_err)
+                .map_err(map_err)
         })?;
         let Some((row, blob, expiry)) = row else {
             return Ok(None);
