@@ -9,6 +9,7 @@ use keyhaven_core::{
 
 use crate::Keyhaven;
 use crate::cache::Cached;
+use crate::integrations::effective_integration;
 
 pub(crate) fn not_found(id: &str) -> Error {
     Error::NotFound {
@@ -98,7 +99,8 @@ impl<'a> ConnectedAccounts<'a> {
                 let result = async {
                     let integration = kh.integration_of(&account).await?;
                     let scheme = kh.schemes().get(&integration.auth_scheme)?;
-                    let cx = AccountContext::new(&integration, &account, &credentials, kh.now());
+                    let effective = effective_integration(&integration, &account.params);
+                    let cx = AccountContext::new(&effective, &account, &credentials, kh.now());
                     scheme.revoke(cx).await.map_err(Error::from)
                 };
                 match result.await {
@@ -360,7 +362,8 @@ impl Keyhaven {
             }
             let integration = self.integration_of(&account).await?;
             let scheme = self.schemes().get(&integration.auth_scheme)?;
-            let cx = AccountContext::new(&integration, &account, &credentials, now);
+            let effective = effective_integration(&integration, &account.params);
+            let cx = AccountContext::new(&effective, &account, &credentials, now);
             match scheme.refresh(cx).await {
                 Ok(None) => Ok(credentials),
                 Ok(Some(fresh)) => {
@@ -473,7 +476,8 @@ impl Keyhaven {
         let (account, _) = self.active(&ConnectedAccountId::parse(id)?).await?;
         let integration = self.integration_of(&account).await?;
         let scheme = self.schemes().get(&integration.auth_scheme)?;
-        let cx = AccountContext::new(&integration, &account, &credentials, self.now());
+        let effective = effective_integration(&integration, &account.params);
+        let cx = AccountContext::new(&effective, &account, &credentials, self.now());
         scheme.authorize(&cx, &mut request)?;
         Ok(request)
     }

@@ -10,6 +10,7 @@ use keyhaven_core::{
 
 use crate::Keyhaven;
 use crate::accounts::not_found;
+use crate::integrations::effective_integration;
 
 /// The most of a provider's error text kept as a status reason.
 const MAX_REASON: usize = 500;
@@ -98,8 +99,9 @@ impl Keyhaven {
             })),
             None => {
                 let callback_url = self.callback_url().clone();
+                let effective = effective_integration(&integration, &account.params);
                 let cx = CompleteContext::new(
-                    &integration,
+                    &effective,
                     &account,
                     query,
                     &pending.data,

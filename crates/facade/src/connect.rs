@@ -7,7 +7,10 @@ use keyhaven_core::{
 };
 
 use crate::Keyhaven;
-use crate::integrations::{build_integration, not_found, redirect_allowlist, validate_config};
+use crate::integrations::{
+    build_integration, check_connection_params, connection_param_specs, effective_integration,
+    not_found, redirect_allowlist, validate_config,
+};
 
 /// One end user of the app, as returned by [`Keyhaven::entity`].
 #[derive(Debug, Clone)]
@@ -65,17 +68,22 @@ impl Keyhaven {
             self.check_redirect_url(url, &integration)?;
         }
         let scheme = self.schemes().get(&integration.auth_scheme)?;
+        let template_params = connection_param_specs(&integration);
+        let mut fields = scheme.spec().params.clone();
+        fields.extend(template_params.iter().cloned());
         let params = validate_fields(
-            &scheme.spec().params,
+            &fields,
             "connected_account_params",
             &request.connected_account_params,
         )?;
+        check_connection_params(&template_params, &params.public)?;
+        let effective = effective_integration(&integration, &params.public);
 
         let account_id = ConnectedAccountId::generate()?;
         let now = self.now();
         let state = new_state()?;
         let callback_url = self.callback_url().clone();
-        let cx = InitiateContext::new(&integration, &account_id, &entity, &params, now)
+        let cx = InitiateContext::new(&effective, &account_id, &entity, &params, now)
             .with_redirect_url(redirect_url.as_ref())
             .with_callback(&state, &callback_url);
         let initiated = match scheme.initiate(cx).await {
@@ -206,7 +214,23 @@ impl Keyhaven {
                 "give integration_id, or app to use (or create) that app's integration",
             ));
         };
-        let scheme_name = scheme_name.unwrap_or_else(|| ConnectionRequest::DEFAULT_SCHEME.into());
+        let entry = self.inner.catalog.get(app.as_str()).cloned();
+        let scheme_name = match (scheme_name, &entry) {
+            (Some(name), _) => name,
+            (None, Some(entry)) => entry
+                .preferred_scheme(|s| self.schemes().get(s).is_ok())
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "auth_scheme",
+                        format!(
+                            "app {app} supports {}, none of which is registered; enable its cargo feature or register a scheme",
+                            entry.schemes.join(", ")
+                        ),
+                    )
+                })?,
+            (None, None) => ConnectionRequest::DEFAULT_SCHEME.into(),
+        };
         let scheme = self.schemes().get(&scheme_name)?;
         let existing = self
             .store()
@@ -217,8 +241,13 @@ impl Keyhaven {
         match existing {
             Some(integration) => {
                 if !request.auth_config.is_empty() {
+                    // Every field the request gives must be what the integration has.
                     let config = validate_config(scheme.as_ref(), &request.auth_config)?;
-                    if config.public != integration.config || config.secret != integration.secrets {
+                    let differs = request.auth_config.keys().any(|k| {
+                        config.public.get(k) != integration.config.get(k)
+                            || config.secret.expose().get(k) != integration.secrets.expose().get(k)
+                    });
+                    if differs {
                         return Err(Error::invalid(
                             "auth_config",
                             format!(
@@ -230,15 +259,99 @@ impl Keyhaven {
                 }
                 Ok((integration, false))
             }
-            None => Ok((
-                build_integration(self, app, scheme.as_ref(), None, &[], &request.auth_config)?,
-                true,
-            )),
+            None => match entry {
+                Some(entry) => {
+                    let integration = self.integration_from_catalog(
+                        app,
+                        &entry,
+                        scheme.as_ref(),
+                        &request.auth_config,
+                    )?;
+                    Ok((integration, true))
+                }
+                None => Ok((
+                    build_integration(self, app, scheme.as_ref(), None, &[], &request.auth_config)?,
+                    true,
+                )),
+            },
         }
     }
 }
 
 impl Keyhaven {
+    /// A new integration of a catalogue app: the entry's endpoints, scopes and
+    /// parameters, the request's `auth_config` on top, and the app's client id and
+    /// secret from the configuration when the request has none.
+    fn integration_from_catalog(
+        &self,
+        app: AppSlug,
+        entry: &keyhaven_catalog::AppEntry,
+        scheme: &dyn keyhaven_core::AuthScheme,
+        requested: &keyhaven_core::SecretFields,
+    ) -> Result<Integration, Error> {
+        if !entry.supports(scheme.name()) {
+            return Err(Error::invalid(
+                "auth_scheme",
+                format!(
+                    "app {app} does not support {}; it supports {}",
+                    scheme.name(),
+                    entry.schemes.join(", ")
+                ),
+            ));
+        }
+        // The entry's settings that this scheme (or every integration) takes: a scheme
+        // registered in place of a built-in one may read fewer.
+        let known = crate::integrations::config_field_names(scheme);
+        let mut config = keyhaven_core::SecretFields::new();
+        for (k, v) in entry.auth_config(scheme.name()).expose() {
+            if known.iter().any(|n| n == k) {
+                config.insert(k.clone(), v.clone());
+            }
+        }
+        for (k, v) in requested.expose() {
+            config.insert(k.clone(), v.clone());
+        }
+        if scheme.name().starts_with("OAUTH2") {
+            let (id, secret) = self.app_credentials(app.as_str());
+            if let (None, Some(id)) = (config.get_str("client_id"), id) {
+                config.insert("client_id", id);
+            }
+            if let (None, Some(secret)) = (config.get_str("client_secret"), secret) {
+                config.insert("client_secret", secret);
+            }
+            let public = config.get_str("token_auth_method") == Some("none");
+            let missing: Vec<&str> = [("client_id", true), ("client_secret", !public)]
+                .into_iter()
+                .filter(|(k, needed)| *needed && config.get_str(k).is_none())
+                .map(|(k, _)| k)
+                .collect();
+            if !missing.is_empty() {
+                let env = app.as_str().to_ascii_uppercase().replace('-', "_");
+                return Err(Error::invalid(
+                    missing
+                        .iter()
+                        .map(|m| format!("auth_config.{m}"))
+                        .collect::<Vec<_>>()
+                        .join(" and "),
+                    format!(
+                        "missing for app {app} ({} {}): pass {} in auth_config, set them with the builder's app_credentials, or set KEYHAVEN_{env}_CLIENT_ID and KEYHAVEN_{env}_CLIENT_SECRET",
+                        entry.name,
+                        scheme.name(),
+                        if missing.len() == 2 { "them" } else { "it" },
+                    ),
+                ));
+            }
+        }
+        build_integration(
+            self,
+            app,
+            scheme,
+            Some(entry.name.clone()),
+            &entry.scopes(scheme.name()),
+            &config,
+        )
+    }
+
     /// Removes expired pending states, at most once a minute per process.
     async fn purge_pending_now_and_then(&self, now: chrono::DateTime<chrono::Utc>) {
         use std::sync::atomic::Ordering;

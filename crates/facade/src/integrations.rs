@@ -77,8 +77,29 @@ fn common_config() -> &'static [FieldSpec] {
                 "The base URL of the service's API, for proxied requests.",
             )
             .kind(FieldKind::Url),
+            FieldSpec::optional(
+                "redirect_allowlist",
+                "URL prefixes that redirect_url may point under, besides the global allowlist.",
+            )
+            .kind(FieldKind::StringList),
+            FieldSpec::optional(
+                keyhaven_catalog::CONNECTION_PARAMS,
+                "Parameters each connection gives ({name: description}) to fill the {name} templates of the URLs.",
+            )
+            .kind(FieldKind::Object),
         ]
     })
+}
+
+/// The names of the config fields `scheme` and every integration take.
+pub(crate) fn config_field_names(scheme: &dyn AuthScheme) -> Vec<String> {
+    scheme
+        .spec()
+        .config
+        .iter()
+        .chain(common_config())
+        .map(|f| f.name.clone())
+        .collect()
 }
 
 /// Checks an auth config against the scheme's config fields and the common ones.
@@ -243,4 +264,90 @@ impl<'a> Integrations<'a> {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// The connection parameters an integration declares, as required, non-secret fields.
+pub(crate) fn connection_param_specs(integration: &Integration) -> Vec<FieldSpec> {
+    match integration.config.get(keyhaven_catalog::CONNECTION_PARAMS) {
+        Some(Value::Object(params)) => params
+            .iter()
+            .map(|(name, description)| {
+                FieldSpec::required(
+                    name,
+                    description.as_str().unwrap_or("A connection parameter."),
+                )
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Checks the values of connection parameters: they go into hosts and paths, so only
+/// letters, digits, '.', '-' and '_' are allowed (no '/', '@', ':' or '?').
+pub(crate) fn check_connection_params(
+    specs: &[FieldSpec],
+    values: &keyhaven_core::serde_json::Map<String, Value>,
+) -> Result<(), Error> {
+    for spec in specs {
+        let Some(v) = values.get(&spec.name).and_then(Value::as_str) else {
+            continue;
+        };
+        let ok = v.len() <= 253
+            && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        if !ok {
+            return Err(Error::invalid(
+                format!("connected_account_params.{}", spec.name),
+                "may hold only letters, digits, '.', '-' and '_' (it becomes part of a URL): give the bare name, such as acme for acme.example.com",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn fill(value: &Value, params: &keyhaven_core::serde_json::Map<String, Value>) -> Value {
+    match value {
+        Value::String(s) => Value::String(keyhaven_catalog::fill_template(s, params)),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), fill(v, params)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(|v| fill(v, params)).collect()),
+        other => other.clone(),
+    }
+}
+
+/// The integration as one connection sees it: the `{templates}` of its config and
+/// scopes filled with the connection's parameters.
+pub(crate) fn effective_integration<'a>(
+    integration: &'a Integration,
+    params: &keyhaven_core::serde_json::Map<String, Value>,
+) -> std::borrow::Cow<'a, Integration> {
+    if !integration
+        .config
+        .contains_key(keyhaven_catalog::CONNECTION_PARAMS)
+    {
+        return std::borrow::Cow::Borrowed(integration);
+    }
+    let mut filled = integration.clone();
+    filled.config = integration
+        .config
+        .iter()
+        .map(|(k, v)| {
+            let value = if k == keyhaven_catalog::CONNECTION_PARAMS {
+                v.clone()
+            } else {
+                fill(v, params)
+            };
+            (k.clone(), value)
+        })
+        .collect();
+    filled.scopes = integration
+        .scopes
+        .iter()
+        .map(|s| keyhaven_catalog::fill_template(s, params))
+        .collect();
+    std::borrow::Cow::Owned(filled)
 }

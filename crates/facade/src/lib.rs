@@ -43,6 +43,7 @@ pub use accounts::ConnectedAccounts;
 pub use callback::CallbackOutcome;
 pub use connect::Entity;
 pub use integrations::{Integrations, NewIntegration};
+pub use keyhaven_catalog::{AppEntry, Catalog, CatalogError};
 pub use keyhaven_core::{
     AccountContext, AccountFilter, AppSlug, AuthScheme, Clock, ConnectedAccount,
     ConnectedAccountId, ConnectionRequest, ConnectionRequestOutput, ConnectionStatus, Credentials,
@@ -58,6 +59,9 @@ pub use keyhaven_store::RotationReport;
 pub use keyhaven_store::SqliteStore;
 pub use keyhaven_store::{KeyFile, KeyRing, MasterKey, MemoryStore};
 pub use registry::SchemeRegistry;
+
+/// The environment variable naming a directory of extra catalogue entries.
+pub const CATALOG_DIR_ENV: &str = "KEYHAVEN_CATALOG_DIR";
 
 /// Re-exported so that users need no direct dependency on these.
 pub use keyhaven_core::{async_trait, chrono, http, secrecy, serde_json, url};
@@ -79,6 +83,7 @@ struct Inner {
     fast_clock: Option<cache::FastClock>,
     /// When expired pending states were last purged (Unix seconds).
     last_purge: std::sync::atomic::AtomicI64,
+    catalog: Arc<Catalog>,
 }
 
 /// Where keyhaven's OAuth callback is, when no other is configured: the server's
@@ -93,6 +98,8 @@ struct Settings {
     pending_ttl: chrono::Duration,
     redirect_allowlist: Vec<Url>,
     cache_capacity: usize,
+    /// Client id and secret per app, for integrations created from the catalogue.
+    app_credentials: std::collections::BTreeMap<String, (String, Option<secrecy::SecretString>)>,
 }
 
 impl Default for Settings {
@@ -103,6 +110,7 @@ impl Default for Settings {
             pending_ttl: chrono::Duration::minutes(10),
             redirect_allowlist: Vec::new(),
             cache_capacity: 10_000,
+            app_credentials: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -126,7 +134,32 @@ impl Keyhaven {
             SchemeRegistry::with_defaults(),
             None,
             Settings::default(),
+            Arc::new(Catalog::builtin().unwrap_or_default()),
         )
+    }
+
+    /// The app catalogue.
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+
+    /// The client id and secret configured for `app`: the builder's, else
+    /// `KEYHAVEN_<APP>_CLIENT_ID` and `KEYHAVEN_<APP>_CLIENT_SECRET`.
+    pub(crate) fn app_credentials(&self, app: &str) -> (Option<String>, Option<String>) {
+        use secrecy::ExposeSecret;
+        if let Some((id, secret)) = self.inner.settings.app_credentials.get(app) {
+            return (
+                Some(id.clone()),
+                secret.as_ref().map(|s| s.expose_secret().to_owned()),
+            );
+        }
+        let env = app.to_ascii_uppercase().replace('-', "_");
+        let var = |suffix: &str| {
+            std::env::var(format!("KEYHAVEN_{env}_{suffix}"))
+                .ok()
+                .filter(|v| !v.is_empty())
+        };
+        (var("CLIENT_ID"), var("CLIENT_SECRET"))
     }
 
     /// `clock`: `None` for the system clock.
@@ -135,6 +168,7 @@ impl Keyhaven {
         registry: SchemeRegistry,
         clock: Option<Arc<dyn Clock>>,
         settings: Settings,
+        catalog: Arc<Catalog>,
     ) -> Self {
         let fast_clock = clock.is_none().then(cache::FastClock::new);
         let clock = clock.unwrap_or_else(|| Arc::new(SystemClock));
@@ -151,6 +185,7 @@ impl Keyhaven {
                 cache,
                 fast_clock,
                 last_purge: std::sync::atomic::AtomicI64::new(0),
+                catalog,
             }),
         }
     }
@@ -199,6 +234,8 @@ pub struct KeyhavenBuilder {
     registry: SchemeRegistry,
     clock: Option<Arc<dyn Clock>>,
     settings: Settings,
+    catalog: Option<Catalog>,
+    catalog_dirs: Vec<std::path::PathBuf>,
     error: Option<Error>,
 }
 
@@ -209,6 +246,8 @@ impl Default for KeyhavenBuilder {
             registry: SchemeRegistry::with_defaults(),
             clock: None,
             settings: Settings::default(),
+            catalog: None,
+            catalog_dirs: Vec::new(),
             error: None,
         }
     }
@@ -318,6 +357,40 @@ impl KeyhavenBuilder {
         self
     }
 
+    /// Uses this catalogue instead of the built-in one.
+    #[must_use]
+    pub fn catalog(mut self, catalog: Catalog) -> Self {
+        self.catalog = Some(catalog);
+        self
+    }
+
+    /// Adds or overrides apps with the `*.toml` files of `dir` (the format of the
+    /// built-in catalogue, checked the same way). `KEYHAVEN_CATALOG_DIR` does the same.
+    #[must_use]
+    pub fn catalog_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.catalog_dirs.push(dir.into());
+        self
+    }
+
+    /// The OAuth client of `app` for integrations created from the catalogue when a
+    /// request gives none (else `KEYHAVEN_<APP>_CLIENT_ID` / `_CLIENT_SECRET`).
+    #[must_use]
+    pub fn app_credentials(
+        mut self,
+        app: &str,
+        client_id: &str,
+        client_secret: Option<&str>,
+    ) -> Self {
+        self.settings.app_credentials.insert(
+            app.to_owned(),
+            (
+                client_id.to_owned(),
+                client_secret.map(|s| secrecy::SecretString::from(s.to_owned())),
+            ),
+        );
+        self
+    }
+
     /// Builds it. Without a store, the embedded SQLite store of the data directory
     /// (`KEYHAVEN_DATA_DIR`, else `./keyhaven-data`) is opened (feature `sqlite`).
     ///
@@ -331,11 +404,27 @@ impl KeyhavenBuilder {
             Some(store) => store,
             None => default_store()?,
         };
+        let mut catalog = match self.catalog {
+            Some(c) => c,
+            None => Catalog::builtin().map_err(|e| Error::Internal(e.to_string()))?,
+        };
+        let names: Vec<&str> = self.registry.names().collect();
+        let mut dirs = self.catalog_dirs;
+        if let Some(dir) = std::env::var_os(CATALOG_DIR_ENV).filter(|d| !d.is_empty()) {
+            dirs.push(dir.into());
+        }
+        for dir in dirs {
+            let n = catalog
+                .load_dir(&dir, &names)
+                .map_err(|e| Error::invalid("catalog directory", e.to_string()))?;
+            tracing::info!(dir = %dir.display(), apps = n, "catalogue entries loaded");
+        }
         Ok(Keyhaven::assemble(
             store,
             self.registry,
             self.clock,
             self.settings,
+            Arc::new(catalog),
         ))
     }
 }

@@ -431,9 +431,13 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
             &["MAGIC_LINK", "not registered", "API_KEY"],
         ),
         (
-            "default scheme OAUTH2 without its config",
+            "catalogue app whose OAuth client is not configured",
             ConnectionRequest::for_app("slack"),
-            &["auth_config.client_id", "required"],
+            &[
+                "auth_config.client_id",
+                "auth_config.client_secret",
+                "KEYHAVEN_SLACK_CLIENT_ID",
+            ],
         ),
         (
             "missing param",
@@ -696,7 +700,7 @@ async fn no_secret_in_debug_display_or_json() {
     let kh = kh();
     let out = kh
         .initiate_connection(
-            ConnectionRequest::for_app("jira")
+            ConnectionRequest::for_app("acme-jira")
                 .scheme("BASIC")
                 .param("username", "admin@x.io")
                 .param("password", SECRET),
@@ -708,7 +712,7 @@ async fn no_secret_in_debug_display_or_json() {
     let creds = kh.credentials(id).await.unwrap();
     let integration = kh
         .integrations()
-        .list(Some("jira"))
+        .list(Some("acme-jira"))
         .await
         .unwrap()
         .remove(0);
@@ -811,4 +815,35 @@ async fn a_scheme_can_replace_a_built_in_one() {
         .unwrap();
     let err = bare.initiate_connection(openai("k")).await.unwrap_err();
     assert!(err.to_string().contains("registered: none"), "{err}");
+}
+
+#[tokio::test]
+async fn an_integration_may_allow_more_redirects_than_the_global_list() {
+    let kh = kh();
+    let int = kh
+        .integrations()
+        .create(NewIntegration::new("acme-crm", "API_KEY").config(
+            "redirect_allowlist",
+            serde_json::json!(["https://tenant.example/back/"]),
+        ))
+        .await
+        .unwrap();
+    let ok = ConnectionRequest::for_integration(int.id.as_str())
+        .param("api_key", SECRET)
+        .redirect_url("https://tenant.example/back/done");
+    kh.initiate_connection(ok).await.unwrap();
+    let outside = ConnectionRequest::for_integration(int.id.as_str())
+        .param("api_key", SECRET)
+        .redirect_url("https://tenant.example/elsewhere");
+    let err = kh.initiate_connection(outside).await.unwrap_err();
+    assert!(err.to_string().contains("redirect_url"), "{err}");
+    let err = kh
+        .integrations()
+        .create(
+            NewIntegration::new("acme-crm", "API_KEY")
+                .config("redirect_allowlist", serde_json::json!(["not a url"])),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("redirect_allowlist"), "{err}");
 }

@@ -1,0 +1,468 @@
+//! The app catalogue: every entry valid, an authorization URL built for every OAuth
+//! entry, integrations created from entries when an app is initiated by name, URL
+//! template parameters required and checked, and user directories that add or
+//! override apps.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use keyhaven::{
+    Catalog, ConnectionRequest, ConnectionStatus, ErrorKind, Keyhaven, MemoryStore, url::Url,
+};
+
+fn kh() -> Keyhaven {
+    Keyhaven::builder()
+        .store(MemoryStore::new())
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn every_entry_is_valid() {
+    let kh = kh();
+    let names: Vec<&str> = kh.schemes().names().collect();
+    let files = Catalog::builtin_files();
+    assert!(files.len() >= 300, "the catalogue has {} apps", files.len());
+    let mut problems = Vec::new();
+    let mut slugs = std::collections::HashSet::new();
+    for (file, text) in files {
+        match keyhaven::AppEntry::parse(file, text) {
+            Ok(entry) => {
+                if !slugs.insert(entry.slug.clone()) {
+                    problems.push(format!("{file}: slug {} is used twice", entry.slug));
+                }
+                if let Err(e) = entry.validate(file.strip_suffix(".toml"), &names) {
+                    problems.push(e.to_string());
+                }
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} problems:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+    assert_eq!(kh.catalog().len(), files.len());
+    for first in [
+        "gmail",
+        "google-calendar",
+        "google-drive",
+        "google-sheets",
+        "google-docs",
+        "youtube",
+        "outlook",
+        "microsoft-teams",
+        "onedrive",
+        "sharepoint",
+        "github",
+        "gitlab",
+        "bitbucket",
+        "slack",
+        "discord",
+        "notion",
+        "linear",
+        "jira",
+        "confluence",
+        "asana",
+        "trello",
+        "clickup",
+        "monday",
+        "salesforce",
+        "hubspot",
+        "pipedrive",
+        "zendesk",
+        "intercom",
+        "shopify",
+        "stripe",
+        "openai",
+        "anthropic",
+        "twilio",
+        "sendgrid",
+        "mailchimp",
+        "dropbox",
+        "box",
+        "zoom",
+        "calendly",
+        "figma",
+        "airtable",
+        "spotify",
+        "x",
+        "linkedin",
+        "reddit",
+        "quickbooks",
+        "xero",
+        "okta",
+    ] {
+        assert!(
+            kh.catalog().get(first).is_some(),
+            "{first} is in the catalogue"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_authorization_url_for_every_oauth_entry() {
+    let mut builder = Keyhaven::builder()
+        .store(MemoryStore::new())
+        .allow_redirect_url("https://app.example.com/");
+    let catalog = Catalog::builtin().unwrap();
+    let oauth: Vec<_> = catalog
+        .iter()
+        .filter(|e| e.supports("OAUTH2"))
+        .cloned()
+        .collect();
+    assert!(oauth.len() > 150, "{} OAuth apps", oauth.len());
+    for entry in &oauth {
+        builder =
+            builder.app_credentials(&entry.slug, "test-client-id", Some("test-client-secret"));
+    }
+    let kh = builder.build().unwrap();
+    let mut failures = Vec::new();
+    for entry in &oauth {
+        let mut request = ConnectionRequest::for_app(entry.slug.clone()).scheme("OAUTH2");
+        for (k, v) in entry.example_params() {
+            request = request.param(k, v);
+        }
+        let out = match kh.initiate_connection(request).await {
+            Ok(out) => out,
+            Err(e) => {
+                failures.push(format!("{}: {e}", entry.slug));
+                continue;
+            }
+        };
+        assert_eq!(
+            out.connection_status,
+            ConnectionStatus::Initiated,
+            "{}",
+            entry.slug
+        );
+        let url = Url::parse(out.redirect_url.as_deref().unwrap()).unwrap();
+        let expected = keyhaven_catalog_fill(
+            entry
+                .oauth2
+                .as_ref()
+                .unwrap()
+                .authorize_url
+                .as_deref()
+                .unwrap(),
+            entry,
+        );
+        let expected = Url::parse(&expected).unwrap();
+        let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
+        let ok = url.scheme() == "https"
+            && url.host_str() == expected.host_str()
+            && url.path() == expected.path()
+            && q.get("client_id").map(String::as_str) == Some("test-client-id")
+            && q.get("response_type").map(String::as_str) == Some("code")
+            && q.get("redirect_uri").map(String::as_str) == Some(keyhaven::DEFAULT_CALLBACK_URL)
+            && q.get("state").is_some_and(|s| s.len() >= 32);
+        let o = entry.oauth2.as_ref().unwrap();
+        let scopes_ok = o.default_scopes.is_empty()
+            || q.get("scope").map(String::as_str)
+                == Some(
+                    keyhaven_catalog_fill(
+                        &o.default_scopes
+                            .join(o.scope_separator.as_deref().unwrap_or(" ")),
+                        entry,
+                    )
+                    .as_str(),
+                );
+        if !ok || !scopes_ok {
+            failures.push(format!(
+                "{}: unexpected authorization URL {url}",
+                entry.slug
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+fn keyhaven_catalog_fill(template: &str, entry: &keyhaven::AppEntry) -> String {
+    let mut out = template.to_owned();
+    for (k, v) in entry.example_params() {
+        out = out.replace(&format!("{{{k}}}"), v.as_str().unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn initiate_by_app_creates_the_integration_from_the_entry() {
+    let kh = Keyhaven::builder()
+        .store(MemoryStore::new())
+        .app_credentials("github", "gh-client", Some("gh-secret"))
+        .build()
+        .unwrap();
+    // OpenAI: API keys only, so API_KEY without asking, sent as the entry says.
+    let out = kh
+        .initiate_connection(ConnectionRequest::for_app("openai").param("api_key", "sk-cat"))
+        .await
+        .unwrap();
+    assert_eq!(out.connection_status, ConnectionStatus::Active);
+    let int = kh
+        .integrations()
+        .list(Some("openai"))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(int.auth_scheme, "API_KEY");
+    assert_eq!(int.name, "OpenAI");
+    assert_eq!(
+        int.config_str("base_url"),
+        Some("https://api.openai.com/v1")
+    );
+    // GitHub: OAUTH2 is preferred; the client comes from the configuration.
+    let out = kh
+        .initiate_connection(ConnectionRequest::for_app("github"))
+        .await
+        .unwrap();
+    assert_eq!(out.connection_status, ConnectionStatus::Initiated);
+    let url = Url::parse(out.redirect_url.as_deref().unwrap()).unwrap();
+    assert_eq!(url.host_str(), Some("github.com"));
+    assert!(
+        url.query_pairs()
+            .any(|(k, v)| k == "client_id" && v == "gh-client")
+    );
+    let int = kh
+        .integrations()
+        .list(Some("github"))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(int.auth_scheme, "OAUTH2");
+    assert!(
+        int.secret_field_names()
+            .contains(&"client_secret".to_owned())
+    );
+    // A scheme the app does not support is refused by name.
+    let err = kh
+        .initiate_connection(
+            ConnectionRequest::for_app("openai")
+                .scheme("BASIC_WITH_JWT")
+                .param("username", "u")
+                .param("password", "p"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("does not support BASIC_WITH_JWT"),
+        "{err}"
+    );
+    // Without a configured client, the error says which fields and how to give them.
+    let err = kh
+        .initiate_connection(ConnectionRequest::for_app("gitlab"))
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("auth_config.client_id") && msg.contains("KEYHAVEN_GITLAB_CLIENT_ID"),
+        "{msg}"
+    );
+    // The request's auth_config gives it too.
+    let out = kh
+        .initiate_connection(
+            ConnectionRequest::for_app("gitlab")
+                .config("client_id", "gl")
+                .config("client_secret", "gl-secret"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.connection_status, ConnectionStatus::Initiated);
+}
+
+#[tokio::test]
+async fn template_parameters_are_required_and_checked() {
+    let kh = Keyhaven::builder()
+        .store(MemoryStore::new())
+        .app_credentials("shopify", "shop-client", Some("s"))
+        .build()
+        .unwrap();
+    let before = kh.integrations().list(None).await.unwrap().len();
+    let err = kh
+        .initiate_connection(ConnectionRequest::for_app("shopify"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("connected_account_params.subdomain")
+            && err.to_string().contains("required"),
+        "{err}"
+    );
+    for bad in ["evil.example.com/x", "a@b", "x?y=1", "-x"] {
+        let err = kh
+            .initiate_connection(ConnectionRequest::for_app("shopify").param("subdomain", bad))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{bad}");
+        assert!(
+            err.to_string()
+                .contains("connected_account_params.subdomain"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        kh.integrations().list(None).await.unwrap().len(),
+        before,
+        "bad input stored nothing"
+    );
+    let out = kh
+        .initiate_connection(ConnectionRequest::for_app("shopify").param("subdomain", "acme"))
+        .await
+        .unwrap();
+    let url = Url::parse(out.redirect_url.as_deref().unwrap()).unwrap();
+    assert_eq!(url.host_str(), Some("acme.myshopify.com"));
+    assert!(
+        url.query_pairs()
+            .any(|(k, v)| k == "scope" && v.contains(',')),
+        "comma-separated scopes"
+    );
+    let account = kh
+        .connected_accounts()
+        .get(out.connected_account_id.as_str())
+        .await
+        .unwrap();
+    assert_eq!(
+        account.params.get("subdomain").and_then(|v| v.as_str()),
+        Some("acme")
+    );
+    // The API-key way into the same app fills the same template for requests.
+    let out = kh
+        .initiate_connection(
+            ConnectionRequest::for_app("shopify")
+                .scheme("API_KEY")
+                .param("subdomain", "acme")
+                .param("api_key", "shpat"),
+        )
+        .await
+        .unwrap();
+    let req = keyhaven::OutgoingRequest::new(
+        keyhaven::http::Method::GET,
+        Url::parse("https://acme.myshopify.com/admin/api/x").unwrap(),
+    );
+    let req = kh
+        .authorize(out.connected_account_id.as_str(), req)
+        .await
+        .unwrap();
+    assert_eq!(req.headers["x-shopify-access-token"], "shpat");
+}
+
+#[tokio::test]
+async fn a_directory_adds_and_overrides_apps_with_the_same_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("acme-internal.toml"),
+        r#"
+slug = "acme-internal"
+name = "ACME internal API"
+categories = ["developer-tools"]
+docs_url = "https://docs.acme.example/auth"
+schemes = ["API_KEY"]
+api_base_url = "https://{region}.api.acme.example"
+[api_key]
+header_name = "x-acme-key"
+header_format = "{api_key}"
+[[params]]
+name = "region"
+description = "Your region: eu or us"
+example = "eu"
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("openai.toml"),
+        r#"
+slug = "openai"
+name = "OpenAI via our gateway"
+categories = ["ai"]
+docs_url = "https://gateway.example/docs"
+schemes = ["API_KEY"]
+api_base_url = "https://gateway.example/openai/v1"
+[api_key]
+header_name = "x-gateway-key"
+header_format = "{api_key}"
+"#,
+    )
+    .unwrap();
+    let kh = Keyhaven::builder()
+        .store(MemoryStore::new())
+        .catalog_dir(dir.path())
+        .build()
+        .unwrap();
+    assert_eq!(
+        kh.catalog().get("openai").unwrap().name,
+        "OpenAI via our gateway"
+    );
+    assert!(kh.catalog().get("acme-internal").is_some());
+    let out = kh
+        .initiate_connection(
+            ConnectionRequest::for_app("acme-internal")
+                .param("region", "eu")
+                .param("api_key", "k1"),
+        )
+        .await
+        .unwrap();
+    let int = kh
+        .integrations()
+        .list(Some("acme-internal"))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        int.config_str("base_url"),
+        Some("https://{region}.api.acme.example")
+    );
+    let req = keyhaven::OutgoingRequest::new(
+        keyhaven::http::Method::GET,
+        Url::parse("https://eu.api.acme.example/x").unwrap(),
+    );
+    let req = kh
+        .authorize(out.connected_account_id.as_str(), req)
+        .await
+        .unwrap();
+    assert_eq!(req.headers["x-acme-key"], "k1");
+
+    // A bad file is refused with its name and problem, and nothing is built.
+    std::fs::write(
+        dir.path().join("broken.toml"),
+        "slug = \"broken\"\nname = \"B\"\ncategories = [\"ai\"]\ndocs_url = \"http://insecure.example\"\nschemes = [\"API_KEY\"]\napi_base_url = \"https://{tenant}.b.example\"\n[api_key]\n",
+    )
+    .unwrap();
+    let err = Keyhaven::builder()
+        .store(MemoryStore::new())
+        .catalog_dir(dir.path())
+        .build()
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("broken") && msg.contains("docs_url") && msg.contains("{tenant}"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn search_finds_by_slug_name_and_category() {
+    let catalog = Catalog::builtin().unwrap();
+    let hits: Vec<&str> = catalog
+        .search("gmail")
+        .iter()
+        .map(|a| a.slug.as_str())
+        .collect();
+    assert_eq!(hits.first(), Some(&"gmail"));
+    let google: Vec<&str> = catalog
+        .search("Google")
+        .iter()
+        .map(|a| a.slug.as_str())
+        .collect();
+    assert!(
+        google.contains(&"google-drive") && google.contains(&"google-sheets"),
+        "{google:?}"
+    );
+    assert!(catalog.search("mail").iter().any(|a| a.slug == "gmail"));
+    assert!(catalog.search("crm").iter().any(|a| a.slug == "hubspot"));
+    assert!(catalog.search("no-such-app-anywhere").is_empty());
+}
