@@ -164,6 +164,10 @@ pub struct AppEntry {
     /// Connection parameters.
     #[serde(default)]
     pub params: Vec<ParamEntry>,
+    /// Headers every request to the API needs besides the credentials (an API
+    /// version, ...); values may use `{templates}`.
+    #[serde(default)]
+    pub request_headers: BTreeMap<String, String>,
 }
 
 /// The `{names}` a template uses.
@@ -314,6 +318,31 @@ impl AppEntry {
                 _ => problems.push(format!("{field} is not a well-formed https URL: {url}")),
             }
         }
+        for (name, value) in &self.request_headers {
+            let valid_name = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !valid_name {
+                problems.push(format!(
+                    "request header name {name:?} is not a valid HTTP header name"
+                ));
+            }
+            if name.eq_ignore_ascii_case("authorization") {
+                problems.push("request_headers may not set Authorization: the scheme does".into());
+            }
+            if value.chars().any(char::is_control) {
+                problems.push(format!("request header {name} has a control character"));
+            }
+            for t in template_names(value) {
+                if !declared.contains(&t.as_str()) {
+                    problems.push(format!(
+                        "request header {name} uses {{{t}}}, which is not a declared param"
+                    ));
+                }
+                used.insert(t);
+            }
+        }
         for name in declared.iter().filter(|n| !used.contains(**n)) {
             problems.push(format!("param {name} is declared but no URL uses it"));
         }
@@ -391,6 +420,12 @@ impl AppEntry {
     pub fn auth_config(&self, scheme: &str) -> SecretFields {
         let mut c = SecretFields::new();
         c.insert("base_url", self.api_base_url.clone());
+        if !self.request_headers.is_empty() {
+            c.insert(
+                "request_headers",
+                serde_json::to_value(&self.request_headers).unwrap_or_default(),
+            );
+        }
         if !self.params.is_empty() {
             let params: Map<String, Value> = self
                 .params

@@ -4,7 +4,7 @@
 use keyhaven_core::{
     AccountContext, AccountFilter, ConnectedAccount, ConnectedAccountId, ConnectionStatus,
     Credentials, CredentialsUpdate, Error, Integration, OutgoingRequest, Page, SchemeError,
-    StoreError, chrono,
+    StoreError, chrono, serde_json,
 };
 
 use crate::Keyhaven;
@@ -477,6 +477,20 @@ impl Keyhaven {
         let integration = self.integration_of(&account).await?;
         let scheme = self.schemes().get(&integration.auth_scheme)?;
         let effective = effective_integration(&integration, &account.params);
+        // The integration's fixed headers (an API version ...), unless the caller set them.
+        if let Some(serde_json::Value::Object(headers)) = effective.config.get("request_headers") {
+            for (name, value) in headers {
+                let (Ok(name), Some(Ok(value))) = (
+                    keyhaven_core::http::HeaderName::from_bytes(name.as_bytes()),
+                    value
+                        .as_str()
+                        .map(keyhaven_core::http::HeaderValue::from_str),
+                ) else {
+                    continue;
+                };
+                request.headers.entry(name).or_insert(value);
+            }
+        }
         let cx = AccountContext::new(&effective, &account, &credentials, self.now());
         scheme.authorize(&cx, &mut request)?;
         Ok(request)

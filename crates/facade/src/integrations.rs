@@ -83,6 +83,11 @@ fn common_config() -> &'static [FieldSpec] {
             )
             .kind(FieldKind::StringList),
             FieldSpec::optional(
+                "request_headers",
+                "Headers every request to the API gets besides the credentials ({name: value}, such as an API version).",
+            )
+            .kind(FieldKind::Object),
+            FieldSpec::optional(
                 keyhaven_catalog::CONNECTION_PARAMS,
                 "Parameters each connection gives ({name: description}) to fill the {name} templates of the URLs.",
             )
@@ -152,6 +157,21 @@ pub(crate) fn build_integration(
         Some(n) => n,
         None => format!("{app} ({})", scheme.name()),
     };
+    if let Some(Value::Object(headers)) = config.public.get("request_headers") {
+        for (name, value) in headers {
+            let valid = keyhaven_core::http::HeaderName::from_bytes(name.as_bytes()).is_ok()
+                && value
+                    .as_str()
+                    .is_some_and(|v| keyhaven_core::http::HeaderValue::from_str(v).is_ok())
+                && !name.eq_ignore_ascii_case("authorization");
+            if !valid {
+                return Err(Error::invalid(
+                    format!("auth_config.request_headers.{name}"),
+                    "must be a valid header name (not Authorization) with a string value",
+                ));
+            }
+        }
+    }
     if let Some(Value::Array(entries)) = config.public.get("redirect_allowlist") {
         for entry in entries.iter().filter_map(Value::as_str) {
             crate::parse_http_url("auth_config.redirect_allowlist", entry)?;

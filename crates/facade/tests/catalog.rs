@@ -466,3 +466,44 @@ fn search_finds_by_slug_name_and_category() {
     assert!(catalog.search("crm").iter().any(|a| a.slug == "hubspot"));
     assert!(catalog.search("no-such-app-anywhere").is_empty());
 }
+
+#[tokio::test]
+async fn request_headers_of_an_entry_go_on_every_request() {
+    let kh = kh();
+    let out = kh
+        .initiate_connection(ConnectionRequest::for_app("anthropic").param("api_key", "sk-ant"))
+        .await
+        .unwrap();
+    let id = out.connected_account_id.to_string();
+    let url = Url::parse("https://api.anthropic.com/v1/messages").unwrap();
+    let req = kh
+        .authorize(
+            &id,
+            keyhaven::OutgoingRequest::new(keyhaven::http::Method::POST, url.clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(req.headers["x-api-key"], "sk-ant");
+    assert_eq!(req.headers["anthropic-version"], "2023-06-01");
+    // A header the caller set is kept.
+    let mut mine = keyhaven::OutgoingRequest::new(keyhaven::http::Method::POST, url);
+    mine.headers.insert(
+        "anthropic-version",
+        keyhaven::http::HeaderValue::from_static("2099-01-01"),
+    );
+    let req = kh.authorize(&id, mine).await.unwrap();
+    assert_eq!(req.headers["anthropic-version"], "2099-01-01");
+    // Integrations refuse headers that could not be sent, or that replace the credentials.
+    for bad in [
+        keyhaven::serde_json::json!({"Authorization": "x"}),
+        keyhaven::serde_json::json!({"bad header": "x"}),
+        keyhaven::serde_json::json!({"x-v": 3}),
+    ] {
+        let err = kh
+            .integrations()
+            .create(keyhaven::NewIntegration::new("acme", "API_KEY").config("request_headers", bad))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("request_headers"), "{err}");
+    }
+}

@@ -21,8 +21,9 @@ use sqlx::{Postgres, Row, Transaction};
 use crate::crypto::KeyRing;
 use crate::rotate::{RotationReport, Table};
 use crate::rows::{
-    ACCOUNT_COLUMNS, AccountRow, Arg, INTEGRATION_COLUMNS, IntegrationRow, decode_credentials,
-    decode_pending, encode_credentials, encode_pending, list_query, micros, page, state_hash,
+    ACCOUNT_COLUMNS, AccountRow, Arg, INTEGRATION_COLUMNS, IntegrationRow, PreparedUpdate,
+    decode_credentials, encode_credentials, encode_pending, list_query, micros, page,
+    pending_state, prepare_update, state_hash, update_refused,
 };
 
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_init.sql"))];
@@ -476,18 +477,12 @@ impl Store for PostgresStore {
         account: &ConnectedAccount,
         credentials: CredentialsUpdate<'_>,
     ) -> Result<ConnectedAccount, StoreError> {
-        let mut next = account.clone();
-        next.version = account.version + 1;
-        let r = AccountRow::encode(&next)?;
-        let expected =
-            i64::try_from(account.version).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let creds = match credentials {
-            CredentialsUpdate::Keep => None,
-            CredentialsUpdate::Set(c) => {
-                Some(Some(encode_credentials(&self.key_ring(), &account.id, c)?))
-            }
-            CredentialsUpdate::Clear => Some(None),
-        };
+        let PreparedUpdate {
+            next,
+            row: r,
+            expected,
+            credentials: creds,
+        } = prepare_update(&self.key_ring(), account, credentials)?;
         let mut tx = self.pool.begin().await.map_err(map_err)?;
         let n = sqlx::query("UPDATE connected_accounts SET entity_id = $2, integration_id = $3, app = $4, auth_scheme = $5, status = $6, status_reason = $7, labels = $8, params = $9, redirect_url = $10, expires_at = $11, version = $12, created_at = $13, updated_at = $14 WHERE id = $1 AND version = $15")
             .bind(&r.id).bind(r.entity_id).bind(r.integration_id).bind(r.app).bind(r.auth_scheme)
@@ -503,22 +498,9 @@ impl Store for PostgresStore {
                     .fetch_optional(&mut *tx)
                     .await
                     .map_err(map_err)?;
-            return Err(match current {
-                None => StoreError::Missing {
-                    kind: "connected account",
-                    id: r.id,
-                },
-                Some(v) => StoreError::Conflict(format!(
-                    "connected account {} changed since it was read (version {v} now, {expected} given)",
-                    r.id
-                )),
-            });
+            return Err(update_refused(&r.id, current, expected));
         }
-        if let Some(creds) = creds {
-            let (blob, expiry) = match creds {
-                Some((b, e)) => (Some(b), e),
-                None => (None, None),
-            };
+        if let Some((blob, expiry)) = creds {
             sqlx::query("UPDATE connected_accounts SET credentials = $2, credentials_expires_at = $3 WHERE id = $1")
                 .bind(&r.id)
                 .bind(blob)
@@ -570,13 +552,7 @@ impl Store for PostgresStore {
         let Some((account, blob, expires)) = row else {
             return Ok(None);
         };
-        Ok(Some(PendingState {
-            state: state.to_owned(),
-            account_id: ConnectedAccountId::parse(&account)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            data: decode_pending(&self.key_ring(), &hash, &blob)?,
-            expires_at: crate::rows::from_micros(expires)?,
-        }))
+        pending_state(&self.key_ring(), state, &hash, &account, &blob, expires).map(Some)
     }
 
     async fn purge_expired_pending_states(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {

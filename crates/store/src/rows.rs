@@ -335,3 +335,78 @@ pub(crate) fn page(
     };
     keyhaven_core::Page { items, next_cursor }
 }
+
+/// Encrypted credentials as an update writes them: `None` keeps the stored ones,
+/// `Some((None, None))` clears them.
+pub(crate) type CredentialsWrite = Option<(Option<Vec<u8>>, Option<i64>)>;
+
+/// What a compare-and-set account update writes, prepared the same way by every SQL store.
+pub(crate) struct PreparedUpdate {
+    /// The account as it will be stored (version bumped).
+    pub(crate) next: ConnectedAccount,
+    /// Its row.
+    pub(crate) row: AccountRow,
+    /// The version the stored row must still have.
+    pub(crate) expected: i64,
+    /// The credentials column, if it changes.
+    pub(crate) credentials: CredentialsWrite,
+}
+
+pub(crate) fn prepare_update(
+    keys: &KeyRing,
+    account: &ConnectedAccount,
+    credentials: keyhaven_core::CredentialsUpdate<'_>,
+) -> Result<PreparedUpdate, StoreError> {
+    use keyhaven_core::CredentialsUpdate as U;
+    let mut next = account.clone();
+    next.version = account.version + 1;
+    let row = AccountRow::encode(&next)?;
+    let expected =
+        i64::try_from(account.version).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let credentials = match credentials {
+        U::Keep => None,
+        U::Set(c) => {
+            let (blob, expiry) = encode_credentials(keys, &account.id, c)?;
+            Some((Some(blob), expiry))
+        }
+        U::Clear => Some((None, None)),
+    };
+    Ok(PreparedUpdate {
+        next,
+        row,
+        expected,
+        credentials,
+    })
+}
+
+/// The error of an update that matched no row: the account is gone, or another
+/// writer got there first.
+pub(crate) fn update_refused(id: &str, current: Option<i64>, expected: i64) -> StoreError {
+    match current {
+        None => StoreError::Missing {
+            kind: "connected account",
+            id: id.to_owned(),
+        },
+        Some(v) => StoreError::Conflict(format!(
+            "connected account {id} changed since it was read (version {v} now, {expected} given)"
+        )),
+    }
+}
+
+/// A pending state read back from its row.
+pub(crate) fn pending_state(
+    keys: &KeyRing,
+    state: &str,
+    hash: &str,
+    account: &str,
+    blob: &[u8],
+    expires: i64,
+) -> Result<keyhaven_core::PendingState, StoreError> {
+    Ok(keyhaven_core::PendingState {
+        state: state.to_owned(),
+        account_id: ConnectedAccountId::parse(account)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        data: decode_pending(keys, hash, blob)?,
+        expires_at: from_micros(expires)?,
+    })
+}

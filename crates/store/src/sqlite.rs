@@ -26,8 +26,9 @@ use rusqlite::{
 use crate::crypto::KeyRing;
 use crate::rotate::{RotationReport, Table};
 use crate::rows::{
-    ACCOUNT_COLUMNS, AccountRow, Arg, INTEGRATION_COLUMNS, IntegrationRow, decode_credentials,
-    decode_pending, encode_credentials, encode_pending, list_query, micros, page, state_hash,
+    ACCOUNT_COLUMNS, AccountRow, Arg, INTEGRATION_COLUMNS, IntegrationRow, PreparedUpdate,
+    decode_credentials, encode_credentials, encode_pending, list_query, micros, page,
+    pending_state, prepare_update, state_hash, update_refused,
 };
 
 /// The hot read, built once.
@@ -630,18 +631,12 @@ impl Store for SqliteStore {
         account: &ConnectedAccount,
         credentials: CredentialsUpdate<'_>,
     ) -> Result<ConnectedAccount, StoreError> {
-        let mut next = account.clone();
-        next.version = account.version + 1;
-        let row = AccountRow::encode(&next)?;
-        let expected =
-            i64::try_from(account.version).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let creds = match credentials {
-            CredentialsUpdate::Keep => None,
-            CredentialsUpdate::Set(c) => {
-                Some(Some(encode_credentials(&self.key_ring(), &account.id, c)?))
-            }
-            CredentialsUpdate::Clear => Some(None),
-        };
+        let PreparedUpdate {
+            next,
+            row,
+            expected,
+            credentials: creds,
+        } = prepare_update(&self.key_ring(), account, credentials)?;
         let stored = next.clone();
         self.write(move |conn, _| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
@@ -656,19 +651,9 @@ impl Store for SqliteStore {
                     .query_row("SELECT version FROM connected_accounts WHERE id = ?1", [&row.id], |r| r.get(0))
                     .optional()
                     .map_err(map_err)?;
-                return Err(match current {
-                    None => StoreError::Missing { kind: "connected account", id: row.id.clone() },
-                    Some(v) => StoreError::Conflict(format!(
-                        "connected account {} changed since it was read (version {v} now, {expected} given)",
-                        row.id
-                    )),
-                });
+                return Err(update_refused(&row.id, current, expected));
             }
-            if let Some(creds) = creds {
-                let (blob, expiry) = match creds {
-                    Some((b, e)) => (Some(b), e),
-                    None => (None, None),
-                };
+            if let Some((blob, expiry)) = creds {
                 tx.execute(
                     "UPDATE connected_accounts SET credentials = ?2, credentials_expires_at = ?3 WHERE id = ?1",
                     params![row.id, blob, expiry],
@@ -727,13 +712,7 @@ impl Store for SqliteStore {
         let Some((account, blob, expires)) = taken else {
             return Ok(None);
         };
-        Ok(Some(PendingState {
-            state: state.to_owned(),
-            account_id: ConnectedAccountId::parse(&account)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            data: decode_pending(&self.key_ring(), &hash, &blob)?,
-            expires_at: crate::rows::from_micros(expires)?,
-        }))
+        pending_state(&self.key_ring(), state, &hash, &account, &blob, expires).map(Some)
     }
 
     async fn purge_expired_pending_states(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
