@@ -604,7 +604,7 @@ async fn integrations_with_incoherent_oauth_settings_are_refused() {
         .build()
         .unwrap();
     let base = || {
-        keyhaven::NewIntegration::new("github", "OAUTH2")
+        keyhaven::NewIntegration::new("acme-oauth", "OAUTH2")
             .config("client_id", "cid")
             .config("authorize_url", "https://github.com/login/oauth/authorize")
             .config("token_url", "https://github.com/login/oauth/access_token")
@@ -620,7 +620,7 @@ async fn integrations_with_incoherent_oauth_settings_are_refused() {
             "auth_config.authorize_params.state",
         ),
         (
-            keyhaven::NewIntegration::new("github", "OAUTH2")
+            keyhaven::NewIntegration::new("acme-oauth", "OAUTH2")
                 .config("client_id", "cid")
                 .config("token_url", "https://x.example/t"),
             "auth_config.authorize_url",

@@ -266,6 +266,8 @@ impl Keyhaven {
                         &entry,
                         scheme.as_ref(),
                         &request.auth_config,
+                        None,
+                        None,
                     )?;
                     Ok((integration, true))
                 }
@@ -282,12 +284,14 @@ impl Keyhaven {
     /// A new integration of a catalogue app: the entry's endpoints, scopes and
     /// parameters, the request's `auth_config` on top, and the app's client id and
     /// secret from the configuration when the request has none.
-    fn integration_from_catalog(
+    pub(crate) fn integration_from_catalog(
         &self,
         app: AppSlug,
         entry: &keyhaven_catalog::AppEntry,
         scheme: &dyn keyhaven_core::AuthScheme,
         requested: &keyhaven_core::SecretFields,
+        name: Option<String>,
+        scopes: Option<&[String]>,
     ) -> Result<Integration, Error> {
         if !entry.supports(scheme.name()) {
             return Err(Error::invalid(
@@ -319,35 +323,28 @@ impl Keyhaven {
             if let (None, Some(secret)) = (config.get_str("client_secret"), secret) {
                 config.insert("client_secret", secret);
             }
-            let public = config.get_str("token_auth_method") == Some("none");
-            let missing: Vec<&str> = [("client_id", true), ("client_secret", !public)]
-                .into_iter()
-                .filter(|(k, needed)| *needed && config.get_str(k).is_none())
-                .map(|(k, _)| k)
-                .collect();
-            if !missing.is_empty() {
+            // A client secret is not always needed (a public client with PKCE); the
+            // scheme's own check says so when the chosen method needs one.
+            if config.get_str("client_id").is_none() {
                 let env = app.as_str().to_ascii_uppercase().replace('-', "_");
                 return Err(Error::invalid(
-                    missing
-                        .iter()
-                        .map(|m| format!("auth_config.{m}"))
-                        .collect::<Vec<_>>()
-                        .join(" and "),
+                    "auth_config.client_id",
                     format!(
-                        "missing for app {app} ({} {}): pass {} in auth_config, set them with the builder's app_credentials, or set KEYHAVEN_{env}_CLIENT_ID and KEYHAVEN_{env}_CLIENT_SECRET",
+                        "is missing for app {app} ({} {}): pass client_id (and client_secret) in auth_config, set them with the builder's app_credentials, or set KEYHAVEN_{env}_CLIENT_ID and KEYHAVEN_{env}_CLIENT_SECRET",
                         entry.name,
                         scheme.name(),
-                        if missing.len() == 2 { "them" } else { "it" },
                     ),
                 ));
             }
         }
+        let default_scopes = entry.scopes(scheme.name());
+        let name = name.or_else(|| Some(entry.name.clone()));
         build_integration(
             self,
             app,
             scheme,
-            Some(entry.name.clone()),
-            &entry.scopes(scheme.name()),
+            name,
+            scopes.unwrap_or(&default_scopes),
             &config,
         )
     }

@@ -17,7 +17,7 @@ use crate::Keyhaven;
 #[serde(default)]
 pub struct NewIntegration {
     /// The service.
-    #[serde(alias = "appName", alias = "app_name")]
+    #[serde(alias = "appName", alias = "app_name", alias = "appId")]
     pub app: String,
     /// A name; the app slug and scheme when absent.
     pub name: Option<String>,
@@ -236,6 +236,26 @@ impl<'a> Integrations<'a> {
             .as_deref()
             .unwrap_or(ConnectionRequest::DEFAULT_SCHEME);
         let scheme = self.kh.schemes().get(scheme_name)?;
+        // A catalogue app starts from its entry's settings; what the request gives wins.
+        if let Some(entry) = self
+            .kh
+            .catalog()
+            .get(app.as_str())
+            .filter(|e| e.supports(scheme.name()))
+            .cloned()
+        {
+            let integration = self.kh.integration_from_catalog(
+                app,
+                &entry,
+                scheme.as_ref(),
+                &new.auth_config,
+                new.name,
+                (!new.scopes.is_empty()).then_some(new.scopes.as_slice()),
+            )?;
+            self.kh.store().insert_integration(&integration).await?;
+            tracing::info!(integration = %integration.id, app = %integration.app, scheme = %integration.auth_scheme, "integration created from the catalogue");
+            return Ok(integration);
+        }
         let integration = build_integration(
             self.kh,
             app,

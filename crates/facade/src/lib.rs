@@ -57,14 +57,17 @@ pub use keyhaven_store::PostgresStore;
 pub use keyhaven_store::RotationReport;
 #[cfg(feature = "sqlite")]
 pub use keyhaven_store::SqliteStore;
-pub use keyhaven_store::{KeyFile, KeyRing, MasterKey, MemoryStore};
+pub use keyhaven_store::{
+    KeyFile, KeyRing, MASTER_KEY_ENV, MasterKey, MemoryStore, OLD_KEYS_ENV, ring_from_base64,
+    ring_from_env,
+};
 pub use registry::SchemeRegistry;
 
 /// The environment variable naming a directory of extra catalogue entries.
 pub const CATALOG_DIR_ENV: &str = "KEYHAVEN_CATALOG_DIR";
 
 /// Re-exported so that users need no direct dependency on these.
-pub use keyhaven_core::{async_trait, chrono, http, secrecy, serde_json, url};
+pub use keyhaven_core::{async_trait, chrono, http, random_bytes, secrecy, serde_json, url};
 
 /// The keyhaven library: cheap to clone, safe to share between tasks.
 #[derive(Clone)]

@@ -435,7 +435,7 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
             ConnectionRequest::for_app("slack"),
             &[
                 "auth_config.client_id",
-                "auth_config.client_secret",
+                "client_secret",
                 "KEYHAVEN_SLACK_CLIENT_ID",
             ],
         ),

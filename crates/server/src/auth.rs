@@ -1,0 +1,109 @@
+//! The admin API key: generated on first start, shown once, kept only as a SHA-256
+//! hash (file mode 0600), compared in constant time.
+
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// The hash of the admin API key.
+#[derive(Clone)]
+pub struct AdminKey([u8; 32]);
+
+impl std::fmt::Debug for AdminKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminKey([hash redacted])")
+    }
+}
+
+/// The file that holds the key's hash in a data directory.
+pub const ADMIN_KEY_FILE: &str = "admin-key.sha256";
+
+fn hash(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+impl AdminKey {
+    /// The hash of a key given in configuration.
+    pub fn from_plain(key: &str) -> Self {
+        Self(hash(key))
+    }
+
+    /// Whether `given` is the key, in constant time.
+    pub fn matches(&self, given: &str) -> bool {
+        hash(given).ct_eq(&self.0).into()
+    }
+
+    /// Reads the key's hash from `dir`, or makes a new key, stores its hash (mode
+    /// 0600) and returns the key too, to be shown once.
+    ///
+    /// # Errors
+    /// The directory or file cannot be read or written, or the file is not a hash.
+    pub fn load_or_create(dir: &Path) -> Result<(Self, Option<String>), String> {
+        let path = dir.join(ADMIN_KEY_FILE);
+        if path.exists() {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let bytes: Vec<u8> = (0..text.trim().len())
+                .step_by(2)
+                .filter_map(|i| {
+                    text.trim()
+                        .get(i..i + 2)
+                        .and_then(|h| u8::from_str_radix(h, 16).ok())
+                })
+                .collect();
+            let hash: [u8; 32] = bytes.try_into().map_err(|_| {
+                format!(
+                    "{} is not a SHA-256 hash; delete it to make a new admin key",
+                    path.display()
+                )
+            })?;
+            return Ok((Self(hash), None));
+        }
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let random: [u8; 32] = keyhaven::random_bytes::<32>().map_err(|e| e.to_string())?;
+        let key = format!(
+            "kh_{}",
+            random
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        let digest = hash(&key);
+        let text: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        use std::io::Write;
+        options
+            .open(&path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok((Self(digest), Some(key)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_match_in_constant_time_and_persist_as_hashes() {
+        let dir = std::env::temp_dir().join(format!("kh-admin-{}", std::process::id()));
+        let (key, shown) = AdminKey::load_or_create(&dir).unwrap();
+        let shown = shown.expect("a new key is shown once");
+        assert!(key.matches(&shown));
+        assert!(!key.matches("kh_wrong"));
+        let (again, none) = AdminKey::load_or_create(&dir).unwrap();
+        assert!(none.is_none(), "never shown again");
+        assert!(again.matches(&shown));
+        let stored = std::fs::read_to_string(dir.join(ADMIN_KEY_FILE)).unwrap();
+        assert!(!stored.contains(&shown[3..]), "only the hash is stored");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,446 @@
+//! Every route of the server in-process (tower `oneshot`): access, the catalogue,
+//! integrations, connected accounts, status changes, the callback page, and errors as
+//! JSON with the right statuses. No route ever answers a secret.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use keyhaven::{Keyhaven, MemoryStore};
+use keyhaven_server::{AdminKey, AppState, router};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const KEY: &str = "kh_test_admin_key";
+const SECRET: &str = "sk-server-test-SECRET-1";
+
+fn app() -> axum::Router {
+    let kh = Keyhaven::builder()
+        .store(MemoryStore::new())
+        .allow_redirect_url("https://app.example.com/")
+        .app_credentials("github", "gh-id", Some("gh-secret"))
+        .build()
+        .unwrap();
+    router(Arc::new(AppState {
+        kh,
+        admin_key: AdminKey::from_plain(KEY),
+    }))
+}
+
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value, String) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(k) = key {
+        req = req.header("x-api-key", k);
+    }
+    let req = match body {
+        Some(b) => req
+            .header("content-type", "application/json")
+            .body(Body::from(b.to_string()))
+            .unwrap(),
+        None => req.body(Body::empty()).unwrap(),
+    };
+    let response = app.clone().oneshot(req).await.unwrap();
+    let status = response.status();
+    let location = response
+        .headers()
+        .get("location")
+        .map(|l| l.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (
+        status,
+        json,
+        if location.is_empty() { text } else { location },
+    )
+}
+
+#[tokio::test]
+async fn the_admin_key_guards_the_api() {
+    let app = app();
+    let (status, body, _) = call(&app, "GET", "/healthz", None, None).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
+    for key in [None, Some("kh_wrong"), Some("")] {
+        let (status, body, _) = call(&app, "GET", "/api/v1/connectedAccounts", key, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{key:?}");
+        assert_eq!(body["error"]["code"], "unauthorized");
+    }
+    let (status, _, _) = call(
+        &app,
+        "GET",
+        "/api/v1/client/auth/client_info",
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body, _) = call(&app, "GET", "/nope", Some(KEY), None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+}
+
+#[tokio::test]
+async fn apps_come_from_the_catalogue() {
+    let app = app();
+    let (status, body, _) = call(&app, "GET", "/api/v1/apps", Some(KEY), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body["items"].as_array().unwrap().len() >= 300);
+    let (_, body, _) = call(&app, "GET", "/api/v1/apps?query=gith", Some(KEY), None).await;
+    assert_eq!(body["items"][0]["key"], "github");
+    let (status, body, _) = call(&app, "GET", "/api/v1/apps/shopify", Some(KEY), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["name"], "Shopify");
+    assert_eq!(body["params"][0]["name"], "subdomain");
+    let (status, body, _) = call(&app, "GET", "/api/v1/apps/no-such-app", Some(KEY), None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+}
+
+#[tokio::test]
+async fn integrations_and_accounts_round_trip_without_secrets() {
+    let app = app();
+    // Composio's spelling of a new integration.
+    let (status, int, _) = call(
+        &app,
+        "POST",
+        "/api/v1/integrations",
+        Some(KEY),
+        Some(json!({"name": "OpenAI keys", "appId": "openai", "authScheme": "API_KEY", "authConfig": {}, "useComposioAuth": false})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{int}");
+    assert_eq!(int["appName"], "openai");
+    assert_eq!(int["expectedInputFields"][0]["name"], "api_key");
+    let int_id = int["id"].as_str().unwrap().to_owned();
+    let (_, list, _) = call(
+        &app,
+        "GET",
+        "/api/v1/integrations?appName=openai",
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    let (status, _, _) = call(
+        &app,
+        "GET",
+        &format!("/api/v1/integrations/{int_id}"),
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Initiate as Composio's client does.
+    let (status, out, _) = call(
+        &app,
+        "POST",
+        "/api/v1/connectedAccounts",
+        Some(KEY),
+        Some(json!({"integrationId": int_id, "userUuid": "alice", "data": {"api_key": SECRET}, "labels": ["team-a"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert_eq!(out["connectionStatus"], "ACTIVE");
+    let id = out["connectedAccountId"].as_str().unwrap().to_owned();
+    let (status, acc, raw) = call(
+        &app,
+        "GET",
+        &format!("/api/v1/connectedAccounts/{id}"),
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!raw.contains(SECRET), "no secret in an account");
+    assert_eq!(acc["status"], "ACTIVE");
+    assert_eq!(acc["appName"], "openai");
+    assert_eq!(acc["entityId"], "alice");
+    assert_eq!(acc["integrationId"], int_id);
+    assert_eq!(
+        acc["connectionParams"]["base_url"],
+        "https://api.openai.com/v1"
+    );
+
+    // Listing with Composio's and keyhaven's filters.
+    for query in [
+        "user_uuid=alice",
+        "entityId=alice&labels=team-a",
+        "appNames=openai,github&status=ACTIVE",
+    ] {
+        let (status, list, raw) = call(
+            &app,
+            "GET",
+            &format!("/api/v1/connectedAccounts?{query}"),
+            Some(KEY),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{query}");
+        assert_eq!(list["items"].as_array().unwrap().len(), 1, "{query}");
+        assert!(!raw.contains(SECRET));
+    }
+    let (_, none, _) = call(
+        &app,
+        "GET",
+        "/api/v1/connectedAccounts?labels=team-a,other",
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert!(
+        none["items"].as_array().unwrap().is_empty(),
+        "all labels must match"
+    );
+
+    // Status changes.
+    let (_, acc, _) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/connectedAccounts/{id}/disable"),
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert_eq!(acc["status"], "INACTIVE");
+    let (_, acc, _) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/connectedAccounts/{id}/enable"),
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert_eq!(acc["status"], "ACTIVE");
+    let (status, _, _) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/connectedAccounts/{id}/refresh"),
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body, _) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/connectedAccounts/{id}/explode"),
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+
+    // An integration in use cannot go; the account can.
+    let (status, body, _) = call(
+        &app,
+        "DELETE",
+        &format!("/api/v1/integrations/{int_id}"),
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("conflict"))
+    );
+    let (status, _, _) = call(
+        &app,
+        "DELETE",
+        &format!("/api/v1/connectedAccounts/{id}"),
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = call(
+        &app,
+        "GET",
+        &format!("/api/v1/connectedAccounts/{id}"),
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = call(
+        &app,
+        "DELETE",
+        &format!("/api/v1/integrations/{int_id}"),
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn bad_input_is_a_json_error_naming_the_field() {
+    let app = app();
+    let cases = [
+        (
+            json!({"appName": "openai", "authScheme": "API_KEY", "data": {}}),
+            "connected_account_params.api_key",
+        ),
+        (
+            json!({"appName": "openai", "userUuid": "bad id", "data": {"api_key": SECRET}}),
+            "entity_id",
+        ),
+        (
+            json!({"integrationId": "int_0000000000000000ffffffffffffffff", "data": {}}),
+            "not found",
+        ),
+        (
+            json!({"appName": "github", "redirectUri": "https://evil.example.net/"}),
+            "redirect_url",
+        ),
+    ];
+    for (body, words) in cases {
+        let (status, json, raw) = call(
+            &app,
+            "POST",
+            "/api/v1/connectedAccounts",
+            Some(KEY),
+            Some(body.clone()),
+        )
+        .await;
+        assert!(status.is_client_error(), "{body}: {status}");
+        assert!(
+            json["error"]["message"].as_str().unwrap().contains(words),
+            "{body}: {json}"
+        );
+        assert!(!raw.contains(SECRET));
+    }
+    // Not JSON at all, and JSON whose shape is wrong around a secret.
+    let req = Request::builder()
+        .method("POST")
+        .uri("/api/v1/connectedAccounts")
+        .header("x-api-key", KEY)
+        .body(Body::from("{not json"))
+        .unwrap();
+    let response = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let (status, _, raw) = call(
+        &app,
+        "POST",
+        "/api/v1/connectedAccounts",
+        Some(KEY),
+        Some(json!({"appName": "openai", "data": SECRET})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(!raw.contains(SECRET), "{raw}");
+    let (status, _, _) = call(
+        &app,
+        "GET",
+        "/api/v1/connectedAccounts?status=SLEEPING",
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, _) = call(
+        &app,
+        "GET",
+        "/api/v1/connectedAccounts/ca_nope/disable",
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn the_callback_answers_pages_and_redirects() {
+    let app = app();
+    // A forged state: a failure page, escaped, and nothing else.
+    let (status, _, html) = call(
+        &app,
+        "GET",
+        "/api/v1/oauth/callback?state=forged%3Cscript%3E&code=x",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(html.contains("cannot complete a connection"));
+    assert!(!html.contains("<script>"));
+    // A denied OAuth flow with a redirect_url: back to the app with status=failed.
+    let (_, out, _) = call(
+        &app,
+        "POST",
+        "/api/v1/connectedAccounts",
+        Some(KEY),
+        Some(json!({"appName": "github", "redirectUri": "https://app.example.com/done"})),
+    )
+    .await;
+    assert_eq!(out["connectionStatus"], "INITIATED");
+    let auth = keyhaven::url::Url::parse(out["redirectUrl"].as_str().unwrap()).unwrap();
+    let state = auth
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    let (status, _, location) = call(
+        &app,
+        "GET",
+        &format!("/api/v1/oauth/callback?state={state}&error=access_denied&error_description=User+said+%3Cno%3E"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(
+        location.starts_with("https://app.example.com/done?status=failed&connectedAccountId=ca_"),
+        "{location}"
+    );
+    // Without a redirect_url: keyhaven's own failure page, with the provider's words escaped.
+    let (_, out, _) = call(
+        &app,
+        "POST",
+        "/api/v1/connectedAccounts",
+        Some(KEY),
+        Some(json!({"appName": "github"})),
+    )
+    .await;
+    let auth = keyhaven::url::Url::parse(out["redirectUrl"].as_str().unwrap()).unwrap();
+    let state = auth
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    let (status, _, html) = call(
+        &app,
+        "GET",
+        &format!("/api/v1/oauth/callback?state={state}&error=access_denied&error_description=User+said+%3Cno%3E"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains("could not be connected") && html.contains("User said &lt;no&gt;"),
+        "{html}"
+    );
+}
