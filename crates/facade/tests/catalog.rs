@@ -493,6 +493,25 @@ async fn request_headers_of_an_entry_go_on_every_request() {
     );
     let req = kh.authorize(&id, mine).await.unwrap();
     assert_eq!(req.headers["anthropic-version"], "2099-01-01");
+    // A header filled from a connection parameter.
+    let out = kh
+        .initiate_connection(
+            ConnectionRequest::for_app("plaid")
+                .param("client_id", "abc123")
+                .param("api_key", "plaid-secret"),
+        )
+        .await
+        .unwrap();
+    let url = Url::parse("https://production.plaid.com/accounts/get").unwrap();
+    let req = kh
+        .authorize(
+            out.connected_account_id.as_str(),
+            keyhaven::OutgoingRequest::new(keyhaven::http::Method::POST, url),
+        )
+        .await
+        .unwrap();
+    assert_eq!(req.headers["plaid-client-id"], "abc123");
+    assert_eq!(req.headers["plaid-secret"], "plaid-secret");
     // Integrations refuse headers that could not be sent, or that replace the credentials.
     for bad in [
         keyhaven::serde_json::json!({"Authorization": "x"}),
