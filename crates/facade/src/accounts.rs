@@ -473,7 +473,14 @@ impl Keyhaven {
         mut request: OutgoingRequest,
     ) -> Result<OutgoingRequest, Error> {
         let credentials = self.credentials(id).await?;
-        let (account, _) = self.active(&ConnectedAccountId::parse(id)?).await?;
+        // credentials() checked that the account is ACTIVE; only its metadata is needed
+        // now, without reading and decrypting the credentials a second time.
+        let parsed = ConnectedAccountId::parse(id)?;
+        let account = self
+            .store()
+            .get_account(&parsed)
+            .await?
+            .ok_or_else(|| not_found(id))?;
         let integration = self.integration_of(&account).await?;
         let scheme = self.schemes().get(&integration.auth_scheme)?;
         let effective = effective_integration(&integration, &account.params);

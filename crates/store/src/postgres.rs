@@ -22,7 +22,7 @@ use crate::crypto::KeyRing;
 use crate::rotate::{RotationReport, Table};
 use crate::rows::{
     ACCOUNT_COLUMNS, AccountRow, Arg, INTEGRATION_COLUMNS, IntegrationRow, PreparedUpdate,
-    decode_credentials, encode_credentials, encode_pending, list_query, micros, page,
+    account_and_credentials, encode_credentials, encode_pending, list_query, micros, page,
     pending_state, prepare_update, state_hash, update_refused,
 };
 
@@ -466,10 +466,7 @@ impl Store for PostgresStore {
         let account = account_row(&row)?;
         let blob: Option<Vec<u8>> = row.try_get(14).map_err(map_err)?;
         let expiry: Option<i64> = row.try_get(15).map_err(map_err)?;
-        let creds = blob
-            .map(|b| decode_credentials(&self.key_ring(), &account.id, &b, expiry))
-            .transpose()?;
-        Ok(Some((account.decode()?, creds)))
+        account_and_credentials(&self.key_ring(), account, blob, expiry).map(Some)
     }
 
     async fn update_account(

@@ -410,3 +410,16 @@ pub(crate) fn pending_state(
         expires_at: from_micros(expires)?,
     })
 }
+
+/// An account row and its credentials blob, decrypted.
+pub(crate) fn account_and_credentials(
+    keys: &KeyRing,
+    row: AccountRow,
+    blob: Option<Vec<u8>>,
+    expiry: Option<i64>,
+) -> Result<(ConnectedAccount, Option<Credentials>), StoreError> {
+    let credentials = blob
+        .map(|b| decode_credentials(keys, &row.id, &b, expiry))
+        .transpose()?;
+    Ok((row.decode()?, credentials))
+}

@@ -27,7 +27,7 @@ use crate::crypto::KeyRing;
 use crate::rotate::{RotationReport, Table};
 use crate::rows::{
     ACCOUNT_COLUMNS, AccountRow, Arg, INTEGRATION_COLUMNS, IntegrationRow, PreparedUpdate,
-    decode_credentials, encode_credentials, encode_pending, list_query, micros, page,
+    account_and_credentials, encode_credentials, encode_pending, list_query, micros, page,
     pending_state, prepare_update, state_hash, update_refused,
 };
 
@@ -620,10 +620,7 @@ impl Store for SqliteStore {
         let Some((row, blob, expiry)) = row else {
             return Ok(None);
         };
-        let creds = blob
-            .map(|b| decode_credentials(&self.key_ring(), &row.id, &b, expiry))
-            .transpose()?;
-        Ok(Some((row.decode()?, creds)))
+        account_and_credentials(&self.key_ring(), row, blob, expiry).map(Some)
     }
 
     async fn update_account(
