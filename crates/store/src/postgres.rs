@@ -155,12 +155,27 @@ async fn notify(tx: &mut Transaction<'static, Postgres>, id: &str) -> Result<(),
 }
 
 impl PostgresStore {
-    /// Connects to `url` (`postgres://user@host/db`), runs the migrations (one
+    /// Connects to `url` (`postgres://user@host/db`) with a pool of
+    /// [`PostgresStore::DEFAULT_POOL_SIZE`] connections, runs the migrations (one
     /// instance at a time), and encrypts with `keys`.
     pub async fn connect(url: &str, keys: KeyRing) -> Result<Self, StoreError> {
+        Self::connect_with_pool_size(url, keys, Self::DEFAULT_POOL_SIZE).await
+    }
+
+    /// Connections per instance by default. Many instances share one server (whose
+    /// `max_connections` is 100 by default), and a point read holds a connection for
+    /// well under a millisecond, so a few go a long way.
+    pub const DEFAULT_POOL_SIZE: u32 = 10;
+
+    /// [`PostgresStore::connect`] with a pool of `max_connections`.
+    pub async fn connect_with_pool_size(
+        url: &str,
+        keys: KeyRing,
+        max_connections: u32,
+    ) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
-            .max_connections(32)
-            .acquire_timeout(Duration::from_secs(10))
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(30))
             .connect(url)
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
