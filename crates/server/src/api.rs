@@ -322,6 +322,33 @@ pub(crate) async fn delete_account(
     Ok(Json(json!({"status": "success", "id": id})))
 }
 
+/// `GET /api/v1/connectedAccounts/{id}/wait?timeout=SECONDS`: answers as soon as the
+/// account leaves `INITIATED` (the user finished or failed), or with 504 after the
+/// timeout (default 30 s, at most 120 s). What `wait_for_connection` uses.
+pub(crate) async fn wait(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>> {
+    let secs = match q.get("timeout") {
+        Some(t) => t
+            .parse::<f64>()
+            .ok()
+            .filter(|t| t.is_finite() && *t >= 0.0)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_input",
+                    "invalid timeout: give seconds, such as 30",
+                )
+            })?,
+        None => 30.0,
+    };
+    let timeout = std::time::Duration::from_secs_f64(secs.min(120.0));
+    let a = s.kh.wait_for_connection(&id, timeout).await?;
+    Ok(Json(account_view(&s, &a, &mut HashMap::new()).await))
+}
+
 /// `POST /api/v1/connectedAccounts/{id}/{action}`: `refresh`, `enable`, `disable`.
 pub(crate) async fn account_action(
     State(s): State<Arc<AppState>>,

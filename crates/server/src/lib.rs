@@ -68,6 +68,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/connectedAccounts/{id}/{action}",
             post(api::account_action),
         )
+        .route("/api/v1/connectedAccounts/{id}/wait", get(api::wait))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .merge(admin)
@@ -83,7 +84,25 @@ pub fn router(state: Arc<AppState>) -> Router {
                 "no such route; the API is under /api/v1",
             )
         })
+        .layer(middleware::from_fn(log_request))
         .with_state(state)
+}
+
+/// One log line per request: method, path (never the query, which may carry an OAuth
+/// code or state), status and time taken.
+async fn log_request(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    tracing::info!(
+        %method,
+        path,
+        status = response.status().as_u16(),
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, finishing requests in flight.

@@ -444,3 +444,73 @@ async fn the_callback_answers_pages_and_redirects() {
         "{html}"
     );
 }
+
+#[tokio::test]
+async fn wait_answers_when_the_user_finishes_or_times_out() {
+    let app = app();
+    let (_, out, _) = call(
+        &app,
+        "POST",
+        "/api/v1/connectedAccounts",
+        Some(KEY),
+        Some(json!({"appName": "github"})),
+    )
+    .await;
+    let id = out["connectedAccountId"].as_str().unwrap().to_owned();
+    // Still INITIATED: a 504 after the timeout.
+    let (status, body, _) = call(
+        &app,
+        "GET",
+        &format!("/api/v1/connectedAccounts/{id}/wait?timeout=0.2"),
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::GATEWAY_TIMEOUT, Some("timed_out"))
+    );
+    // The user denies while a client waits: the wait answers FAILED.
+    let auth = keyhaven::url::Url::parse(out["redirectUrl"].as_str().unwrap()).unwrap();
+    let state = auth
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    let waiter = {
+        let app = app.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            call(
+                &app,
+                "GET",
+                &format!("/api/v1/connectedAccounts/{id}/wait?timeout=10"),
+                Some(KEY),
+                None,
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    call(
+        &app,
+        "GET",
+        &format!("/api/v1/oauth/callback?state={state}&error=access_denied"),
+        None,
+        None,
+    )
+    .await;
+    let (status, body, _) = waiter.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "FAILED");
+    let (status, _, _) = call(
+        &app,
+        "GET",
+        &format!("/api/v1/connectedAccounts/{id}/wait?timeout=soon"),
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
