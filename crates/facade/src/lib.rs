@@ -43,7 +43,7 @@ pub use accounts::ConnectedAccounts;
 pub use callback::CallbackOutcome;
 pub use connect::Entity;
 pub use integrations::{Integrations, NewIntegration};
-pub use keyhaven_catalog::{AppEntry, Catalog, CatalogError};
+pub use keyhaven_catalog::{AppEntry, Catalog, CatalogError, fill_template};
 pub use keyhaven_core::{
     AccountContext, AccountFilter, AppSlug, AuthScheme, Clock, ConnectedAccount,
     ConnectedAccountId, ConnectionRequest, ConnectionRequestOutput, ConnectionStatus, Credentials,

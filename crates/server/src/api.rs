@@ -214,7 +214,7 @@ async fn account_view(
                     .ok()
                     .and_then(|i| {
                         i.config_str("base_url")
-                            .map(|u| keyhaven_fill(u, &a.params))
+                            .map(|u| keyhaven::fill_template(u, &a.params))
                     });
             bases.insert(a.integration_id.clone(), b.clone());
             b
@@ -232,16 +232,6 @@ async fn account_view(
         m.insert("connectionParams".into(), Value::Object(connection_params));
     }
     v
-}
-
-fn keyhaven_fill(template: &str, params: &Map<String, Value>) -> String {
-    let mut out = template.to_owned();
-    for (k, v) in params {
-        if let Some(v) = v.as_str() {
-            out = out.replace(&format!("{{{k}}}"), v);
-        }
-    }
-    out
 }
 
 /// `POST /api/v1/connectedAccounts`: initiate.

@@ -65,6 +65,16 @@ async fn call(
     )
 }
 
+/// The OAuth state in an initiate answer's redirect URL.
+fn state_of(out: &Value) -> String {
+    let auth = keyhaven::url::Url::parse(out["redirectUrl"].as_str().unwrap()).unwrap();
+    auth.query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned()
+}
+
 #[tokio::test]
 async fn the_admin_key_guards_the_api() {
     let app = app();
@@ -394,13 +404,7 @@ async fn the_callback_answers_pages_and_redirects() {
     )
     .await;
     assert_eq!(out["connectionStatus"], "INITIATED");
-    let auth = keyhaven::url::Url::parse(out["redirectUrl"].as_str().unwrap()).unwrap();
-    let state = auth
-        .query_pairs()
-        .find(|(k, _)| k == "state")
-        .unwrap()
-        .1
-        .into_owned();
+    let state = state_of(&out);
     let (status, _, location) = call(
         &app,
         "GET",
@@ -423,13 +427,7 @@ async fn the_callback_answers_pages_and_redirects() {
         Some(json!({"appName": "github"})),
     )
     .await;
-    let auth = keyhaven::url::Url::parse(out["redirectUrl"].as_str().unwrap()).unwrap();
-    let state = auth
-        .query_pairs()
-        .find(|(k, _)| k == "state")
-        .unwrap()
-        .1
-        .into_owned();
+    let state = state_of(&out);
     let (status, _, html) = call(
         &app,
         "GET",
@@ -471,13 +469,7 @@ async fn wait_answers_when_the_user_finishes_or_times_out() {
         (StatusCode::GATEWAY_TIMEOUT, Some("timed_out"))
     );
     // The user denies while a client waits: the wait answers FAILED.
-    let auth = keyhaven::url::Url::parse(out["redirectUrl"].as_str().unwrap()).unwrap();
-    let state = auth
-        .query_pairs()
-        .find(|(k, _)| k == "state")
-        .unwrap()
-        .1
-        .into_owned();
+    let state = state_of(&out);
     let waiter = {
         let app = app.clone();
         let id = id.clone();
