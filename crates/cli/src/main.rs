@@ -1,266 +1,473 @@
-//! `keyhaven`: serve the API (`keyhaven serve`) and browse the app catalogue
-//! (`keyhaven apps`). Configuration comes from flags, `KEYHAVEN_*` environment
-//! variables and an optional TOML file, in that order of precedence.
+//! `keyhaven`: connect accounts, read them, use their credentials, and serve the API.
+//!
+//! Every command works on a local data directory (the library, no server) or, with
+//! `--server URL` (or `KEYHAVEN_SERVER`), against a keyhaven server. `--json` prints
+//! JSON; otherwise tables for people. Errors are one line on stderr, and the exit code
+//! says what happened (see `keyhaven --help`).
 
-use std::net::SocketAddr;
+mod backend;
+mod connect;
+mod local;
+mod output;
+mod remote;
+mod serve;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
-use keyhaven::{Keyhaven, KeyhavenBuilder, PostgresStore, SqliteStore, Store};
-use keyhaven_server::{AdminKey, AppState};
-use serde::Deserialize;
+use clap::{CommandFactory, Parser, Subcommand};
 
-/// The default address: loopback only.
-const DEFAULT_LISTEN: &str = "127.0.0.1:9210";
+use crate::backend::Backend;
+use crate::local::StoreArgs;
+
+const EXIT_CODES: &str = "Exit codes:
+  0  done (connect: the account is ACTIVE)
+  1  an error not listed below
+  2  bad usage (an unknown flag, a missing argument)
+  3  not found (no such account, integration or app)
+  4  invalid input, refused by keyhaven; nothing changed
+  5  the connection FAILED, or the account is not ACTIVE, or the provider refused
+  6  timed out: the account is still INITIATED
+  7  the server refused the key
+  8  the server, the database or the provider could not be reached
+  9  request: the API answered with an error status (4xx or 5xx)";
+
+/// What a run ends with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exit {
+    Ok = 0,
+    Error = 1,
+    Usage = 2,
+    NotFound = 3,
+    Invalid = 4,
+    Failed = 5,
+    TimedOut = 6,
+    Unauthorized = 7,
+    Unavailable = 8,
+    ApiError = 9,
+}
+
+/// An error of the command line: one line for people, and an exit code.
+#[derive(Debug)]
+pub(crate) struct CliError {
+    exit: Exit,
+    message: String,
+}
+
+impl CliError {
+    pub(crate) fn new(exit: Exit, message: impl Into<String>) -> Self {
+        Self {
+            exit,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn usage(message: impl Into<String>) -> Self {
+        Self::new(Exit::Usage, message)
+    }
+
+    pub(crate) fn other(message: impl Into<String>) -> Self {
+        Self::new(Exit::Error, message)
+    }
+
+    pub(crate) fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(Exit::Unavailable, message)
+    }
+
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
+        Self::new(Exit::NotFound, message)
+    }
+
+    pub(crate) fn from_store(e: keyhaven::StoreError) -> Self {
+        keyhaven::Error::from(e).into()
+    }
+}
+
+impl From<keyhaven::Error> for CliError {
+    fn from(e: keyhaven::Error) -> Self {
+        let exit = match e.kind() {
+            keyhaven::ErrorKind::InvalidInput => Exit::Invalid,
+            keyhaven::ErrorKind::NotFound => Exit::NotFound,
+            keyhaven::ErrorKind::Conflict | keyhaven::ErrorKind::Rejected => Exit::Failed,
+            keyhaven::ErrorKind::Unavailable => Exit::Unavailable,
+            keyhaven::ErrorKind::TimedOut => Exit::TimedOut,
+            _ => Exit::Error,
+        };
+        Self::new(exit, e.to_string())
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(
     name = "keyhaven",
     version,
-    about = "A connection broker: your users' accounts on other services, kept fresh."
+    about = "A connection broker: your users' accounts on other services, kept fresh.",
+    after_help = EXIT_CODES
 )]
 struct Cli {
+    #[command(flatten)]
+    global: Global,
     #[command(subcommand)]
     command: Command,
 }
 
+/// Options of every command.
+#[derive(Debug, clap::Args)]
+struct Global {
+    /// Talk to this keyhaven server instead of the local data directory.
+    #[arg(long, global = true, env = "KEYHAVEN_SERVER")]
+    server: Option<String>,
+    /// The server's admin key (serve: the admin key to accept).
+    #[arg(long, global = true, env = "KEYHAVEN_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// The server's credentials key, for `token`.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYHAVEN_CREDENTIALS_KEY",
+        hide_env_values = true
+    )]
+    credentials_key: Option<String>,
+    /// The local data directory (default ./keyhaven-data).
+    #[arg(long, global = true, env = "KEYHAVEN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// A PostgreSQL store instead of the data directory (needs KEYHAVEN_MASTER_KEY).
+    #[arg(
+        long,
+        global = true,
+        env = "KEYHAVEN_DATABASE_URL",
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve the REST API, the OAuth callback and its pages.
-    Serve(ServeArgs),
+    /// Serve the REST API, the OAuth callback and the hosted pages.
+    Serve(serve::ServeArgs),
     /// List or search the app catalogue.
     Apps {
         /// Part of an app's slug, name or category.
         query: Option<String>,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
         /// Extra catalogue entries (TOML files).
         #[arg(long, env = "KEYHAVEN_CATALOG_DIR")]
         catalog_dir: Option<PathBuf>,
     },
+    /// Create, list, show and delete integrations.
+    #[command(subcommand)]
+    Integrations(IntegrationsCmd),
+    /// Connect an account: prints where to go, then waits until it is ACTIVE or FAILED.
+    Connect(connect::ConnectArgs),
+    /// Wait until an INITIATED account is ACTIVE or FAILED.
+    Wait {
+        /// The account (ca_...).
+        id: String,
+        /// How long to wait: seconds, or with s, m or h.
+        #[arg(long, default_value = "5m", value_parser = connect::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// List, show, delete, refresh, enable and disable connected accounts.
+    #[command(subcommand)]
+    Accounts(AccountsCmd),
+    /// Print a fresh credential of an account, for scripts (refreshes it if needed).
+    Token {
+        /// The account (ca_...).
+        id: String,
+        /// The field to print (default: the access token, API key or token).
+        #[arg(long)]
+        field: Option<String>,
+    },
+    /// Send an authenticated request to an account's API and print the answer.
+    Request {
+        /// The account (ca_...).
+        id: String,
+        /// GET, POST, PUT, PATCH, DELETE ...
+        method: String,
+        /// A path under the account's API base URL, such as /user.
+        path: String,
+        /// The body (JSON is sent as JSON; @FILE reads a file, @- stdin).
+        #[arg(short = 'd', long = "data")]
+        data: Option<String>,
+        /// A header, "Name: value" (repeat).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// Print the status and headers too.
+        #[arg(short = 'i', long)]
+        include: bool,
+    },
+    /// Manage the encryption keys of the local store.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
-#[derive(Debug, clap::Args)]
-struct ServeArgs {
-    /// A TOML file with the settings below (listen, data_dir, database_url, public_url,
-    /// redirect_allowlist).
-    #[arg(long, env = "KEYHAVEN_CONFIG")]
-    config: Option<PathBuf>,
-    /// The address to listen on.
-    #[arg(long, env = "KEYHAVEN_LISTEN")]
-    listen: Option<SocketAddr>,
-    /// The embedded store's directory (when no database URL is given).
-    #[arg(long, env = "KEYHAVEN_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// A PostgreSQL URL: share one database between instances (needs KEYHAVEN_MASTER_KEY).
-    #[arg(long, env = "KEYHAVEN_DATABASE_URL", hide_env_values = true)]
-    database_url: Option<String>,
-    /// The URL the world reaches this server at (the OAuth callback is under it).
-    #[arg(long, env = "KEYHAVEN_PUBLIC_URL")]
-    public_url: Option<String>,
-    /// The admin API key; when absent, one is generated on first start and shown once.
-    #[arg(long, env = "KEYHAVEN_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
-    /// URL prefixes that redirect URLs may point under (repeat, or comma-separated in the environment).
-    #[arg(
-        long = "allow-redirect",
-        env = "KEYHAVEN_REDIRECT_ALLOWLIST",
-        value_delimiter = ','
-    )]
-    allow_redirect: Vec<String>,
+#[derive(Debug, Subcommand)]
+enum IntegrationsCmd {
+    /// Create an integration of an app (from the catalogue's entry).
+    Create {
+        /// The app, such as github.
+        app: String,
+        /// The auth scheme (default: the app's preferred one).
+        #[arg(long)]
+        scheme: Option<String>,
+        /// A name.
+        #[arg(long)]
+        name: Option<String>,
+        /// The OAuth client id.
+        #[arg(long)]
+        client_id: Option<String>,
+        /// The OAuth client secret (asked for without echo when a client id is
+        /// given and this is not).
+        #[arg(long, env = "KEYHAVEN_CLIENT_SECRET", hide_env_values = true)]
+        client_secret: Option<String>,
+        /// A scope to ask for (repeat); default: the catalogue's.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Another setting, key=value (repeat).
+        #[arg(long = "config", value_parser = connect::parse_key_value)]
+        config: Vec<(String, String)>,
+    },
+    /// List integrations.
+    List {
+        /// Only this app's.
+        #[arg(long)]
+        app: Option<String>,
+    },
+    /// Show one integration.
+    Show {
+        /// int_...
+        id: String,
+    },
+    /// Delete an integration without accounts.
+    Delete {
+        /// int_...
+        id: String,
+    },
 }
 
-/// The TOML file's settings.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<SocketAddr>,
-    data_dir: Option<PathBuf>,
-    database_url: Option<String>,
-    public_url: Option<String>,
-    #[serde(default)]
-    redirect_allowlist: Vec<String>,
+#[derive(Debug, Subcommand)]
+enum AccountsCmd {
+    /// List connected accounts.
+    List(backend::ListArgs),
+    /// Show one account.
+    Show {
+        /// ca_...
+        id: String,
+    },
+    /// Delete an account (its credentials are revoked at the provider).
+    Delete {
+        /// ca_...
+        id: String,
+    },
+    /// Refresh an account's credentials now.
+    Refresh {
+        /// ca_...
+        id: String,
+    },
+    /// Enable a disabled account.
+    Enable {
+        /// ca_...
+        id: String,
+    },
+    /// Disable an account: INACTIVE until enabled.
+    Disable {
+        /// ca_...
+        id: String,
+    },
 }
 
-fn catalog_only(dir: Option<PathBuf>) -> Result<keyhaven::Catalog, String> {
-    let mut catalog = keyhaven::Catalog::builtin().map_err(|e| e.to_string())?;
-    if let Some(dir) = dir {
-        let kh = Keyhaven::in_memory();
-        let names: Vec<&str> = kh.schemes().names().collect();
-        catalog.load_dir(&dir, &names).map_err(|e| e.to_string())?;
-    }
-    Ok(catalog)
+#[derive(Debug, Subcommand)]
+enum KeysCmd {
+    /// Make a new primary key and re-encrypt every secret with it.
+    Rotate {
+        /// Remove the old keys from the key file afterwards (stop other processes using
+        /// this data directory first: they still hold the old keys).
+        #[arg(long)]
+        retire_old: bool,
+        /// Rows per transaction.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+    },
 }
 
-fn apps(query: Option<String>, json: bool, dir: Option<PathBuf>) -> Result<(), String> {
-    let catalog = catalog_only(dir)?;
-    let hits = catalog.search(query.as_deref().unwrap_or(""));
-    if json {
-        let out: Vec<&keyhaven::AppEntry> = hits.iter().map(|e| e.as_ref()).collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
-        );
-        return Ok(());
-    }
-    if hits.is_empty() {
-        println!("no app matches {:?}", query.unwrap_or_default());
-        return Ok(());
-    }
-    let width = hits.iter().map(|e| e.slug.len()).max().unwrap_or(4).max(4);
-    let name_width = hits
-        .iter()
-        .map(|e| e.name.chars().count())
-        .max()
-        .unwrap_or(4)
-        .clamp(4, 32);
-    println!("{:width$}  {:name_width$}  SCHEMES", "SLUG", "NAME");
-    for e in hits {
-        let name: String = e.name.chars().take(32).collect();
-        println!(
-            "{:width$}  {:name_width$}  {}",
-            e.slug,
-            name,
-            e.schemes.join(", ")
-        );
-    }
-    Ok(())
-}
-
-async fn serve(args: ServeArgs) -> Result<(), String> {
-    let file: FileConfig = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
-        }
-        None => FileConfig::default(),
+async fn run(cli: Cli) -> Result<Exit, CliError> {
+    let g = cli.global;
+    let store = StoreArgs {
+        data_dir: g.data_dir.clone(),
+        database_url: g.database_url.clone(),
     };
-    let listen = args.listen.or(file.listen).unwrap_or_else(|| {
-        DEFAULT_LISTEN
-            .parse()
-            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9210)))
-    });
-    let data_dir = args
-        .data_dir
-        .or(file.data_dir)
-        .unwrap_or_else(keyhaven::data_dir);
-    let database_url = args.database_url.or(file.database_url);
-
-    let store: Arc<dyn Store> = match &database_url {
-        Some(url) => {
-            let keys = keyhaven::ring_from_env()
-                .map_err(|e| e.to_string())?
-                .ok_or("a shared PostgreSQL store needs KEYHAVEN_MASTER_KEY (base64 of 32 bytes), the same on every instance")?;
-            Arc::new(
-                PostgresStore::connect(url, keys)
-                    .await
-                    .map_err(|e| e.to_string())?,
+    let json = g.json;
+    let backend = || Backend::new(g.server.as_deref(), &g.api_key, &g.credentials_key, &store);
+    match cli.command {
+        Command::Serve(args) => {
+            serve::serve(args, store.clone(), g.api_key.clone()).await?;
+            Ok(ok())
+        }
+        Command::Apps { query, catalog_dir } => {
+            let apps = backend::apps(
+                g.server.as_deref(),
+                &g.api_key,
+                query.as_deref(),
+                catalog_dir,
             )
+            .await?;
+            output::apps(&apps, json, query.as_deref());
+            Ok(ok())
         }
-        None => Arc::new(SqliteStore::open_dir(&data_dir).map_err(|e| e.to_string())?),
-    };
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
-    let public_url = args
-        .public_url
-        .or(file.public_url)
-        .unwrap_or_else(|| format!("http://{local}"));
-    let public_url = public_url.trim_end_matches('/').to_owned();
-
-    let mut builder: KeyhavenBuilder = Keyhaven::builder()
-        .shared_store(store)
-        .callback_url(&format!("{public_url}/api/v1/oauth/callback"));
-    for prefix in args
-        .allow_redirect
-        .iter()
-        .chain(&file.redirect_allowlist)
-        .filter(|p| !p.is_empty())
-    {
-        builder = builder.allow_redirect_url(prefix);
-    }
-    let kh = builder.build().map_err(|e| e.to_string())?;
-
-    let admin_key = match args.api_key {
-        Some(key) => AdminKey::from_plain(&key),
-        None => {
-            let (key, shown) = AdminKey::load_or_create(&data_dir)?;
-            if let Some(plain) = shown {
-                println!(
-                    "admin API key (shown once, stored hashed in {}): {plain}",
-                    data_dir.display()
-                );
+        Command::Integrations(cmd) => {
+            let b = backend().await?;
+            match cmd {
+                IntegrationsCmd::Create {
+                    app,
+                    scheme,
+                    name,
+                    client_id,
+                    client_secret,
+                    scopes,
+                    config,
+                } => {
+                    let client_secret = match (&client_id, client_secret) {
+                        (Some(_), None) => connect::ask_secret(
+                            "client_secret",
+                            "The OAuth client secret (leave empty for a public client)",
+                        )?
+                        .filter(|s| !s.is_empty()),
+                        (_, s) => s,
+                    };
+                    let i = b
+                        .create_integration(
+                            &app,
+                            scheme,
+                            name,
+                            client_id,
+                            client_secret,
+                            scopes,
+                            config,
+                        )
+                        .await?;
+                    output::integration(&i, json);
+                }
+                IntegrationsCmd::List { app } => {
+                    output::integrations(&b.integrations(app.as_deref()).await?, json);
+                }
+                IntegrationsCmd::Show { id } => {
+                    output::integration(&b.integration(&id).await?, json)
+                }
+                IntegrationsCmd::Delete { id } => {
+                    b.delete_integration(&id).await?;
+                    output::done(json, &id, "deleted");
+                }
             }
-            key
+            Ok(ok())
         }
-    };
-    println!(
-        "keyhaven listening on http://{local} (public URL {public_url}, {})",
-        match &database_url {
-            Some(_) => "PostgreSQL store".to_owned(),
-            None => format!("SQLite store in {}", data_dir.display()),
+        Command::Connect(args) => connect::connect(backend().await?, args, json).await,
+        Command::Wait { id, timeout } => {
+            let b = backend().await?;
+            connect::wait_and_report(&b, &id, timeout, json).await
         }
-    );
-    let state = Arc::new(AppState { kh, admin_key });
-    keyhaven_server::serve(listener, state, shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())?;
-    println!("keyhaven stopped");
-    Ok(())
+        Command::Accounts(cmd) => {
+            let b = backend().await?;
+            match cmd {
+                AccountsCmd::List(args) => output::accounts(&b.accounts(&args).await?, json),
+                AccountsCmd::Show { id } => output::account(&b.account(&id).await?, json),
+                AccountsCmd::Delete { id } => {
+                    b.delete_account(&id).await?;
+                    output::done(json, &id, "deleted");
+                }
+                AccountsCmd::Refresh { id } => {
+                    output::account(&b.action(&id, "refresh").await?, json)
+                }
+                AccountsCmd::Enable { id } => {
+                    output::account(&b.action(&id, "enable").await?, json)
+                }
+                AccountsCmd::Disable { id } => {
+                    output::account(&b.action(&id, "disable").await?, json)
+                }
+            }
+            Ok(ok())
+        }
+        Command::Token { id, field } => {
+            let b = backend().await?;
+            let creds = b.credentials(&id).await?;
+            output::token(&creds, field.as_deref(), json)?;
+            Ok(ok())
+        }
+        Command::Request {
+            id,
+            method,
+            path,
+            data,
+            headers,
+            include,
+        } => {
+            let b = backend().await?;
+            let request = backend::proxy_request(method, path, data, &headers)?;
+            let response = b.request(&id, &request).await?;
+            output::response(&response, include, json);
+            Ok(if response.status >= 400 {
+                Exit::ApiError
+            } else {
+                ok()
+            })
+        }
+        Command::Keys(KeysCmd::Rotate { retire_old, batch }) => {
+            if g.server.is_some() {
+                return Err(CliError::usage(
+                    "keys rotate works on the store itself: run it without --server, where the data directory or KEYHAVEN_DATABASE_URL is",
+                ));
+            }
+            let report = local::rotate_keys(&store, retire_old, batch.max(1)).await?;
+            output::rotation(&report, json);
+            Ok(ok())
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "keyhaven",
+                &mut std::io::stdout(),
+            );
+            Ok(ok())
+        }
+    }
 }
 
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {},
-        () = terminate => {},
-    }
+fn ok() -> Exit {
+    Exit::Ok
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KEYHAVEN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("KEYHAVEN_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(match &cli.command {
+                    Command::Serve(_) => "info",
+                    _ => "warn",
+                })
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
-    let result = match cli.command {
-        Command::Apps {
-            query,
-            json,
-            catalog_dir,
-        } => apps(query, json, catalog_dir),
-        Command::Serve(args) => match tokio::runtime::Runtime::new() {
-            Ok(rt) => rt.block_on(serve(args)),
-            Err(e) => Err(format!("cannot start the runtime: {e}")),
-        },
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
         Err(e) => {
-            println!("error: {e}");
-            ExitCode::from(1)
+            output::error_line(&format!("cannot start the runtime: {e}"));
+            return ExitCode::from(Exit::Error as u8);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(exit) => ExitCode::from(exit as u8),
+        Err(e) => {
+            output::error_line(&e.message);
+            ExitCode::from(e.exit as u8)
         }
     }
 }

@@ -6,6 +6,7 @@
 
 mod clock;
 mod error;
+mod event;
 mod ids;
 mod model;
 mod scheme;
@@ -15,6 +16,7 @@ mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BoxError, Error, ErrorKind, SchemeError, StoreError};
+pub use event::{AccountEvent, EventKind};
 pub use ids::{
     APP_SLUG_MAX_LEN, AppSlug, ConnectedAccountId, ENTITY_ID_MAX_LEN, EntityId, IntegrationId,
     LABEL_MAX_LEN, Label, random_bytes,

@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 
 use crate::error::StoreError;
+use crate::event::AccountEvent;
 use crate::ids::{AppSlug, ConnectedAccountId, IntegrationId};
 use chrono::{DateTime, Utc};
 
@@ -76,6 +77,11 @@ pub trait Store: Send + Sync + 'static {
     /// Keeps a pending redirect state until its callback.
     async fn put_pending_state(&self, pending: &PendingState) -> Result<(), StoreError>;
 
+    /// Reads a pending state without taking it (a hosted form shows its fields before
+    /// the user submits them). Expired states are returned too; the caller checks
+    /// `expires_at`.
+    async fn get_pending_state(&self, state: &str) -> Result<Option<PendingState>, StoreError>;
+
     /// Takes a pending state out of the store: atomic and single use, so of concurrent
     /// takes of one state exactly one gets it. Expired states are returned too (and
     /// removed); the caller checks `expires_at`.
@@ -97,6 +103,15 @@ pub trait Store: Send + Sync + 'static {
     /// which never calls.
     fn subscribe(&self, sink: ChangeSink) {
         let _ = sink;
+    }
+
+    /// Tells the other instances sharing this store of an event (a status change made
+    /// here), through [`Store::subscribe`]'s sink as [`StoreChange::Event`]. Stores
+    /// that are never shared keep the default, which does nothing: the instance that
+    /// made the change tells its own listeners itself.
+    async fn publish_event(&self, event: &AccountEvent) -> Result<(), StoreError> {
+        let _ = event;
+        Ok(())
     }
 
     /// Accounts matching `filter`, ordered by id (which is creation order), one page.
@@ -121,6 +136,8 @@ pub enum StoreChange {
     Account(ConnectedAccountId),
     /// Changes may have been missed: forget everything cached.
     Everything,
+    /// Another instance published this event (see [`Store::publish_event`]).
+    Event(AccountEvent),
 }
 
 /// Where a store reports [`StoreChange`]s.

@@ -3,8 +3,8 @@
 
 use keyhaven_core::{
     AccountContext, AccountFilter, ConnectedAccount, ConnectedAccountId, ConnectionStatus,
-    Credentials, CredentialsUpdate, Error, Integration, OutgoingRequest, Page, SchemeError,
-    StoreError, chrono, serde_json,
+    Credentials, CredentialsUpdate, Error, EventKind, Integration, OutgoingRequest, Page,
+    SchemeError, StoreError, chrono, serde_json,
 };
 
 use crate::Keyhaven;
@@ -91,6 +91,9 @@ impl<'a> ConnectedAccounts<'a> {
             return Err(not_found(id));
         }
         tracing::info!(account = %account.id, "connected account deleted");
+        self.kh
+            .emit(EventKind::Deleted, &account, Some("deleted".into()))
+            .await;
         if let Some(credentials) = credentials {
             // Best effort, and never holding up the delete: in the background when
             // there is a runtime to run it on.
@@ -209,6 +212,9 @@ impl<'a> ConnectedAccounts<'a> {
                 Ok(stored) => {
                     self.kh.inner.cache.forget(&stored.id);
                     tracing::info!(account = %stored.id, from = %account.status, to = %stored.status, "status changed");
+                    if let Some(kind) = EventKind::for_status(stored.status) {
+                        self.kh.emit(kind, &stored, None).await;
+                    }
                     return Ok(stored);
                 }
                 Err(StoreError::Conflict(_)) => continue,
@@ -394,6 +400,15 @@ impl Keyhaven {
                 Err(e) => {
                     let backoff = refresher.failed(id, now, e.to_string());
                     tracing::warn!(account = %id, error = %e, retry_after = %backoff.until, "refresh failed; the account stays ACTIVE");
+                    self.emit(
+                        EventKind::RefreshFailed,
+                        &account,
+                        Some(format!(
+                            "refresh failed ({e}); next try after {}",
+                            backoff.until.to_rfc3339()
+                        )),
+                    )
+                    .await;
                     if !expired && !force {
                         Ok(credentials)
                     } else {

@@ -121,6 +121,8 @@ impl CredentialCache {
     pub(crate) fn apply(&self, change: StoreChange) {
         match change {
             StoreChange::Account(id) => self.forget(&id),
+            // The change itself is reported as Account(id) too.
+            StoreChange::Event(_) => {}
             StoreChange::Everything => {
                 self.generation.fetch_add(1, Ordering::AcqRel);
                 if let Some(entries) = &self.entries {

@@ -74,6 +74,11 @@ impl Keyhaven {
             .take_pending_state(state)
             .await?
             .ok_or_else(|| refused("the state is unknown or was already used"))?;
+        if crate::form::is_form_state(&pending) {
+            // A connect form's token is not a provider's state: put it back untouched.
+            self.store().put_pending_state(&pending).await?;
+            return Err(refused("this is a connect form's link, not an OAuth state"));
+        }
         let now = self.now();
         if pending.expires_at < now {
             return Err(refused("the state expired: the user took too long"));
@@ -111,23 +116,41 @@ impl Keyhaven {
                 scheme.complete(cx).await.map_err(|e| clip(&e.to_string()))
             }
         };
-        let mut next = account.clone();
+        self.finish_connection(account, result, None).await
+    }
+
+    /// Ends the `INITIATED` account's connection with the user's outcome: `ACTIVE`
+    /// with `credentials` (and `params`, when the user gave them), or `FAILED` with
+    /// the reason. Tells the listeners, and says where to send the user.
+    pub(crate) async fn finish_connection(
+        &self,
+        account: ConnectedAccount,
+        result: Result<keyhaven_core::Credentials, String>,
+        params: Option<keyhaven_core::serde_json::Map<String, keyhaven_core::serde_json::Value>>,
+    ) -> Result<CallbackOutcome, Error> {
+        let mut next = account;
         next.updated_at = self.now();
         let stored = match &result {
             Ok(credentials) => {
                 next.status = ConnectionStatus::Active;
                 next.status_reason = None;
                 next.expires_at = credentials.expires_at();
+                if let Some(params) = params {
+                    next.params = params;
+                }
                 self.write_callback(next, CredentialsUpdate::Set(credentials))
                     .await?
             }
             Err(reason) => {
                 next.status = ConnectionStatus::Failed;
-                next.status_reason = Some(reason.clone());
+                next.status_reason = Some(clip(reason));
                 self.write_callback(next, CredentialsUpdate::Keep).await?
             }
         };
-        tracing::info!(account = %stored.id, status = %stored.status, reason = ?stored.status_reason, "callback handled");
+        tracing::info!(account = %stored.id, status = %stored.status, reason = ?stored.status_reason, "connection finished");
+        if let Some(kind) = keyhaven_core::EventKind::for_status(stored.status) {
+            self.emit(kind, &stored, None).await;
+        }
         let redirect_to = stored
             .redirect_url
             .as_deref()

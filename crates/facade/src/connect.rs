@@ -2,8 +2,8 @@
 
 use keyhaven_core::{
     AccountFilter, AppSlug, ConnectedAccount, ConnectedAccountId, ConnectionRequest,
-    ConnectionRequestOutput, ConnectionStatus, EntityId, Error, InitiateContext, Initiated,
-    Integration, IntegrationId, Label, PendingState, chrono, url::Url, validate_fields,
+    ConnectionRequestOutput, ConnectionStatus, EntityId, Error, EventKind, InitiateContext,
+    Initiated, Integration, IntegrationId, Label, PendingState, chrono, url::Url, validate_fields,
 };
 
 use crate::Keyhaven;
@@ -71,6 +71,13 @@ impl Keyhaven {
         let template_params = connection_param_specs(&integration);
         let mut fields = scheme.spec().params.clone();
         fields.extend(template_params.iter().cloned());
+        if let Some(form) =
+            self.hosted_form_needed(scheme.as_ref(), &fields, &request.connected_account_params)?
+        {
+            return self
+                .initiate_with_form(form, entity, labels, redirect_url, integration, created)
+                .await;
+        }
         let params = validate_fields(
             &fields,
             "connected_account_params",
@@ -94,18 +101,7 @@ impl Keyhaven {
             Err(e) => return Err(e.into()),
         };
 
-        let integration = if created {
-            let stored = self
-                .store()
-                .find_or_insert_integration(&integration)
-                .await?;
-            if stored.id == integration.id {
-                tracing::info!(integration = %stored.id, app = %stored.app, scheme = %stored.auth_scheme, "integration created by initiate");
-            }
-            stored
-        } else {
-            integration
-        };
+        let integration = self.store_integration(integration, created).await?;
         let mut account = ConnectedAccount {
             id: account_id,
             entity_id: entity,
@@ -159,11 +155,35 @@ impl Keyhaven {
             }
         };
         tracing::info!(account = %account.id, entity = %account.entity_id, app = %account.app, status = %account.status, "connection initiated");
+        self.emit(EventKind::Created, &account, None).await;
+        if let Some(kind) = EventKind::for_status(account.status) {
+            self.emit(kind, &account, None).await;
+        }
         Ok(ConnectionRequestOutput {
             connection_status: account.status,
             connected_account_id: account.id,
             redirect_url: user_url,
         })
+    }
+
+    /// Stores an integration made for this request (once: a concurrent initiate may
+    /// have stored one first, which is then used).
+    pub(crate) async fn store_integration(
+        &self,
+        integration: Integration,
+        created: bool,
+    ) -> Result<Integration, Error> {
+        if !created {
+            return Ok(integration);
+        }
+        let stored = self
+            .store()
+            .find_or_insert_integration(&integration)
+            .await?;
+        if stored.id == integration.id {
+            tracing::info!(integration = %stored.id, app = %stored.app, scheme = %stored.auth_scheme, "integration created by initiate");
+        }
+        Ok(stored)
     }
 
     /// The integration a request names, or the one its app should use. The flag says
@@ -350,7 +370,7 @@ impl Keyhaven {
     }
 
     /// Removes expired pending states, at most once a minute per process.
-    async fn purge_pending_now_and_then(&self, now: chrono::DateTime<chrono::Utc>) {
+    pub(crate) async fn purge_pending_now_and_then(&self, now: chrono::DateTime<chrono::Utc>) {
         use std::sync::atomic::Ordering;
         let last = self.inner.last_purge.load(Ordering::Relaxed);
         let secs = now.timestamp();
@@ -408,7 +428,7 @@ pub(crate) fn url_under(url: &Url, prefix: &Url) -> bool {
 }
 
 /// A single-use OAuth state: 256 random bits, URL-safe.
-fn new_state() -> Result<String, Error> {
+pub(crate) fn new_state() -> Result<String, Error> {
     let bytes: [u8; 32] = keyhaven_core::random_bytes()?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

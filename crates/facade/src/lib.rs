@@ -30,6 +30,8 @@ mod accounts;
 mod cache;
 mod callback;
 mod connect;
+mod events;
+mod form;
 mod integrations;
 mod refresh;
 mod registry;
@@ -37,19 +39,21 @@ mod registry;
 use std::sync::Arc;
 use std::time::Duration;
 
+use keyhaven_core::StoreChange;
 use keyhaven_core::url::Url;
 
 pub use accounts::ConnectedAccounts;
 pub use callback::CallbackOutcome;
 pub use connect::Entity;
+pub use form::ConnectForm;
 pub use integrations::{Integrations, NewIntegration};
-pub use keyhaven_catalog::{AppEntry, Catalog, CatalogError, fill_template};
+pub use keyhaven_catalog::{AppEntry, CONNECTION_PARAMS, Catalog, CatalogError, fill_template};
 pub use keyhaven_core::{
-    AccountContext, AccountFilter, AppSlug, AuthScheme, Clock, ConnectedAccount,
+    AccountContext, AccountEvent, AccountFilter, AppSlug, AuthScheme, Clock, ConnectedAccount,
     ConnectedAccountId, ConnectionRequest, ConnectionRequestOutput, ConnectionStatus, Credentials,
-    CredentialsUpdate, EntityId, Error, ErrorKind, FieldKind, FieldSpec, InitiateContext,
-    Initiated, Integration, IntegrationId, Label, ManualClock, OutgoingRequest, Page, SchemeError,
-    SchemeSpec, SecretFields, Store, StoreError, SystemClock, ValidatedFields,
+    CredentialsUpdate, EntityId, Error, ErrorKind, EventKind, FieldKind, FieldSpec,
+    InitiateContext, Initiated, Integration, IntegrationId, Label, ManualClock, OutgoingRequest,
+    Page, SchemeError, SchemeSpec, SecretFields, Store, StoreError, SystemClock, ValidatedFields,
 };
 #[cfg(feature = "postgres")]
 pub use keyhaven_store::PostgresStore;
@@ -87,6 +91,7 @@ struct Inner {
     /// When expired pending states were last purged (Unix seconds).
     last_purge: std::sync::atomic::AtomicI64,
     catalog: Arc<Catalog>,
+    events: events::EventBus,
 }
 
 /// Where keyhaven's OAuth callback is, when no other is configured: the server's
@@ -100,6 +105,7 @@ struct Settings {
     refresh_margin: chrono::Duration,
     pending_ttl: chrono::Duration,
     redirect_allowlist: Vec<Url>,
+    connect_form_url: Option<Url>,
     cache_capacity: usize,
     /// Client id and secret per app, for integrations created from the catalogue.
     app_credentials: std::collections::BTreeMap<String, (String, Option<secrecy::SecretString>)>,
@@ -112,6 +118,7 @@ impl Default for Settings {
             refresh_margin: chrono::Duration::minutes(5),
             pending_ttl: chrono::Duration::minutes(10),
             redirect_allowlist: Vec::new(),
+            connect_form_url: None,
             cache_capacity: 10_000,
             app_credentials: std::collections::BTreeMap::new(),
         }
@@ -177,7 +184,12 @@ impl Keyhaven {
         let clock = clock.unwrap_or_else(|| Arc::new(SystemClock));
         let cache = cache::CredentialCache::new(settings.cache_capacity);
         let feed = cache.clone();
-        store.subscribe(Arc::new(move |change| feed.apply(change)));
+        let events = events::EventBus::new();
+        let bus = events.clone();
+        store.subscribe(Arc::new(move |change| match change {
+            StoreChange::Event(event) => bus.relay_foreign(event),
+            change => feed.apply(change),
+        }));
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -189,6 +201,7 @@ impl Keyhaven {
                 fast_clock,
                 last_purge: std::sync::atomic::AtomicI64::new(0),
                 catalog,
+                events,
             }),
         }
     }
@@ -314,6 +327,21 @@ impl KeyhavenBuilder {
     pub fn callback_url(mut self, url: &str) -> Self {
         match parse_http_url("callback_url", url) {
             Ok(u) => self.settings.callback_url = u,
+            Err(e) => {
+                self.error.get_or_insert(e);
+            }
+        }
+        self
+    }
+
+    /// Where keyhaven's hosted connect form is, as the world reaches it (the server's
+    /// `/connect` page). With it, initiating a non-OAuth connection (API key, login)
+    /// without the fields the user must type answers with a `redirectUrl` to that form
+    /// instead of an error: the end user types the secret there, never the app.
+    #[must_use]
+    pub fn connect_form_url(mut self, url: &str) -> Self {
+        match parse_http_url("connect_form_url", url) {
+            Ok(u) => self.settings.connect_form_url = Some(u),
             Err(e) => {
                 self.error.get_or_insert(e);
             }

@@ -11,17 +11,17 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use keyhaven::{
     AccountFilter, AppEntry, ConnectedAccount, ConnectedAccountId, ConnectionRequest,
-    ConnectionStatus, EntityId, Error, Integration, IntegrationId, Label, NewIntegration,
+    ConnectionStatus, EntityId, Error, Integration, IntegrationId, Keyhaven, Label, NewIntegration,
 };
 use serde_json::{Map, Value, json};
 
 use crate::AppState;
 use crate::error::ApiError;
 
-type Result<T> = std::result::Result<T, ApiError>;
+pub(crate) type Result<T> = std::result::Result<T, ApiError>;
 
 /// Parses a JSON body with keyhaven's own error messages (never quoting secrets).
-fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T> {
+pub(crate) fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T> {
     let text = if bytes.is_empty() {
         &b"{}"[..]
     } else {
@@ -41,7 +41,7 @@ fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T> {
     })
 }
 
-fn list(query: &HashMap<String, String>, keys: &[&str]) -> Vec<String> {
+pub(crate) fn list(query: &HashMap<String, String>, keys: &[&str]) -> Vec<String> {
     keys.iter()
         .filter_map(|k| query.get(*k))
         .flat_map(|v| v.split(','))
@@ -61,8 +61,68 @@ fn parse_all<T>(
         .collect()
 }
 
+/// The auth modes Composio's client knows (`AppAuthScheme.auth_mode`).
+const COMPOSIO_AUTH_MODES: [&str; 6] = [
+    "OAUTH2",
+    "OAUTH1",
+    "API_KEY",
+    "BASIC",
+    "BEARER_TOKEN",
+    "BASIC_WITH_JWT",
+];
+
+/// An app's schemes as Composio's `AppAuthScheme`s: the fields a connection takes.
+/// Schemes its client does not know are left out of this list (`schemes` has all).
+fn auth_schemes(kh: &Keyhaven, entry: &AppEntry) -> Vec<Value> {
+    entry
+        .schemes
+        .iter()
+        .filter(|m| COMPOSIO_AUTH_MODES.contains(&m.as_str()))
+        .map(|mode| {
+            let mut fields: Vec<Value> = kh
+                .schemes()
+                .get(mode)
+                .map(|scheme| scheme.spec().params.clone())
+                .unwrap_or_default()
+                .iter()
+                .map(field_view)
+                .collect();
+            for p in &entry.params {
+                fields.push(json!({
+                    "name": p.name, "display_name": p.name, "description": p.description,
+                    "type": "string", "required": true, "expected_from_customer": true,
+                }));
+            }
+            let mut v = json!({"scheme_name": mode, "name": mode, "mode": mode, "auth_mode": mode, "fields": fields});
+            if mode == "OAUTH2"
+                && let (Some(o), Value::Object(m)) = (&entry.oauth2, &mut v)
+            {
+                m.insert("authorization_url".into(), json!(o.authorize_url));
+                m.insert("token_url".into(), json!(o.token_url));
+                m.insert("default_scopes".into(), json!(o.default_scopes));
+            }
+            v
+        })
+        .collect()
+}
+
+/// A scheme's field as Composio's `AuthSchemeField`.
+fn field_view(f: &keyhaven::FieldSpec) -> Value {
+    json!({
+        "name": f.name,
+        "display_name": f.name,
+        "displayName": f.name,
+        "description": f.description,
+        "type": "string",
+        "required": f.required,
+        "is_secret": f.secret,
+        "expected_from_customer": true,
+        "default": f.default,
+    })
+}
+
 /// An app as Composio's `AppModel` and keyhaven's catalogue describe it.
-fn app_view(entry: &AppEntry) -> Value {
+pub fn app_view(kh: &Keyhaven, entry: &AppEntry) -> Value {
     json!({
         "key": entry.slug,
         "appId": entry.slug,
@@ -74,7 +134,8 @@ fn app_view(entry: &AppEntry) -> Value {
         "meta": {},
         "enabled": true,
         "no_auth": entry.schemes.iter().all(|s| s == "NO_AUTH"),
-        "auth_schemes": entry.schemes.iter().map(|s| json!({"mode": s, "name": s})).collect::<Vec<_>>(),
+        "auth_schemes": auth_schemes(kh, entry),
+        "preferredScheme": entry.preferred_scheme(|m| kh.schemes().get(m).is_ok()),
         "schemes": entry.schemes,
         "apiBaseUrl": entry.api_base_url,
         "params": entry.params,
@@ -83,6 +144,11 @@ fn app_view(entry: &AppEntry) -> Value {
 }
 
 /// `GET /api/v1/apps?query=`: the catalogue, searched.
+#[utoipa::path(get, path = "/api/v1/apps", tag = "apps",
+    params(("query" = Option<String>, Query, description = "Words to search for in names, slugs and categories")),
+    responses((status = 200, description = "`{items, totalPages}`: catalogue entries in Composio's AppModel shape", body = Object),
+        (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody)),
+    security(("admin_key" = [])))]
 pub(crate) async fn apps(
     State(s): State<Arc<AppState>>,
     Query(q): Query<HashMap<String, String>>,
@@ -96,19 +162,25 @@ pub(crate) async fn apps(
         s.kh.catalog()
             .search(query)
             .into_iter()
-            .map(|e| app_view(e))
+            .map(|e| app_view(&s.kh, e))
             .collect();
     Json(json!({"items": items, "totalPages": 1}))
 }
 
 /// `GET /api/v1/apps/{slug}`.
+#[utoipa::path(get, path = "/api/v1/apps/{slug}", tag = "apps",
+    params(("slug" = String, Path, description = "The app's slug, such as github")),
+    responses((status = 200, description = "The catalogue entry", body = Object),
+        (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody),
+        (status = 404, description = "Not in the catalogue", body = crate::openapi::ErrorBody)),
+    security(("admin_key" = [])))]
 pub(crate) async fn app(
     State(s): State<Arc<AppState>>,
     Path(slug): Path<String>,
 ) -> Result<Json<Value>> {
     s.kh.catalog()
         .get(&slug)
-        .map(|e| Json(app_view(e)))
+        .map(|e| Json(app_view(&s.kh, e)))
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -119,14 +191,18 @@ pub(crate) async fn app(
 }
 
 /// `GET /api/v1/client/auth/client_info`: what Composio's client calls to check its key.
+#[utoipa::path(get, path = "/api/v1/client/auth/client_info", tag = "server",
+    responses((status = 200, description = "The key is good", body = Object),
+        (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody)),
+    security(("admin_key" = [])))]
 pub(crate) async fn client_info() -> Json<Value> {
     Json(json!({"client": {"id": "keyhaven", "name": "keyhaven"}, "apiKey": {"name": "admin"}}))
 }
 
-fn integration_view(s: &AppState, i: &Integration) -> Value {
+/// An integration with Composio's field names added, and never a secret.
+pub fn integration_view(kh: &Keyhaven, i: &Integration) -> Value {
     let mut v = serde_json::to_value(i).unwrap_or_default();
-    let fields = s
-        .kh
+    let fields = kh
         .schemes()
         .get(&i.auth_scheme)
         .map(|scheme| {
@@ -134,7 +210,7 @@ fn integration_view(s: &AppState, i: &Integration) -> Value {
                 .spec()
                 .params
                 .iter()
-                .map(|f| json!({"name": f.name, "displayName": f.name, "description": f.description, "required": f.required, "is_secret": f.secret, "type": "string"}))
+                .map(field_view)
                 .collect::<Vec<_>>()
         })
         .unwrap_or_default();
@@ -150,16 +226,28 @@ fn integration_view(s: &AppState, i: &Integration) -> Value {
 }
 
 /// `POST /api/v1/integrations`.
+#[utoipa::path(post, path = "/api/v1/integrations", tag = "integrations",
+    request_body(content = Object, description = "`appId` or `app`, `authScheme`, `name`, `authConfig` (client id/secret, scopes ...), `useComposioAuth` ignored"),
+    responses((status = 200, description = "The integration, without its secrets", body = Object),
+        (status = 400, description = "An invalid field, named", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody)),
+    security(("admin_key" = [])))]
 pub(crate) async fn create_integration(
     State(s): State<Arc<AppState>>,
     raw: Bytes,
 ) -> Result<Response> {
     let new: NewIntegration = body(&raw)?;
     let created = s.kh.integrations().create(new).await?;
-    Ok((StatusCode::CREATED, Json(integration_view(&s, &created))).into_response())
+    // 200, not 201: Composio's client accepts nothing else.
+    Ok(Json(integration_view(&s.kh, &created)).into_response())
 }
 
 /// `GET /api/v1/integrations?appName=`.
+#[utoipa::path(get, path = "/api/v1/integrations", tag = "integrations",
+    params(("appName" = Option<String>, Query, description = "Only this app's")),
+    responses((status = 200, description = "`{items, totalPages}`", body = Object),
+        (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody)),
+    security(("admin_key" = [])))]
 pub(crate) async fn integrations(
     State(s): State<Arc<AppState>>,
     Query(q): Query<HashMap<String, String>>,
@@ -173,23 +261,36 @@ pub(crate) async fn integrations(
             .list(app)
             .await?
             .iter()
-            .map(|i| integration_view(&s, i))
+            .map(|i| integration_view(&s.kh, i))
             .collect();
     Ok(Json(json!({"items": items, "totalPages": 1})))
 }
 
 /// `GET /api/v1/integrations/{id}`.
+#[utoipa::path(get, path = "/api/v1/integrations/{id}", tag = "integrations",
+    params(("id" = String, Path, description = "int_...")),
+    responses((status = 200, description = "The integration, without its secrets", body = Object),
+        (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such integration", body = crate::openapi::ErrorBody)),
+    security(("admin_key" = [])))]
 pub(crate) async fn integration(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>> {
     Ok(Json(integration_view(
-        &s,
+        &s.kh,
         &s.kh.integrations().get(&id).await?,
     )))
 }
 
 /// `DELETE /api/v1/integrations/{id}`.
+#[utoipa::path(delete, path = "/api/v1/integrations/{id}", tag = "integrations",
+    params(("id" = String, Path, description = "int_...")),
+    responses((status = 200, description = "Deleted", body = Object),
+        (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such integration", body = crate::openapi::ErrorBody),
+        (status = 409, description = "It still has connected accounts", body = crate::openapi::ErrorBody)),
+    security(("admin_key" = [])))]
 pub(crate) async fn delete_integration(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -199,27 +300,20 @@ pub(crate) async fn delete_integration(
 }
 
 /// A connected account with Composio's field names added, and never a secret.
-async fn account_view(
-    s: &AppState,
+pub async fn account_view(
+    kh: &Keyhaven,
     a: &ConnectedAccount,
-    bases: &mut HashMap<IntegrationId, Option<String>>,
+    integrations: &mut HashMap<IntegrationId, Option<Integration>>,
 ) -> Value {
-    let base = match bases.get(&a.integration_id) {
-        Some(b) => b.clone(),
-        None => {
-            let b =
-                s.kh.integrations()
-                    .get(a.integration_id.as_str())
-                    .await
-                    .ok()
-                    .and_then(|i| {
-                        i.config_str("base_url")
-                            .map(|u| keyhaven::fill_template(u, &a.params))
-                    });
-            bases.insert(a.integration_id.clone(), b.clone());
-            b
-        }
-    };
+    if !integrations.contains_key(&a.integration_id) {
+        let i = kh.integrations().get(a.integration_id.as_str()).await.ok();
+        integrations.insert(a.integration_id.clone(), i);
+    }
+    // Per account: the base URL's templates are filled with the account's parameters.
+    let base = integrations
+        .get(&a.integration_id)
+        .and_then(Option::as_ref)
+        .and_then(|i| crate::proxy::base_url_of(i, a));
     let mut connection_params: Map<String, Value> = a.params.clone();
     if let Some(b) = base {
         connection_params.insert("base_url".into(), Value::String(b));
@@ -235,6 +329,14 @@ async fn account_view(
 }
 
 /// `POST /api/v1/connectedAccounts`: initiate.
+#[utoipa::path(post, path = "/api/v1/connectedAccounts", tag = "connectedAccounts",
+    request_body = crate::openapi::ConnectionRequestBody,
+    responses((status = 200, description = "The new account's status and where to send the user", body = crate::openapi::ConnectionRequestOutputBody),
+        (status = 400, description = "An invalid field, named; nothing was stored", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such integration", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The provider could not be reached", body = crate::openapi::ErrorBody)),
+    security(("admin_key" = [])))]
 pub(crate) async fn initiate(State(s): State<Arc<AppState>>, raw: Bytes) -> Result<Json<Value>> {
     let request: ConnectionRequest = body(&raw)?;
     let out = s.kh.initiate_connection(request).await?;
@@ -243,6 +345,20 @@ pub(crate) async fn initiate(State(s): State<Arc<AppState>>, raw: Bytes) -> Resu
 
 /// `GET /api/v1/connectedAccounts`: filters `entityId`/`user_uuid`, `appNames`,
 /// `integrationId`, `status`, `labels` (all must match), `cursor`, `limit`/`pageSize`.
+#[utoipa::path(get, path = "/api/v1/connectedAccounts", tag = "connectedAccounts",
+    params(
+        ("entityId" = Option<String>, Query, description = "Only these entities, comma-separated (also `user_uuid`)"),
+        ("appNames" = Option<String>, Query, description = "Only these apps, comma-separated"),
+        ("integrationId" = Option<String>, Query, description = "Only these integrations, comma-separated"),
+        ("status" = Option<String>, Query, description = "Only these statuses, comma-separated"),
+        ("labels" = Option<String>, Query, description = "Only accounts with all these labels, comma-separated"),
+        ("cursor" = Option<String>, Query, description = "The `nextCursor` of the previous page"),
+        ("limit" = Option<usize>, Query, description = "Page size (also `pageSize`); 0 or absent: all"),
+    ),
+    responses((status = 200, description = "One page", body = crate::openapi::AccountPage),
+        (status = 400, description = "An invalid filter, named", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody)),
+    security(("admin_key" = [])))]
 pub(crate) async fn accounts(
     State(s): State<Arc<AppState>>,
     Query(q): Query<HashMap<String, String>>,
@@ -272,9 +388,18 @@ pub(crate) async fn accounts(
             list(&q, &["integrationId", "integrationIds"]),
             IntegrationId::parse,
         )?,
-        statuses: parse_all(list(&q, &["status", "statuses"]), |s| {
-            s.parse::<ConnectionStatus>()
-        })?,
+        statuses: {
+            let mut statuses = parse_all(list(&q, &["status", "statuses"]), |s| {
+                s.parse::<ConnectionStatus>()
+            })?;
+            // Composio's client asks for active accounts this way.
+            if q.get("showActiveOnly").is_some_and(|v| v == "true") {
+                statuses.retain(|s| *s == ConnectionStatus::Active);
+                statuses.push(ConnectionStatus::Active);
+                statuses.dedup();
+            }
+            statuses
+        },
         labels: parse_all(list(&q, &["labels", "label"]), |v| Label::new(v))?,
         after: q
             .get("cursor")
@@ -287,7 +412,7 @@ pub(crate) async fn accounts(
     let mut bases = HashMap::new();
     let mut items = Vec::with_capacity(page.items.len());
     for a in &page.items {
-        items.push(account_view(&s, a, &mut bases).await);
+        items.push(account_view(&s.kh, a, &mut bases).await);
     }
     Ok(Json(
         json!({"items": items, "nextCursor": page.next_cursor, "totalPages": 1}),
@@ -295,15 +420,27 @@ pub(crate) async fn accounts(
 }
 
 /// `GET /api/v1/connectedAccounts/{id}`.
+#[utoipa::path(get, path = "/api/v1/connectedAccounts/{id}", tag = "connectedAccounts",
+    params(("id" = String, Path, description = "ca_...")),
+    responses((status = 200, description = "The account, never a secret", body = crate::openapi::ConnectedAccountBody),
+        (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such account", body = crate::openapi::ErrorBody)),
+    security(("admin_key" = [])))]
 pub(crate) async fn account(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>> {
     let a = s.kh.connected_accounts().get(&id).await?;
-    Ok(Json(account_view(&s, &a, &mut HashMap::new()).await))
+    Ok(Json(account_view(&s.kh, &a, &mut HashMap::new()).await))
 }
 
 /// `DELETE /api/v1/connectedAccounts/{id}`.
+#[utoipa::path(delete, path = "/api/v1/connectedAccounts/{id}", tag = "connectedAccounts",
+    params(("id" = String, Path, description = "ca_...")),
+    responses((status = 200, description = "Deleted; its credentials are revoked at the provider in the background", body = Object),
+        (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such account", body = crate::openapi::ErrorBody)),
+    security(("admin_key" = [])))]
 pub(crate) async fn delete_account(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -315,6 +452,14 @@ pub(crate) async fn delete_account(
 /// `GET /api/v1/connectedAccounts/{id}/wait?timeout=SECONDS`: answers as soon as the
 /// account leaves `INITIATED` (the user finished or failed), or with 504 after the
 /// timeout (default 30 s, at most 120 s). What `wait_for_connection` uses.
+#[utoipa::path(get, path = "/api/v1/connectedAccounts/{id}/wait", tag = "connectedAccounts",
+    params(("id" = String, Path, description = "ca_..."),
+        ("timeout" = Option<f64>, Query, description = "Seconds, default 30, at most 120")),
+    responses((status = 200, description = "The account, once it left INITIATED", body = crate::openapi::ConnectedAccountBody),
+        (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such account", body = crate::openapi::ErrorBody),
+        (status = 504, description = "Still INITIATED after the timeout", body = crate::openapi::ErrorBody)),
+    security(("admin_key" = [])))]
 pub(crate) async fn wait(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -336,28 +481,95 @@ pub(crate) async fn wait(
     };
     let timeout = std::time::Duration::from_secs_f64(secs.min(120.0));
     let a = s.kh.wait_for_connection(&id, timeout).await?;
-    Ok(Json(account_view(&s, &a, &mut HashMap::new()).await))
+    Ok(Json(account_view(&s.kh, &a, &mut HashMap::new()).await))
 }
 
-/// `POST /api/v1/connectedAccounts/{id}/{action}`: `refresh`, `enable`, `disable`.
-pub(crate) async fn account_action(
-    State(s): State<Arc<AppState>>,
-    Path((id, action)): Path<(String, String)>,
-) -> Result<Json<Value>> {
-    let accounts = s.kh.connected_accounts();
-    let a = match action.as_str() {
-        "refresh" => accounts.refresh(&id).await?,
-        "enable" => accounts.enable(&id).await?,
-        "disable" => accounts.disable(&id).await?,
-        other => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!(
-                    "no action {other:?} on connected accounts; use refresh, enable or disable"
-                ),
-            ));
+macro_rules! account_action {
+    ($name:ident, $method:ident, $path:literal, $doc:literal) => {
+        #[doc = $doc]
+        #[utoipa::path(post, path = $path, tag = "connectedAccounts",
+            params(("id" = String, Path, description = "ca_...")),
+            responses((status = 200, description = "The account afterwards", body = crate::openapi::ConnectedAccountBody),
+                (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody),
+                (status = 404, description = "No such account", body = crate::openapi::ErrorBody),
+                (status = 409, description = "Not possible in the account's status (the message says what to do)", body = crate::openapi::ErrorBody),
+                (status = 422, description = "The provider refused (refresh: the account is now EXPIRED)", body = crate::openapi::ErrorBody)),
+            security(("admin_key" = [])))]
+        pub(crate) async fn $name(
+            State(s): State<Arc<AppState>>,
+            Path(id): Path<String>,
+        ) -> Result<Json<Value>> {
+            let a = s.kh.connected_accounts().$method(&id).await?;
+            Ok(Json(account_view(&s.kh, &a, &mut HashMap::new()).await))
         }
     };
-    Ok(Json(account_view(&s, &a, &mut HashMap::new()).await))
+}
+
+account_action!(
+    refresh,
+    refresh,
+    "/api/v1/connectedAccounts/{id}/refresh",
+    "`POST /api/v1/connectedAccounts/{id}/refresh`: refreshes the credentials now."
+);
+account_action!(
+    enable,
+    enable,
+    "/api/v1/connectedAccounts/{id}/enable",
+    "`POST /api/v1/connectedAccounts/{id}/enable`: `INACTIVE` to `ACTIVE`."
+);
+account_action!(
+    disable,
+    disable,
+    "/api/v1/connectedAccounts/{id}/disable",
+    "`POST /api/v1/connectedAccounts/{id}/disable`: `INACTIVE` until enabled."
+);
+
+/// `GET /api/v1/connectedAccounts/{id}/credentials`: the account's credentials,
+/// fresh (refreshed first when they are about to expire). Needs the credentials key,
+/// not the admin key; every read, granted or not, is audited.
+#[utoipa::path(get, path = "/api/v1/connectedAccounts/{id}/credentials", tag = "credentials",
+    params(("id" = String, Path, description = "ca_...")),
+    responses((status = 200, description = "The credentials", body = crate::openapi::CredentialsBody),
+        (status = 401, description = "No or a wrong key", body = crate::openapi::ErrorBody),
+        (status = 403, description = "The admin key cannot read credentials", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such account", body = crate::openapi::ErrorBody),
+        (status = 409, description = "The account is not ACTIVE (the message says what to do)", body = crate::openapi::ErrorBody)),
+    security(("credentials_key" = [])))]
+pub(crate) async fn credentials(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+    remote: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+) -> Result<Response> {
+    let result = s.kh.credentials(&id).await;
+    let account = s.kh.connected_accounts().get(&id).await.ok();
+    let remote = remote.map(|r| r.0.0.to_string());
+    s.audit.record(
+        keyhaven::chrono::Utc::now(),
+        crate::audit::AuditRecord {
+            account: &id,
+            entity: account.as_ref().map(|a| a.entity_id.as_str()),
+            app: account.as_ref().map(|a| a.app.as_str()),
+            outcome: &match &result {
+                Ok(_) => "granted".to_owned(),
+                Err(e) => e.kind().to_string(),
+            },
+            remote: remote.as_deref(),
+            user_agent: headers
+                .get(axum::http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok()),
+        },
+    );
+    let credentials = result?;
+    let body = json!({
+        "connectedAccountId": id,
+        "expiresAt": credentials.expires_at(),
+        "credentials": credentials.expose().expose(),
+    });
+    let mut response = Json(body).into_response();
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(response)
 }

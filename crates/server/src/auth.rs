@@ -16,8 +16,10 @@ impl std::fmt::Debug for AdminKey {
     }
 }
 
-/// The file that holds the key's hash in a data directory.
+/// The file that holds the admin key's hash in a data directory.
 pub const ADMIN_KEY_FILE: &str = "admin-key.sha256";
+/// The file that holds the credentials key's hash in a data directory.
+pub const CREDENTIALS_KEY_FILE: &str = "credentials-key.sha256";
 
 fn hash(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
@@ -40,7 +42,20 @@ impl AdminKey {
     /// # Errors
     /// The directory or file cannot be read or written, or the file is not a hash.
     pub fn load_or_create(dir: &Path) -> Result<(Self, Option<String>), String> {
-        let path = dir.join(ADMIN_KEY_FILE);
+        Self::load_or_create_file(dir, ADMIN_KEY_FILE, "kh_")
+    }
+
+    /// As [`AdminKey::load_or_create`], for the key kept in `file` whose text starts
+    /// with `prefix` (`kh_` for the admin key, `khc_` for the credentials key).
+    ///
+    /// # Errors
+    /// As [`AdminKey::load_or_create`].
+    pub fn load_or_create_file(
+        dir: &Path,
+        file: &str,
+        prefix: &str,
+    ) -> Result<(Self, Option<String>), String> {
+        let path = dir.join(file);
         if path.exists() {
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -64,7 +79,7 @@ impl AdminKey {
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let random: [u8; 32] = keyhaven::random_bytes::<32>().map_err(|e| e.to_string())?;
         let key = format!(
-            "kh_{}",
+            "{prefix}{}",
             random
                 .iter()
                 .map(|b| format!("{b:02x}"))

@@ -24,6 +24,11 @@ impl ApiError {
         }
     }
 
+    /// 400 `invalid_input`.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_input", message)
+    }
+
     /// 401: the admin key is missing or wrong.
     pub fn unauthorized() -> Self {
         Self::new(

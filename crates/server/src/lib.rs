@@ -1,95 +1,301 @@
 //! keyhaven as a service: the REST API under `/api/v1` in the names of Composio's v1
-//! connection API, the OAuth callback and the pages people see, on axum.
+//! connection API, the OAuth callback, the hosted connect form and the pages people
+//! see, events (SSE) and signed webhooks, on axum. The OpenAPI document at
+//! `/api/v1/openapi.json` is made from the same route table that serves the API.
 //!
 //! Depends on the `keyhaven` facade only; HTTP statuses are chosen here, from
 //! `keyhaven::ErrorKind`, and nowhere else.
 
 mod api;
+mod audit;
 mod auth;
 mod error;
+mod events;
+mod openapi;
 mod pages;
+pub mod proxy;
+mod webhooks;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use keyhaven::Keyhaven;
+use keyhaven::url::Url;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub use auth::{ADMIN_KEY_FILE, AdminKey};
+pub use api::{account_view, app_view, integration_view};
+pub use audit::Audit;
+pub use auth::{ADMIN_KEY_FILE, AdminKey, CREDENTIALS_KEY_FILE};
 pub use error::ApiError;
+pub use webhooks::{SIGNATURE_HEADER, Webhook, sign, verify};
+
+/// The server's settings beyond the library's.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The server's address as browsers and providers reach it (links to the
+    /// connect form, the callback). Default `http://127.0.0.1:9210`.
+    pub public_url: Url,
+    /// Origins allowed to call the API from a browser. Empty (the default): no CORS
+    /// headers at all, so browsers on other origins cannot call the API.
+    pub cors_origins: Vec<String>,
+    /// Where status changes are posted.
+    pub webhooks: Vec<Webhook>,
+    /// Webhook deliveries: tries per event, and the wait before the first retry
+    /// (doubled each time, at most an hour).
+    pub webhook_attempts: u32,
+    /// See `webhook_attempts`.
+    pub webhook_first_retry: std::time::Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            public_url: default_public_url(),
+            cors_origins: Vec::new(),
+            webhooks: Vec::new(),
+            webhook_attempts: 8,
+            webhook_first_retry: std::time::Duration::from_secs(1),
+        }
+    }
+}
+
+/// The default address of `keyhaven serve`.
+pub const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:9210";
+
+#[allow(clippy::expect_used)]
+fn default_public_url() -> Url {
+    // A constant: it parses.
+    Url::parse(DEFAULT_PUBLIC_URL).expect("DEFAULT_PUBLIC_URL parses")
+}
 
 /// What every handler shares.
 #[derive(Debug)]
 pub struct AppState {
     /// The library.
     pub kh: Keyhaven,
-    /// The admin key's hash.
+    /// The admin key's hash: every route of the API but credentials.
     pub admin_key: AdminKey,
+    /// The credentials key's hash: reading credentials, and nothing else. `None`:
+    /// no one may read credentials through the API.
+    pub credentials_key: Option<AdminKey>,
+    /// Where credential reads are recorded.
+    pub audit: Audit,
+    /// The server's settings.
+    pub config: ServerConfig,
+}
+
+impl AppState {
+    /// State with the admin key and default settings: no credentials key, audit to
+    /// the log only.
+    pub fn new(kh: Keyhaven, admin_key: AdminKey) -> Self {
+        Self {
+            kh,
+            admin_key,
+            credentials_key: None,
+            audit: Audit::log_only(),
+            config: ServerConfig::default(),
+        }
+    }
+
+    /// The link to the connect form, for [`keyhaven::KeyhavenBuilder::connect_form_url`].
+    pub fn connect_form_url(public_url: &Url) -> String {
+        format!("{}/connect", public_url.as_str().trim_end_matches('/'))
+    }
+
+    /// The OAuth callback, for [`keyhaven::KeyhavenBuilder::callback_url`].
+    pub fn callback_url(public_url: &Url) -> String {
+        format!(
+            "{}/api/v1/oauth/callback",
+            public_url.as_str().trim_end_matches('/')
+        )
+    }
+}
+
+fn api_key(request: &Request) -> Option<&str> {
+    request
+        .headers()
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
 }
 
 async fn require_admin(State(s): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let given = request
-        .headers()
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok());
-    match given {
+    match api_key(&request) {
         Some(key) if s.admin_key.matches(key) => next.run(request).await,
         _ => ApiError::unauthorized().into_response(),
     }
 }
 
-/// The whole application: the admin API (behind `x-api-key`), the callback and
-/// `/healthz` (open).
+async fn require_credentials_key(
+    State(s): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let key = api_key(&request);
+    if key.is_some_and(|key| s.credentials_key.as_ref().is_some_and(|k| k.matches(key))) {
+        return next.run(request).await;
+    }
+    // Refused reads are audited too.
+    let account = request
+        .uri()
+        .path()
+        .split('/')
+        .rev()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    let user_agent = request
+        .headers()
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    let (outcome, response) = if key.is_some_and(|key| s.admin_key.matches(key)) {
+        (
+            "forbidden",
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "the admin key cannot read credentials; use the credentials key (KEYHAVEN_CREDENTIALS_KEY, shown once when the server first started)",
+            ),
+        )
+    } else {
+        ("unauthorized", ApiError::unauthorized())
+    };
+    s.audit.record(
+        keyhaven::chrono::Utc::now(),
+        audit::AuditRecord {
+            account: &account,
+            entity: None,
+            app: None,
+            outcome,
+            remote: None,
+            user_agent,
+        },
+    );
+    response.into_response()
+}
+
+/// The admin API: every route needs the admin key.
+fn admin_routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(api::client_info))
+        .routes(routes!(api::apps))
+        .routes(routes!(api::app))
+        .routes(routes!(api::create_integration, api::integrations))
+        .routes(routes!(api::integration, api::delete_integration))
+        .routes(routes!(api::initiate, api::accounts))
+        .routes(routes!(api::account, api::delete_account))
+        .routes(routes!(api::refresh))
+        .routes(routes!(api::enable))
+        .routes(routes!(api::disable))
+        .routes(routes!(api::wait))
+        .routes(routes!(events::account_events))
+        .routes(routes!(events::all_events))
+        .routes(routes!(proxy::proxy))
+}
+
+/// Reading credentials: needs the credentials key.
+fn credential_routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new().routes(routes!(api::credentials))
+}
+
+/// Open routes: the pages people see, the callback, health.
+fn open_routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(pages::callback))
+        .routes(routes!(pages::connect_form, pages::submit_connect_form))
+        .routes(routes!(healthz))
+}
+
+/// The routes (with their access checks) and the OpenAPI document that describes
+/// exactly them: both are made from the same route tables.
+fn routes_and_doc(state: &Arc<AppState>) -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
+    let (admin, admin_doc) = admin_routes().split_for_parts();
+    let (creds, creds_doc) = credential_routes().split_for_parts();
+    let (open, open_doc) = open_routes().split_for_parts();
+    let mut doc = openapi::base();
+    doc.merge(admin_doc);
+    doc.merge(creds_doc);
+    doc.merge(open_doc);
+    openapi::secure(&mut doc);
+    let router = Router::new()
+        .merge(admin.route_layer(middleware::from_fn_with_state(state.clone(), require_admin)))
+        .merge(creds.route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_credentials_key,
+        )))
+        .merge(open);
+    (router, doc)
+}
+
+/// The OpenAPI document of the API, as served at `/api/v1/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = openapi::base();
+    doc.merge(admin_routes().split_for_parts().1);
+    doc.merge(credential_routes().split_for_parts().1);
+    doc.merge(open_routes().split_for_parts().1);
+    openapi::secure(&mut doc);
+    doc
+}
+
+/// `GET /healthz`: up.
+#[utoipa::path(get, path = "/healthz", tag = "server",
+    responses((status = 200, description = "The server is up", body = Object)))]
+async fn healthz() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+/// The whole application: the admin API (behind `x-api-key`), credentials (behind
+/// the credentials key), the pages and callback, `/healthz`, the OpenAPI document.
 pub fn router(state: Arc<AppState>) -> Router {
-    let admin = Router::new()
-        .route("/api/v1/client/auth/client_info", get(api::client_info))
-        .route("/api/v1/apps", get(api::apps))
-        .route("/api/v1/apps/{slug}", get(api::app))
+    let (routes, doc) = routes_and_doc(&state);
+    let doc = Arc::new(doc);
+    let mut app = routes
         .route(
-            "/api/v1/integrations",
-            post(api::create_integration).get(api::integrations),
-        )
-        .route(
-            "/api/v1/integrations/{id}",
-            get(api::integration).delete(api::delete_integration),
-        )
-        .route(
-            "/api/v1/connectedAccounts",
-            post(api::initiate).get(api::accounts),
-        )
-        .route(
-            "/api/v1/connectedAccounts/{id}",
-            get(api::account).delete(api::delete_account),
-        )
-        .route(
-            "/api/v1/connectedAccounts/{id}/{action}",
-            post(api::account_action),
-        )
-        .route("/api/v1/connectedAccounts/{id}/wait", get(api::wait))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
-    Router::new()
-        .merge(admin)
-        .route("/api/v1/oauth/callback", get(pages::callback))
-        .route(
-            "/healthz",
-            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+            "/api/v1/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { axum::Json(doc.as_ref().clone()) }
+            }),
         )
         .fallback(|| async {
             ApiError::new(
-                axum::http::StatusCode::NOT_FOUND,
+                StatusCode::NOT_FOUND,
                 "not_found",
-                "no such route; the API is under /api/v1",
+                "no such route; the API is under /api/v1 (see /api/v1/openapi.json)",
             )
         })
         .layer(middleware::from_fn(log_request))
-        .with_state(state)
+        .with_state(state.clone());
+    if !state.config.cors_origins.is_empty() {
+        let origins: Vec<HeaderValue> = state
+            .config
+            .cors_origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect();
+        app = app.layer(
+            tower_http::cors::CorsLayer::new()
+                .allow_origin(origins)
+                .allow_methods([
+                    axum::http::Method::GET,
+                    axum::http::Method::POST,
+                    axum::http::Method::DELETE,
+                ])
+                .allow_headers([
+                    axum::http::header::CONTENT_TYPE,
+                    axum::http::HeaderName::from_static("x-api-key"),
+                ]),
+        );
+    }
+    app
 }
 
 /// One log line per request: method, path (never the query, which may carry an OAuth
-/// code or state), status and time taken.
+/// code, a state or a form's token), status and time taken.
 async fn log_request(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
@@ -105,7 +311,8 @@ async fn log_request(request: Request, next: Next) -> Response {
     response
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, finishing requests in flight.
+/// Serves the application on `listener` until `shutdown` resolves, finishing
+/// requests in flight; delivers webhooks meanwhile.
 ///
 /// # Errors
 /// The listener fails.
@@ -114,7 +321,11 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    let deliveries = webhooks::spawn(state.clone());
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    deliveries.abort();
+    result
 }

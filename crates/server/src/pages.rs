@@ -1,101 +1,361 @@
 //! The pages people see: where the provider sends them back after OAuth
-//! (`/api/v1/oauth/callback`), and keyhaven's own success and failure pages for
-//! connections without a `redirect_url`. Small, escaped, no assets from other hosts.
+//! (`/api/v1/oauth/callback`), the hosted connect form for schemes where the user
+//! types a secret (`/connect`), and keyhaven's own success and failure pages.
+//! Rendered from askama templates (escaped), small, no assets from other hosts, a
+//! strict Content-Security-Policy, no referrer (links carry single-use tokens).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use askama::Template;
+use axum::Form;
 use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
+use keyhaven::{CallbackOutcome, ConnectForm, ErrorKind, FieldKind};
+use serde_json::{Map, Value};
+use subtle::ConstantTimeEq;
 
 use crate::AppState;
 
-/// Escapes text for HTML.
-pub(crate) fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+/// The CSRF cookie of the connect form.
+const CSRF_COOKIE: &str = "kh_csrf";
+
+#[derive(Template)]
+#[template(path = "message.html")]
+struct MessagePage<'a> {
+    title: &'a str,
+    heading: &'a str,
+    detail: &'a str,
+    success: bool,
 }
 
-/// A whole page: a title, a heading and a paragraph, all escaped.
-pub(crate) fn page(status: StatusCode, title: &str, heading: &str, detail: &str) -> Response {
-    let body = format!(
-        r#"<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 36rem; margin: 4rem auto; padding: 0 1rem; color: #1a1a1a; }}
-h1 {{ font-size: 1.5rem; }}
-p {{ line-height: 1.5; }}
-</style>
-</head>
-<body>
-<main>
-<h1>{heading}</h1>
-<p>{detail}</p>
-</main>
-</body>
-</html>
-"#,
-        title = escape(title),
-        heading = escape(heading),
-        detail = escape(detail),
+struct FormField {
+    name: String,
+    label: String,
+    description: String,
+    input_type: &'static str,
+    required: bool,
+    value: String,
+}
+
+#[derive(Template)]
+#[template(path = "connect.html")]
+struct ConnectPage<'a> {
+    app_name: &'a str,
+    action: &'a str,
+    token: &'a str,
+    csrf: &'a str,
+    fields: Vec<FormField>,
+    error: Option<&'a str>,
+    expires: String,
+}
+
+/// Headers every page has. `form_action` lists where the page's form may go (and
+/// be redirected to) besides this server.
+fn secure(mut response: Response, form_action: Option<&str>) -> Response {
+    let csp = format!(
+        "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'{}",
+        form_action.map(|o| format!(" {o}")).unwrap_or_default()
     );
-    let mut response = (status, Html(body)).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_SECURITY_POLICY,
-        axum::http::HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&csp) {
+        headers.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
     );
     response
 }
 
+fn render(status: StatusCode, page: &impl Template) -> Response {
+    match page.render() {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "a page could not be rendered");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page could not be rendered",
+            )
+                .into_response()
+        }
+    }
+}
+
+/// A whole page: a title, a heading and a paragraph.
+pub(crate) fn page(status: StatusCode, title: &str, heading: &str, detail: &str) -> Response {
+    let page = MessagePage {
+        title,
+        heading,
+        detail,
+        success: status.is_success() && title == "Connected",
+    };
+    secure(render(status, &page), None)
+}
+
+/// Where the user goes once the connection is finished: the app's redirect URL, or
+/// keyhaven's own page saying what happened.
+fn finished(outcome: &CallbackOutcome) -> Response {
+    match &outcome.redirect_to {
+        Some(url) => Redirect::to(url.as_str()).into_response(),
+        None if outcome.succeeded() => page(
+            StatusCode::OK,
+            "Connected",
+            &format!("Your {} account is connected", outcome.account.app),
+            "Connected. The app can now act for you on this account.",
+        ),
+        None => page(
+            StatusCode::OK,
+            "Connection failed",
+            &format!(
+                "Your {} account could not be connected",
+                outcome.account.app
+            ),
+            outcome
+                .account
+                .status_reason
+                .as_deref()
+                .unwrap_or("The provider did not say why."),
+        ),
+    }
+}
+
 /// `GET /api/v1/oauth/callback`: completes the connection, then sends the user to the
 /// account's `redirect_url` (with `status` and `connectedAccountId`) or shows a page.
+#[utoipa::path(get, path = "/api/v1/oauth/callback", tag = "pages",
+    params(
+        ("state" = String, Query, description = "The state keyhaven sent the provider"),
+        ("code" = Option<String>, Query, description = "The authorization code"),
+        ("error" = Option<String>, Query, description = "The provider's error, when the user denied"),
+    ),
+    responses(
+        (status = 200, description = "keyhaven's success or failure page (HTML)", content_type = "text/html", body = String),
+        (status = 303, description = "To the app's redirect URL, with status and connectedAccountId"),
+        (status = 400, description = "A missing, unknown, used or expired state (HTML page)", content_type = "text/html", body = String),
+    ))]
 pub(crate) async fn callback(
     State(s): State<Arc<AppState>>,
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Response {
     match s.kh.handle_callback(&query).await {
-        Ok(outcome) => match &outcome.redirect_to {
-            Some(url) => Redirect::to(url.as_str()).into_response(),
-            None if outcome.succeeded() => page(
-                StatusCode::OK,
-                "Connected",
-                &format!("Your {} account is connected", outcome.account.app),
-                "You can close this window and go back to the app.",
-            ),
-            None => page(
-                StatusCode::OK,
-                "Connection failed",
-                &format!(
-                    "Your {} account could not be connected",
-                    outcome.account.app
-                ),
-                outcome
-                    .account
-                    .status_reason
-                    .as_deref()
-                    .unwrap_or("The provider did not say why."),
-            ),
-        },
+        Ok(outcome) => finished(&outcome),
         Err(e) => page(
             StatusCode::BAD_REQUEST,
             "Connection failed",
             "This link cannot complete a connection",
             &e.to_string(),
         ),
+    }
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn new_csrf() -> Result<String, keyhaven::Error> {
+    let bytes: [u8; 32] = keyhaven::random_bytes()?;
+    Ok(hex::encode(bytes))
+}
+
+/// The origin of the account's redirect URL, which the form may be redirected to.
+fn redirect_origin(form: &ConnectForm) -> Option<String> {
+    form.account
+        .redirect_url
+        .as_deref()
+        .and_then(|u| keyhaven::url::Url::parse(u).ok())
+        .map(|u| u.origin().ascii_serialization())
+}
+
+fn form_page(
+    s: &AppState,
+    status: StatusCode,
+    form: &ConnectForm,
+    token: &str,
+    csrf: &str,
+    error: Option<&str>,
+    typed: &Map<String, Value>,
+) -> Response {
+    let fields = form
+        .fields
+        .iter()
+        .map(|f| FormField {
+            name: f.name.clone(),
+            label: f
+                .name
+                .split('_')
+                .map(|w| {
+                    let mut c = w.chars();
+                    c.next()
+                        .map(|first| first.to_uppercase().chain(c).collect::<String>())
+                        .unwrap_or_default()
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+                .replace("Api", "API")
+                .replace("Url", "URL")
+                .replace("Id", "ID"),
+            description: f.description.clone(),
+            input_type: if f.secret {
+                "password"
+            } else if f.kind == FieldKind::Url {
+                "url"
+            } else {
+                "text"
+            },
+            required: f.required && f.default.is_none(),
+            // What the user typed comes back after an error, never a secret.
+            value: if f.secret {
+                String::new()
+            } else {
+                typed
+                    .get(&f.name)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned()
+            },
+        })
+        .collect();
+    let action = format!(
+        "{}/connect",
+        s.config.public_url.as_str().trim_end_matches('/')
+    );
+    let minutes = (form.expires_at - keyhaven::chrono::Utc::now())
+        .num_minutes()
+        .max(1);
+    let page = ConnectPage {
+        app_name: &form.app_name,
+        action: &action,
+        token,
+        csrf,
+        fields,
+        error,
+        expires: format!("in about {minutes} minutes"),
+    };
+    let mut response = secure(render(status, &page), redirect_origin(form).as_deref());
+    let secure_flag = if s.config.public_url.scheme() == "https" {
+        "; Secure"
+    } else {
+        ""
+    };
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{CSRF_COOKIE}={csrf}; Path=/connect; HttpOnly; SameSite=Strict; Max-Age=3600{secure_flag}"
+    )) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+    response
+}
+
+fn link_refused(e: &keyhaven::Error) -> Response {
+    let status = match e.kind() {
+        ErrorKind::InvalidInput | ErrorKind::NotFound | ErrorKind::Conflict => {
+            StatusCode::BAD_REQUEST
+        }
+        ErrorKind::Unavailable | ErrorKind::TimedOut => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    page(
+        status,
+        "Link not usable",
+        "This connection link cannot be used",
+        &e.to_string(),
+    )
+}
+
+/// `GET /connect?token=`: the hosted connect form.
+#[utoipa::path(get, path = "/connect", tag = "pages",
+    params(("token" = String, Query, description = "The token of initiate's redirectUrl")),
+    responses(
+        (status = 200, description = "The form (HTML), with a CSRF cookie", content_type = "text/html", body = String),
+        (status = 400, description = "An unknown, used or expired link (HTML page)", content_type = "text/html", body = String),
+    ))]
+pub(crate) async fn connect_form(
+    State(s): State<Arc<AppState>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let token = q.get("token").map(String::as_str).unwrap_or_default();
+    let form = match s.kh.connect_form(token).await {
+        Ok(f) => f,
+        Err(e) => return link_refused(&e),
+    };
+    let csrf = match new_csrf() {
+        Ok(c) => c,
+        Err(e) => return link_refused(&e),
+    };
+    form_page(&s, StatusCode::OK, &form, token, &csrf, None, &Map::new())
+}
+
+/// `POST /connect`: the form's values. Checks the CSRF token (the cookie and the
+/// form's field must match) and the Origin, then completes the connection.
+#[utoipa::path(post, path = "/connect", tag = "pages",
+    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "token, csrf and the form's fields"),
+    responses(
+        (status = 200, description = "keyhaven's success or failure page (HTML)", content_type = "text/html", body = String),
+        (status = 303, description = "To the app's redirect URL, with status and connectedAccountId"),
+        (status = 400, description = "The form again, saying which field is wrong", content_type = "text/html", body = String),
+        (status = 403, description = "A missing or wrong CSRF token, or another origin", content_type = "text/html", body = String),
+    ))]
+pub(crate) async fn submit_connect_form(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Form(mut values): Form<HashMap<String, String>>,
+) -> Response {
+    let forbidden = || {
+        page(
+            StatusCode::FORBIDDEN,
+            "Form refused",
+            "This form could not be accepted",
+            "It was not sent from the page keyhaven showed (it may have been open too long, or cookies are off). Open the link again.",
+        )
+    };
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        let ours = s.config.public_url.origin().ascii_serialization();
+        if origin != ours {
+            tracing::warn!(origin, "connect form posted from another origin; refused");
+            return forbidden();
+        }
+    }
+    let token = values.remove("token").unwrap_or_default();
+    let given_csrf = values.remove("csrf").unwrap_or_default();
+    let csrf_ok = cookie(&headers, CSRF_COOKIE)
+        .is_some_and(|c| !c.is_empty() && bool::from(c.as_bytes().ct_eq(given_csrf.as_bytes())));
+    if !csrf_ok {
+        return forbidden();
+    }
+    let typed: Map<String, Value> = values
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
+    match s.kh.submit_connect_form(&token, &typed).await {
+        Ok(outcome) => finished(&outcome),
+        Err(ref e @ keyhaven::Error::InvalidInput { ref field, .. }) if field == "token" => {
+            link_refused(e)
+        }
+        Err(e) if e.kind() == ErrorKind::InvalidInput => match s.kh.connect_form(&token).await {
+            Ok(form) => form_page(
+                &s,
+                StatusCode::BAD_REQUEST,
+                &form,
+                &token,
+                &given_csrf,
+                Some(&e.to_string()),
+                &typed,
+            ),
+            Err(e) => link_refused(&e),
+        },
+        Err(e) => link_refused(&e),
     }
 }

@@ -213,6 +213,10 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn get_pending_state(&self, state: &str) -> Result<Option<PendingState>, StoreError> {
+        Ok(self.state.read().pending.get(state).cloned())
+    }
+
     async fn take_pending_state(&self, state: &str) -> Result<Option<PendingState>, StoreError> {
         Ok(self.state.write().pending.remove(state))
     }

@@ -9,9 +9,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use keyhaven_core::chrono::{DateTime, Utc};
 use keyhaven_core::{
-    AccountFilter, AccountLock, AppSlug, ChangeSink, ConnectedAccount, ConnectedAccountId,
-    Credentials, CredentialsUpdate, Integration, IntegrationId, Page, PendingState, Store,
-    StoreChange, StoreError,
+    AccountEvent, AccountFilter, AccountLock, AppSlug, ChangeSink, ConnectedAccount,
+    ConnectedAccountId, Credentials, CredentialsUpdate, Integration, IntegrationId, Page,
+    PendingState, Store, StoreChange, StoreError,
 };
 use parking_lot::RwLock;
 use sha2::{Digest, Sha256};
@@ -29,6 +29,8 @@ use crate::rows::{
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_init.sql"))];
 /// The NOTIFY channel of account changes.
 const CHANNEL: &str = "keyhaven_account_changes";
+/// The channel events of status changes go to, as JSON, for the other instances.
+const EVENT_CHANNEL: &str = "keyhaven_events";
 /// The advisory lock key that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x6b65_7968_6176_656e; // "keyhaven"
 
@@ -553,6 +555,32 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn get_pending_state(&self, state: &str) -> Result<Option<PendingState>, StoreError> {
+        let hash = state_hash(state);
+        let row: Option<(String, Vec<u8>, i64)> = sqlx::query_as(
+            "SELECT account_id, data, expires_at FROM pending_states WHERE state_hash = $1",
+        )
+        .bind(&hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        let Some((account, blob, expires)) = row else {
+            return Ok(None);
+        };
+        pending_state(&self.key_ring(), state, &hash, &account, &blob, expires).map(Some)
+    }
+
+    async fn publish_event(&self, event: &AccountEvent) -> Result<(), StoreError> {
+        let payload = serde_json::to_string(event).map_err(|e| StoreError::Backend(Box::new(e)))?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(EVENT_CHANNEL)
+            .bind(payload)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
     async fn take_pending_state(&self, state: &str) -> Result<Option<PendingState>, StoreError> {
         let hash = state_hash(state);
         let row: Option<(String, Vec<u8>, i64)> =
@@ -606,7 +634,7 @@ impl Store for PostgresStore {
                         continue;
                     }
                 };
-                if let Err(e) = listener.listen(CHANNEL).await {
+                if let Err(e) = listener.listen_all([CHANNEL, EVENT_CHANNEL]).await {
                     tracing::warn!(error = %e, "cannot listen for account changes; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
@@ -615,6 +643,14 @@ impl Store for PostgresStore {
                 sink(StoreChange::Everything);
                 loop {
                     match listener.try_recv().await {
+                        Ok(Some(n)) if n.channel() == EVENT_CHANNEL => {
+                            match serde_json::from_str::<AccountEvent>(n.payload()) {
+                                Ok(event) => sink(StoreChange::Event(event)),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "an event from another instance could not be read; ignored");
+                                }
+                            }
+                        }
                         Ok(Some(n)) => match ConnectedAccountId::parse(n.payload()) {
                             Ok(id) => sink(StoreChange::Account(id)),
                             Err(_) => sink(StoreChange::Everything),

@@ -690,6 +690,29 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn get_pending_state(&self, state: &str) -> Result<Option<PendingState>, StoreError> {
+        let hash = state_hash(state);
+        let row = self.read(|conn| {
+            conn.query_row(
+                "SELECT account_id, data, expires_at FROM pending_states WHERE state_hash = ?1",
+                [&hash],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(map_err)
+        })?;
+        let Some((account, blob, expires)) = row else {
+            return Ok(None);
+        };
+        pending_state(&self.key_ring(), state, &hash, &account, &blob, expires).map(Some)
+    }
+
     async fn take_pending_state(&self, state: &str) -> Result<Option<PendingState>, StoreError> {
         let hash = state_hash(state);
         let taken = self

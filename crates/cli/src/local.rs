@@ -1,0 +1,135 @@
+//! The local backend: the library on a data directory (SQLite) or a PostgreSQL
+//! database, no server.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use keyhaven::{Keyhaven, PostgresStore, SqliteStore, Store};
+
+use crate::CliError;
+
+/// Where the store is.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StoreArgs {
+    /// The embedded store's directory.
+    pub(crate) data_dir: Option<PathBuf>,
+    /// A PostgreSQL URL instead.
+    pub(crate) database_url: Option<String>,
+}
+
+impl StoreArgs {
+    /// The data directory (also where a server keeps its key hashes).
+    pub(crate) fn dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(keyhaven::data_dir)
+    }
+}
+
+/// Opens the store the arguments name, and says which it is.
+pub(crate) async fn open_store(args: &StoreArgs) -> Result<(Arc<dyn Store>, String), CliError> {
+    match &args.database_url {
+        Some(url) => {
+            let keys = keyhaven::ring_from_env()
+                .map_err(CliError::from_store)?
+                .ok_or_else(|| CliError::usage("a PostgreSQL store needs KEYHAVEN_MASTER_KEY (base64 of 32 bytes), the same on every instance"))?;
+            let store = PostgresStore::connect(url, keys)
+                .await
+                .map_err(CliError::from_store)?;
+            Ok((Arc::new(store), "PostgreSQL store".to_owned()))
+        }
+        None => {
+            let dir = args.dir();
+            let store = SqliteStore::open_dir(&dir).map_err(CliError::from_store)?;
+            Ok((
+                Arc::new(store),
+                format!("SQLite store in {}", dir.display()),
+            ))
+        }
+    }
+}
+
+/// The library on the store, with the settings of `keyhaven serve` that matter to a
+/// client: the public URL (for the OAuth callback) and the redirect allowlist.
+pub(crate) async fn open(args: &StoreArgs) -> Result<Keyhaven, CliError> {
+    let (store, _) = open_store(args).await?;
+    let mut builder = Keyhaven::builder().shared_store(store);
+    if let Some(url) = std::env::var("KEYHAVEN_PUBLIC_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
+        let url = keyhaven::url::Url::parse(url.trim_end_matches('/'))
+            .map_err(|e| CliError::usage(format!("KEYHAVEN_PUBLIC_URL: {e}")))?;
+        builder = builder.callback_url(&keyhaven_server::AppState::callback_url(&url));
+    }
+    for prefix in std::env::var("KEYHAVEN_REDIRECT_ALLOWLIST")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|p| !p.is_empty())
+    {
+        builder = builder.allow_redirect_url(prefix);
+    }
+    builder.build().map_err(CliError::from)
+}
+
+/// `keys rotate`: a new primary key, every secret re-encrypted under it.
+pub(crate) async fn rotate_keys(
+    args: &StoreArgs,
+    retire_old: bool,
+    batch: usize,
+) -> Result<serde_json::Value, CliError> {
+    let from_env = keyhaven::ring_from_env().map_err(CliError::from_store)?;
+    let (report, key_id, retired) = match (&args.database_url, from_env) {
+        (Some(url), Some(ring)) => {
+            let id = ring.primary_id().to_owned();
+            let store = PostgresStore::connect(url, ring)
+                .await
+                .map_err(CliError::from_store)?;
+            (
+                store.rotate(batch).await.map_err(CliError::from_store)?,
+                id,
+                false,
+            )
+        }
+        (Some(_), None) => {
+            return Err(CliError::usage(
+                "a PostgreSQL store needs KEYHAVEN_MASTER_KEY (the new key) and KEYHAVEN_OLD_MASTER_KEYS (the old ones) to rotate",
+            ));
+        }
+        (None, Some(ring)) => {
+            // The keys come from the environment: the new one is already primary there.
+            let id = ring.primary_id().to_owned();
+            let store = SqliteStore::open(args.dir().join("keyhaven.db"), ring)
+                .map_err(CliError::from_store)?;
+            (
+                store.rotate(batch).await.map_err(CliError::from_store)?,
+                id,
+                false,
+            )
+        }
+        (None, None) => {
+            let dir = args.dir();
+            let file = keyhaven::KeyFile::in_dir(&dir);
+            if !file.path().exists() {
+                return Err(CliError::not_found(format!(
+                    "no key file in {}: nothing to rotate",
+                    dir.display()
+                )));
+            }
+            let ring = file.add_primary().map_err(CliError::from_store)?;
+            let id = ring.primary_id().to_owned();
+            let store =
+                SqliteStore::open(dir.join("keyhaven.db"), ring).map_err(CliError::from_store)?;
+            let report = store.rotate(batch).await.map_err(CliError::from_store)?;
+            if retire_old {
+                file.retire_old_keys().map_err(CliError::from_store)?;
+            }
+            (report, id, retire_old)
+        }
+    };
+    Ok(serde_json::json!({
+        "primaryKey": key_id,
+        "reencrypted": report.reencrypted,
+        "alreadyCurrent": report.already_current,
+        "changedMeanwhile": report.changed_meanwhile,
+        "oldKeysRetired": retired,
+    }))
+}

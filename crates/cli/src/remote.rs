@@ -1,0 +1,130 @@
+//! The server backend: the same commands through a keyhaven server's REST API.
+
+use std::time::Duration;
+
+use keyhaven::url::Url;
+use serde_json::Value;
+
+use crate::{CliError, Exit};
+
+/// A keyhaven server and the keys to use with it.
+#[derive(Debug, Clone)]
+pub(crate) struct Remote {
+    base: Url,
+    api_key: Option<String>,
+    credentials_key: Option<String>,
+    client: reqwest::Client,
+}
+
+impl Remote {
+    pub(crate) fn new(
+        server: &str,
+        api_key: Option<String>,
+        credentials_key: Option<String>,
+    ) -> Result<Self, CliError> {
+        let base = Url::parse(server.trim_end_matches('/'))
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .ok_or_else(|| {
+                CliError::usage(format!(
+                    "--server {server:?} is not an http(s) URL such as http://127.0.0.1:9210"
+                ))
+            })?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(150))
+            .user_agent(concat!("keyhaven-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| CliError::other(format!("cannot make an HTTP client: {e}")))?;
+        Ok(Self {
+            base,
+            api_key,
+            credentials_key,
+            client,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base.as_str().trim_end_matches('/'))
+    }
+
+    /// Sends a request with the admin key (or, for credentials, the credentials key).
+    pub(crate) async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        credentials: bool,
+    ) -> Result<Value, CliError> {
+        let key = if credentials {
+            self.credentials_key.as_ref().or(self.api_key.as_ref())
+        } else {
+            self.api_key.as_ref()
+        };
+        let key = key.ok_or_else(|| {
+            CliError::new(
+                Exit::Unauthorized,
+                if credentials {
+                    "give the server's credentials key (--credentials-key or KEYHAVEN_CREDENTIALS_KEY)"
+                } else {
+                    "give the server's admin key (--api-key or KEYHAVEN_API_KEY)"
+                },
+            )
+        })?;
+        let mut request = self
+            .client
+            .request(method, self.url(path))
+            .header("x-api-key", key);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| {
+            CliError::new(
+                Exit::Unavailable,
+                format!("cannot reach the keyhaven server at {}: {e}", self.base),
+            )
+        })?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| {
+            CliError::new(
+                Exit::Unavailable,
+                format!("the server's answer was cut: {e}"),
+            )
+        })?;
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if status.is_success() {
+            return Ok(value);
+        }
+        let message = value["error"]["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("the server answered {status}"));
+        let exit = match status.as_u16() {
+            400 => Exit::Invalid,
+            401 | 403 => Exit::Unauthorized,
+            404 => Exit::NotFound,
+            409 | 422 => Exit::Failed,
+            502 | 503 => Exit::Unavailable,
+            504 => Exit::TimedOut,
+            _ => Exit::Error,
+        };
+        Err(CliError::new(exit, message))
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> Result<Value, CliError> {
+        self.call(reqwest::Method::GET, path, None, false).await
+    }
+
+    pub(crate) async fn post(&self, path: &str, body: &Value) -> Result<Value, CliError> {
+        self.call(reqwest::Method::POST, path, Some(body), false)
+            .await
+    }
+
+    pub(crate) async fn delete(&self, path: &str) -> Result<Value, CliError> {
+        self.call(reqwest::Method::DELETE, path, None, false).await
+    }
+}
+
+/// Percent-encodes a query value or path segment.
+pub(crate) fn enc(text: &str) -> String {
+    keyhaven::url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}

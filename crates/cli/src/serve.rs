@@ -1,0 +1,269 @@
+//! `keyhaven serve`: the REST API, the OAuth callback and the hosted pages.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use keyhaven::secrecy::SecretString;
+use keyhaven::url::Url;
+use keyhaven::{EventKind, Keyhaven, KeyhavenBuilder};
+use keyhaven_server::{AdminKey, AppState, Audit, CREDENTIALS_KEY_FILE, ServerConfig, Webhook};
+use serde::Deserialize;
+
+use crate::CliError;
+use crate::local::{StoreArgs, open_store};
+
+/// The default address: loopback only.
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:9210";
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServeArgs {
+    /// A TOML file with the settings below (listen, data_dir, database_url,
+    /// public_url, redirect_allowlist, cors_origins, audit_log, [[webhooks]]).
+    #[arg(long, env = "KEYHAVEN_CONFIG")]
+    config: Option<PathBuf>,
+    /// The address to listen on.
+    #[arg(long, env = "KEYHAVEN_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// The URL the world reaches this server at (the OAuth callback and the connect
+    /// form are under it). Default: http://LISTEN.
+    #[arg(long, env = "KEYHAVEN_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// URL prefixes that redirect URLs may point under (repeat, or comma-separated in the environment).
+    #[arg(
+        long = "allow-redirect",
+        env = "KEYHAVEN_REDIRECT_ALLOWLIST",
+        value_delimiter = ','
+    )]
+    allow_redirect: Vec<String>,
+    /// Origins allowed to call the API from browsers (CORS); none by default.
+    #[arg(
+        long = "cors-origin",
+        env = "KEYHAVEN_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    cors_origins: Vec<String>,
+    /// The credentials key (reads credentials, nothing else); when absent, one is
+    /// generated on first start and shown once.
+    #[arg(long, env = "KEYHAVEN_CREDENTIALS_KEY", hide_env_values = true)]
+    credentials_key: Option<String>,
+    /// Where credential reads are recorded, one JSON line each. Default:
+    /// audit.log in the data directory.
+    #[arg(long, env = "KEYHAVEN_AUDIT_LOG")]
+    audit_log: Option<PathBuf>,
+    /// A URL that receives status changes as signed webhooks.
+    #[arg(long, env = "KEYHAVEN_WEBHOOK_URL")]
+    webhook_url: Option<String>,
+    /// The webhook's signing secret (HMAC-SHA256).
+    #[arg(long, env = "KEYHAVEN_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+    /// Tries per webhook event (with back-off: 1 s, 2 s, 4 s ...).
+    #[arg(long, env = "KEYHAVEN_WEBHOOK_ATTEMPTS")]
+    webhook_attempts: Option<u32>,
+}
+
+/// A webhook in the TOML file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileWebhook {
+    url: String,
+    secret: String,
+    #[serde(default)]
+    events: Vec<String>,
+}
+
+/// The TOML file's settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    public_url: Option<String>,
+    #[serde(default)]
+    redirect_allowlist: Vec<String>,
+    #[serde(default)]
+    cors_origins: Vec<String>,
+    audit_log: Option<PathBuf>,
+    webhook_attempts: Option<u32>,
+    #[serde(default)]
+    webhooks: Vec<FileWebhook>,
+}
+
+fn webhook(url: &str, secret: String, events: &[String]) -> Result<Webhook, CliError> {
+    let url = Url::parse(url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+        .ok_or_else(|| CliError::usage(format!("webhook URL {url:?} is not an http(s) URL")))?;
+    if secret.is_empty() {
+        return Err(CliError::usage(format!(
+            "webhook {url} needs a secret to sign with"
+        )));
+    }
+    let events = events
+        .iter()
+        .map(|e| {
+            EventKind::parse(e).ok_or_else(|| {
+                CliError::usage(format!(
+                    "unknown webhook event {e:?}; the events are {}",
+                    EventKind::ALL.map(EventKind::as_str).join(", ")
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Webhook {
+        url,
+        secret: SecretString::from(secret),
+        events,
+    })
+}
+
+pub(crate) async fn serve(
+    args: ServeArgs,
+    store_args: StoreArgs,
+    api_key: Option<String>,
+) -> Result<(), CliError> {
+    let file: FileConfig = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| CliError::usage(format!("cannot read {}: {e}", path.display())))?;
+            toml::from_str(&text)
+                .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?
+        }
+        None => FileConfig::default(),
+    };
+    let listen = args.listen.or(file.listen).unwrap_or_else(|| {
+        DEFAULT_LISTEN
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9210)))
+    });
+    let store_args = StoreArgs {
+        data_dir: store_args.data_dir.or(file.data_dir),
+        database_url: store_args.database_url.or(file.database_url),
+    };
+    let data_dir = store_args.dir();
+    let (store, description) = open_store(&store_args).await?;
+
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| CliError::unavailable(format!("cannot listen on {listen}: {e}")))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| CliError::other(e.to_string()))?;
+    let public_url = args
+        .public_url
+        .or(file.public_url)
+        .unwrap_or_else(|| format!("http://{local}"));
+    let public_url = Url::parse(public_url.trim_end_matches('/'))
+        .map_err(|e| CliError::usage(format!("public URL {public_url:?}: {e}")))?;
+
+    let mut builder: KeyhavenBuilder = Keyhaven::builder()
+        .shared_store(store)
+        .callback_url(&AppState::callback_url(&public_url))
+        .connect_form_url(&AppState::connect_form_url(&public_url));
+    for prefix in args
+        .allow_redirect
+        .iter()
+        .chain(&file.redirect_allowlist)
+        .filter(|p| !p.is_empty())
+    {
+        builder = builder.allow_redirect_url(prefix);
+    }
+    let kh = builder.build().map_err(CliError::from)?;
+
+    let admin_key = match api_key {
+        Some(key) => AdminKey::from_plain(&key),
+        None => {
+            let (key, shown) = AdminKey::load_or_create(&data_dir).map_err(CliError::other)?;
+            if let Some(plain) = shown {
+                println!(
+                    "admin API key (shown once, stored hashed in {}): {plain}",
+                    data_dir.display()
+                );
+            }
+            key
+        }
+    };
+    let credentials_key = match args.credentials_key {
+        Some(key) => AdminKey::from_plain(&key),
+        None => {
+            let (key, shown) =
+                AdminKey::load_or_create_file(&data_dir, CREDENTIALS_KEY_FILE, "khc_")
+                    .map_err(CliError::other)?;
+            if let Some(plain) = shown {
+                println!(
+                    "credentials key (reads credentials only; shown once, stored hashed in {}): {plain}",
+                    data_dir.display()
+                );
+            }
+            key
+        }
+    };
+    let audit_path = args
+        .audit_log
+        .or(file.audit_log)
+        .unwrap_or_else(|| data_dir.join("audit.log"));
+    let audit = Audit::to_file(&audit_path).map_err(CliError::other)?;
+
+    let mut webhooks = Vec::new();
+    if let Some(url) = &args.webhook_url {
+        webhooks.push(webhook(
+            url,
+            args.webhook_secret.clone().unwrap_or_default(),
+            &[],
+        )?);
+    }
+    for w in file.webhooks {
+        webhooks.push(webhook(&w.url, w.secret, &w.events)?);
+    }
+    let mut cors_origins = args.cors_origins;
+    cors_origins.extend(file.cors_origins);
+    cors_origins.retain(|o| !o.is_empty());
+    let config = ServerConfig {
+        public_url: public_url.clone(),
+        cors_origins,
+        webhook_attempts: args.webhook_attempts.or(file.webhook_attempts).unwrap_or(8),
+        webhooks,
+        ..ServerConfig::default()
+    };
+    println!(
+        "keyhaven listening on http://{local} (public URL {}, {description}, {} webhook(s), audit log {})",
+        public_url.as_str().trim_end_matches('/'),
+        config.webhooks.len(),
+        audit_path.display()
+    );
+    let state = Arc::new(AppState {
+        kh,
+        admin_key,
+        credentials_key: Some(credentials_key),
+        audit,
+        config,
+    });
+    keyhaven_server::serve(listener, state, shutdown_signal())
+        .await
+        .map_err(|e| CliError::other(e.to_string()))?;
+    println!("keyhaven stopped");
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,277 @@
+//! The hosted connect form: for schemes the user completes by typing something (an
+//! API key, a login), the app may leave those fields out of the request; keyhaven
+//! then answers with a link to its own form, where the end user types them, so the
+//! app never sees the secret. The link carries a single-use token, kept like an OAuth
+//! state (hashed, encrypted, expiring).
+
+use keyhaven_core::serde_json::{Map, Value};
+use keyhaven_core::url::Url;
+use keyhaven_core::{
+    AuthScheme, ConnectedAccount, ConnectedAccountId, ConnectionRequestOutput, ConnectionStatus,
+    EntityId, Error, EventKind, FieldSpec, InitiateContext, Initiated, Integration, Label,
+    PendingState, SchemeError, SecretFields, chrono, validate_fields,
+};
+
+use crate::Keyhaven;
+use crate::accounts::not_found;
+use crate::callback::CallbackOutcome;
+use crate::connect::new_state;
+use crate::integrations::{check_connection_params, connection_param_specs, effective_integration};
+
+/// The key that marks a pending state as a connect form's.
+const FORM_MARKER: &str = "keyhaven_connect_form";
+/// The key of the fields the app gave in its request, kept for the submit.
+const GIVEN: &str = "given";
+/// Where the form's values are named in errors.
+const PLACE: &str = "connected_account_params";
+
+/// What a hosted connect form shows.
+#[derive(Debug, Clone)]
+pub struct ConnectForm {
+    /// The `INITIATED` account the form completes.
+    pub account: ConnectedAccount,
+    /// The app's name for people (`GitHub`), from the catalogue when it is there.
+    pub app_name: String,
+    /// The fields to ask for, in order; the app gave the others.
+    pub fields: Vec<FieldSpec>,
+    /// When the link stops working.
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Whether a pending state belongs to a connect form.
+pub(crate) fn is_form_state(pending: &PendingState) -> bool {
+    pending.data.expose().get(FORM_MARKER) == Some(&Value::Bool(true))
+}
+
+fn refused(reason: &str) -> Error {
+    Error::invalid(
+        "token",
+        format!("{reason}; ask the app for a new connection link"),
+    )
+}
+
+/// The fields of an integration's connections: the scheme's and the URL template's.
+fn form_fields(scheme: &dyn AuthScheme, integration: &Integration) -> Vec<FieldSpec> {
+    let mut fields = scheme.spec().params.clone();
+    fields.extend(connection_param_specs(integration));
+    fields
+}
+
+/// A form value is absent when it is empty: an optional field left blank.
+fn non_empty(values: &Map<String, Value>) -> impl Iterator<Item = (&String, &Value)> {
+    values
+        .iter()
+        .filter(|(_, v)| !matches!(v, Value::Null) && v.as_str().is_none_or(|s| !s.is_empty()))
+}
+
+/// What a form-initiated connection is waiting for.
+pub(crate) struct FormStart {
+    base: Url,
+    given: SecretFields,
+}
+
+impl Keyhaven {
+    /// `Some` when the request leaves out fields the user must type, the scheme takes
+    /// them from the user (not by a redirect) and a connect form is configured. The
+    /// fields the request does give are checked now.
+    pub(crate) fn hosted_form_needed(
+        &self,
+        scheme: &dyn AuthScheme,
+        fields: &[FieldSpec],
+        given: &SecretFields,
+    ) -> Result<Option<FormStart>, Error> {
+        let Some(base) = &self.inner.settings.connect_form_url else {
+            return Ok(None);
+        };
+        let missing = fields
+            .iter()
+            .any(|f| f.required && f.default.is_none() && !given.expose().contains_key(&f.name));
+        if scheme.spec().interactive || !missing {
+            return Ok(None);
+        }
+        for (key, value) in given.expose() {
+            let spec = fields
+                .iter()
+                .find(|f| f.name == *key)
+                .ok_or_else(|| Error::invalid(format!("{PLACE}.{key}"), "is not a known field"))?;
+            spec.check(PLACE, value)?;
+        }
+        Ok(Some(FormStart {
+            base: base.clone(),
+            given: given.clone(),
+        }))
+    }
+
+    /// Stores an `INITIATED` account and the form's token; answers with the link.
+    pub(crate) async fn initiate_with_form(
+        &self,
+        form: FormStart,
+        entity: EntityId,
+        labels: Vec<Label>,
+        redirect_url: Option<Url>,
+        integration: Integration,
+        created: bool,
+    ) -> Result<ConnectionRequestOutput, Error> {
+        let now = self.now();
+        let token = new_state()?;
+        let mut link = form.base;
+        link.query_pairs_mut().append_pair("token", &token);
+        let integration = self.store_integration(integration, created).await?;
+        let account = ConnectedAccount {
+            id: ConnectedAccountId::generate()?,
+            entity_id: entity,
+            integration_id: integration.id.clone(),
+            app: integration.app.clone(),
+            auth_scheme: integration.auth_scheme.clone(),
+            status: ConnectionStatus::Initiated,
+            status_reason: Some("waiting for the user to fill in the connect form".into()),
+            labels,
+            params: Map::new(),
+            redirect_url: redirect_url.map(String::from),
+            expires_at: None,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store().insert_account(&account, None).await?;
+        let mut data = SecretFields::new();
+        data.insert(FORM_MARKER, true);
+        data.insert(GIVEN, Value::Object(form.given.expose().clone()));
+        self.store()
+            .put_pending_state(&PendingState {
+                state: token,
+                account_id: account.id.clone(),
+                data,
+                expires_at: now + self.inner.settings.pending_ttl,
+            })
+            .await?;
+        self.purge_pending_now_and_then(now).await;
+        tracing::info!(account = %account.id, entity = %account.entity_id, app = %account.app, "connection initiated; waiting for the connect form");
+        self.emit(EventKind::Created, &account, None).await;
+        Ok(ConnectionRequestOutput {
+            connection_status: account.status,
+            connected_account_id: account.id,
+            redirect_url: Some(link.to_string()),
+        })
+    }
+
+    /// The form a connect link shows. Reading it does not use the link up.
+    ///
+    /// # Errors
+    /// An unknown, used or expired token, or an account no longer waiting for it.
+    pub async fn connect_form(&self, token: &str) -> Result<ConnectForm, Error> {
+        self.open_form(token).await.map(|(form, _, _)| form)
+    }
+
+    async fn open_form(
+        &self,
+        token: &str,
+    ) -> Result<(ConnectForm, PendingState, Integration), Error> {
+        if token.is_empty() {
+            return Err(refused("the link has no token"));
+        }
+        let pending = self
+            .store()
+            .get_pending_state(token)
+            .await?
+            .filter(is_form_state)
+            .ok_or_else(|| refused("this link is unknown or was already used"))?;
+        if pending.expires_at < self.now() {
+            return Err(refused("this link expired"));
+        }
+        let account = self
+            .store()
+            .get_account(&pending.account_id)
+            .await?
+            .ok_or_else(|| not_found(pending.account_id.as_str()))?;
+        if account.status != ConnectionStatus::Initiated {
+            return Err(refused(&format!(
+                "this connection is {} already",
+                account.status
+            )));
+        }
+        let integration = self.integration_of(&account).await?;
+        let scheme = self.schemes().get(&integration.auth_scheme)?;
+        let given = pending.data.expose().get(GIVEN).and_then(Value::as_object);
+        let fields = form_fields(scheme.as_ref(), &integration)
+            .into_iter()
+            .filter(|f| given.is_none_or(|g| !g.contains_key(&f.name)))
+            .collect();
+        let app_name = self
+            .catalog()
+            .get(account.app.as_str())
+            .map_or_else(|| account.app.to_string(), |e| e.name.clone());
+        let form = ConnectForm {
+            account,
+            app_name,
+            fields,
+            expires_at: pending.expires_at,
+        };
+        Ok((form, pending, integration))
+    }
+
+    /// Completes a connection with what the user typed in its form: the account becomes
+    /// `ACTIVE`, or `FAILED` when the provider refuses (a wrong password). Invalid input
+    /// (a required field left empty) is an error that leaves the link usable.
+    ///
+    /// # Errors
+    /// Invalid values, naming the field; an unknown, used or expired token; the
+    /// provider unreachable (the link stays usable, to try again).
+    pub async fn submit_connect_form(
+        &self,
+        token: &str,
+        values: &Map<String, Value>,
+    ) -> Result<CallbackOutcome, Error> {
+        let (form, pending, integration) = self.open_form(token).await?;
+        let scheme = self.schemes().get(&integration.auth_scheme)?;
+        let mut merged = SecretFields::new();
+        if let Some(Value::Object(given)) = pending.data.expose().get(GIVEN) {
+            for (k, v) in given {
+                merged.insert(k.clone(), v.clone());
+            }
+        }
+        for (k, v) in non_empty(values) {
+            if !form.fields.iter().any(|f| f.name == *k) {
+                return Err(Error::invalid(
+                    format!("{PLACE}.{k}"),
+                    "is not a field of this form",
+                ));
+            }
+            merged.insert(k.clone(), v.clone());
+        }
+        let template = connection_param_specs(&integration);
+        let params = validate_fields(&form_fields(scheme.as_ref(), &integration), PLACE, &merged)?;
+        check_connection_params(&template, &params.public)?;
+
+        // Valid: use the link up, so that of two submits exactly one goes on.
+        let Some(pending) = self.store().take_pending_state(token).await? else {
+            return Err(refused("this link was used meanwhile"));
+        };
+        let effective = effective_integration(&integration, &params.public);
+        let account = form.account;
+        let cx = InitiateContext::new(
+            &effective,
+            &account.id,
+            &account.entity_id,
+            &params,
+            self.now(),
+        );
+        let result = match scheme.initiate(cx).await {
+            Ok(Initiated::Active { credentials }) => Ok(credentials),
+            Ok(Initiated::Redirect { .. }) => {
+                return Err(Error::Internal(format!(
+                    "scheme {} asked for a redirect from a connect form",
+                    integration.auth_scheme
+                )));
+            }
+            Err(SchemeError::Rejected { message }) => Err(message),
+            Err(e) => {
+                // Not the user's fault: keep the link for another try.
+                self.store().put_pending_state(&pending).await?;
+                return Err(e.into());
+            }
+        };
+        self.finish_connection(account, result, Some(params.public))
+            .await
+    }
+}
