@@ -45,8 +45,15 @@ pub struct OidcProvider {
 }
 
 impl OidcProvider {
-    /// Starts one on an OS-chosen port, with access tokens living `access_ttl_secs`.
+    /// Starts one on an OS-chosen port, with access tokens living `access_ttl_secs`,
+    /// its clients registered with [`CALLBACK_URL`].
     pub async fn start(access_ttl_secs: u64) -> Option<Self> {
+        Self::start_with_callback(access_ttl_secs, CALLBACK_URL).await
+    }
+
+    /// As [`OidcProvider::start`], its clients registered with `callback` (a keyhaven
+    /// server's own callback route).
+    pub async fn start_with_callback(access_ttl_secs: u64, callback: &str) -> Option<Self> {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("oidc");
         if !dir.join("node_modules/oidc-provider").is_dir() {
             skip_or_fail(
@@ -57,7 +64,7 @@ impl OidcProvider {
         let mut child = match Command::new("node")
             .arg("server.mjs")
             .current_dir(&dir)
-            .env("CALLBACK_URL", CALLBACK_URL)
+            .env("CALLBACK_URL", callback)
             .env("ACCESS_TOKEN_TTL", access_ttl_secs.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -232,14 +239,27 @@ impl UserAgent {
         login: &str,
         decision: Decision,
     ) -> BTreeMap<String, String> {
+        self.authorize_to(authorize_url, login, decision, CALLBACK_URL)
+            .await
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect()
+    }
+
+    /// As [`UserAgent::authorize`], stopping when the provider redirects under
+    /// `callback`; returns that whole URL, for the caller to open as the browser would.
+    pub async fn authorize_to(
+        &self,
+        authorize_url: &str,
+        login: &str,
+        decision: Decision,
+        callback: &str,
+    ) -> Url {
         let mut next = Url::parse(authorize_url).unwrap();
         let mut post: Option<Vec<(&str, String)>> = None;
         for _ in 0..20 {
-            if next.as_str().starts_with(CALLBACK_URL) {
-                return next
-                    .query_pairs()
-                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                    .collect();
+            if next.as_str().starts_with(callback) {
+                return next;
             }
             let request = match post.take() {
                 Some(form) => self.client.post(next.clone()).form(&form),

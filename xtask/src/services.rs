@@ -14,25 +14,71 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
     }
 }
 
-/// The test OAuth server's npm packages, installed from the lock file when absent
-/// or older than it.
-fn oidc_packages(root: &Path) -> Result<(), String> {
-    let dir = root.join("tests/oidc");
+/// The npm packages of `tests/<folder>` (`what` they are for), installed from the
+/// lock file when absent or older than it.
+fn npm_packages(root: &Path, folder: &str, what: &str) -> Result<(), String> {
+    let dir = root.join("tests").join(folder);
     let marker = dir.join("node_modules/.package-lock.json");
     let lock = dir.join("package-lock.json");
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let fresh = matches!((modified(&marker), modified(&lock)), (Some(m), Some(l)) if m >= l);
     if fresh {
-        println!("xtask: test OAuth server packages are installed");
+        println!("xtask: {what} packages are installed");
         return Ok(());
     }
-    println!("xtask: installing the test OAuth server packages (npm ci in tests/oidc)");
+    println!("xtask: installing the {what} packages (npm ci in tests/{folder})");
     run(
         Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
             .current_dir(&dir),
-        "npm ci in tests/oidc (Node.js and npm are needed: apt-get install nodejs npm)",
+        &format!(
+            "npm ci in tests/{folder} (Node.js and npm are needed: apt-get install nodejs npm)"
+        ),
     )
+}
+
+/// The Composio client the compatibility test runs: composio-core 0.6.19 from PyPI in
+/// a virtual environment under target/. Returns its Python.
+fn composio_client(root: &Path) -> Result<String, String> {
+    const VERSION: &str = "0.6.19";
+    let venv = root.join("target/composio-venv");
+    let python = venv.join("bin/python");
+    let marker = venv.join(format!(".composio-core-{VERSION}"));
+    if !marker.exists() {
+        println!("xtask: installing composio-core {VERSION} into target/composio-venv");
+        run(
+            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+            "python3 -m venv (Python 3 with venv is needed: apt-get install python3-venv)",
+        )?;
+        run(
+            Command::new(&python).args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                &format!("composio-core=={VERSION}"),
+            ]),
+            "pip install composio-core",
+        )?;
+        std::fs::write(&marker, VERSION).map_err(|e| format!("{}: {e}", marker.display()))?;
+    } else {
+        println!("xtask: composio-core {VERSION} is installed");
+    }
+    Ok(python.to_string_lossy().into_owned())
+}
+
+/// Debian's Chromium, which the browser tests drive headless.
+fn chromium() -> Result<String, String> {
+    let path = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if Path::new(&path).exists() {
+        println!("xtask: Chromium at {path}");
+        Ok(path)
+    } else {
+        Err(format!(
+            "Chromium is missing at {path}: apt-get install chromium chromium-driver (or set CHROMIUM)"
+        ))
+    }
 }
 
 fn psql(sql: &str) -> Result<String, String> {
@@ -108,7 +154,14 @@ fn postgres() -> Result<String, String> {
 
 /// Prepares every service; returns the environment the tests need.
 pub(crate) fn prepare(root: &Path) -> Result<Vec<(String, String)>, String> {
-    oidc_packages(root)?;
+    npm_packages(root, "oidc", "test OAuth server")?;
+    npm_packages(root, "browser", "browser test driver (playwright-core)")?;
+    let chromium = chromium()?;
+    let python = composio_client(root)?;
     let url = postgres()?;
-    Ok(vec![("KEYHAVEN_TEST_DATABASE_URL".into(), url)])
+    Ok(vec![
+        ("KEYHAVEN_TEST_DATABASE_URL".into(), url),
+        ("KEYHAVEN_COMPOSIO_PYTHON".into(), python),
+        ("CHROMIUM".into(), chromium),
+    ])
 }

@@ -130,7 +130,12 @@ impl Backend {
     ) -> Result<Value, CliError> {
         let mut auth_config = serde_json::Map::new();
         for (k, v) in config {
-            auth_config.insert(k, Value::String(v));
+            // JSON objects and lists (authorize_params, request_headers ...) as JSON.
+            let value = match serde_json::from_str::<Value>(&v) {
+                Ok(j @ (Value::Object(_) | Value::Array(_))) => j,
+                _ => Value::String(v),
+            };
+            auth_config.insert(k, value);
         }
         if let Some(id) = client_id {
             auth_config.insert("client_id".into(), Value::String(id));
@@ -350,10 +355,15 @@ impl Backend {
         match self {
             Self::Remote(r) => {
                 let mut query = Vec::new();
+                let statuses: Vec<String> = args
+                    .statuses
+                    .iter()
+                    .map(|s| s.to_ascii_uppercase())
+                    .collect();
                 for (key, values) in [
                     ("entityId", &args.entities),
                     ("appNames", &args.apps),
-                    ("status", &args.statuses),
+                    ("status", &statuses),
                     ("labels", &args.labels),
                     ("integrationId", &args.integrations),
                 ] {

@@ -177,18 +177,17 @@ pub(crate) async fn connect(
         .to_owned();
     let url = out["redirectUrl"].as_str().map(str::to_owned);
 
-    if args.no_wait || status != "INITIATED" {
-        if status == "INITIATED" || json {
-            output::initiated(&out, json);
-        }
-        if status == "INITIATED" {
-            if let (true, Some(u)) = (args.open, &url) {
-                open_browser(u);
-            }
-            return Ok(Exit::Ok);
-        }
+    if status != "INITIATED" {
+        // ACTIVE (or FAILED) at once: nothing to wait for.
         let account = backend.account(&id).await?;
         return report(&account, json);
+    }
+    if args.no_wait {
+        output::initiated(&out, json);
+        if let (true, Some(u)) = (args.open, &url) {
+            open_browser(u);
+        }
+        return Ok(Exit::Ok);
     }
     if let Some(u) = &url {
         output::visit(u, &id, json);

@@ -232,13 +232,11 @@ pub(crate) async fn serve(
         config.webhooks.len(),
         audit_path.display()
     );
-    let state = Arc::new(AppState {
-        kh,
-        admin_key,
-        credentials_key: Some(credentials_key),
-        audit,
-        config,
-    });
+    let mut state = AppState::new(kh, admin_key);
+    state.credentials_key = Some(credentials_key);
+    state.audit = audit;
+    state.config = config;
+    let state = Arc::new(state);
     keyhaven_server::serve(listener, state, shutdown_signal())
         .await
         .map_err(|e| CliError::other(e.to_string()))?;

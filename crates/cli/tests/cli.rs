@@ -71,6 +71,12 @@ fn serve_with_no_configuration() {
         key_line.starts_with("admin API key (shown once") && key.starts_with("kh_"),
         "{key_line}"
     );
+    let creds_line = lines.next().unwrap().unwrap();
+    assert!(
+        creds_line.starts_with("credentials key (reads credentials only")
+            && creds_line.rsplit(' ').next().unwrap().starts_with("khc_"),
+        "{creds_line}"
+    );
     let listen_line = lines.next().unwrap().unwrap();
     let port: u16 = listen_line
         .split("http://127.0.0.1:")

@@ -41,28 +41,34 @@ impl Filter {
 fn feed(
     receiver: Receiver<AccountEvent>,
     filter: Filter,
+    closing: tokio::sync::watch::Receiver<bool>,
 ) -> impl Stream<Item = std::result::Result<Event, Infallible>> {
     let filter = Arc::new(filter);
-    stream::unfold(Some(receiver), move |receiver| {
+    stream::unfold(Some((receiver, closing)), move |state| {
         let filter = filter.clone();
         async move {
-            let mut receiver = receiver?;
+            let (mut receiver, mut closing) = state?;
             loop {
-                match receiver.recv().await {
+                let next = tokio::select! {
+                    next = receiver.recv() => next,
+                    // The server is stopping: end the stream.
+                    _ = closing.wait_for(|c| *c) => return None,
+                };
+                match next {
                     Ok(e) if filter.matches(&e) => {
                         let last = filter.account.is_some() && e.kind == EventKind::Deleted;
                         let event = Event::default()
                             .event(e.kind.as_str())
                             .id(e.id.clone())
                             .data(serde_json::to_string(&e).unwrap_or_default());
-                        return Some((Ok(event), (!last).then_some(receiver)));
+                        return Some((Ok(event), (!last).then_some((receiver, closing))));
                     }
                     Ok(_) => {}
                     Err(RecvError::Lagged(n)) => {
                         let event = Event::default()
                             .event("lagged")
                             .data(serde_json::json!({"missed": n}).to_string());
-                        return Some((Ok(event), Some(receiver)));
+                        return Some((Ok(event), Some((receiver, closing))));
                     }
                     Err(RecvError::Closed) => return None,
                 }
@@ -103,7 +109,11 @@ pub(crate) async fn account_events(
         account: Some(account.id),
         ..Filter::default()
     };
-    let events = stream::once(async move { Ok(snapshot) }).chain(feed(receiver, filter));
+    let events = stream::once(async move { Ok(snapshot) }).chain(feed(
+        receiver,
+        filter,
+        s.closing.subscribe(),
+    ));
     Ok(Sse::new(events).keep_alive(keep_alive()))
 }
 
@@ -142,5 +152,5 @@ pub(crate) async fn all_events(
         apps: list(&q, &["appNames", "appName"]),
         kinds,
     };
-    Ok(Sse::new(feed(s.kh.events(), filter)).keep_alive(keep_alive()))
+    Ok(Sse::new(feed(s.kh.events(), filter, s.closing.subscribe())).keep_alive(keep_alive()))
 }

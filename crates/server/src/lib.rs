@@ -87,6 +87,9 @@ pub struct AppState {
     pub audit: Audit,
     /// The server's settings.
     pub config: ServerConfig,
+    /// Turns true when the server begins to stop: event streams end then, so that
+    /// a graceful shutdown does not wait for their clients.
+    pub closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
@@ -99,6 +102,7 @@ impl AppState {
             credentials_key: None,
             audit: Audit::log_only(),
             config: ServerConfig::default(),
+            closing: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -322,9 +326,13 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let deliveries = webhooks::spawn(state.clone());
+    let closing = state.closing.clone();
     let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            closing.send_replace(true);
+        })
         .await;
     deliveries.abort();
     result

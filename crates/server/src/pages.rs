@@ -2,7 +2,8 @@
 //! (`/api/v1/oauth/callback`), the hosted connect form for schemes where the user
 //! types a secret (`/connect`), and keyhaven's own success and failure pages.
 //! Rendered from askama templates (escaped), small, no assets from other hosts, a
-//! strict Content-Security-Policy, no referrer (links carry single-use tokens).
+//! strict Content-Security-Policy, no referrer to other sites (links carry
+//! single-use tokens; same-origin keeps the Origin header the form check reads).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -64,7 +65,7 @@ fn secure(mut response: Response, form_action: Option<&str>) -> Response {
     }
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
@@ -102,22 +103,23 @@ pub(crate) fn page(status: StatusCode, title: &str, heading: &str, detail: &str)
 
 /// Where the user goes once the connection is finished: the app's redirect URL, or
 /// keyhaven's own page saying what happened.
-fn finished(outcome: &CallbackOutcome) -> Response {
+fn finished(s: &AppState, outcome: &CallbackOutcome) -> Response {
+    let app =
+        s.kh.catalog()
+            .get(outcome.account.app.as_str())
+            .map_or_else(|| outcome.account.app.to_string(), |e| e.name.clone());
     match &outcome.redirect_to {
         Some(url) => Redirect::to(url.as_str()).into_response(),
         None if outcome.succeeded() => page(
             StatusCode::OK,
             "Connected",
-            &format!("Your {} account is connected", outcome.account.app),
+            &format!("Your {app} account is connected"),
             "Connected. The app can now act for you on this account.",
         ),
         None => page(
             StatusCode::OK,
             "Connection failed",
-            &format!(
-                "Your {} account could not be connected",
-                outcome.account.app
-            ),
+            &format!("Your {app} account could not be connected"),
             outcome
                 .account
                 .status_reason
@@ -145,7 +147,7 @@ pub(crate) async fn callback(
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Response {
     match s.kh.handle_callback(&query).await {
-        Ok(outcome) => finished(&outcome),
+        Ok(outcome) => finished(&s, &outcome),
         Err(e) => page(
             StatusCode::BAD_REQUEST,
             "Connection failed",
@@ -340,7 +342,7 @@ pub(crate) async fn submit_connect_form(
         .map(|(k, v)| (k, Value::String(v)))
         .collect();
     match s.kh.submit_connect_form(&token, &typed).await {
-        Ok(outcome) => finished(&outcome),
+        Ok(outcome) => finished(&s, &outcome),
         Err(ref e @ keyhaven::Error::InvalidInput { ref field, .. }) if field == "token" => {
             link_refused(e)
         }

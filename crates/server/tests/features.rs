@@ -167,7 +167,7 @@ async fn the_connect_form_takes_the_secret_from_the_user_with_csrf_checks() {
         csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"),
         "{csp}"
     );
-    assert_eq!(page.headers["referrer-policy"], "no-referrer");
+    assert_eq!(page.headers["referrer-policy"], "same-origin");
     let (cookie, csrf) = csrf_of(&page);
     let token = path.split("token=").nth(1).unwrap().to_owned();
 
@@ -233,7 +233,7 @@ async fn the_connect_form_takes_the_secret_from_the_user_with_csrf_checks() {
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert!(
-        r.text.contains("Your openai account is connected"),
+        r.text.contains("Your OpenAI account is connected"),
         "{}",
         r.text
     );

@@ -1,0 +1,91 @@
+//! Composio's official Python client (composio-core 0.6.19, from PyPI, installed by
+//! `cargo xtask test` into target/composio-venv) against `keyhaven serve`: a Composio
+//! user moves to keyhaven by changing the base URL. The steps are in
+//! tests/composio/compat.py.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+const KEY: &str = "kh_composio_compat_key";
+
+fn python() -> Option<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let path = std::env::var_os("KEYHAVEN_COMPOSIO_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/composio-venv/bin/python"));
+    if path.exists() {
+        return Some(path);
+    }
+    let why = format!(
+        "the Composio client is not installed at {}: run `cargo xtask test`",
+        path.display()
+    );
+    if std::env::var("KEYHAVEN_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
+        panic!("required test service unavailable: {why}");
+    }
+    eprintln!("SKIPPED: {why}");
+    None
+}
+
+#[test]
+fn composio_client_works_against_keyhaven_serve() {
+    let Some(python) = python() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("kh-composio-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_keyhaven"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--api-key", KEY])
+        .args(["--allow-redirect", "http://127.0.0.1:5555"])
+        .arg("--data-dir")
+        .arg(&dir)
+        .env("KEYHAVEN_GITHUB_CLIENT_ID", "gh-client-id")
+        .env("KEYHAVEN_GITHUB_CLIENT_SECRET", "gh-client-secret")
+        .env_remove("KEYHAVEN_DATABASE_URL")
+        .env_remove("KEYHAVEN_SERVER")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let listening = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find(|l| l.starts_with("keyhaven listening"))
+        .unwrap();
+    let address = listening
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .trim_end_matches(',')
+        .to_owned();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/composio/compat.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .env("KEYHAVEN_URL", &address)
+        .env("KEYHAVEN_API_KEY", KEY)
+        .env("HOME", &dir)
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the Composio client failed against {address}:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .filter(|l| l.trim_start().starts_with("ok"))
+            .count()
+            >= 6,
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
