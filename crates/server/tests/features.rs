@@ -149,6 +149,10 @@ async fn the_connect_form_takes_the_secret_from_the_user_with_csrf_checks() {
     ));
     let (id, path) = initiate_without_key(&app, None).await;
 
+    // Composio's client asks for the active accounts so: not this one yet.
+    let active_only = "/api/v1/connectedAccounts?showActiveOnly=true";
+    let active = send(&app, api("GET", active_only, KEY, None)).await;
+    assert_eq!(active.json["items"], json!([]));
     let page = send(&app, get(&path)).await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(
@@ -240,6 +244,8 @@ async fn the_connect_form_takes_the_secret_from_the_user_with_csrf_checks() {
     assert!(!r.text.contains(SECRET));
     let account = kh.connected_accounts().get(&id).await.unwrap();
     assert_eq!(account.status.as_str(), "ACTIVE");
+    let active = send(&app, api("GET", active_only, KEY, None)).await;
+    assert_eq!(active.json["items"][0]["id"], id.as_str());
     assert_eq!(
         kh.credentials(&id).await.unwrap().get_str("api_key"),
         Some(SECRET)
