@@ -122,6 +122,26 @@ impl OidcProvider {
         new
     }
 
+    /// A keyhaven in memory whose OAuth callback is `callback`, with an integration
+    /// for `client` (as [`OidcProvider::integration`]).
+    pub async fn keyhaven_for(
+        &self,
+        callback: &str,
+        client: &str,
+    ) -> (keyhaven::Keyhaven, keyhaven::Integration) {
+        let kh = keyhaven::Keyhaven::builder()
+            .store(keyhaven::MemoryStore::new())
+            .callback_url(callback)
+            .build()
+            .unwrap();
+        let integration = kh
+            .integrations()
+            .create(self.integration(client))
+            .await
+            .unwrap();
+        (kh, integration)
+    }
+
     /// Token requests counted by grant type, and revocation and userinfo calls.
     pub async fn stats(&self) -> serde_json::Value {
         self.http

@@ -162,16 +162,7 @@ async fn an_end_user_runs_the_oauth_flow_to_the_success_page() {
     let Some(provider) = OidcProvider::start_with_callback(600, &callback).await else {
         return;
     };
-    let kh = Keyhaven::builder()
-        .store(MemoryStore::new())
-        .callback_url(&callback)
-        .build()
-        .unwrap();
-    let integration = kh
-        .integrations()
-        .create(provider.integration("kh-basic"))
-        .await
-        .unwrap();
+    let (kh, integration) = provider.keyhaven_for(&callback, "kh-basic").await;
     serve(kh.clone(), listener, &base).await;
     let out = initiate(
         &base,

@@ -13,8 +13,8 @@ use keyhaven::chrono::{self, Utc};
 use keyhaven::http::Method;
 use keyhaven::url::Url;
 use keyhaven::{
-    ConnectionRequest, ConnectionStatus, ErrorKind, Keyhaven, ManualClock, MemoryStore,
-    OutgoingRequest,
+    AccountEvent, ConnectionRequest, ConnectionStatus, ErrorKind, EventKind, Keyhaven, ManualClock,
+    MemoryStore, OutgoingRequest,
 };
 use keyhaven_oauth2::{OAuth2Tokens, ProviderHttp};
 use keyhaven_tests::{CALLBACK_URL, Decision, OidcProvider, UserAgent};
@@ -72,6 +72,15 @@ async fn connect(
     let query = UserAgent::new().authorize(&url, "alice", decision).await;
     let outcome = s.kh.handle_callback(&query).await.unwrap();
     (id, outcome)
+}
+
+/// The events told so far.
+fn drain(rx: &mut tokio::sync::broadcast::Receiver<AccountEvent>) -> Vec<AccountEvent> {
+    std::iter::from_fn(|| rx.try_recv().ok()).collect()
+}
+
+fn kinds(events: &[AccountEvent]) -> Vec<EventKind> {
+    events.iter().map(|e| e.kind).collect()
 }
 
 async fn access_token(kh: &Keyhaven, id: &str) -> String {
@@ -422,15 +431,20 @@ async fn token_endpoint_failures() {
         )
         .await;
     s.server.fail_next_token_requests(500, 1, 0).await;
+    let mut events = s.kh.events();
     let outcome = s.kh.handle_callback(&query).await.unwrap();
     assert_eq!(outcome.account.status, ConnectionStatus::Failed);
     assert!(outcome.account.status_reason.unwrap().contains("HTTP 500"));
+    let told = drain(&mut events);
+    assert_eq!(kinds(&told), [EventKind::Failed]);
+    assert!(told[0].reason.as_deref().unwrap().contains("HTTP 500"));
 
     // At a refresh: the account stays ACTIVE; a token that has not expired is still
     // served; an expired one is a clear error; retries back off.
     let (id, outcome) = connect(&s, "kh-basic", Decision::Approve).await;
     assert!(outcome.succeeded());
     let token = access_token(&s.kh, &id).await;
+    let mut events = s.kh.events();
     s.server.fail_next_token_requests(503, 2, 0).await;
     s.clock.advance(chrono::Duration::seconds(400)); // inside the 5-minute margin
     assert_eq!(
@@ -455,6 +469,12 @@ async fn token_endpoint_failures() {
         s.kh.connected_accounts().get(&id).await.unwrap().status,
         ConnectionStatus::Active
     );
+    // Each failed try was told, the account still ACTIVE.
+    let told = drain(&mut events);
+    assert!(!told.is_empty());
+    assert!(told.iter().all(|e| e.kind == EventKind::RefreshFailed
+        && e.status == ConnectionStatus::Active
+        && e.reason.as_deref().unwrap().contains("HTTP 503")));
     s.clock.advance(chrono::Duration::seconds(10)); // the 2 s back-off is over
     let fresh = access_token(&s.kh, &id).await;
     assert_ne!(fresh, token);
@@ -503,11 +523,16 @@ async fn a_refused_refresh_marks_the_account_expired() {
         )
         .await;
     s.clock.advance(chrono::Duration::seconds(700));
+    let mut events = s.kh.events();
     let err = s.kh.credentials(&id).await.unwrap_err();
     assert!(
         err.to_string().contains("EXPIRED") && err.to_string().contains("invalid_grant"),
         "{err}"
     );
+    let told = drain(&mut events);
+    assert_eq!(kinds(&told), [EventKind::Expired]);
+    assert_eq!(told[0].connected_account_id.as_str(), id);
+    assert!(told[0].reason.as_deref().unwrap().contains("invalid_grant"));
     let account = s.kh.connected_accounts().get(&id).await.unwrap();
     assert_eq!(account.status, ConnectionStatus::Expired);
     assert!(account.status_reason.unwrap().contains("invalid_grant"));

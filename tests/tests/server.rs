@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyhaven::{KeyRing, Keyhaven, MasterKey, MemoryStore, PostgresStore, ring_from_base64};
+use keyhaven::{KeyRing, Keyhaven, MasterKey, PostgresStore, ring_from_base64};
 use keyhaven_server::{AdminKey, AppState, ServerConfig};
 use keyhaven_tests::{Decision, OidcProvider, UserAgent, skip_or_fail};
 use serde_json::{Value, json};
@@ -129,16 +129,7 @@ async fn the_whole_oauth_flow_through_a_running_server() {
     let Some(provider) = OidcProvider::start_with_callback(600, &callback).await else {
         return;
     };
-    let kh = Keyhaven::builder()
-        .store(MemoryStore::new())
-        .callback_url(&callback)
-        .build()
-        .unwrap();
-    let integration = kh
-        .integrations()
-        .create(provider.integration("kh-basic"))
-        .await
-        .unwrap();
+    let (kh, integration) = provider.keyhaven_for(&callback, "kh-basic").await;
     let server = start(listener, &base, kh);
 
     let out = api(

@@ -169,6 +169,17 @@ impl Setup {
         }
     }
 
+    /// Starts a command in the background, its output piped.
+    fn spawn(&self, args: &[&str]) -> Child {
+        self.cmd()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     fn ok(&self, args: &[&str]) -> Out {
         let out = self.run(args);
         assert_eq!(out.code, 0, "{args:?}: {}\n{}", out.stdout, out.stderr);
@@ -420,23 +431,16 @@ fn oauth_commands(s: &Setup) {
         ])
         .json();
     let int_id = made["id"].as_str().unwrap().to_owned();
-    let mut child = s
-        .cmd()
-        .args([
-            "connect",
-            "--integration",
-            &int_id,
-            "--entity",
-            "dora",
-            "--timeout",
-            "60s",
-            "--json",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = s.spawn(&[
+        "connect",
+        "--integration",
+        &int_id,
+        "--entity",
+        "dora",
+        "--timeout",
+        "60s",
+        "--json",
+    ]);
     // With --json the URL is told on stderr, so stdout stays JSON.
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
@@ -504,22 +508,15 @@ fn oauth_commands(s: &Setup) {
     assert_ne!(s.ok(&["token", &id]).stdout.trim(), token);
 
     // The user denies: connect ends FAILED, exit 5.
-    let mut child = s
-        .cmd()
-        .args([
-            "connect",
-            "--integration",
-            &int_id,
-            "--entity",
-            "eve",
-            "--timeout",
-            "60s",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = s.spawn(&[
+        "connect",
+        "--integration",
+        &int_id,
+        "--entity",
+        "eve",
+        "--timeout",
+        "60s",
+    ]);
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let url = loop {
         let mut l = String::new();

@@ -11,6 +11,23 @@ use crate::Keyhaven;
 use crate::cache::Cached;
 use crate::integrations::effective_integration;
 
+/// Resolves at the next event of `id` (or when events were missed).
+async fn event_of(
+    events: &mut tokio::sync::broadcast::Receiver<keyhaven_core::AccountEvent>,
+    id: &ConnectedAccountId,
+) {
+    loop {
+        match events.recv().await {
+            Ok(e) if e.connected_account_id == *id => return,
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
 pub(crate) fn not_found(id: &str) -> Error {
     Error::NotFound {
         kind: "connected account",
@@ -462,6 +479,9 @@ impl Keyhaven {
     ) -> Result<ConnectedAccount, Error> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut pause = std::time::Duration::from_millis(50);
+        // Woken at once by an event of the account (from this instance or, on a shared
+        // store, another); the store is polled too, for processes that publish none.
+        let mut events = self.events();
         loop {
             let account = self.connected_accounts().get(id).await?;
             if account.status != ConnectionStatus::Initiated {
@@ -473,7 +493,10 @@ impl Keyhaven {
                     "connected account {id} is still INITIATED after {timeout:?}: the user has not finished connecting"
                 )));
             }
-            tokio::time::sleep(pause.min(deadline - now)).await;
+            tokio::select! {
+                () = tokio::time::sleep(pause.min(deadline - now)) => {}
+                () = event_of(&mut events, &account.id) => {}
+            }
             pause = (pause * 2).min(std::time::Duration::from_millis(500));
         }
     }

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use keyhaven_core::url::Url;
 use keyhaven_core::{
-    CompleteContext, ConnectedAccount, ConnectionStatus, CredentialsUpdate, Error, StoreError,
+    CompleteContext, ConnectedAccount, ConnectionStatus, CredentialsUpdate, Error, PendingState,
+    StoreError,
 };
 
 use crate::Keyhaven;
@@ -49,7 +50,34 @@ fn refused(reason: &str) -> Error {
     Error::invalid("state", format!("{reason}; start the connection again"))
 }
 
+/// The account a pending state completes, if it still may.
+pub(crate) enum Waiting {
+    /// `INITIATED`, and the state is live.
+    Ready(ConnectedAccount),
+    /// The state expired.
+    Expired,
+    /// The account is no longer `INITIATED`.
+    Done(ConnectedAccount),
+}
+
 impl Keyhaven {
+    /// Whether `pending` may still complete its account.
+    pub(crate) async fn waiting_account(&self, pending: &PendingState) -> Result<Waiting, Error> {
+        if pending.expires_at < self.now() {
+            return Ok(Waiting::Expired);
+        }
+        let account = self
+            .store()
+            .get_account(&pending.account_id)
+            .await?
+            .ok_or_else(|| not_found(pending.account_id.as_str()))?;
+        Ok(if account.status == ConnectionStatus::Initiated {
+            Waiting::Ready(account)
+        } else {
+            Waiting::Done(account)
+        })
+    }
+
     /// Handles the provider's callback, given its query parameters.
     ///
     /// The state must be one keyhaven issued, unused and unexpired: it is taken
@@ -80,20 +108,18 @@ impl Keyhaven {
             return Err(refused("this is a connect form's link, not an OAuth state"));
         }
         let now = self.now();
-        if pending.expires_at < now {
-            return Err(refused("the state expired: the user took too long"));
-        }
-        let account = self
-            .store()
-            .get_account(&pending.account_id)
-            .await?
-            .ok_or_else(|| not_found(pending.account_id.as_str()))?;
-        if account.status != ConnectionStatus::Initiated {
-            return Err(Error::Conflict(format!(
-                "connected account {} is {}, not INITIATED: its callback was handled already",
-                account.id, account.status
-            )));
-        }
+        let account = match self.waiting_account(&pending).await? {
+            Waiting::Ready(account) => account,
+            Waiting::Expired => {
+                return Err(refused("the state expired: the user took too long"));
+            }
+            Waiting::Done(account) => {
+                return Err(Error::Conflict(format!(
+                    "connected account {} is {}, not INITIATED: its callback was handled already",
+                    account.id, account.status
+                )));
+            }
+        };
         let integration = self.integration_of(&account).await?;
         let scheme = self.schemes().get(&integration.auth_scheme)?;
 

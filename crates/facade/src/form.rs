@@ -13,8 +13,7 @@ use keyhaven_core::{
 };
 
 use crate::Keyhaven;
-use crate::accounts::not_found;
-use crate::callback::CallbackOutcome;
+use crate::callback::{CallbackOutcome, Waiting};
 use crate::connect::new_state;
 use crate::integrations::{check_connection_params, connection_param_specs, effective_integration};
 
@@ -176,20 +175,16 @@ impl Keyhaven {
             .await?
             .filter(is_form_state)
             .ok_or_else(|| refused("this link is unknown or was already used"))?;
-        if pending.expires_at < self.now() {
-            return Err(refused("this link expired"));
-        }
-        let account = self
-            .store()
-            .get_account(&pending.account_id)
-            .await?
-            .ok_or_else(|| not_found(pending.account_id.as_str()))?;
-        if account.status != ConnectionStatus::Initiated {
-            return Err(refused(&format!(
-                "this connection is {} already",
-                account.status
-            )));
-        }
+        let account = match self.waiting_account(&pending).await? {
+            Waiting::Ready(account) => account,
+            Waiting::Expired => return Err(refused("this link expired")),
+            Waiting::Done(account) => {
+                return Err(refused(&format!(
+                    "this connection is {} already",
+                    account.status
+                )));
+            }
+        };
         let integration = self.integration_of(&account).await?;
         let scheme = self.schemes().get(&integration.auth_scheme)?;
         let given = pending.data.expose().get(GIVEN).and_then(Value::as_object);
