@@ -137,6 +137,28 @@ pub(crate) async fn serve(
             .parse()
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9210)))
     });
+    // Everything the settings say is checked before anything is created.
+    let mut webhooks = Vec::new();
+    if let Some(url) = &args.webhook_url {
+        webhooks.push(webhook(
+            url,
+            args.webhook_secret.clone().unwrap_or_default(),
+            &[],
+        )?);
+    }
+    for w in file.webhooks {
+        webhooks.push(webhook(&w.url, w.secret, &w.events)?);
+    }
+    let mut cors_origins = args.cors_origins;
+    cors_origins.extend(file.cors_origins);
+    cors_origins.retain(|o| !o.is_empty());
+    for origin in &cors_origins {
+        if Url::parse(origin).is_err() {
+            return Err(CliError::usage(format!(
+                "CORS origin {origin:?} is not an origin such as https://app.example.com"
+            )));
+        }
+    }
     let store_args = StoreArgs {
         data_dir: store_args.data_dir.or(file.data_dir),
         database_url: store_args.database_url.or(file.database_url),
@@ -205,20 +227,6 @@ pub(crate) async fn serve(
         .unwrap_or_else(|| data_dir.join("audit.log"));
     let audit = Audit::to_file(&audit_path).map_err(CliError::other)?;
 
-    let mut webhooks = Vec::new();
-    if let Some(url) = &args.webhook_url {
-        webhooks.push(webhook(
-            url,
-            args.webhook_secret.clone().unwrap_or_default(),
-            &[],
-        )?);
-    }
-    for w in file.webhooks {
-        webhooks.push(webhook(&w.url, w.secret, &w.events)?);
-    }
-    let mut cors_origins = args.cors_origins;
-    cors_origins.extend(file.cors_origins);
-    cors_origins.retain(|o| !o.is_empty());
     let config = ServerConfig {
         public_url: public_url.clone(),
         cors_origins,

@@ -148,3 +148,81 @@ fn tempfile_dir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[test]
+fn serve_reads_a_toml_file_and_refuses_a_bad_one() {
+    let dir = tempfile_dir();
+    let config = dir.join("keyhaven.toml");
+    std::fs::write(
+        &config,
+        r#"
+listen = "127.0.0.1:0"
+data_dir = "data"
+cors_origins = ["https://dash.example.com"]
+webhook_attempts = 3
+
+[[webhooks]]
+url = "http://127.0.0.1:9/hooks"
+secret = "whsec_file"
+events = ["connection.active", "failed"]
+"#,
+    )
+    .unwrap();
+    let mut child = keyhaven()
+        .args([
+            "serve",
+            "--api-key",
+            "kh_file_key",
+            "--credentials-key",
+            "khc_file",
+        ])
+        .arg("--config")
+        .arg(&config)
+        .current_dir(&dir)
+        .env_remove("KEYHAVEN_DATA_DIR")
+        .env_remove("KEYHAVEN_DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let listening = lines.next().unwrap().unwrap();
+    assert!(
+        listening.contains("1 webhook(s)") && listening.contains("SQLite store in data"),
+        "{listening}"
+    );
+    assert!(dir.join("data/audit.log").exists());
+    let _ = child.kill();
+    let _ = child.wait();
+
+    std::fs::write(
+        &config,
+        "[[webhooks]]\nurl = \"http://127.0.0.1:9/hooks\"\nsecret = \"s\"\nevents = [\"connection.nope\"]\n",
+    )
+    .unwrap();
+    let out = keyhaven()
+        .args(["serve", "--listen", "127.0.0.1:0", "--api-key", "k"])
+        .arg("--config")
+        .arg(&config)
+        .current_dir(&dir)
+        .env_remove("KEYHAVEN_DATA_DIR")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: unknown webhook event \"connection.nope\""),
+        "{err}"
+    );
+    std::fs::write(&config, "listen = 12\n").unwrap();
+    let out = keyhaven()
+        .args(["serve", "--api-key", "k"])
+        .arg("--config")
+        .arg(&config)
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("keyhaven.toml"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
