@@ -211,7 +211,8 @@ fn form_page(
                 .replace("Url", "URL")
                 .replace("Id", "ID"),
             description: f.description.clone(),
-            input_type: if f.secret {
+            // A login's name is kept secret too, but people need to see what they type.
+            input_type: if f.secret && !matches!(f.name.as_str(), "username" | "email" | "login") {
                 "password"
             } else if f.kind == FieldKind::Url {
                 "url"

@@ -836,3 +836,91 @@ async fn the_proxy_sends_credentials_only_under_the_accounts_api() {
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path}");
     }
 }
+
+#[tokio::test]
+async fn the_connect_form_asks_for_a_login_with_the_apps_own_fields() {
+    let kh = keyhaven();
+    let app = router(state_with(
+        kh.clone(),
+        Audit::log_only(),
+        ServerConfig::default(),
+    ));
+    // An integration whose connections take a subdomain, and a BASIC login.
+    let int = send(
+        &app,
+        api(
+            "POST",
+            "/api/v1/integrations",
+            KEY,
+            Some(
+                json!({"appId": "intranet", "authScheme": "BASIC", "authConfig": {
+                    "base_url": "https://{subdomain}.intranet.example/api",
+                    "connection_params": {"subdomain": "Your team's subdomain"},
+                }}),
+            ),
+        ),
+    )
+    .await;
+    assert_eq!(int.status, StatusCode::OK, "{}", int.text);
+    // The app gives the subdomain; the user types the login.
+    let out = send(
+        &app,
+        api(
+            "POST",
+            "/api/v1/connectedAccounts",
+            KEY,
+            Some(json!({"integrationId": int.json["id"], "data": {"subdomain": "acme"}})),
+        ),
+    )
+    .await;
+    assert_eq!(out.json["connectionStatus"], "INITIATED", "{}", out.text);
+    let link = out.json["redirectUrl"].as_str().unwrap();
+    let path = link.trim_start_matches("http://127.0.0.1:9210");
+    let page = send(&app, get(path)).await;
+    assert!(
+        page.text.contains(r#"name="username" type="text""#),
+        "{}",
+        page.text
+    );
+    assert!(
+        page.text.contains(r#"name="password" type="password""#),
+        "{}",
+        page.text
+    );
+    assert!(
+        !page.text.contains(r#"name="subdomain""#),
+        "the app gave it"
+    );
+    let (cookie, csrf) = csrf_of(&page);
+    let token = path.split("token=").nth(1).unwrap();
+    let r = send(
+        &app,
+        form(
+            "/connect",
+            Some(&cookie),
+            None,
+            &[
+                ("token", token),
+                ("csrf", &csrf),
+                ("username", "ann"),
+                ("password", SECRET),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let id = out.json["connectedAccountId"].as_str().unwrap();
+    let account = send(
+        &app,
+        api("GET", &format!("/api/v1/connectedAccounts/{id}"), KEY, None),
+    )
+    .await;
+    assert_eq!(account.json["status"], "ACTIVE");
+    assert_eq!(
+        account.json["connectionParams"]["base_url"],
+        "https://acme.intranet.example/api"
+    );
+    assert!(!account.text.contains(SECRET));
+    let creds = kh.credentials(id).await.unwrap();
+    assert_eq!(creds.get_str("password"), Some(SECRET));
+}
