@@ -30,6 +30,11 @@ fn keyhaven() -> Keyhaven {
         .unwrap()
 }
 
+/// The application with default settings and no audit file.
+fn plain_app(kh: Keyhaven) -> axum::Router {
+    router(state_with(kh, Audit::log_only(), ServerConfig::default()))
+}
+
 fn state_with(kh: Keyhaven, audit: Audit, config: ServerConfig) -> Arc<AppState> {
     let mut s = AppState::new(kh, AdminKey::from_plain(KEY));
     s.credentials_key = Some(AdminKey::from_plain(CREDS_KEY));
@@ -142,11 +147,7 @@ async fn initiate_without_key(app: &axum::Router, redirect: Option<&str>) -> (St
 #[tokio::test]
 async fn the_connect_form_takes_the_secret_from_the_user_with_csrf_checks() {
     let kh = keyhaven();
-    let app = router(state_with(
-        kh.clone(),
-        Audit::log_only(),
-        ServerConfig::default(),
-    ));
+    let app = plain_app(kh.clone());
     let (id, path) = initiate_without_key(&app, None).await;
 
     // Composio's client asks for the active accounts so: not this one yet.
@@ -273,11 +274,7 @@ async fn the_connect_form_takes_the_secret_from_the_user_with_csrf_checks() {
 #[tokio::test]
 async fn the_connect_form_redirects_to_the_app_and_escapes_what_it_shows() {
     let kh = keyhaven();
-    let app = router(state_with(
-        kh.clone(),
-        Audit::log_only(),
-        ServerConfig::default(),
-    ));
+    let app = plain_app(kh.clone());
     let (id, path) = initiate_without_key(&app, Some("https://app.example.com/done?x=<b>")).await;
     let page = send(&app, get(&path)).await;
     // The form may be redirected to the app's origin, and nowhere else.
@@ -432,11 +429,7 @@ async fn sse_events(body: &mut Body, want: usize) -> Vec<(String, Value)> {
 #[tokio::test]
 async fn events_stream_per_account_and_for_all() {
     let kh = keyhaven();
-    let app = router(state_with(
-        kh.clone(),
-        Audit::log_only(),
-        ServerConfig::default(),
-    ));
+    let app = plain_app(kh.clone());
     let (id, _) = initiate_without_key(&app, None).await;
     let mut all = app
         .clone()
@@ -537,11 +530,7 @@ async fn cors_is_off_unless_configured() {
             .body(Body::empty())
             .unwrap()
     };
-    let off = router(state_with(
-        keyhaven(),
-        Audit::log_only(),
-        ServerConfig::default(),
-    ));
+    let off = plain_app(keyhaven());
     let r = send(&off, preflight()).await;
     assert!(r.headers.get("access-control-allow-origin").is_none());
     let on = router(state_with(
@@ -567,11 +556,7 @@ async fn cors_is_off_unless_configured() {
 
 #[tokio::test]
 async fn the_openapi_document_lists_exactly_the_routes_served() {
-    let app = router(state_with(
-        keyhaven(),
-        Audit::log_only(),
-        ServerConfig::default(),
-    ));
+    let app = plain_app(keyhaven());
     let doc = send(&app, get("/api/v1/openapi.json")).await;
     assert_eq!(doc.status, StatusCode::OK);
     assert_eq!(
@@ -664,11 +649,7 @@ async fn the_openapi_document_lists_exactly_the_routes_served() {
 
 #[tokio::test]
 async fn apps_answer_in_composio_shapes() {
-    let app = router(state_with(
-        keyhaven(),
-        Audit::log_only(),
-        ServerConfig::default(),
-    ));
+    let app = plain_app(keyhaven());
     let r = send(&app, api("GET", "/api/v1/apps/openai", KEY, None)).await;
     let scheme = &r.json["auth_schemes"][0];
     assert_eq!(scheme["auth_mode"], "API_KEY");
@@ -801,11 +782,7 @@ async fn the_proxy_sends_credentials_only_under_the_accounts_api() {
         ),
     );
     let base = loopback(upstream).await;
-    let app = router(state_with(
-        keyhaven(),
-        Audit::log_only(),
-        ServerConfig::default(),
-    ));
+    let app = plain_app(keyhaven());
     let int = send(&app, api("POST", "/api/v1/integrations", KEY, Some(json!({"appId": "echo", "authScheme": "BEARER_TOKEN", "authConfig": {"base_url": format!("{base}/v1")}})))).await;
     assert_eq!(int.status, StatusCode::OK, "{}", int.text);
     let out = send(
@@ -840,11 +817,7 @@ async fn the_proxy_sends_credentials_only_under_the_accounts_api() {
 #[tokio::test]
 async fn the_connect_form_asks_for_a_login_with_the_apps_own_fields() {
     let kh = keyhaven();
-    let app = router(state_with(
-        kh.clone(),
-        Audit::log_only(),
-        ServerConfig::default(),
-    ));
+    let app = plain_app(kh.clone());
     // An integration whose connections take a subdomain, and a BASIC login.
     let int = send(
         &app,

@@ -486,6 +486,27 @@ async fn pending_states_are_single_use(store: Arc<dyn Store>) {
         "a state is stored once"
     );
 
+    // Reading does not use it up, and answers what was stored, decrypted.
+    for _ in 0..2 {
+        let read = store
+            .get_pending_state(&fresh.state)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(read.account_id, acc.id);
+        assert_eq!(
+            read.data.get_str("code_verifier"),
+            Some("conformance-verifier")
+        );
+    }
+    assert!(
+        store
+            .get_pending_state("never-issued")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
     // Of concurrent takes, exactly one gets it.
     let mut tasks = Vec::new();
     for _ in 0..16 {
@@ -513,6 +534,14 @@ async fn pending_states_are_single_use(store: Arc<dyn Store>) {
             .await
             .unwrap()
             .is_none()
+    );
+    assert!(
+        store
+            .get_pending_state(&fresh.state)
+            .await
+            .unwrap()
+            .is_none(),
+        "a taken state is gone"
     );
     assert!(
         store

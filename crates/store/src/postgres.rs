@@ -157,6 +157,25 @@ async fn notify(tx: &mut Transaction<'static, Postgres>, id: &str) -> Result<(),
 }
 
 impl PostgresStore {
+    /// The pending state `sql` (a query by `state_hash` answering account id, data and
+    /// expiry) finds for `state`.
+    async fn pending_by(
+        &self,
+        sql: &'static str,
+        state: &str,
+    ) -> Result<Option<PendingState>, StoreError> {
+        let hash = state_hash(state);
+        let row: Option<(String, Vec<u8>, i64)> = sqlx::query_as(sql)
+            .bind(&hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
+        let Some((account, blob, expires)) = row else {
+            return Ok(None);
+        };
+        pending_state(&self.key_ring(), state, &hash, &account, &blob, expires).map(Some)
+    }
+
     /// Connects to `url` (`postgres://user@host/db`) with a pool of
     /// [`PostgresStore::DEFAULT_POOL_SIZE`] connections, runs the migrations (one
     /// instance at a time), and encrypts with `keys`.
@@ -556,18 +575,11 @@ impl Store for PostgresStore {
     }
 
     async fn get_pending_state(&self, state: &str) -> Result<Option<PendingState>, StoreError> {
-        let hash = state_hash(state);
-        let row: Option<(String, Vec<u8>, i64)> = sqlx::query_as(
+        self.pending_by(
             "SELECT account_id, data, expires_at FROM pending_states WHERE state_hash = $1",
+            state,
         )
-        .bind(&hash)
-        .fetch_optional(&self.pool)
         .await
-        .map_err(map_err)?;
-        let Some((account, blob, expires)) = row else {
-            return Ok(None);
-        };
-        pending_state(&self.key_ring(), state, &hash, &account, &blob, expires).map(Some)
     }
 
     async fn publish_event(&self, event: &AccountEvent) -> Result<(), StoreError> {
@@ -582,17 +594,11 @@ impl Store for PostgresStore {
     }
 
     async fn take_pending_state(&self, state: &str) -> Result<Option<PendingState>, StoreError> {
-        let hash = state_hash(state);
-        let row: Option<(String, Vec<u8>, i64)> =
-            sqlx::query_as("DELETE FROM pending_states WHERE state_hash = $1 RETURNING account_id, data, expires_at")
-                .bind(&hash)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(map_err)?;
-        let Some((account, blob, expires)) = row else {
-            return Ok(None);
-        };
-        pending_state(&self.key_ring(), state, &hash, &account, &blob, expires).map(Some)
+        self.pending_by(
+            "DELETE FROM pending_states WHERE state_hash = $1 RETURNING account_id, data, expires_at",
+            state,
+        )
+        .await
     }
 
     async fn purge_expired_pending_states(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
