@@ -276,16 +276,12 @@ async fn local_callback(kh: &keyhaven::Keyhaven) -> Option<tokio::task::JoinHand
         return None;
     }
     let listener = tokio::net::TcpListener::bind((host, port)).await.ok()?;
-    let random: [u8; 32] = keyhaven::random_bytes().ok()?;
+    // Only the callback and the pages are used: an admin key no one knows.
     let state = Arc::new(keyhaven_server::AppState::new(
         kh.clone(),
-        keyhaven_server::AdminKey::from_plain(&hex_string(&random)),
+        keyhaven_server::AdminKey::from_plain(&keyhaven::random_hex::<32>().ok()?),
     ));
     Some(tokio::spawn(async move {
         let _ = keyhaven_server::serve(listener, state, std::future::pending()).await;
     }))
-}
-
-fn hex_string(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

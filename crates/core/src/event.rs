@@ -124,15 +124,8 @@ impl AccountEvent {
         at: DateTime<Utc>,
         origin: &str,
     ) -> Result<Self, crate::Error> {
-        let random: [u8; 16] = crate::random_bytes()?;
         Ok(Self {
-            id: format!(
-                "evt_{}",
-                random
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>()
-            ),
+            id: format!("evt_{}", crate::random_hex::<16>()?),
             kind,
             connected_account_id: account.id.clone(),
             entity_id: account.entity_id.clone(),

@@ -195,6 +195,24 @@ pub fn random_bytes<const N: usize>() -> Result<[u8; N], Error> {
     Ok(buf)
 }
 
+/// Bytes as lowercase hex digits.
+pub fn to_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// `N` random bytes as `2N` lowercase hex digits: tokens, keys, event ids.
+///
+/// # Errors
+/// The system's random source fails.
+pub fn random_hex<const N: usize>() -> Result<String, Error> {
+    Ok(to_hex(&random_bytes::<N>()?))
+}
+
 /// A time-ordered, unguessable id body: 48 bits of milliseconds since the
 /// epoch, a 16-bit sequence that orders ids made in the same millisecond by
 /// this process, and 64 random bits; 32 lowercase hex digits in all. Ids made
@@ -326,6 +344,15 @@ prefixed_id!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_is_lowercase_two_digits_a_byte() {
+        assert_eq!(to_hex(&[0, 15, 171, 255]), "000fabff");
+        let a = random_hex::<16>().unwrap();
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_ne!(a, random_hex::<16>().unwrap());
+    }
 
     #[test]
     fn entity_ids_are_validated() {

@@ -429,8 +429,7 @@ pub(crate) fn url_under(url: &Url, prefix: &Url) -> bool {
 
 /// A single-use OAuth state: 256 random bits, URL-safe.
 pub(crate) fn new_state() -> Result<String, Error> {
-    let bytes: [u8; 32] = keyhaven_core::random_bytes()?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    keyhaven_core::random_hex::<32>()
 }
 
 impl<'a> Entity<'a> {

@@ -20,8 +20,8 @@ pub(crate) struct EventBus {
 
 impl EventBus {
     pub(crate) fn new() -> Self {
-        let random: [u8; 8] = keyhaven_core::random_bytes().unwrap_or_default();
-        let instance: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let instance =
+            keyhaven_core::random_hex::<8>().unwrap_or_else(|_| keyhaven_core::to_hex(&[0; 8]));
         Self {
             sender: broadcast::channel(BACKLOG).0,
             instance: format!("kh_{instance}").into(),

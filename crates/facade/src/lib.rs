@@ -71,7 +71,9 @@ pub use registry::SchemeRegistry;
 pub const CATALOG_DIR_ENV: &str = "KEYHAVEN_CATALOG_DIR";
 
 /// Re-exported so that users need no direct dependency on these.
-pub use keyhaven_core::{async_trait, chrono, http, random_bytes, secrecy, serde_json, url};
+pub use keyhaven_core::{
+    async_trait, chrono, http, random_bytes, random_hex, secrecy, serde_json, to_hex, url,
+};
 
 /// The keyhaven library: cheap to clone, safe to share between tasks.
 #[derive(Clone)]

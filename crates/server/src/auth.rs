@@ -59,34 +59,25 @@ impl AdminKey {
         if path.exists() {
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            let bytes: Vec<u8> = (0..text.trim().len())
-                .step_by(2)
-                .filter_map(|i| {
-                    text.trim()
-                        .get(i..i + 2)
-                        .and_then(|h| u8::from_str_radix(h, 16).ok())
-                })
-                .collect();
-            let hash: [u8; 32] = bytes.try_into().map_err(|_| {
-                format!(
-                    "{} is not a SHA-256 hash; delete it to make a new admin key",
-                    path.display()
-                )
-            })?;
+            let hash: [u8; 32] = hex::decode(text.trim())
+                .ok()
+                .and_then(|bytes| bytes.try_into().ok())
+                .ok_or_else(|| {
+                    format!(
+                        "{} is not a SHA-256 hash; delete it to make a new admin key",
+                        path.display()
+                    )
+                })?;
             return Ok((Self(hash), None));
         }
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let random: [u8; 32] = keyhaven::random_bytes::<32>().map_err(|e| e.to_string())?;
         let key = format!(
             "{prefix}{}",
-            random
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
+            keyhaven::random_hex::<32>().map_err(|e| e.to_string())?
         );
         let digest = hash(&key);
-        let text: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let text = keyhaven::to_hex(&digest);
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]

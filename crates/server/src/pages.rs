@@ -168,11 +168,6 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-fn new_csrf() -> Result<String, keyhaven::Error> {
-    let bytes: [u8; 32] = keyhaven::random_bytes()?;
-    Ok(hex::encode(bytes))
-}
-
 /// The origin of the account's redirect URL, which the form may be redirected to.
 fn redirect_origin(form: &ConnectForm) -> Option<String> {
     form.account
@@ -294,7 +289,7 @@ pub(crate) async fn connect_form(
         Ok(f) => f,
         Err(e) => return link_refused(&e),
     };
-    let csrf = match new_csrf() {
+    let csrf = match keyhaven::random_hex::<32>() {
         Ok(c) => c,
         Err(e) => return link_refused(&e),
     };

@@ -50,14 +50,7 @@ impl MasterKey {
             .chain_update(b"keyhaven key id\0")
             .chain_update(bytes)
             .finalize();
-        let id = format!(
-            "k{}",
-            digest
-                .iter()
-                .take(4)
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        );
+        let id = format!("k{}", keyhaven_core::to_hex(&digest[..4]));
         let key = Self {
             id,
             bytes: Zeroizing::new(bytes),

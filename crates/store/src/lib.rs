@@ -39,7 +39,5 @@ pub use sqlite::{DB_FILE, SqliteStore};
 /// A random token (128 bits, hex) naming a lock holder.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn random_token() -> Result<String, keyhaven_core::StoreError> {
-    let bytes: [u8; 16] = keyhaven_core::random_bytes()
-        .map_err(|e| keyhaven_core::StoreError::Backend(Box::new(e)))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    keyhaven_core::random_hex::<16>().map_err(|e| keyhaven_core::StoreError::Backend(Box::new(e)))
 }

@@ -41,10 +41,7 @@ pub(crate) const AAD_PENDING: &str = "pending_states.data";
 
 /// Pending states are stored by hash, so that the table alone cannot complete a flow.
 pub(crate) fn state_hash(state: &str) -> String {
-    Sha256::digest(state.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    keyhaven_core::to_hex(&Sha256::digest(state.as_bytes()))
 }
 
 /// An integration as stored.
