@@ -552,23 +552,8 @@ impl Backend {
                         &body,
                     )
                     .await?;
-                Ok(ProxyResponse {
-                    status: v["status"]
-                        .as_u64()
-                        .and_then(|s| u16::try_from(s).ok())
-                        .unwrap_or(0),
-                    headers: v["headers"]
-                        .as_object()
-                        .map(|m| {
-                            m.iter()
-                                .map(|(k, v)| {
-                                    (k.clone(), v.as_str().unwrap_or_default().to_owned())
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                    body: v["body"].clone(),
-                })
+                serde_json::from_value(v)
+                    .map_err(|e| CliError::other(format!("the server's proxy answer: {e}")))
             }
         }
     }

@@ -308,7 +308,7 @@ async fn run(cli: Cli) -> Result<Exit, CliError> {
     match cli.command {
         Command::Serve(args) => {
             serve::serve(args, store.clone(), g.api_key.clone()).await?;
-            Ok(ok())
+            Ok(Exit::Ok)
         }
         Command::Apps { query, catalog_dir } => {
             let apps = backend::apps(
@@ -319,7 +319,7 @@ async fn run(cli: Cli) -> Result<Exit, CliError> {
             )
             .await?;
             output::apps(&apps, json, query.as_deref());
-            Ok(ok())
+            Ok(Exit::Ok)
         }
         Command::Integrations(cmd) => {
             let b = backend().await?;
@@ -365,7 +365,7 @@ async fn run(cli: Cli) -> Result<Exit, CliError> {
                     output::done(json, &id, "deleted");
                 }
             }
-            Ok(ok())
+            Ok(Exit::Ok)
         }
         Command::Connect(args) => connect::connect(backend().await?, args, json).await,
         Command::Wait { id, timeout } => {
@@ -391,13 +391,13 @@ async fn run(cli: Cli) -> Result<Exit, CliError> {
                     output::account(&b.action(&id, "disable").await?, json)
                 }
             }
-            Ok(ok())
+            Ok(Exit::Ok)
         }
         Command::Token { id, field } => {
             let b = backend().await?;
             let creds = b.credentials(&id).await?;
             output::token(&creds, field.as_deref(), json)?;
-            Ok(ok())
+            Ok(Exit::Ok)
         }
         Command::Request {
             id,
@@ -414,7 +414,7 @@ async fn run(cli: Cli) -> Result<Exit, CliError> {
             Ok(if response.status >= 400 {
                 Exit::ApiError
             } else {
-                ok()
+                Exit::Ok
             })
         }
         Command::Keys(KeysCmd::Rotate { retire_old, batch }) => {
@@ -425,7 +425,7 @@ async fn run(cli: Cli) -> Result<Exit, CliError> {
             }
             let report = local::rotate_keys(&store, retire_old, batch.max(1)).await?;
             output::rotation(&report, json);
-            Ok(ok())
+            Ok(Exit::Ok)
         }
         Command::Completions { shell } => {
             clap_complete::generate(
@@ -434,13 +434,9 @@ async fn run(cli: Cli) -> Result<Exit, CliError> {
                 "keyhaven",
                 &mut std::io::stdout(),
             );
-            Ok(ok())
+            Ok(Exit::Ok)
         }
     }
-}
-
-fn ok() -> Exit {
-    Exit::Ok
 }
 
 fn main() -> ExitCode {

@@ -73,15 +73,7 @@ pub(crate) fn apps(apps: &[Value], json: bool, query: Option<&str>) {
     let rows: Vec<Vec<String>> = apps
         .iter()
         .map(|a| {
-            let schemes = a["schemes"]
-                .as_array()
-                .map(|l| {
-                    l.iter()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                })
-                .unwrap_or_default();
+            let schemes = joined(&a["schemes"], ", ");
             vec![
                 s(a, "slug").to_owned(),
                 s(a, "name").chars().take(32).collect(),
@@ -127,28 +119,13 @@ pub(crate) fn integration(i: &Value, json: bool) {
         ("scheme", s(i, "authScheme").to_owned()),
         ("created", s(i, "createdAt").to_owned()),
     ];
-    if let Some(scopes) = i["scopes"].as_array().filter(|a| !a.is_empty()) {
-        rows.push((
-            "scopes",
-            scopes
-                .iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(" "),
-        ));
+    let scopes = joined(&i["scopes"], " ");
+    if !scopes.is_empty() {
+        rows.push(("scopes", scopes));
     }
-    if let Some(secrets) = i["secretFields"].as_array().filter(|a| !a.is_empty()) {
-        rows.push((
-            "secrets",
-            format!(
-                "{} (kept encrypted)",
-                secrets
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ));
+    let secrets = joined(&i["secretFields"], ", ");
+    if !secrets.is_empty() {
+        rows.push(("secrets", format!("{secrets} (kept encrypted)")));
     }
     for (k, v) in rows {
         println!("{k:<8} {v}");
@@ -180,7 +157,7 @@ pub(crate) fn accounts(page: &Value, json: bool) {
                     s(a, "status").to_owned(),
                     s(a, "entityId").to_owned(),
                     s(a, "appName").to_owned(),
-                    labels(a),
+                    joined(&a["labels"], ","),
                     s(a, "createdAt").chars().take(19).collect(),
                 ]
             })
@@ -195,14 +172,14 @@ pub(crate) fn accounts(page: &Value, json: bool) {
     }
 }
 
-fn labels(a: &Value) -> String {
-    a["labels"]
-        .as_array()
+/// The strings of a JSON list, joined; empty when there are none.
+fn joined(list: &Value, separator: &str) -> String {
+    list.as_array()
         .map(|l| {
             l.iter()
                 .filter_map(Value::as_str)
                 .collect::<Vec<_>>()
-                .join(",")
+                .join(separator)
         })
         .unwrap_or_default()
 }
@@ -219,7 +196,7 @@ pub(crate) fn account(a: &Value, json: bool) {
         ("app", s(a, "appName").to_owned()),
         ("scheme", s(a, "authScheme").to_owned()),
         ("integration", s(a, "integrationId").to_owned()),
-        ("labels", labels(a)),
+        ("labels", joined(&a["labels"], ",")),
         ("created", s(a, "createdAt").to_owned()),
         ("updated", s(a, "updatedAt").to_owned()),
     ];

@@ -350,7 +350,10 @@ mod tests {
         assert_eq!(to_hex(&[0, 15, 171, 255]), "000fabff");
         let a = random_hex::<16>().unwrap();
         assert_eq!(a.len(), 32);
-        assert!(a.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
         assert_ne!(a, random_hex::<16>().unwrap());
     }
 

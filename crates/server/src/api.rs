@@ -394,9 +394,7 @@ pub(crate) async fn accounts(
             })?;
             // Composio's client asks for active accounts this way.
             if q.get("showActiveOnly").is_some_and(|v| v == "true") {
-                statuses.retain(|s| *s == ConnectionStatus::Active);
-                statuses.push(ConnectionStatus::Active);
-                statuses.dedup();
+                statuses = vec![ConnectionStatus::Active];
             }
             statuses
         },

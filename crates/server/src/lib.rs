@@ -220,11 +220,7 @@ fn routes_and_doc(state: &Arc<AppState>) -> (Router<Arc<AppState>>, utoipa::open
     let (admin, admin_doc) = admin_routes().split_for_parts();
     let (creds, creds_doc) = credential_routes().split_for_parts();
     let (open, open_doc) = open_routes().split_for_parts();
-    let mut doc = openapi::base();
-    doc.merge(admin_doc);
-    doc.merge(creds_doc);
-    doc.merge(open_doc);
-    openapi::secure(&mut doc);
+    let doc = openapi::document([admin_doc, creds_doc, open_doc]);
     let router = Router::new()
         .merge(admin.route_layer(middleware::from_fn_with_state(state.clone(), require_admin)))
         .merge(creds.route_layer(middleware::from_fn_with_state(
@@ -237,12 +233,11 @@ fn routes_and_doc(state: &Arc<AppState>) -> (Router<Arc<AppState>>, utoipa::open
 
 /// The OpenAPI document of the API, as served at `/api/v1/openapi.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let mut doc = openapi::base();
-    doc.merge(admin_routes().split_for_parts().1);
-    doc.merge(credential_routes().split_for_parts().1);
-    doc.merge(open_routes().split_for_parts().1);
-    openapi::secure(&mut doc);
-    doc
+    openapi::document([
+        admin_routes().split_for_parts().1,
+        credential_routes().split_for_parts().1,
+        open_routes().split_for_parts().1,
+    ])
 }
 
 /// `GET /healthz`: up.

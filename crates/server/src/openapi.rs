@@ -41,13 +41,19 @@ struct ErrorDetail {
 )]
 struct Base;
 
-/// The document's frame.
-pub(crate) fn base() -> OpenApi {
-    Base::openapi()
+/// The whole document: the frame, the routes' parts, the two API keys as security
+/// schemes.
+pub(crate) fn document(parts: impl IntoIterator<Item = OpenApi>) -> OpenApi {
+    let mut doc = Base::openapi();
+    for part in parts {
+        doc.merge(part);
+    }
+    secure(&mut doc);
+    doc
 }
 
 /// Adds the two API keys as security schemes.
-pub(crate) fn secure(doc: &mut OpenApi) {
+fn secure(doc: &mut OpenApi) {
     let components = doc.components.get_or_insert_with(Default::default);
     components.add_security_scheme(
         "admin_key",

@@ -38,7 +38,7 @@ pub struct ProxyRequest {
 }
 
 /// What the API answered.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct ProxyResponse {
     /// Its status.
     pub status: u16,
