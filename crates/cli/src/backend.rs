@@ -445,13 +445,8 @@ impl Backend {
                 .delete(&format!("/api/v1/connectedAccounts/{}", enc(id)))
                 .await
                 .map(drop),
-            Self::Local(kh) => {
-                kh.connected_accounts().delete(id).await?;
-                // Revocation runs in the background; give it a moment before the
-                // process ends.
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                Ok(())
-            }
+            // The process ends soon after: revoke before, not in the background.
+            Self::Local(kh) => Ok(kh.connected_accounts().delete_and_revoke(id).await?),
         }
     }
 

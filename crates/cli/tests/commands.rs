@@ -416,6 +416,8 @@ fn oauth_commands(s: &Setup) {
             "--config",
             &format!("token_url={issuer}/token"),
             "--config",
+            &format!("revocation_url={issuer}/token/revocation"),
+            "--config",
             &format!("base_url={issuer}"),
             "--config",
             &format!("issuer={issuer}"),
@@ -505,7 +507,22 @@ fn oauth_commands(s: &Setup) {
         rt.block_on(provider.token_requests("refresh_token")),
         before + 1
     );
-    assert_ne!(s.ok(&["token", &id]).stdout.trim(), token);
+    let fresh = s.ok(&["token", &id]).stdout.trim().to_owned();
+    assert_ne!(fresh, token);
+
+    // delete revokes the grant at the provider (the command waits for it locally;
+    // the server does it in the background).
+    assert!(rt.block_on(provider.introspect("kh-basic", &fresh)));
+    s.ok(&["accounts", "delete", &id]);
+    let mut revoked = false;
+    for _ in 0..50 {
+        if !rt.block_on(provider.introspect("kh-basic", &fresh)) {
+            revoked = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(revoked, "the access token is revoked");
 
     // The user denies: connect ends FAILED, exit 5.
     let mut child = s.spawn(&[

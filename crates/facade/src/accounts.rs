@@ -95,6 +95,20 @@ impl<'a> ConnectedAccounts<'a> {
     /// # Errors
     /// A malformed id, or none with that id.
     pub async fn delete(&self, id: &str) -> Result<(), Error> {
+        self.delete_then_revoke(id, true).await
+    }
+
+    /// As [`ConnectedAccounts::delete`], but waits for the provider's revocation
+    /// instead of leaving it to the background: for short-lived processes (a command
+    /// line) that would end before it ran.
+    ///
+    /// # Errors
+    /// A malformed id, or none with that id.
+    pub async fn delete_and_revoke(&self, id: &str) -> Result<(), Error> {
+        self.delete_then_revoke(id, false).await
+    }
+
+    async fn delete_then_revoke(&self, id: &str, background: bool) -> Result<(), Error> {
         let parsed = ConnectedAccountId::parse(id)?;
         let (account, credentials) = self
             .kh
@@ -112,8 +126,8 @@ impl<'a> ConnectedAccounts<'a> {
             .emit(EventKind::Deleted, &account, Some("deleted".into()))
             .await;
         if let Some(credentials) = credentials {
-            // Best effort, and never holding up the delete: in the background when
-            // there is a runtime to run it on.
+            // Best effort: in the background when asked and there is a runtime to
+            // run it on, so that it never holds up the delete.
             let kh = self.kh.clone();
             let revoke = async move {
                 let result = async {
@@ -133,10 +147,10 @@ impl<'a> ConnectedAccounts<'a> {
                 }
             };
             match tokio::runtime::Handle::try_current() {
-                Ok(handle) => {
+                Ok(handle) if background => {
                     handle.spawn(revoke);
                 }
-                Err(_) => revoke.await,
+                _ => revoke.await,
             }
         }
         Ok(())
