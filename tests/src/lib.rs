@@ -8,6 +8,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
+pub mod storm;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;

@@ -13,6 +13,8 @@
 
 mod crypto;
 mod keys;
+#[cfg(feature = "sqlite")]
+mod lease;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -28,6 +30,8 @@ pub mod conformance;
 
 pub use crypto::{KeyError, KeyRing, MasterKey};
 pub use keys::{KEY_FILE, KeyFile, MASTER_KEY_ENV, OLD_KEYS_ENV, ring_from_base64, ring_from_env};
+#[cfg(feature = "sqlite")]
+pub use lease::DEFAULT_LEASE;
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;

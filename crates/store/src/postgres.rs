@@ -1,7 +1,9 @@
 //! The shared store: PostgreSQL through sqlx, for many keyhaven instances on one
 //! database. Refresh locks are transaction-scoped advisory locks (released when the
-//! holder commits, rolls back or its connection dies); changes are announced with
-//! NOTIFY so that every instance's cache drops what another instance changed.
+//! holder commits, rolls back or its connection dies), held on a small pool of their
+//! own so that a refresh storm cannot take the connections its own reads and writes
+//! need; changes are announced with NOTIFY so that every instance's cache drops what
+//! another instance changed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,7 +117,25 @@ fn lock_key(id: &ConnectedAccountId) -> i64 {
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    locks: RefreshLocks,
     keys: Arc<RwLock<Arc<KeyRing>>>,
+}
+
+/// Where refresh locks live: connections of their own, outside the request pool.
+///
+/// A refresh holds its advisory lock for as long as it talks to the provider, and
+/// needs the request pool meanwhile for its re-read and its write. Were the lock
+/// held on a request-pool connection, as many simultaneous refreshes as the pool
+/// has connections would hold them all and wait for each other until the acquire
+/// timeout. Here a lock holder owns one lock connection and borrows a request-pool
+/// connection only for single statements, never while waiting for a lock, so the
+/// two pools cannot wait on each other. The semaphore admits as many refreshes as
+/// there are lock connections; the rest queue on it (in order, without the pool's
+/// acquire timeout) rather than on a connection.
+#[derive(Clone)]
+struct RefreshLocks {
+    pool: PgPool,
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -188,11 +208,30 @@ impl PostgresStore {
     /// well under a millisecond, so a few go a long way.
     pub const DEFAULT_POOL_SIZE: u32 = 10;
 
-    /// [`PostgresStore::connect`] with a pool of `max_connections`.
+    /// Connections per instance kept for refresh locks, besides the request pool: as
+    /// many refreshes of different accounts run at once in one instance; more wait
+    /// their turn. Four instances with the defaults use 4 x (10 + 8) = 72 of the
+    /// server's 100 connections.
+    pub const DEFAULT_LOCK_CONNECTIONS: u32 = 8;
+
+    /// [`PostgresStore::connect`] with a pool of `max_connections` (and
+    /// [`PostgresStore::DEFAULT_LOCK_CONNECTIONS`] for refresh locks).
     pub async fn connect_with_pool_size(
         url: &str,
         keys: KeyRing,
         max_connections: u32,
+    ) -> Result<Self, StoreError> {
+        Self::connect_with_pools(url, keys, max_connections, Self::DEFAULT_LOCK_CONNECTIONS).await
+    }
+
+    /// [`PostgresStore::connect`] with a request pool of `max_connections` and
+    /// `lock_connections` connections for refresh locks (at most that many refreshes
+    /// at once in this instance). The lock connections are opened when first needed.
+    pub async fn connect_with_pools(
+        url: &str,
+        keys: KeyRing,
+        max_connections: u32,
+        lock_connections: u32,
     ) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
@@ -200,8 +239,19 @@ impl PostgresStore {
             .connect(url)
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
+        let lock_connections = lock_connections.max(1);
+        let lock_pool = PgPoolOptions::new()
+            .max_connections(lock_connections)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(30))
+            .idle_timeout(Some(Duration::from_secs(60)))
+            .connect_lazy_with(pool.connect_options().as_ref().clone());
         let store = Self {
             pool,
+            locks: RefreshLocks {
+                pool: lock_pool,
+                slots: Arc::new(tokio::sync::Semaphore::new(lock_connections as usize)),
+            },
             keys: Arc::new(RwLock::new(Arc::new(keys))),
         };
         store.migrate().await?;
@@ -313,18 +363,27 @@ impl PostgresStore {
     }
 }
 
-/// A held advisory lock: the transaction that took it.
-struct AdvisoryLock(Option<Transaction<'static, Postgres>>);
+/// A held advisory lock: the transaction on a lock connection that took it, and
+/// the slot that admitted it. Dropped without release, the transaction rolls back
+/// (releasing the lock) when its connection goes back to the lock pool.
+struct AdvisoryLock {
+    tx: Option<Transaction<'static, Postgres>>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
 
 #[async_trait]
 impl AccountLock for AdvisoryLock {
     async fn release(mut self: Box<Self>) -> Result<(), StoreError> {
-        match self.0.take() {
+        match self.tx.take() {
             Some(tx) => tx.commit().await.map_err(map_err),
             None => Ok(()),
         }
     }
 }
+
+/// How long [`Store::lock_account`] waits, for a slot and then for the lock itself
+/// (held by another instance), before it gives up with `Unavailable`.
+const LOCK_WAIT: Duration = Duration::from_secs(120);
 
 #[async_trait]
 impl Store for PostgresStore {
@@ -614,13 +673,40 @@ impl Store for PostgresStore {
         &self,
         id: &ConnectedAccountId,
     ) -> Result<Box<dyn AccountLock>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let slot = tokio::time::timeout(LOCK_WAIT, self.locks.slots.clone().acquire_owned())
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!(
+                    "no refresh lock slot of this instance came free within {LOCK_WAIT:?}; the provider is answering slowly, try again later"
+                ))
+            })?
+            .map_err(|_| StoreError::Unavailable("the store is closing".into()))?;
+        let mut tx = self.locks.pool.begin().await.map_err(map_err)?;
+        // The lock may be held by another instance; give up after LOCK_WAIT
+        // rather than wait forever behind a stuck holder.
+        sqlx::query(safe(format!(
+            "SET LOCAL lock_timeout = '{}s'",
+            LOCK_WAIT.as_secs()
+        )))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(lock_key(id))
             .execute(&mut *tx)
             .await
-            .map_err(map_err)?;
-        Ok(Box::new(AdvisoryLock(Some(tx))))
+            .map_err(|e| match &e {
+                sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => {
+                    StoreError::Unavailable(format!(
+                        "the refresh lock of {id} was held by another instance for more than {LOCK_WAIT:?}"
+                    ))
+                }
+                _ => map_err(e),
+            })?;
+        Ok(Box::new(AdvisoryLock {
+            tx: Some(tx),
+            _slot: slot,
+        }))
     }
 
     fn subscribe(&self, sink: ChangeSink) {

@@ -42,12 +42,7 @@ const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001
 
 /// The file name of the database in a data directory.
 pub const DB_FILE: &str = "keyhaven.db";
-/// How long a refresh lease lasts when its holder dies without releasing it.
-const LEASE: Duration = Duration::from_secs(60);
-/// How long [`Store::lock_account`] waits for a lease.
-const LOCK_WAIT: Duration = Duration::from_secs(120);
-
-fn map_err(e: rusqlite::Error) -> StoreError {
+pub(crate) fn map_err(e: rusqlite::Error) -> StoreError {
     use rusqlite::ErrorCode as C;
     match &e {
         rusqlite::Error::SqliteFailure(f, _) => match f.code {
@@ -89,6 +84,7 @@ struct Inner {
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     keys: RwLock<Arc<KeyRing>>,
+    lease: crate::lease::LeaseTime,
 }
 
 /// The embedded [`Store`]: a SQLite file, credentials and secrets encrypted with a
@@ -200,6 +196,7 @@ impl SqliteStore {
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
                 keys: RwLock::new(Arc::new(keys)),
+                lease: crate::lease::LeaseTime::default(),
             }),
         })
     }
@@ -232,6 +229,28 @@ impl SqliteStore {
         *self.inner.keys.write() = Arc::new(keys);
     }
 
+    /// How long a refresh lease taken by this store lasts when its holder dies
+    /// where it cannot be seen to have died (see the `lease` module; a holder
+    /// process on this machine that is gone is seen at once). Default
+    /// [`DEFAULT_LEASE`](crate::DEFAULT_LEASE), 60 s: set it above the longest a
+    /// refresh can take, or two processes may refresh one account.
+    pub fn set_refresh_lease(&self, lease: Duration) {
+        self.inner.lease.set(lease);
+    }
+
+    /// The refresh lease time, see [`SqliteStore::set_refresh_lease`].
+    pub fn refresh_lease(&self) -> Duration {
+        self.inner.lease.get()
+    }
+
+    /// Runs `f` with the writer connection on the calling thread.
+    pub(crate) fn write_blocking<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        f(&mut self.inner.writer.lock())
+    }
+
     /// Runs `f` on a reader connection, on the calling thread.
     fn read<T>(
         &self,
@@ -251,7 +270,7 @@ impl SqliteStore {
     }
 
     /// Runs `f` on the writer connection, on tokio's blocking pool.
-    async fn write<T: Send + 'static>(
+    pub(crate) async fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection, &KeyRing) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
@@ -376,70 +395,6 @@ fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
             dir.display()
         ))
     })
-}
-
-/// A refresh lease on one account, held in the `refresh_leases` table.
-struct Lease {
-    store: SqliteStore,
-    account: String,
-    holder: String,
-    released: bool,
-}
-
-impl Lease {
-    fn delete(inner: &Inner, account: &str, holder: &str) -> Result<(), StoreError> {
-        inner
-            .writer
-            .lock()
-            .execute(
-                "DELETE FROM refresh_leases WHERE account_id = ?1 AND holder = ?2",
-                params![account, holder],
-            )
-            .map_err(map_err)?;
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl AccountLock for Lease {
-    async fn release(mut self: Box<Self>) -> Result<(), StoreError> {
-        self.released = true;
-        let (account, holder) = (self.account.clone(), self.holder.clone());
-        self.store
-            .write(move |conn, _| {
-                conn.execute(
-                    "DELETE FROM refresh_leases WHERE account_id = ?1 AND holder = ?2",
-                    params![account, holder],
-                )
-                .map_err(map_err)?;
-                Ok(())
-            })
-            .await
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if self.released {
-            return;
-        }
-        let inner = self.store.inner.clone();
-        let (account, holder) = (
-            std::mem::take(&mut self.account),
-            std::mem::take(&mut self.holder),
-        );
-        let task = move || {
-            if let Err(e) = Lease::delete(&inner, &account, &holder) {
-                tracing::warn!(error = %e, "could not release a refresh lease; it expires by itself");
-            }
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) => {
-                h.spawn_blocking(task);
-            }
-            Err(_) => task(),
-        }
-    }
 }
 
 #[async_trait]
@@ -750,47 +705,7 @@ impl Store for SqliteStore {
         &self,
         id: &ConnectedAccountId,
     ) -> Result<Box<dyn AccountLock>, StoreError> {
-        let holder = crate::random_token()?;
-        let started = tokio::time::Instant::now();
-        let mut pause = Duration::from_millis(5);
-        loop {
-            let (account, me) = (id.to_string(), holder.clone());
-            let acquired = self
-                .write(move |conn, _| {
-                    let now = micros(Utc::now());
-                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
-                    let taken: Option<i64> = tx
-                        .query_row("SELECT expires_at FROM refresh_leases WHERE account_id = ?1", [&account], |r| r.get(0))
-                        .optional()
-                        .map_err(map_err)?;
-                    let free = taken.is_none_or(|until| until <= now);
-                    if free {
-                        tx.execute(
-                            "INSERT OR REPLACE INTO refresh_leases (account_id, holder, expires_at) VALUES (?1, ?2, ?3)",
-                            params![account, me, now + LEASE.as_micros() as i64],
-                        )
-                        .map_err(map_err)?;
-                    }
-                    tx.commit().map_err(map_err)?;
-                    Ok(free)
-                })
-                .await?;
-            if acquired {
-                return Ok(Box::new(Lease {
-                    store: self.clone(),
-                    account: id.to_string(),
-                    holder,
-                    released: false,
-                }));
-            }
-            if started.elapsed() > LOCK_WAIT {
-                return Err(StoreError::Unavailable(format!(
-                    "the refresh lock of {id} was held for more than {LOCK_WAIT:?}"
-                )));
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(100));
-        }
+        crate::lease::Lease::acquire(self, id).await
     }
 
     fn subscribe(&self, sink: ChangeSink) {

@@ -1,0 +1,181 @@
+//! Refresh storms: a token endpoint on 127.0.0.1 that counts refreshes per refresh
+//! token, and many `OAUTH2` accounts whose access tokens have expired, so that a
+//! test can ask for all of them at once and check that each was refreshed exactly
+//! once, whichever process or server asked.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Form, Json, Router};
+use keyhaven::chrono::Utc;
+use keyhaven::{
+    ConnectedAccount, ConnectedAccountId, ConnectionStatus, Credentials, EntityId, Integration,
+    Keyhaven, NewIntegration, SecretFields, Store,
+};
+use std::sync::Mutex;
+
+/// How many accounts a storm has.
+pub const ACCOUNTS: usize = 1000;
+
+#[derive(Default)]
+struct Counts {
+    refreshes: Mutex<HashMap<String, u64>>,
+    delay: Duration,
+}
+
+/// A token endpoint answering `refresh_token` grants: a new access token
+/// (`at-<refresh token>-<n>`, one hour), the same refresh token; counts each.
+#[derive(Debug)]
+pub struct TokenEndpoint {
+    /// `http://127.0.0.1:PORT/token`.
+    pub url: String,
+    counts: Arc<CountsHandle>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+struct CountsHandle(Counts);
+
+impl std::fmt::Debug for CountsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Counts")
+    }
+}
+
+async fn token(
+    State(counts): State<Arc<CountsHandle>>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, (axum::http::StatusCode, Json<serde_json::Value>)> {
+    let refused = || {
+        (
+            axum::http::StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({"error": "invalid_grant"})),
+        )
+    };
+    if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
+        return Err(refused());
+    }
+    let rt = form.get("refresh_token").ok_or_else(refused)?.clone();
+    let n = {
+        let mut map = counts.0.refreshes.lock().unwrap();
+        let n = map.entry(rt.clone()).or_default();
+        *n += 1;
+        *n
+    };
+    if !counts.0.delay.is_zero() {
+        tokio::time::sleep(counts.0.delay).await;
+    }
+    Ok(Json(serde_json::json!({
+        "access_token": format!("at-{rt}-{n}"),
+        "token_type": "Bearer",
+        "expires_in": 3600,
+        "refresh_token": rt,
+    })))
+}
+
+impl TokenEndpoint {
+    /// Starts one on an OS-chosen port; each answer waits `delay` (a provider's
+    /// latency).
+    pub async fn start(delay: Duration) -> Self {
+        let counts = Arc::new(CountsHandle(Counts {
+            refreshes: Mutex::default(),
+            delay,
+        }));
+        let app = Router::new()
+            .route("/token", post(token))
+            .with_state(counts.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/token", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            url,
+            counts,
+            _server: server,
+        }
+    }
+
+    /// Refreshes counted so far, by refresh token.
+    pub fn refreshes(&self) -> HashMap<String, u64> {
+        self.counts.0.refreshes.lock().unwrap().clone()
+    }
+
+    /// The `OAUTH2` integration whose token endpoint this is.
+    pub fn integration(&self) -> NewIntegration {
+        NewIntegration::new("storm", "OAUTH2")
+            .name("storm")
+            .config("client_id", "storm-client")
+            .config("client_secret", "storm-secret")
+            .config("authorize_url", self.url.replace("/token", "/authorize"))
+            .config("token_url", self.url.clone())
+            .config("base_url", self.url.replace("/token", ""))
+    }
+}
+
+/// Creates the endpoint's integration through `kh` and `n` `ACTIVE` accounts in
+/// `store` whose access tokens expired a minute ago (refresh token `rt-<i>`).
+/// Returns their ids, in order.
+pub async fn seed(
+    kh: &Keyhaven,
+    store: &dyn Store,
+    endpoint: &TokenEndpoint,
+    n: usize,
+) -> (Integration, Vec<ConnectedAccountId>) {
+    let integration = kh
+        .integrations()
+        .create(endpoint.integration())
+        .await
+        .unwrap();
+    let past = Utc::now() - keyhaven::chrono::Duration::minutes(1);
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let now = Utc::now();
+        let account = ConnectedAccount {
+            id: ConnectedAccountId::generate().unwrap(),
+            entity_id: EntityId::new(format!("user-{i}")).unwrap(),
+            integration_id: integration.id.clone(),
+            app: integration.app.clone(),
+            auth_scheme: integration.auth_scheme.clone(),
+            status: ConnectionStatus::Active,
+            status_reason: None,
+            labels: Default::default(),
+            params: Default::default(),
+            redirect_url: None,
+            expires_at: Some(past),
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        let mut fields = SecretFields::new();
+        fields.insert("access_token", format!("old-{i}"));
+        fields.insert("refresh_token", format!("rt-{i}"));
+        fields.insert("token_type", "Bearer");
+        let credentials = Credentials::new(fields, Some(past));
+        store
+            .insert_account(&account, Some(&credentials))
+            .await
+            .unwrap();
+        ids.push(account.id);
+    }
+    (integration, ids)
+}
+
+/// Checks a storm's outcome: every one of `n` refresh tokens refreshed exactly
+/// once, and nothing else asked for.
+pub fn assert_each_refreshed_once(endpoint: &TokenEndpoint, n: usize) {
+    let counts = endpoint.refreshes();
+    let twice: Vec<_> = counts.iter().filter(|(_, c)| **c != 1).collect();
+    assert!(twice.is_empty(), "refreshed more than once: {twice:?}");
+    assert_eq!(counts.len(), n, "every account refreshed");
+    for i in 0..n {
+        assert!(counts.contains_key(&format!("rt-{i}")), "rt-{i} refreshed");
+    }
+}
+
+/// Whether an access token is one the endpoint issued (not the expired one).
+pub fn is_fresh(token: &str) -> bool {
+    token.starts_with("at-rt-")
+}

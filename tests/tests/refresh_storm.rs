@@ -1,0 +1,210 @@
+//! Refresh storms through the library: 1,000 distinct accounts whose access tokens
+//! have expired, all asked for at once, on one instance and on four processes
+//! sharing the store, on PostgreSQL (default pool) and SQLite. Every call is served
+//! with a fresh token, and the token endpoint sees each account refreshed exactly
+//! once. The time each storm took is printed (`STORM ...` lines, run with
+//! `--nocapture`) for BENCHMARKS.md; nothing here asserts a duration.
+//!
+//! Also: a process killed with SIGKILL while it holds a refresh lock does not keep
+//! the account locked (PostgreSQL: its connection dies and the lock with it;
+//! SQLite: its lease names a process that is gone).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keyhaven::{KeyRing, Keyhaven, MasterKey, PostgresStore, SqliteStore, Store};
+use keyhaven_tests::storm::{ACCOUNTS, TokenEndpoint, assert_each_refreshed_once, is_fresh, seed};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const PROCESSES: usize = 4;
+
+fn key() -> (KeyRing, String) {
+    let k = MasterKey::generate().unwrap();
+    let b64 = k.to_base64().to_string();
+    (KeyRing::new(k, []), b64)
+}
+
+async fn postgres() -> Option<(Arc<dyn Store>, String, String)> {
+    let url = keyhaven_store::conformance::fresh_postgres_database().await?;
+    let (ring, b64) = key();
+    let store: Arc<dyn Store> = Arc::new(PostgresStore::connect(&url, ring).await.unwrap());
+    Some((store, format!("postgres:{url}"), b64))
+}
+
+fn sqlite(dir: &tempfile::TempDir) -> (Arc<dyn Store>, String, String) {
+    let path = dir.path().join("kh.db");
+    let (ring, b64) = key();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path, ring).unwrap());
+    (store, format!("sqlite:{}", path.display()), b64)
+}
+
+fn keyhaven(store: Arc<dyn Store>) -> Keyhaven {
+    Keyhaven::builder().shared_store(store).build().unwrap()
+}
+
+/// One instance: every account's credentials asked for at once.
+async fn one_instance(store: Arc<dyn Store>, label: &str) {
+    let endpoint = TokenEndpoint::start(Duration::ZERO).await;
+    let kh = keyhaven(store.clone());
+    let (_, ids) = seed(&kh, store.as_ref(), &endpoint, ACCOUNTS).await;
+    let started = Instant::now();
+    let tasks: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (kh, id) = (kh.clone(), id.to_string());
+            tokio::spawn(async move { kh.credentials(&id).await.map_err(|e| e.to_string()) })
+        })
+        .collect();
+    let mut errors = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(c) => assert!(is_fresh(c.get_str("access_token").unwrap())),
+            Err(e) => errors.push(e),
+        }
+    }
+    let took = started.elapsed();
+    assert!(
+        errors.is_empty(),
+        "{} calls failed: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(3)]
+    );
+    assert_each_refreshed_once(&endpoint, ACCOUNTS);
+    println!("STORM library {label} 1 instance: {ACCOUNTS} accounts refreshed in {took:?}");
+}
+
+/// Four processes, each asking for every account at once.
+async fn four_processes(store: Arc<dyn Store>, spec: &str, key_b64: &str, label: &str) {
+    let endpoint = TokenEndpoint::start(Duration::ZERO).await;
+    let kh = keyhaven(store.clone());
+    let (_, ids) = seed(&kh, store.as_ref(), &endpoint, ACCOUNTS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ids_file = dir.path().join("ids.json");
+    let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    std::fs::write(&ids_file, serde_json::to_vec(&ids).unwrap()).unwrap();
+    let go = dir.path().join("go");
+    let mut children = Vec::new();
+    for _ in 0..PROCESSES {
+        children.push(
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_storm-worker"))
+                .args([spec, ids_file.to_str().unwrap(), go.to_str().unwrap()])
+                .env("KEYHAVEN_MASTER_KEY", key_b64)
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap(),
+        );
+    }
+    // Let them open the store, then start them together.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let started = Instant::now();
+    std::fs::write(&go, b"go").unwrap();
+    for child in children {
+        let out = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
+            .await
+            .expect("a worker finishes")
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "worker failed: {text}");
+        let report: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(
+            report["ok"], ACCOUNTS,
+            "every call served with a fresh token: {report}"
+        );
+    }
+    let took = started.elapsed();
+    assert_each_refreshed_once(&endpoint, ACCOUNTS);
+    println!(
+        "STORM library {label} {PROCESSES} processes: {} calls on {ACCOUNTS} accounts served in {took:?}",
+        PROCESSES * ACCOUNTS
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_accounts_on_postgres_one_instance() {
+    let Some((store, _, _)) = postgres().await else {
+        return;
+    };
+    one_instance(store, "PostgreSQL").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_accounts_on_postgres_four_processes() {
+    let Some((store, spec, key)) = postgres().await else {
+        return;
+    };
+    four_processes(store, &spec, &key, "PostgreSQL").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_accounts_on_sqlite_one_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _, _) = sqlite(&dir);
+    one_instance(store, "SQLite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_accounts_on_sqlite_four_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, spec, key) = sqlite(&dir);
+    four_processes(store, &spec, &key, "SQLite").await;
+}
+
+/// A process holding the lock of an account is killed with SIGKILL; the lock is
+/// free again long before the lease time (immediately, in practice).
+async fn killed_holder_releases(store: Arc<dyn Store>, spec: &str, key_b64: &str, label: &str) {
+    let endpoint = TokenEndpoint::start(Duration::ZERO).await;
+    let kh = keyhaven(store.clone());
+    let (_, ids) = seed(&kh, store.as_ref(), &endpoint, 1).await;
+    let id = ids[0].clone();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_storm-worker"))
+        .args(["hold", spec, id.as_str()])
+        .env("KEYHAVEN_MASTER_KEY", key_b64)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the holder takes the lock")
+        .unwrap();
+    assert_eq!(first.as_deref(), Some("locked"));
+    // Held: another taker waits.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), store.lock_account(&id))
+            .await
+            .is_err(),
+        "the lock is held while its holder lives"
+    );
+    child.start_kill().unwrap(); // SIGKILL
+    child.wait().await.unwrap();
+    let killed = Instant::now();
+    let lock = tokio::time::timeout(keyhaven_store::DEFAULT_LEASE, store.lock_account(&id))
+        .await
+        .expect("the lock of a killed holder lapses within the documented lease")
+        .unwrap();
+    let took = killed.elapsed();
+    lock.release().await.unwrap();
+    // And the account refreshes normally afterwards.
+    let creds = kh.credentials(id.as_str()).await.unwrap();
+    assert!(is_fresh(creds.get_str("access_token").unwrap()));
+    println!("LOCK {label}: the lock of a SIGKILLed holder was taken again after {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_lock_holder_does_not_block_postgres() {
+    let Some((store, spec, key)) = postgres().await else {
+        return;
+    };
+    killed_holder_releases(store, &spec, &key, "PostgreSQL").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_lock_holder_does_not_block_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, spec, key) = sqlite(&dir);
+    killed_holder_releases(store, &spec, &key, "SQLite").await;
+}
