@@ -1,0 +1,200 @@
+//! Refresh storms through the server: 1,000 distinct accounts whose access tokens
+//! have expired, each asked for at once with `GET
+//! /api/v1/connectedAccounts/{id}/credentials`, on one `keyhaven serve` and on four
+//! sharing the store, on PostgreSQL (default pool) and SQLite. Every call answers
+//! 200 with a fresh token, and the token endpoint sees each account refreshed
+//! exactly once. Times are printed (`STORM ...`, run with `--nocapture`) for
+//! BENCHMARKS.md; nothing here asserts a duration.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keyhaven::{KeyRing, Keyhaven, MasterKey, PostgresStore, SqliteStore, Store};
+use keyhaven_tests::storm::{ACCOUNTS, TokenEndpoint, assert_each_refreshed_once, is_fresh, seed};
+
+const ADMIN: &str = "kh_storm_admin_key_0123456789";
+const CREDS: &str = "khc_storm_credentials_key_0123456789";
+
+/// A `keyhaven serve` child, killed when dropped.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(store_args: &[&str], data_dir: &std::path::Path, key_b64: &str) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keyhaven"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["--api-key", ADMIN, "--credentials-key", CREDS])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--audit-log")
+        .arg(data_dir.join(format!("audit-{}.log", std::process::id())))
+        .args(store_args)
+        .env("KEYHAVEN_MASTER_KEY", key_b64)
+        .env_remove("KEYHAVEN_DATABASE_URL")
+        .env_remove("KEYHAVEN_DATA_DIR")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = loop {
+        let line = lines
+            .next()
+            .expect("keyhaven serve prints where it listens")
+            .unwrap();
+        if let Some(rest) = line.strip_prefix("keyhaven listening on http://127.0.0.1:") {
+            break rest
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("{line}"));
+        }
+    };
+    // Keep reading, so that the server never writes into a closed pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, port }
+}
+
+fn key() -> (KeyRing, String) {
+    let k = MasterKey::generate().unwrap();
+    let b64 = k.to_base64().to_string();
+    (KeyRing::new(k, []), b64)
+}
+
+/// Asks every server for every account at once; all must answer 200 with a fresh
+/// token. Returns how long it took.
+async fn storm(servers: &[Server], ids: &[String]) -> Duration {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for server in servers {
+        for id in ids {
+            let url = format!(
+                "http://127.0.0.1:{}/api/v1/connectedAccounts/{id}/credentials",
+                server.port
+            );
+            let http = http.clone();
+            tasks.push(tokio::spawn(async move {
+                let r = http
+                    .get(url)
+                    .header("x-api-key", CREDS)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let status = r.status().as_u16();
+                let body: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
+                if status != 200 {
+                    return Err(format!("{status}: {body}"));
+                }
+                let token = body["credentials"]["access_token"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                if is_fresh(&token) {
+                    Ok(())
+                } else {
+                    Err("not a fresh token".to_owned())
+                }
+            }));
+        }
+    }
+    let mut errors = Vec::new();
+    for t in tasks {
+        if let Err(e) = t.await.unwrap() {
+            errors.push(e);
+        }
+    }
+    let took = started.elapsed();
+    assert!(
+        errors.is_empty(),
+        "{} of {} calls failed, e.g. {:?}",
+        errors.len(),
+        servers.len() * ids.len(),
+        &errors[..errors.len().min(3)]
+    );
+    took
+}
+
+/// Seeds the accounts, starts `instances` servers on the store (`store_args`, the
+/// data directory `data`), and storms them.
+async fn run(
+    store: Arc<dyn Store>,
+    store_args: &[&str],
+    data: &std::path::Path,
+    key_b64: &str,
+    instances: usize,
+    label: &str,
+) {
+    let endpoint = TokenEndpoint::start(Duration::ZERO).await;
+    let kh = Keyhaven::builder()
+        .shared_store(store.clone())
+        .build()
+        .unwrap();
+    let (_, ids) = seed(&kh, store.as_ref(), &endpoint, ACCOUNTS).await;
+    let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    let servers: Vec<Server> = (0..instances)
+        .map(|_| serve(store_args, data, key_b64))
+        .collect();
+    let took = storm(&servers, &ids).await;
+    assert_each_refreshed_once(&endpoint, ACCOUNTS);
+    println!(
+        "STORM server {label} {instances} instance(s): {} credential reads of {ACCOUNTS} expired accounts answered in {took:?}",
+        instances * ACCOUNTS
+    );
+}
+
+async fn on_postgres(instances: usize) {
+    let Some(url) = keyhaven_store::conformance::fresh_postgres_database().await else {
+        return;
+    };
+    let (ring, b64) = key();
+    let store: Arc<dyn Store> = Arc::new(PostgresStore::connect(&url, ring).await.unwrap());
+    let data = tempfile::tempdir().unwrap();
+    let args = ["--database-url", url.as_str()];
+    run(store, &args, data.path(), &b64, instances, "PostgreSQL").await;
+}
+
+async fn on_sqlite(instances: usize) {
+    // The servers' data directory holds the database the test seeds.
+    let data = tempfile::tempdir().unwrap();
+    let (ring, b64) = key();
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(data.path().join("keyhaven.db"), ring).unwrap());
+    run(store, &[], data.path(), &b64, instances, "SQLite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_accounts_through_one_server_on_postgres() {
+    on_postgres(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_accounts_through_four_servers_on_postgres() {
+    on_postgres(4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_accounts_through_one_server_on_sqlite() {
+    on_sqlite(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_accounts_through_four_servers_on_sqlite() {
+    on_sqlite(4).await;
+}
