@@ -20,10 +20,27 @@ use std::sync::Mutex;
 /// How many accounts a storm has.
 pub const ACCOUNTS: usize = 1000;
 
+/// A way for the token endpoint to misbehave, for fault tests.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// Answer this HTTP status with an error body.
+    Status(u16),
+    /// Wait this long before answering (longer than the client's timeout: a hang).
+    Slow(Duration),
+    /// Answer 200 with an HTML page instead of a token.
+    Malformed,
+    /// Answer 200 with a JSON body of this many bytes, streamed without a length.
+    Huge(usize),
+    /// Answer 200 JSON without an `access_token`.
+    NoToken,
+}
+
 #[derive(Default)]
 struct Counts {
     refreshes: Mutex<HashMap<String, u64>>,
+    codes: Mutex<u64>,
     delay: Duration,
+    fault: Mutex<Option<Fault>>,
 }
 
 /// A token endpoint answering `refresh_token` grants: a new access token
@@ -44,20 +61,75 @@ impl std::fmt::Debug for CountsHandle {
     }
 }
 
+fn faulty(fault: Fault) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match fault {
+        Fault::Status(status) => (
+            axum::http::StatusCode::from_u16(status).unwrap(),
+            Json(serde_json::json!({"error": "server_error"})),
+        )
+            .into_response(),
+        Fault::Slow(_) => unreachable!("handled before"),
+        Fault::Malformed => (
+            [(axum::http::header::CONTENT_TYPE, "text/html")],
+            "<html><body>Service temporarily down</body></html>",
+        )
+            .into_response(),
+        Fault::Huge(bytes) => {
+            let chunk = axum::body::Bytes::from(vec![b' '; 64 * 1024]);
+            let chunks = bytes.div_ceil(chunk.len());
+            let body = futures::stream::iter(
+                (0..chunks).map(move |_| Ok::<_, std::convert::Infallible>(chunk.clone())),
+            );
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                axum::body::Body::from_stream(body),
+            )
+                .into_response()
+        }
+        Fault::NoToken => Json(serde_json::json!({"token_type": "Bearer"})).into_response(),
+    }
+}
+
 async fn token(
     State(counts): State<Arc<CountsHandle>>,
     Form(form): Form<HashMap<String, String>>,
-) -> Result<Json<serde_json::Value>, (axum::http::StatusCode, Json<serde_json::Value>)> {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let fault = counts.0.fault.lock().unwrap().clone();
+    match fault {
+        Some(Fault::Slow(wait)) => tokio::time::sleep(wait).await,
+        Some(other) => return faulty(other),
+        None => {}
+    }
     let refused = || {
         (
             axum::http::StatusCode::BAD_REQUEST,
             Json(serde_json::json!({"error": "invalid_grant"})),
         )
+            .into_response()
     };
-    if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
-        return Err(refused());
-    }
-    let rt = form.get("refresh_token").ok_or_else(refused)?.clone();
+    let rt = match form.get("grant_type").map(String::as_str) {
+        Some("refresh_token") => match form.get("refresh_token") {
+            Some(rt) => rt.clone(),
+            None => return refused(),
+        },
+        // A code is exchanged for the refresh token `rt-<code>`.
+        Some("authorization_code") => {
+            let Some(code) = form.get("code") else {
+                return refused();
+            };
+            *counts.0.codes.lock().unwrap() += 1;
+            return Json(serde_json::json!({
+                "access_token": format!("at-rt-{code}-0"),
+                "token_type": "Bearer",
+                "expires_in": 3600,
+                "refresh_token": format!("rt-{code}"),
+            }))
+            .into_response();
+        }
+        _ => return refused(),
+    };
     let n = {
         let mut map = counts.0.refreshes.lock().unwrap();
         let n = map.entry(rt.clone()).or_default();
@@ -67,12 +139,13 @@ async fn token(
     if !counts.0.delay.is_zero() {
         tokio::time::sleep(counts.0.delay).await;
     }
-    Ok(Json(serde_json::json!({
+    Json(serde_json::json!({
         "access_token": format!("at-{rt}-{n}"),
         "token_type": "Bearer",
         "expires_in": 3600,
         "refresh_token": rt,
-    })))
+    }))
+    .into_response()
 }
 
 impl TokenEndpoint {
@@ -80,8 +153,8 @@ impl TokenEndpoint {
     /// latency).
     pub async fn start(delay: Duration) -> Self {
         let counts = Arc::new(CountsHandle(Counts {
-            refreshes: Mutex::default(),
             delay,
+            ..Counts::default()
         }));
         let app = Router::new()
             .route("/token", post(token))
@@ -96,6 +169,16 @@ impl TokenEndpoint {
             counts,
             _server: server,
         }
+    }
+
+    /// Makes every answer from now on misbehave as `fault` (`None`: behave).
+    pub fn set_fault(&self, fault: Option<Fault>) {
+        *self.counts.0.fault.lock().unwrap() = fault;
+    }
+
+    /// Authorization codes exchanged so far.
+    pub fn code_exchanges(&self) -> u64 {
+        *self.counts.0.codes.lock().unwrap()
     }
 
     /// Refreshes counted so far, by refresh token.

@@ -34,13 +34,38 @@ pub(crate) async fn send(
             message: format!("{what} answered HTTP {status}"),
         });
     }
-    let body = response
-        .bytes()
+    let body = read_capped(response)
         .await
-        .map_err(|e| SchemeError::Unavailable {
-            message: format!("{what}: {}", e.without_url()),
+        .map_err(|reason| SchemeError::Unavailable {
+            message: format!("{what}: {reason}"),
         })?;
-    Ok((status, body.to_vec()))
+    Ok((status, body))
+}
+
+/// The most a login or token endpoint's answer may hold; more is cut off, not
+/// buffered.
+pub(crate) const MAX_ANSWER_BYTES: usize = 1 << 20;
+
+async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
+    let too_big = || format!("answered more than {} KiB", MAX_ANSWER_BYTES / 1024);
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+    {
+        return Err(too_big());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| e.without_url().to_string())?
+    {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(too_big());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// The server's own words about a refusal: `message`, `error_description`, `error`

@@ -68,6 +68,38 @@ impl Default for ProviderHttp {
     }
 }
 
+/// The most a provider's answer may hold: a token answer is a few KiB; a provider
+/// (or something posing as one) that sends more is cut off, not buffered.
+pub(crate) const MAX_ANSWER_BYTES: usize = 1 << 20;
+
+/// Reads an answer's body, at most [`MAX_ANSWER_BYTES`].
+pub(crate) async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+    {
+        return Err(format!(
+            "answered more than {} KiB",
+            MAX_ANSWER_BYTES / 1024
+        ));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| e.without_url().to_string())?
+    {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(format!(
+                "answered more than {} KiB",
+                MAX_ANSWER_BYTES / 1024
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 fn host_of(uri: &keyhaven_core::http::Uri) -> String {
     uri.host().unwrap_or("the provider").to_owned()
 }
@@ -134,7 +166,12 @@ impl<'c> AsyncHttpClient<'c> for ProviderHttp {
                 });
             }
             let mut headers = response.headers().clone();
-            let body = response.bytes().await.map_err(transport)?.to_vec();
+            let body = read_capped(response)
+                .await
+                .map_err(|reason| HttpError::Transport {
+                    host: host.clone(),
+                    reason,
+                })?;
             let content_type = headers
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok());

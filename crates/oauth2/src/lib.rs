@@ -148,7 +148,11 @@ async fn revoke_tokens(http: &ProviderHttp, cx: AccountContext<'_>) -> Result<()
             });
         }
         if !status.is_success() {
-            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            let body: serde_json::Value = http::read_capped(response)
+                .await
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
             let code = body["error"].as_str().unwrap_or("unknown error");
             // A provider that cannot revoke this kind of token: nothing more to do for it.
             if code != "unsupported_token_type" {

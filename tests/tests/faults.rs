@@ -1,0 +1,150 @@
+//! Provider faults during the code exchange and during refresh, against a token
+//! endpoint on 127.0.0.1 that misbehaves on request: server errors, an HTML page
+//! instead of a token, a 50 MB answer, an answer without a token. Afterwards the
+//! account is in a clear state (exchange: `FAILED` with a reason; refresh: still
+//! `ACTIVE`, the error says the provider is unavailable), nothing secret is in any
+//! error, memory is not spent on a huge answer, and once the provider behaves the
+//! service resumes by itself. (Timeouts and slow providers: `tests/oauth2.rs`.)
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyhaven::chrono;
+use keyhaven::{
+    ConnectionRequest, ConnectionStatus, ErrorKind, Keyhaven, ManualClock, MemoryStore, Store,
+};
+use keyhaven_tests::storm::{Fault, TokenEndpoint, is_fresh, seed};
+
+const FAULTS: [Fault; 5] = [
+    Fault::Status(500),
+    Fault::Status(503),
+    Fault::Malformed,
+    Fault::Huge(50 * 1024 * 1024),
+    Fault::NoToken,
+];
+
+fn setup() -> (Keyhaven, Arc<dyn Store>, Arc<ManualClock>) {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+    let kh = Keyhaven::builder()
+        .shared_store(store.clone())
+        .clock(clock.clone())
+        .callback_url("http://127.0.0.1:9/callback")
+        .build()
+        .unwrap();
+    (kh, store, clock)
+}
+
+fn no_secret(text: &str) {
+    for secret in ["storm-secret", "rt-", "old-", "at-rt-", "code-"] {
+        assert!(!text.contains(secret), "{secret:?} in {text:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_during_refresh_leave_the_account_active_and_it_recovers() {
+    let endpoint = TokenEndpoint::start(Duration::ZERO).await;
+    let (kh, store, clock) = setup();
+    let (_, ids) = seed(&kh, store.as_ref(), &endpoint, FAULTS.len()).await;
+    // The seeded tokens expired a minute before the real now; the clock follows.
+    for (fault, id) in FAULTS.iter().zip(&ids) {
+        endpoint.set_fault(Some(fault.clone()));
+        let err = tokio::time::timeout(Duration::from_secs(20), kh.credentials(id.as_str()))
+            .await
+            .expect("a faulty provider does not hang the caller")
+            .unwrap_err();
+        let text = err.to_string();
+        no_secret(&text);
+        let account = kh.connected_accounts().get(id.as_str()).await.unwrap();
+        match fault {
+            // A provider that answers 200 without a token has refused nothing:
+            // either kind is acceptable, but it must be told clearly.
+            Fault::NoToken | Fault::Malformed => assert!(
+                matches!(err.kind(), ErrorKind::Unavailable | ErrorKind::Rejected),
+                "{fault:?}: {text}"
+            ),
+            _ => assert_eq!(err.kind(), ErrorKind::Unavailable, "{fault:?}: {text}"),
+        }
+        if err.kind() == ErrorKind::Unavailable {
+            assert_eq!(account.status, ConnectionStatus::Active, "{fault:?}");
+        }
+        if matches!(fault, Fault::Huge(_)) {
+            assert!(text.contains("more than 1024 KiB"), "{text}");
+        }
+    }
+    // The provider behaves again: after the back-off, every account that stayed
+    // ACTIVE refreshes by itself on the next read.
+    endpoint.set_fault(None);
+    clock.advance(chrono::Duration::seconds(10));
+    for id in &ids {
+        let account = kh.connected_accounts().get(id.as_str()).await.unwrap();
+        if account.status != ConnectionStatus::Active {
+            continue;
+        }
+        let creds = kh.credentials(id.as_str()).await.unwrap();
+        assert!(is_fresh(creds.get_str("access_token").unwrap()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_during_the_code_exchange_fail_the_connection_clearly() {
+    let endpoint = TokenEndpoint::start(Duration::ZERO).await;
+    let (kh, _store, _clock) = setup();
+    let integration = kh
+        .integrations()
+        .create(endpoint.integration())
+        .await
+        .unwrap();
+    for (n, fault) in FAULTS.iter().enumerate() {
+        endpoint.set_fault(Some(fault.clone()));
+        let out = kh
+            .initiate_connection(ConnectionRequest::for_integration(integration.id.as_str()))
+            .await
+            .unwrap();
+        let redirect = keyhaven::url::Url::parse(out.redirect_url.as_deref().unwrap()).unwrap();
+        let state = redirect
+            .query_pairs()
+            .find(|(k, _)| k == "state")
+            .map(|(_, v)| v.into_owned())
+            .unwrap();
+        let query = BTreeMap::from([
+            ("code".to_owned(), format!("code-{n}")),
+            ("state".to_owned(), state),
+        ]);
+        let outcome = tokio::time::timeout(Duration::from_secs(20), kh.handle_callback(&query))
+            .await
+            .expect("a faulty provider does not hang the callback")
+            .unwrap();
+        assert!(!outcome.succeeded(), "{fault:?}");
+        let account = kh
+            .connected_accounts()
+            .get(out.connected_account_id.as_str())
+            .await
+            .unwrap();
+        assert_eq!(account.status, ConnectionStatus::Failed, "{fault:?}");
+        let reason = account.status_reason.unwrap_or_default();
+        assert!(!reason.is_empty(), "{fault:?}: a reason is given");
+        no_secret(&reason);
+    }
+    // Behaving again: a new connection goes through.
+    endpoint.set_fault(None);
+    let out = kh
+        .initiate_connection(ConnectionRequest::for_integration(integration.id.as_str()))
+        .await
+        .unwrap();
+    let redirect = keyhaven::url::Url::parse(out.redirect_url.as_deref().unwrap()).unwrap();
+    let state = redirect
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    let query = BTreeMap::from([
+        ("code".to_owned(), "good".to_owned()),
+        ("state".to_owned(), state),
+    ]);
+    assert!(kh.handle_callback(&query).await.unwrap().succeeded());
+    assert_eq!(endpoint.code_exchanges(), 1);
+}
