@@ -8,71 +8,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keyhaven::{KeyRing, Keyhaven, MasterKey, PostgresStore, SqliteStore, Store};
+use common::{CREDS, Server, key, serve};
+use keyhaven::{Keyhaven, PostgresStore, SqliteStore, Store};
 use keyhaven_tests::storm::{ACCOUNTS, TokenEndpoint, assert_each_refreshed_once, is_fresh, seed};
-
-const ADMIN: &str = "kh_storm_admin_key_0123456789";
-const CREDS: &str = "khc_storm_credentials_key_0123456789";
-
-/// A `keyhaven serve` child, killed when dropped.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(store_args: &[&str], data_dir: &std::path::Path, key_b64: &str) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keyhaven"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(["--api-key", ADMIN, "--credentials-key", CREDS])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--audit-log")
-        .arg(data_dir.join(format!("audit-{}.log", std::process::id())))
-        .args(store_args)
-        .env("KEYHAVEN_MASTER_KEY", key_b64)
-        .env_remove("KEYHAVEN_DATABASE_URL")
-        .env_remove("KEYHAVEN_DATA_DIR")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let port = loop {
-        let line = lines
-            .next()
-            .expect("keyhaven serve prints where it listens")
-            .unwrap();
-        if let Some(rest) = line.strip_prefix("keyhaven listening on http://127.0.0.1:") {
-            break rest
-                .split(|c: char| !c.is_ascii_digit())
-                .next()
-                .and_then(|p| p.parse().ok())
-                .unwrap_or_else(|| panic!("{line}"));
-        }
-    };
-    // Keep reading, so that the server never writes into a closed pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, port }
-}
-
-fn key() -> (KeyRing, String) {
-    let k = MasterKey::generate().unwrap();
-    let b64 = k.to_base64().to_string();
-    (KeyRing::new(k, []), b64)
-}
 
 /// Asks every server for every account at once; all must answer 200 with a fresh
 /// token. Returns how long it took.
@@ -85,10 +28,7 @@ async fn storm(servers: &[Server], ids: &[String]) -> Duration {
     let mut tasks = Vec::new();
     for server in servers {
         for id in ids {
-            let url = format!(
-                "http://127.0.0.1:{}/api/v1/connectedAccounts/{id}/credentials",
-                server.port
-            );
+            let url = server.url(&format!("/api/v1/connectedAccounts/{id}/credentials"));
             let http = http.clone();
             tasks.push(tokio::spawn(async move {
                 let r = http

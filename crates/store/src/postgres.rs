@@ -235,7 +235,10 @@ impl PostgresStore {
     ) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
-            .acquire_timeout(Duration::from_secs(30))
+            // A point read holds a connection for well under a millisecond: a
+            // caller still waiting after this long is waiting for a server that
+            // is down, and gets a clear `Unavailable` instead of a longer hang.
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect(url)
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
@@ -243,7 +246,7 @@ impl PostgresStore {
         let lock_pool = PgPoolOptions::new()
             .max_connections(lock_connections)
             .min_connections(0)
-            .acquire_timeout(Duration::from_secs(30))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .idle_timeout(Some(Duration::from_secs(60)))
             .connect_lazy_with(pool.connect_options().as_ref().clone());
         let store = Self {
@@ -380,6 +383,9 @@ impl AccountLock for AdvisoryLock {
         }
     }
 }
+
+/// How long a query waits for a pooled connection before `Unavailable`.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long [`Store::lock_account`] waits, for a slot and then for the lock itself
 /// (held by another instance), before it gives up with `Unavailable`.

@@ -1,0 +1,91 @@
+//! What the CLI's load, crash and restart tests share: a `keyhaven serve` child
+//! process with fixed keys on a given store, killed when dropped.
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+/// The admin key the servers are started with.
+pub const ADMIN: &str = "kh_test_admin_key_0123456789";
+/// The credentials key the servers are started with.
+pub const CREDS: &str = "khc_test_credentials_key_0123456789";
+
+/// A `keyhaven serve` child, killed (SIGKILL) when dropped.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Server {
+    /// `http://127.0.0.1:PORT` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Kills it with SIGKILL and waits for it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Starts `keyhaven serve` on 127.0.0.1 (an OS-chosen port) with `store_args`
+/// (`--database-url URL`, or nothing for the SQLite store in `data_dir`), the
+/// master key `key_b64`, and [`ADMIN`] / [`CREDS`].
+pub fn serve(store_args: &[&str], data_dir: &std::path::Path, key_b64: &str) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keyhaven"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["--api-key", ADMIN, "--credentials-key", CREDS])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--audit-log")
+        .arg(data_dir.join(format!("audit-{}.log", unique())))
+        .args(store_args)
+        .env("KEYHAVEN_MASTER_KEY", key_b64)
+        .env_remove("KEYHAVEN_DATABASE_URL")
+        .env_remove("KEYHAVEN_DATA_DIR")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = loop {
+        let line = lines
+            .next()
+            .expect("keyhaven serve prints where it listens")
+            .unwrap();
+        if let Some(rest) = line.strip_prefix("keyhaven listening on http://127.0.0.1:") {
+            break rest
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("{line}"));
+        }
+    };
+    // Keep reading, so that the server never writes into a closed pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, port }
+}
+
+/// A name no other test of this run uses.
+pub fn unique() -> String {
+    keyhaven::ConnectedAccountId::generate()
+        .unwrap()
+        .as_str()
+        .to_owned()
+}
+
+/// A new master key: the ring and its base64 for `KEYHAVEN_MASTER_KEY`.
+pub fn key() -> (keyhaven::KeyRing, String) {
+    let k = keyhaven::MasterKey::generate().unwrap();
+    let b64 = k.to_base64().to_string();
+    (keyhaven::KeyRing::new(k, []), b64)
+}
