@@ -30,6 +30,7 @@ mod accounts;
 mod cache;
 mod callback;
 mod connect;
+pub mod egress;
 mod events;
 mod form;
 mod integrations;
