@@ -187,6 +187,10 @@ pub(crate) fn check_param_hosts(
             continue;
         }
         let filled = keyhaven_catalog::fill_template(template, values);
+        if !host_param_names(&filled).is_empty() {
+            // Not all given yet (a connect form will ask for the rest).
+            continue;
+        }
         let Ok(url) = Url::parse(&filled) else {
             continue;
         };

@@ -171,6 +171,13 @@ impl Destination {
             )
         })?;
         let filled = keyhaven::fill_template(template, &account.params);
+        let missing = keyhaven::template_names(&filled);
+        if !missing.is_empty() {
+            return Err(Error::Conflict(format!(
+                "the account's API base URL {template:?} needs the connection parameters {} that the account lacks; connect it again with them",
+                missing.join(", ")
+            )));
+        }
         let base = Url::parse(&filled).map_err(|e| {
             Error::Conflict(format!(
                 "the account's API base URL {filled:?} is not a URL ({e}); fix base_url on integration {}, or connect the account again with every parameter",
@@ -203,31 +210,41 @@ impl Destination {
             return Ok(shared.clone());
         };
         let port = self.base.port_or_known_default().unwrap_or(443);
-        let found: Vec<SocketAddr> =
-            tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host((name, port)))
-                .await
-                .map_err(|_| unavailable(format!("resolving {name} took too long")))?
-                .map_err(|e| unavailable(format!("cannot resolve {name}: {e}")))?
-                .collect();
-        if found.is_empty() {
-            return Err(unavailable(format!("{name} resolves to no address")));
-        }
-        for addr in &found {
-            if let Some(kind) = egress::private_address_kind(addr.ip()) {
-                return Err(egress::private_host_error(
-                    "connected_account_params",
-                    template,
-                    "auth_config.base_url",
-                    &format!("{name} (which resolves to {})", addr.ip()),
-                    kind,
-                ));
-            }
-        }
+        let found = resolve_public(name, port, template).await?;
         client_builder()
             .resolve_to_addrs(name, &found)
             .build()
             .map_err(|e| Error::Internal(format!("cannot make an HTTP client: {e}")))
     }
+}
+
+/// The addresses `name` resolves to, when every one is public.
+///
+/// # Errors
+/// A name that does not resolve (unavailable), or resolves to any private or local
+/// address (invalid, naming the parameter of `template` that filled it in).
+async fn resolve_public(name: &str, port: u16, template: &str) -> Result<Vec<SocketAddr>, Error> {
+    let found: Vec<SocketAddr> =
+        tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host((name, port)))
+            .await
+            .map_err(|_| unavailable(format!("resolving {name} took too long")))?
+            .map_err(|e| unavailable(format!("cannot resolve {name}: {e}")))?
+            .collect();
+    if found.is_empty() {
+        return Err(unavailable(format!("{name} resolves to no address")));
+    }
+    for addr in &found {
+        if let Some(kind) = egress::private_address_kind(addr.ip()) {
+            return Err(egress::private_host_error(
+                "connected_account_params",
+                template,
+                "auth_config.base_url",
+                &format!("{name} (which resolves to {})", addr.ip()),
+                kind,
+            ));
+        }
+    }
+    Ok(found)
 }
 
 fn client_builder() -> reqwest::ClientBuilder {
@@ -411,5 +428,23 @@ impl From<ProxyError> for ApiError {
                 too_large.to_string(),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn names_that_resolve_to_private_addresses_are_refused() {
+        // localhost passes no name check here: only what it resolves to is judged.
+        let err = resolve_public("localhost", 80, "http://{host}/api")
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), keyhaven::ErrorKind::InvalidInput);
+        let text = err.to_string();
+        assert!(text.contains("connected_account_params.host"), "{text}");
+        assert!(text.contains("which resolves to"), "{text}");
+        assert!(text.contains("loopback"), "{text}");
     }
 }
