@@ -84,7 +84,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ProxyLimits {
     /// The largest answer read from an API, in bytes (default
     /// [`DEFAULT_MAX_RESPONSE_BYTES`]). A larger one is refused with a 502 as soon as
-    /// it is seen to be larger: no more than this is ever held in memory.
+    /// it is seen to be larger: no more than this (and the chunk being read) is ever
+    /// held in memory.
     pub max_response_bytes: u64,
 }
 
@@ -131,7 +132,11 @@ fn unavailable(message: String) -> Error {
 /// in case a cause quotes them.
 fn transport_reason(e: reqwest::Error, sent: &Url) -> String {
     if e.is_timeout() {
-        return format!("no answer within {} s", TIMEOUT.as_secs());
+        return format!(
+            "timed out (the proxy waits {} s to connect and {} s for the whole answer)",
+            CONNECT_TIMEOUT.as_secs(),
+            TIMEOUT.as_secs()
+        );
     }
     let e = e.without_url();
     let mut text = e.to_string();
