@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use keyhaven::{AccountFilter, ConnectionRequest, Keyhaven, NewIntegration};
-use keyhaven_server::proxy::{ProxyRequest, ProxyResponse};
+use keyhaven_server::proxy::{ProxyLimits, ProxyRequest, ProxyResponse};
 use serde_json::{Value, json};
 
 use crate::local::StoreArgs;
@@ -537,7 +537,10 @@ impl Backend {
         request: &ProxyRequest,
     ) -> Result<ProxyResponse, CliError> {
         match self {
-            Self::Local(kh) => Ok(keyhaven_server::proxy::send(kh, id, request).await?),
+            Self::Local(kh) => {
+                let proxy = keyhaven_server::proxy::Proxy::new(ProxyLimits::default())?;
+                Ok(proxy.send(kh, id, request).await?)
+            }
             Self::Remote(r) => {
                 let body =
                     serde_json::to_value(request).map_err(|e| CliError::other(e.to_string()))?;

@@ -97,6 +97,16 @@ impl From<keyhaven::Error> for CliError {
     }
 }
 
+impl From<keyhaven_server::proxy::ProxyError> for CliError {
+    fn from(e: keyhaven_server::proxy::ProxyError) -> Self {
+        match e {
+            keyhaven_server::proxy::ProxyError::Keyhaven(e) => e.into(),
+            // The same exit as the server's 502 in remote mode.
+            other => Self::new(Exit::Unavailable, other.to_string()),
+        }
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "keyhaven",

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use keyhaven::secrecy::SecretString;
 use keyhaven::url::Url;
 use keyhaven::{EventKind, Keyhaven, KeyhavenBuilder};
+use keyhaven_server::proxy::ProxyLimits;
 use keyhaven_server::{AdminKey, AppState, Audit, CREDENTIALS_KEY_FILE, ServerConfig, Webhook};
 use serde::Deserialize;
 
@@ -19,7 +20,8 @@ pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:9210";
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServeArgs {
     /// A TOML file with the settings below (listen, data_dir, database_url,
-    /// public_url, redirect_allowlist, cors_origins, audit_log, [[webhooks]]).
+    /// public_url, redirect_allowlist, cors_origins, audit_log, webhook_attempts,
+    /// proxy_max_response_bytes, [[webhooks]]).
     #[arg(long, env = "KEYHAVEN_CONFIG")]
     config: Option<PathBuf>,
     /// The address to listen on.
@@ -60,6 +62,10 @@ pub(crate) struct ServeArgs {
     /// Tries per webhook event (with back-off: 1 s, 2 s, 4 s ...).
     #[arg(long, env = "KEYHAVEN_WEBHOOK_ATTEMPTS")]
     webhook_attempts: Option<u32>,
+    /// The largest API answer the proxy reads, in bytes; a larger one is refused
+    /// with 502. Default: 10485760 (10 MiB).
+    #[arg(long, env = "KEYHAVEN_PROXY_MAX_RESPONSE_BYTES")]
+    proxy_max_response_bytes: Option<u64>,
 }
 
 /// A webhook in the TOML file.
@@ -86,6 +92,7 @@ struct FileConfig {
     cors_origins: Vec<String>,
     audit_log: Option<PathBuf>,
     webhook_attempts: Option<u32>,
+    proxy_max_response_bytes: Option<u64>,
     #[serde(default)]
     webhooks: Vec<FileWebhook>,
 }
@@ -96,8 +103,10 @@ fn webhook(url: &str, secret: String, events: &[String]) -> Result<Webhook, CliE
         .filter(|u| matches!(u.scheme(), "http" | "https"))
         .ok_or_else(|| CliError::usage(format!("webhook URL {url:?} is not an http(s) URL")))?;
     if secret.is_empty() {
+        let mut shown = url.clone();
+        shown.set_query(None);
         return Err(CliError::usage(format!(
-            "webhook {url} needs a secret to sign with"
+            "webhook {shown} needs a secret to sign with"
         )));
     }
     let events = events
@@ -158,6 +167,15 @@ pub(crate) async fn serve(
                 "CORS origin {origin:?} is not an origin such as https://app.example.com"
             )));
         }
+    }
+    let max_response_bytes = args
+        .proxy_max_response_bytes
+        .or(file.proxy_max_response_bytes)
+        .unwrap_or(keyhaven_server::proxy::DEFAULT_MAX_RESPONSE_BYTES);
+    if max_response_bytes == 0 {
+        return Err(CliError::usage(
+            "--proxy-max-response-bytes must be at least 1 (the default is 10485760, 10 MiB)",
+        ));
     }
     let store_args = StoreArgs {
         data_dir: store_args.data_dir.or(file.data_dir),
@@ -232,6 +250,7 @@ pub(crate) async fn serve(
         cors_origins,
         webhook_attempts: args.webhook_attempts.or(file.webhook_attempts).unwrap_or(8),
         webhooks,
+        proxy: ProxyLimits { max_response_bytes },
         ..ServerConfig::default()
     };
     println!(

@@ -53,7 +53,7 @@ fn http(port: u16, method: &str, path: &str, key: Option<&str>) -> (u16, String)
 
 #[test]
 fn serve_with_no_configuration() {
-    let dir = tempfile_dir();
+    let dir = tempfile_dir("bare");
     let mut child = keyhaven()
         .args(["serve", "--listen", "127.0.0.1:0"])
         .current_dir(&dir)
@@ -142,8 +142,9 @@ fn serve_with_no_configuration() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn tempfile_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("kh-cli-{}-{}", std::process::id(), line!()));
+/// A fresh directory of its own for each test (tests run at once in one process).
+fn tempfile_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("kh-cli-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -151,7 +152,7 @@ fn tempfile_dir() -> std::path::PathBuf {
 
 #[test]
 fn serve_reads_a_toml_file_and_refuses_a_bad_one() {
-    let dir = tempfile_dir();
+    let dir = tempfile_dir("toml");
     let config = dir.join("keyhaven.toml");
     std::fs::write(
         &config,
@@ -160,6 +161,7 @@ listen = "127.0.0.1:0"
 data_dir = "data"
 cors_origins = ["https://dash.example.com"]
 webhook_attempts = 3
+proxy_max_response_bytes = 1048576
 
 [[webhooks]]
 url = "http://127.0.0.1:9/hooks"
@@ -212,6 +214,26 @@ events = ["connection.active", "failed"]
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.starts_with("error: unknown webhook event \"connection.nope\""),
+        "{err}"
+    );
+    let out = keyhaven()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--api-key",
+            "k",
+            "--proxy-max-response-bytes",
+            "0",
+        ])
+        .current_dir(&dir)
+        .env_remove("KEYHAVEN_DATA_DIR")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--proxy-max-response-bytes must be at least 1"),
         "{err}"
     );
     std::fs::write(&config, "listen = 12\n").unwrap();

@@ -74,6 +74,16 @@ impl Keyhaven {
         if let Some(form) =
             self.hosted_form_needed(scheme.as_ref(), &fields, &request.connected_account_params)?
         {
+            // The parameters the app gave are checked now (the form checks them all
+            // again with what the user types).
+            let given = request
+                .connected_account_params
+                .expose()
+                .iter()
+                .filter(|(k, _)| template_params.iter().any(|p| p.name == **k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            check_connection_params(&integration, &template_params, &given)?;
             return self
                 .initiate_with_form(form, entity, labels, redirect_url, integration, created)
                 .await;
@@ -83,7 +93,7 @@ impl Keyhaven {
             "connected_account_params",
             &request.connected_account_params,
         )?;
-        check_connection_params(&template_params, &params.public)?;
+        check_connection_params(&integration, &template_params, &params.public)?;
         let effective = effective_integration(&integration, &params.public);
 
         let account_id = ConnectedAccountId::generate()?;

@@ -236,7 +236,7 @@ impl Keyhaven {
         }
         let template = connection_param_specs(&integration);
         let params = validate_fields(&form_fields(scheme.as_ref(), &integration), PLACE, &merged)?;
-        check_connection_params(&template, &params.public)?;
+        check_connection_params(&integration, &template, &params.public)?;
 
         // Valid: use the link up, so that of two submits exactly one goes on.
         let Some(pending) = self.store().take_pending_state(token).await? else {

@@ -88,6 +88,11 @@ fn common_config() -> &'static [FieldSpec] {
             )
             .kind(FieldKind::Object),
             FieldSpec::optional(
+                crate::egress::ALLOW_PRIVATE_HOSTS,
+                "Let connection parameters fill URLs with private or local hosts (127.0.0.1, 10.x, 169.254.x, localhost ...); off by default, since end users type them.",
+            )
+            .kind(FieldKind::Bool),
+            FieldSpec::optional(
                 keyhaven_catalog::CONNECTION_PARAMS,
                 "Parameters each connection gives ({name: description}) to fill the {name} templates of the URLs.",
             )
@@ -323,8 +328,10 @@ pub(crate) fn connection_param_specs(integration: &Integration) -> Vec<FieldSpec
 }
 
 /// Checks the values of connection parameters: they go into hosts and paths, so only
-/// letters, digits, '.', '-' and '_' are allowed (no '/', '@', ':' or '?').
+/// letters, digits, '.', '-' and '_' are allowed (no '/', '@', ':' or '?'), and a
+/// host they fill must be a public one unless the integration allows private hosts.
 pub(crate) fn check_connection_params(
+    integration: &Integration,
     specs: &[FieldSpec],
     values: &keyhaven_core::serde_json::Map<String, Value>,
 ) -> Result<(), Error> {
@@ -343,7 +350,7 @@ pub(crate) fn check_connection_params(
             ));
         }
     }
-    Ok(())
+    crate::egress::check_param_hosts(integration, values)
 }
 
 fn fill(value: &Value, params: &keyhaven_core::serde_json::Map<String, Value>) -> Value {

@@ -30,6 +30,7 @@ mod accounts;
 mod cache;
 mod callback;
 mod connect;
+pub mod egress;
 mod events;
 mod form;
 mod integrations;
@@ -47,7 +48,9 @@ pub use callback::CallbackOutcome;
 pub use connect::Entity;
 pub use form::ConnectForm;
 pub use integrations::{Integrations, NewIntegration};
-pub use keyhaven_catalog::{AppEntry, CONNECTION_PARAMS, Catalog, CatalogError, fill_template};
+pub use keyhaven_catalog::{
+    AppEntry, CONNECTION_PARAMS, Catalog, CatalogError, fill_template, template_names,
+};
 pub use keyhaven_core::{
     AccountContext, AccountEvent, AccountFilter, AppSlug, AuthScheme, Clock, ConnectedAccount,
     ConnectedAccountId, ConnectionRequest, ConnectionRequestOutput, ConnectionStatus, Credentials,

@@ -50,6 +50,8 @@ pub struct ServerConfig {
     pub webhook_attempts: u32,
     /// See `webhook_attempts`.
     pub webhook_first_retry: std::time::Duration,
+    /// The proxy's limits (`max_response_bytes`: the largest API answer it reads).
+    pub proxy: proxy::ProxyLimits,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +62,7 @@ impl Default for ServerConfig {
             webhooks: Vec::new(),
             webhook_attempts: 8,
             webhook_first_retry: std::time::Duration::from_secs(1),
+            proxy: proxy::ProxyLimits::default(),
         }
     }
 }
@@ -90,6 +93,8 @@ pub struct AppState {
     /// Turns true when the server begins to stop: event streams end then, so that
     /// a graceful shutdown does not wait for their clients.
     pub closing: tokio::sync::watch::Sender<bool>,
+    /// The proxy, made on first use with `config.proxy`'s limits.
+    proxy: std::sync::OnceLock<proxy::Proxy>,
 }
 
 impl AppState {
@@ -103,7 +108,20 @@ impl AppState {
             audit: Audit::log_only(),
             config: ServerConfig::default(),
             closing: tokio::sync::watch::Sender::new(false),
+            proxy: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The proxy, with the limits of `config.proxy` as they were at its first use.
+    ///
+    /// # Errors
+    /// Its HTTP client cannot be made.
+    pub fn proxy(&self) -> Result<&proxy::Proxy, keyhaven::Error> {
+        if let Some(proxy) = self.proxy.get() {
+            return Ok(proxy);
+        }
+        let made = proxy::Proxy::new(self.config.proxy)?;
+        Ok(self.proxy.get_or_init(|| made))
     }
 
     /// The link to the connect form, for [`keyhaven::KeyhavenBuilder::connect_form_url`].

@@ -31,7 +31,7 @@ pub const SIGNATURE_HEADER: &str = "keyhaven-signature";
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(3600);
 
 /// One receiver of events.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Webhook {
     /// Where events are posted.
     pub url: Url,
@@ -39,6 +39,22 @@ pub struct Webhook {
     pub secret: SecretString,
     /// The kinds posted; empty: all.
     pub events: Vec<EventKind>,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL's query may hold the receiver's token: never shown.
+        f.debug_struct("Webhook")
+            .field("url", &shown(&self.url))
+            .field("secret", &"[redacted]")
+            .field("events", &self.events)
+            .finish()
+    }
+}
+
+/// A webhook URL as logs show it: without its query or user name.
+fn shown(url: &Url) -> String {
+    crate::proxy::rules::shown(url)
 }
 
 impl Webhook {
@@ -151,6 +167,7 @@ async fn deliver(
     for attempt in 1..=attempts {
         let timestamp = keyhaven::chrono::Utc::now().timestamp();
         let signature = sign(hook.secret.expose_secret(), timestamp, &body);
+        let url = shown(&hook.url);
         let sent = client
             .post(hook.url.clone())
             .header("content-type", "application/json")
@@ -167,7 +184,7 @@ async fn deliver(
             .await;
         let retry = match sent {
             Ok(r) if r.status().is_success() => {
-                tracing::debug!(url = %hook.url, event = %event.id, attempt, "webhook delivered");
+                tracing::debug!(url, event = %event.id, attempt, "webhook delivered");
                 return;
             }
             Ok(r) => {
@@ -175,16 +192,16 @@ async fn deliver(
                 let retry = status.is_server_error()
                     || status == reqwest::StatusCode::REQUEST_TIMEOUT
                     || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
-                tracing::warn!(url = %hook.url, event = %event.id, attempt, status = status.as_u16(), "webhook refused");
+                tracing::warn!(url, event = %event.id, attempt, status = status.as_u16(), "webhook refused");
                 retry
             }
             Err(e) => {
-                tracing::warn!(url = %hook.url, event = %event.id, attempt, error = %e, "webhook not delivered");
+                tracing::warn!(url, event = %event.id, attempt, error = %e.without_url(), "webhook not delivered");
                 true
             }
         };
         if !retry {
-            tracing::warn!(url = %hook.url, event = %event.id, "the receiver refused the event; not retried");
+            tracing::warn!(url = shown(&hook.url), event = %event.id, "the receiver refused the event; not retried");
             return;
         }
         if attempt < attempts {
@@ -192,7 +209,7 @@ async fn deliver(
             wait = (wait * 2).min(MAX_RETRY_WAIT);
         }
     }
-    tracing::error!(url = %hook.url, event = %event.id, attempts, "webhook given up after every try");
+    tracing::error!(url = shown(&hook.url), event = %event.id, attempts, "webhook given up after every try");
 }
 
 #[cfg(test)]
