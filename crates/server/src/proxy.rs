@@ -196,13 +196,14 @@ pub async fn send(
 /// `POST /api/v1/connectedAccounts/{id}/proxy`: sends a request to the account's API
 /// with its credentials, and answers what the API answered.
 #[utoipa::path(post, path = "/api/v1/connectedAccounts/{id}/proxy", tag = "connectedAccounts",
-    params(("id" = String, Path, description = "ca_...")),
-    request_body = ProxyRequest,
+    params(("id" = crate::openapi::AccountId, Path, description = "ca_...")),
+    request_body = crate::openapi::ProxyRequestBody,
     responses((status = 200, description = "The API's answer (whatever its status)", body = ProxyResponse),
         (status = 400, description = "A path outside the API, a bad method or header", body = crate::openapi::ErrorBody),
         (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such account", body = crate::openapi::ErrorBody),
         (status = 409, description = "The account is not ACTIVE", body = crate::openapi::ErrorBody),
+        (status = 422, description = "A refresh was due and the provider refused it", body = crate::openapi::ErrorBody),
         (status = 503, description = "The API could not be reached", body = crate::openapi::ErrorBody)),
     security(("admin_key" = [])))]
 pub(crate) async fn proxy(
