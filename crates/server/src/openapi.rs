@@ -392,7 +392,7 @@ pub(crate) struct ConnectionRequestBody {
     labels: Vec<LabelShape>,
     /// Where the user lands after connecting (also `redirectUri`, `redirect_url`); an
     /// http(s) URL under the redirect allowlist (the server's or the integration's).
-    #[schema(format = Uri, pattern = "^[Hh][Tt][Tt][Pp][Ss]?://[^/?#]")]
+    #[schema(pattern = "^[Hh][Tt][Tt][Pp][Ss]?://[^/?#]")]
     redirect_url: Option<String>,
     /// The connection's fields: an API key, a subdomain ... (also `data`). Leave the
     /// secret ones out to let the user type them in the hosted connect form.
@@ -615,8 +615,10 @@ shape!(
     ProxyPath,
     "ProxyPath",
     text(
-        r"^/(?![/\\])".to_owned(),
-        "A path starting with a single `/`, under the account's API base URL"
+        // One `/` (or `\`, the same to URL parsers) first, and no `.` or `..`
+        // segment (also percent-encoded) that would climb out of the base URL.
+        r"^/(?![/\\])(?![\s\S]*[/\\](?:\.|%2[eE]){1,2}(?:[/\\?#]|$))".to_owned(),
+        "A path starting with a single `/`, under the account's API base URL: no `.` or `..` segments"
     )
 );
 

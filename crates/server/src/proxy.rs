@@ -115,14 +115,12 @@ pub async fn send(
     request: &ProxyRequest,
 ) -> std::result::Result<ProxyResponse, Error> {
     let account = kh.connected_accounts().get(id).await?;
+    // The request may be fine; the account's integration cannot serve it (409).
     let base = base_url(kh, &account).await.ok_or_else(|| {
-        invalid(
-            "path",
-            format!(
-                "app {} has no API base URL; set base_url on its integration",
-                account.app
-            ),
-        )
+        Error::Conflict(format!(
+            "app {} has no API base URL; set base_url on its integration",
+            account.app
+        ))
     })?;
     let url = target(&base, &request.path)?;
     let method = request
@@ -202,7 +200,7 @@ pub async fn send(
         (status = 400, description = "A path outside the API, a bad method or header", body = crate::openapi::ErrorBody),
         (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such account", body = crate::openapi::ErrorBody),
-        (status = 409, description = "The account is not ACTIVE", body = crate::openapi::ErrorBody),
+        (status = 409, description = "The account is not ACTIVE, or its integration has no base_url", body = crate::openapi::ErrorBody),
         (status = 422, description = "A refresh was due and the provider refused it", body = crate::openapi::ErrorBody),
         (status = 503, description = "The API could not be reached", body = crate::openapi::ErrorBody)),
     security(("admin_key" = [])))]
