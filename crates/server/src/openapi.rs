@@ -32,7 +32,26 @@ struct ErrorDetail {
         title = "keyhaven",
         description = "A connection broker: connect your users' accounts on other services and keep their credentials fresh. The connection routes speak Composio's v1 API.",
     ),
-    components(schemas(ErrorBody)),
+    // The shapes of parameters are named here: utoipa collects those of bodies and
+    // answers by itself, not those of parameters.
+    components(schemas(
+        ErrorBody,
+        AccountId,
+        IntegrationIdShape,
+        AppSlugShape,
+        EntityIdShape,
+        LabelShape,
+        EntityIdList,
+        AppSlugList,
+        IntegrationIdList,
+        StatusList,
+        LabelList,
+        EventTypeList,
+        Cursor,
+        PageLimit,
+        WaitSeconds,
+        Token,
+    )),
     tags(
         (name = "apps", description = "The app catalogue"),
         (name = "integrations", description = "An app's configuration for one service"),
@@ -699,4 +718,42 @@ pub(crate) struct ConnectFormBody {
     token: Token,
     /// The CSRF token of the page (it must match the page's cookie).
     csrf: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `$ref` of the document names a schema it has.
+    #[test]
+    fn every_reference_resolves() {
+        let doc = serde_json::to_value(crate::openapi()).unwrap_or_default();
+        let schemas = doc["components"]["schemas"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let text = doc.to_string();
+        let mut missing: Vec<&str> = text
+            .split("\"#/components/schemas/")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .filter(|name| !schemas.contains_key(*name))
+            .collect();
+        missing.dedup();
+        assert!(missing.is_empty(), "unresolved: {missing:?}");
+    }
+
+    /// The patterns say what the parsers take.
+    #[test]
+    fn list_patterns_read_like_the_server() {
+        let statuses = list_of(&format!(
+            "(?:{})",
+            keyhaven::ConnectionStatus::ALL
+                .map(|s| any_case(s.as_str()))
+                .join("|")
+        ));
+        assert!(statuses.contains("[Aa][Cc][Tt][Ii][Vv][Ee]"), "{statuses}");
+        assert!(id("ca_").starts_with("ca_"));
+        assert_eq!(any_case("a_b"), "[Aa]_[Bb]");
+    }
 }
