@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 const ADMIN_KEY: &str = "kh_schemathesis_admin_key";
 const CREDENTIALS_KEY: &str = "khc_schemathesis_credentials_key";
-/// Cases per operation and phase; the run takes about a minute and a half here.
+/// Cases per operation and phase; the run takes under two minutes here.
 const MAX_EXAMPLES: &str = "25";
 const SEED: &str = "20261130";
 
@@ -215,7 +215,9 @@ async fn the_openapi_document_holds_under_schemathesis() {
         // Every check is on: see the config file (`--checks all` here would override
         // its per-operation settings).
         .args(["--max-examples", MAX_EXAMPLES, "--seed", SEED])
-        .args(["--workers", "2", "--no-color"])
+        // One worker: with two, hypothesis sometimes trips over its own lambda-source
+        // cache ("AST constructor recursion depth mismatch"), an error of the tool.
+        .args(["--workers", "1", "--no-color"])
         .current_dir(&dir)
         .env("KEYHAVEN_ADMIN_KEY", ADMIN_KEY)
         .env("KEYHAVEN_CREDENTIALS_KEY", CREDENTIALS_KEY)
@@ -232,13 +234,13 @@ async fn the_openapi_document_holds_under_schemathesis() {
         "schemathesis found problems ({}):\n{report}\n{errors}",
         out.status
     );
-    let cases = report
-        .lines()
-        .find(|l| l.contains(" generated"))
-        .unwrap_or("no case count in the report");
+    // The summary (operations, phases, warnings, the number of cases), for the log.
+    let summary = report
+        .split_once("WARNINGS")
+        .or_else(|| report.split_once("SUMMARY"))
+        .map_or(report.as_ref(), |(_, rest)| rest);
     eprintln!(
-        "schemathesis: {} in {:.0} s",
-        cases.trim(),
+        "schemathesis passed in {:.0} s:\n{summary}",
         started.elapsed().as_secs_f64()
     );
     let _ = std::fs::remove_dir_all(&dir);
