@@ -68,6 +68,42 @@ fn composio_client(root: &Path) -> Result<String, String> {
     Ok(python.to_string_lossy().into_owned())
 }
 
+/// schemathesis, which tests the OpenAPI document against `keyhaven serve`
+/// (crates/cli/tests/schemathesis.rs): the versions pinned in
+/// tests/schemathesis/requirements.txt, in a virtual environment under target/. The
+/// marker holds the requirements it was made from, so a change installs again.
+fn schemathesis(root: &Path) -> Result<String, String> {
+    let venv = root.join("target/schemathesis-venv");
+    let requirements = root.join("tests/schemathesis/requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements)
+        .map_err(|e| format!("{}: {e}", requirements.display()))?;
+    let marker = venv.join(".keyhaven-requirements");
+    if std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) {
+        println!("xtask: schemathesis is installed");
+    } else {
+        println!("xtask: installing schemathesis into target/schemathesis-venv");
+        run(
+            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+            "python3 -m venv (Python 3 with venv is needed: apt-get install python3-venv)",
+        )?;
+        run(
+            Command::new(venv.join("bin/python"))
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "-r",
+                ])
+                .arg(&requirements),
+            "pip install -r tests/schemathesis/requirements.txt",
+        )?;
+        std::fs::write(&marker, wanted).map_err(|e| format!("{}: {e}", marker.display()))?;
+    }
+    Ok(venv.to_string_lossy().into_owned())
+}
+
 /// Debian's Chromium, which the browser tests drive headless.
 fn chromium() -> Result<String, String> {
     let path = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
@@ -158,10 +194,12 @@ pub(crate) fn prepare(root: &Path) -> Result<Vec<(String, String)>, String> {
     npm_packages(root, "browser", "browser test driver (playwright-core)")?;
     let chromium = chromium()?;
     let python = composio_client(root)?;
+    let schemathesis = schemathesis(root)?;
     let url = postgres()?;
     Ok(vec![
         ("KEYHAVEN_TEST_DATABASE_URL".into(), url),
         ("KEYHAVEN_COMPOSIO_PYTHON".into(), python),
+        ("KEYHAVEN_SCHEMATHESIS_VENV".into(), schemathesis),
         ("CHROMIUM".into(), chromium),
     ])
 }

@@ -12,7 +12,7 @@ use crate::error::Error;
 pub const ENTITY_ID_MAX_LEN: usize = 128;
 /// The longest app slug accepted.
 pub const APP_SLUG_MAX_LEN: usize = 64;
-/// The longest label accepted.
+/// The longest label accepted, in characters.
 pub const LABEL_MAX_LEN: usize = 64;
 
 fn invalid(field: &'static str, reason: String) -> Error {
@@ -140,7 +140,7 @@ fn validate_slug(value: &str) -> Result<(), Error> {
 
 fn validate_label(value: &str) -> Result<(), Error> {
     if value.is_empty()
-        || value.len() > LABEL_MAX_LEN
+        || value.chars().count() > LABEL_MAX_LEN
         || value.chars().any(|c| c.is_control() || c == ',')
     {
         return Err(invalid(

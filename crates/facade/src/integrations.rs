@@ -156,7 +156,7 @@ pub(crate) fn build_integration(
     let config = validate_config(scheme, auth_config)?;
     let scopes = validate_scopes(scopes)?;
     let name = match name {
-        Some(n) if n.trim().is_empty() || n.len() > 200 => {
+        Some(n) if n.trim().is_empty() || n.chars().count() > 200 => {
             return Err(Error::invalid("name", "must be 1 to 200 characters"));
         }
         Some(n) => n,

@@ -146,7 +146,7 @@ pub fn app_view(kh: &Keyhaven, entry: &AppEntry) -> Value {
 /// `GET /api/v1/apps?query=`: the catalogue, searched.
 #[utoipa::path(get, path = "/api/v1/apps", tag = "apps",
     params(("query" = Option<String>, Query, description = "Words to search for in names, slugs and categories")),
-    responses((status = 200, description = "`{items, totalPages}`: catalogue entries in Composio's AppModel shape", body = Object),
+    responses((status = 200, description = "`{items, totalPages}`: catalogue entries in Composio's AppModel shape", body = crate::openapi::AppPage),
         (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody)),
     security(("admin_key" = [])))]
 pub(crate) async fn apps(
@@ -169,7 +169,7 @@ pub(crate) async fn apps(
 
 /// `GET /api/v1/apps/{slug}`.
 #[utoipa::path(get, path = "/api/v1/apps/{slug}", tag = "apps",
-    params(("slug" = String, Path, description = "The app's slug, such as github")),
+    params(("slug" = String, Path, description = "The app's slug, such as github; anything else is not in the catalogue (404)")),
     responses((status = 200, description = "The catalogue entry", body = Object),
         (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody),
         (status = 404, description = "Not in the catalogue", body = crate::openapi::ErrorBody)),
@@ -227,8 +227,8 @@ pub fn integration_view(kh: &Keyhaven, i: &Integration) -> Value {
 
 /// `POST /api/v1/integrations`.
 #[utoipa::path(post, path = "/api/v1/integrations", tag = "integrations",
-    request_body(content = Object, description = "`appId` or `app`, `authScheme`, `name`, `authConfig` (client id/secret, scopes ...), `useComposioAuth` ignored"),
-    responses((status = 200, description = "The integration, without its secrets", body = Object),
+    request_body = crate::openapi::IntegrationRequestBody,
+    responses((status = 200, description = "The integration, without its secrets", body = crate::openapi::IntegrationBody),
         (status = 400, description = "An invalid field, named", body = crate::openapi::ErrorBody),
         (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody)),
     security(("admin_key" = [])))]
@@ -244,8 +244,9 @@ pub(crate) async fn create_integration(
 
 /// `GET /api/v1/integrations?appName=`.
 #[utoipa::path(get, path = "/api/v1/integrations", tag = "integrations",
-    params(("appName" = Option<String>, Query, description = "Only this app's")),
-    responses((status = 200, description = "`{items, totalPages}`", body = Object),
+    params(("appName" = Option<crate::openapi::AppSlugShape>, Query, description = "Only this app's")),
+    responses((status = 200, description = "`{items, totalPages}`", body = crate::openapi::IntegrationPage),
+        (status = 400, description = "Not an app slug", body = crate::openapi::ErrorBody),
         (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody)),
     security(("admin_key" = [])))]
 pub(crate) async fn integrations(
@@ -268,8 +269,9 @@ pub(crate) async fn integrations(
 
 /// `GET /api/v1/integrations/{id}`.
 #[utoipa::path(get, path = "/api/v1/integrations/{id}", tag = "integrations",
-    params(("id" = String, Path, description = "int_...")),
-    responses((status = 200, description = "The integration, without its secrets", body = Object),
+    params(("id" = crate::openapi::IntegrationIdShape, Path, description = "int_...")),
+    responses((status = 200, description = "The integration, without its secrets", body = crate::openapi::IntegrationBody),
+        (status = 400, description = "Not an integration id", body = crate::openapi::ErrorBody),
         (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such integration", body = crate::openapi::ErrorBody)),
     security(("admin_key" = [])))]
@@ -285,8 +287,9 @@ pub(crate) async fn integration(
 
 /// `DELETE /api/v1/integrations/{id}`.
 #[utoipa::path(delete, path = "/api/v1/integrations/{id}", tag = "integrations",
-    params(("id" = String, Path, description = "int_...")),
-    responses((status = 200, description = "Deleted", body = Object),
+    params(("id" = crate::openapi::IntegrationIdShape, Path, description = "int_...")),
+    responses((status = 200, description = "Deleted", body = crate::openapi::DeletedBody),
+        (status = 400, description = "Not an integration id", body = crate::openapi::ErrorBody),
         (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such integration", body = crate::openapi::ErrorBody),
         (status = 409, description = "It still has connected accounts", body = crate::openapi::ErrorBody)),
@@ -335,6 +338,7 @@ pub async fn account_view(
         (status = 400, description = "An invalid field, named; nothing was stored", body = crate::openapi::ErrorBody),
         (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such integration", body = crate::openapi::ErrorBody),
+        (status = 409, description = "The app's integration differs from the given auth_config", body = crate::openapi::ErrorBody),
         (status = 503, description = "The provider could not be reached", body = crate::openapi::ErrorBody)),
     security(("admin_key" = [])))]
 pub(crate) async fn initiate(State(s): State<Arc<AppState>>, raw: Bytes) -> Result<Json<Value>> {
@@ -347,13 +351,13 @@ pub(crate) async fn initiate(State(s): State<Arc<AppState>>, raw: Bytes) -> Resu
 /// `integrationId`, `status`, `labels` (all must match), `cursor`, `limit`/`pageSize`.
 #[utoipa::path(get, path = "/api/v1/connectedAccounts", tag = "connectedAccounts",
     params(
-        ("entityId" = Option<String>, Query, description = "Only these entities, comma-separated (also `user_uuid`)"),
-        ("appNames" = Option<String>, Query, description = "Only these apps, comma-separated"),
-        ("integrationId" = Option<String>, Query, description = "Only these integrations, comma-separated"),
-        ("status" = Option<String>, Query, description = "Only these statuses, comma-separated"),
-        ("labels" = Option<String>, Query, description = "Only accounts with all these labels, comma-separated"),
-        ("cursor" = Option<String>, Query, description = "The `nextCursor` of the previous page"),
-        ("limit" = Option<usize>, Query, description = "Page size (also `pageSize`); 0 or absent: all"),
+        ("entityId" = Option<crate::openapi::EntityIdList>, Query, description = "Only these entities, comma-separated (also `user_uuid`)"),
+        ("appNames" = Option<crate::openapi::AppSlugList>, Query, description = "Only these apps, comma-separated"),
+        ("integrationId" = Option<crate::openapi::IntegrationIdList>, Query, description = "Only these integrations, comma-separated"),
+        ("status" = Option<crate::openapi::StatusList>, Query, description = "Only these statuses, comma-separated"),
+        ("labels" = Option<crate::openapi::LabelList>, Query, description = "Only accounts with all these labels, comma-separated"),
+        ("cursor" = Option<crate::openapi::Cursor>, Query, description = "The `nextCursor` of the previous page"),
+        ("limit" = Option<crate::openapi::PageLimit>, Query, description = "Page size (also `pageSize`); 0 or absent: all"),
     ),
     responses((status = 200, description = "One page", body = crate::openapi::AccountPage),
         (status = 400, description = "An invalid filter, named", body = crate::openapi::ErrorBody),
@@ -419,8 +423,9 @@ pub(crate) async fn accounts(
 
 /// `GET /api/v1/connectedAccounts/{id}`.
 #[utoipa::path(get, path = "/api/v1/connectedAccounts/{id}", tag = "connectedAccounts",
-    params(("id" = String, Path, description = "ca_...")),
+    params(("id" = crate::openapi::AccountId, Path, description = "ca_...")),
     responses((status = 200, description = "The account, never a secret", body = crate::openapi::ConnectedAccountBody),
+        (status = 400, description = "Not an account id", body = crate::openapi::ErrorBody),
         (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such account", body = crate::openapi::ErrorBody)),
     security(("admin_key" = [])))]
@@ -434,8 +439,9 @@ pub(crate) async fn account(
 
 /// `DELETE /api/v1/connectedAccounts/{id}`.
 #[utoipa::path(delete, path = "/api/v1/connectedAccounts/{id}", tag = "connectedAccounts",
-    params(("id" = String, Path, description = "ca_...")),
-    responses((status = 200, description = "Deleted; its credentials are revoked at the provider in the background", body = Object),
+    params(("id" = crate::openapi::AccountId, Path, description = "ca_...")),
+    responses((status = 200, description = "Deleted; its credentials are revoked at the provider in the background", body = crate::openapi::DeletedBody),
+        (status = 400, description = "Not an account id", body = crate::openapi::ErrorBody),
         (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such account", body = crate::openapi::ErrorBody)),
     security(("admin_key" = [])))]
@@ -451,9 +457,10 @@ pub(crate) async fn delete_account(
 /// account leaves `INITIATED` (the user finished or failed), or with 504 after the
 /// timeout (default 30 s, at most 120 s). What `wait_for_connection` uses.
 #[utoipa::path(get, path = "/api/v1/connectedAccounts/{id}/wait", tag = "connectedAccounts",
-    params(("id" = String, Path, description = "ca_..."),
-        ("timeout" = Option<f64>, Query, description = "Seconds, default 30, at most 120")),
+    params(("id" = crate::openapi::AccountId, Path, description = "ca_..."),
+        ("timeout" = Option<crate::openapi::WaitSeconds>, Query, description = "Seconds, default 30, at most 120 (more waits 120)")),
     responses((status = 200, description = "The account, once it left INITIATED", body = crate::openapi::ConnectedAccountBody),
+        (status = 400, description = "Not an account id, or not a number of seconds", body = crate::openapi::ErrorBody),
         (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such account", body = crate::openapi::ErrorBody),
         (status = 504, description = "Still INITIATED after the timeout", body = crate::openapi::ErrorBody)),
@@ -486,12 +493,14 @@ macro_rules! account_action {
     ($name:ident, $method:ident, $path:literal, $doc:literal) => {
         #[doc = $doc]
         #[utoipa::path(post, path = $path, tag = "connectedAccounts",
-            params(("id" = String, Path, description = "ca_...")),
+            params(("id" = crate::openapi::AccountId, Path, description = "ca_...")),
             responses((status = 200, description = "The account afterwards", body = crate::openapi::ConnectedAccountBody),
+                (status = 400, description = "Not an account id", body = crate::openapi::ErrorBody),
                 (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody),
                 (status = 404, description = "No such account", body = crate::openapi::ErrorBody),
                 (status = 409, description = "Not possible in the account's status (the message says what to do)", body = crate::openapi::ErrorBody),
-                (status = 422, description = "The provider refused (refresh: the account is now EXPIRED)", body = crate::openapi::ErrorBody)),
+                (status = 422, description = "The provider refused (refresh: the account is now EXPIRED)", body = crate::openapi::ErrorBody),
+                (status = 503, description = "The provider could not be reached (refresh: the account stays as it was)", body = crate::openapi::ErrorBody)),
             security(("admin_key" = [])))]
         pub(crate) async fn $name(
             State(s): State<Arc<AppState>>,
@@ -526,12 +535,15 @@ account_action!(
 /// fresh (refreshed first when they are about to expire). Needs the credentials key,
 /// not the admin key; every read, granted or not, is audited.
 #[utoipa::path(get, path = "/api/v1/connectedAccounts/{id}/credentials", tag = "credentials",
-    params(("id" = String, Path, description = "ca_...")),
+    params(("id" = crate::openapi::AccountId, Path, description = "ca_...")),
     responses((status = 200, description = "The credentials", body = crate::openapi::CredentialsBody),
+        (status = 400, description = "Not an account id", body = crate::openapi::ErrorBody),
         (status = 401, description = "No or a wrong key", body = crate::openapi::ErrorBody),
         (status = 403, description = "The admin key cannot read credentials", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such account", body = crate::openapi::ErrorBody),
-        (status = 409, description = "The account is not ACTIVE (the message says what to do)", body = crate::openapi::ErrorBody)),
+        (status = 409, description = "The account is not ACTIVE (the message says what to do)", body = crate::openapi::ErrorBody),
+        (status = 422, description = "A refresh was due and the provider refused it (the account is now EXPIRED)", body = crate::openapi::ErrorBody),
+        (status = 503, description = "A refresh was due and the provider could not be reached", body = crate::openapi::ErrorBody)),
     security(("credentials_key" = [])))]
 pub(crate) async fn credentials(
     State(s): State<Arc<AppState>>,

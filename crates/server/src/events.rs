@@ -86,9 +86,10 @@ fn keep_alive() -> KeepAlive {
 /// (`connection.active`, `connection.failed`, ...); the stream ends after
 /// `connection.deleted`.
 #[utoipa::path(get, path = "/api/v1/connectedAccounts/{id}/events", tag = "events",
-    params(("id" = String, Path, description = "The connected account's id")),
+    params(("id" = crate::openapi::AccountId, Path, description = "The connected account's id")),
     responses(
-        (status = 200, description = "An event stream: `snapshot` (the account), then its events, each an AccountEvent", content_type = "text/event-stream", body = String),
+        (status = 200, description = "An event stream: `snapshot` (the account), then its events, each an AccountEvent", content_type = "text/event-stream", body = crate::openapi::AccountStreamEvent),
+        (status = 400, description = "Not an account id", body = crate::openapi::ErrorBody),
         (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such account", body = crate::openapi::ErrorBody),
     ),
@@ -123,10 +124,10 @@ pub(crate) async fn account_events(
     params(
         ("entityId" = Option<String>, Query, description = "Only these entities (comma-separated)"),
         ("appNames" = Option<String>, Query, description = "Only these apps (comma-separated)"),
-        ("types" = Option<String>, Query, description = "Only these event types (comma-separated)"),
+        ("types" = Option<crate::openapi::EventTypeList>, Query, description = "Only these event types (comma-separated)"),
     ),
     responses(
-        (status = 200, description = "An event stream of AccountEvents", content_type = "text/event-stream", body = String),
+        (status = 200, description = "An event stream of AccountEvents", content_type = "text/event-stream", body = crate::openapi::StreamEvent),
         (status = 400, description = "An unknown event type", body = crate::openapi::ErrorBody),
         (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody),
     ),

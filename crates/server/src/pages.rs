@@ -133,14 +133,17 @@ fn finished(s: &AppState, outcome: &CallbackOutcome) -> Response {
 /// account's `redirect_url` (with `status` and `connectedAccountId`) or shows a page.
 #[utoipa::path(get, path = "/api/v1/oauth/callback", tag = "pages",
     params(
-        ("state" = String, Query, description = "The state keyhaven sent the provider"),
+        ("state" = crate::openapi::Token, Query, description = "The state keyhaven sent the provider"),
         ("code" = Option<String>, Query, description = "The authorization code"),
         ("error" = Option<String>, Query, description = "The provider's error, when the user denied"),
     ),
     responses(
         (status = 200, description = "keyhaven's success or failure page (HTML)", content_type = "text/html", body = String),
         (status = 303, description = "To the app's redirect URL, with status and connectedAccountId"),
-        (status = 400, description = "A missing, unknown, used or expired state (HTML page)", content_type = "text/html", body = String),
+        (status = 400, description = "A missing state, or not one keyhaven makes (HTML page)", content_type = "text/html", body = String),
+        (status = 404, description = "An unknown, used or expired state (HTML page)", content_type = "text/html", body = String),
+        (status = 409, description = "The account's callback was handled already (HTML page)", content_type = "text/html", body = String),
+        (status = 503, description = "The provider could not be reached (HTML page)", content_type = "text/html", body = String),
     ))]
 pub(crate) async fn callback(
     State(s): State<Arc<AppState>>,
@@ -149,7 +152,7 @@ pub(crate) async fn callback(
     match s.kh.handle_callback(&query).await {
         Ok(outcome) => finished(&s, &outcome),
         Err(e) => page(
-            StatusCode::BAD_REQUEST,
+            link_status(query.get("state").map(String::as_str), "state", &e),
             "Connection failed",
             "This link cannot complete a connection",
             &e.to_string(),
@@ -257,16 +260,37 @@ fn form_page(
     response
 }
 
-fn link_refused(e: &keyhaven::Error) -> Response {
-    let status = match e.kind() {
-        ErrorKind::InvalidInput | ErrorKind::NotFound | ErrorKind::Conflict => {
+/// Whether `token` has the shape of the states and form tokens keyhaven makes (32
+/// random bytes in lowercase hex).
+fn well_formed(token: &str) -> bool {
+    token.len() == 64
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The status of a refused link: 400 when `token` (the query's `field`) is missing or
+/// is not one keyhaven makes; 404 when it is well formed but unknown, used or expired;
+/// 409 when its account has moved on.
+fn link_status(token: Option<&str>, field: &str, e: &keyhaven::Error) -> StatusCode {
+    match e.kind() {
+        ErrorKind::InvalidInput | ErrorKind::NotFound if !token.is_some_and(well_formed) => {
             StatusCode::BAD_REQUEST
         }
+        ErrorKind::InvalidInput => match e {
+            keyhaven::Error::InvalidInput { field: f, .. } if f == field => StatusCode::NOT_FOUND,
+            _ => StatusCode::BAD_REQUEST,
+        },
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
         ErrorKind::Unavailable | ErrorKind::TimedOut => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
+    }
+}
+
+fn link_refused(token: &str, e: &keyhaven::Error) -> Response {
     page(
-        status,
+        link_status(Some(token), "token", e),
         "Link not usable",
         "This connection link cannot be used",
         &e.to_string(),
@@ -275,10 +299,13 @@ fn link_refused(e: &keyhaven::Error) -> Response {
 
 /// `GET /connect?token=`: the hosted connect form.
 #[utoipa::path(get, path = "/connect", tag = "pages",
-    params(("token" = String, Query, description = "The token of initiate's redirectUrl")),
+    params(("token" = crate::openapi::Token, Query, description = "The token of initiate's redirectUrl")),
     responses(
         (status = 200, description = "The form (HTML), with a CSRF cookie", content_type = "text/html", body = String),
-        (status = 400, description = "An unknown, used or expired link (HTML page)", content_type = "text/html", body = String),
+        (status = 400, description = "A missing token, or not one keyhaven makes (HTML page)", content_type = "text/html", body = String),
+        (status = 404, description = "An unknown, used or expired link (HTML page)", content_type = "text/html", body = String),
+        (status = 409, description = "The account no longer waits for this form (HTML page)", content_type = "text/html", body = String),
+        (status = 503, description = "The store could not be reached (HTML page)", content_type = "text/html", body = String),
     ))]
 pub(crate) async fn connect_form(
     State(s): State<Arc<AppState>>,
@@ -287,11 +314,11 @@ pub(crate) async fn connect_form(
     let token = q.get("token").map(String::as_str).unwrap_or_default();
     let form = match s.kh.connect_form(token).await {
         Ok(f) => f,
-        Err(e) => return link_refused(&e),
+        Err(e) => return link_refused(token, &e),
     };
     let csrf = match keyhaven::random_hex::<32>() {
         Ok(c) => c,
-        Err(e) => return link_refused(&e),
+        Err(e) => return link_refused(token, &e),
     };
     form_page(&s, StatusCode::OK, &form, token, &csrf, None, &Map::new())
 }
@@ -299,12 +326,16 @@ pub(crate) async fn connect_form(
 /// `POST /connect`: the form's values. Checks the CSRF token (the cookie and the
 /// form's field must match) and the Origin, then completes the connection.
 #[utoipa::path(post, path = "/connect", tag = "pages",
-    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "token, csrf and the form's fields"),
+    request_body(content = crate::openapi::ConnectFormBody, content_type = "application/x-www-form-urlencoded", description = "token, csrf and the form's fields"),
     responses(
         (status = 200, description = "keyhaven's success or failure page (HTML)", content_type = "text/html", body = String),
         (status = 303, description = "To the app's redirect URL, with status and connectedAccountId"),
-        (status = 400, description = "The form again, saying which field is wrong", content_type = "text/html", body = String),
+        (status = 400, description = "The form again, saying which field is wrong; or a token keyhaven does not make", content_type = "text/html", body = String),
         (status = 403, description = "A missing or wrong CSRF token, or another origin", content_type = "text/html", body = String),
+        (status = 404, description = "An unknown, used or expired link (HTML page)", content_type = "text/html", body = String),
+        (status = 409, description = "The account no longer waits for this form (HTML page)", content_type = "text/html", body = String),
+        (status = 415, description = "Not a form (`Content-Type: application/x-www-form-urlencoded`)", content_type = "text/plain", body = String),
+        (status = 503, description = "The service could not be reached (HTML page)", content_type = "text/html", body = String),
     ))]
 pub(crate) async fn submit_connect_form(
     State(s): State<Arc<AppState>>,
@@ -340,7 +371,7 @@ pub(crate) async fn submit_connect_form(
     match s.kh.submit_connect_form(&token, &typed).await {
         Ok(outcome) => finished(&s, &outcome),
         Err(ref e @ keyhaven::Error::InvalidInput { ref field, .. }) if field == "token" => {
-            link_refused(e)
+            link_refused(&token, e)
         }
         Err(e) if e.kind() == ErrorKind::InvalidInput => match s.kh.connect_form(&token).await {
             Ok(form) => form_page(
@@ -352,8 +383,8 @@ pub(crate) async fn submit_connect_form(
                 Some(&e.to_string()),
                 &typed,
             ),
-            Err(e) => link_refused(&e),
+            Err(e) => link_refused(&token, &e),
         },
-        Err(e) => link_refused(&e),
+        Err(e) => link_refused(&token, &e),
     }
 }

@@ -166,14 +166,12 @@ impl Destination {
             .integrations()
             .get(account.integration_id.as_str())
             .await?;
+        // The request may be fine; the account's integration cannot serve it (409).
         let template = integration.config_str("base_url").ok_or_else(|| {
-            invalid(
-                "path",
-                format!(
-                    "app {} has no API base URL; set base_url on its integration",
-                    account.app
-                ),
-            )
+            Error::Conflict(format!(
+                "app {} has no API base URL; set base_url on its integration",
+                account.app
+            ))
         })?;
         let filled = keyhaven::fill_template(template, &account.params);
         let missing = keyhaven::template_names(&filled);
@@ -404,13 +402,14 @@ impl Proxy {
 /// `POST /api/v1/connectedAccounts/{id}/proxy`: sends a request to the account's API
 /// with its credentials, and answers what the API answered.
 #[utoipa::path(post, path = "/api/v1/connectedAccounts/{id}/proxy", tag = "connectedAccounts",
-    params(("id" = String, Path, description = "ca_...")),
-    request_body = ProxyRequest,
+    params(("id" = crate::openapi::AccountId, Path, description = "ca_...")),
+    request_body = crate::openapi::ProxyRequestBody,
     responses((status = 200, description = "The API's answer (whatever its status)", body = ProxyResponse),
         (status = 400, description = "A path outside the API, a refused method or header, a private host from the account's parameters", body = crate::openapi::ErrorBody),
         (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such account", body = crate::openapi::ErrorBody),
-        (status = 409, description = "The account is not ACTIVE", body = crate::openapi::ErrorBody),
+        (status = 409, description = "The account is not ACTIVE, its integration has no base_url, or it lacks a parameter of it", body = crate::openapi::ErrorBody),
+        (status = 422, description = "A refresh was due and the provider refused it", body = crate::openapi::ErrorBody),
         (status = 502, description = "The API's answer is over the size limit", body = crate::openapi::ErrorBody),
         (status = 503, description = "The API could not be reached", body = crate::openapi::ErrorBody)),
     security(("admin_key" = [])))]
