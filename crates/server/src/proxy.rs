@@ -119,10 +119,6 @@ pub enum ProxyError {
     },
 }
 
-fn invalid(field: &str, reason: impl Into<String>) -> Error {
-    Error::invalid(field, reason)
-}
-
 fn unavailable(message: String) -> Error {
     Error::Scheme(keyhaven::SchemeError::Unavailable { message })
 }
