@@ -19,7 +19,7 @@ use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 
 use crate::crypto::KeyRing;
-use crate::rotate::{RotationReport, Table};
+use crate::rotate::{KeyCensus, RotationReport, Table};
 use crate::rows::{
     ACCOUNT_COLUMNS, AccountRow, Arg, INTEGRATION_COLUMNS, IntegrationRow, PreparedUpdate,
     account_and_credentials, encode_credentials, encode_pending, list_query, micros, page,
@@ -179,6 +179,11 @@ impl PostgresStore {
     /// Connects to `url` (`postgres://user@host/db`) with a pool of
     /// [`PostgresStore::DEFAULT_POOL_SIZE`] connections, runs the migrations (one
     /// instance at a time), and encrypts with `keys`.
+    ///
+    /// # Errors
+    /// PostgreSQL cannot be reached or migrated; or the database holds values
+    /// encrypted under keys that `keys` lacks ([`KeyError::NotConfigured`](crate::KeyError),
+    /// in [`StoreError::Backend`]): then nothing is written.
     pub async fn connect(url: &str, keys: KeyRing) -> Result<Self, StoreError> {
         Self::connect_with_pool_size(url, keys, Self::DEFAULT_POOL_SIZE).await
     }
@@ -204,8 +209,46 @@ impl PostgresStore {
             pool,
             keys: Arc::new(RwLock::new(Arc::new(keys))),
         };
-        store.migrate().await?;
+        let checked = match store.migrate().await {
+            Ok(()) => store
+                .key_census()
+                .await
+                .and_then(|c| c.check(&store.key_ring())),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = checked {
+            store.pool.close().await;
+            return Err(e);
+        }
         Ok(store)
+    }
+
+    /// How many values each key encrypts, from the headers of the secret columns
+    /// (the magic, the key id's length in the 4th byte, the id; a blob too short for a
+    /// header gives NULL).
+    async fn key_census(&self) -> Result<KeyCensus, StoreError> {
+        let now = micros(Utc::now());
+        let mut census = KeyCensus::default();
+        for table in Table::ALL {
+            let live = match table.expires {
+                Some(column) => format!(" AND {column} >= $1"),
+                None => " AND $1::BIGINT IS NOT NULL".to_owned(),
+            };
+            let sql = format!(
+                "SELECT CASE WHEN length({col}) >= 4 THEN substr({col}, 1, 4 + get_byte({col}, 3)) END AS head, COUNT(*) FROM {t} WHERE {col} IS NOT NULL{live} GROUP BY head",
+                col = table.column,
+                t = table.table
+            );
+            let rows: Vec<(Option<Vec<u8>>, i64)> = sqlx::query_as(safe(sql))
+                .bind(now)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_err)?;
+            for (head, n) in rows {
+                census.add(head.as_deref(), n);
+            }
+        }
+        Ok(census)
     }
 
     /// The connection pool, for callers that need their own queries.

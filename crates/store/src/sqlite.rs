@@ -24,7 +24,7 @@ use rusqlite::{
 };
 
 use crate::crypto::KeyRing;
-use crate::rotate::{RotationReport, Table};
+use crate::rotate::{KeyCensus, RotationReport, Table};
 use crate::rows::{
     ACCOUNT_COLUMNS, AccountRow, Arg, INTEGRATION_COLUMNS, IntegrationRow, PreparedUpdate,
     account_and_credentials, encode_credentials, encode_pending, list_query, micros, page,
@@ -189,9 +189,22 @@ fn write_labels(
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, runs the migrations, and
-    /// encrypts with `keys`.
+    /// encrypts with `keys`. A new database file is made with mode 0600 (SQLite gives
+    /// its `-wal` and `-shm` files the same mode).
+    ///
+    /// # Errors
+    /// The file cannot be opened or migrated; or it holds values encrypted under
+    /// keys that `keys` lacks ([`KeyError::NotConfigured`](crate::KeyError), in
+    /// [`StoreError::Backend`]): then nothing is written.
     pub fn open(path: impl AsRef<Path>, keys: KeyRing) -> Result<Self, StoreError> {
-        let path = path.as_ref().to_path_buf();
+        let store = Self::open_unchecked(path.as_ref(), keys)?;
+        store.key_census()?.check(&store.key_ring())?;
+        Ok(store)
+    }
+
+    fn open_unchecked(path: &Path, keys: KeyRing) -> Result<Self, StoreError> {
+        let path = path.to_path_buf();
+        create_db_file(&path)?;
         let mut writer = open_connection(&path)?;
         migrate(&mut writer)?;
         Ok(Self {
@@ -205,16 +218,78 @@ impl SqliteStore {
     }
 
     /// Opens the store of a data directory: `keyhaven.db` in it, the key ring from
-    /// `KEYHAVEN_MASTER_KEY` when set, else from the directory's `master.key`
-    /// (created, mode 0600, when absent). The directory is created (mode 0700).
+    /// `KEYHAVEN_MASTER_KEY` when set, else from the directory's `master.key`. The
+    /// directory is created (mode 0700) when absent. Without a key file, one is made
+    /// (mode 0600) with a new key, unless the database already holds encrypted values:
+    /// their key is missing then, and the store is not opened.
+    ///
+    /// # Errors
+    /// As [`SqliteStore::open`]; [`KeyError::KeyFileMissing`](crate::KeyError) when
+    /// the key file is gone but the database holds encrypted values.
     pub fn open_dir(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
         let dir = dir.as_ref();
         create_private_dir(dir)?;
-        let keys = match crate::keys::ring_from_env()? {
-            Some(ring) => ring,
-            None => crate::keys::KeyFile::in_dir(dir).load_or_create()?,
-        };
-        Self::open(dir.join(DB_FILE), keys)
+        let path = dir.join(DB_FILE);
+        if let Some(ring) = crate::keys::ring_from_env()? {
+            return Self::open(path, ring);
+        }
+        let file = crate::keys::KeyFile::in_dir(dir);
+        if file.path().exists() {
+            return Self::open(path, file.load()?);
+        }
+        // No key file: a new key, kept only if nothing is encrypted under another.
+        let key = crate::crypto::MasterKey::generate()?;
+        let store = Self::open_unchecked(&path, KeyRing::new(key.clone_key(), []))?;
+        let census = store.key_census()?;
+        let missing = census.missing(&store.key_ring());
+        if !missing.is_empty() {
+            let rows = missing.iter().map(|(_, n)| n).sum();
+            return Err(StoreError::Backend(Box::new(
+                crate::crypto::KeyError::KeyFileMissing {
+                    path: file.path().to_owned(),
+                    missing,
+                    rows,
+                },
+            )));
+        }
+        // Another process may have made the file meanwhile: then its key is used.
+        store.set_key_ring(file.create(&key)?);
+        Ok(store)
+    }
+
+    /// How many values each key encrypts, from the headers of the secret columns
+    /// (only their first bytes are compared: the magic, the key id's length, the id).
+    fn key_census(&self) -> Result<KeyCensus, StoreError> {
+        let now = micros(Utc::now());
+        self.read(|c| {
+            let mut census = KeyCensus::default();
+            for table in Table::ALL {
+                // The key id's length is the blob's 4th byte; SQLite has no function
+                // for a byte's value, but the one byte as text is that character (key
+                // ids are short, so the byte is ASCII) and `unicode` gives its code. A
+                // blob shorter than the header gives NULL.
+                let live = match table.expires {
+                    Some(column) => format!(" AND {column} >= ?1"),
+                    None => " AND ?1 IS NOT NULL".to_owned(),
+                };
+                let sql = format!(
+                    "SELECT substr({col}, 1, 4 + unicode(CAST(substr({col}, 4, 1) AS TEXT))) AS head, COUNT(*) FROM {t} WHERE {col} IS NOT NULL{live} GROUP BY head",
+                    col = table.column,
+                    t = table.table
+                );
+                let mut st = c.prepare(&sql).map_err(map_err)?;
+                let rows = st
+                    .query_map([now], |r| {
+                        Ok((r.get::<_, Option<Vec<u8>>>(0)?, r.get::<_, i64>(1)?))
+                    })
+                    .map_err(map_err)?;
+                for row in rows {
+                    let (head, n) = row.map_err(map_err)?;
+                    census.add(head.as_deref(), n);
+                }
+            }
+            Ok(census)
+        })
     }
 
     /// The database file.
@@ -360,22 +435,36 @@ impl SqliteStore {
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(dir).map_err(|e| {
+    crate::files::create_private_dir(dir).map_err(|e| {
         StoreError::Unavailable(format!(
             "cannot create the data directory {}: {e}",
             dir.display()
         ))
     })
+}
+
+/// Makes the database file, empty, with mode 0600 before SQLite opens it (SQLite
+/// would make it 0644 less the umask); SQLite gives the `-wal` and `-shm` files the
+/// database file's mode. An existing file is left as it is, with a warning when
+/// others may read it.
+fn create_db_file(path: &Path) -> Result<(), StoreError> {
+    match crate::files::create_new_private_file(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            if let Some(mode) = crate::files::open_to_others(path) {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = format!("{mode:o}"),
+                    "the database file can be read by others; run `chmod 600` on it (and on its -wal and -shm files)"
+                );
+            }
+            Ok(())
+        }
+        Err(e) => Err(StoreError::Unavailable(format!(
+            "cannot create {}: {e}",
+            path.display()
+        ))),
+    }
 }
 
 /// A refresh lease on one account, held in the `refresh_leases` table.
