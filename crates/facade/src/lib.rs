@@ -62,8 +62,8 @@ pub use keyhaven_store::RotationReport;
 #[cfg(feature = "sqlite")]
 pub use keyhaven_store::SqliteStore;
 pub use keyhaven_store::{
-    KeyFile, KeyRing, MASTER_KEY_ENV, MasterKey, MemoryStore, OLD_KEYS_ENV, ring_from_base64,
-    ring_from_env,
+    KeyError, KeyFile, KeyRing, MASTER_KEY_ENV, MasterKey, MemoryStore, OLD_KEYS_ENV, files,
+    ring_from_base64, ring_from_env,
 };
 pub use registry::SchemeRegistry;
 

@@ -522,27 +522,37 @@ account_action!(
     "`POST /api/v1/connectedAccounts/{id}/disable`: `INACTIVE` until enabled."
 );
 
+/// The caller's address, when the server was served with connection info
+/// (`into_make_service_with_connect_info::<SocketAddr>()`, as [`crate::serve`] does);
+/// `None` otherwise (a router called in-process).
+pub(crate) fn remote_address(extensions: &axum::http::Extensions) -> Option<String> {
+    extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.to_string())
+}
+
 /// `GET /api/v1/connectedAccounts/{id}/credentials`: the account's credentials,
 /// fresh (refreshed first when they are about to expire). Needs the credentials key,
 /// not the admin key; every read, granted or not, is audited.
 #[utoipa::path(get, path = "/api/v1/connectedAccounts/{id}/credentials", tag = "credentials",
     params(("id" = String, Path, description = "ca_...")),
     responses((status = 200, description = "The credentials", body = crate::openapi::CredentialsBody),
-        (status = 401, description = "No or a wrong key", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No or a wrong credentials key (`x-api-key`: KEYHAVEN_CREDENTIALS_KEY)", body = crate::openapi::ErrorBody),
         (status = 403, description = "The admin key cannot read credentials", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such account", body = crate::openapi::ErrorBody),
-        (status = 409, description = "The account is not ACTIVE (the message says what to do)", body = crate::openapi::ErrorBody)),
+        (status = 409, description = "The account is not ACTIVE (the message says what to do)", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The read could not be written to the audit log: no credentials are given (`audit_unavailable`)", body = crate::openapi::ErrorBody)),
     security(("credentials_key" = [])))]
 pub(crate) async fn credentials(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
     headers: axum::http::HeaderMap,
-    remote: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    extensions: axum::http::Extensions,
 ) -> Result<Response> {
     let result = s.kh.credentials(&id).await;
     let account = s.kh.connected_accounts().get(&id).await.ok();
-    let remote = remote.map(|r| r.0.0.to_string());
-    s.audit.record(
+    let remote = remote_address(&extensions);
+    let recorded = s.audit.record(
         keyhaven::chrono::Utc::now(),
         crate::audit::AuditRecord {
             account: &id,
@@ -559,6 +569,14 @@ pub(crate) async fn credentials(
         },
     );
     let credentials = result?;
+    // Fail closed: credentials whose read left no trace are not given out.
+    if recorded.is_err() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            "the credentials were not given: this read could not be written to the audit log (the server's log says why: a full disk, a closed file); retry once the operator has fixed it",
+        ));
+    }
     let body = json!({
         "connectedAccountId": id,
         "expiresAt": credentials.expires_at(),
