@@ -52,8 +52,9 @@ pub use keyhaven_core::{
     AccountContext, AccountEvent, AccountFilter, AppSlug, AuthScheme, Clock, ConnectedAccount,
     ConnectedAccountId, ConnectionRequest, ConnectionRequestOutput, ConnectionStatus, Credentials,
     CredentialsUpdate, EntityId, Error, ErrorKind, EventKind, FieldKind, FieldSpec,
-    InitiateContext, Initiated, Integration, IntegrationId, Label, ManualClock, OutgoingRequest,
-    Page, SchemeError, SchemeSpec, SecretFields, Store, StoreError, SystemClock, ValidatedFields,
+    InitiateContext, Initiated, Integration, IntegrationId, LABELS_MAX_COUNT, Label, ManualClock,
+    OutgoingRequest, Page, SchemeError, SchemeSpec, SecretFields, Store, StoreError, SystemClock,
+    ValidatedFields,
 };
 #[cfg(feature = "postgres")]
 pub use keyhaven_store::PostgresStore;

@@ -344,19 +344,21 @@ pub(crate) async fn initiate(State(s): State<Arc<AppState>>, raw: Bytes) -> Resu
 }
 
 /// `GET /api/v1/connectedAccounts`: filters `entityId`/`user_uuid`, `appNames`,
-/// `integrationId`, `status`, `labels` (all must match), `cursor`, `limit`/`pageSize`.
+/// `integrationId`, `status`, `labels` (all must match, at most
+/// [`keyhaven::LABELS_MAX_COUNT`]), `cursor`, `limit`/`pageSize` (0 or absent:
+/// [`AccountFilter::DEFAULT_LIMIT`]; capped at [`AccountFilter::MAX_LIMIT`]).
 #[utoipa::path(get, path = "/api/v1/connectedAccounts", tag = "connectedAccounts",
     params(
         ("entityId" = Option<String>, Query, description = "Only these entities, comma-separated (also `user_uuid`)"),
         ("appNames" = Option<String>, Query, description = "Only these apps, comma-separated"),
         ("integrationId" = Option<String>, Query, description = "Only these integrations, comma-separated"),
         ("status" = Option<String>, Query, description = "Only these statuses, comma-separated"),
-        ("labels" = Option<String>, Query, description = "Only accounts with all these labels, comma-separated"),
+        ("labels" = Option<String>, Query, description = "Only accounts with all these labels, comma-separated; at most 32 (as many as an account may carry)"),
         ("cursor" = Option<String>, Query, description = "The `nextCursor` of the previous page"),
-        ("limit" = Option<usize>, Query, description = "Page size (also `pageSize`); 0 or absent: all"),
+        ("limit" = Option<usize>, Query, description = "Page size (also `pageSize`): 0 or absent gives 100 accounts, more than 1000 gives 1000; follow `nextCursor` for the rest"),
     ),
     responses((status = 200, description = "One page", body = crate::openapi::AccountPage),
-        (status = 400, description = "An invalid filter, named", body = crate::openapi::ErrorBody),
+        (status = 400, description = "An invalid filter, named (more than 32 labels, for one)", body = crate::openapi::ErrorBody),
         (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody)),
     security(("admin_key" = [])))]
 pub(crate) async fn accounts(
