@@ -19,14 +19,20 @@ use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 
 use crate::crypto::KeyRing;
-use crate::rotate::{KeyCensus, RotationReport, Table};
+use crate::rotate::{MissingKeys, RotationReport, Table};
 use crate::rows::{
     ACCOUNT_COLUMNS, AccountRow, Arg, INTEGRATION_COLUMNS, IntegrationRow, PreparedUpdate,
     account_and_credentials, encode_credentials, encode_pending, list_query, micros, page,
     pending_state, prepare_update, state_hash, update_refused,
 };
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/postgres/0001_init.sql")),
+    (
+        2,
+        include_str!("../migrations/postgres/0002_credentials_key_index.sql"),
+    ),
+];
 /// The NOTIFY channel of account changes.
 const CHANNEL: &str = "keyhaven_account_changes";
 /// The channel events of status changes go to, as JSON, for the other instances.
@@ -210,10 +216,10 @@ impl PostgresStore {
             keys: Arc::new(RwLock::new(Arc::new(keys))),
         };
         let checked = match store.migrate().await {
-            Ok(()) => store
-                .key_census()
-                .await
-                .and_then(|c| c.check(&store.key_ring())),
+            Ok(()) => {
+                let keys = store.key_ring();
+                store.missing_keys(&keys).await.and_then(|m| m.check(&keys))
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = checked {
@@ -223,32 +229,45 @@ impl PostgresStore {
         Ok(store)
     }
 
-    /// How many values each key encrypts, from the headers of the secret columns
-    /// (the magic, the key id's length in the 4th byte, the id; a blob too short for a
-    /// header gives NULL).
-    async fn key_census(&self) -> Result<KeyCensus, StoreError> {
+    /// The key ids the stored values are encrypted with that `keys` lacks, with how
+    /// many values each: a loose scan of the distinct blob headers of each secret
+    /// column (an index seek per key id in use on `connected_accounts`), then a count
+    /// for each missing key only. Expired pending states are left out.
+    async fn missing_keys(&self, keys: &KeyRing) -> Result<MissingKeys, StoreError> {
         let now = micros(Utc::now());
-        let mut census = KeyCensus::default();
+        let mut missing = MissingKeys::default();
         for table in Table::ALL {
+            let header = crate::rotate::postgres_header(table.column);
             let live = match table.expires {
-                Some(column) => format!(" AND {column} >= $1"),
-                None => " AND $1::BIGINT IS NOT NULL".to_owned(),
+                Some(column) => format!(" AND {column} >= $2"),
+                None => " AND $2::BIGINT IS NOT NULL".to_owned(),
             };
-            let sql = format!(
-                "SELECT CASE WHEN length({col}) >= 4 THEN substr({col}, 1, 4 + get_byte({col}, 3)) END AS head, COUNT(*) FROM {t} WHERE {col} IS NOT NULL{live} GROUP BY head",
-                col = table.column,
-                t = table.table
+            let t = table.table;
+            let next = format!(
+                "SELECT {header} FROM {t} WHERE {header} > $1{live} ORDER BY {header} LIMIT 1"
             );
-            let rows: Vec<(Option<Vec<u8>>, i64)> = sqlx::query_as(safe(sql))
+            let count = format!("SELECT COUNT(*) FROM {t} WHERE {header} = $1{live}");
+            let mut last: Vec<u8> = Vec::new();
+            while let Some(found) = sqlx::query_scalar::<_, Vec<u8>>(safe(next.as_str()))
+                .bind(&last)
                 .bind(now)
-                .fetch_all(&self.pool)
+                .fetch_optional(&self.pool)
                 .await
-                .map_err(map_err)?;
-            for (head, n) in rows {
-                census.add(head.as_deref(), n);
+                .map_err(map_err)?
+            {
+                if let Some(id) = MissingKeys::lacked(keys, &found) {
+                    let n: i64 = sqlx::query_scalar(safe(count.as_str()))
+                        .bind(&found)
+                        .bind(now)
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(map_err)?;
+                    missing.add(id, n);
+                }
+                last = found;
             }
         }
-        Ok(census)
+        Ok(missing)
     }
 
     /// The connection pool, for callers that need their own queries.

@@ -1,6 +1,6 @@
 //! Keys and the SQL stores: which columns hold secrets, the re-encryption of one
-//! batch (rotation), and the census of key ids in use that a store takes when it
-//! opens, to refuse a key ring that lacks some of them.
+//! batch (rotation), and the key ids in use that a key ring lacks ([`MissingKeys`]),
+//! which a store looks for when it opens, to refuse such a ring.
 
 use std::collections::BTreeMap;
 
@@ -82,49 +82,64 @@ pub(crate) fn reencrypt(
     Ok(out)
 }
 
-/// How many stored values each key id encrypts, from the blobs' headers.
-#[derive(Debug, Default)]
-pub(crate) struct KeyCensus {
-    by_key: BTreeMap<String, u64>,
-    unreadable: u64,
+/// The SQL (SQLite) of a blob's header in `column`: the magic, the key id's length
+/// (the 4th byte) and the key id; NULL for a blob too short to have one. SQLite has no
+/// function for a byte's value, but that byte as text is one character (ASCII: key ids
+/// are short) whose code `unicode` gives. The same expression is indexed on
+/// `connected_accounts.credentials` (migration 2), so it must not change alone.
+pub(crate) fn sqlite_header(column: &str) -> String {
+    format!("substr({column}, 1, 4 + unicode(CAST(substr({column}, 4, 1) AS TEXT)))")
 }
 
-impl KeyCensus {
-    /// Counts `n` values whose blobs start with `head` (the magic, the key id's length
-    /// and the key id; `None` when the blob is too short to hold them).
-    pub(crate) fn add(&mut self, head: Option<&[u8]>, n: i64) {
-        let n = u64::try_from(n).unwrap_or(0);
-        match head.and_then(KeyRing::key_id_of) {
-            Some(id) => *self.by_key.entry(id.to_owned()).or_default() += n,
-            None => self.unreadable += n,
+/// [`sqlite_header`] for PostgreSQL (`get_byte` reads the length), also indexed.
+pub(crate) fn postgres_header(column: &str) -> String {
+    format!(
+        "(CASE WHEN length({column}) >= 4 THEN substr({column}, 1, 4 + get_byte({column}, 3)) END)"
+    )
+}
+
+/// The key ids a store's values are encrypted with that a key ring lacks, with how
+/// many values each encrypts. The stores find the distinct headers of each secret
+/// column with a loose index scan (one seek per key id in use, `WHERE header > last
+/// ORDER BY header LIMIT 1`), and count the values of missing keys only.
+#[derive(Debug, Default)]
+pub(crate) struct MissingKeys(BTreeMap<String, u64>);
+
+impl MissingKeys {
+    /// The key id of a header when `keys` lacks it; `None` when `keys` has it, or when
+    /// the header is not keyhaven's (reading that value fails with its own error).
+    pub(crate) fn lacked(keys: &KeyRing, header: &[u8]) -> Option<String> {
+        match KeyRing::key_id_of(header) {
+            Some(id) if !keys.key_ids().any(|k| k == id) => Some(id.to_owned()),
+            Some(_) => None,
+            None => {
+                tracing::warn!(
+                    "a stored secret is not a keyhaven encrypted value; reading it will fail"
+                );
+                None
+            }
         }
     }
 
-    /// The key ids `keys` lacks, each with its count.
-    pub(crate) fn missing(&self, keys: &KeyRing) -> Vec<(String, u64)> {
-        let configured: Vec<&str> = keys.key_ids().collect();
-        self.by_key
-            .iter()
-            .filter(|(id, _)| !configured.contains(&id.as_str()))
-            .map(|(id, n)| (id.clone(), *n))
-            .collect()
+    /// Counts `n` values under the missing key `id`.
+    pub(crate) fn add(&mut self, id: String, n: i64) {
+        *self.0.entry(id).or_default() += u64::try_from(n).unwrap_or(0);
     }
 
-    /// Refuses `keys` when it lacks a key some value is encrypted with.
+    /// Each missing key id with its count.
+    pub(crate) fn into_vec(self) -> Vec<(String, u64)> {
+        self.0.into_iter().collect()
+    }
+
+    /// Refuses `keys` when some key is missing.
     ///
     /// # Errors
     /// [`KeyError::NotConfigured`], boxed in [`StoreError::Backend`].
-    pub(crate) fn check(&self, keys: &KeyRing) -> Result<(), StoreError> {
-        if self.unreadable > 0 {
-            tracing::warn!(
-                values = self.unreadable,
-                "some stored secrets are not keyhaven encrypted values; reading them will fail"
-            );
-        }
-        let missing = self.missing(keys);
-        if missing.is_empty() {
+    pub(crate) fn check(self, keys: &KeyRing) -> Result<(), StoreError> {
+        if self.0.is_empty() {
             return Ok(());
         }
+        let missing = self.into_vec();
         let rows = missing.iter().map(|(_, n)| n).sum();
         Err(StoreError::Backend(Box::new(KeyError::NotConfigured {
             missing,
@@ -140,15 +155,18 @@ mod tests {
     use crate::crypto::MasterKey;
 
     #[test]
-    fn census_names_missing_keys_with_counts() {
+    fn missing_keys_are_named_with_counts() {
         let old = KeyRing::new(MasterKey::generate().unwrap(), []);
         let new = KeyRing::new(MasterKey::generate().unwrap(), []);
         let blob = old.encrypt("x", b"v").unwrap();
-        let mut census = KeyCensus::default();
-        census.add(Some(&blob[..4 + old.primary_id().len()]), 3);
-        census.add(None, 1);
-        assert!(census.check(&old).is_ok());
-        let err = census.check(&new).unwrap_err().to_string();
+        let header = &blob[..4 + old.primary_id().len()];
+        assert_eq!(MissingKeys::lacked(&old, header), None);
+        assert_eq!(MissingKeys::lacked(&old, b"not ours"), None);
+        let mut missing = MissingKeys::default();
+        let id = MissingKeys::lacked(&new, header).unwrap();
+        assert_eq!(id, old.primary_id());
+        missing.add(id, 3);
+        let err = missing.check(&new).unwrap_err().to_string();
         assert!(
             err.contains(&format!("{} (3 values)", old.primary_id()))
                 && err.contains(new.primary_id())
@@ -156,5 +174,6 @@ mod tests {
                 && err.contains("keyhaven keys rotate"),
             "{err}"
         );
+        assert!(MissingKeys::default().check(&new).is_ok());
     }
 }

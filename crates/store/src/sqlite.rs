@@ -24,7 +24,7 @@ use rusqlite::{
 };
 
 use crate::crypto::KeyRing;
-use crate::rotate::{KeyCensus, RotationReport, Table};
+use crate::rotate::{MissingKeys, RotationReport, Table};
 use crate::rows::{
     ACCOUNT_COLUMNS, AccountRow, Arg, INTEGRATION_COLUMNS, IntegrationRow, PreparedUpdate,
     account_and_credentials, encode_credentials, encode_pending, list_query, micros, page,
@@ -38,7 +38,13 @@ static ACCOUNT_WITH_CREDENTIALS: std::sync::LazyLock<String> = std::sync::LazyLo
     )
 });
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/sqlite/0001_init.sql")),
+    (
+        2,
+        include_str!("../migrations/sqlite/0002_credentials_key_index.sql"),
+    ),
+];
 
 /// The file name of the database in a data directory.
 pub const DB_FILE: &str = "keyhaven.db";
@@ -198,7 +204,8 @@ impl SqliteStore {
     /// [`StoreError::Backend`]): then nothing is written.
     pub fn open(path: impl AsRef<Path>, keys: KeyRing) -> Result<Self, StoreError> {
         let store = Self::open_unchecked(path.as_ref(), keys)?;
-        store.key_census()?.check(&store.key_ring())?;
+        let keys = store.key_ring();
+        store.missing_keys(&keys)?.check(&keys)?;
         Ok(store)
     }
 
@@ -240,8 +247,7 @@ impl SqliteStore {
         // No key file: a new key, kept only if nothing is encrypted under another.
         let key = crate::crypto::MasterKey::generate()?;
         let store = Self::open_unchecked(&path, KeyRing::new(key.clone_key(), []))?;
-        let census = store.key_census()?;
-        let missing = census.missing(&store.key_ring());
+        let missing = store.missing_keys(&store.key_ring())?.into_vec();
         if !missing.is_empty() {
             let rows = missing.iter().map(|(_, n)| n).sum();
             return Err(StoreError::Backend(Box::new(
@@ -257,38 +263,41 @@ impl SqliteStore {
         Ok(store)
     }
 
-    /// How many values each key encrypts, from the headers of the secret columns
-    /// (only their first bytes are compared: the magic, the key id's length, the id).
-    fn key_census(&self) -> Result<KeyCensus, StoreError> {
+    /// The key ids the stored values are encrypted with that `keys` lacks, with how
+    /// many values each: a loose scan of the distinct blob headers of each secret
+    /// column (an index seek per key id in use on `connected_accounts`), then a count
+    /// for each missing key only. Expired pending states are left out.
+    fn missing_keys(&self, keys: &KeyRing) -> Result<MissingKeys, StoreError> {
         let now = micros(Utc::now());
         self.read(|c| {
-            let mut census = KeyCensus::default();
+            let mut missing = MissingKeys::default();
             for table in Table::ALL {
-                // The key id's length is the blob's 4th byte; SQLite has no function
-                // for a byte's value, but the one byte as text is that character (key
-                // ids are short, so the byte is ASCII) and `unicode` gives its code. A
-                // blob shorter than the header gives NULL.
+                let header = crate::rotate::sqlite_header(table.column);
                 let live = match table.expires {
-                    Some(column) => format!(" AND {column} >= ?1"),
-                    None => " AND ?1 IS NOT NULL".to_owned(),
+                    Some(column) => format!(" AND {column} >= ?2"),
+                    None => " AND ?2 IS NOT NULL".to_owned(),
                 };
-                let sql = format!(
-                    "SELECT substr({col}, 1, 4 + unicode(CAST(substr({col}, 4, 1) AS TEXT))) AS head, COUNT(*) FROM {t} WHERE {col} IS NOT NULL{live} GROUP BY head",
-                    col = table.column,
-                    t = table.table
+                let t = table.table;
+                let next = format!(
+                    "SELECT {header} FROM {t} WHERE {header} > ?1{live} ORDER BY {header} LIMIT 1"
                 );
-                let mut st = c.prepare(&sql).map_err(map_err)?;
-                let rows = st
-                    .query_map([now], |r| {
-                        Ok((r.get::<_, Option<Vec<u8>>>(0)?, r.get::<_, i64>(1)?))
-                    })
-                    .map_err(map_err)?;
-                for row in rows {
-                    let (head, n) = row.map_err(map_err)?;
-                    census.add(head.as_deref(), n);
+                let count = format!("SELECT COUNT(*) FROM {t} WHERE {header} = ?1{live}");
+                let mut last: Vec<u8> = Vec::new();
+                while let Some(found) = c
+                    .query_row(&next, params![last, now], |r| r.get::<_, Vec<u8>>(0))
+                    .optional()
+                    .map_err(map_err)?
+                {
+                    if let Some(id) = MissingKeys::lacked(keys, &found) {
+                        let n: i64 = c
+                            .query_row(&count, params![found, now], |r| r.get(0))
+                            .map_err(map_err)?;
+                        missing.add(id, n);
+                    }
+                    last = found;
                 }
             }
-            Ok(census)
+            Ok(missing)
         })
     }
 
