@@ -415,6 +415,17 @@ fn serve_refuses_a_data_directory_whose_master_key_is_missing_or_replaced() {
         err.contains("not configured") && err.contains("KEYHAVEN_OLD_MASTER_KEYS"),
         "{err}"
     );
+    // `keys rotate` on the wrong key refuses too, before it adds a key to the file.
+    let replaced = std::fs::read(&key_path).unwrap();
+    let out = run(dir, &["keys", "rotate"], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not configured"), "{err}");
+    assert_eq!(
+        std::fs::read(&key_path).unwrap(),
+        replaced,
+        "the key file is unchanged"
+    );
     // Nothing was written meanwhile: the account is still the only one.
     std::fs::write(&key_path, &key_file).unwrap();
     let out = run(dir, &["accounts", "list", "--json"], &[]);

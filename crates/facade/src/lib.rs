@@ -61,7 +61,7 @@ pub use keyhaven_store::PostgresStore;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use keyhaven_store::RotationReport;
 #[cfg(feature = "sqlite")]
-pub use keyhaven_store::SqliteStore;
+pub use keyhaven_store::{DB_FILE, SqliteStore};
 pub use keyhaven_store::{
     KeyError, KeyFile, KeyRing, MASTER_KEY_ENV, MasterKey, MemoryStore, OLD_KEYS_ENV, files,
     ring_from_base64, ring_from_env,
