@@ -5,8 +5,6 @@
 //! stdout is a closed pipe, as in `keyhaven apps | head -2`): a closed stdout ends the
 //! command quietly with exit status 141, as a Unix tool stopped by SIGPIPE does.
 
-#![allow(clippy::print_stderr)]
-
 use std::io::{IsTerminal, Write};
 
 use keyhaven_server::proxy::ProxyResponse;
@@ -59,15 +57,21 @@ fn print_json(v: &Value) -> Result<(), CliError> {
     line(serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()))
 }
 
+/// A line on stderr; a closed stderr is ignored (`eprintln!` would panic), as there is
+/// nowhere left to say anything.
+fn to_stderr(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 /// One line on stderr: `error: ...`.
 pub(crate) fn error_line(message: &str) {
     let one_line: String = message.replace(['\n', '\r'], " ");
-    eprintln!("error: {one_line}");
+    to_stderr(&format!("error: {one_line}"));
 }
 
 /// One line on stderr: `warning: ...`.
 pub(crate) fn warn(message: &str) {
-    eprintln!("warning: {message}");
+    to_stderr(&format!("warning: {message}"));
 }
 
 fn s<'a>(v: &'a Value, key: &str) -> &'a str {
@@ -280,7 +284,7 @@ pub(crate) fn initiated(answer: &Value, json: bool) -> Result<(), CliError> {
 /// Where the user must go; on stderr with `--json`, so stdout stays JSON.
 pub(crate) fn visit(url: &str, id: &str, json: bool) -> Result<(), CliError> {
     if json {
-        eprintln!("open this URL to connect {id}: {url}");
+        to_stderr(&format!("open this URL to connect {id}: {url}"));
         Ok(())
     } else {
         line(format!("Open this URL to connect ({id}):\n\n  {url}\n"))
