@@ -172,20 +172,61 @@ fn postgres() -> Result<String, String> {
         }
     }
     psql("SELECT 1")?;
-    // Databases left by earlier runs.
-    let stale = psql(
-        "SELECT datname FROM pg_database WHERE datname LIKE 'kh\\_test\\_%' OR datname LIKE 'keyhaven\\_run\\_%'",
-    )?;
-    for name in stale.lines().filter(|l| !l.trim().is_empty()) {
-        psql(&format!(
-            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-            name.trim()
-        ))?;
-    }
-    let name = format!("keyhaven_run_{}", std::process::id());
+    drop_stale_databases()?;
+    let name = run_database_name();
     psql(&format!("CREATE DATABASE {name}"))?;
     println!("xtask: PostgreSQL database {name} created for this run");
     Ok(format!("postgres://postgres@127.0.0.1:5432/{name}"))
+}
+
+/// How old a test database must be before a run drops it: other runs, of other
+/// worktrees on the same server, may be using younger ones.
+const STALE_AFTER_MS: u64 = 6 * 60 * 60 * 1000;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// `keyhaven_run_<milliseconds, 12 hex digits>_<pid>`: unique across runs, and its
+/// age can be read back, like the `kh_test_<id>` databases whose ids start with
+/// their milliseconds.
+fn run_database_name() -> String {
+    format!("keyhaven_run_{:012x}_{}", now_ms(), std::process::id())
+}
+
+/// When a test database was made, from the milliseconds at the start of its name's
+/// suffix; `None` for names without them (from older versions).
+fn created_ms(name: &str) -> Option<u64> {
+    let rest = name
+        .strip_prefix("kh_test_")
+        .or_else(|| name.strip_prefix("keyhaven_run_"))?;
+    u64::from_str_radix(rest.get(..12)?, 16).ok()
+}
+
+/// Drops the test databases of earlier runs: those older than [`STALE_AFTER_MS`],
+/// and those of unknown age that no one is connected to (never another run's
+/// database in use).
+fn drop_stale_databases() -> Result<(), String> {
+    let names = psql(
+        "SELECT datname FROM pg_database WHERE datname LIKE 'kh\\_test\\_%' OR datname LIKE 'keyhaven\\_run\\_%'",
+    )?;
+    let now = now_ms();
+    for name in names.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        match created_ms(name) {
+            Some(made) if now.saturating_sub(made) > STALE_AFTER_MS => {
+                psql(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))?;
+            }
+            Some(_) => {}
+            // In use: the drop fails, and the database stays.
+            None => {
+                let _ = psql(&format!("DROP DATABASE IF EXISTS \"{name}\""));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Prepares every service; returns the environment the tests need.
@@ -202,4 +243,22 @@ pub(crate) fn prepare(root: &Path) -> Result<Vec<(String, String)>, String> {
         ("KEYHAVEN_SCHEMATHESIS_VENV".into(), schemathesis),
         ("CHROMIUM".into(), chromium),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_databases_are_unique_and_dated() {
+        let name = run_database_name();
+        let made = created_ms(&name).unwrap();
+        assert!(now_ms() - made < 60_000, "{name}");
+        assert_eq!(
+            created_ms("kh_test_018f00000000000112345678abcdef01"),
+            Some(0x018f00000000)
+        );
+        assert_eq!(created_ms("keyhaven_run_4242"), None);
+        assert_eq!(created_ms("other"), None);
+    }
 }

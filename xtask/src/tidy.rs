@@ -213,7 +213,8 @@ mod tests {
 
     #[test]
     fn the_checks_catch_violations() {
-        let dir = std::env::temp_dir().join(format!("keyhaven-tidy-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let core = dir.join("crates/core");
         fs::create_dir_all(core.join("src")).unwrap();
         fs::write(
@@ -231,7 +232,7 @@ mod tests {
             format!("fn f() {{ {}) }}\n", concat!("todo", "!(")),
         )
         .unwrap();
-        let problems = check_all(&dir);
+        let problems = check_all(dir);
         let joined = problems.join("\n");
         assert!(joined.contains("[lints] workspace = true"), "{joined}");
         assert!(joined.contains("serde must be"), "{joined}");
@@ -241,6 +242,5 @@ mod tests {
         );
         assert!(joined.contains("`//!` line"), "{joined}");
         assert!(joined.contains("stub macro"), "{joined}");
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

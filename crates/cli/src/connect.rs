@@ -183,14 +183,14 @@ pub(crate) async fn connect(
         return report(&account, json);
     }
     if args.no_wait {
-        output::initiated(&out, json);
+        output::initiated(&out, json)?;
         if let (true, Some(u)) = (args.open, &url) {
             open_browser(u);
         }
         return Ok(Exit::Ok);
     }
     if let Some(u) = &url {
-        output::visit(u, &id, json);
+        output::visit(u, &id, json)?;
         if args.open {
             open_browser(u);
         }
@@ -241,11 +241,11 @@ pub(crate) async fn wait_and_report(
 fn report(account: &Value, json: bool) -> Result<Exit, CliError> {
     let status = account["status"].as_str().unwrap_or_default();
     if status == "ACTIVE" {
-        output::account(account, json);
+        output::account(account, json)?;
         return Ok(Exit::Ok);
     }
     if json {
-        output::account(account, json);
+        output::account(account, json)?;
     }
     Err(CliError::new(
         Exit::Failed,

@@ -97,7 +97,7 @@ pub(crate) async fn rotate_keys(
         (None, Some(ring)) => {
             // The keys come from the environment: the new one is already primary there.
             let id = ring.primary_id().to_owned();
-            let store = SqliteStore::open(args.dir().join("keyhaven.db"), ring)
+            let store = SqliteStore::open(args.dir().join(keyhaven::DB_FILE), ring)
                 .map_err(CliError::from_store)?;
             (
                 store.rotate(batch).await.map_err(CliError::from_store)?,
@@ -114,10 +114,14 @@ pub(crate) async fn rotate_keys(
                     dir.display()
                 )));
             }
+            // Opened with the keys as they are first: a store that needs a key the file
+            // lacks is refused before the file changes.
+            let current = file.load().map_err(CliError::from_store)?;
+            let store = SqliteStore::open(dir.join(keyhaven::DB_FILE), current)
+                .map_err(CliError::from_store)?;
             let ring = file.add_primary().map_err(CliError::from_store)?;
             let id = ring.primary_id().to_owned();
-            let store =
-                SqliteStore::open(dir.join("keyhaven.db"), ring).map_err(CliError::from_store)?;
+            store.set_key_ring(ring);
             let report = store.rotate(batch).await.map_err(CliError::from_store)?;
             if retire_old {
                 file.retire_old_keys().map_err(CliError::from_store)?;

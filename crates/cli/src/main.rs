@@ -30,7 +30,9 @@ const EXIT_CODES: &str = "Exit codes:
   6  timed out: the account is still INITIATED
   7  the server refused the key
   8  the server, the database or the provider could not be reached
-  9  request: the API answered with an error status (4xx or 5xx)";
+  9  request: the API answered with an error status (4xx or 5xx)
+141  stdout was closed before everything was printed (as in `keyhaven apps | head -2`):
+     the command stops quietly, as Unix tools stopped by SIGPIPE do";
 
 /// What a run ends with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +47,9 @@ pub(crate) enum Exit {
     Unauthorized = 7,
     Unavailable = 8,
     ApiError = 9,
+    /// stdout is a closed pipe: stop without a word, with the status a shell shows
+    /// for a program killed by SIGPIPE (128 + 13).
+    ClosedStdout = 141,
 }
 
 /// An error of the command line: one line for people, and an exit code.
@@ -76,6 +81,11 @@ impl CliError {
 
     pub(crate) fn not_found(message: impl Into<String>) -> Self {
         Self::new(Exit::NotFound, message)
+    }
+
+    /// stdout is closed (the reader of the pipe went away): no message.
+    pub(crate) fn closed_stdout() -> Self {
+        Self::new(Exit::ClosedStdout, "")
     }
 
     pub(crate) fn from_store(e: keyhaven::StoreError) -> Self {
@@ -328,7 +338,7 @@ async fn run(cli: Cli) -> Result<Exit, CliError> {
                 catalog_dir,
             )
             .await?;
-            output::apps(&apps, json, query.as_deref());
+            output::apps(&apps, json, query.as_deref())?;
             Ok(Exit::Ok)
         }
         Command::Integrations(cmd) => {
@@ -362,17 +372,17 @@ async fn run(cli: Cli) -> Result<Exit, CliError> {
                             config,
                         )
                         .await?;
-                    output::integration(&i, json);
+                    output::integration(&i, json)?;
                 }
                 IntegrationsCmd::List { app } => {
-                    output::integrations(&b.integrations(app.as_deref()).await?, json);
+                    output::integrations(&b.integrations(app.as_deref()).await?, json)?;
                 }
                 IntegrationsCmd::Show { id } => {
-                    output::integration(&b.integration(&id).await?, json)
+                    output::integration(&b.integration(&id).await?, json)?
                 }
                 IntegrationsCmd::Delete { id } => {
                     b.delete_integration(&id).await?;
-                    output::done(json, &id, "deleted");
+                    output::done(json, &id, "deleted")?;
                 }
             }
             Ok(Exit::Ok)
@@ -385,20 +395,20 @@ async fn run(cli: Cli) -> Result<Exit, CliError> {
         Command::Accounts(cmd) => {
             let b = backend().await?;
             match cmd {
-                AccountsCmd::List(args) => output::accounts(&b.accounts(&args).await?, json),
-                AccountsCmd::Show { id } => output::account(&b.account(&id).await?, json),
+                AccountsCmd::List(args) => output::accounts(&b.accounts(&args).await?, json)?,
+                AccountsCmd::Show { id } => output::account(&b.account(&id).await?, json)?,
                 AccountsCmd::Delete { id } => {
                     b.delete_account(&id).await?;
-                    output::done(json, &id, "deleted");
+                    output::done(json, &id, "deleted")?;
                 }
                 AccountsCmd::Refresh { id } => {
-                    output::account(&b.action(&id, "refresh").await?, json)
+                    output::account(&b.action(&id, "refresh").await?, json)?
                 }
                 AccountsCmd::Enable { id } => {
-                    output::account(&b.action(&id, "enable").await?, json)
+                    output::account(&b.action(&id, "enable").await?, json)?
                 }
                 AccountsCmd::Disable { id } => {
-                    output::account(&b.action(&id, "disable").await?, json)
+                    output::account(&b.action(&id, "disable").await?, json)?
                 }
             }
             Ok(Exit::Ok)
@@ -420,7 +430,7 @@ async fn run(cli: Cli) -> Result<Exit, CliError> {
             let b = backend().await?;
             let request = backend::proxy_request(method, path, data, &headers)?;
             let response = b.request(&id, &request).await?;
-            output::response(&response, include, json);
+            output::response(&response, include, json)?;
             Ok(if response.status >= 400 {
                 Exit::ApiError
             } else {
@@ -434,16 +444,14 @@ async fn run(cli: Cli) -> Result<Exit, CliError> {
                 ));
             }
             let report = local::rotate_keys(&store, retire_old, batch.max(1)).await?;
-            output::rotation(&report, json);
+            output::rotation(&report, json)?;
             Ok(Exit::Ok)
         }
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "keyhaven",
-                &mut std::io::stdout(),
-            );
+            // Into a buffer first: clap_complete panics when its writer fails.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "keyhaven", &mut script);
+            output::emit(&String::from_utf8_lossy(&script))?;
             Ok(Exit::Ok)
         }
     }
@@ -472,7 +480,9 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(exit) => ExitCode::from(exit as u8),
         Err(e) => {
-            output::error_line(&e.message);
+            if e.exit != Exit::ClosedStdout {
+                output::error_line(&e.message);
+            }
             ExitCode::from(e.exit as u8)
         }
     }

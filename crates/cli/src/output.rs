@@ -1,39 +1,85 @@
 //! What the commands print: JSON with `--json`, tables for people otherwise. Errors
 //! and warnings go to stderr, one line each.
+//!
+//! Everything for stdout goes through [`emit`], never `println!` (which panics when
+//! stdout is a closed pipe, as in `keyhaven apps | head -2`): a closed stdout ends the
+//! command quietly with exit status 141, as a Unix tool stopped by SIGPIPE does.
 
-#![allow(clippy::print_stderr)]
-
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 
 use keyhaven_server::proxy::ProxyResponse;
 use serde_json::Value;
 
 use crate::CliError;
 
-fn print_json(v: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
-    );
+/// Writes `text` to stdout at once and flushes it.
+///
+/// # Errors
+/// A closed stdout: [`CliError::closed_stdout`] (no message, exit status 141); any
+/// other write error: a one-line error.
+pub(crate) fn emit(text: &str) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                CliError::closed_stdout()
+            } else {
+                CliError::other(format!("cannot write to stdout: {e}"))
+            }
+        })
+}
+
+/// Text for stdout, written with one [`emit`].
+#[derive(Debug, Default)]
+pub(crate) struct Out(String);
+
+impl Out {
+    /// Adds a line.
+    pub(crate) fn line(&mut self, text: impl std::fmt::Display) -> &mut Self {
+        self.0.push_str(&text.to_string());
+        self.0.push('\n');
+        self
+    }
+
+    /// Writes the lines to stdout.
+    pub(crate) fn print(&self) -> Result<(), CliError> {
+        emit(&self.0)
+    }
+}
+
+/// One line on stdout.
+pub(crate) fn line(text: impl std::fmt::Display) -> Result<(), CliError> {
+    Out::default().line(text).print()
+}
+
+fn print_json(v: &Value) -> Result<(), CliError> {
+    line(serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()))
+}
+
+/// A line on stderr; a closed stderr is ignored (`eprintln!` would panic), as there is
+/// nowhere left to say anything.
+fn to_stderr(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// One line on stderr: `error: ...`.
 pub(crate) fn error_line(message: &str) {
     let one_line: String = message.replace(['\n', '\r'], " ");
-    eprintln!("error: {one_line}");
+    to_stderr(&format!("error: {one_line}"));
 }
 
 /// One line on stderr: `warning: ...`.
 pub(crate) fn warn(message: &str) {
-    eprintln!("warning: {message}");
+    to_stderr(&format!("warning: {message}"));
 }
 
 fn s<'a>(v: &'a Value, key: &str) -> &'a str {
     v[key].as_str().unwrap_or("")
 }
 
-/// Prints rows under a header, columns as wide as their widest cell.
-fn table(header: &[&str], rows: &[Vec<String>]) {
+/// Rows under a header, columns as wide as their widest cell.
+fn table(out: &mut Out, header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -55,20 +101,18 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
             .collect::<Vec<_>>()
             .join("  ")
     };
-    println!("{}", line(header.iter().map(|h| (*h).to_owned()).collect()));
+    out.line(line(header.iter().map(|h| (*h).to_owned()).collect()));
     for row in rows {
-        println!("{}", line(row.clone()));
+        out.line(line(row.clone()));
     }
 }
 
-pub(crate) fn apps(apps: &[Value], json: bool, query: Option<&str>) {
+pub(crate) fn apps(apps: &[Value], json: bool, query: Option<&str>) -> Result<(), CliError> {
     if json {
-        print_json(&Value::Array(apps.to_vec()));
-        return;
+        return print_json(&Value::Array(apps.to_vec()));
     }
     if apps.is_empty() {
-        println!("no app matches {:?}", query.unwrap_or_default());
-        return;
+        return line(format!("no app matches {:?}", query.unwrap_or_default()));
     }
     let rows: Vec<Vec<String>> = apps
         .iter()
@@ -81,17 +125,17 @@ pub(crate) fn apps(apps: &[Value], json: bool, query: Option<&str>) {
             ]
         })
         .collect();
-    table(&["SLUG", "NAME", "SCHEMES"], &rows);
+    let mut out = Out::default();
+    table(&mut out, &["SLUG", "NAME", "SCHEMES"], &rows);
+    out.print()
 }
 
-pub(crate) fn integrations(list: &[Value], json: bool) {
+pub(crate) fn integrations(list: &[Value], json: bool) -> Result<(), CliError> {
     if json {
-        print_json(&Value::Array(list.to_vec()));
-        return;
+        return print_json(&Value::Array(list.to_vec()));
     }
     if list.is_empty() {
-        println!("no integrations");
-        return;
+        return line("no integrations");
     }
     let rows: Vec<Vec<String>> = list
         .iter()
@@ -104,13 +148,14 @@ pub(crate) fn integrations(list: &[Value], json: bool) {
             ]
         })
         .collect();
-    table(&["ID", "APP", "SCHEME", "NAME"], &rows);
+    let mut out = Out::default();
+    table(&mut out, &["ID", "APP", "SCHEME", "NAME"], &rows);
+    out.print()
 }
 
-pub(crate) fn integration(i: &Value, json: bool) {
+pub(crate) fn integration(i: &Value, json: bool) -> Result<(), CliError> {
     if json {
-        print_json(i);
-        return;
+        return print_json(i);
     }
     let mut rows = vec![
         ("id", s(i, "id").to_owned()),
@@ -127,27 +172,29 @@ pub(crate) fn integration(i: &Value, json: bool) {
     if !secrets.is_empty() {
         rows.push(("secrets", format!("{secrets} (kept encrypted)")));
     }
+    let mut out = Out::default();
     for (k, v) in rows {
-        println!("{k:<8} {v}");
+        out.line(format!("{k:<8} {v}"));
     }
+    out.print()
 }
 
-pub(crate) fn done(json: bool, id: &str, what: &str) {
+pub(crate) fn done(json: bool, id: &str, what: &str) -> Result<(), CliError> {
     if json {
-        print_json(&serde_json::json!({"id": id, "status": what}));
+        print_json(&serde_json::json!({"id": id, "status": what}))
     } else {
-        println!("{id} {what}");
+        line(format!("{id} {what}"))
     }
 }
 
-pub(crate) fn accounts(page: &Value, json: bool) {
+pub(crate) fn accounts(page: &Value, json: bool) -> Result<(), CliError> {
     if json {
-        print_json(page);
-        return;
+        return print_json(page);
     }
+    let mut out = Out::default();
     let items = page["items"].as_array().cloned().unwrap_or_default();
     if items.is_empty() {
-        println!("no connected accounts");
+        out.line("no connected accounts");
     } else {
         let rows: Vec<Vec<String>> = items
             .iter()
@@ -163,13 +210,15 @@ pub(crate) fn accounts(page: &Value, json: bool) {
             })
             .collect();
         table(
+            &mut out,
             &["ID", "STATUS", "ENTITY", "APP", "LABELS", "CREATED"],
             &rows,
         );
     }
     if let Some(next) = page["nextCursor"].as_str() {
-        println!("more: --cursor {next}");
+        out.line(format!("more: --cursor {next}"));
     }
+    out.print()
 }
 
 /// The strings of a JSON list, joined; empty when there are none.
@@ -184,10 +233,9 @@ fn joined(list: &Value, separator: &str) -> String {
         .unwrap_or_default()
 }
 
-pub(crate) fn account(a: &Value, json: bool) {
+pub(crate) fn account(a: &Value, json: bool) -> Result<(), CliError> {
     if json {
-        print_json(a);
-        return;
+        return print_json(a);
     }
     let mut rows = vec![
         ("id", s(a, "id").to_owned()),
@@ -209,33 +257,37 @@ pub(crate) fn account(a: &Value, json: bool) {
     if let Some(b) = a["connectionParams"]["base_url"].as_str() {
         rows.push(("api", b.to_owned()));
     }
+    let mut out = Out::default();
     for (k, v) in rows {
-        println!("{k:<12} {v}");
+        out.line(format!("{k:<12} {v}"));
     }
+    out.print()
 }
 
 /// `connect --no-wait` (or `--json`): what initiate answered.
-pub(crate) fn initiated(out: &Value, json: bool) {
+pub(crate) fn initiated(answer: &Value, json: bool) -> Result<(), CliError> {
     if json {
-        print_json(out);
-        return;
+        return print_json(answer);
     }
-    println!(
+    let mut out = Out::default();
+    out.line(format!(
         "{} {}",
-        s(out, "connectedAccountId"),
-        s(out, "connectionStatus")
-    );
-    if let Some(u) = out["redirectUrl"].as_str() {
-        println!("{u}");
+        s(answer, "connectedAccountId"),
+        s(answer, "connectionStatus")
+    ));
+    if let Some(u) = answer["redirectUrl"].as_str() {
+        out.line(u);
     }
+    out.print()
 }
 
 /// Where the user must go; on stderr with `--json`, so stdout stays JSON.
-pub(crate) fn visit(url: &str, id: &str, json: bool) {
+pub(crate) fn visit(url: &str, id: &str, json: bool) -> Result<(), CliError> {
     if json {
-        eprintln!("open this URL to connect {id}: {url}");
+        to_stderr(&format!("open this URL to connect {id}: {url}"));
+        Ok(())
     } else {
-        println!("Open this URL to connect ({id}):\n\n  {url}\n");
+        line(format!("Open this URL to connect ({id}):\n\n  {url}\n"))
     }
 }
 
@@ -254,8 +306,7 @@ pub(crate) fn token(creds: &Value, field: Option<&str>, json: bool) -> Result<()
         warn("this prints a secret to the terminal; use it in a pipe or $(...) instead");
     }
     if json {
-        print_json(creds);
-        return Ok(());
+        return print_json(creds);
     }
     let fields = creds["credentials"]
         .as_object()
@@ -276,42 +327,39 @@ pub(crate) fn token(creds: &Value, field: Option<&str>, json: bool) -> Result<()
             })?,
     };
     match fields.get(&name) {
-        Some(Value::String(v)) => println!("{v}"),
-        Some(other) => println!("{other}"),
-        None => {
-            return Err(CliError::not_found(format!(
-                "the credentials have no field {name:?}; they have {}",
-                fields.keys().cloned().collect::<Vec<_>>().join(", ")
-            )));
-        }
+        Some(Value::String(v)) => line(v),
+        Some(other) => line(other),
+        None => Err(CliError::not_found(format!(
+            "the credentials have no field {name:?}; they have {}",
+            fields.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))),
     }
-    Ok(())
 }
 
-pub(crate) fn response(r: &ProxyResponse, include: bool, json: bool) {
+pub(crate) fn response(r: &ProxyResponse, include: bool, json: bool) -> Result<(), CliError> {
     if json {
-        print_json(&serde_json::to_value(r).unwrap_or(Value::Null));
-        return;
+        return print_json(&serde_json::to_value(r).unwrap_or(Value::Null));
     }
     if include {
-        println!("HTTP {}", r.status);
+        let mut out = Out::default();
+        out.line(format!("HTTP {}", r.status));
         for (k, v) in &r.headers {
-            println!("{k}: {v}");
+            out.line(format!("{k}: {v}"));
         }
-        println!();
+        out.line("");
+        out.print()?;
     }
     match &r.body {
-        Value::String(text) => println!("{text}"),
+        Value::String(text) => line(text),
         other => print_json(other),
     }
 }
 
-pub(crate) fn rotation(report: &Value, json: bool) {
+pub(crate) fn rotation(report: &Value, json: bool) -> Result<(), CliError> {
     if json {
-        print_json(report);
-        return;
+        return print_json(report);
     }
-    println!(
+    line(format!(
         "new primary key {}: {} secret(s) re-encrypted, {} already under it{}",
         s(report, "primaryKey"),
         report["reencrypted"],
@@ -321,5 +369,5 @@ pub(crate) fn rotation(report: &Value, json: bool) {
         } else {
             "; old keys kept for reading (--retire-old removes them)"
         }
-    );
+    ))
 }

@@ -11,8 +11,8 @@ use keyhaven_server::proxy::ProxyLimits;
 use keyhaven_server::{AdminKey, AppState, Audit, CREDENTIALS_KEY_FILE, ServerConfig, Webhook};
 use serde::Deserialize;
 
-use crate::CliError;
 use crate::local::{StoreArgs, open_store};
+use crate::{CliError, output};
 
 /// The default address: loopback only.
 pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:9210";
@@ -216,10 +216,10 @@ pub(crate) async fn serve(
         None => {
             let (key, shown) = AdminKey::load_or_create(&data_dir).map_err(CliError::other)?;
             if let Some(plain) = shown {
-                println!(
+                output::line(format!(
                     "admin API key (shown once, stored hashed in {}): {plain}",
                     data_dir.display()
-                );
+                ))?;
             }
             key
         }
@@ -231,10 +231,10 @@ pub(crate) async fn serve(
                 AdminKey::load_or_create_file(&data_dir, CREDENTIALS_KEY_FILE, "khc_")
                     .map_err(CliError::other)?;
             if let Some(plain) = shown {
-                println!(
+                output::line(format!(
                     "credentials key (reads credentials only; shown once, stored hashed in {}): {plain}",
                     data_dir.display()
-                );
+                ))?;
             }
             key
         }
@@ -253,12 +253,12 @@ pub(crate) async fn serve(
         proxy: ProxyLimits { max_response_bytes },
         ..ServerConfig::default()
     };
-    println!(
+    output::line(format!(
         "keyhaven listening on http://{local} (public URL {}, {description}, {} webhook(s), audit log {})",
         public_url.as_str().trim_end_matches('/'),
         config.webhooks.len(),
         audit_path.display()
-    );
+    ))?;
     let mut state = AppState::new(kh, admin_key);
     state.credentials_key = Some(credentials_key);
     state.audit = audit;
@@ -267,7 +267,7 @@ pub(crate) async fn serve(
     keyhaven_server::serve(listener, state, shutdown_signal())
         .await
         .map_err(|e| CliError::other(e.to_string()))?;
-    println!("keyhaven stopped");
+    output::line("keyhaven stopped")?;
     Ok(())
 }
 

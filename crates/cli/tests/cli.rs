@@ -1,6 +1,8 @@
 //! The built `keyhaven` binary: `apps` as a table and as JSON, and `serve` with no
 //! configuration — it listens, prints the admin key once, answers the API with it,
-//! and stops cleanly on SIGTERM.
+//! and stops cleanly on SIGTERM; a closed stdout ends a command quietly (141); the
+//! files `serve` makes are owner-only whatever the umask; and it refuses a store
+//! whose key is missing or replaced. Each test has its own temporary directory.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -53,10 +55,11 @@ fn http(port: u16, method: &str, path: &str, key: Option<&str>) -> (u16, String)
 
 #[test]
 fn serve_with_no_configuration() {
-    let dir = tempfile_dir("bare");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let mut child = keyhaven()
         .args(["serve", "--listen", "127.0.0.1:0"])
-        .current_dir(&dir)
+        .current_dir(dir)
         .env_remove("KEYHAVEN_DATA_DIR")
         .env_remove("KEYHAVEN_API_KEY")
         .env_remove("KEYHAVEN_DATABASE_URL")
@@ -115,7 +118,7 @@ fn serve_with_no_configuration() {
     // A second start shows no key, and the first key still works.
     let mut child = keyhaven()
         .args(["serve", "--listen", "127.0.0.1:0"])
-        .current_dir(&dir)
+        .current_dir(dir)
         .env_remove("KEYHAVEN_DATA_DIR")
         .env_remove("KEYHAVEN_API_KEY")
         .stdout(Stdio::piped())
@@ -139,20 +142,12 @@ fn serve_with_no_configuration() {
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A fresh directory of its own for each test (tests run at once in one process).
-fn tempfile_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("kh-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[test]
 fn serve_reads_a_toml_file_and_refuses_a_bad_one() {
-    let dir = tempfile_dir("toml");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let config = dir.join("keyhaven.toml");
     std::fs::write(
         &config,
@@ -180,7 +175,7 @@ events = ["connection.active", "failed"]
         ])
         .arg("--config")
         .arg(&config)
-        .current_dir(&dir)
+        .current_dir(dir)
         .env_remove("KEYHAVEN_DATA_DIR")
         .env_remove("KEYHAVEN_DATABASE_URL")
         .stdout(Stdio::piped())
@@ -206,7 +201,7 @@ events = ["connection.active", "failed"]
         .args(["serve", "--listen", "127.0.0.1:0", "--api-key", "k"])
         .arg("--config")
         .arg(&config)
-        .current_dir(&dir)
+        .current_dir(dir)
         .env_remove("KEYHAVEN_DATA_DIR")
         .output()
         .unwrap();
@@ -226,7 +221,7 @@ events = ["connection.active", "failed"]
             "--proxy-max-response-bytes",
             "0",
         ])
-        .current_dir(&dir)
+        .current_dir(dir)
         .env_remove("KEYHAVEN_DATA_DIR")
         .output()
         .unwrap();
@@ -241,10 +236,305 @@ events = ["connection.active", "failed"]
         .args(["serve", "--api-key", "k"])
         .arg("--config")
         .arg(&config)
-        .current_dir(&dir)
+        .current_dir(dir)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("keyhaven.toml"));
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    // The reader gone before anything is written.
+    for args in [
+        &["apps"][..],
+        &["apps", "--json"],
+        &["apps", "github"],
+        &["completions", "bash"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = keyhaven()
+            .args(args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(141), "{args:?}");
+        assert!(
+            out.stderr.is_empty(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // As `keyhaven apps --json | head -c 100`: the reader takes a little, then goes,
+    // while more than a pipe holds is still to come.
+    let mut child = keyhaven()
+        .args(["apps", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 100];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(141));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `keyhaven serve` with `args`, under `umask 000` (the loosest), until it listens;
+/// the caller stops it.
+fn serve_with_open_umask(
+    dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Child {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("umask 000; exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_keyhaven"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .current_dir(dir)
+        .env_remove("KEYHAVEN_DATA_DIR")
+        .env_remove("KEYHAVEN_API_KEY")
+        .env_remove("KEYHAVEN_CREDENTIALS_KEY")
+        .env_remove("KEYHAVEN_DATABASE_URL")
+        .env_remove("KEYHAVEN_MASTER_KEY")
+        .env_remove("KEYHAVEN_OLD_MASTER_KEYS")
+        .env_remove("KEYHAVEN_AUDIT_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in lines {
+        if line.unwrap().starts_with("keyhaven listening") {
+            return child;
+        }
+    }
+    let status = child.wait().unwrap();
+    panic!("keyhaven serve did not start: {status}");
+}
+
+#[cfg(unix)]
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[cfg(unix)]
+#[test]
+fn serve_makes_owner_only_files_whatever_the_umask_and_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    // The data directory exists already, open to all.
+    let data = tmp.path().join("keyhaven-data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut child = serve_with_open_umask(tmp.path(), &[], &[]);
+    for name in [
+        "keyhaven.db",
+        "keyhaven.db-wal",
+        "keyhaven.db-shm",
+        "master.key",
+        "admin-key.sha256",
+        "credentials-key.sha256",
+        "audit.log",
+    ] {
+        assert_eq!(mode(&data.join(name)), 0o600, "{name}");
+    }
+    assert_eq!(mode(&data), 0o755, "an existing directory keeps its mode");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Runs the binary to completion with `env`, in `dir`.
+fn run(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = keyhaven();
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("KEYHAVEN_DATA_DIR")
+        .env_remove("KEYHAVEN_SERVER")
+        .env_remove("KEYHAVEN_API_KEY")
+        .env_remove("KEYHAVEN_DATABASE_URL")
+        .env_remove("KEYHAVEN_MASTER_KEY")
+        .env_remove("KEYHAVEN_OLD_MASTER_KEYS")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn serve_refuses_a_data_directory_whose_master_key_is_missing_or_replaced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let connect = [
+        "connect",
+        "openai",
+        "--entity",
+        "kai",
+        "--param",
+        "api_key=sk-kai",
+        "--json",
+    ];
+    let out = run(dir, &connect, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key_path = dir.join("keyhaven-data/master.key");
+    let key_file = std::fs::read(&key_path).unwrap();
+
+    // Deleted: serve refuses, and no new key is made.
+    std::fs::remove_file(&key_path).unwrap();
+    let serve = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--api-key",
+        "k",
+        "--credentials-key",
+        "c",
+    ];
+    let out = run(dir, &serve, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("master.key is missing") && err.contains("1 value"),
+        "{err}"
+    );
+    assert!(!key_path.exists(), "no new key was made");
+
+    // Replaced by another key (as a fresh `master.key` of another directory): refused.
+    let other = tempfile::tempdir().unwrap();
+    assert!(
+        run(other.path(), &["accounts", "list"], &[])
+            .status
+            .success()
+    );
+    std::fs::copy(other.path().join("keyhaven-data/master.key"), &key_path).unwrap();
+    let out = run(dir, &serve, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("not configured") && err.contains("KEYHAVEN_OLD_MASTER_KEYS"),
+        "{err}"
+    );
+    // `keys rotate` on the wrong key refuses too, before it adds a key to the file.
+    let replaced = std::fs::read(&key_path).unwrap();
+    let out = run(dir, &["keys", "rotate"], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not configured"), "{err}");
+    assert_eq!(
+        std::fs::read(&key_path).unwrap(),
+        replaced,
+        "the key file is unchanged"
+    );
+    // Nothing was written meanwhile: the account is still the only one.
+    std::fs::write(&key_path, &key_file).unwrap();
+    let out = run(dir, &["accounts", "list", "--json"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 1);
+    // The old key put back: it works again.
+    let out = run(
+        dir,
+        &["token", page["items"][0]["id"].as_str().unwrap()],
+        &[],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "sk-kai");
+}
+
+#[cfg(unix)]
+#[test]
+fn serve_on_postgresql_keeps_a_private_data_directory_and_refuses_another_key() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(url) = runtime.block_on(keyhaven_store::conformance::fresh_postgres_database()) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let old = keyhaven::MasterKey::generate().unwrap().to_base64();
+    let new = keyhaven::MasterKey::generate().unwrap().to_base64();
+    let with_old = [
+        ("KEYHAVEN_DATABASE_URL", url.as_str()),
+        ("KEYHAVEN_MASTER_KEY", &old),
+    ];
+    // The data directory holds only the key hashes and the audit log here: made 0700.
+    let mut child = serve_with_open_umask(dir, &[], &with_old);
+    let data = dir.join("keyhaven-data");
+    assert_eq!(mode(&data), 0o700);
+    for name in ["admin-key.sha256", "credentials-key.sha256", "audit.log"] {
+        assert_eq!(mode(&data.join(name)), 0o600, "{name}");
+    }
+    assert!(!data.join("keyhaven.db").exists() && !data.join("master.key").exists());
+    let _ = child.kill();
+    let _ = child.wait();
+    let connect = [
+        "connect",
+        "openai",
+        "--entity",
+        "pat",
+        "--param",
+        "api_key=sk-pat",
+    ];
+    let out = run(dir, &connect, &with_old);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Another KEYHAVEN_MASTER_KEY without the old one: refused.
+    let serve = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--api-key",
+        "k",
+        "--credentials-key",
+        "c",
+    ];
+    let with_new = [
+        ("KEYHAVEN_DATABASE_URL", url.as_str()),
+        ("KEYHAVEN_MASTER_KEY", &new),
+    ];
+    let out = run(dir, &serve, &with_new);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("not configured") && err.contains("KEYHAVEN_OLD_MASTER_KEYS"),
+        "{err}"
+    );
+    // With the old key given back as an old key: it starts.
+    let both = [
+        ("KEYHAVEN_DATABASE_URL", url.as_str()),
+        ("KEYHAVEN_MASTER_KEY", &new),
+        ("KEYHAVEN_OLD_MASTER_KEYS", &old),
+    ];
+    let mut child =
+        serve_with_open_umask(dir, &["--api-key", "k", "--credentials-key", "c"], &both);
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -29,6 +29,8 @@ struct Setup {
     callback: String,
     _server: Option<ServerProcess>,
     dir: PathBuf,
+    /// The test's own directory, removed when the test ends.
+    _tmp: tempfile::TempDir,
 }
 
 struct ServerProcess(Child);
@@ -55,6 +57,9 @@ fn bin() -> Command {
     c
 }
 
+/// A port free a moment ago: for addresses the command line must know in advance
+/// (the OAuth callback a local `connect` serves) or that must answer nothing.
+/// Servers the tests start listen on port 0 instead and say which port they got.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -63,15 +68,18 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn fresh_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kh-cmd-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A directory of this test's own (`name` only makes it easier to recognise).
+fn fresh_dir(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!("kh-cmd-{name}-"))
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path().to_owned();
+    (tmp, dir)
 }
 
 fn local(name: &str) -> Setup {
-    let dir = fresh_dir(name);
+    let (tmp, dir) = fresh_dir(name);
     let public_url = format!("http://127.0.0.1:{}", free_port());
     Setup {
         callback: format!("{public_url}/api/v1/oauth/callback"),
@@ -81,15 +89,14 @@ fn local(name: &str) -> Setup {
         },
         _server: None,
         dir,
+        _tmp: tmp,
     }
 }
 
 fn server(name: &str) -> Setup {
-    let dir = fresh_dir(name);
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
+    let (tmp, dir) = fresh_dir(name);
     let mut child = bin()
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["serve", "--listen", "127.0.0.1:0"])
         .args(["--api-key", ADMIN, "--credentials-key", CREDS])
         .arg("--data-dir")
         .arg(dir.join("data"))
@@ -100,12 +107,19 @@ fn server(name: &str) -> Setup {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let listening = lines.next().unwrap().unwrap();
     assert!(listening.starts_with("keyhaven listening"), "{listening}");
+    let url = listening
+        .split_whitespace()
+        .nth(3)
+        .filter(|u| u.starts_with("http://127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no address in {listening:?}"))
+        .to_owned();
     std::thread::spawn(move || for _ in lines {});
     Setup {
         callback: format!("{url}/api/v1/oauth/callback"),
         mode: Mode::Server { url },
         _server: Some(ServerProcess(child)),
         dir,
+        _tmp: tmp,
     }
 }
 
@@ -578,7 +592,6 @@ fn every_command_on_a_local_data_directory() {
         !String::from_utf8_lossy(&db).contains(SECRET),
         "encrypted at rest"
     );
-    let _ = std::fs::remove_dir_all(&s.dir);
 }
 
 #[test]
@@ -627,7 +640,6 @@ fn every_command_against_a_server() {
         audit.lines().count() >= 3 && !audit.contains(SECRET),
         "{audit}"
     );
-    let _ = std::fs::remove_dir_all(&s.dir);
 }
 
 #[test]
@@ -668,7 +680,13 @@ fn the_prompt_hides_the_secret_and_the_spinner_spins_in_a_terminal() {
     let Mode::Local { dir, public_url } = &s.mode else {
         unreachable!()
     };
-    let session = format!("kh-{}", std::process::id());
+    // The directory's name is unique: so is the session's, in tmux's one server.
+    let session = s
+        .dir
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .replace('.', "-");
     let tmux = |args: &[&str]| Command::new("tmux").args(args).output().unwrap();
     let screen = || {
         String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout).into_owned()
@@ -762,5 +780,4 @@ fn the_prompt_hides_the_secret_and_the_spinner_spins_in_a_terminal() {
         "the spinner is cleared:\n{end}"
     );
     tmux(&["kill-session", "-t", &session]);
-    let _ = std::fs::remove_dir_all(&s.dir);
 }

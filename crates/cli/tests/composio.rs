@@ -35,14 +35,13 @@ fn composio_client_works_against_keyhaven_serve() {
     let Some(python) = python() else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("kh-composio-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let mut server = Command::new(env!("CARGO_BIN_EXE_keyhaven"))
         .args(["serve", "--listen", "127.0.0.1:0", "--api-key", KEY])
         .args(["--allow-redirect", "http://127.0.0.1:5555"])
         .arg("--data-dir")
-        .arg(&dir)
+        .arg(dir)
         .env("KEYHAVEN_GITHUB_CLIENT_ID", "gh-client-id")
         .env("KEYHAVEN_GITHUB_CLIENT_SECRET", "gh-client-secret")
         .env_remove("KEYHAVEN_DATABASE_URL")
@@ -68,7 +67,7 @@ fn composio_client_works_against_keyhaven_serve() {
         .arg(&script)
         .env("KEYHAVEN_URL", &address)
         .env("KEYHAVEN_API_KEY", KEY)
-        .env("HOME", &dir)
+        .env("HOME", dir)
         .output()
         .unwrap();
     let _ = server.kill();
@@ -87,5 +86,4 @@ fn composio_client_works_against_keyhaven_serve() {
             >= 6,
         "{stdout}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -14,6 +14,9 @@ pub const ENTITY_ID_MAX_LEN: usize = 128;
 pub const APP_SLUG_MAX_LEN: usize = 64;
 /// The longest label accepted, in characters.
 pub const LABEL_MAX_LEN: usize = 64;
+/// The most labels an account may carry, and so the most a listing may filter by
+/// (an account must carry all of them).
+pub const LABELS_MAX_COUNT: usize = 32;
 
 fn invalid(field: &'static str, reason: String) -> Error {
     Error::InvalidInput {

@@ -19,7 +19,7 @@ pub use error::{BoxError, Error, ErrorKind, SchemeError, StoreError};
 pub use event::{AccountEvent, EventKind};
 pub use ids::{
     APP_SLUG_MAX_LEN, AppSlug, ConnectedAccountId, ENTITY_ID_MAX_LEN, EntityId, IntegrationId,
-    LABEL_MAX_LEN, Label, random_bytes, random_hex, to_hex,
+    LABEL_MAX_LEN, LABELS_MAX_COUNT, Label, random_bytes, random_hex, to_hex,
 };
 pub use model::{
     AccountFilter, ConnectedAccount, ConnectionRequest, ConnectionRequestOutput, ConnectionStatus,

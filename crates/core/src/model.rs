@@ -308,7 +308,8 @@ pub struct AccountFilter {
     pub labels: Vec<Label>,
     /// Only accounts after this one (the cursor of the previous page).
     pub after: Option<ConnectedAccountId>,
-    /// At most this many; 0 means [`AccountFilter::DEFAULT_LIMIT`].
+    /// At most this many; 0 means [`AccountFilter::DEFAULT_LIMIT`], and more than
+    /// [`AccountFilter::MAX_LIMIT`] means that many.
     pub limit: usize,
 }
 
@@ -317,6 +318,28 @@ impl AccountFilter {
     pub const DEFAULT_LIMIT: usize = 100;
     /// The largest page size.
     pub const MAX_LIMIT: usize = 1000;
+
+    /// Refuses a filter no account can pass for its size: more distinct labels than an
+    /// account may carry ([`LABELS_MAX_COUNT`](crate::LABELS_MAX_COUNT)).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] on `labels`, naming the limit.
+    pub fn check(&self) -> Result<(), Error> {
+        let mut distinct: Vec<&Label> = self.labels.iter().collect();
+        distinct.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        distinct.dedup();
+        if distinct.len() > crate::LABELS_MAX_COUNT {
+            return Err(Error::invalid(
+                "labels",
+                format!(
+                    "a listing may filter by at most {} labels, as an account carries at most that many; {} were given",
+                    crate::LABELS_MAX_COUNT,
+                    distinct.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
 
     /// The page size to use.
     pub fn effective_limit(&self) -> usize {

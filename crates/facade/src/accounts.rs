@@ -61,11 +61,13 @@ impl<'a> ConnectedAccounts<'a> {
     }
 
     /// One page of the accounts matching `filter` (entities, apps, integrations,
-    /// statuses: any of; labels: all of), oldest first.
+    /// statuses: any of; labels: all of), oldest first: `filter.limit` accounts, 100
+    /// when it is 0, at most 1,000 (follow `next_cursor` for more).
     ///
     /// # Errors
-    /// A store failure.
+    /// More labels than an account may carry ([`AccountFilter::check`]); a store failure.
     pub async fn list(&self, filter: &AccountFilter) -> Result<Page<ConnectedAccount>, Error> {
+        filter.check()?;
         Ok(self.kh.store().list_accounts(filter).await?)
     }
 

@@ -508,8 +508,15 @@ fn parse_labels(raw: &[String]) -> Result<Vec<Label>, Error> {
             out.push(label);
         }
     }
-    if out.len() > 32 {
-        return Err(Error::invalid("labels", "at most 32 labels per connection"));
+    if out.len() > keyhaven_core::LABELS_MAX_COUNT {
+        return Err(Error::invalid(
+            "labels",
+            format!(
+                "an account may carry at most {} labels; {} were given",
+                keyhaven_core::LABELS_MAX_COUNT,
+                out.len()
+            ),
+        ));
     }
     Ok(out)
 }

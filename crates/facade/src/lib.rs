@@ -55,18 +55,19 @@ pub use keyhaven_core::{
     AccountContext, AccountEvent, AccountFilter, AppSlug, AuthScheme, Clock, ConnectedAccount,
     ConnectedAccountId, ConnectionRequest, ConnectionRequestOutput, ConnectionStatus, Credentials,
     CredentialsUpdate, EntityId, Error, ErrorKind, EventKind, FieldKind, FieldSpec,
-    InitiateContext, Initiated, Integration, IntegrationId, Label, ManualClock, OutgoingRequest,
-    Page, SchemeError, SchemeSpec, SecretFields, Store, StoreError, SystemClock, ValidatedFields,
+    InitiateContext, Initiated, Integration, IntegrationId, LABELS_MAX_COUNT, Label, ManualClock,
+    OutgoingRequest, Page, SchemeError, SchemeSpec, SecretFields, Store, StoreError, SystemClock,
+    ValidatedFields,
 };
 #[cfg(feature = "postgres")]
 pub use keyhaven_store::PostgresStore;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use keyhaven_store::RotationReport;
 #[cfg(feature = "sqlite")]
-pub use keyhaven_store::SqliteStore;
+pub use keyhaven_store::{DB_FILE, SqliteStore};
 pub use keyhaven_store::{
-    KeyFile, KeyRing, MASTER_KEY_ENV, MasterKey, MemoryStore, OLD_KEYS_ENV, ring_from_base64,
-    ring_from_env,
+    KeyError, KeyFile, KeyRing, MASTER_KEY_ENV, MasterKey, MemoryStore, OLD_KEYS_ENV, files,
+    ring_from_base64, ring_from_env,
 };
 pub use registry::SchemeRegistry;
 

@@ -390,6 +390,21 @@ async fn labels_filter_needs_every_label() {
     );
     assert!(accs.list_all(filter(&["nope"])).await.unwrap().is_empty());
     assert_eq!(accs.list_all(filter(&[])).await.unwrap().len(), 4);
+    // No more labels than an account may carry, named in the error; repeats count once.
+    let many: Vec<String> = (0..=keyhaven::LABELS_MAX_COUNT)
+        .map(|i| format!("l{i}"))
+        .collect();
+    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    let err = accs.list_all(filter(&refs)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(
+        err.to_string()
+            .contains(&format!("at most {} labels", keyhaven::LABELS_MAX_COUNT)),
+        "{err}"
+    );
+    let mut repeated = refs[..keyhaven::LABELS_MAX_COUNT].to_vec();
+    repeated.push(refs[0]);
+    assert!(accs.list_all(filter(&repeated)).await.unwrap().is_empty());
     // Pages.
     let page = accs
         .list(&AccountFilter {

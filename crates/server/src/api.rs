@@ -348,19 +348,21 @@ pub(crate) async fn initiate(State(s): State<Arc<AppState>>, raw: Bytes) -> Resu
 }
 
 /// `GET /api/v1/connectedAccounts`: filters `entityId`/`user_uuid`, `appNames`,
-/// `integrationId`, `status`, `labels` (all must match), `cursor`, `limit`/`pageSize`.
+/// `integrationId`, `status`, `labels` (all must match, at most
+/// [`keyhaven::LABELS_MAX_COUNT`]), `cursor`, `limit`/`pageSize` (0 or absent:
+/// [`AccountFilter::DEFAULT_LIMIT`]; capped at [`AccountFilter::MAX_LIMIT`]).
 #[utoipa::path(get, path = "/api/v1/connectedAccounts", tag = "connectedAccounts",
     params(
         ("entityId" = Option<crate::openapi::EntityIdList>, Query, description = "Only these entities, comma-separated (also `user_uuid`)"),
         ("appNames" = Option<crate::openapi::AppSlugList>, Query, description = "Only these apps, comma-separated"),
         ("integrationId" = Option<crate::openapi::IntegrationIdList>, Query, description = "Only these integrations, comma-separated"),
         ("status" = Option<crate::openapi::StatusList>, Query, description = "Only these statuses, comma-separated"),
-        ("labels" = Option<crate::openapi::LabelList>, Query, description = "Only accounts with all these labels, comma-separated"),
+        ("labels" = Option<crate::openapi::LabelList>, Query, description = "Only accounts with all these labels, comma-separated; at most 32 (as many as an account may carry)"),
         ("cursor" = Option<crate::openapi::Cursor>, Query, description = "The `nextCursor` of the previous page"),
-        ("limit" = Option<crate::openapi::PageLimit>, Query, description = "Page size (also `pageSize`); 0 or absent: all"),
+        ("limit" = Option<crate::openapi::PageLimit>, Query, description = "Page size (also `pageSize`): 0 or absent gives 100 accounts, more than 1000 gives 1000; follow `nextCursor` for the rest"),
     ),
     responses((status = 200, description = "One page", body = crate::openapi::AccountPage),
-        (status = 400, description = "An invalid filter, named", body = crate::openapi::ErrorBody),
+        (status = 400, description = "An invalid filter, named (more than 32 labels, for one)", body = crate::openapi::ErrorBody),
         (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody)),
     security(("admin_key" = [])))]
 pub(crate) async fn accounts(
@@ -531,6 +533,15 @@ account_action!(
     "`POST /api/v1/connectedAccounts/{id}/disable`: `INACTIVE` until enabled."
 );
 
+/// The caller's address, when the server was served with connection info
+/// (`into_make_service_with_connect_info::<SocketAddr>()`, as [`crate::serve`] does);
+/// `None` otherwise (a router called in-process).
+pub(crate) fn remote_address(extensions: &axum::http::Extensions) -> Option<String> {
+    extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.to_string())
+}
+
 /// `GET /api/v1/connectedAccounts/{id}/credentials`: the account's credentials,
 /// fresh (refreshed first when they are about to expire). Needs the credentials key,
 /// not the admin key; every read, granted or not, is audited.
@@ -538,23 +549,23 @@ account_action!(
     params(("id" = crate::openapi::AccountId, Path, description = "ca_...")),
     responses((status = 200, description = "The credentials", body = crate::openapi::CredentialsBody),
         (status = 400, description = "Not an account id", body = crate::openapi::ErrorBody),
-        (status = 401, description = "No or a wrong key", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No or a wrong credentials key (`x-api-key`: KEYHAVEN_CREDENTIALS_KEY)", body = crate::openapi::ErrorBody),
         (status = 403, description = "The admin key cannot read credentials", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such account", body = crate::openapi::ErrorBody),
         (status = 409, description = "The account is not ACTIVE (the message says what to do)", body = crate::openapi::ErrorBody),
         (status = 422, description = "A refresh was due and the provider refused it (the account is now EXPIRED)", body = crate::openapi::ErrorBody),
-        (status = 503, description = "A refresh was due and the provider could not be reached", body = crate::openapi::ErrorBody)),
+        (status = 503, description = "A refresh was due and the provider could not be reached, or the read could not be written to the audit log (`audit_unavailable`: no credentials are given)", body = crate::openapi::ErrorBody)),
     security(("credentials_key" = [])))]
 pub(crate) async fn credentials(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
     headers: axum::http::HeaderMap,
-    remote: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    extensions: axum::http::Extensions,
 ) -> Result<Response> {
     let result = s.kh.credentials(&id).await;
     let account = s.kh.connected_accounts().get(&id).await.ok();
-    let remote = remote.map(|r| r.0.0.to_string());
-    s.audit.record(
+    let remote = remote_address(&extensions);
+    let recorded = s.audit.record(
         keyhaven::chrono::Utc::now(),
         crate::audit::AuditRecord {
             account: &id,
@@ -571,6 +582,14 @@ pub(crate) async fn credentials(
         },
     );
     let credentials = result?;
+    // Fail closed: credentials whose read left no trace are not given out.
+    if recorded.is_err() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            "the credentials were not given: this read could not be written to the audit log (the server's log says why: a full disk, a closed file); retry once the operator has fixed it",
+        ));
+    }
     let body = json!({
         "connectedAccountId": id,
         "expiresAt": credentials.expires_at(),

@@ -1,17 +1,47 @@
 //! The audit trail of credential reads: one JSON line per read (who, which account,
-//! what came of it) to a file opened for appending (mode 0600), and to the log
-//! (target `keyhaven::audit`). Never a secret.
+//! from where, what came of it) to a file opened for appending (created with mode
+//! 0600), and to the log (target `keyhaven::audit`). Never a secret.
+//!
+//! A read whose line cannot be written is not granted: the credentials route answers
+//! 503 instead of credentials that would leave no trace ([`Audit::record`] fails).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-
-use serde_json::json;
 use std::sync::Mutex;
 
+use serde_json::json;
+
 /// Where credential reads are recorded.
-#[derive(Debug)]
 pub struct Audit {
-    file: Option<(PathBuf, Mutex<std::fs::File>)>,
+    sink: Option<Sink>,
+}
+
+/// A destination of audit lines, and its name for messages.
+struct Sink {
+    name: String,
+    path: Option<PathBuf>,
+    writer: Mutex<Box<dyn Write + Send>>,
+}
+
+impl std::fmt::Debug for Audit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Audit")
+            .field("to", &self.sink.as_ref().map(|s| s.name.as_str()))
+            .finish()
+    }
+}
+
+/// An audit line could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot write the audit log {to}: {source}; credentials are not given out until it can be written (free disk space, or fix its permissions)"
+)]
+pub struct AuditError {
+    /// The file (or writer) that failed.
+    pub to: String,
+    /// Why.
+    #[source]
+    pub source: std::io::Error,
 }
 
 /// One credential read.
@@ -34,44 +64,57 @@ pub struct AuditRecord<'a> {
 impl Audit {
     /// Records to the log only.
     pub fn log_only() -> Self {
-        Self { file: None }
+        Self { sink: None }
     }
 
-    /// Records to the log and appends to `path` (created with mode 0600).
+    /// Records to the log and appends to `path`. A new file is made with mode 0600
+    /// (and its directory, when missing, 0700), whatever the umask.
     ///
     /// # Errors
     /// The file cannot be opened for appending.
     pub fn to_file(path: &Path) -> Result<Self, String> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
+            keyhaven::files::create_private_dir(dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
-        let mut options = std::fs::OpenOptions::new();
-        options.create(true).append(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let file = options
-            .open(path)
+        let file = keyhaven::files::open_append_private(path)
             .map_err(|e| format!("cannot open the audit log {}: {e}", path.display()))?;
         Ok(Self {
-            file: Some((path.to_owned(), Mutex::new(file))),
+            sink: Some(Sink {
+                name: path.display().to_string(),
+                path: Some(path.to_owned()),
+                writer: Mutex::new(Box::new(file)),
+            }),
         })
+    }
+
+    /// Records to the log and to `writer` (each line written, then flushed), named
+    /// `name` in messages: a pipe, a socket, or a test's writer.
+    pub fn to_writer(name: &str, writer: impl Write + Send + 'static) -> Self {
+        Self {
+            sink: Some(Sink {
+                name: name.to_owned(),
+                path: None,
+                writer: Mutex::new(Box::new(writer)),
+            }),
+        }
     }
 
     /// The file records go to, if any.
     pub fn path(&self) -> Option<&Path> {
-        self.file.as_ref().map(|(p, _)| p.as_path())
+        self.sink.as_ref().and_then(|s| s.path.as_deref())
     }
 
     /// Records one read.
+    ///
+    /// # Errors
+    /// The line could not be written (a full disk, a closed pipe): the read must not
+    /// be granted. The failure is logged too.
     pub fn record(
         &self,
         at: keyhaven::chrono::DateTime<keyhaven::chrono::Utc>,
         r: AuditRecord<'_>,
-    ) {
+    ) -> Result<(), AuditError> {
         tracing::info!(
             target: "keyhaven::audit",
             account = r.account,
@@ -81,8 +124,8 @@ impl Audit {
             remote = r.remote,
             "credentials read"
         );
-        let Some((path, file)) = &self.file else {
-            return;
+        let Some(sink) = &self.sink else {
+            return Ok(());
         };
         let line = json!({
             "at": at.to_rfc3339(),
@@ -94,15 +137,22 @@ impl Audit {
             "remote": r.remote,
             "userAgent": r.user_agent,
         });
-        let written = match file.lock() {
-            Ok(mut f) => writeln!(f, "{line}").and_then(|()| f.flush()),
-            Err(poisoned) => {
-                let mut f = poisoned.into_inner();
-                writeln!(f, "{line}").and_then(|()| f.flush())
-            }
-        };
-        if let Err(e) = written {
-            tracing::error!(path = %path.display(), error = %e, "cannot write the audit log");
-        }
+        // One write of the whole line, so that lines of concurrent reads never mix.
+        let mut text = line.to_string();
+        text.push('\n');
+        let mut writer = sink
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        writer
+            .write_all(text.as_bytes())
+            .and_then(|()| writer.flush())
+            .map_err(|source| {
+                tracing::error!(to = %sink.name, error = %source, outcome = r.outcome, "cannot write the audit log");
+                AuditError {
+                    to: sink.name.clone(),
+                    source,
+                }
+            })
     }
 }

@@ -1,5 +1,6 @@
 //! The admin API key: generated on first start, shown once, kept only as a SHA-256
-//! hash (file mode 0600), compared in constant time.
+//! hash (file mode 0600, in a directory made 0700 when missing), compared in
+//! constant time.
 
 use std::path::Path;
 
@@ -70,7 +71,7 @@ impl AdminKey {
                 })?;
             return Ok((Self(hash), None));
         }
-        std::fs::create_dir_all(dir)
+        keyhaven::files::create_private_dir(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let key = format!(
             "{prefix}{}",
@@ -78,16 +79,8 @@ impl AdminKey {
         );
         let digest = hash(&key);
         let text = keyhaven::to_hex(&digest);
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
         use std::io::Write;
-        options
-            .open(&path)
+        keyhaven::files::create_new_private_file(&path)
             .and_then(|mut f| f.write_all(text.as_bytes()))
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         Ok((Self(digest), Some(key)))
@@ -100,7 +93,8 @@ mod tests {
 
     #[test]
     fn keys_match_in_constant_time_and_persist_as_hashes() {
-        let dir = std::env::temp_dir().join(format!("kh-admin-{}", std::process::id()));
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("data");
         let (key, shown) = AdminKey::load_or_create(&dir).unwrap();
         let shown = shown.expect("a new key is shown once");
         assert!(key.matches(&shown));
@@ -110,6 +104,12 @@ mod tests {
         assert!(again.matches(&shown));
         let stored = std::fs::read_to_string(dir.join(ADMIN_KEY_FILE)).unwrap();
         assert!(!stored.contains(&shown[3..]), "only the hash is stored");
-        std::fs::remove_dir_all(&dir).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&dir), 0o700, "a new directory is private");
+            assert_eq!(mode(&dir.join(ADMIN_KEY_FILE)), 0o600);
+        }
     }
 }

@@ -37,6 +37,15 @@ impl ApiError {
             "give the admin API key in the x-api-key header",
         )
     }
+
+    /// 401 on the credentials route: the credentials key is missing or wrong.
+    pub fn unauthorized_credentials() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "give the credentials key (KEYHAVEN_CREDENTIALS_KEY, shown once when the server first started; not the admin key) in the x-api-key header",
+        )
+    }
 }
 
 impl From<Error> for ApiError {

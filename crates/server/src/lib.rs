@@ -29,7 +29,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use api::{account_view, app_view, integration_view};
-pub use audit::Audit;
+pub use audit::{Audit, AuditError, AuditRecord};
 pub use auth::{ADMIN_KEY_FILE, AdminKey, CREDENTIALS_KEY_FILE};
 pub use error::ApiError;
 pub use webhooks::{SIGNATURE_HEADER, Webhook, sign, verify};
@@ -183,17 +183,29 @@ async fn require_credentials_key(
                 "the admin key cannot read credentials; use the credentials key (KEYHAVEN_CREDENTIALS_KEY, shown once when the server first started)",
             ),
         )
+    } else if s.credentials_key.is_none() {
+        (
+            "unauthorized",
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this server has no credentials key, so no one may read credentials through it; start it with one (KEYHAVEN_CREDENTIALS_KEY)",
+            ),
+        )
     } else {
-        ("unauthorized", ApiError::unauthorized())
+        ("unauthorized", ApiError::unauthorized_credentials())
     };
-    s.audit.record(
+    let remote = api::remote_address(request.extensions());
+    // A refusal gives nothing away, so it stands even when its line cannot be
+    // written (`record` logs that failure).
+    let _ = s.audit.record(
         keyhaven::chrono::Utc::now(),
         audit::AuditRecord {
             account: &account,
             entity: None,
             app: None,
             outcome,
-            remote: None,
+            remote: remote.as_deref(),
             user_agent,
         },
     );

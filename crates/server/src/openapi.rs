@@ -144,6 +144,12 @@ fn list_of(item: &str) -> String {
     format!("^{TRIMMED}*(?:{item})?{TRIMMED}*(?:,{TRIMMED}*(?:{item})?{TRIMMED}*)*$")
 }
 
+/// [`list_of`] with at most `max` items.
+fn list_of_at_most(item: &str, max: usize) -> String {
+    let more = max.saturating_sub(1);
+    format!("^{TRIMMED}*(?:{item})?{TRIMMED}*(?:,{TRIMMED}*(?:{item})?{TRIMMED}*){{0,{more}}}$")
+}
+
 fn text(pattern: String, description: &str) -> Schema {
     Schema::Object(
         ObjectBuilder::new()
@@ -265,8 +271,8 @@ shape!(
     LabelList,
     "LabelList",
     text(
-        list_of(&trimmed_label()),
-        "Labels, comma-separated, each 1 to 64 characters without control characters; white space around an item and empty items are ignored"
+        list_of_at_most(&trimmed_label(), keyhaven::LABELS_MAX_COUNT),
+        "Labels, comma-separated, at most 32, each 1 to 64 characters without control characters; white space around an item and empty items are ignored"
     )
 );
 shape!(
@@ -301,7 +307,7 @@ shape!(
             .schema_type(Type::Integer)
             .minimum(Some(0_usize))
             .maximum(Some(usize::MAX))
-            .description(Some("Accounts per page; 0: all"))
+            .description(Some("Accounts per page: 0 or absent gives 100, more than 1000 gives 1000"))
             .build()
     )
 );

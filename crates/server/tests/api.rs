@@ -513,3 +513,109 @@ async fn wait_answers_when_the_user_finishes_or_times_out() {
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn labels_and_page_sizes_keep_their_documented_limits() {
+    // SQLite, where a filter of hundreds of labels once made a query too large (500).
+    let dir = tempfile::tempdir().unwrap();
+    let store = keyhaven::SqliteStore::open(
+        dir.path().join("kh.db"),
+        keyhaven::KeyRing::new(keyhaven::MasterKey::generate().unwrap(), []),
+    )
+    .unwrap();
+    let kh = Keyhaven::builder().store(store).build().unwrap();
+    let app = router(Arc::new(state(kh)));
+    let max = keyhaven::LABELS_MAX_COUNT;
+    let labels = |n: usize| (0..n).map(|i| format!("l{i}")).collect::<Vec<_>>();
+    let initiate = |labels: Vec<String>| json!({"appName": "openai", "authScheme": "API_KEY", "entityId": "lab", "labels": labels, "data": {"api_key": SECRET}});
+
+    // An account carries at most LABELS_MAX_COUNT labels; one more is refused, nothing stored.
+    let (status, json, _) = call(
+        &app,
+        "POST",
+        "/api/v1/connectedAccounts",
+        Some(KEY),
+        Some(initiate(labels(max + 1))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
+    let message = json["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("at most {max} labels")),
+        "{message}"
+    );
+    let (_, page, _) = call(&app, "GET", "/api/v1/connectedAccounts", Some(KEY), None).await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 0, "nothing stored");
+    let (status, json, _) = call(
+        &app,
+        "POST",
+        "/api/v1/connectedAccounts",
+        Some(KEY),
+        Some(initiate(labels(max))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+
+    // A listing filters by at most as many labels: 998 is a 400 naming the limit.
+    let query = |n: usize| format!("/api/v1/connectedAccounts?labels={}", labels(n).join(","));
+    let (status, json, _) = call(&app, "GET", &query(998), Some(KEY), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
+    let message = json["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("labels") && message.contains(&format!("at most {max} labels")),
+        "{message}"
+    );
+    let (status, json, _) = call(&app, "GET", &query(max), Some(KEY), None).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    assert_eq!(json["items"].as_array().unwrap().len(), 1);
+
+    // Page sizes: 0 or absent is the default (100), a larger one is capped (1000),
+    // as the OpenAPI document says.
+    for _ in 0..keyhaven::AccountFilter::DEFAULT_LIMIT {
+        call(
+            &app,
+            "POST",
+            "/api/v1/connectedAccounts",
+            Some(KEY),
+            Some(initiate(vec![])),
+        )
+        .await;
+    }
+    for uri in [
+        "/api/v1/connectedAccounts",
+        "/api/v1/connectedAccounts?limit=0",
+    ] {
+        let (_, page, _) = call(&app, "GET", uri, Some(KEY), None).await;
+        assert_eq!(
+            page["items"].as_array().unwrap().len(),
+            keyhaven::AccountFilter::DEFAULT_LIMIT,
+            "{uri}"
+        );
+        assert!(page["nextCursor"].is_string(), "{uri}: more to read");
+    }
+    let (_, page, _) = call(
+        &app,
+        "GET",
+        "/api/v1/connectedAccounts?limit=5000",
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert_eq!(
+        page["items"].as_array().unwrap().len(),
+        keyhaven::AccountFilter::DEFAULT_LIMIT + 1
+    );
+    let doc = serde_json::to_value(keyhaven_server::openapi()).unwrap();
+    let params = doc["paths"]["/api/v1/connectedAccounts"]["get"]["parameters"].to_string();
+    assert!(
+        params.contains(&format!(
+            "0 or absent gives {} accounts",
+            keyhaven::AccountFilter::DEFAULT_LIMIT
+        )) && params.contains(&format!(
+            "more than {0} gives {0}",
+            keyhaven::AccountFilter::MAX_LIMIT
+        )) && params.contains(&format!("at most {max}"))
+            && !params.contains("absent: all"),
+        "{params}"
+    );
+}

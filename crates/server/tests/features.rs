@@ -317,10 +317,8 @@ async fn the_connect_form_redirects_to_the_app_and_escapes_what_it_shows() {
 
 #[tokio::test]
 async fn credentials_need_their_own_key_and_every_read_is_audited() {
-    let dir = std::env::temp_dir().join(format!("kh-audit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let log = dir.join("audit.log");
-    let _ = std::fs::remove_file(&log);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
     let app = router(state_with(
         keyhaven(),
         Audit::to_file(&log).unwrap(),
@@ -339,6 +337,13 @@ async fn credentials_need_their_own_key_and_every_read_is_audited() {
     assert!(!r.text.contains(SECRET));
     let r = send(&app, api("GET", &uri, "khc_wrong", None)).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let message = r.json["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("credentials key")
+            && message.contains("KEYHAVEN_CREDENTIALS_KEY")
+            && message.contains("x-api-key"),
+        "the 401 names the key this route needs: {message}"
+    );
     let r = send(&app, api("GET", &uri, CREDS_KEY, None)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.json["credentials"]["api_key"], SECRET);
@@ -392,7 +397,117 @@ async fn credentials_need_their_own_key_and_every_read_is_audited() {
             0o600
         );
     }
-    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A writer that fails every write, as a full disk does.
+struct FullDisk;
+
+impl std::io::Write for FullDisk {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::from(std::io::ErrorKind::StorageFull))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn credentials_are_refused_when_their_read_cannot_be_audited() {
+    let mut audits = vec![("a failing writer", Audit::to_writer("full-disk", FullDisk))];
+    // /dev/full fails every write with ENOSPC, as a full disk does.
+    if std::path::Path::new("/dev/full").exists() {
+        audits.push((
+            "/dev/full",
+            Audit::to_file(std::path::Path::new("/dev/full")).unwrap(),
+        ));
+    }
+    for (what, audit) in audits {
+        let app = router(state_with(keyhaven(), audit, ServerConfig::default()));
+        let out = send(&app, api("POST", "/api/v1/connectedAccounts", KEY, Some(json!({"appName": "openai", "authScheme": "API_KEY", "entityId": "gil", "data": {"api_key": SECRET}})))).await;
+        let id = out.json["connectedAccountId"].as_str().unwrap().to_owned();
+        let uri = format!("/api/v1/connectedAccounts/{id}/credentials");
+        let r = send(&app, api("GET", &uri, CREDS_KEY, None)).await;
+        assert_eq!(
+            r.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{what}: {}",
+            r.text
+        );
+        assert_eq!(r.json["error"]["code"], "audit_unavailable", "{what}");
+        assert!(
+            r.json["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("audit log"),
+            "{what}: {}",
+            r.text
+        );
+        assert!(!r.text.contains(SECRET), "{what}: no credentials");
+        // Refusals stay refusals.
+        let r = send(&app, api("GET", &uri, "khc_wrong", None)).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{what}");
+        let r = send(&app, api("GET", &uri, KEY, None)).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{what}");
+    }
+}
+
+#[tokio::test]
+async fn audit_lines_record_the_callers_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let app = router(state_with(
+        keyhaven(),
+        Audit::to_file(&log).unwrap(),
+        ServerConfig::default(),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // As keyhaven_server::serve serves it: with the connection's address.
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+        .unwrap()
+    });
+    let client = reqwest::Client::new();
+    let out: Value = client
+        .post(format!("http://{addr}/api/v1/connectedAccounts"))
+        .header("x-api-key", KEY)
+        .json(&json!({"appName": "openai", "authScheme": "API_KEY", "entityId": "hal", "data": {"api_key": SECRET}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = out["connectedAccountId"].as_str().unwrap().to_owned();
+    let url = format!("http://{addr}/api/v1/connectedAccounts/{id}/credentials");
+    for key in ["khc_wrong", KEY, CREDS_KEY] {
+        client
+            .get(&url)
+            .header("x-api-key", key)
+            .send()
+            .await
+            .unwrap();
+    }
+    server.abort();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let outcomes: Vec<&str> = lines
+        .iter()
+        .map(|l| l["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["unauthorized", "forbidden", "granted"], "{text}");
+    for line in &lines {
+        let remote = line["remote"].as_str().unwrap_or_else(|| panic!("{line}"));
+        assert!(remote.starts_with("127.0.0.1:"), "{line}");
+        assert_ne!(remote, addr.to_string(), "the caller's address, not ours");
+    }
 }
 
 /// Reads SSE frames from a body until `want` events have come.

@@ -29,6 +29,46 @@ pub enum KeyError {
     /// The key ring is empty or its primary is missing.
     #[error("the key ring has no primary key {0:?}")]
     NoPrimary(String),
+    /// The store holds values encrypted with keys that are not in the key ring: it is
+    /// not opened, so that nothing is written under another key while those values
+    /// stay unreadable.
+    #[error(
+        "the store holds {rows} encrypted value(s) under key(s) that are not configured: {} (configured: {}); it was not opened and nothing was written. Give it the old key: put back the master.key that holds it, or set KEYHAVEN_OLD_MASTER_KEYS to the old key (base64, comma-separated for several) next to KEYHAVEN_MASTER_KEY; once it opens, `keyhaven keys rotate` re-encrypts everything under the primary key",
+        list_counts(.missing),
+        .configured.join(", ")
+    )]
+    NotConfigured {
+        /// Each key id missing from the ring, with how many values it encrypts.
+        missing: Vec<(String, u64)>,
+        /// How many values in all are encrypted under missing keys.
+        rows: u64,
+        /// The ids of the keys in the ring.
+        configured: Vec<String>,
+    },
+    /// A data directory's key file is gone while its database holds encrypted values:
+    /// no new key is made in its place.
+    #[error(
+        "the key file {} is missing, but the database next to it holds {rows} encrypted value(s) under key(s) {}; no new key was made and nothing was written. Put back the master.key that holds that key (from a backup), or set KEYHAVEN_MASTER_KEY to it (base64); once it opens, `keyhaven keys rotate` moves everything to a new key",
+        .path.display(),
+        list_counts(.missing)
+    )]
+    KeyFileMissing {
+        /// Where the key file should be.
+        path: std::path::PathBuf,
+        /// Each key id the database needs, with how many values it encrypts.
+        missing: Vec<(String, u64)>,
+        /// How many values in all.
+        rows: u64,
+    },
+}
+
+/// `k1 (3 values), k2 (1 value)`.
+fn list_counts(counts: &[(String, u64)]) -> String {
+    counts
+        .iter()
+        .map(|(id, n)| format!("{id} ({n} value{})", if *n == 1 { "" } else { "s" }))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// One AES-256 key and its id.
@@ -193,7 +233,7 @@ impl KeyRing {
 }
 
 impl MasterKey {
-    fn clone_key(&self) -> Self {
+    pub(crate) fn clone_key(&self) -> Self {
         Self {
             id: self.id.clone(),
             bytes: Zeroizing::new(*self.bytes),

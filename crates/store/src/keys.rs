@@ -84,20 +84,32 @@ impl KeyFile {
 
     /// Reads the key ring, creating the file with a new key (mode 0600) when absent.
     ///
+    /// This knows nothing of a database: [`SqliteStore::open_dir`](crate::SqliteStore::open_dir)
+    /// does not call it, and refuses to make a new key when the database already
+    /// holds values encrypted under another.
+    ///
     /// # Errors
     /// A file that others can read or write, or that does not parse.
     pub fn load_or_create(&self) -> Result<KeyRing, StoreError> {
         if !self.path.exists() {
-            let key = MasterKey::generate()?;
-            let mut keys = std::collections::BTreeMap::new();
-            keys.insert(key.id().to_owned(), key.to_base64().to_string());
-            self.write(
-                &KeyFileContent {
-                    primary: key.id().to_owned(),
-                    keys,
-                },
-                true,
-            )?;
+            return self.create(&MasterKey::generate()?);
+        }
+        self.load()
+    }
+
+    /// Creates the file holding `key` alone, unless it exists; returns the key ring
+    /// the file then holds (another process's, when it made the file first).
+    ///
+    /// # Errors
+    /// The file cannot be written, or the existing one cannot be read.
+    pub fn create(&self, key: &MasterKey) -> Result<KeyRing, StoreError> {
+        let mut keys = std::collections::BTreeMap::new();
+        keys.insert(key.id().to_owned(), key.to_base64().to_string());
+        let content = KeyFileContent {
+            primary: key.id().to_owned(),
+            keys,
+        };
+        if self.write(&content, true)? {
             tracing::info!(path = %self.path.display(), key = key.id(), "created a new master key file");
         }
         self.load()
@@ -151,7 +163,7 @@ impl KeyFile {
         let mut content: KeyFileContent = serde_json::from_str(&text).map_err(key_error)?;
         let primary = content.primary.clone();
         content.keys.retain(|id, _| *id == primary);
-        self.write(&content, false)
+        self.write(&content, false).map(drop)
     }
 
     fn check_mode(&self) -> Result<(), StoreError> {
@@ -176,31 +188,49 @@ impl KeyFile {
         Ok(())
     }
 
-    /// Writes atomically: a new file with mode 0600, then a rename.
-    fn write(&self, content: &KeyFileContent, create_new: bool) -> Result<(), StoreError> {
+    /// Writes atomically: a new file with mode 0600 (whatever the umask), then a
+    /// rename over the old one, or, with `create_new`, a link that fails when the
+    /// file exists (two processes creating it at once: one wins, the other reads its
+    /// key). Returns whether the file was written.
+    fn write(&self, content: &KeyFileContent, create_new: bool) -> Result<bool, StoreError> {
         let text = Zeroizing::new(serde_json::to_string_pretty(content).map_err(key_error)?);
-        let tmp = self.path.with_extension("key.tmp");
-        let mut options = fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options
-            .open(&tmp)
-            .map_err(|e| key_error(format!("cannot write {}: {e}", tmp.display())))?;
-        file.write_all(text.as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(key_error)?;
-        if create_new && self.path.exists() {
+        let suffix = keyhaven_core::random_hex::<8>().map_err(key_error)?;
+        let tmp = self.path.with_extension(format!("key.{suffix}.tmp"));
+        let written = crate::files::create_new_private_file(&tmp).and_then(|mut file| {
+            file.write_all(text.as_bytes())?;
+            file.sync_all()
+        });
+        if let Err(e) = written {
             let _ = fs::remove_file(&tmp);
-            return Err(key_error(format!(
-                "{} appeared while creating it",
-                self.path.display()
-            )));
+            return Err(key_error(format!("cannot write {}: {e}", tmp.display())));
         }
-        fs::rename(&tmp, &self.path).map_err(key_error)
+        let placed = if create_new {
+            match fs::hard_link(&tmp, &self.path) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let _ = fs::remove_file(&tmp);
+                    return Ok(false);
+                }
+                Ok(()) => {
+                    let _ = fs::remove_file(&tmp);
+                    Ok(())
+                }
+                // A file system without hard links: check, then rename (not atomic).
+                Err(_) if self.path.exists() => {
+                    let _ = fs::remove_file(&tmp);
+                    return Ok(false);
+                }
+                Err(_) => fs::rename(&tmp, &self.path).inspect_err(|_| {
+                    let _ = fs::remove_file(&tmp);
+                }),
+            }
+        } else {
+            fs::rename(&tmp, &self.path).inspect_err(|_| {
+                let _ = fs::remove_file(&tmp);
+            })
+        };
+        placed
+            .map(|()| true)
+            .map_err(|e| key_error(format!("cannot write {}: {e}", self.path.display())))
     }
 }
 

@@ -7,11 +7,14 @@
 //! - [`MemoryStore`]: for tests and programs that keep nothing.
 //!
 //! The SQL stores encrypt credentials, integration secrets and pending OAuth data at
-//! rest with AES-256-GCM ([`KeyRing`]), run their embedded migrations on open, and
-//! take refresh locks that hold across processes. With the `conformance` feature,
+//! rest with AES-256-GCM ([`KeyRing`]), run their embedded migrations on open, refuse
+//! to open on a key ring that lacks a key their values are encrypted with
+//! ([`KeyError::NotConfigured`]), and take refresh locks that hold across processes.
+//! The files they make are owner-only ([`files`]). With the `conformance` feature,
 //! the suite every store must pass.
 
 mod crypto;
+pub mod files;
 mod keys;
 #[cfg(feature = "sqlite")]
 mod lease;

@@ -21,14 +21,20 @@ use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 
 use crate::crypto::KeyRing;
-use crate::rotate::{RotationReport, Table};
+use crate::rotate::{MissingKeys, RotationReport, Table};
 use crate::rows::{
     ACCOUNT_COLUMNS, AccountRow, Arg, INTEGRATION_COLUMNS, IntegrationRow, PreparedUpdate,
     account_and_credentials, encode_credentials, encode_pending, list_query, micros, page,
     pending_state, prepare_update, state_hash, update_refused,
 };
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/postgres/0001_init.sql")),
+    (
+        2,
+        include_str!("../migrations/postgres/0002_credentials_key_index.sql"),
+    ),
+];
 /// The NOTIFY channel of account changes.
 const CHANNEL: &str = "keyhaven_account_changes";
 /// The channel events of status changes go to, as JSON, for the other instances.
@@ -199,6 +205,11 @@ impl PostgresStore {
     /// Connects to `url` (`postgres://user@host/db`) with a pool of
     /// [`PostgresStore::DEFAULT_POOL_SIZE`] connections, runs the migrations (one
     /// instance at a time), and encrypts with `keys`.
+    ///
+    /// # Errors
+    /// PostgreSQL cannot be reached or migrated; or the database holds values
+    /// encrypted under keys that `keys` lacks ([`KeyError::NotConfigured`](crate::KeyError),
+    /// in [`StoreError::Backend`]): then nothing is written.
     pub async fn connect(url: &str, keys: KeyRing) -> Result<Self, StoreError> {
         Self::connect_with_pool_size(url, keys, Self::DEFAULT_POOL_SIZE).await
     }
@@ -257,8 +268,59 @@ impl PostgresStore {
             },
             keys: Arc::new(RwLock::new(Arc::new(keys))),
         };
-        store.migrate().await?;
+        let checked = match store.migrate().await {
+            Ok(()) => {
+                let keys = store.key_ring();
+                store.missing_keys(&keys).await.and_then(|m| m.check(&keys))
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = checked {
+            store.pool.close().await;
+            return Err(e);
+        }
         Ok(store)
+    }
+
+    /// The key ids the stored values are encrypted with that `keys` lacks, with how
+    /// many values each: a loose scan of the distinct blob headers of each secret
+    /// column (an index seek per key id in use on `connected_accounts`), then a count
+    /// for each missing key only. Expired pending states are left out.
+    async fn missing_keys(&self, keys: &KeyRing) -> Result<MissingKeys, StoreError> {
+        let now = micros(Utc::now());
+        let mut missing = MissingKeys::default();
+        for table in Table::ALL {
+            let header = crate::rotate::postgres_header(table.column);
+            let live = match table.expires {
+                Some(column) => format!(" AND {column} >= $2"),
+                None => " AND $2::BIGINT IS NOT NULL".to_owned(),
+            };
+            let t = table.table;
+            let next = format!(
+                "SELECT {header} FROM {t} WHERE {header} > $1{live} ORDER BY {header} LIMIT 1"
+            );
+            let count = format!("SELECT COUNT(*) FROM {t} WHERE {header} = $1{live}");
+            let mut last: Vec<u8> = Vec::new();
+            while let Some(found) = sqlx::query_scalar::<_, Vec<u8>>(safe(next.as_str()))
+                .bind(&last)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map_err)?
+            {
+                if let Some(id) = MissingKeys::lacked(keys, &found) {
+                    let n: i64 = sqlx::query_scalar(safe(count.as_str()))
+                        .bind(&found)
+                        .bind(now)
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(map_err)?;
+                    missing.add(id, n);
+                }
+                last = found;
+            }
+        }
+        Ok(missing)
     }
 
     /// The connection pool, for callers that need their own queries.

@@ -24,7 +24,7 @@ use rusqlite::{
 };
 
 use crate::crypto::KeyRing;
-use crate::rotate::{RotationReport, Table};
+use crate::rotate::{MissingKeys, RotationReport, Table};
 use crate::rows::{
     ACCOUNT_COLUMNS, AccountRow, Arg, INTEGRATION_COLUMNS, IntegrationRow, PreparedUpdate,
     account_and_credentials, encode_credentials, encode_pending, list_query, micros, page,
@@ -38,7 +38,13 @@ static ACCOUNT_WITH_CREDENTIALS: std::sync::LazyLock<String> = std::sync::LazyLo
     )
 });
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/sqlite/0001_init.sql")),
+    (
+        2,
+        include_str!("../migrations/sqlite/0002_credentials_key_index.sql"),
+    ),
+];
 
 /// The file name of the database in a data directory.
 pub const DB_FILE: &str = "keyhaven.db";
@@ -185,9 +191,23 @@ fn write_labels(
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, runs the migrations, and
-    /// encrypts with `keys`.
+    /// encrypts with `keys`. A new database file is made with mode 0600 (SQLite gives
+    /// its `-wal` and `-shm` files the same mode).
+    ///
+    /// # Errors
+    /// The file cannot be opened or migrated; or it holds values encrypted under
+    /// keys that `keys` lacks ([`KeyError::NotConfigured`](crate::KeyError), in
+    /// [`StoreError::Backend`]): then nothing is written.
     pub fn open(path: impl AsRef<Path>, keys: KeyRing) -> Result<Self, StoreError> {
-        let path = path.as_ref().to_path_buf();
+        let store = Self::open_unchecked(path.as_ref(), keys)?;
+        let keys = store.key_ring();
+        store.missing_keys(&keys)?.check(&keys)?;
+        Ok(store)
+    }
+
+    fn open_unchecked(path: &Path, keys: KeyRing) -> Result<Self, StoreError> {
+        let path = path.to_path_buf();
+        create_db_file(&path)?;
         let mut writer = open_connection(&path)?;
         migrate(&mut writer)?;
         Ok(Self {
@@ -202,16 +222,80 @@ impl SqliteStore {
     }
 
     /// Opens the store of a data directory: `keyhaven.db` in it, the key ring from
-    /// `KEYHAVEN_MASTER_KEY` when set, else from the directory's `master.key`
-    /// (created, mode 0600, when absent). The directory is created (mode 0700).
+    /// `KEYHAVEN_MASTER_KEY` when set, else from the directory's `master.key`. The
+    /// directory is created (mode 0700) when absent. Without a key file, one is made
+    /// (mode 0600) with a new key, unless the database already holds encrypted values:
+    /// their key is missing then, and the store is not opened.
+    ///
+    /// # Errors
+    /// As [`SqliteStore::open`]; [`KeyError::KeyFileMissing`](crate::KeyError) when
+    /// the key file is gone but the database holds encrypted values.
     pub fn open_dir(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
         let dir = dir.as_ref();
         create_private_dir(dir)?;
-        let keys = match crate::keys::ring_from_env()? {
-            Some(ring) => ring,
-            None => crate::keys::KeyFile::in_dir(dir).load_or_create()?,
-        };
-        Self::open(dir.join(DB_FILE), keys)
+        let path = dir.join(DB_FILE);
+        if let Some(ring) = crate::keys::ring_from_env()? {
+            return Self::open(path, ring);
+        }
+        let file = crate::keys::KeyFile::in_dir(dir);
+        if file.path().exists() {
+            return Self::open(path, file.load()?);
+        }
+        // No key file: a new key, kept only if nothing is encrypted under another.
+        let key = crate::crypto::MasterKey::generate()?;
+        let store = Self::open_unchecked(&path, KeyRing::new(key.clone_key(), []))?;
+        let missing = store.missing_keys(&store.key_ring())?.into_vec();
+        if !missing.is_empty() {
+            let rows = missing.iter().map(|(_, n)| n).sum();
+            return Err(StoreError::Backend(Box::new(
+                crate::crypto::KeyError::KeyFileMissing {
+                    path: file.path().to_owned(),
+                    missing,
+                    rows,
+                },
+            )));
+        }
+        // Another process may have made the file meanwhile: then its key is used.
+        store.set_key_ring(file.create(&key)?);
+        Ok(store)
+    }
+
+    /// The key ids the stored values are encrypted with that `keys` lacks, with how
+    /// many values each: a loose scan of the distinct blob headers of each secret
+    /// column (an index seek per key id in use on `connected_accounts`), then a count
+    /// for each missing key only. Expired pending states are left out.
+    fn missing_keys(&self, keys: &KeyRing) -> Result<MissingKeys, StoreError> {
+        let now = micros(Utc::now());
+        self.read(|c| {
+            let mut missing = MissingKeys::default();
+            for table in Table::ALL {
+                let header = crate::rotate::sqlite_header(table.column);
+                let live = match table.expires {
+                    Some(column) => format!(" AND {column} >= ?2"),
+                    None => " AND ?2 IS NOT NULL".to_owned(),
+                };
+                let t = table.table;
+                let next = format!(
+                    "SELECT {header} FROM {t} WHERE {header} > ?1{live} ORDER BY {header} LIMIT 1"
+                );
+                let count = format!("SELECT COUNT(*) FROM {t} WHERE {header} = ?1{live}");
+                let mut last: Vec<u8> = Vec::new();
+                while let Some(found) = c
+                    .query_row(&next, params![last, now], |r| r.get::<_, Vec<u8>>(0))
+                    .optional()
+                    .map_err(map_err)?
+                {
+                    if let Some(id) = MissingKeys::lacked(keys, &found) {
+                        let n: i64 = c
+                            .query_row(&count, params![found, now], |r| r.get(0))
+                            .map_err(map_err)?;
+                        missing.add(id, n);
+                    }
+                    last = found;
+                }
+            }
+            Ok(missing)
+        })
     }
 
     /// The database file.
@@ -379,22 +463,36 @@ impl SqliteStore {
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(dir).map_err(|e| {
+    crate::files::create_private_dir(dir).map_err(|e| {
         StoreError::Unavailable(format!(
             "cannot create the data directory {}: {e}",
             dir.display()
         ))
     })
+}
+
+/// Makes the database file, empty, with mode 0600 before SQLite opens it (SQLite
+/// would make it 0644 less the umask); SQLite gives the `-wal` and `-shm` files the
+/// database file's mode. An existing file is left as it is, with a warning when
+/// others may read it.
+fn create_db_file(path: &Path) -> Result<(), StoreError> {
+    match crate::files::create_new_private_file(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            if let Some(mode) = crate::files::open_to_others(path) {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = format!("{mode:o}"),
+                    "the database file can be read by others; run `chmod 600` on it (and on its -wal and -shm files)"
+                );
+            }
+            Ok(())
+        }
+        Err(e) => Err(StoreError::Unavailable(format!(
+            "cannot create {}: {e}",
+            path.display()
+        ))),
+    }
 }
 
 #[async_trait]

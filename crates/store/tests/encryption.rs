@@ -125,14 +125,9 @@ async fn sqlite_file_holds_no_secret_and_blobs_are_bound_to_rows() {
         "{err}"
     );
 
-    // A wrong key is a clear error naming the key id, never garbage.
+    // A wrong key is a clear error naming the key id, never garbage: at open...
     drop(store);
-    let wrong = SqliteStore::open(&path, ring()).unwrap();
-    let err = wrong
-        .get_account_and_credentials(&id)
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = SqliteStore::open(&path, ring()).unwrap_err().to_string();
     assert!(
         err.contains(&key_id) && err.contains("not configured"),
         "{err}"
@@ -150,6 +145,17 @@ async fn sqlite_file_holds_no_secret_and_blobs_are_bound_to_rows() {
             .unwrap()
             .1
             .is_some()
+    );
+    // ... and at a read, should the ring change afterwards.
+    right.set_key_ring(ring());
+    let err = right
+        .get_account_and_credentials(&id)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&key_id) && err.contains("not configured"),
+        "{err}"
     );
 }
 
@@ -185,7 +191,7 @@ async fn sqlite_migrations_run_from_empty_and_again_without_change() {
     let n: i64 = c
         .query_row("SELECT COUNT(*) FROM keyhaven_migrations", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(n, 1);
+    assert_eq!(n, 2, "both migrations, once each");
 }
 
 async fn rotation_under_traffic(
@@ -369,9 +375,7 @@ async fn postgres_tables_hold_no_secret_and_rotation_loses_nothing() {
     store.delete_account(&other.id).await.unwrap();
 
     // A wrong key names the key id.
-    let wrong = PostgresStore::connect(&url, ring()).await.unwrap();
-    let err = wrong
-        .get_account_and_credentials(&id)
+    let err = PostgresStore::connect(&url, ring())
         .await
         .unwrap_err()
         .to_string();
@@ -379,6 +383,7 @@ async fn postgres_tables_hold_no_secret_and_rotation_loses_nothing() {
         err.contains(&key_id) && err.contains("not configured"),
         "{err}"
     );
+    let right = || keyhaven_store::ring_from_base64(&key_b64, &[]).unwrap();
 
     // Migrations again change nothing.
     let columns = || async {
@@ -388,13 +393,13 @@ async fn postgres_tables_hold_no_secret_and_rotation_loses_nothing() {
             .unwrap()
     };
     let before = columns().await;
-    drop(PostgresStore::connect(&url, ring()).await.unwrap());
+    drop(PostgresStore::connect(&url, right()).await.unwrap());
     assert_eq!(columns().await, before);
     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM keyhaven_migrations")
         .fetch_one(store.pool())
         .await
         .unwrap();
-    assert_eq!(n, 1);
+    assert_eq!(n, 2, "both migrations, once each");
 
     // Rotation under concurrent reads and writes.
     let new = MasterKey::generate().unwrap();
@@ -415,6 +420,8 @@ async fn postgres_going_away_gives_clear_errors_and_nothing_half_written() {
     let Some(url) = fresh_postgres_database().await else {
         return;
     };
+    let key = MasterKey::generate().unwrap().to_base64();
+    let ring = || keyhaven_store::ring_from_base64(&key, &[]).unwrap();
     let store = Arc::new(PostgresStore::connect(&url, ring()).await.unwrap());
     let app = unique_app("away");
     let int = integration(&app, "API_KEY");
