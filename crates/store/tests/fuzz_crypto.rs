@@ -71,7 +71,11 @@ fn apply(blob: &[u8], m: &Mutation) -> Vec<u8> {
         Mutation::Remove(i) => {
             b.remove(i.index(b.len()));
         }
-        Mutation::KeyIdLength(n) => b[3] = *n,
+        Mutation::KeyIdLength(n) => {
+            if let Some(len) = b.get_mut(3) {
+                *len = *n;
+            }
+        }
     }
     b
 }
