@@ -208,9 +208,9 @@ fn expiry(now: DateTime<Utc>, seconds: u64) -> Option<DateTime<Utc>> {
 mod tests {
     use super::*;
 
-    /// Found by fuzzing the callback (crates/facade/tests/fuzz_callback.rs): an
-    /// `expires_in` of 10^16 seconds or more panicked (`TimeDelta::seconds` out of
-    /// bounds) while a provider's token answer was read.
+    /// An `expires_in` of 10^16 seconds or more panicked (`TimeDelta::seconds` out of
+    /// bounds) while a provider's token answer was read. The callback fuzz test
+    /// (crates/facade/tests/fuzz_callback.rs) finds it when this fix is undone.
     #[test]
     fn huge_lifetimes_are_no_expiry_not_a_panic() {
         let now = Utc::now();
