@@ -6,7 +6,10 @@
 //! - `tidy`: the project's own rules (lints opted in, versions in the root,
 //!   the crate dependency invariants, module docs, no stubs). The same checks
 //!   run as `#[test]`s, so plain `cargo test` enforces them.
+//! - `fuzz [--minutes N] [TARGET...]`: every property-based fuzz target
+//!   (`crates/*/tests/fuzz_*.rs`) for N minutes each (default 10), with fresh seeds.
 
+mod fuzz;
 mod services;
 mod tidy;
 
@@ -65,8 +68,17 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Some("fuzz") => match fuzz::run(&root(), &args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                println!("xtask fuzz: {e}");
+                ExitCode::FAILURE
+            }
+        },
         _ => {
-            println!("usage: cargo xtask test [CARGO TEST ARGS...] | cargo xtask tidy");
+            println!(
+                "usage: cargo xtask test [CARGO TEST ARGS...] | cargo xtask tidy | cargo xtask fuzz [--minutes N] [TARGET...]"
+            );
             ExitCode::from(2)
         }
     }

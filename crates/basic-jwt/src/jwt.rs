@@ -77,7 +77,12 @@ pub fn inspect(
             .into(),
     })?;
     let leeway = keyhaven_core::chrono::Duration::seconds(LEEWAY_SECS);
-    if expires_at + leeway <= now {
+    // Checked: a time at the edge of what a date can hold must not overflow (an
+    // `exp` that far ahead has not expired; an `nbf` that far back has begun).
+    if expires_at
+        .checked_add_signed(leeway)
+        .is_some_and(|limit| limit <= now)
+    {
         return Err(SchemeError::Rejected {
             message: format!(
                 "the server's JWT expired already (exp {})",
@@ -86,7 +91,10 @@ pub fn inspect(
         });
     }
     let not_before = time(&claims, "nbf")?;
-    if let Some(nbf) = not_before.filter(|nbf| *nbf - leeway > now) {
+    if let Some(nbf) = not_before.filter(|nbf| {
+        nbf.checked_sub_signed(leeway)
+            .is_some_and(|start| start > now)
+    }) {
         return Err(SchemeError::Rejected {
             message: format!("the server's JWT is not valid before {}", nbf.to_rfc3339()),
         });

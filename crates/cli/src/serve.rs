@@ -3,12 +3,15 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use keyhaven::secrecy::SecretString;
 use keyhaven::url::Url;
 use keyhaven::{EventKind, Keyhaven, KeyhavenBuilder};
 use keyhaven_server::proxy::ProxyLimits;
-use keyhaven_server::{AdminKey, AppState, Audit, CREDENTIALS_KEY_FILE, ServerConfig, Webhook};
+use keyhaven_server::{
+    AdminKey, AppState, Audit, CREDENTIALS_KEY_FILE, RateLimit, ServerConfig, Webhook,
+};
 use serde::Deserialize;
 
 use crate::local::{StoreArgs, open_store};
@@ -21,7 +24,8 @@ pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:9210";
 pub(crate) struct ServeArgs {
     /// A TOML file with the settings below (listen, data_dir, database_url,
     /// public_url, redirect_allowlist, cors_origins, audit_log, webhook_attempts,
-    /// proxy_max_response_bytes, [[webhooks]]).
+    /// proxy_max_response_bytes, header_timeout, body_timeout, idle_timeout,
+    /// request_timeout, max_connections, rate_limit, rate_limit_burst, [[webhooks]]).
     #[arg(long, env = "KEYHAVEN_CONFIG")]
     config: Option<PathBuf>,
     /// The address to listen on.
@@ -66,6 +70,35 @@ pub(crate) struct ServeArgs {
     /// with 502. Default: 10485760 (10 MiB).
     #[arg(long, env = "KEYHAVEN_PROXY_MAX_RESPONSE_BYTES")]
     proxy_max_response_bytes: Option<u64>,
+    /// Seconds a client has to send a request's headers, from when it connects or
+    /// starts its next request; then the connection is dropped [default: 10].
+    #[arg(long, env = "KEYHAVEN_HEADER_TIMEOUT", value_name = "SECONDS")]
+    header_timeout: Option<f64>,
+    /// Seconds a client has to send a request's body once the server reads it;
+    /// then 408 [default: 30].
+    #[arg(long, env = "KEYHAVEN_BODY_TIMEOUT", value_name = "SECONDS")]
+    body_timeout: Option<f64>,
+    /// Seconds a kept-alive connection may wait for its next request before it is
+    /// closed [default: 60].
+    #[arg(long, env = "KEYHAVEN_IDLE_TIMEOUT", value_name = "SECONDS")]
+    idle_timeout: Option<f64>,
+    /// Seconds a request may take before it is cancelled and answered 503; event
+    /// streams and the long-poll wait are not cut [default: 60].
+    #[arg(long, env = "KEYHAVEN_REQUEST_TIMEOUT", value_name = "SECONDS")]
+    request_timeout: Option<f64>,
+    /// Connections served at once; more wait in the kernel's queue [default: 10000,
+    /// or the open-file limit less 256 when lower].
+    #[arg(long, env = "KEYHAVEN_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Requests per second per client address on the OAuth callback and the connect
+    /// form, and for requests with a missing or wrong key; more get 429. 0 turns the
+    /// limit off [default: 20].
+    #[arg(long, env = "KEYHAVEN_RATE_LIMIT", value_name = "PER_SECOND")]
+    rate_limit: Option<u32>,
+    /// Requests per client address allowed at once before the rate applies
+    /// [default: 60].
+    #[arg(long, env = "KEYHAVEN_RATE_LIMIT_BURST", value_name = "REQUESTS")]
+    rate_limit_burst: Option<u32>,
 }
 
 /// A webhook in the TOML file.
@@ -93,8 +126,118 @@ struct FileConfig {
     audit_log: Option<PathBuf>,
     webhook_attempts: Option<u32>,
     proxy_max_response_bytes: Option<u64>,
+    header_timeout: Option<f64>,
+    body_timeout: Option<f64>,
+    idle_timeout: Option<f64>,
+    request_timeout: Option<f64>,
+    max_connections: Option<usize>,
+    rate_limit: Option<u32>,
+    rate_limit_burst: Option<u32>,
     #[serde(default)]
     webhooks: Vec<FileWebhook>,
+}
+
+/// A timeout setting: the flag's or the file's seconds, else `default`.
+fn seconds(
+    name: &str,
+    flag: Option<f64>,
+    file: Option<f64>,
+    default: Duration,
+) -> Result<Duration, CliError> {
+    match flag.or(file) {
+        None => Ok(default),
+        Some(s) => Duration::try_from_secs_f64(s)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                CliError::usage(format!(
+                    "{name} must be a positive number of seconds, such as 10 or 0.5 (got {s})"
+                ))
+            }),
+    }
+}
+
+/// The connection and rate limits, from the flags, else the file, else the
+/// defaults.
+fn limits(
+    args: &ServeArgs,
+    file: &FileConfig,
+    mut config: ServerConfig,
+) -> Result<ServerConfig, CliError> {
+    config.header_read_timeout = seconds(
+        "header_timeout",
+        args.header_timeout,
+        file.header_timeout,
+        config.header_read_timeout,
+    )?;
+    config.body_read_timeout = seconds(
+        "body_timeout",
+        args.body_timeout,
+        file.body_timeout,
+        config.body_read_timeout,
+    )?;
+    config.idle_timeout = seconds(
+        "idle_timeout",
+        args.idle_timeout,
+        file.idle_timeout,
+        config.idle_timeout,
+    )?;
+    config.request_timeout = seconds(
+        "request_timeout",
+        args.request_timeout,
+        file.request_timeout,
+        config.request_timeout,
+    )?;
+    if let Some(max) = args.max_connections.or(file.max_connections) {
+        if max == 0 {
+            return Err(CliError::usage(
+                "max_connections must be at least 1".to_owned(),
+            ));
+        }
+        config.max_connections = max;
+    }
+    let default = RateLimit::default();
+    let per_second = args
+        .rate_limit
+        .or(file.rate_limit)
+        .unwrap_or(default.per_second);
+    let burst = args
+        .rate_limit_burst
+        .or(file.rate_limit_burst)
+        .unwrap_or(default.burst);
+    config.rate_limit = if per_second == 0 {
+        None
+    } else if burst == 0 {
+        return Err(CliError::usage(
+            "rate_limit_burst must be at least 1 (turn the limit off with rate_limit = 0)"
+                .to_owned(),
+        ));
+    } else {
+        Some(RateLimit { per_second, burst })
+    };
+    Ok(config)
+}
+
+/// Raises this process's soft limit of open files to its hard limit (as far as
+/// 1,048,576), so that the default connection limit, which is derived from it, is
+/// not held to the 1,024 many systems start with.
+fn raise_open_file_limit() {
+    #[cfg(unix)]
+    {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        const MOST: u64 = 1 << 20;
+        let limit = getrlimit(Resource::Nofile);
+        let wanted = limit.maximum.unwrap_or(MOST).min(MOST);
+        if limit.current.is_some_and(|c| c < wanted) {
+            let raised = Rlimit {
+                current: Some(wanted),
+                maximum: limit.maximum,
+            };
+            if let Err(e) = setrlimit(Resource::Nofile, raised) {
+                tracing::debug!(error = %e, "cannot raise the open-file limit");
+            }
+        }
+    }
 }
 
 fn webhook(url: &str, secret: String, events: &[String]) -> Result<Webhook, CliError> {
@@ -141,12 +284,14 @@ pub(crate) async fn serve(
         }
         None => FileConfig::default(),
     };
+    raise_open_file_limit();
+    // Everything the settings say is checked before anything is created.
+    let limited = limits(&args, &file, ServerConfig::default())?;
     let listen = args.listen.or(file.listen).unwrap_or_else(|| {
         DEFAULT_LISTEN
             .parse()
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9210)))
     });
-    // Everything the settings say is checked before anything is created.
     let mut webhooks = Vec::new();
     if let Some(url) = &args.webhook_url {
         webhooks.push(webhook(
@@ -251,13 +396,14 @@ pub(crate) async fn serve(
         webhook_attempts: args.webhook_attempts.or(file.webhook_attempts).unwrap_or(8),
         webhooks,
         proxy: ProxyLimits { max_response_bytes },
-        ..ServerConfig::default()
+        ..limited
     };
     output::line(format!(
-        "keyhaven listening on http://{local} (public URL {}, {description}, {} webhook(s), audit log {})",
+        "keyhaven listening on http://{local} (public URL {}, {description}, {} webhook(s), audit log {}, at most {} connections)",
         public_url.as_str().trim_end_matches('/'),
         config.webhooks.len(),
-        audit_path.display()
+        audit_path.display(),
+        config.max_connections,
     ))?;
     let mut state = AppState::new(kh, admin_key);
     state.credentials_key = Some(credentials_key);

@@ -538,3 +538,132 @@ fn serve_on_postgresql_keeps_a_private_data_directory_and_refuses_another_key() 
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn serve_takes_the_connection_limits_from_the_file_and_flags() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let config = dir.join("limits.toml");
+    std::fs::write(
+        &config,
+        r#"
+listen = "127.0.0.1:0"
+data_dir = "data"
+header_timeout = 0.5
+body_timeout = 2
+idle_timeout = 3
+request_timeout = 4.5
+max_connections = 7
+rate_limit = 0
+"#,
+    )
+    .unwrap();
+    let mut child = keyhaven()
+        .args([
+            "serve",
+            "--api-key",
+            "kh_limits",
+            "--credentials-key",
+            "khc_limits",
+        ])
+        .args(["--max-connections", "9"])
+        .arg("--config")
+        .arg(&config)
+        .current_dir(dir)
+        .env_remove("KEYHAVEN_DATA_DIR")
+        .env_remove("KEYHAVEN_DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let listening = lines.next().unwrap().unwrap();
+    assert!(
+        listening.contains("at most 9 connections"),
+        "the flag wins over the file: {listening}"
+    );
+    let port: u16 = listening
+        .split("http://127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    // The file's header timeout (0.5 s) drops a connection that sends half a header.
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let read = slow.read(&mut buf);
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // rate_limit = 0: no limit on the callback.
+    for _ in 0..80 {
+        assert_eq!(
+            http(port, "GET", "/api/v1/oauth/callback?state=x", None).0,
+            400
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+
+    for (flag, value, message) in [
+        (
+            "--header-timeout",
+            "0",
+            "header_timeout must be a positive number of seconds",
+        ),
+        (
+            "--idle-timeout",
+            "-1",
+            "idle_timeout must be a positive number of seconds",
+        ),
+        (
+            "--max-connections",
+            "0",
+            "max_connections must be at least 1",
+        ),
+        (
+            "--rate-limit-burst",
+            "0",
+            "rate_limit_burst must be at least 1",
+        ),
+    ] {
+        let out = keyhaven()
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--api-key",
+                "k",
+                &format!("{flag}={value}"),
+            ])
+            .current_dir(dir)
+            .env_remove("KEYHAVEN_DATA_DIR")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(message), "{flag} {value}: {err}");
+    }
+    let help = keyhaven().args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--header-timeout <SECONDS>",
+        "--body-timeout <SECONDS>",
+        "--idle-timeout <SECONDS>",
+        "--request-timeout <SECONDS>",
+        "--max-connections <MAX_CONNECTIONS>",
+        "--rate-limit <PER_SECOND>",
+        "--rate-limit-burst <REQUESTS>",
+        "KEYHAVEN_HEADER_TIMEOUT",
+    ] {
+        assert!(help.contains(flag), "{flag} in --help:\n{help}");
+    }
+}

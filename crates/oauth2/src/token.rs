@@ -194,14 +194,41 @@ pub(crate) fn credentials_from(
         f.insert(fields::EXTRA, Value::Object(answer.extra.clone()));
     }
     let lifetime = answer.expires_in.or(default_lifetime);
-    let expires_at = lifetime
-        .map(|s| now + keyhaven_core::chrono::Duration::seconds(s.min(i64::MAX as u64 / 2) as i64));
-    Credentials::new(f, expires_at)
+    Credentials::new(f, lifetime.and_then(|s| expiry(now, s)))
+}
+
+/// `now` plus `seconds`; `None` (no expiry) when the provider's lifetime is too
+/// large for a date, rather than an overflow.
+fn expiry(now: DateTime<Utc>, seconds: u64) -> Option<DateTime<Utc>> {
+    let seconds = i64::try_from(seconds).ok()?;
+    now.checked_add_signed(keyhaven_core::chrono::Duration::try_seconds(seconds)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An `expires_in` of 10^16 seconds or more panicked (`TimeDelta::seconds` out of
+    /// bounds) while a provider's token answer was read. The callback fuzz test
+    /// (crates/facade/tests/fuzz_callback.rs) finds it when this fix is undone.
+    #[test]
+    fn huge_lifetimes_are_no_expiry_not_a_panic() {
+        let now = Utc::now();
+        for seconds in ["1e16", "10000000000000000", "18446744073709551615", "1e300"] {
+            let answer: ProviderTokenResponse =
+                serde_json::from_str(&format!(r#"{{"access_token":"t","expires_in":{seconds}}}"#))
+                    .unwrap();
+            assert_eq!(
+                credentials_from(&answer, None, None, now).expires_at(),
+                None
+            );
+        }
+        assert_eq!(
+            expiry(now, 60),
+            Some(now + keyhaven_core::chrono::Duration::seconds(60))
+        );
+        assert_eq!(expiry(now, u64::MAX), None);
+    }
 
     fn parse(json: &str) -> ProviderTokenResponse {
         serde_json::from_str(json).expect("parses")

@@ -11,12 +11,15 @@ mod audit;
 mod auth;
 mod error;
 mod events;
+mod limits;
+mod listen;
 mod openapi;
 mod pages;
 pub mod proxy;
 mod webhooks;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -32,6 +35,8 @@ pub use api::{account_view, app_view, integration_view};
 pub use audit::{Audit, AuditError, AuditRecord};
 pub use auth::{ADMIN_KEY_FILE, AdminKey, CREDENTIALS_KEY_FILE};
 pub use error::ApiError;
+pub use limits::RateLimit;
+pub use listen::{Accept, PlainTcp, default_max_connections};
 pub use webhooks::{SIGNATURE_HEADER, Webhook, sign, verify};
 
 /// The server's settings beyond the library's.
@@ -49,7 +54,28 @@ pub struct ServerConfig {
     /// (doubled each time, at most an hour).
     pub webhook_attempts: u32,
     /// See `webhook_attempts`.
-    pub webhook_first_retry: std::time::Duration,
+    pub webhook_first_retry: Duration,
+    /// The time a client has to send a request's line and headers, from the moment
+    /// it connects (a TLS handshake included) or sends the first byte of a later
+    /// request; then the connection is dropped. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// The time a client has to send a request's whole body, from the moment the
+    /// server starts reading it; then it is answered 408. Default 30 s.
+    pub body_read_timeout: Duration,
+    /// A kept-alive connection with no request in flight for this long is closed.
+    /// Default 60 s.
+    pub idle_timeout: Duration,
+    /// A request whose response has not started within this long is cancelled and
+    /// answered 503; event streams and the long-poll wait are not cut. Default 60 s.
+    pub request_timeout: Duration,
+    /// Connections served at once; further ones wait in the kernel's backlog until
+    /// one ends. Default [`default_max_connections`].
+    pub max_connections: usize,
+    /// The rate allowed to one client address on the routes anyone can call (the
+    /// OAuth callback, the connect form) and for requests refused for a missing or
+    /// wrong key; beyond it, 429 with `Retry-After`. Requests with a good key are
+    /// never limited. `None`: no limit. Default 20 per second, bursts of 60.
+    pub rate_limit: Option<RateLimit>,
     /// The proxy's limits (`max_response_bytes`: the largest API answer it reads).
     pub proxy: proxy::ProxyLimits,
 }
@@ -61,7 +87,13 @@ impl Default for ServerConfig {
             cors_origins: Vec::new(),
             webhooks: Vec::new(),
             webhook_attempts: 8,
-            webhook_first_retry: std::time::Duration::from_secs(1),
+            webhook_first_retry: Duration::from_secs(1),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(60),
+            max_connections: default_max_connections(),
+            rate_limit: Some(RateLimit::default()),
             proxy: proxy::ProxyLimits::default(),
         }
     }
@@ -145,21 +177,41 @@ fn api_key(request: &Request) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
 }
 
-async fn require_admin(State(s): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    match api_key(&request) {
-        Some(key) if s.admin_key.matches(key) => next.run(request).await,
-        _ => ApiError::unauthorized().into_response(),
+/// What the key checks need: the state, and the rate limit of refused requests.
+#[derive(Debug, Clone)]
+struct Guard {
+    state: Arc<AppState>,
+    limiter: Option<Arc<limits::IpLimiter>>,
+}
+
+impl Guard {
+    /// A request without a good key from an address over its rate: 429.
+    fn over_rate(&self, request: &Request) -> Option<Response> {
+        let limiter = self.limiter.as_ref()?;
+        let ip = limits::client_ip(request);
+        let wait = limiter.check(ip).err()?;
+        tracing::warn!(%ip, path = request.uri().path(), "rate limited: refused keys");
+        Some(limits::too_many_json(wait))
     }
 }
 
-async fn require_credentials_key(
-    State(s): State<Arc<AppState>>,
-    request: Request,
-    next: Next,
-) -> Response {
+async fn require_admin(State(g): State<Guard>, request: Request, next: Next) -> Response {
+    match api_key(&request) {
+        Some(key) if g.state.admin_key.matches(key) => next.run(request).await,
+        _ => g
+            .over_rate(&request)
+            .unwrap_or_else(|| ApiError::unauthorized().into_response()),
+    }
+}
+
+async fn require_credentials_key(State(g): State<Guard>, request: Request, next: Next) -> Response {
+    let s = &g.state;
     let key = api_key(&request);
     if key.is_some_and(|key| s.credentials_key.as_ref().is_some_and(|k| k.matches(key))) {
         return next.run(request).await;
+    }
+    if let Some(refused) = g.over_rate(&request) {
+        return refused;
     }
     // Refused reads are audited too.
     let account = request
@@ -236,28 +288,41 @@ fn credential_routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new().routes(routes!(api::credentials))
 }
 
-/// Open routes: the pages people see, the callback, health.
-fn open_routes() -> OpenApiRouter<Arc<AppState>> {
+/// Open pages: the callback and the connect form, rate-limited per client address.
+fn page_routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
         .routes(routes!(pages::callback))
         .routes(routes!(pages::connect_form, pages::submit_connect_form))
-        .routes(routes!(healthz))
 }
 
-/// The routes (with their access checks) and the OpenAPI document that describes
-/// exactly them: both are made from the same route tables.
-fn routes_and_doc(state: &Arc<AppState>) -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
+/// Health, never limited.
+fn health_routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new().routes(routes!(healthz))
+}
+
+/// The routes (with their access checks and rate limits) and the OpenAPI document
+/// that describes exactly them: both are made from the same route tables.
+fn routes_and_doc(
+    state: &Arc<AppState>,
+    limiter: Option<Arc<limits::IpLimiter>>,
+) -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
     let (admin, admin_doc) = admin_routes().split_for_parts();
     let (creds, creds_doc) = credential_routes().split_for_parts();
-    let (open, open_doc) = open_routes().split_for_parts();
-    let doc = openapi::document([admin_doc, creds_doc, open_doc]);
+    let (pages, pages_doc) = page_routes().split_for_parts();
+    let (health, health_doc) = health_routes().split_for_parts();
+    let doc = openapi::document([admin_doc, creds_doc, pages_doc, health_doc]);
+    let guard = Guard {
+        state: state.clone(),
+        limiter: limiter.clone(),
+    };
     let router = Router::new()
-        .merge(admin.route_layer(middleware::from_fn_with_state(state.clone(), require_admin)))
+        .merge(admin.route_layer(middleware::from_fn_with_state(guard.clone(), require_admin)))
         .merge(creds.route_layer(middleware::from_fn_with_state(
-            state.clone(),
+            guard,
             require_credentials_key,
         )))
-        .merge(open);
+        .merge(pages.route_layer(middleware::from_fn_with_state(limiter, limits::limit_pages)))
+        .merge(health);
     (router, doc)
 }
 
@@ -266,7 +331,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     openapi::document([
         admin_routes().split_for_parts().1,
         credential_routes().split_for_parts().1,
-        open_routes().split_for_parts().1,
+        page_routes().split_for_parts().1,
+        health_routes().split_for_parts().1,
     ])
 }
 
@@ -278,9 +344,12 @@ async fn healthz() -> axum::Json<serde_json::Value> {
 }
 
 /// The whole application: the admin API (behind `x-api-key`), credentials (behind
-/// the credentials key), the pages and callback, `/healthz`, the OpenAPI document.
+/// the credentials key), the pages and callback, `/healthz`, the OpenAPI document,
+/// with the request timeout and the rate limit of `state.config` (each router has
+/// its own rate limit counts).
 pub fn router(state: Arc<AppState>) -> Router {
-    let (routes, doc) = routes_and_doc(&state);
+    let limiter = limits::IpLimiter::new(state.config.rate_limit);
+    let (routes, doc) = routes_and_doc(&state, limiter);
     let doc = Arc::new(doc);
     let mut app = routes
         .route(
@@ -297,6 +366,10 @@ pub fn router(state: Arc<AppState>) -> Router {
                 "no such route; the API is under /api/v1 (see /api/v1/openapi.json)",
             )
         })
+        .layer(middleware::from_fn_with_state(
+            state.config.request_timeout,
+            limits::deadline,
+        ))
         .layer(middleware::from_fn(log_request))
         .with_state(state.clone());
     if !state.config.cors_origins.is_empty() {
@@ -340,25 +413,49 @@ async fn log_request(request: Request, next: Next) -> Response {
     response
 }
 
-/// Serves the application on `listener` until `shutdown` resolves, finishing
-/// requests in flight; delivers webhooks meanwhile.
+/// Serves the application over plain HTTP on `listener` until `shutdown` resolves;
+/// delivers webhooks meanwhile. See [`serve_with`].
 ///
 /// # Errors
-/// The listener fails.
+/// None today: accept errors (such as running out of file descriptors) are logged
+/// and retried; the `Result` is kept for listeners that can fail for good.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, PlainTcp, state, shutdown).await
+}
+
+/// Serves the application on `listener`, each connection made into a stream by
+/// `acceptor` (plain TCP, or TLS), until `shutdown` resolves; delivers webhooks
+/// meanwhile. HTTP/1.1, with the connection deadlines and limit of `state.config`
+/// (header, body and idle timeouts, `max_connections`); handlers see the client's
+/// address as `ConnectInfo<SocketAddr>`.
+///
+/// When `shutdown` resolves, no new connection is accepted, event streams end,
+/// idle connections close, and requests in flight finish before this returns.
+///
+/// # Errors
+/// As [`serve`].
+pub async fn serve_with<A: Accept>(
+    listener: tokio::net::TcpListener,
+    acceptor: A,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let deliveries = webhooks::spawn(state.clone());
     let closing = state.closing.clone();
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            closing.send_replace(true);
-        })
-        .await;
+    let config = state.config.clone();
+    listen::run(
+        listener,
+        acceptor,
+        router(state),
+        &config,
+        closing,
+        shutdown,
+    )
+    .await;
     deliveries.abort();
-    result
+    Ok(())
 }

@@ -80,7 +80,8 @@ pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
 }
 
 /// Whether `header` is a valid signature of `body` with `secret`, made at most
-/// `tolerance` seconds away from `now` (Unix seconds). Compares in constant time.
+/// `tolerance` seconds away from `now` (Unix seconds; a negative tolerance accepts
+/// nothing). Compares in constant time.
 pub fn verify(secret: &str, header: &str, body: &[u8], now: i64, tolerance: i64) -> bool {
     let mut timestamp = None;
     let mut tags = Vec::new();
@@ -94,7 +95,12 @@ pub fn verify(secret: &str, header: &str, body: &[u8], now: i64, tolerance: i64)
     let Some(timestamp) = timestamp else {
         return false;
     };
-    if (now - timestamp).abs() > tolerance {
+    // `abs_diff`, not `(now - timestamp).abs()`: a timestamp far from now (anyone
+    // can send `t=-9223372036854775808`) must not overflow.
+    let Ok(tolerance) = u64::try_from(tolerance) else {
+        return false;
+    };
+    if now.abs_diff(timestamp) > tolerance {
         return false;
     }
     let expected = mac(secret, timestamp, body).finalize().into_bytes();
