@@ -7,20 +7,6 @@ use serde_json::Value;
 
 use crate::{CliError, Exit};
 
-/// What an HTTP error says, with its causes and without the URL (whose query may
-/// hold a filter or a token).
-fn reason(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// A keyhaven server and the keys to use with it.
 #[derive(Debug, Clone)]
 pub(crate) struct Remote {
@@ -97,7 +83,7 @@ impl Remote {
                 format!(
                     "cannot reach the keyhaven server at {}: {}",
                     self.base,
-                    reason(e)
+                    keyhaven_server::proxy::http_error_reason(e)
                 ),
             )
         })?;
@@ -105,7 +91,10 @@ impl Remote {
         let text = response.text().await.map_err(|e| {
             CliError::new(
                 Exit::Unavailable,
-                format!("the server's answer was cut: {}", reason(e)),
+                format!(
+                    "the server's answer was cut: {}",
+                    keyhaven_server::proxy::http_error_reason(e)
+                ),
             )
         })?;
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));

@@ -72,7 +72,43 @@ pub(crate) fn document(parts: impl IntoIterator<Item = OpenApi>) -> OpenApi {
         doc.merge(part);
     }
     secure(&mut doc);
+    rate_limited(&mut doc);
     doc
+}
+
+/// Every route may answer 429: the open routes and requests with a missing or wrong
+/// key are rate-limited per client address (`--rate-limit`).
+fn rate_limited(doc: &mut OpenApi) {
+    use utoipa::openapi::{ContentBuilder, RefOr, ResponseBuilder};
+    let response = ResponseBuilder::new()
+        .description("Too many requests from this address on an open route or with a missing or wrong key; wait for the seconds in `Retry-After`")
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                    "ErrorBody",
+                ))))
+                .build(),
+        )
+        .build();
+    for item in doc.paths.paths.values_mut() {
+        for operation in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            operation
+                .responses
+                .responses
+                .entry("429".to_owned())
+                .or_insert_with(|| RefOr::T(response.clone()));
+        }
+    }
 }
 
 /// Adds the two API keys as security schemes.
@@ -644,10 +680,11 @@ shape!(
     ProxyPath,
     "ProxyPath",
     text(
-        // One `/` (or `\`, the same to URL parsers) first, and no `.` or `..`
-        // segment (also percent-encoded) that would climb out of the base URL.
-        r"^/(?![/\\])(?![\s\S]*[/\\](?:\.|%2[eE]){1,2}(?:[/\\?#]|$))".to_owned(),
-        "A path starting with a single `/`, under the account's API base URL: no `.` or `..` segments"
+        // One `/` (or `\`, the same to URL parsers) first, no control character,
+        // no backslash before the query, and no `.` or `..` segment (also
+        // percent-encoded) that would climb out of the base URL.
+        r"^/(?![/\\])(?![\s\S]*[\u0000-\u001f\u007f-\u009f])(?![^?#]*\\)(?![\s\S]*[/\\](?:\.|%2[eE]){1,2}(?:[/\\?#;]|$))".to_owned(),
+        "A path starting with a single `/`, under the account's API base URL: no control characters, no backslash before the query, no `.` or `..` segments, no encoded slashes or escapes encoded twice (refused with 400)"
     )
 );
 

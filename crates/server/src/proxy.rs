@@ -134,6 +134,12 @@ fn transport_reason(e: reqwest::Error, sent: &Url) -> String {
             TIMEOUT.as_secs()
         );
     }
+    rules::scrub(&http_error_reason(e), sent)
+}
+
+/// What an HTTP client's error says, with its causes and without the URL (whose
+/// query may hold credentials, a filter or a token).
+pub fn http_error_reason(e: reqwest::Error) -> String {
     let e = e.without_url();
     let mut text = e.to_string();
     let mut source = std::error::Error::source(&e);
@@ -142,7 +148,7 @@ fn transport_reason(e: reqwest::Error, sent: &Url) -> String {
         text.push_str(&cause.to_string());
         source = cause.source();
     }
-    rules::scrub(&text, sent)
+    text
 }
 
 /// Where an account's requests go.
