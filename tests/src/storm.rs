@@ -262,3 +262,31 @@ pub fn assert_each_refreshed_once(endpoint: &TokenEndpoint, n: usize) {
 pub fn is_fresh(token: &str) -> bool {
     token.starts_with("at-rt-")
 }
+
+/// The reference for a storm: `n` token requests made at once with a bare reqwest
+/// client against a fresh endpoint (no store, no locks). Returns how long all took.
+pub async fn bare_token_requests(n: usize) -> Duration {
+    let endpoint = TokenEndpoint::start(Duration::ZERO).await;
+    let http = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let request = http.post(&endpoint.url).form(&[
+                ("grant_type", "refresh_token".to_owned()),
+                ("refresh_token", format!("rt-{i}")),
+                ("client_id", "storm-client".to_owned()),
+            ]);
+            tokio::spawn(async move {
+                let r = request.send().await.unwrap();
+                assert!(r.status().is_success());
+                r.bytes().await.unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let took = started.elapsed();
+    assert_each_refreshed_once(&endpoint, n);
+    took
+}

@@ -72,7 +72,11 @@ async fn one_instance(store: Arc<dyn Store>, label: &str) {
         &errors[..errors.len().min(3)]
     );
     assert_each_refreshed_once(&endpoint, ACCOUNTS);
-    println!("STORM library {label} 1 instance: {ACCOUNTS} accounts refreshed in {took:?}");
+    let bare = keyhaven_tests::storm::bare_token_requests(ACCOUNTS).await;
+    println!(
+        "STORM library {label} 1 instance: {ACCOUNTS} accounts refreshed in {took:?}; {ACCOUNTS} bare reqwest token requests in {bare:?} ({:.2}x)",
+        took.as_secs_f64() / bare.as_secs_f64()
+    );
 }
 
 /// Four processes, each asking for every account at once.
