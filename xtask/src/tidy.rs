@@ -103,6 +103,9 @@ pub(crate) fn check_layers(root: &Path) -> Vec<String> {
             "keyhaven-core" => Some(&[]),
             "keyhaven-api-key" | "keyhaven-oauth2" | "keyhaven-basic-jwt" | "keyhaven-store"
             | "keyhaven-catalog" => Some(&[CORE]),
+            // The edges reach the domain through the facade only.
+            "keyhaven-server" => Some(&["keyhaven"]),
+            "keyhaven-cli" => Some(&["keyhaven", "keyhaven-server"]),
             _ => None,
         };
         let Some(allowed) = allowed else { continue };

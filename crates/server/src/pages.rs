@@ -144,6 +144,7 @@ fn finished(s: &AppState, outcome: &CallbackOutcome) -> Response {
         (status = 404, description = "An unknown, used or expired state (HTML page)", content_type = "text/html", body = String),
         (status = 409, description = "The account's callback was handled already (HTML page)", content_type = "text/html", body = String),
         (status = 503, description = "The provider could not be reached (HTML page)", content_type = "text/html", body = String),
+        (status = 504, description = "The store or the provider did not answer in time (HTML page)", content_type = "text/html", body = String),
     ))]
 pub(crate) async fn callback(
     State(s): State<Arc<AppState>>,
@@ -281,10 +282,7 @@ fn link_status(token: Option<&str>, field: &str, e: &keyhaven::Error) -> StatusC
             keyhaven::Error::InvalidInput { field: f, .. } if f == field => StatusCode::NOT_FOUND,
             _ => StatusCode::BAD_REQUEST,
         },
-        ErrorKind::NotFound => StatusCode::NOT_FOUND,
-        ErrorKind::Conflict => StatusCode::CONFLICT,
-        ErrorKind::Unavailable | ErrorKind::TimedOut => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
+        kind => crate::error::status_of(kind),
     }
 }
 
@@ -306,6 +304,7 @@ fn link_refused(token: &str, e: &keyhaven::Error) -> Response {
         (status = 404, description = "An unknown, used or expired link (HTML page)", content_type = "text/html", body = String),
         (status = 409, description = "The account no longer waits for this form (HTML page)", content_type = "text/html", body = String),
         (status = 503, description = "The store could not be reached (HTML page)", content_type = "text/html", body = String),
+        (status = 504, description = "The store or the provider did not answer in time (HTML page)", content_type = "text/html", body = String),
     ))]
 pub(crate) async fn connect_form(
     State(s): State<Arc<AppState>>,
@@ -336,6 +335,7 @@ pub(crate) async fn connect_form(
         (status = 409, description = "The account no longer waits for this form (HTML page)", content_type = "text/html", body = String),
         (status = 415, description = "Not a form (`Content-Type: application/x-www-form-urlencoded`)", content_type = "text/plain", body = String),
         (status = 503, description = "The service could not be reached (HTML page)", content_type = "text/html", body = String),
+        (status = 504, description = "The store or the provider did not answer in time (HTML page)", content_type = "text/html", body = String),
     ))]
 pub(crate) async fn submit_connect_form(
     State(s): State<Arc<AppState>>,
