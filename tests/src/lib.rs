@@ -24,6 +24,14 @@ use tokio::process::{Child, Command};
 /// there: the user agent stops when the provider sends it there.
 pub const CALLBACK_URL: &str = "http://127.0.0.1:9/keyhaven/callback";
 
+/// A new master key: its ring, and its base64 for `KEYHAVEN_MASTER_KEY` (so that
+/// other processes open the same store).
+pub fn new_key() -> (keyhaven::KeyRing, String) {
+    let k = keyhaven::MasterKey::generate().unwrap();
+    let b64 = k.to_base64().to_string();
+    (keyhaven::KeyRing::new(k, []), b64)
+}
+
 /// Whether missing services fail the test instead of skipping it.
 pub fn services_required() -> bool {
     std::env::var("KEYHAVEN_REQUIRE_SERVICES").is_ok_and(|v| v == "1")

@@ -9,8 +9,7 @@ use std::sync::Arc;
 
 use keyhaven::chrono::{Duration, Utc};
 use keyhaven::{
-    ConnectionRequest, Credentials, CredentialsUpdate, KeyRing, Keyhaven, MasterKey, PostgresStore,
-    SqliteStore, Store,
+    ConnectionRequest, Credentials, CredentialsUpdate, Keyhaven, PostgresStore, SqliteStore, Store,
 };
 use keyhaven_tests::{CALLBACK_URL, Decision, OidcProvider, UserAgent};
 
@@ -122,12 +121,6 @@ fn tempfile_dir() -> std::path::PathBuf {
     dir
 }
 
-fn key() -> (KeyRing, String) {
-    let k = MasterKey::generate().unwrap();
-    let b64 = k.to_base64().to_string();
-    (KeyRing::new(k, []), b64)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_processes_on_postgres_make_one_token_request() {
     let Some(server) = OidcProvider::start(600).await else {
@@ -136,7 +129,7 @@ async fn four_processes_on_postgres_make_one_token_request() {
     let Some(url) = keyhaven_store::conformance::fresh_postgres_database().await else {
         return;
     };
-    let (ring, b64) = key();
+    let (ring, b64) = keyhaven_tests::new_key();
     let store = Arc::new(PostgresStore::connect(&url, ring).await.unwrap());
     run(store, format!("postgres:{url}"), b64, &server).await;
 }
@@ -148,7 +141,7 @@ async fn four_processes_on_sqlite_make_one_token_request() {
     };
     let dir = tempfile_dir();
     let path = dir.join("kh.db");
-    let (ring, b64) = key();
+    let (ring, b64) = keyhaven_tests::new_key();
     let store = Arc::new(SqliteStore::open(&path, ring).unwrap());
     run(store, format!("sqlite:{}", path.display()), b64, &server).await;
 }

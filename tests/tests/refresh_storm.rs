@@ -14,28 +14,22 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keyhaven::{KeyRing, Keyhaven, MasterKey, PostgresStore, SqliteStore, Store};
+use keyhaven::{Keyhaven, PostgresStore, SqliteStore, Store};
 use keyhaven_tests::storm::{ACCOUNTS, TokenEndpoint, assert_each_refreshed_once, is_fresh, seed};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const PROCESSES: usize = 4;
 
-fn key() -> (KeyRing, String) {
-    let k = MasterKey::generate().unwrap();
-    let b64 = k.to_base64().to_string();
-    (KeyRing::new(k, []), b64)
-}
-
 async fn postgres() -> Option<(Arc<dyn Store>, String, String)> {
     let url = keyhaven_store::conformance::fresh_postgres_database().await?;
-    let (ring, b64) = key();
+    let (ring, b64) = keyhaven_tests::new_key();
     let store: Arc<dyn Store> = Arc::new(PostgresStore::connect(&url, ring).await.unwrap());
     Some((store, format!("postgres:{url}"), b64))
 }
 
 fn sqlite(dir: &tempfile::TempDir) -> (Arc<dyn Store>, String, String) {
     let path = dir.path().join("kh.db");
-    let (ring, b64) = key();
+    let (ring, b64) = keyhaven_tests::new_key();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path, ring).unwrap());
     (store, format!("sqlite:{}", path.display()), b64)
 }

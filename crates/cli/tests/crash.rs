@@ -13,19 +13,14 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{ADMIN, CREDS, Server, key, serve};
+use common::{
+    ADMIN, CREDS, Server, api_key_integration, assert_acknowledged_whole, http, key, serve,
+};
 use keyhaven::{Keyhaven, PostgresStore, SqliteStore, Store};
 use keyhaven_tests::storm::{TokenEndpoint, is_fresh, seed};
 use serde_json::json;
 
 const ACCOUNTS: usize = 300;
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
-}
 
 /// Reads every account's credentials once; returns how many were served fresh.
 async fn read_all(server: &Server, ids: &[String], strict: bool) -> usize {
@@ -127,19 +122,7 @@ async fn killed_during_a_refresh_storm(
 async fn killed_during_writes(store_args: &[&str], data: &std::path::Path, key_b64: &str) {
     let mut server = serve(store_args, data, key_b64);
     let http = http();
-    let integration: serde_json::Value = http
-        .post(server.url("/api/v1/integrations"))
-        .header("x-api-key", ADMIN)
-        .json(
-            &json!({"name": "keys", "appId": "openai", "authScheme": "API_KEY", "authConfig": {}}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let integration_id = integration["id"].as_str().unwrap().to_owned();
+    let integration_id = api_key_integration(&http, &server).await;
     let acknowledged = Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
     let mut writers = Vec::new();
     for w in 0..16 {
@@ -194,21 +177,7 @@ async fn killed_during_writes(store_args: &[&str], data: &std::path::Path, key_b
     let acknowledged = acknowledged.lock().unwrap().clone();
 
     let server = serve(store_args, data, key_b64);
-    for (id, api_key) in &acknowledged {
-        let r = http
-            .get(server.url(&format!("/api/v1/connectedAccounts/{id}/credentials")))
-            .header("x-api-key", CREDS)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "acknowledged account {id} is there");
-        let body: serde_json::Value = r.json().await.unwrap();
-        assert_eq!(
-            body["credentials"]["api_key"],
-            api_key.as_str(),
-            "{id} whole"
-        );
-    }
+    assert_acknowledged_whole(&http, &server, &acknowledged).await;
     println!(
         "CRASH: {} acknowledged writes, 0 lost across SIGKILL",
         acknowledged.len()

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{ADMIN, CREDS, key, serve};
+use common::{ADMIN, api_key_integration, assert_acknowledged_whole, http, key, serve};
 use serde_json::json;
 
 /// A PostgreSQL cluster in a temporary directory, stopped when dropped.
@@ -145,23 +145,8 @@ async fn postgres_stopped_and_started_under_traffic() {
     let data = tempfile::tempdir().unwrap();
     let url = cluster.url();
     let server = serve(&["--database-url", &url], data.path(), &key_b64);
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap();
-    let integration: serde_json::Value = http
-        .post(server.url("/api/v1/integrations"))
-        .header("x-api-key", ADMIN)
-        .json(
-            &json!({"name": "keys", "appId": "openai", "authScheme": "API_KEY", "authConfig": {}}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let integration_id = integration["id"].as_str().unwrap().to_owned();
+    let http = http();
+    let integration_id = api_key_integration(&http, &server).await;
 
     // Writers: create connections without pause; record what was acknowledged and
     // every status and how long each answer took.
@@ -258,17 +243,7 @@ async fn postgres_stopped_and_started_under_traffic() {
     }
     // Nothing acknowledged is lost.
     let acknowledged = acknowledged.lock().unwrap().clone();
-    for (id, api_key) in &acknowledged {
-        let r = http
-            .get(server.url(&format!("/api/v1/connectedAccounts/{id}/credentials")))
-            .header("x-api-key", CREDS)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{id}");
-        let body: serde_json::Value = r.json().await.unwrap();
-        assert_eq!(body["credentials"]["api_key"], api_key.as_str());
-    }
+    assert_acknowledged_whole(&http, &server, &acknowledged).await;
     let worst = unavailable
         .iter()
         .map(|(_, t, _)| *t)

@@ -83,9 +83,50 @@ pub fn unique() -> String {
         .to_owned()
 }
 
-/// A new master key: the ring and its base64 for `KEYHAVEN_MASTER_KEY`.
-pub fn key() -> (keyhaven::KeyRing, String) {
-    let k = keyhaven::MasterKey::generate().unwrap();
-    let b64 = k.to_base64().to_string();
-    (keyhaven::KeyRing::new(k, []), b64)
+pub use keyhaven_tests::new_key as key;
+
+/// An HTTP client for the tests' calls (60 s timeout).
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// Creates an `API_KEY` integration for `openai` on `server`; returns its id.
+pub async fn api_key_integration(http: &reqwest::Client, server: &Server) -> String {
+    let integration: serde_json::Value = http
+        .post(server.url("/api/v1/integrations"))
+        .header("x-api-key", ADMIN)
+        .json(&serde_json::json!({"name": "keys", "appId": "openai", "authScheme": "API_KEY", "authConfig": {}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    integration["id"].as_str().unwrap().to_owned()
+}
+
+/// Every acknowledged `(account id, api key)` is on `server`, its key whole.
+pub async fn assert_acknowledged_whole(
+    http: &reqwest::Client,
+    server: &Server,
+    acknowledged: &[(String, String)],
+) {
+    for (id, api_key) in acknowledged {
+        let r = http
+            .get(server.url(&format!("/api/v1/connectedAccounts/{id}/credentials")))
+            .header("x-api-key", CREDS)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "acknowledged account {id} is there");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(
+            body["credentials"]["api_key"],
+            api_key.as_str(),
+            "{id} whole"
+        );
+    }
 }
