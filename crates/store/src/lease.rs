@@ -99,9 +99,14 @@ fn holder_is_gone(holder: &str) -> bool {
     else {
         return false;
     };
-    let (Some(my_boot), Some(my_ns)) = (boot_id(), pid_namespace()) else {
+    // Ours, as read once at the first lease (empty parts: `/proc` did not tell).
+    let mut mine = process_identity().split('/');
+    let (Some(my_boot), Some(my_ns)) = (mine.next(), mine.next()) else {
         return false;
     };
+    if my_boot.is_empty() || my_ns.is_empty() {
+        return false;
+    }
     if boot != my_boot || ns != my_ns || start.is_empty() {
         return false;
     }
