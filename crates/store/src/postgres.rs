@@ -259,7 +259,15 @@ impl PostgresStore {
             .min_connections(0)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .idle_timeout(Some(Duration::from_secs(60)))
-            .connect_lazy_with(pool.connect_options().as_ref().clone());
+            // The lock may be held by another instance: a lock connection gives up
+            // after LOCK_WAIT rather than wait forever behind a stuck holder (set
+            // once per connection, not per lock).
+            .connect_lazy_with(
+                pool.connect_options()
+                    .as_ref()
+                    .clone()
+                    .options([("lock_timeout", format!("{}s", LOCK_WAIT.as_secs()))]),
+            );
         let store = Self {
             pool,
             locks: RefreshLocks {
@@ -750,15 +758,6 @@ impl Store for PostgresStore {
             })?
             .map_err(|_| StoreError::Unavailable("the store is closing".into()))?;
         let mut tx = self.locks.pool.begin().await.map_err(map_err)?;
-        // The lock may be held by another instance; give up after LOCK_WAIT
-        // rather than wait forever behind a stuck holder.
-        sqlx::query(safe(format!(
-            "SET LOCAL lock_timeout = '{}s'",
-            LOCK_WAIT.as_secs()
-        )))
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(lock_key(id))
             .execute(&mut *tx)
