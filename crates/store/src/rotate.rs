@@ -87,11 +87,13 @@ pub(crate) fn reencrypt(
 /// function for a byte's value, but that byte as text is one character (ASCII: key ids
 /// are short) whose code `unicode` gives. The same expression is indexed on
 /// `connected_accounts.credentials` (migration 2), so it must not change alone.
+#[cfg(feature = "sqlite")]
 pub(crate) fn sqlite_header(column: &str) -> String {
     format!("substr({column}, 1, 4 + unicode(CAST(substr({column}, 4, 1) AS TEXT)))")
 }
 
-/// [`sqlite_header`] for PostgreSQL (`get_byte` reads the length), also indexed.
+/// The same for PostgreSQL (`get_byte` reads the length), also indexed.
+#[cfg(feature = "postgres")]
 pub(crate) fn postgres_header(column: &str) -> String {
     format!(
         "(CASE WHEN length({column}) >= 4 THEN substr({column}, 1, 4 + get_byte({column}, 3)) END)"
