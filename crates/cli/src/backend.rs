@@ -1,24 +1,31 @@
-//! The commands' operations on either backend: the library on a local store, or a
-//! keyhaven server. Both answer the same JSON (the server's shapes), so output and
-//! scripts do not depend on the mode.
+//! The commands' operations, written once as calls of keyhaven's API: over HTTP to
+//! a server (`--server`), or in-process to the same router over the local store
+//! ([`keyhaven_server::InProcess`]). Both run the server's handlers and answer its
+//! JSON, so output and scripts do not depend on the mode.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use keyhaven::{AccountFilter, ConnectionRequest, Keyhaven, NewIntegration};
-use keyhaven_server::proxy::{ProxyLimits, ProxyRequest, ProxyResponse};
+use keyhaven::Keyhaven;
+use keyhaven_server::proxy::{ProxyRequest, ProxyResponse};
+use keyhaven_server::{InProcess, KeyKind, ServerConfig};
+use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::local::StoreArgs;
-use crate::remote::{Remote, enc};
+use crate::remote::{Remote, decode, enc};
 use crate::{CliError, Exit};
 
 /// Where commands run.
 #[derive(Debug)]
 pub(crate) enum Backend {
-    /// The library on a local store.
-    Local(Keyhaven),
+    /// The API in this process, over the local store.
+    Local {
+        /// The library, for what a command does beside the API (the OAuth callback).
+        kh: Keyhaven,
+        /// Its API.
+        api: InProcess,
+    },
     /// A keyhaven server.
     Remote(Remote),
 }
@@ -67,37 +74,50 @@ pub(crate) struct Field {
     pub(crate) required: bool,
 }
 
-fn parse_err(what: &str) -> impl Fn(serde_json::Error) -> CliError + '_ {
-    move |e| CliError::new(Exit::Invalid, format!("{what}: {e}"))
+impl Field {
+    /// The API's field views (`AuthSchemeField`), as prompts.
+    fn all_of(fields: &Value) -> Vec<Self> {
+        fields
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|f| Self {
+                        name: f["name"].as_str().unwrap_or_default().to_owned(),
+                        description: f["description"].as_str().unwrap_or_default().to_owned(),
+                        secret: f["is_secret"].as_bool().unwrap_or(false),
+                        required: f["required"].as_bool().unwrap_or(false)
+                            && f["default"].is_null(),
+                    })
+                    .filter(|f| !f.name.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
-/// `apps`: the catalogue, locally or from the server.
+/// `apps`: the catalogue, from the server or from this keyhaven's (with the entries
+/// of `catalog_dir`), through the same route either way.
 pub(crate) async fn apps(
     server: Option<&str>,
     api_key: &Option<String>,
     query: Option<&str>,
     catalog_dir: Option<PathBuf>,
 ) -> Result<Vec<Value>, CliError> {
-    if let Some(server) = server {
-        let remote = Remote::new(server, api_key.clone(), None)?;
-        let list = remote
-            .get(&format!("/api/v1/apps?query={}", enc(query.unwrap_or(""))))
-            .await?;
-        return Ok(list["items"].as_array().cloned().unwrap_or_default());
-    }
-    let mut catalog = keyhaven::Catalog::builtin().map_err(|e| CliError::other(e.to_string()))?;
-    if let Some(dir) = catalog_dir {
-        let kh = Keyhaven::in_memory();
-        let names: Vec<&str> = kh.schemes().names().collect();
-        catalog
-            .load_dir(&dir, &names)
-            .map_err(|e| CliError::new(Exit::Invalid, e.to_string()))?;
-    }
-    catalog
-        .search(query.unwrap_or(""))
-        .iter()
-        .map(|e| serde_json::to_value(e.as_ref()).map_err(|e| CliError::other(e.to_string())))
-        .collect()
+    let backend = match server {
+        Some(server) => Backend::Remote(Remote::new(server, api_key.clone(), None)?),
+        None => {
+            // The catalogue needs no store: nothing is written.
+            let mut builder = Keyhaven::builder().store(keyhaven::MemoryStore::new());
+            if let Some(dir) = catalog_dir {
+                builder = builder.catalog_dir(dir);
+            }
+            Backend::local(builder.build()?)?
+        }
+    };
+    let list = backend
+        .get(&format!("/api/v1/apps?query={}", enc(query.unwrap_or(""))))
+        .await?;
+    Ok(list["items"].as_array().cloned().unwrap_or_default())
 }
 
 impl Backend {
@@ -113,8 +133,63 @@ impl Backend {
                 api_key.clone(),
                 credentials_key.clone(),
             )?)),
-            None => Ok(Self::Local(crate::local::open(store).await?)),
+            None => Self::local(crate::local::open(store).await?),
         }
+    }
+
+    /// The API over `kh`, in this process.
+    pub(crate) fn local(kh: Keyhaven) -> Result<Self, CliError> {
+        let api = InProcess::new(kh.clone(), ServerConfig::default())?;
+        Ok(Self::Local { kh, api })
+    }
+
+    /// The library, when the commands run on a local store.
+    pub(crate) fn keyhaven(&self) -> Option<&Keyhaven> {
+        match self {
+            Self::Local { kh, .. } => Some(kh),
+            Self::Remote(_) => None,
+        }
+    }
+
+    /// One call of the API: its JSON answer, or an error with the exit code of its
+    /// status.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        key: KeyKind,
+    ) -> Result<Value, CliError> {
+        match self {
+            Self::Remote(r) => {
+                r.call(method, path, body, key == KeyKind::Credentials)
+                    .await
+            }
+            Self::Local { api, .. } => {
+                let body = body
+                    .map(serde_json::to_vec)
+                    .transpose()
+                    .map_err(|e| CliError::other(format!("encoding a request: {e}")))?;
+                let answer = api.call(method, path, body, key).await?;
+                decode(
+                    answer.status.as_u16(),
+                    &String::from_utf8_lossy(&answer.body),
+                )
+            }
+        }
+    }
+
+    async fn get(&self, path: &str) -> Result<Value, CliError> {
+        self.call(Method::GET, path, None, KeyKind::Admin).await
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> Result<Value, CliError> {
+        self.call(Method::POST, path, Some(body), KeyKind::Admin)
+            .await
+    }
+
+    async fn delete(&self, path: &str) -> Result<Value, CliError> {
+        self.call(Method::DELETE, path, None, KeyKind::Admin).await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -153,381 +228,170 @@ impl Backend {
         if !scopes.is_empty() {
             body["scopes"] = json!(scopes);
         }
-        match self {
-            Self::Remote(r) => r.post("/api/v1/integrations", &body).await,
-            Self::Local(kh) => {
-                let new: NewIntegration =
-                    serde_json::from_value(body).map_err(parse_err("integration"))?;
-                let i = kh.integrations().create(new).await?;
-                Ok(keyhaven_server::integration_view(kh, &i))
-            }
-        }
+        self.post("/api/v1/integrations", &body).await
     }
 
     pub(crate) async fn integrations(&self, app: Option<&str>) -> Result<Vec<Value>, CliError> {
-        match self {
-            Self::Remote(r) => {
-                let path = match app {
-                    Some(a) => format!("/api/v1/integrations?appName={}", enc(a)),
-                    None => "/api/v1/integrations".to_owned(),
-                };
-                Ok(r.get(&path).await?["items"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default())
-            }
-            Self::Local(kh) => Ok(kh
-                .integrations()
-                .list(app)
-                .await?
-                .iter()
-                .map(|i| keyhaven_server::integration_view(kh, i))
-                .collect()),
-        }
+        let path = match app {
+            Some(a) => format!("/api/v1/integrations?appName={}", enc(a)),
+            None => "/api/v1/integrations".to_owned(),
+        };
+        Ok(self.get(&path).await?["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
     }
 
     pub(crate) async fn integration(&self, id: &str) -> Result<Value, CliError> {
-        match self {
-            Self::Remote(r) => r.get(&format!("/api/v1/integrations/{}", enc(id))).await,
-            Self::Local(kh) => Ok(keyhaven_server::integration_view(
-                kh,
-                &kh.integrations().get(id).await?,
-            )),
-        }
+        self.get(&format!("/api/v1/integrations/{}", enc(id))).await
     }
 
     pub(crate) async fn delete_integration(&self, id: &str) -> Result<(), CliError> {
-        match self {
-            Self::Remote(r) => r
-                .delete(&format!("/api/v1/integrations/{}", enc(id)))
-                .await
-                .map(drop),
-            Self::Local(kh) => Ok(kh.integrations().delete(id).await?),
-        }
+        self.delete(&format!("/api/v1/integrations/{}", enc(id)))
+            .await
+            .map(drop)
     }
 
-    /// What connecting to `app` (or through `integration`) with `scheme` asks for.
+    /// What connecting to `app` (or through `integration`) with `scheme` asks for:
+    /// the integration's fields, else the app's catalogue entry's for the scheme,
+    /// else the scheme's own.
     pub(crate) async fn needed(
         &self,
         app: &str,
         scheme: Option<&str>,
         integration: Option<&str>,
     ) -> Result<Needed, CliError> {
-        let scheme = scheme.map(str::to_ascii_uppercase);
-        match self {
-            Self::Local(kh) => {
-                let (name, mut fields) = match integration {
-                    Some(id) => {
-                        let i = kh.integrations().get(id).await?;
-                        let template = i
-                            .config
-                            .get(keyhaven::CONNECTION_PARAMS)
-                            .and_then(Value::as_object)
-                            .map(|m| {
-                                m.iter()
-                                    .map(|(k, v)| Field {
-                                        name: k.clone(),
-                                        description: v.as_str().unwrap_or_default().to_owned(),
-                                        secret: false,
-                                        required: true,
-                                    })
-                                    .collect::<Vec<_>>()
-                            })
-                            .unwrap_or_default();
-                        (i.auth_scheme.clone(), template)
-                    }
-                    None => {
-                        let entry = kh.catalog().get(app);
-                        let name = scheme
-                            .clone()
-                            .or_else(|| {
-                                entry.and_then(|e| {
-                                    e.preferred_scheme(|s| kh.schemes().get(s).is_ok())
-                                        .map(str::to_owned)
-                                })
-                            })
-                            .unwrap_or_else(|| "OAUTH2".to_owned());
-                        let template = entry
-                            .map(|e| {
-                                e.params
-                                    .iter()
-                                    .map(|p| Field {
-                                        name: p.name.clone(),
-                                        description: p.description.clone(),
-                                        secret: false,
-                                        required: true,
-                                    })
-                                    .collect()
-                            })
-                            .unwrap_or_default();
-                        (name, template)
-                    }
-                };
-                let s = kh.schemes().get(&name)?;
-                let spec = s.spec();
-                let mut all: Vec<Field> = spec
-                    .params
-                    .iter()
-                    .map(|f| Field {
-                        name: f.name.clone(),
-                        description: f.description.clone(),
-                        secret: f.secret,
-                        required: f.required && f.default.is_none(),
-                    })
-                    .collect();
-                all.append(&mut fields);
-                Ok(Needed {
-                    scheme: name,
-                    interactive: spec.interactive,
-                    fields: all,
-                })
-            }
-            Self::Remote(r) => {
-                let (name, fields) = match integration {
-                    Some(id) => {
-                        let i = r.get(&format!("/api/v1/integrations/{}", enc(id))).await?;
-                        let name = i["authScheme"].as_str().unwrap_or("OAUTH2").to_owned();
-                        (name, i["expectedInputFields"].clone())
-                    }
-                    None => {
-                        let entry = r.get(&format!("/api/v1/apps/{}", enc(app))).await.ok();
-                        let name = scheme
-                            .clone()
-                            .or_else(|| {
-                                entry
-                                    .as_ref()
-                                    .and_then(|e| e["preferredScheme"].as_str().map(str::to_owned))
-                            })
-                            .unwrap_or_else(|| "OAUTH2".to_owned());
-                        let fields = entry
-                            .as_ref()
-                            .and_then(|e| e["auth_schemes"].as_array())
-                            .and_then(|schemes| {
-                                schemes
-                                    .iter()
-                                    .find(|s| s["auth_mode"].as_str() == Some(name.as_str()))
-                            })
-                            .map(|s| s["fields"].clone())
-                            .unwrap_or(Value::Null);
-                        (name, fields)
-                    }
-                };
-                let fields = fields
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|f| Field {
-                                name: f["name"].as_str().unwrap_or_default().to_owned(),
-                                description: f["description"]
-                                    .as_str()
-                                    .unwrap_or_default()
-                                    .to_owned(),
-                                secret: f["is_secret"].as_bool().unwrap_or(false),
-                                required: f["required"].as_bool().unwrap_or(false)
-                                    && f["default"].is_null(),
-                            })
-                            .filter(|f| !f.name.is_empty())
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                Ok(Needed {
-                    interactive: name.starts_with("OAUTH2") && name != "OAUTH2_CLIENT_CREDENTIALS",
-                    scheme: name,
-                    fields,
-                })
-            }
+        if let Some(id) = integration {
+            let i = self.integration(id).await?;
+            return Ok(Needed {
+                scheme: i["authScheme"].as_str().unwrap_or_default().to_owned(),
+                interactive: i["interactive"].as_bool().unwrap_or(false),
+                fields: Field::all_of(&i["expectedInputFields"]),
+            });
         }
+        let entry = match self.get(&format!("/api/v1/apps/{}", enc(app))).await {
+            Ok(entry) => Some(entry),
+            Err(e) if e.exit == Exit::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let name = scheme
+            .map(str::to_ascii_uppercase)
+            .or_else(|| {
+                entry
+                    .as_ref()
+                    .and_then(|e| e["preferredScheme"].as_str().map(str::to_owned))
+            })
+            .unwrap_or_else(|| keyhaven::ConnectionRequest::DEFAULT_SCHEME.to_owned());
+        let of_name = |schemes: &Value| {
+            schemes
+                .as_array()
+                .and_then(|all| all.iter().find(|s| s["auth_mode"] == name.as_str()))
+                .cloned()
+        };
+        let found = match entry.as_ref().and_then(|e| of_name(&e["schemeDetails"])) {
+            Some(s) => s,
+            None => of_name(&self.get("/api/v1/schemes").await?["items"]).ok_or_else(|| {
+                CliError::new(
+                    Exit::Invalid,
+                    format!(
+                        "there is no auth scheme {name:?} here; `GET /api/v1/schemes` lists them"
+                    ),
+                )
+            })?,
+        };
+        Ok(Needed {
+            interactive: found["interactive"].as_bool().unwrap_or(false),
+            fields: Field::all_of(&found["fields"]),
+            scheme: name,
+        })
     }
 
     pub(crate) async fn initiate(&self, body: &Value) -> Result<Value, CliError> {
-        match self {
-            Self::Remote(r) => r.post("/api/v1/connectedAccounts", body).await,
-            Self::Local(kh) => {
-                let request: ConnectionRequest = serde_json::from_value(body.clone())
-                    .map_err(parse_err("connection request"))?;
-                let out = kh.initiate_connection(request).await?;
-                serde_json::to_value(out).map_err(|e| CliError::other(e.to_string()))
-            }
-        }
+        self.post("/api/v1/connectedAccounts", body).await
     }
 
     pub(crate) async fn accounts(&self, args: &ListArgs) -> Result<Value, CliError> {
-        match self {
-            Self::Remote(r) => {
-                let mut query = Vec::new();
-                let statuses: Vec<String> = args
-                    .statuses
-                    .iter()
-                    .map(|s| s.to_ascii_uppercase())
-                    .collect();
-                for (key, values) in [
-                    ("entityId", &args.entities),
-                    ("appNames", &args.apps),
-                    ("status", &statuses),
-                    ("labels", &args.labels),
-                    ("integrationId", &args.integrations),
-                ] {
-                    if !values.is_empty() {
-                        query.push(format!("{key}={}", enc(&values.join(","))));
-                    }
-                }
-                if let Some(l) = args.limit {
-                    query.push(format!("limit={l}"));
-                }
-                if let Some(c) = &args.cursor {
-                    query.push(format!("cursor={}", enc(c)));
-                }
-                r.get(&format!("/api/v1/connectedAccounts?{}", query.join("&")))
-                    .await
-            }
-            Self::Local(kh) => {
-                let upper: Vec<String> = args
-                    .statuses
-                    .iter()
-                    .map(|s| s.to_ascii_uppercase())
-                    .collect();
-                let filter = AccountFilter {
-                    entity_ids: args
-                        .entities
-                        .iter()
-                        .map(keyhaven::EntityId::new)
-                        .collect::<Result<_, _>>()?,
-                    apps: args
-                        .apps
-                        .iter()
-                        .map(keyhaven::AppSlug::new)
-                        .collect::<Result<_, _>>()?,
-                    integration_ids: args
-                        .integrations
-                        .iter()
-                        .map(|i| keyhaven::IntegrationId::parse(i))
-                        .collect::<Result<_, _>>()?,
-                    statuses: upper.iter().map(|s| s.parse()).collect::<Result<_, _>>()?,
-                    labels: args
-                        .labels
-                        .iter()
-                        .map(keyhaven::Label::new)
-                        .collect::<Result<_, _>>()?,
-                    after: args
-                        .cursor
-                        .as_deref()
-                        .map(keyhaven::ConnectedAccountId::parse)
-                        .transpose()?,
-                    limit: args.limit.unwrap_or(0),
-                };
-                let page = kh.connected_accounts().list(&filter).await?;
-                let mut integrations = HashMap::new();
-                let mut items = Vec::new();
-                for a in &page.items {
-                    items.push(keyhaven_server::account_view(kh, a, &mut integrations).await);
-                }
-                Ok(json!({"items": items, "nextCursor": page.next_cursor}))
+        let mut query = Vec::new();
+        for (key, values) in [
+            ("entityId", &args.entities),
+            ("appNames", &args.apps),
+            ("status", &args.statuses),
+            ("labels", &args.labels),
+            ("integrationId", &args.integrations),
+        ] {
+            if !values.is_empty() {
+                query.push(format!("{key}={}", enc(&values.join(","))));
             }
         }
+        if let Some(l) = args.limit {
+            query.push(format!("limit={l}"));
+        }
+        if let Some(c) = &args.cursor {
+            query.push(format!("cursor={}", enc(c)));
+        }
+        self.get(&format!("/api/v1/connectedAccounts?{}", query.join("&")))
+            .await
     }
 
     pub(crate) async fn account(&self, id: &str) -> Result<Value, CliError> {
-        match self {
-            Self::Remote(r) => {
-                r.get(&format!("/api/v1/connectedAccounts/{}", enc(id)))
-                    .await
-            }
-            Self::Local(kh) => {
-                let a = kh.connected_accounts().get(id).await?;
-                Ok(keyhaven_server::account_view(kh, &a, &mut HashMap::new()).await)
-            }
-        }
+        self.get(&format!("/api/v1/connectedAccounts/{}", enc(id)))
+            .await
     }
 
+    /// Deletes the account; locally, its revocation at the provider is awaited (the
+    /// process ends soon after).
     pub(crate) async fn delete_account(&self, id: &str) -> Result<(), CliError> {
-        match self {
-            Self::Remote(r) => r
-                .delete(&format!("/api/v1/connectedAccounts/{}", enc(id)))
-                .await
-                .map(drop),
-            // The process ends soon after: revoke before, not in the background.
-            Self::Local(kh) => Ok(kh.connected_accounts().delete_and_revoke(id).await?),
-        }
+        self.delete(&format!("/api/v1/connectedAccounts/{}", enc(id)))
+            .await
+            .map(drop)
     }
 
     /// `refresh`, `enable` or `disable`.
     pub(crate) async fn action(&self, id: &str, action: &str) -> Result<Value, CliError> {
-        match self {
-            Self::Remote(r) => {
-                r.post(
-                    &format!("/api/v1/connectedAccounts/{}/{action}", enc(id)),
-                    &json!({}),
-                )
-                .await
-            }
-            Self::Local(kh) => {
-                let accounts = kh.connected_accounts();
-                let a = match action {
-                    "refresh" => accounts.refresh(id).await?,
-                    "enable" => accounts.enable(id).await?,
-                    _ => accounts.disable(id).await?,
-                };
-                Ok(keyhaven_server::account_view(kh, &a, &mut HashMap::new()).await)
-            }
-        }
+        self.post(
+            &format!("/api/v1/connectedAccounts/{}/{action}", enc(id)),
+            &json!({}),
+        )
+        .await
     }
 
-    /// Waits until the account leaves INITIATED, or `timeout`.
+    /// Waits until the account leaves INITIATED, or `timeout`: long polls of at
+    /// most a minute each.
     pub(crate) async fn wait(&self, id: &str, timeout: Duration) -> Result<Value, CliError> {
-        match self {
-            Self::Local(kh) => {
-                let a = kh.wait_for_connection(id, timeout).await?;
-                Ok(keyhaven_server::account_view(kh, &a, &mut HashMap::new()).await)
-            }
-            Self::Remote(r) => {
-                let deadline = tokio::time::Instant::now() + timeout;
-                loop {
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    let secs = left.as_secs_f64().min(60.0);
-                    match r
-                        .get(&format!(
-                            "/api/v1/connectedAccounts/{}/wait?timeout={secs:.3}",
-                            enc(id)
-                        ))
-                        .await
-                    {
-                        Err(e) if e.exit == Exit::TimedOut && left.as_secs_f64() > 60.0 => {}
-                        Err(e) if e.exit == Exit::TimedOut => {
-                            return Err(CliError::new(
-                                Exit::TimedOut,
-                                format!(
-                                    "connected account {id} is still INITIATED after {timeout:?}: the user has not finished connecting"
-                                ),
-                            ));
-                        }
-                        other => return other,
-                    }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let secs = left.as_secs_f64().min(60.0);
+            match self
+                .get(&format!(
+                    "/api/v1/connectedAccounts/{}/wait?timeout={secs:.3}",
+                    enc(id)
+                ))
+                .await
+            {
+                Err(e) if e.exit == Exit::TimedOut && left.as_secs_f64() > 60.0 => {}
+                Err(e) if e.exit == Exit::TimedOut => {
+                    return Err(CliError::new(
+                        Exit::TimedOut,
+                        format!(
+                            "connected account {id} is still INITIATED after {timeout:?}: the user has not finished connecting"
+                        ),
+                    ));
                 }
+                other => return other,
             }
         }
     }
 
     /// The account's credentials: `{connectedAccountId, expiresAt, credentials}`.
     pub(crate) async fn credentials(&self, id: &str) -> Result<Value, CliError> {
-        match self {
-            Self::Remote(r) => {
-                r.call(
-                    reqwest::Method::GET,
-                    &format!("/api/v1/connectedAccounts/{}/credentials", enc(id)),
-                    None,
-                    true,
-                )
-                .await
-            }
-            Self::Local(kh) => {
-                let c = kh.credentials(id).await?;
-                Ok(json!({
-                    "connectedAccountId": id,
-                    "expiresAt": c.expires_at(),
-                    "credentials": c.expose().expose(),
-                }))
-            }
-        }
+        self.call(
+            Method::GET,
+            &format!("/api/v1/connectedAccounts/{}/credentials", enc(id)),
+            None,
+            KeyKind::Credentials,
+        )
+        .await
     }
 
     /// Sends a request with the account's credentials.
@@ -536,24 +400,14 @@ impl Backend {
         id: &str,
         request: &ProxyRequest,
     ) -> Result<ProxyResponse, CliError> {
-        match self {
-            Self::Local(kh) => {
-                let proxy = keyhaven_server::proxy::Proxy::new(ProxyLimits::default())?;
-                Ok(proxy.send(kh, id, request).await?)
-            }
-            Self::Remote(r) => {
-                let body =
-                    serde_json::to_value(request).map_err(|e| CliError::other(e.to_string()))?;
-                let v = r
-                    .post(
-                        &format!("/api/v1/connectedAccounts/{}/proxy", enc(id)),
-                        &body,
-                    )
-                    .await?;
-                serde_json::from_value(v)
-                    .map_err(|e| CliError::other(format!("the server's proxy answer: {e}")))
-            }
-        }
+        let body = serde_json::to_value(request).map_err(|e| CliError::other(e.to_string()))?;
+        let v = self
+            .post(
+                &format!("/api/v1/connectedAccounts/{}/proxy", enc(id)),
+                &body,
+            )
+            .await?;
+        serde_json::from_value(v).map_err(|e| CliError::other(format!("the proxy's answer: {e}")))
     }
 }
 

@@ -197,8 +197,8 @@ pub(crate) async fn connect(
     }
     // On a local store nothing else may be there to take the provider's callback:
     // serve it here while waiting, when its address is free.
-    let _callback = match &backend {
-        Backend::Local(kh) if needed.interactive => local_callback(kh).await,
+    let _callback = match backend.keyhaven() {
+        Some(kh) if needed.interactive => local_callback(kh).await,
         _ => None,
     };
     wait_and_report(&backend, &id, args.timeout, json).await

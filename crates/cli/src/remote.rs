@@ -87,7 +87,7 @@ impl Remote {
                 ),
             )
         })?;
-        let status = response.status();
+        let status = response.status().as_u16();
         let text = response.text().await.map_err(|e| {
             CliError::new(
                 Exit::Unavailable,
@@ -97,38 +97,32 @@ impl Remote {
                 ),
             )
         })?;
-        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        if status.is_success() {
-            return Ok(value);
-        }
-        let message = value["error"]["message"]
-            .as_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("the server answered {status}"));
-        let exit = match status.as_u16() {
-            400 => Exit::Invalid,
-            401 | 403 => Exit::Unauthorized,
-            404 => Exit::NotFound,
-            409 | 422 => Exit::Failed,
-            502 | 503 => Exit::Unavailable,
-            504 => Exit::TimedOut,
-            _ => Exit::Error,
-        };
-        Err(CliError::new(exit, message))
+        decode(status, &text)
     }
+}
 
-    pub(crate) async fn get(&self, path: &str) -> Result<Value, CliError> {
-        self.call(reqwest::Method::GET, path, None, false).await
+/// An answer of the API, from a server or in-process: its JSON on success, else
+/// an error with the exit code of its status and the API's message.
+pub(crate) fn decode(status: u16, text: &str) -> Result<Value, CliError> {
+    let value: Value =
+        serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()));
+    if (200..300).contains(&status) {
+        return Ok(value);
     }
-
-    pub(crate) async fn post(&self, path: &str, body: &Value) -> Result<Value, CliError> {
-        self.call(reqwest::Method::POST, path, Some(body), false)
-            .await
-    }
-
-    pub(crate) async fn delete(&self, path: &str) -> Result<Value, CliError> {
-        self.call(reqwest::Method::DELETE, path, None, false).await
-    }
+    let message = value["error"]["message"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("the server answered {status}"));
+    let exit = match status {
+        400 => Exit::Invalid,
+        401 | 403 => Exit::Unauthorized,
+        404 => Exit::NotFound,
+        409 | 422 => Exit::Failed,
+        502 | 503 => Exit::Unavailable,
+        504 => Exit::TimedOut,
+        _ => Exit::Error,
+    };
+    Err(CliError::new(exit, message))
 }
 
 /// Percent-encodes a query value or path segment.

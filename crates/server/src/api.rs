@@ -10,13 +10,13 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use keyhaven::{
-    AccountFilter, AppEntry, ConnectedAccount, ConnectedAccountId, ConnectionRequest,
-    ConnectionStatus, EntityId, Error, Integration, IntegrationId, Keyhaven, Label, NewIntegration,
+    AccountFilter, ConnectedAccount, ConnectedAccountId, ConnectionStatus, EntityId, Error,
+    Integration, IntegrationId, Keyhaven, Label,
 };
-use serde_json::{Map, Value, json};
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::views::v1;
 
 pub(crate) type Result<T> = std::result::Result<T, ApiError>;
 
@@ -61,126 +61,42 @@ fn parse_all<T>(
         .collect()
 }
 
-/// The auth modes Composio's client knows (`AppAuthScheme.auth_mode`).
-const COMPOSIO_AUTH_MODES: [&str; 6] = [
-    "OAUTH2",
-    "OAUTH1",
-    "API_KEY",
-    "BASIC",
-    "BEARER_TOKEN",
-    "BASIC_WITH_JWT",
-];
-
-/// An app's schemes as Composio's `AppAuthScheme`s: the fields a connection takes.
-/// Schemes its client does not know are left out of this list (`schemes` has all).
-fn auth_schemes(kh: &Keyhaven, entry: &AppEntry) -> Vec<Value> {
-    entry
-        .schemes
-        .iter()
-        .filter(|m| COMPOSIO_AUTH_MODES.contains(&m.as_str()))
-        .map(|mode| {
-            let mut fields: Vec<Value> = kh
-                .schemes()
-                .get(mode)
-                .map(|scheme| scheme.spec().params.clone())
-                .unwrap_or_default()
-                .iter()
-                .map(field_view)
-                .collect();
-            for p in &entry.params {
-                fields.push(json!({
-                    "name": p.name, "display_name": p.name, "description": p.description,
-                    "type": "string", "required": true, "expected_from_customer": true,
-                }));
-            }
-            let mut v = json!({"scheme_name": mode, "name": mode, "mode": mode, "auth_mode": mode, "fields": fields});
-            if mode == "OAUTH2"
-                && let (Some(o), Value::Object(m)) = (&entry.oauth2, &mut v)
-            {
-                m.insert("authorization_url".into(), json!(o.authorize_url));
-                m.insert("token_url".into(), json!(o.token_url));
-                m.insert("default_scopes".into(), json!(o.default_scopes));
-            }
-            v
-        })
-        .collect()
-}
-
-/// A scheme's field as Composio's `AuthSchemeField`.
-fn field_view(f: &keyhaven::FieldSpec) -> Value {
-    json!({
-        "name": f.name,
-        "display_name": f.name,
-        "displayName": f.name,
-        "description": f.description,
-        "type": "string",
-        "required": f.required,
-        "is_secret": f.secret,
-        "expected_from_customer": true,
-        "default": f.default,
-    })
-}
-
-/// An app as Composio's `AppModel` and keyhaven's catalogue describe it.
-pub fn app_view(kh: &Keyhaven, entry: &AppEntry) -> Value {
-    json!({
-        "key": entry.slug,
-        "appId": entry.slug,
-        "slug": entry.slug,
-        "name": entry.name,
-        "description": format!("{} ({})", entry.name, entry.categories.join(", ")),
-        "categories": entry.categories,
-        "docs": entry.docs_url,
-        "meta": {},
-        "enabled": true,
-        "no_auth": entry.schemes.iter().all(|s| s == "NO_AUTH"),
-        "auth_schemes": auth_schemes(kh, entry),
-        "preferredScheme": entry.preferred_scheme(|m| kh.schemes().get(m).is_ok()),
-        "schemes": entry.schemes,
-        "apiBaseUrl": entry.api_base_url,
-        "params": entry.params,
-        "oauth2": entry.oauth2,
-    })
-}
-
 /// `GET /api/v1/apps?query=`: the catalogue, searched.
 #[utoipa::path(get, path = "/api/v1/apps", tag = "apps",
     params(("query" = Option<String>, Query, description = "Words to search for in names, slugs and categories")),
-    responses((status = 200, description = "`{items, totalPages}`: catalogue entries in Composio's AppModel shape", body = crate::openapi::AppPage),
-        (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "`{items, totalPages}`: catalogue entries in Composio's AppModel shape", body = crate::views::v1::AppPage),
+        (status = 401, description = "No or a wrong admin key", body = crate::views::v1::ErrorBody)),
     security(("admin_key" = [])))]
 pub(crate) async fn apps(
     State(s): State<Arc<AppState>>,
     Query(q): Query<HashMap<String, String>>,
-) -> Json<Value> {
+) -> Json<v1::AppPage> {
     let query = q
         .get("query")
         .or_else(|| q.get("q"))
         .map(String::as_str)
         .unwrap_or("");
-    let items: Vec<Value> =
-        s.kh.catalog()
-            .search(query)
-            .into_iter()
-            .map(|e| app_view(&s.kh, e))
-            .collect();
-    Json(json!({"items": items, "totalPages": 1}))
+    let items = s.kh.catalog().search(query);
+    Json(v1::AppPage {
+        items: items.into_iter().map(|e| v1::App::new(&s.kh, e)).collect(),
+        total_pages: 1,
+    })
 }
 
 /// `GET /api/v1/apps/{slug}`.
 #[utoipa::path(get, path = "/api/v1/apps/{slug}", tag = "apps",
     params(("slug" = String, Path, description = "The app's slug, such as github; anything else is not in the catalogue (404)")),
-    responses((status = 200, description = "The catalogue entry", body = Object),
-        (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody),
-        (status = 404, description = "Not in the catalogue", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "The catalogue entry", body = crate::views::v1::App),
+        (status = 401, description = "No or a wrong admin key", body = crate::views::v1::ErrorBody),
+        (status = 404, description = "Not in the catalogue", body = crate::views::v1::ErrorBody)),
     security(("admin_key" = [])))]
 pub(crate) async fn app(
     State(s): State<Arc<AppState>>,
     Path(slug): Path<String>,
-) -> Result<Json<Value>> {
+) -> Result<Json<v1::App>> {
     s.kh.catalog()
         .get(&slug)
-        .map(|e| Json(app_view(&s.kh, e)))
+        .map(|e| Json(v1::App::new(&s.kh, e)))
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -190,96 +106,93 @@ pub(crate) async fn app(
         })
 }
 
-/// `GET /api/v1/client/auth/client_info`: what Composio's client calls to check its key.
-#[utoipa::path(get, path = "/api/v1/client/auth/client_info", tag = "server",
-    responses((status = 200, description = "The key is good", body = Object),
-        (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody)),
+/// `GET /api/v1/schemes`: the auth schemes this keyhaven has, with the fields a
+/// connection gives (for apps outside the catalogue; an app's own are in its entry).
+#[utoipa::path(get, path = "/api/v1/schemes", tag = "apps",
+    responses((status = 200, description = "`{items}`: every registered scheme, by name", body = crate::views::v1::SchemePage),
+        (status = 401, description = "No or a wrong admin key", body = crate::views::v1::ErrorBody)),
     security(("admin_key" = [])))]
-pub(crate) async fn client_info() -> Json<Value> {
-    Json(json!({"client": {"id": "keyhaven", "name": "keyhaven"}, "apiKey": {"name": "admin"}}))
+pub(crate) async fn schemes(State(s): State<Arc<AppState>>) -> Json<v1::SchemePage> {
+    let mut names: Vec<&str> = s.kh.schemes().names().collect();
+    names.sort_unstable();
+    Json(v1::SchemePage {
+        items: names
+            .into_iter()
+            .filter_map(|n| v1::AuthScheme::new(&s.kh, n, None))
+            .collect(),
+    })
 }
 
-/// An integration with Composio's field names added, and never a secret.
-pub fn integration_view(kh: &Keyhaven, i: &Integration) -> Value {
-    let mut v = serde_json::to_value(i).unwrap_or_default();
-    let fields = kh
-        .schemes()
-        .get(&i.auth_scheme)
-        .map(|scheme| {
-            scheme
-                .spec()
-                .params
-                .iter()
-                .map(field_view)
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    if let Value::Object(m) = &mut v {
-        m.insert("appId".into(), json!(i.app));
-        m.insert("appName".into(), json!(i.app));
-        m.insert("enabled".into(), json!(true));
-        m.insert("deleted".into(), json!(false));
-        m.insert("expectedInputFields".into(), json!(fields));
-        m.insert("secretFields".into(), json!(i.secret_field_names()));
-    }
-    v
+/// `GET /api/v1/client/auth/client_info`: what Composio's client calls to check its key.
+#[utoipa::path(get, path = "/api/v1/client/auth/client_info", tag = "server",
+    responses((status = 200, description = "The key is good", body = crate::views::v1::ClientInfo),
+        (status = 401, description = "No or a wrong admin key", body = crate::views::v1::ErrorBody)),
+    security(("admin_key" = [])))]
+pub(crate) async fn client_info() -> Json<v1::ClientInfo> {
+    Json(v1::ClientInfo {
+        client: v1::ClientName {
+            id: "keyhaven",
+            name: "keyhaven",
+        },
+        api_key: v1::KeyName { name: "admin" },
+    })
 }
 
 /// `POST /api/v1/integrations`.
 #[utoipa::path(post, path = "/api/v1/integrations", tag = "integrations",
-    request_body = crate::openapi::IntegrationRequestBody,
-    responses((status = 200, description = "The integration, without its secrets", body = crate::openapi::IntegrationBody),
-        (status = 400, description = "An invalid field, named", body = crate::openapi::ErrorBody),
-        (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody)),
+    request_body = crate::views::v1::NewIntegrationBody,
+    responses((status = 200, description = "The integration, without its secrets", body = crate::views::v1::IntegrationView),
+        (status = 400, description = "An invalid field, named", body = crate::views::v1::ErrorBody),
+        (status = 401, description = "No or a wrong admin key", body = crate::views::v1::ErrorBody)),
     security(("admin_key" = [])))]
 pub(crate) async fn create_integration(
     State(s): State<Arc<AppState>>,
     raw: Bytes,
-) -> Result<Response> {
-    let new: NewIntegration = body(&raw)?;
-    let created = s.kh.integrations().create(new).await?;
+) -> Result<Json<v1::IntegrationView>> {
+    let new: v1::NewIntegrationBody = body(&raw)?;
+    let created = s.kh.integrations().create(new.into()).await?;
     // 200, not 201: Composio's client accepts nothing else.
-    Ok(Json(integration_view(&s.kh, &created)).into_response())
+    Ok(Json(v1::IntegrationView::new(&s.kh, &created)))
 }
 
 /// `GET /api/v1/integrations?appName=`.
 #[utoipa::path(get, path = "/api/v1/integrations", tag = "integrations",
-    params(("appName" = Option<crate::openapi::AppSlugShape>, Query, description = "Only this app's")),
-    responses((status = 200, description = "`{items, totalPages}`", body = crate::openapi::IntegrationPage),
-        (status = 400, description = "Not an app slug", body = crate::openapi::ErrorBody),
-        (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody)),
+    params(("appName" = Option<crate::views::shapes::AppSlugShape>, Query, description = "Only this app's")),
+    responses((status = 200, description = "`{items, totalPages}`", body = crate::views::v1::IntegrationPage),
+        (status = 400, description = "Not an app slug", body = crate::views::v1::ErrorBody),
+        (status = 401, description = "No or a wrong admin key", body = crate::views::v1::ErrorBody)),
     security(("admin_key" = [])))]
 pub(crate) async fn integrations(
     State(s): State<Arc<AppState>>,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<Value>> {
+) -> Result<Json<v1::IntegrationPage>> {
     let app = q
         .get("appName")
         .or_else(|| q.get("app"))
         .map(String::as_str);
-    let items: Vec<Value> =
-        s.kh.integrations()
-            .list(app)
-            .await?
+    let items = s.kh.integrations().list(app).await?;
+    Ok(Json(v1::IntegrationPage {
+        items: items
             .iter()
-            .map(|i| integration_view(&s.kh, i))
-            .collect();
-    Ok(Json(json!({"items": items, "totalPages": 1})))
+            .map(|i| v1::IntegrationView::new(&s.kh, i))
+            .collect(),
+        total_pages: 1,
+    }))
 }
 
 /// `GET /api/v1/integrations/{id}`.
 #[utoipa::path(get, path = "/api/v1/integrations/{id}", tag = "integrations",
-    params(("id" = crate::openapi::IntegrationIdShape, Path, description = "int_...")),
-    responses((status = 200, description = "The integration, without its secrets", body = crate::openapi::IntegrationBody),
-        (status = 400, description = "Not an integration id", body = crate::openapi::ErrorBody),
-        (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such integration", body = crate::openapi::ErrorBody)),
+    params(("id" = crate::views::shapes::IntegrationIdShape, Path, description = "int_...")),
+    responses((status = 200, description = "The integration, without its secrets", body = crate::views::v1::IntegrationView),
+        (status = 400, description = "Not an integration id", body = crate::views::v1::ErrorBody),
+        (status = 401, description = "No or a wrong admin key", body = crate::views::v1::ErrorBody),
+        (status = 404, description = "No such integration", body = crate::views::v1::ErrorBody)),
     security(("admin_key" = [])))]
 pub(crate) async fn integration(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
-) -> Result<Json<Value>> {
-    Ok(Json(integration_view(
+) -> Result<Json<v1::IntegrationView>> {
+    Ok(Json(v1::IntegrationView::new(
         &s.kh,
         &s.kh.integrations().get(&id).await?,
     )))
@@ -287,64 +200,71 @@ pub(crate) async fn integration(
 
 /// `DELETE /api/v1/integrations/{id}`.
 #[utoipa::path(delete, path = "/api/v1/integrations/{id}", tag = "integrations",
-    params(("id" = crate::openapi::IntegrationIdShape, Path, description = "int_...")),
-    responses((status = 200, description = "Deleted", body = crate::openapi::DeletedBody),
-        (status = 400, description = "Not an integration id", body = crate::openapi::ErrorBody),
-        (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such integration", body = crate::openapi::ErrorBody),
-        (status = 409, description = "It still has connected accounts", body = crate::openapi::ErrorBody)),
+    params(("id" = crate::views::shapes::IntegrationIdShape, Path, description = "int_...")),
+    responses((status = 200, description = "Deleted", body = crate::views::v1::Deleted),
+        (status = 400, description = "Not an integration id", body = crate::views::v1::ErrorBody),
+        (status = 401, description = "No or a wrong admin key", body = crate::views::v1::ErrorBody),
+        (status = 404, description = "No such integration", body = crate::views::v1::ErrorBody),
+        (status = 409, description = "It still has connected accounts", body = crate::views::v1::ErrorBody)),
     security(("admin_key" = [])))]
 pub(crate) async fn delete_integration(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
-) -> Result<Json<Value>> {
+) -> Result<Json<v1::Deleted>> {
     s.kh.integrations().delete(&id).await?;
-    Ok(Json(json!({"status": "success", "id": id})))
+    Ok(Json(v1::Deleted::new(id)))
 }
 
-/// A connected account with Composio's field names added, and never a secret.
-pub async fn account_view(
+/// The views of accounts, each with its API's base URL (its integration's, templates
+/// filled with the account's parameters); each integration is read once.
+pub(crate) async fn account_views(
     kh: &Keyhaven,
-    a: &ConnectedAccount,
-    integrations: &mut HashMap<IntegrationId, Option<Integration>>,
-) -> Value {
-    if !integrations.contains_key(&a.integration_id) {
-        let i = kh.integrations().get(a.integration_id.as_str()).await.ok();
-        integrations.insert(a.integration_id.clone(), i);
+    accounts: &[ConnectedAccount],
+) -> Vec<v1::AccountView> {
+    let mut integrations: HashMap<&IntegrationId, Option<Integration>> = HashMap::new();
+    let mut views = Vec::with_capacity(accounts.len());
+    for a in accounts {
+        if !integrations.contains_key(&a.integration_id) {
+            let i = kh.integrations().get(a.integration_id.as_str()).await.ok();
+            integrations.insert(&a.integration_id, i);
+        }
+        let base = integrations
+            .get(&a.integration_id)
+            .and_then(Option::as_ref)
+            .and_then(|i| crate::proxy::base_url_of(i, a));
+        views.push(v1::AccountView::new(a, base));
     }
-    // Per account: the base URL's templates are filled with the account's parameters.
-    let base = integrations
-        .get(&a.integration_id)
-        .and_then(Option::as_ref)
-        .and_then(|i| crate::proxy::base_url_of(i, a));
-    let mut connection_params: Map<String, Value> = a.params.clone();
-    if let Some(b) = base {
-        connection_params.insert("base_url".into(), Value::String(b));
-    }
-    let mut v = serde_json::to_value(a).unwrap_or_default();
-    if let Value::Object(m) = &mut v {
-        m.insert("appName".into(), json!(a.app));
-        m.insert("appUniqueId".into(), json!(a.app));
-        m.insert("clientUniqueUserId".into(), json!(a.entity_id));
-        m.insert("connectionParams".into(), Value::Object(connection_params));
-    }
-    v
+    views
+}
+
+/// The view of one account.
+pub(crate) async fn account_view(kh: &Keyhaven, a: &ConnectedAccount) -> v1::AccountView {
+    let base = kh
+        .integrations()
+        .get(a.integration_id.as_str())
+        .await
+        .ok()
+        .and_then(|i| crate::proxy::base_url_of(&i, a));
+    v1::AccountView::new(a, base)
 }
 
 /// `POST /api/v1/connectedAccounts`: initiate.
 #[utoipa::path(post, path = "/api/v1/connectedAccounts", tag = "connectedAccounts",
-    request_body = crate::openapi::ConnectionRequestBody,
-    responses((status = 200, description = "The new account's status and where to send the user", body = crate::openapi::ConnectionRequestOutputBody),
-        (status = 400, description = "An invalid field, named; nothing was stored", body = crate::openapi::ErrorBody),
-        (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such integration", body = crate::openapi::ErrorBody),
-        (status = 409, description = "The app's integration differs from the given auth_config", body = crate::openapi::ErrorBody),
-        (status = 503, description = "The provider could not be reached", body = crate::openapi::ErrorBody)),
+    request_body = crate::views::v1::InitiateBody,
+    responses((status = 200, description = "The new account's status and where to send the user", body = crate::views::v1::Initiated),
+        (status = 400, description = "An invalid field, named; nothing was stored", body = crate::views::v1::ErrorBody),
+        (status = 401, description = "No or a wrong admin key", body = crate::views::v1::ErrorBody),
+        (status = 404, description = "No such integration", body = crate::views::v1::ErrorBody),
+        (status = 409, description = "The app's integration differs from the given auth_config", body = crate::views::v1::ErrorBody),
+        (status = 503, description = "The provider could not be reached", body = crate::views::v1::ErrorBody)),
     security(("admin_key" = [])))]
-pub(crate) async fn initiate(State(s): State<Arc<AppState>>, raw: Bytes) -> Result<Json<Value>> {
-    let request: ConnectionRequest = body(&raw)?;
-    let out = s.kh.initiate_connection(request).await?;
-    Ok(Json(serde_json::to_value(out).unwrap_or_default()))
+pub(crate) async fn initiate(
+    State(s): State<Arc<AppState>>,
+    raw: Bytes,
+) -> Result<Json<v1::Initiated>> {
+    let request: v1::InitiateBody = body(&raw)?;
+    let out = s.kh.initiate_connection(request.into()).await?;
+    Ok(Json(out.into()))
 }
 
 /// `GET /api/v1/connectedAccounts`: filters `entityId`/`user_uuid`, `appNames`,
@@ -353,22 +273,22 @@ pub(crate) async fn initiate(State(s): State<Arc<AppState>>, raw: Bytes) -> Resu
 /// [`AccountFilter::DEFAULT_LIMIT`]; capped at [`AccountFilter::MAX_LIMIT`]).
 #[utoipa::path(get, path = "/api/v1/connectedAccounts", tag = "connectedAccounts",
     params(
-        ("entityId" = Option<crate::openapi::EntityIdList>, Query, description = "Only these entities, comma-separated (also `user_uuid`)"),
-        ("appNames" = Option<crate::openapi::AppSlugList>, Query, description = "Only these apps, comma-separated"),
-        ("integrationId" = Option<crate::openapi::IntegrationIdList>, Query, description = "Only these integrations, comma-separated"),
-        ("status" = Option<crate::openapi::StatusList>, Query, description = "Only these statuses, comma-separated"),
-        ("labels" = Option<crate::openapi::LabelList>, Query, description = "Only accounts with all these labels, comma-separated; at most 32 (as many as an account may carry)"),
-        ("cursor" = Option<crate::openapi::Cursor>, Query, description = "The `nextCursor` of the previous page"),
-        ("limit" = Option<crate::openapi::PageLimit>, Query, description = "Page size (also `pageSize`): 0 or absent gives 100 accounts, more than 1000 gives 1000; follow `nextCursor` for the rest"),
+        ("entityId" = Option<crate::views::shapes::EntityIdList>, Query, description = "Only these entities, comma-separated (also `user_uuid`)"),
+        ("appNames" = Option<crate::views::shapes::AppSlugList>, Query, description = "Only these apps, comma-separated"),
+        ("integrationId" = Option<crate::views::shapes::IntegrationIdList>, Query, description = "Only these integrations, comma-separated"),
+        ("status" = Option<crate::views::shapes::StatusList>, Query, description = "Only these statuses, comma-separated"),
+        ("labels" = Option<crate::views::shapes::LabelList>, Query, description = "Only accounts with all these labels, comma-separated; at most 32 (as many as an account may carry)"),
+        ("cursor" = Option<crate::views::shapes::Cursor>, Query, description = "The `nextCursor` of the previous page"),
+        ("limit" = Option<crate::views::shapes::PageLimit>, Query, description = "Page size (also `pageSize`): 0 or absent gives 100 accounts, more than 1000 gives 1000; follow `nextCursor` for the rest"),
     ),
-    responses((status = 200, description = "One page", body = crate::openapi::AccountPage),
-        (status = 400, description = "An invalid filter, named (more than 32 labels, for one)", body = crate::openapi::ErrorBody),
-        (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "One page", body = crate::views::v1::AccountPage),
+        (status = 400, description = "An invalid filter, named (more than 32 labels, for one)", body = crate::views::v1::ErrorBody),
+        (status = 401, description = "No or a wrong admin key", body = crate::views::v1::ErrorBody)),
     security(("admin_key" = [])))]
 pub(crate) async fn accounts(
     State(s): State<Arc<AppState>>,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<Value>> {
+) -> Result<Json<v1::AccountPage>> {
     let limit = q
         .get("limit")
         .or_else(|| q.get("pageSize"))
@@ -413,65 +333,66 @@ pub(crate) async fn accounts(
         limit,
     };
     let page = s.kh.connected_accounts().list(&filter).await?;
-    let mut bases = HashMap::new();
-    let mut items = Vec::with_capacity(page.items.len());
-    for a in &page.items {
-        items.push(account_view(&s.kh, a, &mut bases).await);
-    }
-    Ok(Json(
-        json!({"items": items, "nextCursor": page.next_cursor, "totalPages": 1}),
-    ))
+    Ok(Json(v1::AccountPage {
+        items: account_views(&s.kh, &page.items).await,
+        next_cursor: page.next_cursor,
+        total_pages: 1,
+    }))
 }
 
 /// `GET /api/v1/connectedAccounts/{id}`.
 #[utoipa::path(get, path = "/api/v1/connectedAccounts/{id}", tag = "connectedAccounts",
-    params(("id" = crate::openapi::AccountId, Path, description = "ca_...")),
-    responses((status = 200, description = "The account, never a secret", body = crate::openapi::ConnectedAccountBody),
-        (status = 400, description = "Not an account id", body = crate::openapi::ErrorBody),
-        (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such account", body = crate::openapi::ErrorBody)),
+    params(("id" = crate::views::shapes::AccountId, Path, description = "ca_...")),
+    responses((status = 200, description = "The account, never a secret", body = crate::views::v1::AccountView),
+        (status = 400, description = "Not an account id", body = crate::views::v1::ErrorBody),
+        (status = 401, description = "No or a wrong admin key", body = crate::views::v1::ErrorBody),
+        (status = 404, description = "No such account", body = crate::views::v1::ErrorBody)),
     security(("admin_key" = [])))]
 pub(crate) async fn account(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
-) -> Result<Json<Value>> {
+) -> Result<Json<v1::AccountView>> {
     let a = s.kh.connected_accounts().get(&id).await?;
-    Ok(Json(account_view(&s.kh, &a, &mut HashMap::new()).await))
+    Ok(Json(account_view(&s.kh, &a).await))
 }
 
 /// `DELETE /api/v1/connectedAccounts/{id}`.
 #[utoipa::path(delete, path = "/api/v1/connectedAccounts/{id}", tag = "connectedAccounts",
-    params(("id" = crate::openapi::AccountId, Path, description = "ca_...")),
-    responses((status = 200, description = "Deleted; its credentials are revoked at the provider in the background", body = crate::openapi::DeletedBody),
-        (status = 400, description = "Not an account id", body = crate::openapi::ErrorBody),
-        (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such account", body = crate::openapi::ErrorBody)),
+    params(("id" = crate::views::shapes::AccountId, Path, description = "ca_...")),
+    responses((status = 200, description = "Deleted; its credentials are revoked at the provider in the background", body = crate::views::v1::Deleted),
+        (status = 400, description = "Not an account id", body = crate::views::v1::ErrorBody),
+        (status = 401, description = "No or a wrong admin key", body = crate::views::v1::ErrorBody),
+        (status = 404, description = "No such account", body = crate::views::v1::ErrorBody)),
     security(("admin_key" = [])))]
 pub(crate) async fn delete_account(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
-) -> Result<Json<Value>> {
-    s.kh.connected_accounts().delete(&id).await?;
-    Ok(Json(json!({"status": "success", "id": id})))
+) -> Result<Json<v1::Deleted>> {
+    if s.config.revoke_in_background {
+        s.kh.connected_accounts().delete(&id).await?;
+    } else {
+        s.kh.connected_accounts().delete_and_revoke(&id).await?;
+    }
+    Ok(Json(v1::Deleted::new(id)))
 }
 
 /// `GET /api/v1/connectedAccounts/{id}/wait?timeout=SECONDS`: answers as soon as the
 /// account leaves `INITIATED` (the user finished or failed), or with 504 after the
 /// timeout (default 30 s, at most 120 s). What `wait_for_connection` uses.
 #[utoipa::path(get, path = "/api/v1/connectedAccounts/{id}/wait", tag = "connectedAccounts",
-    params(("id" = crate::openapi::AccountId, Path, description = "ca_..."),
-        ("timeout" = Option<crate::openapi::WaitSeconds>, Query, description = "Seconds, default 30, at most 120 (more waits 120)")),
-    responses((status = 200, description = "The account, once it left INITIATED", body = crate::openapi::ConnectedAccountBody),
-        (status = 400, description = "Not an account id, or not a number of seconds", body = crate::openapi::ErrorBody),
-        (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such account", body = crate::openapi::ErrorBody),
-        (status = 504, description = "Still INITIATED after the timeout", body = crate::openapi::ErrorBody)),
+    params(("id" = crate::views::shapes::AccountId, Path, description = "ca_..."),
+        ("timeout" = Option<crate::views::shapes::WaitSeconds>, Query, description = "Seconds, default 30, at most 120 (more waits 120)")),
+    responses((status = 200, description = "The account, once it left INITIATED", body = crate::views::v1::AccountView),
+        (status = 400, description = "Not an account id, or not a number of seconds", body = crate::views::v1::ErrorBody),
+        (status = 401, description = "No or a wrong admin key", body = crate::views::v1::ErrorBody),
+        (status = 404, description = "No such account", body = crate::views::v1::ErrorBody),
+        (status = 504, description = "Still INITIATED after the timeout", body = crate::views::v1::ErrorBody)),
     security(("admin_key" = [])))]
 pub(crate) async fn wait(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<Value>> {
+) -> Result<Json<v1::AccountView>> {
     let secs = match q.get("timeout") {
         Some(t) => t
             .parse::<f64>()
@@ -488,28 +409,28 @@ pub(crate) async fn wait(
     };
     let timeout = std::time::Duration::from_secs_f64(secs.min(120.0));
     let a = s.kh.wait_for_connection(&id, timeout).await?;
-    Ok(Json(account_view(&s.kh, &a, &mut HashMap::new()).await))
+    Ok(Json(account_view(&s.kh, &a).await))
 }
 
 macro_rules! account_action {
     ($name:ident, $method:ident, $path:literal, $doc:literal) => {
         #[doc = $doc]
         #[utoipa::path(post, path = $path, tag = "connectedAccounts",
-            params(("id" = crate::openapi::AccountId, Path, description = "ca_...")),
-            responses((status = 200, description = "The account afterwards", body = crate::openapi::ConnectedAccountBody),
-                (status = 400, description = "Not an account id", body = crate::openapi::ErrorBody),
-                (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody),
-                (status = 404, description = "No such account", body = crate::openapi::ErrorBody),
-                (status = 409, description = "Not possible in the account's status (the message says what to do)", body = crate::openapi::ErrorBody),
-                (status = 422, description = "The provider refused (refresh: the account is now EXPIRED)", body = crate::openapi::ErrorBody),
-                (status = 503, description = "The provider could not be reached (refresh: the account stays as it was)", body = crate::openapi::ErrorBody)),
+            params(("id" = crate::views::shapes::AccountId, Path, description = "ca_...")),
+            responses((status = 200, description = "The account afterwards", body = crate::views::v1::AccountView),
+                (status = 400, description = "Not an account id", body = crate::views::v1::ErrorBody),
+                (status = 401, description = "No or a wrong admin key", body = crate::views::v1::ErrorBody),
+                (status = 404, description = "No such account", body = crate::views::v1::ErrorBody),
+                (status = 409, description = "Not possible in the account's status (the message says what to do)", body = crate::views::v1::ErrorBody),
+                (status = 422, description = "The provider refused (refresh: the account is now EXPIRED)", body = crate::views::v1::ErrorBody),
+                (status = 503, description = "The provider could not be reached (refresh: the account stays as it was)", body = crate::views::v1::ErrorBody)),
             security(("admin_key" = [])))]
         pub(crate) async fn $name(
             State(s): State<Arc<AppState>>,
             Path(id): Path<String>,
-        ) -> Result<Json<Value>> {
+        ) -> Result<Json<v1::AccountView>> {
             let a = s.kh.connected_accounts().$method(&id).await?;
-            Ok(Json(account_view(&s.kh, &a, &mut HashMap::new()).await))
+            Ok(Json(account_view(&s.kh, &a).await))
         }
     };
 }
@@ -546,15 +467,15 @@ pub(crate) fn remote_address(extensions: &axum::http::Extensions) -> Option<Stri
 /// fresh (refreshed first when they are about to expire). Needs the credentials key,
 /// not the admin key; every read, granted or not, is audited.
 #[utoipa::path(get, path = "/api/v1/connectedAccounts/{id}/credentials", tag = "credentials",
-    params(("id" = crate::openapi::AccountId, Path, description = "ca_...")),
-    responses((status = 200, description = "The credentials", body = crate::openapi::CredentialsBody),
-        (status = 400, description = "Not an account id", body = crate::openapi::ErrorBody),
-        (status = 401, description = "No or a wrong credentials key (`x-api-key`: KEYHAVEN_CREDENTIALS_KEY)", body = crate::openapi::ErrorBody),
-        (status = 403, description = "The admin key cannot read credentials", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such account", body = crate::openapi::ErrorBody),
-        (status = 409, description = "The account is not ACTIVE (the message says what to do)", body = crate::openapi::ErrorBody),
-        (status = 422, description = "A refresh was due and the provider refused it (the account is now EXPIRED)", body = crate::openapi::ErrorBody),
-        (status = 503, description = "A refresh was due and the provider could not be reached, or the read could not be written to the audit log (`audit_unavailable`: no credentials are given)", body = crate::openapi::ErrorBody)),
+    params(("id" = crate::views::shapes::AccountId, Path, description = "ca_...")),
+    responses((status = 200, description = "The credentials", body = crate::views::v1::CredentialsView<'_>),
+        (status = 400, description = "Not an account id", body = crate::views::v1::ErrorBody),
+        (status = 401, description = "No or a wrong credentials key (`x-api-key`: KEYHAVEN_CREDENTIALS_KEY)", body = crate::views::v1::ErrorBody),
+        (status = 403, description = "The admin key cannot read credentials", body = crate::views::v1::ErrorBody),
+        (status = 404, description = "No such account", body = crate::views::v1::ErrorBody),
+        (status = 409, description = "The account is not ACTIVE (the message says what to do)", body = crate::views::v1::ErrorBody),
+        (status = 422, description = "A refresh was due and the provider refused it (the account is now EXPIRED)", body = crate::views::v1::ErrorBody),
+        (status = 503, description = "A refresh was due and the provider could not be reached, or the read could not be written to the audit log (`audit_unavailable`: no credentials are given)", body = crate::views::v1::ErrorBody)),
     security(("credentials_key" = [])))]
 pub(crate) async fn credentials(
     State(s): State<Arc<AppState>>,
@@ -590,12 +511,12 @@ pub(crate) async fn credentials(
             "the credentials were not given: this read could not be written to the audit log (the server's log says why: a full disk, a closed file); retry once the operator has fixed it",
         ));
     }
-    let body = json!({
-        "connectedAccountId": id,
-        "expiresAt": credentials.expires_at(),
-        "credentials": credentials.expose().expose(),
-    });
-    let mut response = Json(body).into_response();
+    let mut response = Json(v1::CredentialsView {
+        connected_account_id: &id,
+        expires_at: credentials.expires_at(),
+        credentials: credentials.expose().expose(),
+    })
+    .into_response();
     response.headers_mut().insert(
         axum::http::header::CACHE_CONTROL,
         axum::http::HeaderValue::from_static("no-store"),

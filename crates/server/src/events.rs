@@ -86,12 +86,12 @@ fn keep_alive() -> KeepAlive {
 /// (`connection.active`, `connection.failed`, ...); the stream ends after
 /// `connection.deleted`.
 #[utoipa::path(get, path = "/api/v1/connectedAccounts/{id}/events", tag = "events",
-    params(("id" = crate::openapi::AccountId, Path, description = "The connected account's id")),
+    params(("id" = crate::views::shapes::AccountId, Path, description = "The connected account's id")),
     responses(
-        (status = 200, description = "An event stream: `snapshot` (the account), then its events, each an AccountEvent", content_type = "text/event-stream", body = crate::openapi::AccountStreamEvent),
-        (status = 400, description = "Not an account id", body = crate::openapi::ErrorBody),
-        (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such account", body = crate::openapi::ErrorBody),
+        (status = 200, description = "An event stream: `snapshot` (the account), then its events, each an AccountEvent", content_type = "text/event-stream", body = crate::views::shapes::AccountStreamEvent),
+        (status = 400, description = "Not an account id", body = crate::views::v1::ErrorBody),
+        (status = 401, description = "No or a wrong admin key", body = crate::views::v1::ErrorBody),
+        (status = 404, description = "No such account", body = crate::views::v1::ErrorBody),
     ),
     security(("admin_key" = [])))]
 pub(crate) async fn account_events(
@@ -101,11 +101,10 @@ pub(crate) async fn account_events(
     // Listen first, so that nothing happening while the snapshot is read is missed.
     let receiver = s.kh.events();
     let account = s.kh.connected_accounts().get(&id).await?;
-    let snapshot = Event::default().event("snapshot").data(
-        account_view(&s.kh, &account, &mut HashMap::new())
-            .await
-            .to_string(),
-    );
+    let view = account_view(&s.kh, &account).await;
+    let snapshot = Event::default()
+        .event("snapshot")
+        .data(serde_json::to_string(&view).unwrap_or_default());
     let filter = Filter {
         account: Some(account.id),
         ..Filter::default()
@@ -124,12 +123,12 @@ pub(crate) async fn account_events(
     params(
         ("entityId" = Option<String>, Query, description = "Only these entities (comma-separated)"),
         ("appNames" = Option<String>, Query, description = "Only these apps (comma-separated)"),
-        ("types" = Option<crate::openapi::EventTypeList>, Query, description = "Only these event types (comma-separated)"),
+        ("types" = Option<crate::views::shapes::EventTypeList>, Query, description = "Only these event types (comma-separated)"),
     ),
     responses(
-        (status = 200, description = "An event stream of AccountEvents", content_type = "text/event-stream", body = crate::openapi::StreamEvent),
-        (status = 400, description = "An unknown event type", body = crate::openapi::ErrorBody),
-        (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody),
+        (status = 200, description = "An event stream of AccountEvents", content_type = "text/event-stream", body = crate::views::shapes::StreamEvent),
+        (status = 400, description = "An unknown event type", body = crate::views::v1::ErrorBody),
+        (status = 401, description = "No or a wrong admin key", body = crate::views::v1::ErrorBody),
     ),
     security(("admin_key" = [])))]
 pub(crate) async fn all_events(

@@ -11,11 +11,13 @@ mod audit;
 mod auth;
 mod error;
 mod events;
+mod inprocess;
 mod limits;
 mod listen;
 mod openapi;
 mod pages;
 pub mod proxy;
+mod views;
 mod webhooks;
 
 use std::sync::Arc;
@@ -31,10 +33,10 @@ use keyhaven::url::Url;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-pub use api::{account_view, app_view, integration_view};
 pub use audit::{Audit, AuditError, AuditRecord};
 pub use auth::{ADMIN_KEY_FILE, AdminKey, CREDENTIALS_KEY_FILE};
 pub use error::ApiError;
+pub use inprocess::{Answer, InProcess, KeyKind};
 pub use limits::RateLimit;
 pub use listen::{Accept, PlainTcp, default_max_connections};
 pub use webhooks::{SIGNATURE_HEADER, Webhook, sign, verify};
@@ -78,6 +80,10 @@ pub struct ServerConfig {
     pub rate_limit: Option<RateLimit>,
     /// The proxy's limits (`max_response_bytes`: the largest API answer it reads).
     pub proxy: proxy::ProxyLimits,
+    /// Whether deleting an account answers at once and revokes its credentials at
+    /// the provider in the background (true, the default), or answers once the
+    /// revocation was tried (for a process that ends soon after, such as a command).
+    pub revoke_in_background: bool,
 }
 
 impl Default for ServerConfig {
@@ -95,6 +101,7 @@ impl Default for ServerConfig {
             max_connections: default_max_connections(),
             rate_limit: Some(RateLimit::default()),
             proxy: proxy::ProxyLimits::default(),
+            revoke_in_background: true,
         }
     }
 }
@@ -270,6 +277,7 @@ fn admin_routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(api::client_info))
         .routes(routes!(api::apps))
         .routes(routes!(api::app))
+        .routes(routes!(api::schemes))
         .routes(routes!(api::create_integration, api::integrations))
         .routes(routes!(api::integration, api::delete_integration))
         .routes(routes!(api::initiate, api::accounts))
@@ -338,9 +346,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// `GET /healthz`: up.
 #[utoipa::path(get, path = "/healthz", tag = "server",
-    responses((status = 200, description = "The server is up", body = Object)))]
-async fn healthz() -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({"status": "ok"}))
+    responses((status = 200, description = "The server is up", body = views::v1::Health)))]
+async fn healthz() -> axum::Json<views::v1::Health> {
+    axum::Json(views::v1::Health { status: "ok" })
 }
 
 /// The whole application: the admin API (behind `x-api-key`), credentials (behind

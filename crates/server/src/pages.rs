@@ -133,7 +133,7 @@ fn finished(s: &AppState, outcome: &CallbackOutcome) -> Response {
 /// account's `redirect_url` (with `status` and `connectedAccountId`) or shows a page.
 #[utoipa::path(get, path = "/api/v1/oauth/callback", tag = "pages",
     params(
-        ("state" = crate::openapi::Token, Query, description = "The state keyhaven sent the provider"),
+        ("state" = crate::views::shapes::Token, Query, description = "The state keyhaven sent the provider"),
         ("code" = Option<String>, Query, description = "The authorization code"),
         ("error" = Option<String>, Query, description = "The provider's error, when the user denied"),
     ),
@@ -297,7 +297,7 @@ fn link_refused(token: &str, e: &keyhaven::Error) -> Response {
 
 /// `GET /connect?token=`: the hosted connect form.
 #[utoipa::path(get, path = "/connect", tag = "pages",
-    params(("token" = crate::openapi::Token, Query, description = "The token of initiate's redirectUrl")),
+    params(("token" = crate::views::shapes::Token, Query, description = "The token of initiate's redirectUrl")),
     responses(
         (status = 200, description = "The form (HTML), with a CSRF cookie", content_type = "text/html", body = String),
         (status = 400, description = "A missing token, or not one keyhaven makes (HTML page)", content_type = "text/html", body = String),
@@ -325,7 +325,7 @@ pub(crate) async fn connect_form(
 /// `POST /connect`: the form's values. Checks the CSRF token (the cookie and the
 /// form's field must match) and the Origin, then completes the connection.
 #[utoipa::path(post, path = "/connect", tag = "pages",
-    request_body(content = crate::openapi::ConnectFormBody, content_type = "application/x-www-form-urlencoded", description = "token, csrf and the form's fields"),
+    request_body(content = crate::views::shapes::ConnectFormBody, content_type = "application/x-www-form-urlencoded", description = "token, csrf and the form's fields"),
     responses(
         (status = 200, description = "keyhaven's success or failure page (HTML)", content_type = "text/html", body = String),
         (status = 303, description = "To the app's redirect URL, with status and connectedAccountId"),

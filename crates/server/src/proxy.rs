@@ -32,17 +32,22 @@ use crate::{ApiError, AppState};
 /// A request to send with an account's credentials.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct ProxyRequest {
-    /// `GET` (default), `HEAD`, `POST`, `PUT`, `PATCH`, `DELETE` or `OPTIONS`.
+    /// `GET` when absent; GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS, in any
+    /// case (others, such as TRACE, are refused with 400).
     #[serde(default)]
+    #[schema(value_type = Option<crate::views::shapes::HttpMethod>)]
     pub method: Option<String>,
     /// A path under the account's API base URL (`/user/repos?per_page=5`), or a full
-    /// URL under it. Also `endpoint`, Composio's name.
+    /// URL under it. Also `endpoint`, Composio's name. Anything outside the base URL
+    /// is refused (400).
     #[serde(alias = "endpoint")]
+    #[schema(value_type = crate::views::shapes::ProxyPath)]
     pub path: String,
     /// Extra headers. The credentials' own headers cannot be replaced; `Host`,
     /// hop-by-hop headers (`connection`, `te`, `proxy-*` ...), `x-api-key` and
     /// `content-length` are refused.
     #[serde(default)]
+    #[schema(schema_with = crate::views::shapes::header_map)]
     pub headers: BTreeMap<String, String>,
     /// The body: a JSON value is sent as JSON, a string as it is.
     #[serde(default)]
@@ -404,16 +409,16 @@ impl Proxy {
 /// `POST /api/v1/connectedAccounts/{id}/proxy`: sends a request to the account's API
 /// with its credentials, and answers what the API answered.
 #[utoipa::path(post, path = "/api/v1/connectedAccounts/{id}/proxy", tag = "connectedAccounts",
-    params(("id" = crate::openapi::AccountId, Path, description = "ca_...")),
-    request_body = crate::openapi::ProxyRequestBody,
+    params(("id" = crate::views::shapes::AccountId, Path, description = "ca_...")),
+    request_body = ProxyRequest,
     responses((status = 200, description = "The API's answer (whatever its status)", body = ProxyResponse),
-        (status = 400, description = "A path outside the API, a refused method or header, a private host from the account's parameters", body = crate::openapi::ErrorBody),
-        (status = 401, description = "No or a wrong admin key", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such account", body = crate::openapi::ErrorBody),
-        (status = 409, description = "The account is not ACTIVE, its integration has no base_url, or it lacks a parameter of it", body = crate::openapi::ErrorBody),
-        (status = 422, description = "A refresh was due and the provider refused it", body = crate::openapi::ErrorBody),
-        (status = 502, description = "The API's answer is over the size limit", body = crate::openapi::ErrorBody),
-        (status = 503, description = "The API could not be reached", body = crate::openapi::ErrorBody)),
+        (status = 400, description = "A path outside the API, a refused method or header, a private host from the account's parameters", body = crate::views::v1::ErrorBody),
+        (status = 401, description = "No or a wrong admin key", body = crate::views::v1::ErrorBody),
+        (status = 404, description = "No such account", body = crate::views::v1::ErrorBody),
+        (status = 409, description = "The account is not ACTIVE, its integration has no base_url, or it lacks a parameter of it", body = crate::views::v1::ErrorBody),
+        (status = 422, description = "A refresh was due and the provider refused it", body = crate::views::v1::ErrorBody),
+        (status = 502, description = "The API's answer is over the size limit", body = crate::views::v1::ErrorBody),
+        (status = 503, description = "The API could not be reached", body = crate::views::v1::ErrorBody)),
     security(("admin_key" = [])))]
 pub(crate) async fn proxy(
     State(s): State<Arc<AppState>>,

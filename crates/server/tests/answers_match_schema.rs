@@ -1,0 +1,479 @@
+//! Every route's real answers validate against the schema the OpenAPI document gives
+//! for their status: the views are the schemas, and this holds them to it. Each
+//! answer's status must be documented for its route, its body must validate (the
+//! views forbid fields they do not list), and every JSON operation of the document
+//! must have been answered with a success at least once here.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::http::{Method, StatusCode};
+use keyhaven::{Keyhaven, MemoryStore};
+use keyhaven_server::{InProcess, KeyKind, ServerConfig};
+use serde_json::{Value, json};
+
+const SECRET: &str = "sk-schema-test-SECRET-7";
+
+/// Checks answers against the document, and remembers which operations succeeded.
+struct Checker {
+    api: InProcess,
+    doc: Value,
+    succeeded: BTreeSet<(String, String)>,
+}
+
+impl Checker {
+    /// Calls `method concrete` (the route `template` of the document), checks the
+    /// answer, and returns its status and JSON.
+    async fn call(
+        &mut self,
+        method: Method,
+        template: &str,
+        concrete: &str,
+        body: Option<Value>,
+        key: KeyKind,
+    ) -> (StatusCode, Value) {
+        let answer = self
+            .api
+            .call(
+                method.clone(),
+                concrete,
+                body.map(|b| b.to_string().into_bytes()),
+                key,
+            )
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&answer.body).into_owned();
+        assert!(
+            !text.contains(SECRET) || concrete.ends_with("/credentials"),
+            "{method} {concrete} answered a secret: {text}"
+        );
+        let json: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{method} {concrete}: not JSON ({e}): {text}"));
+        let verb = method.as_str().to_ascii_lowercase();
+        let operation = &self.doc["paths"][template][&verb];
+        assert!(
+            operation.is_object(),
+            "{verb} {template} is not in the document"
+        );
+        let status = answer.status.as_str().to_owned();
+        let response = &operation["responses"][&status];
+        assert!(
+            response.is_object(),
+            "{method} {concrete} answered {status}, which the document does not list for it: {text}"
+        );
+        let schema = &response["content"]["application/json"]["schema"];
+        assert!(
+            schema.is_object(),
+            "{method} {concrete}: the document gives no JSON schema for {status}"
+        );
+        let root = json!({
+            "components": self.doc["components"],
+            "allOf": [schema],
+        });
+        let validator = jsonschema::draft202012::new(&root).unwrap_or_else(|e| {
+            panic!("{verb} {template} {status}: the schema does not compile: {e}")
+        });
+        let problems: Vec<String> = validator
+            .iter_errors(&json)
+            .map(|e| format!("{} at {}", e, e.instance_path))
+            .collect();
+        assert!(
+            problems.is_empty(),
+            "{method} {concrete} ({status}) does not match its schema:\n{}\nanswer: {text}",
+            problems.join("\n")
+        );
+        if answer.status.is_success() {
+            self.succeeded.insert((verb, template.to_owned()));
+        }
+        (answer.status, json)
+    }
+}
+
+/// An API on 127.0.0.1 for the proxy route: answers JSON to anything.
+async fn upstream() -> String {
+    let app = axum::Router::new().fallback(|| async { axum::Json(json!({"ok": true})) });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn every_answer_matches_its_documented_schema() {
+    let kh = Keyhaven::builder()
+        .store(MemoryStore::new())
+        .connect_form_url("http://127.0.0.1:9210/connect")
+        .allow_redirect_url("https://app.example.com/")
+        .app_credentials("github", "gh-id", Some("gh-secret"))
+        .build()
+        .unwrap();
+    let doc = serde_json::to_value(keyhaven_server::openapi()).unwrap();
+    let mut c = Checker {
+        api: InProcess::new(kh, ServerConfig::default()).unwrap(),
+        doc,
+        succeeded: BTreeSet::new(),
+    };
+    let admin = KeyKind::Admin;
+    let get = Method::GET;
+    let post = Method::POST;
+    let delete = Method::DELETE;
+
+    // The server, the catalogue and the schemes.
+    c.call(get.clone(), "/healthz", "/healthz", None, admin)
+        .await;
+    c.call(
+        get.clone(),
+        "/api/v1/client/auth/client_info",
+        "/api/v1/client/auth/client_info",
+        None,
+        admin,
+    )
+    .await;
+    let (_, apps) = c
+        .call(
+            get.clone(),
+            "/api/v1/apps",
+            "/api/v1/apps?query=git",
+            None,
+            admin,
+        )
+        .await;
+    assert!(!apps["items"].as_array().unwrap().is_empty());
+    c.call(get.clone(), "/api/v1/apps", "/api/v1/apps", None, admin)
+        .await;
+    for slug in ["github", "openai", "shopify", "no-such-app"] {
+        c.call(
+            get.clone(),
+            "/api/v1/apps/{slug}",
+            &format!("/api/v1/apps/{slug}"),
+            None,
+            admin,
+        )
+        .await;
+    }
+    let (_, schemes) = c
+        .call(
+            get.clone(),
+            "/api/v1/schemes",
+            "/api/v1/schemes",
+            None,
+            admin,
+        )
+        .await;
+    assert!(
+        schemes["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["auth_mode"] == "API_KEY")
+    );
+
+    // Integrations: a bearer token API on loopback, and OAuth from the catalogue.
+    let base = upstream().await;
+    let (status, integration) = c
+        .call(
+            post.clone(),
+            "/api/v1/integrations",
+            "/api/v1/integrations",
+            Some(json!({"appId": "schema-test", "authScheme": "BEARER_TOKEN", "authConfig": {"base_url": base, "connection_params": {"region": "Where the account lives"}}})),
+            admin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{integration}");
+    let int_id = integration["id"].as_str().unwrap().to_owned();
+    c.call(
+        post.clone(),
+        "/api/v1/integrations",
+        "/api/v1/integrations",
+        Some(json!({"appId": "Not A Slug"})),
+        admin,
+    )
+    .await;
+    c.call(
+        get.clone(),
+        "/api/v1/integrations",
+        "/api/v1/integrations",
+        None,
+        admin,
+    )
+    .await;
+    c.call(
+        get.clone(),
+        "/api/v1/integrations",
+        "/api/v1/integrations?appName=schema-test",
+        None,
+        admin,
+    )
+    .await;
+    c.call(
+        get.clone(),
+        "/api/v1/integrations/{id}",
+        &format!("/api/v1/integrations/{int_id}"),
+        None,
+        admin,
+    )
+    .await;
+    c.call(
+        get.clone(),
+        "/api/v1/integrations/{id}",
+        "/api/v1/integrations/int_nosuchintegration",
+        None,
+        admin,
+    )
+    .await;
+    c.call(
+        get.clone(),
+        "/api/v1/integrations/{id}",
+        "/api/v1/integrations/bad",
+        None,
+        admin,
+    )
+    .await;
+
+    // Connected accounts: one ACTIVE at once, one waiting for OAuth.
+    let (status, out) = c
+        .call(
+            post.clone(),
+            "/api/v1/connectedAccounts",
+            "/api/v1/connectedAccounts",
+            Some(json!({"integrationId": int_id, "entityId": "alice", "labels": ["team-a"], "data": {"token": SECRET, "region": "eu"}})),
+            admin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert_eq!(out["connectionStatus"], "ACTIVE");
+    let id = out["connectedAccountId"].as_str().unwrap().to_owned();
+    let (_, oauth) = c
+        .call(
+            post.clone(),
+            "/api/v1/connectedAccounts",
+            "/api/v1/connectedAccounts",
+            Some(json!({"appName": "github", "entityId": "bob", "redirectUri": "https://app.example.com/done"})),
+            admin,
+        )
+        .await;
+    assert_eq!(oauth["connectionStatus"], "INITIATED", "{oauth}");
+    let waiting = oauth["connectedAccountId"].as_str().unwrap().to_owned();
+    c.call(
+        post.clone(),
+        "/api/v1/connectedAccounts",
+        "/api/v1/connectedAccounts",
+        Some(json!({"integrationId": "int_nosuchintegration"})),
+        admin,
+    )
+    .await;
+    c.call(
+        post.clone(),
+        "/api/v1/connectedAccounts",
+        "/api/v1/connectedAccounts",
+        Some(json!({"integrationId": int_id, "labels": "not a list"})),
+        admin,
+    )
+    .await;
+
+    let (_, page) = c
+        .call(
+            get.clone(),
+            "/api/v1/connectedAccounts",
+            "/api/v1/connectedAccounts",
+            None,
+            admin,
+        )
+        .await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    let (_, page) = c
+        .call(
+            get.clone(),
+            "/api/v1/connectedAccounts",
+            "/api/v1/connectedAccounts?entityId=alice&labels=team-a&status=active&limit=1",
+            None,
+            admin,
+        )
+        .await;
+    assert_eq!(
+        page["items"][0]["connectionParams"]["base_url"],
+        base.as_str()
+    );
+    c.call(
+        get.clone(),
+        "/api/v1/connectedAccounts",
+        "/api/v1/connectedAccounts?limit=x",
+        None,
+        admin,
+    )
+    .await;
+    let account = format!("/api/v1/connectedAccounts/{id}");
+    c.call(
+        get.clone(),
+        "/api/v1/connectedAccounts/{id}",
+        &account,
+        None,
+        admin,
+    )
+    .await;
+    c.call(
+        get.clone(),
+        "/api/v1/connectedAccounts/{id}",
+        "/api/v1/connectedAccounts/ca_nosuchaccount",
+        None,
+        admin,
+    )
+    .await;
+    c.call(
+        get.clone(),
+        "/api/v1/connectedAccounts/{id}/wait",
+        &format!("{account}/wait?timeout=1"),
+        None,
+        admin,
+    )
+    .await;
+    c.call(
+        get.clone(),
+        "/api/v1/connectedAccounts/{id}/wait",
+        &format!("/api/v1/connectedAccounts/{waiting}/wait?timeout=0.05"),
+        None,
+        admin,
+    )
+    .await;
+    c.call(
+        post.clone(),
+        "/api/v1/connectedAccounts/{id}/refresh",
+        &format!("{account}/refresh"),
+        None,
+        admin,
+    )
+    .await;
+    c.call(
+        post.clone(),
+        "/api/v1/connectedAccounts/{id}/refresh",
+        &format!("/api/v1/connectedAccounts/{waiting}/refresh"),
+        None,
+        admin,
+    )
+    .await;
+    c.call(
+        post.clone(),
+        "/api/v1/connectedAccounts/{id}/disable",
+        &format!("{account}/disable"),
+        None,
+        admin,
+    )
+    .await;
+    c.call(
+        get.clone(),
+        "/api/v1/connectedAccounts/{id}/credentials",
+        &format!("{account}/credentials"),
+        None,
+        KeyKind::Credentials,
+    )
+    .await;
+    c.call(
+        post.clone(),
+        "/api/v1/connectedAccounts/{id}/enable",
+        &format!("{account}/enable"),
+        None,
+        admin,
+    )
+    .await;
+    let (status, creds) = c
+        .call(
+            get.clone(),
+            "/api/v1/connectedAccounts/{id}/credentials",
+            &format!("{account}/credentials"),
+            None,
+            KeyKind::Credentials,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{creds}");
+    assert_eq!(creds["credentials"]["token"], SECRET);
+    c.call(
+        get.clone(),
+        "/api/v1/connectedAccounts/{id}/credentials",
+        &format!("{account}/credentials"),
+        None,
+        admin,
+    )
+    .await;
+    let (status, proxied) = c
+        .call(
+            post.clone(),
+            "/api/v1/connectedAccounts/{id}/proxy",
+            &format!("{account}/proxy"),
+            Some(json!({"path": "/anything?x=1"})),
+            admin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{proxied}");
+    assert_eq!(proxied["body"]["ok"], true);
+    c.call(
+        post.clone(),
+        "/api/v1/connectedAccounts/{id}/proxy",
+        &format!("{account}/proxy"),
+        Some(json!({"path": "/../elsewhere"})),
+        admin,
+    )
+    .await;
+
+    // Deletions: an integration with accounts is refused, then both go.
+    c.call(
+        delete.clone(),
+        "/api/v1/integrations/{id}",
+        &format!("/api/v1/integrations/{int_id}"),
+        None,
+        admin,
+    )
+    .await;
+    c.call(
+        delete.clone(),
+        "/api/v1/connectedAccounts/{id}",
+        &account,
+        None,
+        admin,
+    )
+    .await;
+    c.call(
+        delete.clone(),
+        "/api/v1/connectedAccounts/{id}",
+        &account,
+        None,
+        admin,
+    )
+    .await;
+    let (status, _) = c
+        .call(
+            delete.clone(),
+            "/api/v1/integrations/{id}",
+            &format!("/api/v1/integrations/{int_id}"),
+            None,
+            admin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Every JSON operation of the document answered a success at least once.
+    let doc = Arc::new(c.doc.clone());
+    let mut missing = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (verb, operation) in item.as_object().unwrap() {
+            let json_success =
+                operation["responses"]
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .any(|(status, r)| {
+                        status.starts_with('2') && r["content"]["application/json"].is_object()
+                    });
+            if json_success && !c.succeeded.contains(&(verb.clone(), path.clone())) {
+                missing.push(format!("{verb} {path}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "never answered with a success here: {missing:?}"
+    );
+}
