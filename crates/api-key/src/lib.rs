@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use base64::Engine as _;
 use keyhaven_core::{
-    AccountContext, AuthScheme, Credentials, FieldSpec, InitiateContext, Initiated,
+    AccountContext, AuthScheme, Credentials, FieldSpec, InitiateContext, Initiated, Integration,
     OutgoingRequest, SchemeError, SchemeSpec, SecretFields, async_trait,
 };
 
@@ -82,40 +82,43 @@ impl AuthScheme for ApiKey {
 
     fn spec(&self) -> &SchemeSpec {
         static SPEC: OnceLock<SchemeSpec> = OnceLock::new();
-        SPEC.get_or_init(|| SchemeSpec {
-            display_name: "API key".into(),
-            params: vec![
-                FieldSpec::required("api_key", "The API key issued by the service.").secret(),
-            ],
-            config: vec![
-                FieldSpec::optional("header_name", "The header that carries the key.")
-                    .default_value("Authorization"),
-                FieldSpec::optional(
-                    "header_format",
-                    "The header's value, with {api_key} where the key goes.",
-                )
-                .default_value("Bearer {api_key}"),
-                FieldSpec::optional(
-                    "query_param",
-                    "Send the key as this query parameter instead of a header.",
-                ),
-            ],
-            interactive: false,
+        SPEC.get_or_init(|| {
+            SchemeSpec::new("API key")
+                .with_params(vec![
+                    FieldSpec::required("api_key", "The API key issued by the service.").secret(),
+                ])
+                .with_config(vec![
+                    FieldSpec::optional("header_name", "The header that carries the key.")
+                        .default_value("Authorization"),
+                    FieldSpec::optional(
+                        "header_format",
+                        "The header's value, with {api_key} where the key goes.",
+                    )
+                    .default_value("Bearer {api_key}"),
+                    FieldSpec::optional(
+                        "query_param",
+                        "Send the key as this query parameter instead of a header.",
+                    ),
+                ])
+                .with_catalog_table("api_key")
         })
     }
 
-    async fn initiate(&self, cx: InitiateContext<'_>) -> Result<Initiated, SchemeError> {
-        let format = cx
-            .integration
+    fn check_integration(&self, integration: &Integration) -> Result<(), SchemeError> {
+        let format = integration
             .config_str("header_format")
             .unwrap_or("Bearer {api_key}");
-        if cx.integration.config_str("query_param").is_none() && !format.contains(Self::PLACEHOLDER)
-        {
+        if integration.config_str("query_param").is_none() && !format.contains(Self::PLACEHOLDER) {
             return Err(SchemeError::invalid(
                 "auth_config.header_format",
                 format!("must contain {} where the key goes", Self::PLACEHOLDER),
             ));
         }
+        Ok(())
+    }
+
+    async fn initiate(&self, cx: InitiateContext<'_>) -> Result<Initiated, SchemeError> {
+        self.check_integration(cx.integration)?;
         Ok(Initiated::Active {
             credentials: credentials_from(&cx, &["api_key"], &["api_key"])?,
         })
@@ -155,13 +158,10 @@ impl AuthScheme for BearerToken {
 
     fn spec(&self) -> &SchemeSpec {
         static SPEC: OnceLock<SchemeSpec> = OnceLock::new();
-        SPEC.get_or_init(|| SchemeSpec {
-            display_name: "Bearer token".into(),
-            params: vec![
+        SPEC.get_or_init(|| {
+            SchemeSpec::new("Bearer token").with_params(vec![
                 FieldSpec::required("token", "The access token issued by the service.").secret(),
-            ],
-            config: vec![],
-            interactive: false,
+            ])
         })
     }
 
@@ -194,9 +194,8 @@ impl AuthScheme for Basic {
 
     fn spec(&self) -> &SchemeSpec {
         static SPEC: OnceLock<SchemeSpec> = OnceLock::new();
-        SPEC.get_or_init(|| SchemeSpec {
-            display_name: "Username and password".into(),
-            params: vec![
+        SPEC.get_or_init(|| {
+            SchemeSpec::new("Username and password").with_params(vec![
                 FieldSpec::required("username", "The username (no ':' allowed, RFC 7617).")
                     .secret(),
                 FieldSpec::optional(
@@ -204,9 +203,7 @@ impl AuthScheme for Basic {
                     "The password; leave out when the service takes none.",
                 )
                 .secret(),
-            ],
-            config: vec![],
-            interactive: false,
+            ])
         })
     }
 
@@ -251,10 +248,7 @@ impl AuthScheme for NoAuth {
 
     fn spec(&self) -> &SchemeSpec {
         static SPEC: OnceLock<SchemeSpec> = OnceLock::new();
-        SPEC.get_or_init(|| SchemeSpec {
-            display_name: "No authentication".into(),
-            ..SchemeSpec::default()
-        })
+        SPEC.get_or_init(|| SchemeSpec::new("No authentication"))
     }
 
     async fn initiate(&self, _cx: InitiateContext<'_>) -> Result<Initiated, SchemeError> {

@@ -173,13 +173,10 @@ impl AuthScheme for BasicWithJwt {
 
     fn spec(&self) -> &SchemeSpec {
         static SPEC: OnceLock<SchemeSpec> = OnceLock::new();
-        SPEC.get_or_init(|| SchemeSpec {
-            display_name: "Username and password, exchanged for a JWT".into(),
-            params: vec![
+        SPEC.get_or_init(|| SchemeSpec::new("Username and password, exchanged for a JWT").with_params(vec![
                 FieldSpec::required("username", "The username to log in with.").secret(),
                 FieldSpec::required("password", "The password to log in with.").secret(),
-            ],
-            config: vec![
+            ]).with_config(vec![
                 FieldSpec::required("login_url", "The login endpoint that answers a JWT.").kind(FieldKind::Url),
                 FieldSpec::optional("login_style", "How the credentials are sent: json (a JSON body), form, or basic (HTTP Basic).")
                     .kind(FieldKind::OneOf(vec!["json".into(), "form".into(), "basic".into()]))
@@ -194,9 +191,7 @@ impl AuthScheme for BasicWithJwt {
                 FieldSpec::optional("jwks_url", "Verify the JWT with the keys of this JWKS.").kind(FieldKind::Url),
                 FieldSpec::optional("issuer", "The JWT's iss must equal this."),
                 FieldSpec::optional("audience", "The JWT's aud must contain this."),
-            ],
-            interactive: false,
-        })
+            ]))
     }
 
     fn check_integration(&self, integration: &Integration) -> Result<(), SchemeError> {

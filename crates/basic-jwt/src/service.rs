@@ -211,15 +211,12 @@ impl AuthScheme for ServiceAccount {
 
     fn spec(&self) -> &SchemeSpec {
         static SPEC: OnceLock<SchemeSpec> = OnceLock::new();
-        SPEC.get_or_init(|| SchemeSpec {
-            display_name: "Service account (JWT bearer grant, RFC 7523)".into(),
-            params: vec![
+        SPEC.get_or_init(|| SchemeSpec::new("Service account (JWT bearer grant, RFC 7523)").with_params(vec![
                 FieldSpec::required("issuer", "The assertion's iss: the service account's client id or email."),
                 FieldSpec::required("private_key", "The service account's private key, PEM.").secret(),
                 FieldSpec::optional("key_id", "The kid of the key, when the server wants it."),
                 FieldSpec::optional("subject", "The assertion's sub (a user to act for); the issuer when absent."),
-            ],
-            config: vec![
+            ]).with_config(vec![
                 FieldSpec::required("token_url", "The token endpoint.").kind(FieldKind::Url),
                 FieldSpec::optional("audience", "The assertion's aud; the token URL when absent."),
                 FieldSpec::optional("algorithm", "RS256 or ES256.")
@@ -231,9 +228,7 @@ impl AuthScheme for ServiceAccount {
                 FieldSpec::optional("scope_in", "Send the integration's scopes as a form parameter or as the assertion's scope claim.")
                     .kind(FieldKind::OneOf(vec!["form".into(), "claim".into()]))
                     .default_value("form"),
-            ],
-            interactive: false,
-        })
+            ]))
     }
 
     async fn initiate(&self, cx: InitiateContext<'_>) -> Result<Initiated, SchemeError> {
@@ -367,18 +362,15 @@ impl AuthScheme for GoogleServiceAccount {
 
     fn spec(&self) -> &SchemeSpec {
         static SPEC: OnceLock<SchemeSpec> = OnceLock::new();
-        SPEC.get_or_init(|| SchemeSpec {
-            display_name: "Google service account".into(),
-            params: vec![
+        SPEC.get_or_init(|| {
+            SchemeSpec::new("Google service account").with_params(vec![
                 FieldSpec::required(
                     "credentials_json",
                     "The service account's key file, as JSON.",
                 )
                 .secret(),
                 FieldSpec::optional("subject", "A user to act for (domain-wide delegation)."),
-            ],
-            config: vec![],
-            interactive: false,
+            ])
         })
     }
 

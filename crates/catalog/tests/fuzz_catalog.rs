@@ -7,7 +7,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::{Arc, OnceLock};
+
 use keyhaven_catalog::{AppEntry, Catalog, fill_template, template_names};
+use keyhaven_core::{AuthScheme, SchemeSpec};
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 
@@ -22,34 +25,39 @@ fn config() -> ProptestConfig {
     }
 }
 
-const SCHEMES: &[&str] = &[
-    "OAUTH2",
-    "OAUTH2_CLIENT_CREDENTIALS",
-    "API_KEY",
-    "BEARER_TOKEN",
-    "BASIC",
-    "NO_AUTH",
-    "BASIC_WITH_JWT",
-    "SERVICE_ACCOUNT",
-    "GOOGLE_SERVICE_ACCOUNT",
-];
+/// keyhaven's own schemes, whose specs say what an entry's tables may hold.
+fn schemes() -> &'static [Arc<dyn AuthScheme>] {
+    static ALL: OnceLock<Vec<Arc<dyn AuthScheme>>> = OnceLock::new();
+    ALL.get_or_init(|| {
+        keyhaven_api_key::all()
+            .into_iter()
+            .chain(keyhaven_oauth2::all())
+            .chain(keyhaven_basic_jwt::all())
+            .collect()
+    })
+}
+
+fn specs() -> Vec<(&'static str, &'static SchemeSpec)> {
+    schemes().iter().map(|s| (s.name(), s.spec())).collect()
+}
 
 /// Exercises what the rest of keyhaven does with an entry that validated.
 fn use_entry(entry: &AppEntry) {
-    let _ = entry.urls();
+    let specs = specs();
+    let _ = entry.urls(&specs);
     let _ = entry.example_params();
-    let _ = entry.preferred_scheme(|s| SCHEMES.contains(&s));
-    for scheme in SCHEMES {
-        let _ = entry.supports(scheme);
-        let _ = entry.auth_config(scheme);
-        let _ = entry.scopes(scheme);
+    let _ = entry.preferred_scheme(|s| specs.iter().any(|(n, _)| *n == s));
+    for (name, spec) in &specs {
+        let _ = entry.supports(name);
+        let _ = entry.auth_config(spec);
+        let _ = entry.scopes(spec);
     }
 }
 
 fn check(file: &str, text: &str) {
     if let Ok(entry) = AppEntry::parse(file, text) {
         let slug = file.trim_end_matches(".toml");
-        if entry.validate(Some(slug), SCHEMES).is_ok() {
+        if entry.validate(Some(slug), &specs()).is_ok() {
             use_entry(&entry);
         }
         let _ = entry.validate(None, &[]);
@@ -185,7 +193,7 @@ fn real_entries_validate() {
     for (file, text) in Catalog::builtin_files() {
         let entry = AppEntry::parse(file, text).unwrap();
         entry
-            .validate(Some(file.trim_end_matches(".toml")), SCHEMES)
+            .validate(Some(file.trim_end_matches(".toml")), &specs())
             .unwrap();
         use_entry(&entry);
     }

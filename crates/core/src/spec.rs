@@ -30,7 +30,11 @@ pub enum FieldKind {
 }
 
 /// One field a scheme reads from `connected_account_params` or `auth_config`.
+///
+/// Made with [`FieldSpec::required`] or [`FieldSpec::optional`] and the builder
+/// methods; new properties may be added without breaking scheme crates.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct FieldSpec {
     /// Its key.
     pub name: String,
@@ -44,6 +48,10 @@ pub struct FieldSpec {
     pub required: bool,
     /// The value used when it is not given.
     pub default: Option<Value>,
+    /// Given by each deployment, never by a catalogue entry (an OAuth client id and
+    /// secret): from the request's `auth_config`, the library's per-app settings, or
+    /// the environment as `KEYHAVEN_<APP>_<FIELD>` (`KEYHAVEN_GITHUB_CLIENT_ID`).
+    pub per_deployment: bool,
 }
 
 impl FieldSpec {
@@ -56,6 +64,7 @@ impl FieldSpec {
             secret: false,
             required: true,
             default: None,
+            per_deployment: false,
         }
     }
 
@@ -71,6 +80,14 @@ impl FieldSpec {
     #[must_use]
     pub fn secret(mut self) -> Self {
         self.secret = true;
+        self
+    }
+
+    /// Marks the field as given by each deployment, not by a catalogue entry (see
+    /// [`FieldSpec::per_deployment`]).
+    #[must_use]
+    pub fn per_deployment(mut self) -> Self {
+        self.per_deployment = true;
         self
     }
 
@@ -184,8 +201,12 @@ fn kind_name(kind: &FieldKind) -> &'static str {
 }
 
 /// What a scheme needs: the fields of the connection (`connected_account_params`)
-/// and of the integration (`auth_config`).
+/// and of the integration (`auth_config`), and how it takes part in the catalogue.
+///
+/// Made with [`SchemeSpec::new`] and the `with_*` methods; new properties may be added
+/// without breaking scheme crates.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct SchemeSpec {
     /// A person-readable name: "API key".
     pub display_name: String,
@@ -193,8 +214,58 @@ pub struct SchemeSpec {
     pub params: Vec<FieldSpec>,
     /// The fields the integration gives.
     pub config: Vec<FieldSpec>,
-    /// Whether the user must take part (a redirect to the provider).
+    /// Whether the user must take part in a browser (a redirect to the provider),
+    /// rather than the fields being typed in.
     pub interactive: bool,
+    /// The table of a catalogue entry that holds this scheme's settings for an app
+    /// (`oauth2`, `api_key`): its keys are this scheme's `config` fields that are not
+    /// [`FieldSpec::per_deployment`], plus `default_scopes` (the scopes an
+    /// integration of the app asks for). Schemes that read the same settings name
+    /// the same table. `None`: the scheme has no per-app settings.
+    pub catalog_table: Option<String>,
+}
+
+impl SchemeSpec {
+    /// A spec with no fields, not interactive, with no catalogue table.
+    pub fn new(display_name: impl Into<String>) -> Self {
+        Self {
+            display_name: display_name.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the fields each connection gives.
+    #[must_use]
+    pub fn with_params(mut self, params: Vec<FieldSpec>) -> Self {
+        self.params = params;
+        self
+    }
+
+    /// Sets the fields the integration gives.
+    #[must_use]
+    pub fn with_config(mut self, config: Vec<FieldSpec>) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Marks the scheme as needing the user in a browser (a redirect).
+    #[must_use]
+    pub fn with_user_in_browser(mut self) -> Self {
+        self.interactive = true;
+        self
+    }
+
+    /// Names the catalogue table that holds this scheme's per-app settings.
+    #[must_use]
+    pub fn with_catalog_table(mut self, table: impl Into<String>) -> Self {
+        self.catalog_table = Some(table.into());
+        self
+    }
+
+    /// The config field `name`, if the scheme has one.
+    pub fn config_field(&self, name: &str) -> Option<&FieldSpec> {
+        self.config.iter().find(|f| f.name == name)
+    }
 }
 
 /// Fields checked against a spec, split into the public and the secret ones.

@@ -2,8 +2,9 @@
 
 use keyhaven_core::{
     AccountFilter, AppSlug, ConnectedAccount, ConnectedAccountId, ConnectionRequest,
-    ConnectionRequestOutput, ConnectionStatus, EntityId, Error, EventKind, InitiateContext,
-    Initiated, Integration, IntegrationId, Label, PendingState, chrono, url::Url, validate_fields,
+    ConnectionRequestOutput, ConnectionStatus, EntityId, Error, EventKind, FieldSpec,
+    InitiateContext, Initiated, Integration, IntegrationId, Label, PendingState, chrono, url::Url,
+    validate_fields,
 };
 
 use crate::Keyhaven;
@@ -336,8 +337,9 @@ impl Keyhaven {
         // The entry's settings that this scheme (or every integration) takes: a scheme
         // registered in place of a built-in one may read fewer.
         let known = crate::integrations::config_field_names(scheme);
+        let spec = scheme.spec();
         let mut config = keyhaven_core::SecretFields::new();
-        for (k, v) in entry.auth_config(scheme.name()).expose() {
+        for (k, v) in entry.auth_config(spec).expose() {
             if known.iter().any(|n| n == k) {
                 config.insert(k.clone(), v.clone());
             }
@@ -345,29 +347,37 @@ impl Keyhaven {
         for (k, v) in requested.expose() {
             config.insert(k.clone(), v.clone());
         }
-        if scheme.name().starts_with("OAUTH2") {
-            let (id, secret) = self.app_credentials(app.as_str());
-            if let (None, Some(id)) = (config.get_str("client_id"), id) {
-                config.insert("client_id", id);
+        // What each deployment gives (an OAuth client), when the request did not.
+        for field in spec.config.iter().filter(|f| f.per_deployment) {
+            if !config.expose().contains_key(&field.name)
+                && let Some(value) = self.app_setting(app.as_str(), &field.name)
+            {
+                config.insert(field.name.clone(), value);
             }
-            if let (None, Some(secret)) = (config.get_str("client_secret"), secret) {
-                config.insert("client_secret", secret);
-            }
-            // A client secret is not always needed (a public client with PKCE); the
-            // scheme's own check says so when the chosen method needs one.
-            if config.get_str("client_id").is_none() {
-                let env = app.as_str().to_ascii_uppercase().replace('-', "_");
+            if field.required && !config.expose().contains_key(&field.name) {
+                let given: Vec<&FieldSpec> =
+                    spec.config.iter().filter(|f| f.per_deployment).collect();
+                let names = given
+                    .iter()
+                    .map(|f| f.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" and ");
+                let vars = given
+                    .iter()
+                    .map(|f| crate::app_setting_var(app.as_str(), &f.name))
+                    .collect::<Vec<_>>()
+                    .join(" and ");
                 return Err(Error::invalid(
-                    "auth_config.client_id",
+                    format!("auth_config.{}", field.name),
                     format!(
-                        "is missing for app {app} ({} {}): pass client_id (and client_secret) in auth_config, set them with the builder's app_credentials, or set KEYHAVEN_{env}_CLIENT_ID and KEYHAVEN_{env}_CLIENT_SECRET",
+                        "is missing for app {app} ({} {}): pass {names} in auth_config, set them with the builder's app_credentials, or set {vars}",
                         entry.name,
                         scheme.name(),
                     ),
                 ));
             }
         }
-        let default_scopes = entry.scopes(scheme.name());
+        let default_scopes = entry.scopes(spec);
         let name = name.or_else(|| Some(entry.name.clone()));
         build_integration(
             self,

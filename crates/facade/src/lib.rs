@@ -159,23 +159,23 @@ impl Keyhaven {
         &self.inner.catalog
     }
 
-    /// The client id and secret configured for `app`: the builder's, else
-    /// `KEYHAVEN_<APP>_CLIENT_ID` and `KEYHAVEN_<APP>_CLIENT_SECRET`.
-    pub(crate) fn app_credentials(&self, app: &str) -> (Option<String>, Option<String>) {
+    /// A per-deployment setting of `app` (a field marked
+    /// [`FieldSpec::per_deployment`](keyhaven_core::FieldSpec::per_deployment), such
+    /// as an OAuth client): the builder's [`KeyhavenBuilder::app_credentials`] for
+    /// `client_id` and `client_secret`, else the environment's
+    /// `KEYHAVEN_<APP>_<FIELD>` (`KEYHAVEN_GITHUB_CLIENT_ID`).
+    pub(crate) fn app_setting(&self, app: &str, field: &str) -> Option<String> {
         use secrecy::ExposeSecret;
         if let Some((id, secret)) = self.inner.settings.app_credentials.get(app) {
-            return (
-                Some(id.clone()),
-                secret.as_ref().map(|s| s.expose_secret().to_owned()),
-            );
+            match field {
+                "client_id" => return Some(id.clone()),
+                "client_secret" => return secret.as_ref().map(|s| s.expose_secret().to_owned()),
+                _ => {}
+            }
         }
-        let env = app.to_ascii_uppercase().replace('-', "_");
-        let var = |suffix: &str| {
-            std::env::var(format!("KEYHAVEN_{env}_{suffix}"))
-                .ok()
-                .filter(|v| !v.is_empty())
-        };
-        (var("CLIENT_ID"), var("CLIENT_SECRET"))
+        std::env::var(app_setting_var(app, field))
+            .ok()
+            .filter(|v| !v.is_empty())
     }
 
     /// `clock`: `None` for the system clock.
@@ -445,14 +445,14 @@ impl KeyhavenBuilder {
             Some(c) => c,
             None => Catalog::builtin().map_err(|e| Error::Internal(e.to_string()))?,
         };
-        let names: Vec<&str> = self.registry.names().collect();
+        let specs = self.registry.specs();
         let mut dirs = self.catalog_dirs;
         if let Some(dir) = std::env::var_os(CATALOG_DIR_ENV).filter(|d| !d.is_empty()) {
             dirs.push(dir.into());
         }
         for dir in dirs {
             let n = catalog
-                .load_dir(&dir, &names)
+                .load_dir(&dir, &specs)
                 .map_err(|e| Error::invalid("catalog directory", e.to_string()))?;
             tracing::info!(dir = %dir.display(), apps = n, "catalogue entries loaded");
         }
@@ -464,6 +464,14 @@ impl KeyhavenBuilder {
             Arc::new(catalog),
         ))
     }
+}
+
+/// The environment variable of a per-deployment setting of an app:
+/// `KEYHAVEN_<APP>_<FIELD>`, upper case, `-` as `_`.
+pub(crate) fn app_setting_var(app: &str, field: &str) -> String {
+    format!("KEYHAVEN_{app}_{field}")
+        .to_ascii_uppercase()
+        .replace('-', "_")
 }
 
 /// Parses an absolute http(s) URL given in configuration.

@@ -83,6 +83,15 @@ impl SchemeRegistry {
         self.schemes.keys().map(String::as_str)
     }
 
+    /// Every registered scheme's name and spec, sorted by name: what the catalogue
+    /// validates its entries and builds integrations with.
+    pub fn specs(&self) -> Vec<(&str, &keyhaven_core::SchemeSpec)> {
+        self.schemes
+            .iter()
+            .map(|(name, scheme)| (name.as_str(), scheme.spec()))
+            .collect()
+    }
+
     /// The registered schemes, sorted by name.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn AuthScheme>> {
         self.schemes.values()

@@ -43,9 +43,10 @@ pub(crate) enum TokenAuth {
 /// The fields shared by both OAuth schemes.
 pub(crate) fn token_fields() -> Vec<FieldSpec> {
     vec![
-        FieldSpec::required("client_id", "The OAuth client id issued by the provider."),
+        FieldSpec::required("client_id", "The OAuth client id issued by the provider.").per_deployment(),
         FieldSpec::optional("client_secret", "The OAuth client secret; leave out for a public client.")
-            .secret(),
+            .secret()
+            .per_deployment(),
         FieldSpec::required("token_url", "The token endpoint.").kind(FieldKind::Url),
         FieldSpec::optional("revocation_url", "The RFC 7009 revocation endpoint, if the provider has one.")
             .kind(FieldKind::Url),

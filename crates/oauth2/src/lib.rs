@@ -33,6 +33,10 @@ pub use crate::http::{HttpError, ProviderHttp};
 pub use crate::token::{OAuth2Tokens, ProviderTokenResponse, fields};
 
 use crate::config::{ProviderConfig, code_fields, token_fields};
+
+/// The catalogue table that holds both OAuth schemes' per-app settings (`[oauth2]`:
+/// endpoints, scopes, token request details).
+pub const CATALOG_TABLE: &str = "oauth2";
 use crate::token::credentials_from;
 
 /// Both schemes, sharing one default HTTP client.
@@ -186,11 +190,11 @@ impl AuthScheme for OAuth2 {
 
     fn spec(&self) -> &SchemeSpec {
         static SPEC: OnceLock<SchemeSpec> = OnceLock::new();
-        SPEC.get_or_init(|| SchemeSpec {
-            display_name: "OAuth 2.0".into(),
-            params: vec![],
-            config: code_fields(),
-            interactive: true,
+        SPEC.get_or_init(|| {
+            SchemeSpec::new("OAuth 2.0")
+                .with_config(code_fields())
+                .with_user_in_browser()
+                .with_catalog_table(CATALOG_TABLE)
         })
     }
 
@@ -377,11 +381,10 @@ impl AuthScheme for ClientCredentials {
 
     fn spec(&self) -> &SchemeSpec {
         static SPEC: OnceLock<SchemeSpec> = OnceLock::new();
-        SPEC.get_or_init(|| SchemeSpec {
-            display_name: "OAuth 2.0 client credentials".into(),
-            params: vec![],
-            config: token_fields(),
-            interactive: false,
+        SPEC.get_or_init(|| {
+            SchemeSpec::new("OAuth 2.0 client credentials")
+                .with_config(token_fields())
+                .with_catalog_table(CATALOG_TABLE)
         })
     }
 

@@ -9,6 +9,11 @@
 //! METHOD \n PATH?QUERY \n TIMESTAMP \n hex(SHA-256(body))
 //! ```
 //!
+//! The header names start with the integration's `header_prefix` (`x-` by default).
+//! An app's catalogue entry may set it in an `[hmac]` table, the scheme's
+//! [`SchemeSpec::catalog_table`]: `examples/hmac-scheme/catalog/acme-payments.toml`
+//! is such an entry, loaded from a user's catalogue directory.
+//!
 //! [`verify`] is what the receiving service runs; it compares in constant time.
 
 use std::sync::OnceLock;
@@ -22,6 +27,9 @@ use keyhaven_core::{
 use sha2::{Digest, Sha256};
 
 type HmacSha256 = Hmac<Sha256>;
+
+/// The header prefix when the integration sets none.
+pub const DEFAULT_PREFIX: &str = "x-";
 
 /// The scheme. Register it with `Keyhaven::builder().register(HmacScheme)`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -48,14 +56,19 @@ impl AuthScheme for HmacScheme {
 
     fn spec(&self) -> &SchemeSpec {
         static SPEC: OnceLock<SchemeSpec> = OnceLock::new();
-        SPEC.get_or_init(|| SchemeSpec {
-            display_name: "HMAC-SHA256 request signing".into(),
-            params: vec![
+        SPEC.get_or_init(|| {
+            SchemeSpec::new("HMAC-SHA256 request signing").with_params(vec![
                 FieldSpec::required("key_id", "The id of the signing key."),
                 FieldSpec::required("secret", "The shared signing secret.").secret(),
-            ],
-            config: vec![],
-            interactive: false,
+            ])
+            .with_config(vec![
+                FieldSpec::optional(
+                    "header_prefix",
+                    "What the names of the signature headers start with (key-id, timestamp, signature).",
+                )
+                .default_value(DEFAULT_PREFIX),
+            ])
+            .with_catalog_table("hmac")
         })
     }
 
@@ -103,9 +116,13 @@ impl AuthScheme for HmacScheme {
             .map_err(|e| SchemeError::Other(Box::new(e)))?;
         mac.update(text.as_bytes());
         let signature = hex::encode(mac.finalize().into_bytes());
-        request.set_secret_header("x-key-id", key_id)?;
-        request.set_secret_header("x-timestamp", &timestamp.to_string())?;
-        request.set_secret_header("x-signature", &signature)?;
+        let prefix = cx
+            .integration
+            .config_str("header_prefix")
+            .unwrap_or(DEFAULT_PREFIX);
+        request.set_secret_header(&format!("{prefix}key-id"), key_id)?;
+        request.set_secret_header(&format!("{prefix}timestamp"), &timestamp.to_string())?;
+        request.set_secret_header(&format!("{prefix}signature"), &signature)?;
         Ok(())
     }
 }
@@ -113,7 +130,7 @@ impl AuthScheme for HmacScheme {
 /// Why a signed request was refused by [`verify`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum VerifyError {
-    /// A header is missing or malformed.
+    /// A header is missing or malformed (named without its prefix).
     Malformed(&'static str),
     /// The timestamp is further than the allowed skew from now.
     Stale,
@@ -121,8 +138,33 @@ pub enum VerifyError {
     BadSignature,
 }
 
-/// Checks a signed request as the receiving service would, in constant time.
+/// Checks a signed request as the receiving service would, in constant time, with
+/// the default header prefix.
 pub fn verify(
+    method: &Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    secret: &[u8],
+    now_unix: i64,
+    max_skew_secs: i64,
+) -> Result<(), VerifyError> {
+    verify_with_prefix(
+        DEFAULT_PREFIX,
+        method,
+        path_and_query,
+        headers,
+        body,
+        secret,
+        now_unix,
+        max_skew_secs,
+    )
+}
+
+/// [`verify`] for headers named with `prefix`.
+#[allow(clippy::too_many_arguments)]
+pub fn verify_with_prefix(
+    prefix: &str,
     method: &Method,
     path_and_query: &str,
     headers: &HeaderMap,
@@ -133,18 +175,18 @@ pub fn verify(
 ) -> Result<(), VerifyError> {
     let header = |name: &'static str| {
         headers
-            .get(name)
+            .get(format!("{prefix}{name}"))
             .and_then(|v| v.to_str().ok())
             .ok_or(VerifyError::Malformed(name))
     };
-    let timestamp: i64 = header("x-timestamp")?
+    let timestamp: i64 = header("timestamp")?
         .parse()
-        .map_err(|_| VerifyError::Malformed("x-timestamp"))?;
+        .map_err(|_| VerifyError::Malformed("timestamp"))?;
     if (now_unix - timestamp).abs() > max_skew_secs {
         return Err(VerifyError::Stale);
     }
     let signature =
-        hex::decode(header("x-signature")?).map_err(|_| VerifyError::Malformed("x-signature"))?;
+        hex::decode(header("signature")?).map_err(|_| VerifyError::Malformed("signature"))?;
     let mut mac = HmacSha256::new_from_slice(secret).map_err(|_| VerifyError::BadSignature)?;
     mac.update(string_to_sign(method, path_and_query, timestamp, body).as_bytes());
     mac.verify_slice(&signature)

@@ -140,3 +140,87 @@ async fn its_fields_are_checked_like_a_built_in_scheme() {
         "nothing stored"
     );
 }
+
+/// The scheme takes part in the catalogue: a user's entry with an `[hmac]` table is
+/// loaded (checked by the scheme's own spec), an initiate by app name makes the
+/// integration from it, and the requests are signed with the entry's header prefix.
+#[tokio::test]
+async fn works_from_a_user_catalogue_entry() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("catalog");
+    let kh = Keyhaven::builder()
+        .store(MemoryStore::new())
+        .register(HmacScheme)
+        .catalog_dir(&dir)
+        .build()
+        .unwrap();
+    let entry = kh.catalog().get("acme-payments").unwrap();
+    assert_eq!(entry.schemes, ["HMAC_SHA256"]);
+    // No scheme named: the entry's first, the third-party one.
+    let out = kh
+        .initiate_connection(
+            ConnectionRequest::for_app("acme-payments")
+                .param("key_id", "key-9")
+                .param("secret", SECRET),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.connection_status, keyhaven::ConnectionStatus::Active);
+    let account = kh
+        .connected_accounts()
+        .get(out.connected_account_id.as_str())
+        .await
+        .unwrap();
+    assert_eq!(account.auth_scheme, "HMAC_SHA256");
+    let integration = kh
+        .integrations()
+        .get(account.integration_id.as_str())
+        .await
+        .unwrap();
+    assert_eq!(integration.config_str("header_prefix"), Some("x-acme-"));
+    assert_eq!(
+        integration.config_str("base_url"),
+        Some("https://api.acme-payments.example/v1")
+    );
+    let req = OutgoingRequest::new(
+        Method::GET,
+        Url::parse("https://api.acme-payments.example/v1/balance").unwrap(),
+    );
+    let signed = kh.authorize(account.id.as_str(), req).await.unwrap();
+    assert!(signed.headers.contains_key("x-acme-signature"));
+    let now = keyhaven::chrono::Utc::now().timestamp();
+    assert_eq!(
+        keyhaven_example_hmac::verify_with_prefix(
+            "x-acme-",
+            &Method::GET,
+            "/v1/balance",
+            &signed.headers,
+            &signed.body,
+            SECRET.as_bytes(),
+            now,
+            300
+        ),
+        Ok(())
+    );
+
+    // An entry whose table the scheme's spec does not allow is refused with the field.
+    let bad = tempfile::tempdir().unwrap();
+    std::fs::write(
+        bad.path().join("acme-bad.toml"),
+        std::fs::read_to_string(dir.join("acme-payments.toml"))
+            .unwrap()
+            .replace("acme-payments", "acme-bad")
+            .replace("header_prefix", "header_prefx"),
+    )
+    .unwrap();
+    let err = Keyhaven::builder()
+        .store(MemoryStore::new())
+        .register(HmacScheme)
+        .catalog_dir(bad.path())
+        .build()
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("hmac.header_prefx is not a setting of HMAC_SHA256"),
+        "{err}"
+    );
+}

@@ -148,9 +148,15 @@ impl AuthScheme {
                     .map(|p| Field::param(&p.name, &p.description)),
             );
         }
-        let oauth = entry
-            .and_then(|e| e.oauth2.as_ref())
-            .filter(|_| mode == "OAUTH2");
+        // The endpoints and scopes of the scheme's catalogue table, where it has them
+        // (Composio's `AppAuthScheme` lists them for OAuth).
+        let table = entry.and_then(|e| e.table(spec));
+        let text = |key: &str| {
+            table
+                .and_then(|t| t.get(key))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
         Some(Self {
             scheme_name: mode.to_owned(),
             name: mode.to_owned(),
@@ -158,9 +164,11 @@ impl AuthScheme {
             auth_mode: mode.to_owned(),
             interactive: spec.interactive,
             fields,
-            authorization_url: oauth.and_then(|o| o.authorize_url.clone()),
-            token_url: oauth.map(|o| o.token_url.clone()),
-            default_scopes: oauth.map(|o| o.default_scopes.clone()),
+            authorization_url: text("authorize_url"),
+            token_url: text("token_url"),
+            default_scopes: entry
+                .filter(|e| e.table(spec).is_some())
+                .map(|e| e.scopes(spec)),
         })
     }
 }
@@ -183,32 +191,6 @@ pub(crate) struct AppParam {
     description: String,
     /// An example value.
     example: Option<String>,
-}
-
-/// The OAuth details of a catalogue entry.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct AppOAuth {
-    /// The authorization endpoint (none for client credentials).
-    authorize_url: Option<String>,
-    /// The token endpoint.
-    token_url: String,
-    /// The revocation endpoint (RFC 7009), when documented.
-    revocation_url: Option<String>,
-    /// Who the user is, when documented.
-    userinfo_url: Option<String>,
-    /// The scopes asked for by default.
-    default_scopes: Vec<String>,
-    /// What joins scopes, when not a space.
-    scope_separator: Option<String>,
-    /// Whether a PKCE challenge is sent (default true).
-    pkce: Option<bool>,
-    /// `client_secret_basic` (default) or `client_secret_post`.
-    token_auth_method: Option<String>,
-    /// Extra authorization parameters.
-    authorize_params: BTreeMap<String, String>,
-    /// Extra token parameters.
-    token_params: BTreeMap<String, String>,
 }
 
 /// A catalogue entry, in Composio's `AppModel` shape with keyhaven's catalogue
@@ -254,8 +236,9 @@ pub(crate) struct App {
     apiBaseUrl: String,
     /// The parameters a connection gives.
     params: Vec<AppParam>,
-    /// OAuth details, for apps that use OAuth.
-    oauth2: Option<AppOAuth>,
+    /// The schemes' per-app settings, one table each (`oauth2`: endpoints and
+    /// scopes; `api_key`: how the key is sent), as the catalogue entry gives them.
+    settings: BTreeMap<String, Map<String, Value>>,
 }
 
 impl App {
@@ -297,18 +280,7 @@ impl App {
                     example: p.example.clone(),
                 })
                 .collect(),
-            oauth2: entry.oauth2.as_ref().map(|o| AppOAuth {
-                authorize_url: o.authorize_url.clone(),
-                token_url: o.token_url.clone(),
-                revocation_url: o.revocation_url.clone(),
-                userinfo_url: o.userinfo_url.clone(),
-                default_scopes: o.default_scopes.clone(),
-                scope_separator: o.scope_separator.clone(),
-                pkce: o.pkce,
-                token_auth_method: o.token_auth_method.clone(),
-                authorize_params: o.authorize_params.clone(),
-                token_params: o.token_params.clone(),
-            }),
+            settings: entry.settings.clone(),
         }
     }
 }
