@@ -13,6 +13,8 @@ mod scheme;
 mod secret;
 mod spec;
 mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BoxError, Error, ErrorKind, SchemeError, StoreError};

@@ -119,7 +119,11 @@ impl FieldSpec {
         };
         let empty = match value {
             Value::Null => true,
-            Value::String(s) => s.trim().is_empty(),
+            // A listed value is never empty, even a space (a scope separator).
+            Value::String(s) => {
+                s.trim().is_empty()
+                    && !matches!(&self.kind, FieldKind::OneOf(allowed) if allowed.contains(s))
+            }
             Value::Array(a) => a.is_empty(),
             _ => false,
         };

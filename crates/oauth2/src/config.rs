@@ -59,7 +59,8 @@ pub(crate) fn token_fields() -> Vec<FieldSpec> {
             "client_secret_post".into(),
             "none".into(),
         ])),
-        FieldSpec::optional("scope_separator", "What joins scopes in requests; a space unless the provider wants a comma.")
+        FieldSpec::optional("scope_separator", "What joins scopes in requests: a space (the standard), or a comma or + where the provider documents one.")
+            .kind(FieldKind::OneOf(vec![" ".into(), ",".into(), "+".into()]))
             .default_value(" "),
         FieldSpec::optional("token_params", "Extra form parameters for every token request (a JSON object of strings).")
             .kind(FieldKind::Object),
