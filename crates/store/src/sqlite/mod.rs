@@ -6,9 +6,22 @@
 //! from SQLite's page cache takes microseconds, less than a hand-off to a blocking
 //! pool would — on a connection from a small pool of readers; writes, which may wait
 //! for the disk, go to tokio's blocking pool with the one writer connection.
+//!
+//! By job: this file holds the store and its `Store` implementation; `schema.rs` the
+//! connections' settings and the migrations; `rotate.rs` re-encryption under a new
+//! key; `watch.rs` the feed of other processes' commits; `data_dir.rs` the private
+//! data directory and database file; the refresh lease is `crate::lease`.
+
+mod data_dir;
+mod rotate;
+mod schema;
+mod watch;
+
+use data_dir::{create_db_file, create_private_dir};
+use schema::{migrate, open_connection};
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,15 +29,13 @@ use keyhaven_core::chrono::{DateTime, Utc};
 use keyhaven_core::{
     AccountFilter, AccountLock, AppSlug, ChangeSink, ConnectedAccount, ConnectedAccountId,
     Credentials, CredentialsUpdate, Integration, IntegrationId, Page, PendingState, Store,
-    StoreChange, StoreError,
+    StoreError,
 };
 use parking_lot::{Mutex, RwLock};
-use rusqlite::{
-    Connection, OpenFlags, OptionalExtension, TransactionBehavior, params, params_from_iter,
-};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
 
 use crate::crypto::KeyRing;
-use crate::rotate::{MissingKeys, RotationReport, Table};
+use crate::rotate::{MissingKeys, Table};
 use crate::rows::{
     ACCOUNT_COLUMNS, AccountRow, Arg, INTEGRATION_COLUMNS, IntegrationRow, PreparedUpdate,
     account_and_credentials, encode_credentials, encode_pending, list_query, micros, page,
@@ -37,14 +48,6 @@ static ACCOUNT_WITH_CREDENTIALS: std::sync::LazyLock<String> = std::sync::LazyLo
         "SELECT {ACCOUNT_COLUMNS}, credentials, credentials_expires_at FROM connected_accounts WHERE id = ?1"
     )
 });
-
-const MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("../migrations/sqlite/0001_init.sql")),
-    (
-        2,
-        include_str!("../migrations/sqlite/0002_credentials_key_index.sql"),
-    ),
-];
 
 /// The file name of the database in a data directory.
 pub const DB_FILE: &str = "keyhaven.db";
@@ -66,23 +69,6 @@ pub(crate) fn map_err(e: rusqlite::Error) -> StoreError {
         },
         _ => StoreError::Backend(Box::new(e)),
     }
-}
-
-fn open_connection(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
-    conn.busy_timeout(Duration::from_secs(10))
-        .map_err(map_err)?;
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
-    )
-    .map_err(map_err)?;
-    Ok(conn)
 }
 
 struct Inner {
@@ -139,35 +125,6 @@ fn row_to_integration(r: &rusqlite::Row<'_>) -> rusqlite::Result<IntegrationRow>
         created_at: r.get(7)?,
         updated_at: r.get(8)?,
     })
-}
-
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(map_err)?;
-    tx.execute_batch(
-        "CREATE TABLE IF NOT EXISTS keyhaven_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
-    )
-    .map_err(map_err)?;
-    for (version, sql) in MIGRATIONS {
-        let done: bool = tx
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM keyhaven_migrations WHERE version = ?1)",
-                [version],
-                |r| r.get(0),
-            )
-            .map_err(map_err)?;
-        if !done {
-            tx.execute_batch(sql).map_err(map_err)?;
-            tx.execute(
-                "INSERT INTO keyhaven_migrations (version, applied_at) VALUES (?1, ?2)",
-                params![version, micros(Utc::now())],
-            )
-            .map_err(map_err)?;
-            tracing::info!(version, "SQLite migration applied");
-        }
-    }
-    tx.commit().map_err(map_err)
 }
 
 fn write_labels(
@@ -366,132 +323,6 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Backend(Box::new(e)))?
-    }
-
-    /// Re-encrypts every secret under the primary key, in batches, while other
-    /// reads and writes go on. Rows already under the primary are skipped, so an
-    /// interrupted rotation resumes where it stopped when run again.
-    pub async fn rotate(&self, batch: usize) -> Result<RotationReport, StoreError> {
-        let mut report = RotationReport::default();
-        for table in Table::ALL {
-            let mut cursor = String::new();
-            loop {
-                let sql = format!(
-                    "SELECT {key}, {col} FROM {t} WHERE {key} > ?1 AND {col} IS NOT NULL ORDER BY {key} LIMIT ?2",
-                    key = table.key,
-                    col = table.column,
-                    t = table.table
-                );
-                let rows: Vec<(String, Vec<u8>)> = self.read(|c| {
-                    let mut st = c.prepare_cached(&sql).map_err(map_err)?;
-                    let rows = st
-                        .query_map(params![cursor, batch as i64], |r| {
-                            Ok((r.get(0)?, r.get(1)?))
-                        })
-                        .map_err(map_err)?
-                        .collect::<rusqlite::Result<Vec<_>>>()
-                        .map_err(map_err)?;
-                    Ok(rows)
-                })?;
-                let Some(last) = rows.last().map(|r| r.0.clone()) else {
-                    break;
-                };
-                let keys = self.key_ring();
-                let changes = crate::rotate::reencrypt(&keys, table, rows, &mut report)?;
-                let update = format!(
-                    "UPDATE {t} SET {col} = ?1 WHERE {key} = ?2 AND {col} = ?3",
-                    key = table.key,
-                    col = table.column,
-                    t = table.table
-                );
-                let (done, raced) = self
-                    .write(move |conn, _| {
-                        let tx = conn
-                            .transaction_with_behavior(TransactionBehavior::Immediate)
-                            .map_err(map_err)?;
-                        let (mut done, mut raced) = (0, 0);
-                        for (key, old, new) in &changes {
-                            match tx
-                                .execute(&update, params![new, key, old])
-                                .map_err(map_err)?
-                            {
-                                0 => raced += 1,
-                                _ => done += 1,
-                            }
-                        }
-                        tx.commit().map_err(map_err)?;
-                        Ok((done, raced))
-                    })
-                    .await?;
-                report.reencrypted += done;
-                report.changed_meanwhile += raced;
-                cursor = last;
-            }
-        }
-        Ok(report)
-    }
-
-    /// Watches for commits by other connections (other processes, this store's
-    /// writer) and reports [`StoreChange::Everything`]: SQLite has no finer feed.
-    fn watch(weak: Weak<Inner>, path: PathBuf, sink: ChangeSink) {
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!("no tokio runtime: caches will not see changes made by other processes");
-            return;
-        };
-        handle.spawn(async move {
-            let Ok(conn) = open_connection(&path) else {
-                return;
-            };
-            let version = |c: &Connection| {
-                c.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
-                    .ok()
-            };
-            let mut last = version(&conn);
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                if weak.upgrade().is_none() {
-                    return;
-                }
-                let now = version(&conn);
-                if now != last {
-                    last = now;
-                    sink(StoreChange::Everything);
-                }
-            }
-        });
-    }
-}
-
-fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
-    crate::files::create_private_dir(dir).map_err(|e| {
-        StoreError::Unavailable(format!(
-            "cannot create the data directory {}: {e}",
-            dir.display()
-        ))
-    })
-}
-
-/// Makes the database file, empty, with mode 0600 before SQLite opens it (SQLite
-/// would make it 0644 less the umask); SQLite gives the `-wal` and `-shm` files the
-/// database file's mode. An existing file is left as it is, with a warning when
-/// others may read it.
-fn create_db_file(path: &Path) -> Result<(), StoreError> {
-    match crate::files::create_new_private_file(path) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            if let Some(mode) = crate::files::open_to_others(path) {
-                tracing::warn!(
-                    path = %path.display(),
-                    mode = format!("{mode:o}"),
-                    "the database file can be read by others; run `chmod 600` on it (and on its -wal and -shm files)"
-                );
-            }
-            Ok(())
-        }
-        Err(e) => Err(StoreError::Unavailable(format!(
-            "cannot create {}: {e}",
-            path.display()
-        ))),
     }
 }
 

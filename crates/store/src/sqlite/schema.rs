@@ -1,0 +1,69 @@
+//! The SQLite connections' settings and the schema's migrations.
+
+use std::path::Path;
+use std::time::Duration;
+
+use keyhaven_core::StoreError;
+use keyhaven_core::chrono::Utc;
+use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
+
+use super::map_err;
+use crate::rows::micros;
+
+/// The migrations, in order: each runs once, in a transaction, recorded with its
+/// version.
+pub(super) const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/sqlite/0002_credentials_key_index.sql"),
+    ),
+];
+
+/// Opens a connection with keyhaven's settings (WAL, busy timeout, foreign keys).
+pub(super) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(map_err)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+    )
+    .map_err(map_err)?;
+    Ok(conn)
+}
+
+/// Applies the migrations this database lacks.
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(map_err)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS keyhaven_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+    )
+    .map_err(map_err)?;
+    for (version, sql) in MIGRATIONS {
+        let done: bool = tx
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM keyhaven_migrations WHERE version = ?1)",
+                [version],
+                |r| r.get(0),
+            )
+            .map_err(map_err)?;
+        if !done {
+            tx.execute_batch(sql).map_err(map_err)?;
+            tx.execute(
+                "INSERT INTO keyhaven_migrations (version, applied_at) VALUES (?1, ?2)",
+                params![version, micros(Utc::now())],
+            )
+            .map_err(map_err)?;
+            tracing::info!(version, "SQLite migration applied");
+        }
+    }
+    tx.commit().map_err(map_err)
+}
