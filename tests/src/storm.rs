@@ -216,21 +216,18 @@ pub async fn seed(
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
         let now = Utc::now();
-        let account = ConnectedAccount {
-            id: ConnectedAccountId::generate().unwrap(),
-            entity_id: EntityId::new(format!("user-{i}")).unwrap(),
-            integration_id: integration.id.clone(),
-            app: integration.app.clone(),
-            auth_scheme: integration.auth_scheme.clone(),
-            status: ConnectionStatus::Active,
-            status_reason: None,
-            labels: Default::default(),
-            params: Default::default(),
-            redirect_url: None,
-            expires_at: Some(past),
-            version: 1,
-            created_at: now,
-            updated_at: now,
+        let account = {
+            let mut account = ConnectedAccount::new(
+                ConnectedAccountId::generate().unwrap(),
+                EntityId::new(format!("user-{i}")).unwrap(),
+                integration.id.clone(),
+                integration.app.clone(),
+                integration.auth_scheme.clone(),
+                ConnectionStatus::Active,
+                now,
+            );
+            account.expires_at = Some(past);
+            account
         };
         let mut fields = SecretFields::new();
         fields.insert("access_token", format!("old-{i}"));

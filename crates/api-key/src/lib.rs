@@ -4,7 +4,7 @@
 //! Each connects at once (the account is `ACTIVE` as soon as it is created)
 //! and never needs a refresh. They depend on `keyhaven-core` alone.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use keyhaven_core::{
@@ -80,28 +80,25 @@ impl AuthScheme for ApiKey {
         "API_KEY"
     }
 
-    fn spec(&self) -> &SchemeSpec {
-        static SPEC: OnceLock<SchemeSpec> = OnceLock::new();
-        SPEC.get_or_init(|| {
-            SchemeSpec::new("API key")
-                .with_params(vec![
-                    FieldSpec::required("api_key", "The API key issued by the service.").secret(),
-                ])
-                .with_config(vec![
-                    FieldSpec::optional("header_name", "The header that carries the key.")
-                        .default_value("Authorization"),
-                    FieldSpec::optional(
-                        "header_format",
-                        "The header's value, with {api_key} where the key goes.",
-                    )
-                    .default_value("Bearer {api_key}"),
-                    FieldSpec::optional(
-                        "query_param",
-                        "Send the key as this query parameter instead of a header.",
-                    ),
-                ])
-                .with_catalog_table("api_key")
-        })
+    fn spec(&self) -> SchemeSpec {
+        SchemeSpec::new("API key")
+            .with_params(vec![
+                FieldSpec::required("api_key", "The API key issued by the service.").secret(),
+            ])
+            .with_config(vec![
+                FieldSpec::optional("header_name", "The header that carries the key.")
+                    .default_value("Authorization"),
+                FieldSpec::optional(
+                    "header_format",
+                    "The header's value, with {api_key} where the key goes.",
+                )
+                .default_value("Bearer {api_key}"),
+                FieldSpec::optional(
+                    "query_param",
+                    "Send the key as this query parameter instead of a header.",
+                ),
+            ])
+            .with_catalog_table("api_key")
     }
 
     fn check_integration(&self, integration: &Integration) -> Result<(), SchemeError> {
@@ -156,13 +153,10 @@ impl AuthScheme for BearerToken {
         "BEARER_TOKEN"
     }
 
-    fn spec(&self) -> &SchemeSpec {
-        static SPEC: OnceLock<SchemeSpec> = OnceLock::new();
-        SPEC.get_or_init(|| {
-            SchemeSpec::new("Bearer token").with_params(vec![
-                FieldSpec::required("token", "The access token issued by the service.").secret(),
-            ])
-        })
+    fn spec(&self) -> SchemeSpec {
+        SchemeSpec::new("Bearer token").with_params(vec![
+            FieldSpec::required("token", "The access token issued by the service.").secret(),
+        ])
     }
 
     async fn initiate(&self, cx: InitiateContext<'_>) -> Result<Initiated, SchemeError> {
@@ -192,19 +186,15 @@ impl AuthScheme for Basic {
         "BASIC"
     }
 
-    fn spec(&self) -> &SchemeSpec {
-        static SPEC: OnceLock<SchemeSpec> = OnceLock::new();
-        SPEC.get_or_init(|| {
-            SchemeSpec::new("Username and password").with_params(vec![
-                FieldSpec::required("username", "The username (no ':' allowed, RFC 7617).")
-                    .secret(),
-                FieldSpec::optional(
-                    "password",
-                    "The password; leave out when the service takes none.",
-                )
-                .secret(),
-            ])
-        })
+    fn spec(&self) -> SchemeSpec {
+        SchemeSpec::new("Username and password").with_params(vec![
+            FieldSpec::required("username", "The username (no ':' allowed, RFC 7617).").secret(),
+            FieldSpec::optional(
+                "password",
+                "The password; leave out when the service takes none.",
+            )
+            .secret(),
+        ])
     }
 
     async fn initiate(&self, cx: InitiateContext<'_>) -> Result<Initiated, SchemeError> {
@@ -246,9 +236,8 @@ impl AuthScheme for NoAuth {
         "NO_AUTH"
     }
 
-    fn spec(&self) -> &SchemeSpec {
-        static SPEC: OnceLock<SchemeSpec> = OnceLock::new();
-        SPEC.get_or_init(|| SchemeSpec::new("No authentication"))
+    fn spec(&self) -> SchemeSpec {
+        SchemeSpec::new("No authentication")
     }
 
     async fn initiate(&self, _cx: InitiateContext<'_>) -> Result<Initiated, SchemeError> {

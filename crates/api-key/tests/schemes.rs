@@ -2,50 +2,45 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use chrono::Utc;
+use http::Method;
 use keyhaven_api_key::{ApiKey, Basic, BearerToken, NoAuth};
-use keyhaven_core::chrono::Utc;
 use keyhaven_core::{
     AccountContext, AppSlug, AuthScheme, ConnectedAccount, ConnectedAccountId, ConnectionStatus,
     EntityId, InitiateContext, Initiated, Integration, IntegrationId, OutgoingRequest,
-    SecretFields, http::Method, serde_json, url::Url, validate_fields,
+    SecretFields, validate_fields,
 };
+use url::Url;
 
 fn integration(scheme: &str, config: serde_json::Value) -> Integration {
     let now = Utc::now();
     let serde_json::Value::Object(config) = config else {
         panic!("config must be an object")
     };
-    Integration {
-        id: IntegrationId::generate().unwrap(),
-        app: AppSlug::new("demo").unwrap(),
-        name: "demo".into(),
-        auth_scheme: scheme.into(),
-        scopes: vec![],
-        config,
-        secrets: SecretFields::new(),
-        created_at: now,
-        updated_at: now,
+    {
+        let mut integration = Integration::new(
+            IntegrationId::generate().unwrap(),
+            AppSlug::new("demo").unwrap(),
+            "demo",
+            scheme,
+            now,
+        );
+        integration.config = config;
+        integration
     }
 }
 
 fn account(int: &Integration) -> ConnectedAccount {
     let now = Utc::now();
-    ConnectedAccount {
-        id: ConnectedAccountId::generate().unwrap(),
-        entity_id: EntityId::default(),
-        integration_id: int.id.clone(),
-        app: int.app.clone(),
-        auth_scheme: int.auth_scheme.clone(),
-        status: ConnectionStatus::Active,
-        status_reason: None,
-        labels: vec![],
-        params: Default::default(),
-        redirect_url: None,
-        expires_at: None,
-        version: 1,
-        created_at: now,
-        updated_at: now,
-    }
+    ConnectedAccount::new(
+        ConnectedAccountId::generate().unwrap(),
+        EntityId::default(),
+        int.id.clone(),
+        int.app.clone(),
+        int.auth_scheme.clone(),
+        ConnectionStatus::Active,
+        now,
+    )
 }
 
 /// Validates `params` and `config` as the facade does, initiates, then authorizes a GET.

@@ -3,9 +3,9 @@
 //! and algorithm confusion (a key only verifies the algorithms of its own family).
 
 use base64::Engine as _;
+use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use keyhaven_core::SchemeError;
-use keyhaven_core::chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 /// How much clock difference is tolerated on `exp` and `nbf`.
@@ -76,7 +76,7 @@ pub fn inspect(
         message: "the server's JWT has no exp claim, so keyhaven cannot tell when to log in again"
             .into(),
     })?;
-    let leeway = keyhaven_core::chrono::Duration::seconds(LEEWAY_SECS);
+    let leeway = chrono::Duration::seconds(LEEWAY_SECS);
     // Checked: a time at the edge of what a date can hold must not overflow (an
     // `exp` that far ahead has not expired; an `nbf` that far back has begun).
     if expires_at

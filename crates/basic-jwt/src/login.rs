@@ -1,15 +1,13 @@
 //! `BASIC_WITH_JWT`: a username and password exchanged at the integration's login
 //! endpoint for a JWT, which is renewed by logging in again before it expires.
 
-use std::sync::OnceLock;
-
-use keyhaven_core::url::Url;
+use chrono::{DateTime, Utc};
 use keyhaven_core::{
     AccountContext, AuthScheme, Credentials, FieldKind, FieldSpec, InitiateContext, Initiated,
     Integration, OutgoingRequest, SchemeError, SchemeSpec, SecretFields, async_trait,
-    chrono::{DateTime, Utc},
 };
 use serde_json::Value;
+use url::Url;
 
 use crate::http::{provider_message, send};
 use crate::jwt::{Verifier, inspect, pem_key, verify};
@@ -171,9 +169,8 @@ impl AuthScheme for BasicWithJwt {
         "BASIC_WITH_JWT"
     }
 
-    fn spec(&self) -> &SchemeSpec {
-        static SPEC: OnceLock<SchemeSpec> = OnceLock::new();
-        SPEC.get_or_init(|| SchemeSpec::new("Username and password, exchanged for a JWT").with_params(vec![
+    fn spec(&self) -> SchemeSpec {
+        SchemeSpec::new("Username and password, exchanged for a JWT").with_params(vec![
                 FieldSpec::required("username", "The username to log in with.").secret(),
                 FieldSpec::required("password", "The password to log in with.").secret(),
             ]).with_config(vec![
@@ -191,7 +188,7 @@ impl AuthScheme for BasicWithJwt {
                 FieldSpec::optional("jwks_url", "Verify the JWT with the keys of this JWKS.").kind(FieldKind::Url),
                 FieldSpec::optional("issuer", "The JWT's iss must equal this."),
                 FieldSpec::optional("audience", "The JWT's aud must contain this."),
-            ]))
+            ])
     }
 
     fn check_integration(&self, integration: &Integration) -> Result<(), SchemeError> {

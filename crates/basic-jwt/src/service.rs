@@ -2,16 +2,14 @@
 //! with the stored private key and exchanges it at the token endpoint for an access
 //! token, and does it again before that token expires.
 
-use std::sync::OnceLock;
-
+use chrono::{DateTime, Duration, Utc};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use keyhaven_core::url::Url;
 use keyhaven_core::{
     AccountContext, AuthScheme, Credentials, FieldKind, FieldSpec, InitiateContext, Initiated,
     Integration, OutgoingRequest, SchemeError, SchemeSpec, SecretFields, async_trait,
-    chrono::{DateTime, Duration, Utc},
 };
 use serde_json::Value;
+use url::Url;
 
 use crate::http::{provider_message, send};
 
@@ -209,9 +207,8 @@ impl AuthScheme for ServiceAccount {
         "SERVICE_ACCOUNT"
     }
 
-    fn spec(&self) -> &SchemeSpec {
-        static SPEC: OnceLock<SchemeSpec> = OnceLock::new();
-        SPEC.get_or_init(|| SchemeSpec::new("Service account (JWT bearer grant, RFC 7523)").with_params(vec![
+    fn spec(&self) -> SchemeSpec {
+        SchemeSpec::new("Service account (JWT bearer grant, RFC 7523)").with_params(vec![
                 FieldSpec::required("issuer", "The assertion's iss: the service account's client id or email."),
                 FieldSpec::required("private_key", "The service account's private key, PEM.").secret(),
                 FieldSpec::optional("key_id", "The kid of the key, when the server wants it."),
@@ -228,7 +225,7 @@ impl AuthScheme for ServiceAccount {
                 FieldSpec::optional("scope_in", "Send the integration's scopes as a form parameter or as the assertion's scope claim.")
                     .kind(FieldKind::OneOf(vec!["form".into(), "claim".into()]))
                     .default_value("form"),
-            ]))
+            ])
     }
 
     async fn initiate(&self, cx: InitiateContext<'_>) -> Result<Initiated, SchemeError> {
@@ -360,18 +357,15 @@ impl AuthScheme for GoogleServiceAccount {
         "GOOGLE_SERVICE_ACCOUNT"
     }
 
-    fn spec(&self) -> &SchemeSpec {
-        static SPEC: OnceLock<SchemeSpec> = OnceLock::new();
-        SPEC.get_or_init(|| {
-            SchemeSpec::new("Google service account").with_params(vec![
-                FieldSpec::required(
-                    "credentials_json",
-                    "The service account's key file, as JSON.",
-                )
-                .secret(),
-                FieldSpec::optional("subject", "A user to act for (domain-wide delegation)."),
-            ])
-        })
+    fn spec(&self) -> SchemeSpec {
+        SchemeSpec::new("Google service account").with_params(vec![
+            FieldSpec::required(
+                "credentials_json",
+                "The service account's key file, as JSON.",
+            )
+            .secret(),
+            FieldSpec::optional("subject", "A user to act for (domain-wide delegation)."),
+        ])
     }
 
     async fn initiate(&self, cx: InitiateContext<'_>) -> Result<Initiated, SchemeError> {

@@ -8,9 +8,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use base64::Engine as _;
+use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use keyhaven_basic_jwt::{Verifier, inspect, verify};
-use keyhaven_core::chrono::{DateTime, Utc};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 

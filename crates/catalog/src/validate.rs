@@ -3,8 +3,8 @@
 
 use std::collections::BTreeSet;
 
-use keyhaven_core::url::Url;
 use keyhaven_core::{AppSlug, FieldKind, SchemeSpec};
+use url::Url;
 
 use crate::{
     AppEntry, CATEGORIES, CatalogError, DEFAULT_SCOPES, Specs, fill_template, spec_of,

@@ -25,20 +25,24 @@ fn config() -> ProptestConfig {
     }
 }
 
-/// keyhaven's own schemes, whose specs say what an entry's tables may hold.
-fn schemes() -> &'static [Arc<dyn AuthScheme>] {
-    static ALL: OnceLock<Vec<Arc<dyn AuthScheme>>> = OnceLock::new();
+/// keyhaven's own schemes and their specs, which say what an entry's tables may hold.
+fn schemes() -> &'static [(Arc<dyn AuthScheme>, SchemeSpec)] {
+    static ALL: OnceLock<Vec<(Arc<dyn AuthScheme>, SchemeSpec)>> = OnceLock::new();
     ALL.get_or_init(|| {
         keyhaven_api_key::all()
             .into_iter()
             .chain(keyhaven_oauth2::all())
             .chain(keyhaven_basic_jwt::all())
+            .map(|s| {
+                let spec = s.spec();
+                (s, spec)
+            })
             .collect()
     })
 }
 
 fn specs() -> Vec<(&'static str, &'static SchemeSpec)> {
-    schemes().iter().map(|s| (s.name(), s.spec())).collect()
+    schemes().iter().map(|(s, spec)| (s.name(), spec)).collect()
 }
 
 /// Exercises what the rest of keyhaven does with an entry that validated.

@@ -222,7 +222,7 @@ async fn postgres_stopped_and_started_under_traffic() {
     let unavailable: Vec<_> = answers.iter().filter(|(s, _, _)| *s == 503).collect();
     // A write that meets the outage is refused at once (its connection broke), or
     // waits for a connection until PostgreSQL is back (bounded by the pool's acquire
-    // timeout, 10 s) and then goes through: either way the outage shows.
+    // timeout, 30 s) and then goes through: either way the outage shows.
     let waited = answers
         .iter()
         .any(|(_, took, _)| *took >= Duration::from_secs(1));

@@ -34,5 +34,9 @@ pub use secret::{Credentials, SecretFields};
 pub use spec::{FieldKind, FieldSpec, SchemeSpec, ValidatedFields, validate_fields};
 pub use store::{AccountLock, ChangeSink, Store, StoreChange};
 
-/// Re-exported so that scheme crates use the same versions as core.
-pub use {async_trait::async_trait, chrono, http, secrecy, serde_json, url};
+/// The attribute that implementations of [`AuthScheme`] and [`Store`] use, in the
+/// version the traits were declared with. The crates whose types appear in this
+/// crate's API (chrono, http, url, serde_json, secrecy) are dependencies of the crates
+/// that use them, at the versions of the workspace (the `keyhaven` facade re-exports
+/// them for library users).
+pub use async_trait::async_trait;

@@ -89,8 +89,12 @@ impl FromStr for ConnectionStatus {
 }
 
 /// The app's auth configuration for one service. Several may exist per app.
+///
+/// Made with [`Integration::new`], its other fields set afterwards; new fields may be
+/// added without breaking store or scheme crates.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct Integration {
     /// Its id, `int_...`.
     pub id: IntegrationId,
@@ -116,6 +120,27 @@ pub struct Integration {
 }
 
 impl Integration {
+    /// An integration with no scopes and no settings, created and updated at `now`.
+    pub fn new(
+        id: IntegrationId,
+        app: AppSlug,
+        name: impl Into<String>,
+        auth_scheme: impl Into<String>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id,
+            app,
+            name: name.into(),
+            auth_scheme: auth_scheme.into(),
+            scopes: Vec::new(),
+            config: Map::new(),
+            secrets: SecretFields::new(),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
     /// A non-secret config value as a string.
     pub fn config_str(&self, key: &str) -> Option<&str> {
         self.config.get(key).and_then(Value::as_str)
@@ -131,8 +156,12 @@ impl Integration {
 ///
 /// Holds no credentials: those are read separately, through
 /// [`Store::get_account_and_credentials`](crate::Store::get_account_and_credentials).
+///
+/// Made with [`ConnectedAccount::new`], its other fields set afterwards; new fields
+/// may be added without breaking store or scheme crates.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct ConnectedAccount {
     /// Its id, `ca_...`.
     pub id: ConnectedAccountId,
@@ -167,6 +196,35 @@ pub struct ConnectedAccount {
 }
 
 impl ConnectedAccount {
+    /// An account of version 1, created and updated at `now`, with no reason, labels,
+    /// parameters, redirect URL or expiry.
+    pub fn new(
+        id: ConnectedAccountId,
+        entity_id: EntityId,
+        integration_id: IntegrationId,
+        app: AppSlug,
+        auth_scheme: impl Into<String>,
+        status: ConnectionStatus,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id,
+            entity_id,
+            integration_id,
+            app,
+            auth_scheme: auth_scheme.into(),
+            status,
+            status_reason: None,
+            labels: Vec::new(),
+            params: Map::new(),
+            redirect_url: None,
+            expires_at: None,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
     /// Whether it carries every label of `labels`.
     pub fn has_labels(&self, labels: &[Label]) -> bool {
         labels.iter().all(|l| self.labels.contains(l))
@@ -363,6 +421,7 @@ impl AccountFilter {
 /// One page of a listing, oldest first.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct Page<T> {
     /// The items.
     pub items: Vec<T>,
@@ -370,9 +429,17 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+impl<T> Page<T> {
+    /// A page.
+    pub fn new(items: Vec<T>, next_cursor: Option<String>) -> Self {
+        Self { items, next_cursor }
+    }
+}
+
 /// A redirect flow waiting for its callback: the single-use state, bound to one
 /// account, with what the scheme asked to keep (a PKCE verifier...).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct PendingState {
     /// The random state sent to the provider. Secret while pending.
     pub state: String,
@@ -382,4 +449,21 @@ pub struct PendingState {
     pub data: SecretFields,
     /// After this the state is refused.
     pub expires_at: DateTime<Utc>,
+}
+
+impl PendingState {
+    /// A pending state.
+    pub fn new(
+        state: impl Into<String>,
+        account_id: ConnectedAccountId,
+        data: SecretFields,
+        expires_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            state: state.into(),
+            account_id,
+            data,
+            expires_at,
+        }
+    }
 }

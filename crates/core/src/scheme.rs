@@ -249,10 +249,12 @@ pub trait AuthScheme: Send + Sync + 'static {
     /// The unique name in the registry, SCREAMING_SNAKE_CASE: `API_KEY`.
     fn name(&self) -> &str;
 
-    /// The fields the scheme reads. The facade checks `connected_account_params`
-    /// and `auth_config` against it before any other call, so a scheme sees
-    /// only known, non-empty, well-typed fields.
-    fn spec(&self) -> &SchemeSpec;
+    /// The fields the scheme reads and how it takes part in the catalogue. Asked
+    /// once, when the scheme is registered (the registry keeps the answer), so it
+    /// may simply build and return the spec. The facade checks
+    /// `connected_account_params` and `auth_config` against it before any other
+    /// call, so a scheme sees only known, non-empty, well-typed fields.
+    fn spec(&self) -> SchemeSpec;
 
     /// Checks an integration's settings beyond what [`SchemeSpec::config`] can say
     /// (fields that depend on each other). Called when an integration is created, so

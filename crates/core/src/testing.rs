@@ -12,7 +12,7 @@
 //! ```
 //!
 //! Checked: the spec is well formed (names, defaults, catalogue table, per-deployment
-//! fields only in the config) and stable; field validation names the field and never
+//! fields only in the config) and the same at each call; field validation names the field and never
 //! shows a secret value; the fixture's integration passes the scheme's own check; a
 //! connection starts (credentials at once, or a redirect that carries the state and
 //! no secret); the credentials are put on a request, with nothing secret in its
@@ -165,8 +165,8 @@ impl Run {
             ));
         }
         let spec = scheme.spec();
-        if !std::ptr::eq(spec, scheme.spec()) {
-            self.problem("spec() makes a new spec at each call: keep one and return it");
+        if spec != scheme.spec() {
+            self.problem("spec() answers differently from one call to the next: it must describe the scheme, the same each time");
         }
         if spec.display_name.trim().is_empty() {
             self.problem("spec().display_name is empty");

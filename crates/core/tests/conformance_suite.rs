@@ -5,8 +5,6 @@
 #![cfg(feature = "testing")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::OnceLock;
-
 use keyhaven_core::testing::{Fixture, check};
 use keyhaven_core::{
     AccountContext, AuthScheme, Credentials, FieldSpec, InitiateContext, Initiated,
@@ -24,16 +22,13 @@ impl AuthScheme for Careless {
         "careless"
     }
 
-    fn spec(&self) -> &SchemeSpec {
-        static SPEC: OnceLock<SchemeSpec> = OnceLock::new();
-        SPEC.get_or_init(|| {
-            SchemeSpec::new("Careless")
-                .with_params(vec![
-                    FieldSpec::required("api_key", "A key.").secret(),
-                    FieldSpec::optional("Region", ""),
-                ])
-                .with_catalog_table("Bad Table")
-        })
+    fn spec(&self) -> SchemeSpec {
+        SchemeSpec::new("Careless")
+            .with_params(vec![
+                FieldSpec::required("api_key", "A key.").secret(),
+                FieldSpec::optional("Region", ""),
+            ])
+            .with_catalog_table("Bad Table")
     }
 
     async fn initiate(&self, cx: InitiateContext<'_>) -> Result<Initiated, SchemeError> {
@@ -75,8 +70,8 @@ async fn a_careless_scheme_fails_with_each_problem_named() {
     }
 }
 
-/// The same spec made anew at each call.
-struct Unstable;
+/// A spec that changes from one call to the next.
+struct Unstable(std::sync::atomic::AtomicU32);
 
 #[async_trait]
 impl AuthScheme for Unstable {
@@ -84,8 +79,9 @@ impl AuthScheme for Unstable {
         "UNSTABLE"
     }
 
-    fn spec(&self) -> &SchemeSpec {
-        Box::leak(Box::new(SchemeSpec::new("Unstable")))
+    fn spec(&self) -> SchemeSpec {
+        let n = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        SchemeSpec::new(format!("Unstable {n}"))
     }
 
     async fn initiate(&self, _cx: InitiateContext<'_>) -> Result<Initiated, SchemeError> {
@@ -104,12 +100,10 @@ impl AuthScheme for Unstable {
 }
 
 #[tokio::test]
-async fn a_spec_made_at_each_call_is_named() {
-    let problems = check(&Unstable, &Fixture::new()).await;
+async fn a_changing_spec_is_named() {
+    let problems = check(&Unstable(0.into()), &Fixture::new()).await;
     assert!(
-        problems
-            .iter()
-            .any(|p| p.contains("makes a new spec at each call")),
+        problems.iter().any(|p| p.contains("answers differently")),
         "{problems:?}"
     );
 }

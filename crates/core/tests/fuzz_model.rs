@@ -7,8 +7,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use keyhaven_core::ConnectionRequest;
-use keyhaven_core::serde_json::{self, Map, Value, json};
 use proptest::prelude::*;
+use serde_json::{self, Map, Value, json};
 
 fn config() -> ProptestConfig {
     let cases = std::env::var("PROPTEST_CASES")

@@ -4,7 +4,7 @@
 use keyhaven_core::{
     AccountContext, AccountFilter, ConnectedAccount, ConnectedAccountId, ConnectionStatus,
     Credentials, CredentialsUpdate, Error, EventKind, Integration, OutgoingRequest, Page,
-    SchemeError, StoreError, chrono, serde_json,
+    SchemeError, StoreError,
 };
 
 use crate::Keyhaven;
@@ -542,10 +542,8 @@ impl Keyhaven {
         if let Some(serde_json::Value::Object(headers)) = effective.config.get("request_headers") {
             for (name, value) in headers {
                 let (Ok(name), Some(Ok(value))) = (
-                    keyhaven_core::http::HeaderName::from_bytes(name.as_bytes()),
-                    value
-                        .as_str()
-                        .map(keyhaven_core::http::HeaderValue::from_str),
+                    http::HeaderName::from_bytes(name.as_bytes()),
+                    value.as_str().map(http::HeaderValue::from_str),
                 ) else {
                     continue;
                 };

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use keyhaven_core::chrono::{DateTime, Utc};
+use chrono::{DateTime, Utc};
 use keyhaven_core::{ConnectedAccountId, Credentials, StoreChange};
 
 /// One cached account.

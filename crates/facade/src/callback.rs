@@ -3,11 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use keyhaven_core::url::Url;
 use keyhaven_core::{
     CompleteContext, ConnectedAccount, ConnectionStatus, CredentialsUpdate, Error, PendingState,
     StoreError,
 };
+use url::Url;
 
 use crate::Keyhaven;
 use crate::accounts::not_found;
@@ -152,7 +152,7 @@ impl Keyhaven {
         &self,
         account: ConnectedAccount,
         result: Result<keyhaven_core::Credentials, String>,
-        params: Option<keyhaven_core::serde_json::Map<String, keyhaven_core::serde_json::Value>>,
+        params: Option<serde_json::Map<String, serde_json::Value>>,
     ) -> Result<CallbackOutcome, Error> {
         let mut next = account;
         next.updated_at = self.now();

@@ -3,9 +3,10 @@
 use keyhaven_core::{
     AccountFilter, AppSlug, ConnectedAccount, ConnectedAccountId, ConnectionRequest,
     ConnectionRequestOutput, ConnectionStatus, EntityId, Error, EventKind, FieldSpec,
-    InitiateContext, Initiated, Integration, IntegrationId, Label, PendingState, chrono, url::Url,
-    validate_fields,
+    InitiateContext, Initiated, Integration, IntegrationId, Label, PendingState, validate_fields,
 };
+
+use url::Url;
 
 use crate::Keyhaven;
 use crate::integrations::{
@@ -73,7 +74,7 @@ impl Keyhaven {
         let mut fields = scheme.spec().params.clone();
         fields.extend(template_params.iter().cloned());
         if let Some(form) =
-            self.hosted_form_needed(scheme.as_ref(), &fields, &request.connected_account_params)?
+            self.hosted_form_needed(scheme, &fields, &request.connected_account_params)?
         {
             // The parameters the app gave are checked now (the form checks them all
             // again with what the user types).
@@ -113,22 +114,18 @@ impl Keyhaven {
         };
 
         let integration = self.store_integration(integration, created).await?;
-        let mut account = ConnectedAccount {
-            id: account_id,
-            entity_id: entity,
-            integration_id: integration.id.clone(),
-            app: integration.app.clone(),
-            auth_scheme: integration.auth_scheme.clone(),
-            status: ConnectionStatus::Active,
-            status_reason: None,
-            labels,
-            params: params.public,
-            redirect_url: redirect_url.map(String::from),
-            expires_at: None,
-            version: 1,
-            created_at: now,
-            updated_at: now,
-        };
+        let mut account = ConnectedAccount::new(
+            account_id,
+            entity,
+            integration.id.clone(),
+            integration.app.clone(),
+            integration.auth_scheme.clone(),
+            ConnectionStatus::Active,
+            now,
+        );
+        account.labels = labels;
+        account.params = params.public;
+        account.redirect_url = redirect_url.map(String::from);
         let user_url = match initiated {
             Err(reason) => {
                 account.status = ConnectionStatus::Failed;
@@ -154,12 +151,12 @@ impl Keyhaven {
                 account.status_reason =
                     Some("waiting for the user to finish at the provider".into());
                 self.store().insert_account(&account, None).await?;
-                let pending = PendingState {
+                let pending = PendingState::new(
                     state,
-                    account_id: account.id.clone(),
-                    data: pending,
-                    expires_at: now + self.inner.settings.pending_ttl,
-                };
+                    account.id.clone(),
+                    pending,
+                    now + self.inner.settings.pending_ttl,
+                );
                 self.store().put_pending_state(&pending).await?;
                 self.purge_pending_now_and_then(now).await;
                 Some(url.to_string())
@@ -273,7 +270,7 @@ impl Keyhaven {
             Some(integration) => {
                 if !request.auth_config.is_empty() {
                     // Every field the request gives must be what the integration has.
-                    let config = validate_config(scheme.as_ref(), &request.auth_config)?;
+                    let config = validate_config(scheme, &request.auth_config)?;
                     let differs = request.auth_config.keys().any(|k| {
                         config.public.get(k) != integration.config.get(k)
                             || config.secret.expose().get(k) != integration.secrets.expose().get(k)
@@ -295,7 +292,7 @@ impl Keyhaven {
                     let integration = self.integration_from_catalog(
                         app,
                         &entry,
-                        scheme.as_ref(),
+                        scheme,
                         &request.auth_config,
                         None,
                         None,
@@ -303,7 +300,7 @@ impl Keyhaven {
                     Ok((integration, true))
                 }
                 None => Ok((
-                    build_integration(self, app, scheme.as_ref(), None, &[], &request.auth_config)?,
+                    build_integration(self, app, scheme, None, &[], &request.auth_config)?,
                     true,
                 )),
             },
@@ -319,7 +316,7 @@ impl Keyhaven {
         &self,
         app: AppSlug,
         entry: &keyhaven_catalog::AppEntry,
-        scheme: &dyn keyhaven_core::AuthScheme,
+        scheme: &crate::Registered,
         requested: &keyhaven_core::SecretFields,
         name: Option<String>,
         scopes: Option<&[String]>,

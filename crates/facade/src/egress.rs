@@ -10,9 +10,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use keyhaven_core::serde_json::{Map, Value};
-use keyhaven_core::url::{Host, Url};
 use keyhaven_core::{Error, Integration};
+use serde_json::{Map, Value};
+use url::{Host, Url};
 
 /// The integration config flag that lets connection parameters name private hosts
 /// (for an integration meant to reach services on a private network, and tests).

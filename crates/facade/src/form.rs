@@ -4,18 +4,18 @@
 //! app never sees the secret. The link carries a single-use token, kept like an OAuth
 //! state (hashed, encrypted, expiring).
 
-use keyhaven_core::serde_json::{Map, Value};
-use keyhaven_core::url::Url;
 use keyhaven_core::{
-    AuthScheme, ConnectedAccount, ConnectedAccountId, ConnectionRequestOutput, ConnectionStatus,
-    EntityId, Error, EventKind, FieldSpec, InitiateContext, Initiated, Integration, Label,
-    PendingState, SchemeError, SecretFields, chrono, validate_fields,
+    ConnectedAccount, ConnectedAccountId, ConnectionRequestOutput, ConnectionStatus, EntityId,
+    Error, EventKind, FieldSpec, InitiateContext, Initiated, Integration, Label, PendingState,
+    SchemeError, SecretFields, validate_fields,
 };
+use serde_json::{Map, Value};
+use url::Url;
 
-use crate::Keyhaven;
 use crate::callback::{CallbackOutcome, Waiting};
 use crate::connect::new_state;
 use crate::integrations::{check_connection_params, connection_param_specs, effective_integration};
+use crate::{Keyhaven, Registered};
 
 /// The key that marks a pending state as a connect form's.
 const FORM_MARKER: &str = "keyhaven_connect_form";
@@ -50,7 +50,7 @@ fn refused(reason: &str) -> Error {
 }
 
 /// The fields of an integration's connections: the scheme's and the URL template's.
-fn form_fields(scheme: &dyn AuthScheme, integration: &Integration) -> Vec<FieldSpec> {
+fn form_fields(scheme: &Registered, integration: &Integration) -> Vec<FieldSpec> {
     let mut fields = scheme.spec().params.clone();
     fields.extend(connection_param_specs(integration));
     fields
@@ -75,7 +75,7 @@ impl Keyhaven {
     /// fields the request does give are checked now.
     pub(crate) fn hosted_form_needed(
         &self,
-        scheme: &dyn AuthScheme,
+        scheme: &Registered,
         fields: &[FieldSpec],
         given: &SecretFields,
     ) -> Result<Option<FormStart>, Error> {
@@ -116,33 +116,29 @@ impl Keyhaven {
         let mut link = form.base;
         link.query_pairs_mut().append_pair("token", &token);
         let integration = self.store_integration(integration, created).await?;
-        let account = ConnectedAccount {
-            id: ConnectedAccountId::generate()?,
-            entity_id: entity,
-            integration_id: integration.id.clone(),
-            app: integration.app.clone(),
-            auth_scheme: integration.auth_scheme.clone(),
-            status: ConnectionStatus::Initiated,
-            status_reason: Some("waiting for the user to fill in the connect form".into()),
-            labels,
-            params: Map::new(),
-            redirect_url: redirect_url.map(String::from),
-            expires_at: None,
-            version: 1,
-            created_at: now,
-            updated_at: now,
-        };
+        let mut account = ConnectedAccount::new(
+            ConnectedAccountId::generate()?,
+            entity,
+            integration.id.clone(),
+            integration.app.clone(),
+            integration.auth_scheme.clone(),
+            ConnectionStatus::Initiated,
+            now,
+        );
+        account.status_reason = Some("waiting for the user to fill in the connect form".into());
+        account.labels = labels;
+        account.redirect_url = redirect_url.map(String::from);
         self.store().insert_account(&account, None).await?;
         let mut data = SecretFields::new();
         data.insert(FORM_MARKER, true);
         data.insert(GIVEN, Value::Object(form.given.expose().clone()));
         self.store()
-            .put_pending_state(&PendingState {
-                state: token,
-                account_id: account.id.clone(),
+            .put_pending_state(&PendingState::new(
+                token,
+                account.id.clone(),
                 data,
-                expires_at: now + self.inner.settings.pending_ttl,
-            })
+                now + self.inner.settings.pending_ttl,
+            ))
             .await?;
         self.purge_pending_now_and_then(now).await;
         tracing::info!(account = %account.id, entity = %account.entity_id, app = %account.app, "connection initiated; waiting for the connect form");
@@ -188,7 +184,7 @@ impl Keyhaven {
         let integration = self.integration_of(&account).await?;
         let scheme = self.schemes().get(&integration.auth_scheme)?;
         let given = pending.data.expose().get(GIVEN).and_then(Value::as_object);
-        let fields = form_fields(scheme.as_ref(), &integration)
+        let fields = form_fields(scheme, &integration)
             .into_iter()
             .filter(|f| given.is_none_or(|g| !g.contains_key(&f.name)))
             .collect();
@@ -235,7 +231,7 @@ impl Keyhaven {
             merged.insert(k.clone(), v.clone());
         }
         let template = connection_param_specs(&integration);
-        let params = validate_fields(&form_fields(scheme.as_ref(), &integration), PLACE, &merged)?;
+        let params = validate_fields(&form_fields(scheme, &integration), PLACE, &merged)?;
         check_connection_params(&integration, &template, &params.public)?;
 
         // Valid: use the link up, so that of two submits exactly one goes on.

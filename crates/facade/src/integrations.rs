@@ -2,14 +2,14 @@
 
 use std::sync::OnceLock;
 
-use keyhaven_core::serde_json::Value;
 use keyhaven_core::{
-    AppSlug, AuthScheme, ConnectionRequest, Error, FieldKind, FieldSpec, Integration,
-    IntegrationId, SecretFields, ValidatedFields, validate_fields,
+    AppSlug, ConnectionRequest, Error, FieldKind, FieldSpec, Integration, IntegrationId,
+    SecretFields, ValidatedFields, validate_fields,
 };
 use serde::Deserialize;
+use serde_json::Value;
 
-use crate::Keyhaven;
+use crate::{Keyhaven, Registered};
 
 /// A new integration. Deserializes from both spellings of each field
 /// (`app` / `appName`, `auth_scheme` / `authScheme`, `auth_config` / `authConfig`).
@@ -50,11 +50,7 @@ impl NewIntegration {
 
     /// Sets a config field.
     #[must_use]
-    pub fn config(
-        mut self,
-        key: impl Into<String>,
-        value: impl Into<keyhaven_core::serde_json::Value>,
-    ) -> Self {
+    pub fn config(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
         self.auth_config.insert(key, value);
         self
     }
@@ -102,7 +98,7 @@ fn common_config() -> &'static [FieldSpec] {
 }
 
 /// The names of the config fields `scheme` and every integration take.
-pub(crate) fn config_field_names(scheme: &dyn AuthScheme) -> Vec<String> {
+pub(crate) fn config_field_names(scheme: &Registered) -> Vec<String> {
     scheme
         .spec()
         .config
@@ -114,7 +110,7 @@ pub(crate) fn config_field_names(scheme: &dyn AuthScheme) -> Vec<String> {
 
 /// Checks an auth config against the scheme's config fields and the common ones.
 pub(crate) fn validate_config(
-    scheme: &dyn AuthScheme,
+    scheme: &Registered,
     input: &SecretFields,
 ) -> Result<ValidatedFields, Error> {
     let mut fields = scheme.spec().config.clone();
@@ -148,7 +144,7 @@ fn validate_scopes(scopes: &[String]) -> Result<Vec<String>, Error> {
 pub(crate) fn build_integration(
     kh: &Keyhaven,
     app: AppSlug,
-    scheme: &dyn AuthScheme,
+    scheme: &Registered,
     name: Option<String>,
     scopes: &[String],
     auth_config: &SecretFields,
@@ -164,10 +160,10 @@ pub(crate) fn build_integration(
     };
     if let Some(Value::Object(headers)) = config.public.get("request_headers") {
         for (name, value) in headers {
-            let valid = keyhaven_core::http::HeaderName::from_bytes(name.as_bytes()).is_ok()
+            let valid = http::HeaderName::from_bytes(name.as_bytes()).is_ok()
                 && value
                     .as_str()
-                    .is_some_and(|v| keyhaven_core::http::HeaderValue::from_str(v).is_ok())
+                    .is_some_and(|v| http::HeaderValue::from_str(v).is_ok())
                 && !name.eq_ignore_ascii_case("authorization");
             if !valid {
                 return Err(Error::invalid(
@@ -183,28 +179,27 @@ pub(crate) fn build_integration(
         }
     }
     let now = kh.now();
-    let integration = Integration {
-        id: IntegrationId::generate()?,
+    let mut integration = Integration::new(
+        IntegrationId::generate()?,
         app,
         name,
-        auth_scheme: scheme.name().to_owned(),
-        scopes,
-        config: config.public,
-        secrets: config.secret,
-        created_at: now,
-        updated_at: now,
-    };
+        scheme.name().to_owned(),
+        now,
+    );
+    integration.scopes = scopes;
+    integration.config = config.public;
+    integration.secrets = config.secret;
     scheme.check_integration(&integration)?;
     Ok(integration)
 }
 
 /// The redirect allowlist entries of an integration.
-pub(crate) fn redirect_allowlist(integration: &Integration) -> Vec<keyhaven_core::url::Url> {
+pub(crate) fn redirect_allowlist(integration: &Integration) -> Vec<url::Url> {
     match integration.config.get("redirect_allowlist") {
         Some(Value::Array(entries)) => entries
             .iter()
             .filter_map(Value::as_str)
-            .filter_map(|e| keyhaven_core::url::Url::parse(e).ok())
+            .filter_map(|e| url::Url::parse(e).ok())
             .collect(),
         _ => Vec::new(),
     }
@@ -252,7 +247,7 @@ impl<'a> Integrations<'a> {
             let integration = self.kh.integration_from_catalog(
                 app,
                 &entry,
-                scheme.as_ref(),
+                scheme,
                 &new.auth_config,
                 new.name,
                 (!new.scopes.is_empty()).then_some(new.scopes.as_slice()),
@@ -264,7 +259,7 @@ impl<'a> Integrations<'a> {
         let integration = build_integration(
             self.kh,
             app,
-            scheme.as_ref(),
+            scheme,
             new.name,
             &new.scopes,
             &new.auth_config,
@@ -333,7 +328,7 @@ pub(crate) fn connection_param_specs(integration: &Integration) -> Vec<FieldSpec
 pub(crate) fn check_connection_params(
     integration: &Integration,
     specs: &[FieldSpec],
-    values: &keyhaven_core::serde_json::Map<String, Value>,
+    values: &serde_json::Map<String, Value>,
 ) -> Result<(), Error> {
     for spec in specs {
         let Some(v) = values.get(&spec.name).and_then(Value::as_str) else {
@@ -353,7 +348,7 @@ pub(crate) fn check_connection_params(
     crate::egress::check_param_hosts(integration, values)
 }
 
-fn fill(value: &Value, params: &keyhaven_core::serde_json::Map<String, Value>) -> Value {
+fn fill(value: &Value, params: &serde_json::Map<String, Value>) -> Value {
     match value {
         Value::String(s) => Value::String(keyhaven_catalog::fill_template(s, params)),
         Value::Object(m) => Value::Object(
@@ -370,7 +365,7 @@ fn fill(value: &Value, params: &keyhaven_core::serde_json::Map<String, Value>) -
 /// scopes filled with the connection's parameters.
 pub(crate) fn effective_integration<'a>(
     integration: &'a Integration,
-    params: &keyhaven_core::serde_json::Map<String, Value>,
+    params: &serde_json::Map<String, Value>,
 ) -> std::borrow::Cow<'a, Integration> {
     if !integration
         .config

@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyhaven_core::StoreChange;
-use keyhaven_core::url::Url;
+use url::Url;
 
 pub use accounts::ConnectedAccounts;
 pub use callback::CallbackOutcome;
@@ -69,15 +69,15 @@ pub use keyhaven_store::{
     KeyError, KeyFile, KeyRing, MASTER_KEY_ENV, MasterKey, MemoryStore, OLD_KEYS_ENV, files,
     ring_from_base64, ring_from_env,
 };
-pub use registry::SchemeRegistry;
+pub use registry::{Registered, SchemeRegistry};
 
 /// The environment variable naming a directory of extra catalogue entries.
 pub const CATALOG_DIR_ENV: &str = "KEYHAVEN_CATALOG_DIR";
 
-/// Re-exported so that users need no direct dependency on these.
-pub use keyhaven_core::{
-    async_trait, chrono, http, random_bytes, random_hex, secrecy, serde_json, to_hex, url,
-};
+/// Re-exported so that users need no direct dependency on these: the crates whose
+/// types keyhaven's API uses, in the versions it was built with.
+pub use keyhaven_core::{async_trait, random_bytes, random_hex, to_hex};
+pub use {chrono, http, secrecy, serde_json, url};
 
 /// The keyhaven library: cheap to clone, safe to share between tasks.
 #[derive(Clone)]

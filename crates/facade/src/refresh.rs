@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use chrono::{DateTime, Duration, Utc};
 use keyhaven_core::ConnectedAccountId;
-use keyhaven_core::chrono::{DateTime, Duration, Utc};
 use parking_lot::Mutex;
 
 /// The longest wait between two refresh attempts after failures.

@@ -4,12 +4,46 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use keyhaven_core::{AuthScheme, Error};
+use keyhaven_core::{AuthScheme, Error, SchemeSpec};
 
 /// The auth schemes a [`Keyhaven`](crate::Keyhaven) knows, by name.
 #[derive(Clone, Default)]
 pub struct SchemeRegistry {
-    schemes: BTreeMap<String, Arc<dyn AuthScheme>>,
+    schemes: BTreeMap<String, Registered>,
+}
+
+/// A registered scheme, with the spec it gave when it was registered (a scheme's
+/// `spec()` is asked once; everything after reads this copy).
+#[derive(Clone)]
+pub struct Registered {
+    scheme: Arc<dyn AuthScheme>,
+    spec: Arc<SchemeSpec>,
+}
+
+impl Registered {
+    /// What the scheme reads and how it takes part in the catalogue.
+    pub fn spec(&self) -> &SchemeSpec {
+        &self.spec
+    }
+
+    /// The scheme, shared.
+    pub fn shared(&self) -> &Arc<dyn AuthScheme> {
+        &self.scheme
+    }
+}
+
+impl std::ops::Deref for Registered {
+    type Target = dyn AuthScheme;
+
+    fn deref(&self) -> &Self::Target {
+        self.scheme.as_ref()
+    }
+}
+
+impl std::fmt::Debug for Registered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AuthScheme({})", self.scheme.name())
+    }
 }
 
 impl SchemeRegistry {
@@ -24,15 +58,15 @@ impl SchemeRegistry {
         let mut registry = Self::empty();
         #[cfg(feature = "api-key")]
         for scheme in keyhaven_api_key::all() {
-            registry.schemes.insert(scheme.name().to_owned(), scheme);
+            registry.insert(scheme);
         }
         #[cfg(feature = "oauth2")]
         for scheme in keyhaven_oauth2::all() {
-            registry.schemes.insert(scheme.name().to_owned(), scheme);
+            registry.insert(scheme);
         }
         #[cfg(feature = "basic-jwt")]
         for scheme in keyhaven_basic_jwt::all() {
-            registry.schemes.insert(scheme.name().to_owned(), scheme);
+            registry.insert(scheme);
         }
         registry
     }
@@ -57,15 +91,22 @@ impl SchemeRegistry {
                 ),
             ));
         }
-        self.schemes.insert(name.to_owned(), scheme);
+        self.insert(scheme);
         Ok(())
+    }
+
+    /// Adds a scheme under its name, asking its spec once.
+    fn insert(&mut self, scheme: Arc<dyn AuthScheme>) {
+        let spec = Arc::new(scheme.spec());
+        self.schemes
+            .insert(scheme.name().to_owned(), Registered { scheme, spec });
     }
 
     /// The scheme called `name` (case-insensitive).
     ///
     /// # Errors
     /// [`Error::UnknownScheme`], listing the registered names.
-    pub fn get(&self, name: &str) -> Result<&Arc<dyn AuthScheme>, Error> {
+    pub fn get(&self, name: &str) -> Result<&Registered, Error> {
         self.schemes
             .get(&name.to_ascii_uppercase())
             .ok_or_else(|| Error::UnknownScheme {
@@ -85,7 +126,7 @@ impl SchemeRegistry {
 
     /// Every registered scheme's name and spec, sorted by name: what the catalogue
     /// validates its entries and builds integrations with.
-    pub fn specs(&self) -> Vec<(&str, &keyhaven_core::SchemeSpec)> {
+    pub fn specs(&self) -> Vec<(&str, &SchemeSpec)> {
         self.schemes
             .iter()
             .map(|(name, scheme)| (name.as_str(), scheme.spec()))
@@ -93,7 +134,7 @@ impl SchemeRegistry {
     }
 
     /// The registered schemes, sorted by name.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn AuthScheme>> {
+    pub fn iter(&self) -> impl Iterator<Item = &Registered> {
         self.schemes.values()
     }
 }

@@ -779,12 +779,9 @@ async fn a_scheme_can_replace_a_built_in_one() {
         fn name(&self) -> &str {
             "API_KEY"
         }
-        fn spec(&self) -> &SchemeSpec {
-            static SPEC: std::sync::OnceLock<SchemeSpec> = std::sync::OnceLock::new();
-            SPEC.get_or_init(|| {
-                SchemeSpec::new("shouting")
-                    .with_params(vec![keyhaven::FieldSpec::required("api_key", "k").secret()])
-            })
+        fn spec(&self) -> SchemeSpec {
+            SchemeSpec::new("shouting")
+                .with_params(vec![keyhaven::FieldSpec::required("api_key", "k").secret()])
         }
         async fn initiate(&self, cx: InitiateContext<'_>) -> Result<Initiated, SchemeError> {
             Ok(Initiated::Active {

@@ -2,7 +2,6 @@
 
 use std::borrow::Cow;
 
-use keyhaven_core::url::Url;
 use keyhaven_core::{FieldKind, FieldSpec, Integration, SchemeError};
 use oauth2::basic::{
     BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
@@ -12,6 +11,7 @@ use oauth2::{
     StandardRevocableToken, TokenUrl,
 };
 use serde_json::Value;
+use url::Url;
 
 use crate::token::ProviderTokenResponse;
 

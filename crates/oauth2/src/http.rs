@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use keyhaven_core::http::{HeaderValue, header};
+use http::{HeaderValue, header};
 use oauth2::{AsyncHttpClient, HttpRequest, HttpResponse};
 
 /// Why an HTTP exchange with a provider failed. Never holds a secret.
@@ -100,7 +100,7 @@ pub(crate) async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u
     Ok(body)
 }
 
-fn host_of(uri: &keyhaven_core::http::Uri) -> String {
+fn host_of(uri: &http::Uri) -> String {
     uri.host().unwrap_or("the provider").to_owned()
 }
 
@@ -129,7 +129,7 @@ fn normalise_body(content_type: Option<&str>, body: &[u8]) -> Option<Vec<u8>> {
 }
 
 fn url_pairs(body: &[u8]) -> impl Iterator<Item = (String, String)> + '_ {
-    keyhaven_core::url::form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned()))
+    url::form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned()))
 }
 
 impl<'c> AsyncHttpClient<'c> for ProviderHttp {

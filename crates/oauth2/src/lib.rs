@@ -17,7 +17,7 @@ mod http;
 mod token;
 
 use std::borrow::Cow;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use keyhaven_core::{
     AccountContext, AuthScheme, CompleteContext, Credentials, InitiateContext, Initiated,
@@ -127,8 +127,7 @@ async fn revoke_tokens(http: &ProviderHttp, cx: AccountContext<'_>) -> Result<()
             (config::TokenAuth::Basic, Some(secret)) => {
                 // RFC 6749 2.3.1: both are form-encoded before Basic encoding.
                 let enc = |v: &str| {
-                    keyhaven_core::url::form_urlencoded::byte_serialize(v.as_bytes())
-                        .collect::<String>()
+                    url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
                 };
                 request = request.basic_auth(enc(cfg.client_id), Some(enc(secret)));
             }
@@ -188,14 +187,11 @@ impl AuthScheme for OAuth2 {
         "OAUTH2"
     }
 
-    fn spec(&self) -> &SchemeSpec {
-        static SPEC: OnceLock<SchemeSpec> = OnceLock::new();
-        SPEC.get_or_init(|| {
-            SchemeSpec::new("OAuth 2.0")
-                .with_config(code_fields())
-                .with_user_in_browser()
-                .with_catalog_table(CATALOG_TABLE)
-        })
+    fn spec(&self) -> SchemeSpec {
+        SchemeSpec::new("OAuth 2.0")
+            .with_config(code_fields())
+            .with_user_in_browser()
+            .with_catalog_table(CATALOG_TABLE)
     }
 
     fn check_integration(&self, integration: &Integration) -> Result<(), SchemeError> {
@@ -354,7 +350,7 @@ impl ClientCredentials {
     async fn fetch(
         &self,
         integration: &Integration,
-        now: keyhaven_core::chrono::DateTime<keyhaven_core::chrono::Utc>,
+        now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Credentials, SchemeError> {
         let cfg = ProviderConfig::read(integration)?;
         let client = cfg.token_client();
@@ -379,13 +375,10 @@ impl AuthScheme for ClientCredentials {
         "OAUTH2_CLIENT_CREDENTIALS"
     }
 
-    fn spec(&self) -> &SchemeSpec {
-        static SPEC: OnceLock<SchemeSpec> = OnceLock::new();
-        SPEC.get_or_init(|| {
-            SchemeSpec::new("OAuth 2.0 client credentials")
-                .with_config(token_fields())
-                .with_catalog_table(CATALOG_TABLE)
-        })
+    fn spec(&self) -> SchemeSpec {
+        SchemeSpec::new("OAuth 2.0 client credentials")
+            .with_config(token_fields())
+            .with_catalog_table(CATALOG_TABLE)
     }
 
     fn check_integration(&self, integration: &Integration) -> Result<(), SchemeError> {

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use keyhaven_core::chrono::{DateTime, Utc};
+use chrono::{DateTime, Utc};
 use keyhaven_core::{Credentials, SecretFields};
 use oauth2::basic::BasicTokenType;
 use oauth2::{AccessToken, RefreshToken, Scope, TokenResponse};
@@ -201,7 +201,7 @@ pub(crate) fn credentials_from(
 /// large for a date, rather than an overflow.
 fn expiry(now: DateTime<Utc>, seconds: u64) -> Option<DateTime<Utc>> {
     let seconds = i64::try_from(seconds).ok()?;
-    now.checked_add_signed(keyhaven_core::chrono::Duration::try_seconds(seconds)?)
+    now.checked_add_signed(chrono::Duration::try_seconds(seconds)?)
 }
 
 #[cfg(test)]
@@ -223,10 +223,7 @@ mod tests {
                 None
             );
         }
-        assert_eq!(
-            expiry(now, 60),
-            Some(now + keyhaven_core::chrono::Duration::seconds(60))
-        );
+        assert_eq!(expiry(now, 60), Some(now + chrono::Duration::seconds(60)));
         assert_eq!(expiry(now, u64::MAX), None);
     }
 
@@ -287,7 +284,7 @@ mod tests {
         assert_eq!(OAuth2Tokens::new(&third).refresh_token(), Some("r2"));
         assert_eq!(
             third.expires_at(),
-            Some(now + keyhaven_core::chrono::Duration::seconds(30))
+            Some(now + chrono::Duration::seconds(30))
         );
     }
 }

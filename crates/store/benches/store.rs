@@ -31,12 +31,12 @@ use std::sync::Arc;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine as _;
+use chrono::{Duration, Utc};
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures::FutureExt;
 use keyhaven_core::{
     AccountFilter, AppSlug, ConnectedAccount, ConnectedAccountId, ConnectionStatus, Credentials,
     EntityId, Integration, IntegrationId, Label, SecretFields, Store,
-    chrono::{Duration, Utc},
 };
 use keyhaven_store::{KeyRing, MasterKey, PostgresStore, SqliteStore, ring_from_base64};
 use rand::Rng;
@@ -86,38 +86,31 @@ fn kib_credentials(n: usize) -> Credentials {
 /// The real accounts, written through the store; their ids are returned.
 async fn seed(store: &dyn Store) -> Vec<ConnectedAccountId> {
     let now = Utc::now();
-    let int = Integration {
-        id: IntegrationId::generate().unwrap(),
-        app: AppSlug::new("bench").unwrap(),
-        name: "bench".into(),
-        auth_scheme: "OAUTH2".into(),
-        scopes: vec![],
-        config: Default::default(),
-        secrets: SecretFields::new(),
-        created_at: now,
-        updated_at: now,
-    };
+    let int = Integration::new(
+        IntegrationId::generate().unwrap(),
+        AppSlug::new("bench").unwrap(),
+        "bench",
+        "OAUTH2",
+        now,
+    );
     store.insert_integration(&int).await.unwrap();
     let mut ids = Vec::with_capacity(REAL);
     for n in 0..REAL {
-        let acc = ConnectedAccount {
-            id: ConnectedAccountId::generate().unwrap(),
-            entity_id: EntityId::new(format!("bench-e{}", n % ENTITIES)).unwrap(),
-            integration_id: int.id.clone(),
-            app: int.app.clone(),
-            auth_scheme: "OAUTH2".into(),
-            status: ConnectionStatus::Active,
-            status_reason: None,
-            labels: vec![
+        let acc = {
+            let mut account = ConnectedAccount::new(
+                ConnectedAccountId::generate().unwrap(),
+                EntityId::new(format!("bench-e{}", n % ENTITIES)).unwrap(),
+                int.id.clone(),
+                int.app.clone(),
+                "OAUTH2",
+                ConnectionStatus::Active,
+                now,
+            );
+            account.labels = vec![
                 Label::new(format!("l{}", (n / ENTITIES) % 5)).unwrap(),
                 Label::new("common").unwrap(),
-            ],
-            params: Default::default(),
-            redirect_url: None,
-            expires_at: None,
-            version: 1,
-            created_at: now,
-            updated_at: now,
+            ];
+            account
         };
         store
             .insert_account(&acc, Some(&kib_credentials(n)))

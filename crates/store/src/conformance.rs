@@ -11,8 +11,10 @@ use std::sync::Arc;
 use keyhaven_core::{
     AccountFilter, AppSlug, ConnectedAccount, ConnectedAccountId, ConnectionStatus, Credentials,
     CredentialsUpdate, EntityId, Integration, IntegrationId, Label, PendingState, SecretFields,
-    Store, StoreError, chrono::Utc, serde_json,
+    Store, StoreError,
 };
+
+use chrono::Utc;
 
 /// Runs every check against `store`.
 pub async fn run(store: Arc<dyn Store>) {
@@ -88,16 +90,18 @@ pub fn integration(app: &AppSlug, scheme: &str) -> Integration {
     secrets.insert("client_secret", "conformance-client-secret");
     let mut config = serde_json::Map::new();
     config.insert("client_id".into(), "cid".into());
-    Integration {
-        id: IntegrationId::generate().unwrap(),
-        app: app.clone(),
-        name: format!("{app} {scheme}"),
-        auth_scheme: scheme.into(),
-        scopes: vec!["read".into(), "write".into()],
-        config,
-        secrets,
-        created_at: now,
-        updated_at: now,
+    {
+        let mut integration = Integration::new(
+            IntegrationId::generate().unwrap(),
+            app.clone(),
+            format!("{app} {scheme}"),
+            scheme,
+            now,
+        );
+        integration.scopes = vec!["read".into(), "write".into()];
+        integration.config = config;
+        integration.secrets = secrets;
+        integration
     }
 }
 
@@ -106,21 +110,21 @@ pub fn account(int: &Integration, entity: &str, labels: &[&str]) -> ConnectedAcc
     let now = Utc::now();
     let mut params = serde_json::Map::new();
     params.insert("subdomain".into(), "acme".into());
-    ConnectedAccount {
-        id: ConnectedAccountId::generate().unwrap(),
-        entity_id: EntityId::new(entity).unwrap(),
-        integration_id: int.id.clone(),
-        app: int.app.clone(),
-        auth_scheme: int.auth_scheme.clone(),
-        status: ConnectionStatus::Active,
-        status_reason: None,
-        labels: labels.iter().map(|l| Label::new(*l).unwrap()).collect(),
-        params,
-        redirect_url: Some("https://app.example.com/done".into()),
-        expires_at: Some(now + keyhaven_core::chrono::Duration::hours(1)),
-        version: 1,
-        created_at: now,
-        updated_at: now,
+    {
+        let mut account = ConnectedAccount::new(
+            ConnectedAccountId::generate().unwrap(),
+            EntityId::new(entity).unwrap(),
+            int.id.clone(),
+            int.app.clone(),
+            int.auth_scheme.clone(),
+            ConnectionStatus::Active,
+            now,
+        );
+        account.labels = labels.iter().map(|l| Label::new(*l).unwrap()).collect();
+        account.params = params;
+        account.redirect_url = Some("https://app.example.com/done".into());
+        account.expires_at = Some(now + chrono::Duration::hours(1));
+        account
     }
 }
 
@@ -132,10 +136,7 @@ pub fn credentials(value: &str) -> Credentials {
         "nested",
         serde_json::json!({"refresh": format!("{value}-refresh")}),
     );
-    Credentials::new(
-        f,
-        Some(Utc::now() + keyhaven_core::chrono::Duration::minutes(30)),
-    )
+    Credentials::new(f, Some(Utc::now() + chrono::Duration::minutes(30)))
 }
 
 async fn integrations_round_trip(store: &dyn Store) {
@@ -246,8 +247,8 @@ async fn accounts_round_trip(store: &dyn Store) {
 /// Timestamps to the millisecond: stores may keep less precision than chrono.
 fn normalised(a: &ConnectedAccount) -> ConnectedAccount {
     let mut a = a.clone();
-    let ms = |t: keyhaven_core::chrono::DateTime<Utc>| {
-        keyhaven_core::chrono::DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap()
+    let ms = |t: chrono::DateTime<Utc>| {
+        chrono::DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap()
     };
     a.created_at = ms(a.created_at);
     a.updated_at = ms(a.updated_at);
@@ -474,12 +475,12 @@ async fn pending_states_are_single_use(store: Arc<dyn Store>) {
     store.insert_account(&acc, None).await.unwrap();
     let mut data = SecretFields::new();
     data.insert("code_verifier", "conformance-verifier");
-    let fresh = PendingState {
-        state: format!("state-{}", acc.id),
-        account_id: acc.id.clone(),
+    let fresh = PendingState::new(
+        format!("state-{}", acc.id),
+        acc.id.clone(),
         data,
-        expires_at: Utc::now() + keyhaven_core::chrono::Duration::minutes(10),
-    };
+        Utc::now() + chrono::Duration::minutes(10),
+    );
     store.put_pending_state(&fresh).await.unwrap();
     assert!(
         store.put_pending_state(&fresh).await.is_err(),
@@ -552,14 +553,16 @@ async fn pending_states_are_single_use(store: Arc<dyn Store>) {
     );
 
     // Purge removes the expired ones only.
-    let old = PendingState {
-        state: format!("old-{}", acc.id),
-        expires_at: Utc::now() - keyhaven_core::chrono::Duration::minutes(1),
-        ..fresh.clone()
+    let old = {
+        let mut pending = fresh.clone();
+        pending.state = format!("old-{}", acc.id);
+        pending.expires_at = Utc::now() - chrono::Duration::minutes(1);
+        pending
     };
-    let live = PendingState {
-        state: format!("live-{}", acc.id),
-        ..fresh.clone()
+    let live = {
+        let mut pending = fresh.clone();
+        pending.state = format!("live-{}", acc.id);
+        pending
     };
     store.put_pending_state(&old).await.unwrap();
     store.put_pending_state(&live).await.unwrap();

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use keyhaven_core::chrono::Utc;
+use chrono::Utc;
 use keyhaven_core::{AccountLock, ConnectedAccountId, StoreError};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 

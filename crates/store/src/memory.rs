@@ -4,10 +4,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use keyhaven_core::{
     AccountFilter, AccountLock, AppSlug, ConnectedAccount, ConnectedAccountId, Credentials,
     CredentialsUpdate, Integration, IntegrationId, Page, PendingState, Store, StoreError,
-    chrono::{DateTime, Utc},
 };
 use parking_lot::RwLock;
 
@@ -261,6 +261,6 @@ impl Store for MemoryStore {
         } else {
             None
         };
-        Ok(Page { items, next_cursor })
+        Ok(Page::new(items, next_cursor))
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use keyhaven_core::chrono::{DateTime, Utc};
+use chrono::{DateTime, Utc};
 use keyhaven_core::{
     AccountEvent, AccountFilter, AccountLock, AppSlug, ChangeSink, ConnectedAccount,
     ConnectedAccountId, Credentials, CredentialsUpdate, Integration, IntegrationId, Page,
@@ -454,8 +454,12 @@ impl AccountLock for AdvisoryLock {
     }
 }
 
-/// How long a query waits for a pooled connection before `Unavailable`.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a query waits for a pooled connection before `Unavailable`. A burst of
+/// load queues for connections rather than failing (1,000 refreshes at once through
+/// one debug-built server on a busy 2-core machine saw a wait above 10 s); a query
+/// whose connection breaks fails at once, and while PostgreSQL is down new
+/// connections are retried until this runs out.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long [`Store::lock_account`] waits, for a slot and then for the lock itself
 /// (held by another instance), before it gives up with `Unavailable`.

@@ -1,7 +1,7 @@
 //! What SQL stores share: rows as plain values, their encoding (JSON columns,
 //! microsecond times, encrypted secrets), and the account listing query.
 
-use keyhaven_core::chrono::{DateTime, Utc};
+use chrono::{DateTime, Utc};
 use keyhaven_core::{
     AccountFilter, AppSlug, ConnectedAccount, ConnectedAccountId, ConnectionStatus, Credentials,
     EntityId, Integration, IntegrationId, Label, SecretFields, StoreError,
@@ -87,22 +87,27 @@ impl IntegrationRow {
             }
             None => SecretFields::new(),
         };
-        Ok(Integration {
-            id: IntegrationId::parse(&self.id).map_err(|e| corrupt("integration id", e))?,
-            app: AppSlug::new(self.app).map_err(|e| corrupt("app", e))?,
-            name: self.name,
-            auth_scheme: self.auth_scheme,
-            scopes: serde_json::from_str(&self.scopes).map_err(|e| corrupt("scopes", e))?,
-            config: serde_json::from_str(&self.config).map_err(|e| corrupt("config", e))?,
-            secrets,
-            created_at: from_micros(self.created_at)?,
-            updated_at: from_micros(self.updated_at)?,
+        Ok({
+            let mut integration = Integration::new(
+                IntegrationId::parse(&self.id).map_err(|e| corrupt("integration id", e))?,
+                AppSlug::new(self.app).map_err(|e| corrupt("app", e))?,
+                self.name,
+                self.auth_scheme,
+                from_micros(self.created_at)?,
+            );
+            integration.scopes =
+                serde_json::from_str(&self.scopes).map_err(|e| corrupt("scopes", e))?;
+            integration.config =
+                serde_json::from_str(&self.config).map_err(|e| corrupt("config", e))?;
+            integration.secrets = secrets;
+            integration.updated_at = from_micros(self.updated_at)?;
+            integration
         })
     }
 }
 
-fn secrecy_bytes(s: &keyhaven_core::secrecy::SecretString) -> &[u8] {
-    use keyhaven_core::secrecy::ExposeSecret;
+fn secrecy_bytes(s: &secrecy::SecretString) -> &[u8] {
+    use secrecy::ExposeSecret;
     s.expose_secret().as_bytes()
 }
 
@@ -200,29 +205,32 @@ impl AccountRow {
     pub(crate) fn decode(self) -> Result<ConnectedAccount, StoreError> {
         let labels: Vec<String> =
             serde_json::from_str(&self.labels).map_err(|e| corrupt("labels", e))?;
-        Ok(ConnectedAccount {
-            id: ConnectedAccountId::parse(&self.id).map_err(|e| corrupt("account id", e))?,
-            entity_id: EntityId::new(self.entity_id).map_err(|e| corrupt("entity id", e))?,
-            integration_id: IntegrationId::parse(&self.integration_id)
-                .map_err(|e| corrupt("integration id", e))?,
-            app: AppSlug::new(self.app).map_err(|e| corrupt("app", e))?,
-            auth_scheme: self.auth_scheme,
-            status: self
-                .status
-                .parse::<ConnectionStatus>()
-                .map_err(|e| corrupt("status", e))?,
-            status_reason: self.status_reason,
-            labels: labels
+        Ok({
+            let mut account = ConnectedAccount::new(
+                ConnectedAccountId::parse(&self.id).map_err(|e| corrupt("account id", e))?,
+                EntityId::new(self.entity_id).map_err(|e| corrupt("entity id", e))?,
+                IntegrationId::parse(&self.integration_id)
+                    .map_err(|e| corrupt("integration id", e))?,
+                AppSlug::new(self.app).map_err(|e| corrupt("app", e))?,
+                self.auth_scheme,
+                self.status
+                    .parse::<ConnectionStatus>()
+                    .map_err(|e| corrupt("status", e))?,
+                from_micros(self.created_at)?,
+            );
+            account.status_reason = self.status_reason;
+            account.labels = labels
                 .into_iter()
                 .map(Label::new)
                 .collect::<Result<_, _>>()
-                .map_err(|e| corrupt("label", e))?,
-            params: serde_json::from_str(&self.params).map_err(|e| corrupt("params", e))?,
-            redirect_url: self.redirect_url,
-            expires_at: self.expires_at.map(from_micros).transpose()?,
-            version: u64::try_from(self.version).map_err(|e| corrupt("version", e))?,
-            created_at: from_micros(self.created_at)?,
-            updated_at: from_micros(self.updated_at)?,
+                .map_err(|e| corrupt("label", e))?;
+            account.params =
+                serde_json::from_str(&self.params).map_err(|e| corrupt("params", e))?;
+            account.redirect_url = self.redirect_url;
+            account.expires_at = self.expires_at.map(from_micros).transpose()?;
+            account.version = u64::try_from(self.version).map_err(|e| corrupt("version", e))?;
+            account.updated_at = from_micros(self.updated_at)?;
+            account
         })
     }
 }
@@ -330,7 +338,7 @@ pub(crate) fn page(
     } else {
         None
     };
-    keyhaven_core::Page { items, next_cursor }
+    keyhaven_core::Page::new(items, next_cursor)
 }
 
 /// Encrypted credentials as an update writes them: `None` keeps the stored ones,
@@ -399,13 +407,12 @@ pub(crate) fn pending_state(
     blob: &[u8],
     expires: i64,
 ) -> Result<keyhaven_core::PendingState, StoreError> {
-    Ok(keyhaven_core::PendingState {
-        state: state.to_owned(),
-        account_id: ConnectedAccountId::parse(account)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        data: decode_pending(keys, hash, blob)?,
-        expires_at: from_micros(expires)?,
-    })
+    Ok(keyhaven_core::PendingState::new(
+        state.to_owned(),
+        ConnectedAccountId::parse(account).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        decode_pending(keys, hash, blob)?,
+        from_micros(expires)?,
+    ))
 }
 
 /// An account row and its credentials blob, decrypted.

@@ -9,10 +9,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use keyhaven_core::{
-    ConnectionStatus, Credentials, CredentialsUpdate, PendingState, SecretFields, Store,
-    StoreError,
-    chrono::{Duration, Utc},
+    ConnectionStatus, Credentials, CredentialsUpdate, PendingState, SecretFields, Store, StoreError,
 };
+
+use chrono::{Duration, Utc};
 use keyhaven_store::conformance::{account, fresh_postgres_database, integration, unique_app};
 use keyhaven_store::{KeyRing, MasterKey, PostgresStore, SqliteStore};
 
@@ -45,12 +45,12 @@ async fn write_secrets(store: &dyn Store) -> keyhaven_core::ConnectedAccountId {
     let mut data = SecretFields::new();
     data.insert("code_verifier", SECRETS[3]);
     store
-        .put_pending_state(&PendingState {
-            state: "state-that-is-secret-too".into(),
-            account_id: acc.id.clone(),
+        .put_pending_state(&PendingState::new(
+            "state-that-is-secret-too",
+            acc.id.clone(),
             data,
-            expires_at: Utc::now() + Duration::minutes(10),
-        })
+            Utc::now() + Duration::minutes(10),
+        ))
         .await
         .unwrap();
     acc.id

@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use keyhaven_core::chrono::{Duration, Utc};
+use chrono::{Duration, Utc};
 use keyhaven_core::{ConnectedAccountId, PendingState, SecretFields, Store, StoreError};
 use keyhaven_store::conformance::{
     account, credentials, fresh_postgres_database, integration, unique_app,
@@ -30,12 +30,12 @@ async fn write_secrets(store: &dyn Store) -> ConnectedAccountId {
     let mut data = SecretFields::new();
     data.insert("code_verifier", "v");
     store
-        .put_pending_state(&PendingState {
-            state: format!("state-{}", acc.id),
-            account_id: acc.id.clone(),
+        .put_pending_state(&PendingState::new(
+            format!("state-{}", acc.id),
+            acc.id.clone(),
             data,
-            expires_at: Utc::now() + Duration::minutes(10),
-        })
+            Utc::now() + Duration::minutes(10),
+        ))
         .await
         .unwrap();
     acc.id
@@ -208,12 +208,12 @@ async fn an_empty_database_takes_a_new_key_and_expired_pending_states_do_not_cou
     let mut data = SecretFields::new();
     data.insert("x", "y");
     store
-        .put_pending_state(&PendingState {
-            state: "expired".into(),
-            account_id: acc.id.clone(),
+        .put_pending_state(&PendingState::new(
+            "expired",
+            acc.id.clone(),
             data,
-            expires_at: Utc::now() - Duration::minutes(1),
-        })
+            Utc::now() - Duration::minutes(1),
+        ))
         .await
         .unwrap();
     drop(store);

@@ -16,13 +16,12 @@
 //!
 //! [`verify`] is what the receiving service runs; it compares in constant time.
 
-use std::sync::OnceLock;
-
 use hmac::{Hmac, Mac};
+use http::HeaderMap;
+use http::Method;
 use keyhaven_core::{
     AccountContext, AuthScheme, Credentials, FieldSpec, InitiateContext, Initiated,
-    OutgoingRequest, SchemeError, SchemeSpec, SecretFields, async_trait, http::HeaderMap,
-    http::Method,
+    OutgoingRequest, SchemeError, SchemeSpec, SecretFields, async_trait,
 };
 use sha2::{Digest, Sha256};
 
@@ -41,7 +40,7 @@ fn string_to_sign(method: &Method, path_and_query: &str, timestamp: i64, body: &
     format!("{method}\n{path_and_query}\n{timestamp}\n{body_hash}")
 }
 
-fn path_and_query(url: &keyhaven_core::url::Url) -> String {
+fn path_and_query(url: &url::Url) -> String {
     match url.query() {
         Some(q) => format!("{}?{q}", url.path()),
         None => url.path().to_owned(),
@@ -54,10 +53,8 @@ impl AuthScheme for HmacScheme {
         "HMAC_SHA256"
     }
 
-    fn spec(&self) -> &SchemeSpec {
-        static SPEC: OnceLock<SchemeSpec> = OnceLock::new();
-        SPEC.get_or_init(|| {
-            SchemeSpec::new("HMAC-SHA256 request signing").with_params(vec![
+    fn spec(&self) -> SchemeSpec {
+        SchemeSpec::new("HMAC-SHA256 request signing").with_params(vec![
                 FieldSpec::required("key_id", "The id of the signing key."),
                 FieldSpec::required("secret", "The shared signing secret.").secret(),
             ])
@@ -69,7 +66,6 @@ impl AuthScheme for HmacScheme {
                 .default_value(DEFAULT_PREFIX),
             ])
             .with_catalog_table("hmac")
-        })
     }
 
     async fn initiate(&self, cx: InitiateContext<'_>) -> Result<Initiated, SchemeError> {

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use keyhaven_core::chrono::{DateTime, Utc};
+use chrono::{DateTime, Utc};
 use keyhaven_core::{
     AccountFilter, AccountLock, AppSlug, ChangeSink, ConnectedAccount, ConnectedAccountId,
     Credentials, CredentialsUpdate, Integration, IntegrationId, Page, PendingState, Store,

@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use chrono::Utc;
 use keyhaven_core::StoreError;
-use keyhaven_core::chrono::Utc;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 
 use super::map_err;
