@@ -118,6 +118,27 @@ impl Catalog {
         hits
     }
 
+    /// Up to `n` slugs nearest to `name` (a mistyped slug: `opnai` gives `openai`),
+    /// best first: those within a third of the name's length in edits, or that
+    /// contain it or are contained in it (three letters or more).
+    pub fn closest(&self, name: &str, n: usize) -> Vec<String> {
+        let name = name.trim().to_lowercase();
+        let budget = (name.chars().count() / 3).max(1);
+        let mut scored: Vec<(usize, &String)> = self
+            .apps
+            .keys()
+            .filter_map(|slug| {
+                let distance = strsim::damerau_levenshtein(&name, slug);
+                // One inside the other counts when the inner one is a real word.
+                let related = (name.len() >= 3 && slug.contains(name.as_str()))
+                    || (slug.len() >= 3 && name.contains(slug.as_str()));
+                (distance <= budget || related).then_some((distance, slug))
+            })
+            .collect();
+        scored.sort();
+        scored.into_iter().take(n).map(|(_, s)| s.clone()).collect()
+    }
+
     /// Every problem of every entry.
     pub fn validate(&self, specs: &Specs<'_>) -> Vec<String> {
         self.apps

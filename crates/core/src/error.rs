@@ -31,6 +31,15 @@ pub enum Error {
         /// What to do instead.
         hint: &'static str,
     },
+    /// An app that is neither in the catalogue nor already has an integration, named
+    /// with no auth config to make one from (most often a typo).
+    #[error("{}", unknown_app(app, closest))]
+    UnknownApp {
+        /// The app asked for.
+        app: String,
+        /// The catalogue's closest slugs, best first.
+        closest: Vec<String>,
+    },
     /// No scheme of that name is registered.
     #[error(
         "auth scheme {name:?} is not registered (registered: {available}); pick one of those, enable the cargo feature that provides it, or register your own scheme on the builder"
@@ -81,7 +90,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::InvalidInput { .. } | Self::UnknownScheme { .. } => ErrorKind::InvalidInput,
-            Self::NotFound { .. } => ErrorKind::NotFound,
+            Self::NotFound { .. } | Self::UnknownApp { .. } => ErrorKind::NotFound,
             Self::NotActive { .. } | Self::Conflict(_) => ErrorKind::Conflict,
             Self::Scheme(e) => e.kind(),
             Self::Store(e) => e.kind(),
@@ -89,6 +98,17 @@ impl Error {
             Self::Internal(_) => ErrorKind::Internal,
         }
     }
+}
+
+fn unknown_app(app: &str, closest: &[String]) -> String {
+    let guess = match closest {
+        [] => String::new(),
+        [one] => format!("did you mean {one}? "),
+        many => format!("did you mean one of {}? ", many.join(", ")),
+    };
+    format!(
+        "app {app:?} is not in the catalogue and has no integration; {guess}Use a catalogue slug (GET /api/v1/apps), or give an auth_config (base_url, the scheme's settings) to make an integration for your own app"
+    )
 }
 
 impl From<SchemeError> for Error {

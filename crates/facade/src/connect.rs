@@ -11,7 +11,7 @@ use url::Url;
 use crate::Keyhaven;
 use crate::integrations::{
     build_integration, check_connection_params, connection_param_specs, effective_integration,
-    not_found, redirect_allowlist, validate_config,
+    not_found, redirect_allowlist, split_scopes, validate_config,
 };
 
 /// One end user of the app, as returned by [`Keyhaven::entity`].
@@ -270,11 +270,20 @@ impl Keyhaven {
             Some(integration) => {
                 if !request.auth_config.is_empty() {
                     // Every field the request gives must be what the integration has.
-                    let config = validate_config(scheme, &request.auth_config)?;
-                    let differs = request.auth_config.keys().any(|k| {
-                        config.public.get(k) != integration.config.get(k)
-                            || config.secret.expose().get(k) != integration.secrets.expose().get(k)
+                    let (given, scopes) = split_scopes(&request.auth_config)?;
+                    let config = validate_config(scheme, &given)?;
+                    let scopes_differ = scopes.is_some_and(|mut s| {
+                        let mut had = integration.scopes.clone();
+                        s.sort();
+                        had.sort();
+                        s != had
                     });
+                    let differs = scopes_differ
+                        || given.keys().any(|k| {
+                            config.public.get(k) != integration.config.get(k)
+                                || config.secret.expose().get(k)
+                                    != integration.secrets.expose().get(k)
+                        });
                     if differs {
                         return Err(Error::invalid(
                             "auth_config",
@@ -299,6 +308,12 @@ impl Keyhaven {
                     )?;
                     Ok((integration, true))
                 }
+                // A name nobody defined (most often a typo of a catalogue slug) is
+                // refused rather than made into an integration.
+                None if request.auth_config.is_empty() => Err(Error::UnknownApp {
+                    closest: self.inner.catalog.closest(app.as_str(), 3),
+                    app: app.to_string(),
+                }),
                 None => Ok((
                     build_integration(self, app, scheme, None, &[], &request.auth_config)?,
                     true,
@@ -381,7 +396,12 @@ impl Keyhaven {
             app,
             scheme,
             name,
-            scopes.unwrap_or(&default_scopes),
+            // Scopes the request gives replace the catalogue's.
+            match (scopes, requested.expose().contains_key("scopes")) {
+                (Some(s), _) => s,
+                (None, true) => &[],
+                (None, false) => &default_scopes,
+            },
             &config,
         )
     }
@@ -407,14 +427,19 @@ impl Keyhaven {
         }
     }
 
-    /// Refuses a redirect URL that neither the global nor the integration's allowlist covers.
+    /// Refuses a redirect URL that neither the global nor the integration's allowlist
+    /// covers. With no allowlist at all, the URL is taken: only the app itself (the
+    /// library's caller, the admin key at the server) gives one, and the redirect
+    /// carries no secret; an allowlist, once configured, is enforced.
     fn check_redirect_url(&self, url: &Url, integration: &Integration) -> Result<(), Error> {
-        let allowed = self
-            .inner
-            .settings
-            .redirect_allowlist
+        let own = redirect_allowlist(integration);
+        let global = &self.inner.settings.redirect_allowlist;
+        if global.is_empty() && own.is_empty() {
+            return Ok(());
+        }
+        let allowed = global
             .iter()
-            .chain(redirect_allowlist(integration).iter())
+            .chain(own.iter())
             .any(|prefix| url_under(url, prefix));
         if allowed {
             Ok(())

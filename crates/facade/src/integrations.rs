@@ -140,7 +140,41 @@ fn validate_scopes(scopes: &[String]) -> Result<Vec<String>, Error> {
     Ok(out)
 }
 
-/// Builds an integration (not stored) after checking every field.
+/// Takes `scopes` out of an auth config, as Composio's integrations carry them: a
+/// list of scopes, or one string of scopes separated by commas or spaces. Answers the
+/// rest of the config and the scopes, if it had them.
+pub(crate) fn split_scopes(
+    auth_config: &SecretFields,
+) -> Result<(SecretFields, Option<Vec<String>>), Error> {
+    let Some(value) = auth_config.expose().get("scopes") else {
+        return Ok((auth_config.clone(), None));
+    };
+    let scopes: Vec<String> = match value {
+        Value::Array(items) => items
+            .iter()
+            .map(|i| i.as_str().map(str::to_owned))
+            .collect::<Option<_>>()
+            .ok_or_else(|| Error::invalid("auth_config.scopes", "must be a list of strings"))?,
+        Value::String(text) => text
+            .split([',', ' '])
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        _ => {
+            return Err(Error::invalid(
+                "auth_config.scopes",
+                "give a list of scopes, or one string of scopes separated by commas or spaces",
+            ));
+        }
+    };
+    let mut rest = auth_config.clone();
+    rest.remove("scopes");
+    Ok((rest, Some(scopes)))
+}
+
+/// Builds an integration (not stored) after checking every field. Scopes given in
+/// `auth_config.scopes` are added to `scopes`.
 pub(crate) fn build_integration(
     kh: &Keyhaven,
     app: AppSlug,
@@ -149,8 +183,15 @@ pub(crate) fn build_integration(
     scopes: &[String],
     auth_config: &SecretFields,
 ) -> Result<Integration, Error> {
-    let config = validate_config(scheme, auth_config)?;
-    let scopes = validate_scopes(scopes)?;
+    let (auth_config, given) = split_scopes(auth_config)?;
+    let mut wanted = scopes.to_vec();
+    for scope in given.into_iter().flatten() {
+        if !wanted.contains(&scope) {
+            wanted.push(scope);
+        }
+    }
+    let config = validate_config(scheme, &auth_config)?;
+    let scopes = validate_scopes(&wanted)?;
     let name = match name {
         Some(n) if n.trim().is_empty() || n.chars().count() > 200 => {
             return Err(Error::invalid("name", "must be 1 to 200 characters"));

@@ -357,7 +357,9 @@ impl KeyhavenBuilder {
 
     /// Allows `redirect_url`s under `prefix` (same scheme, host and port; path under
     /// the prefix's path) for every integration. Integrations may allow more with their
-    /// `redirect_allowlist`. A `redirect_url` that no allowlist covers is refused.
+    /// `redirect_allowlist`. Once any allowlist is configured (here or on the
+    /// integration), a `redirect_url` that none covers is refused; with none at all,
+    /// the caller (the app itself) is trusted with any http(s) URL.
     #[must_use]
     pub fn allow_redirect_url(mut self, prefix: &str) -> Self {
         match parse_http_url("redirect allowlist entry", prefix) {

@@ -717,6 +717,7 @@ async fn no_secret_in_debug_display_or_json() {
         .initiate_connection(
             ConnectionRequest::for_app("acme-jira")
                 .scheme("BASIC")
+                .config("base_url", "https://acme.atlassian.net")
                 .param("username", "admin@x.io")
                 .param("password", SECRET),
         )
@@ -857,4 +858,138 @@ async fn an_integration_may_allow_more_redirects_than_the_global_list() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("redirect_allowlist"), "{err}");
+}
+
+/// A name nobody defined (a typo of a catalogue slug) is refused with the closest
+/// catalogue names, and nothing is made; an app of one's own with its settings is.
+#[tokio::test]
+async fn an_unknown_app_is_refused_with_the_closest_names() {
+    let kh = kh();
+    let err = kh
+        .initiate_connection(
+            ConnectionRequest::for_app("opnai")
+                .scheme("API_KEY")
+                .param("api_key", SECRET),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    let text = err.to_string();
+    assert!(text.contains("did you mean openai?"), "{text}");
+    assert!(!text.contains(SECRET), "{text}");
+    let (ints, accs) = snapshot(&kh).await;
+    assert!(ints.is_empty() && accs.is_empty(), "nothing stored");
+    let err = kh
+        .initiate_connection(ConnectionRequest::for_app("zzqx-nothing-like-it").scheme("API_KEY"))
+        .await
+        .unwrap_err();
+    assert!(!err.to_string().contains("did you mean"), "{err}");
+
+    let out = kh
+        .initiate_connection(
+            ConnectionRequest::for_app("my-own-api")
+                .scheme("API_KEY")
+                .config("base_url", "https://api.mine.example/v1")
+                .param("api_key", SECRET),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.connection_status, ConnectionStatus::Active);
+}
+
+/// Scopes in an auth config, as Composio's integrations carry them: a list, or one
+/// string separated by commas or spaces; they replace the catalogue's defaults.
+#[tokio::test]
+async fn scopes_come_in_the_auth_config_as_a_list_or_a_string() {
+    let kh = kh();
+    for (given, expected) in [
+        (
+            serde_json::json!("repo, read:user"),
+            vec!["repo", "read:user"],
+        ),
+        (
+            serde_json::json!("repo read:user"),
+            vec!["repo", "read:user"],
+        ),
+        (serde_json::json!(["gist", "repo"]), vec!["gist", "repo"]),
+    ] {
+        let integration = kh
+            .integrations()
+            .create(
+                NewIntegration::new("github", "OAUTH2")
+                    .name(format!("github {given}"))
+                    .config("client_id", "gh-id")
+                    .config("client_secret", "gh-secret")
+                    .config("scopes", given.clone()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(integration.scopes, expected, "{given}");
+        assert!(integration.config.get("scopes").is_none());
+    }
+    let err = kh
+        .integrations()
+        .create(
+            NewIntegration::new("github", "OAUTH2")
+                .config("client_id", "gh-id")
+                .config("scopes", serde_json::json!({"repo": true})),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("auth_config.scopes"), "{err}");
+
+    // At initiate, when the integration is made then.
+    let kh = Keyhaven::builder()
+        .store(MemoryStore::new())
+        .build()
+        .unwrap();
+    let out = kh
+        .initiate_connection(
+            ConnectionRequest::for_app("github")
+                .config("client_id", "gh-id")
+                .config("client_secret", "gh-secret")
+                .config("scopes", "repo,workflow"),
+        )
+        .await
+        .unwrap();
+    let url = Url::parse(out.redirect_url.as_deref().unwrap()).unwrap();
+    let scope = url
+        .query_pairs()
+        .find(|(k, _)| k == "scope")
+        .map(|(_, v)| v.into_owned());
+    assert_eq!(scope.as_deref(), Some("repo workflow"));
+}
+
+/// With no allowlist anywhere the app's redirect URL is taken (it carries no secret
+/// and only the app gives one); once an allowlist exists it is enforced.
+#[tokio::test]
+async fn redirect_urls_are_checked_once_an_allowlist_exists() {
+    let open = Keyhaven::builder()
+        .store(MemoryStore::new())
+        .build()
+        .unwrap();
+    let out = open
+        .initiate_connection(
+            ConnectionRequest::for_app("github")
+                .config("client_id", "gh-id")
+                .config("client_secret", "gh-secret")
+                .redirect_url("https://anywhere.example/done"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.connection_status, ConnectionStatus::Initiated);
+    let err = open
+        .initiate_connection(openai(SECRET).redirect_url("javascript:alert(1)"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+
+    let err = kh()
+        .initiate_connection(openai(SECRET).redirect_url("https://anywhere.example/done"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("not on the redirect allowlist"),
+        "{err}"
+    );
 }

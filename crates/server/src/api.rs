@@ -254,7 +254,7 @@ pub(crate) async fn account_view(kh: &Keyhaven, a: &ConnectedAccount) -> v1::Acc
     responses((status = 200, description = "The new account's status and where to send the user", body = crate::views::v1::Initiated),
         (status = 400, description = "An invalid field, named; nothing was stored", body = crate::views::v1::ErrorBody),
         (status = 401, description = "No or a wrong admin key", body = crate::views::v1::ErrorBody),
-        (status = 404, description = "No such integration", body = crate::views::v1::ErrorBody),
+        (status = 404, description = "No such integration, or an app that is neither in the catalogue nor has an integration, named without an auth_config to make one (the message names the closest catalogue apps)", body = crate::views::v1::ErrorBody),
         (status = 409, description = "The app's integration differs from the given auth_config", body = crate::views::v1::ErrorBody),
         (status = 503, description = "The provider could not be reached", body = crate::views::v1::ErrorBody)),
     security(("admin_key" = [])))]

@@ -7,9 +7,11 @@ use keyhaven_example_hmac::HmacScheme;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The app comes from a user catalogue entry: catalog/acme-payments.toml.
     let kh = Keyhaven::builder()
         .store(MemoryStore::new())
         .register(HmacScheme)
+        .catalog_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/catalog"))
         .build()?;
     println!(
         "registered schemes: {}",
@@ -25,14 +27,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     let mut request = OutgoingRequest::new(
         Method::POST,
-        Url::parse("https://pay.example.com/v1/charges")?,
+        Url::parse("https://api.acme-payments.example/v1/charges")?,
     );
     request.body = br#"{"amount":100}"#.to_vec();
     let signed = kh
         .authorize(out.connected_account_id.as_str(), request)
         .await?;
     println!("signed request (header values redacted in Debug): {signed:?}");
-    for name in ["x-key-id", "x-timestamp"] {
+    // The entry's [hmac] table sets the header prefix: x-acme-.
+    for name in ["x-acme-key-id", "x-acme-timestamp"] {
         println!("{name}: {}", signed.headers[name].to_str()?);
     }
     Ok(())

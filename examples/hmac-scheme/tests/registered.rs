@@ -21,6 +21,7 @@ async fn signs_requests_that_the_service_accepts() {
         .initiate_connection(
             ConnectionRequest::for_app("acme-payments")
                 .scheme("HMAC_SHA256")
+                .config("base_url", "https://pay.example.com/v1")
                 .param("key_id", "key-1")
                 .param("secret", SECRET),
         )
@@ -113,6 +114,7 @@ async fn its_fields_are_checked_like_a_built_in_scheme() {
     let err = kh
         .initiate_connection(
             ConnectionRequest::for_app("acme")
+                .config("base_url", "https://api.acme.example")
                 .scheme("HMAC_SHA256")
                 .param("key_id", "k"),
         )
@@ -125,6 +127,7 @@ async fn its_fields_are_checked_like_a_built_in_scheme() {
     let err = kh
         .initiate_connection(
             ConnectionRequest::for_app("acme")
+                .config("base_url", "https://api.acme.example")
                 .scheme("HMAC_SHA256")
                 .param("key_id", "k")
                 .param("secret", "short"),

@@ -243,20 +243,15 @@ shape!(
     )
 );
 
-/// The auth schemes `keyhaven serve` registers.
-#[derive(Debug, Serialize, ToSchema)]
-#[allow(dead_code, clippy::upper_case_acronyms, non_camel_case_types)]
-pub(crate) enum AuthSchemeName {
-    OAUTH2,
-    OAUTH2_CLIENT_CREDENTIALS,
-    API_KEY,
-    BEARER_TOKEN,
-    BASIC,
-    BASIC_WITH_JWT,
-    SERVICE_ACCOUNT,
-    GOOGLE_SERVICE_ACCOUNT,
-    NO_AUTH,
-}
+shape!(
+    /// An auth scheme's name: a built-in one or one the server registered.
+    AuthSchemeName,
+    "AuthSchemeName",
+    text(
+        "^[A-Za-z][A-Za-z0-9_]{0,63}$".to_owned(),
+        "A registered auth scheme, in any case: OAUTH2, OAUTH2_CLIENT_CREDENTIALS, API_KEY, BEARER_TOKEN, BASIC, BASIC_WITH_JWT, SERVICE_ACCOUNT, GOOGLE_SERVICE_ACCOUNT, NO_AUTH, or one registered by the server (GET /api/v1/schemes lists them); another name is refused with 400"
+    )
+);
 
 /// A connected account's status.
 #[derive(Debug, Serialize, ToSchema)]
