@@ -233,6 +233,11 @@ fn drop_stale_databases() -> Result<(), String> {
 pub(crate) fn prepare(root: &Path) -> Result<Vec<(String, String)>, String> {
     npm_packages(root, "oidc", "test OAuth server")?;
     npm_packages(root, "browser", "browser test driver (playwright-core)")?;
+    npm_packages(
+        root,
+        "composio-js",
+        "Composio JS SDK 0.5 (composio-core 0.5.39)",
+    )?;
     let chromium = chromium()?;
     let python = composio_client(root)?;
     let schemathesis = schemathesis(root)?;

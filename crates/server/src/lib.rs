@@ -7,6 +7,7 @@
 //! `keyhaven::ErrorKind`, and nowhere else.
 
 mod api;
+mod api_v2;
 mod audit;
 mod auth;
 mod error;
@@ -281,6 +282,8 @@ fn admin_routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(api::create_integration, api::integrations))
         .routes(routes!(api::integration, api::delete_integration))
         .routes(routes!(api::initiate, api::accounts))
+        .routes(routes!(api_v2::initiate))
+        .routes(routes!(api_v2::create_integration))
         .routes(routes!(api::account, api::delete_account))
         .routes(routes!(api::refresh))
         .routes(routes!(api::enable))

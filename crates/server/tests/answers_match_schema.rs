@@ -271,6 +271,55 @@ async fn every_answer_matches_its_documented_schema() {
         admin,
     )
     .await;
+    // The v2 calls of Composio's JS SDK 0.5.
+    let (status, v2) = c
+        .call(
+            post.clone(),
+            "/api/v2/connectedAccounts/initiateConnection",
+            Some(json!({"app": {"uniqueKey": "openai"}, "config": {"name": "openai", "useComposioAuth": false, "authScheme": "API_KEY"}, "connection": {"entityId": "carol", "initiateData": {"api_key": SECRET}, "extra": {"labels": ["v2"]}}})),
+            admin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v2}");
+    assert_eq!(v2["connectionResponse"]["connectionStatus"], "ACTIVE");
+    let (status, _) = c
+        .call(
+            post.clone(),
+            "/api/v2/connectedAccounts/initiateConnection",
+            Some(json!({"app": {"uniqueKey": "opnai"}, "connection": {"initiateData": {"api_key": SECRET}}})),
+            admin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, created) = c
+        .call(
+            post.clone(),
+            "/api/v2/integrations/create",
+            Some(json!({"app": {"uniqueKey": "github"}, "config": {"name": "github v2", "useComposioAuth": false, "authScheme": "OAUTH2", "integrationSecrets": {"client_id": "gh-id-2", "client_secret": SECRET, "scopes": "repo, gist"}}})),
+            admin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let (_, read) = c
+        .call(
+            get.clone(),
+            &format!(
+                "/api/v1/integrations/{}",
+                created["integrationId"].as_str().unwrap()
+            ),
+            None,
+            admin,
+        )
+        .await;
+    assert_eq!(read["scopes"], json!(["repo", "gist"]));
+    c.call(
+        post.clone(),
+        "/api/v2/integrations/create",
+        Some(json!({"config": {}})),
+        admin,
+    )
+    .await;
+
     let account = format!("/api/v1/connectedAccounts/{id}");
     c.call(get.clone(), &account, None, admin).await;
     c.call(

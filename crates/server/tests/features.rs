@@ -707,6 +707,8 @@ async fn the_openapi_document_lists_exactly_the_routes_served() {
         "GET /api/v1/connectedAccounts/{id}/events",
         "GET /api/v1/connectedAccounts/{id}/credentials",
         "POST /api/v1/connectedAccounts/{id}/proxy",
+        "POST /api/v2/connectedAccounts/initiateConnection",
+        "POST /api/v2/integrations/create",
         "GET /api/v1/events",
         "GET /api/v1/oauth/callback",
         "GET /connect",

@@ -9,3 +9,4 @@
 
 pub(crate) mod shapes;
 pub(crate) mod v1;
+pub(crate) mod v2;

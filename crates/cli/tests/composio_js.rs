@@ -1,0 +1,127 @@
+//! Composio's older JS SDK (composio-core 0.5.39 from npm, which speaks the v2 routes;
+//! installed by `cargo xtask test` into tests/composio-js) against `keyhaven serve`
+//! with no configuration: API-key connect, read, an integration created through v2
+//! (scopes in its auth config), an OAuth connect with a redirect URL, delete, and a
+//! wrong key. The SDK runs sealed (tests/composio-js/seal.cjs): every connection to
+//! anything but this machine is refused and reported; the only one allowed to be
+//! refused is its update check against registry.npmjs.org.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+const KEY: &str = "kh_composio_js_key_0123456789";
+const SECRET: &str = "sk-composio-js-SECRET-5";
+
+fn sdk_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/composio-js");
+    let installed = dir.join("node_modules/composio-core/package.json");
+    let node = Command::new("node").arg("--version").output().is_ok();
+    if installed.exists() && node {
+        return Some(dir);
+    }
+    let why = if node {
+        format!(
+            "composio-core 0.5.39 is not installed in {}: run `cargo xtask test`",
+            dir.display()
+        )
+    } else {
+        "Node.js is not installed (apt-get install nodejs npm)".to_owned()
+    };
+    if std::env::var("KEYHAVEN_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
+        panic!("required test service unavailable: {why}");
+    }
+    eprintln!("SKIPPED: {why}");
+    None
+}
+
+#[test]
+fn composio_js_sdk_0_5_works_against_keyhaven_serve() {
+    let Some(sdk) = sdk_dir() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // No redirect allowlist and no OAuth client in the environment: as a new user runs it.
+    let mut server = Command::new(env!("CARGO_BIN_EXE_keyhaven"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--api-key", KEY])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env_remove("KEYHAVEN_DATABASE_URL")
+        .env_remove("KEYHAVEN_SERVER")
+        .env_remove("KEYHAVEN_REDIRECT_ALLOWLIST")
+        .env_remove("KEYHAVEN_GITHUB_CLIENT_ID")
+        .env_remove("KEYHAVEN_GITHUB_CLIENT_SECRET")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let listening = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find(|l| l.starts_with("keyhaven listening"))
+        .unwrap();
+    let address = listening
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .trim_end_matches(',')
+        .to_owned();
+    let out = Command::new("node")
+        .args(["--require", "./seal.cjs", "flow.mjs"])
+        .current_dir(&sdk)
+        .env("KH_BASE", &address)
+        .env("KH_KEY", KEY)
+        .env("KH_SECRET", SECRET)
+        .env("HOME", dir)
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the SDK failed:\n{stdout}\n{stderr}");
+
+    let blocked: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("BLOCKED"))
+        .collect();
+    assert!(
+        blocked
+            .iter()
+            .all(|l| *l == "BLOCKED registry.npmjs.org:443"),
+        "the SDK tried to reach another machine: {blocked:?}"
+    );
+    assert!(
+        !stdout.contains(SECRET) && !stderr.contains(SECRET),
+        "a secret was shown:\n{stdout}\n{stderr}"
+    );
+    let result: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("no result line ({e}):\n{stdout}\n{stderr}"));
+    assert_eq!(result["apiKeyConnect"]["status"], "ACTIVE", "{result}");
+    assert_eq!(result["get"]["status"], "ACTIVE", "{result}");
+    assert_eq!(result["get"]["app"], "openai", "{result}");
+    assert_eq!(result["get"]["entity"], "alice", "{result}");
+    assert_eq!(result["createIntegration"]["scheme"], "OAUTH2", "{result}");
+    assert_eq!(result["createIntegration"]["app"], "github", "{result}");
+    assert_eq!(result["oauthConnect"]["status"], "INITIATED", "{result}");
+    let redirect = result["oauthConnect"]["redirectUrl"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        redirect.starts_with("https://github.com/login/oauth/authorize?")
+            && redirect.contains("client_id=gh-js-client")
+            && redirect.contains("scope=repo+read%3Auser"),
+        "{result}"
+    );
+    assert_eq!(result["delete"]["gone"], true, "{result}");
+    assert!(
+        result["wrongKey"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Access Denied")),
+        "{result}"
+    );
+}

@@ -1,0 +1,56 @@
+//! The v2 routes of Composio's JS SDK 0.5: the same library calls as v1, with the
+//! nested request shapes and answers of `views::v2`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+
+use crate::AppState;
+use crate::api::{Result, body};
+use crate::error::ApiError;
+use crate::views::v2;
+
+/// `POST /api/v2/connectedAccounts/initiateConnection`: initiate, as the JS SDK 0.5's
+/// `connectedAccounts.initiate` and `entity.initiateConnection` call it.
+#[utoipa::path(post, path = "/api/v2/connectedAccounts/initiateConnection", tag = "connectedAccounts",
+    request_body = crate::views::v2::InitiateConnection,
+    responses((status = 200, description = "`connectionResponse`: the new account's status and where to send the user", body = crate::views::v2::Initiated),
+        (status = 400, description = "An invalid field, named; nothing was stored", body = crate::views::v1::ErrorBody),
+        (status = 401, description = "No or a wrong admin key", body = crate::views::v1::ErrorBody),
+        (status = 404, description = "No such integration, or an app that is neither in the catalogue nor has an integration, named without integrationSecrets to make one (the message names the closest catalogue apps)", body = crate::views::v1::ErrorBody),
+        (status = 503, description = "The provider could not be reached", body = crate::views::v1::ErrorBody)),
+    security(("admin_key" = [])))]
+pub(crate) async fn initiate(
+    State(s): State<Arc<AppState>>,
+    raw: Bytes,
+) -> Result<Json<v2::Initiated>> {
+    let request: v2::InitiateConnection = body(&raw)?;
+    let out = s.kh.initiate_connection(request.into()).await?;
+    Ok(Json(v2::Initiated {
+        connection_response: out.into(),
+    }))
+}
+
+/// `POST /api/v2/integrations/create`: an integration, as the JS SDK 0.5's
+/// `integrations.create` makes one (it reads it back with v1).
+#[utoipa::path(post, path = "/api/v2/integrations/create", tag = "integrations",
+    request_body = crate::views::v2::CreateIntegration,
+    responses((status = 200, description = "The new integration's id", body = crate::views::v2::IntegrationCreated),
+        (status = 400, description = "An invalid field, named", body = crate::views::v1::ErrorBody),
+        (status = 401, description = "No or a wrong admin key", body = crate::views::v1::ErrorBody)),
+    security(("admin_key" = [])))]
+pub(crate) async fn create_integration(
+    State(s): State<Arc<AppState>>,
+    raw: Bytes,
+) -> Result<Json<v2::IntegrationCreated>> {
+    let request: v2::CreateIntegration = body(&raw)?;
+    let new = request.into_new().ok_or_else(|| {
+        ApiError::invalid("app.uniqueKey is required: the app's slug, such as github")
+    })?;
+    let created = s.kh.integrations().create(new).await?;
+    Ok(Json(v2::IntegrationCreated {
+        integration_id: created.id.to_string(),
+    }))
+}

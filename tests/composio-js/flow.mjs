@@ -1,0 +1,64 @@
+// The documented connection flows of composio-core 0.5.39 (Composio's older JS SDK,
+// v2 routes) against keyhaven serve at KH_BASE with the admin key KH_KEY. Prints one
+// JSON line of what each step saw; crates/cli/tests/composio_js.rs checks it.
+import { Composio } from "composio-core";
+
+const base = process.env.KH_BASE;
+const key = process.env.KH_KEY;
+const secret = process.env.KH_SECRET;
+const client = new Composio({ apiKey: key, baseUrl: base });
+const out = {};
+const step = async (name, f) => {
+  try {
+    out[name] = await f();
+  } catch (e) {
+    out[name] = { error: String((e && e.message) || e) };
+  }
+};
+
+await step("apiKeyConnect", async () => {
+  const r = await client.connectedAccounts.initiate({
+    appName: "openai",
+    authMode: "API_KEY",
+    entityId: "alice",
+    connectionParams: { api_key: secret },
+  });
+  return { status: r.connectionStatus, id: r.connectedAccountId };
+});
+await step("get", async () => {
+  const a = await client.connectedAccounts.get({ connectedAccountId: out.apiKeyConnect.id });
+  return { status: a.status, app: a.appName, entity: a.clientUniqueUserId };
+});
+await step("createIntegration", async () => {
+  const i = await client.integrations.create({
+    appUniqueKey: "github",
+    name: "github from the JS SDK",
+    authScheme: "OAUTH2",
+    authConfig: { client_id: "gh-js-client", client_secret: secret, scopes: "repo,read:user" },
+    useComposioAuth: false,
+  });
+  return { id: i.id, scheme: i.authScheme, app: i.appName };
+});
+await step("oauthConnect", async () => {
+  const r = await client.connectedAccounts.initiate({
+    integrationId: out.createIntegration.id,
+    entityId: "bob",
+    redirectUri: "https://app.example.com/after",
+  });
+  return { status: r.connectionStatus, id: r.connectedAccountId, redirectUrl: r.redirectUrl };
+});
+await step("delete", async () => {
+  await client.connectedAccounts.delete({ connectedAccountId: out.apiKeyConnect.id });
+  try {
+    await client.connectedAccounts.get({ connectedAccountId: out.apiKeyConnect.id });
+    return { gone: false };
+  } catch (e) {
+    return { gone: true };
+  }
+});
+await step("wrongKey", async () => {
+  const other = new Composio({ apiKey: "not-the-key", baseUrl: base });
+  await other.connectedAccounts.get({ connectedAccountId: out.oauthConnect.id });
+  return { refused: false };
+});
+console.log(JSON.stringify(out));
