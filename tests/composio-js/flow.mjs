@@ -23,7 +23,8 @@ await step("apiKeyConnect", async () => {
     entityId: "alice",
     connectionParams: { api_key: secret },
   });
-  return { status: r.connectionStatus, id: r.connectedAccountId };
+  const active = await r.waitUntilActive(5);
+  return { status: r.connectionStatus, id: r.connectedAccountId, waited: active.status };
 });
 await step("get", async () => {
   const a = await client.connectedAccounts.get({ connectedAccountId: out.apiKeyConnect.id });
@@ -46,6 +47,18 @@ await step("oauthConnect", async () => {
     redirectUri: "https://app.example.com/after",
   });
   return { status: r.connectionStatus, id: r.connectedAccountId, redirectUrl: r.redirectUrl };
+});
+await step("list", async () => {
+  const page = await client.connectedAccounts.list({ user_uuid: "alice", appNames: "openai", status: "ACTIVE" });
+  return { ids: page.items.map((a) => a.id) };
+});
+await step("disableEnable", async () => {
+  const id = out.apiKeyConnect.id;
+  await client.connectedAccounts.disable({ connectedAccountId: id });
+  const off = await client.connectedAccounts.get({ connectedAccountId: id });
+  await client.connectedAccounts.enable({ connectedAccountId: id });
+  const on = await client.connectedAccounts.get({ connectedAccountId: id });
+  return { off: off.status, on: on.status };
 });
 await step("delete", async () => {
   await client.connectedAccounts.delete({ connectedAccountId: out.apiKeyConnect.id });

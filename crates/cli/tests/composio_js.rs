@@ -1,6 +1,7 @@
 //! Composio's older JS SDK (composio-core 0.5.39 from npm, which speaks the v2 routes;
 //! installed by `cargo xtask test` into tests/composio-js) against `keyhaven serve`
-//! with no configuration: API-key connect, read, an integration created through v2
+//! with no configuration: API-key connect and its wait, read, list by user, app and
+//! status, disable and enable, an integration created through v2
 //! (scopes in its auth config), an OAuth connect with a redirect URL, delete, and a
 //! wrong key. The SDK runs sealed (tests/composio-js/seal.cjs): every connection to
 //! anything but this machine is refused and reported; the only one allowed to be
@@ -102,6 +103,7 @@ fn composio_js_sdk_0_5_works_against_keyhaven_serve() {
     let result: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
         .unwrap_or_else(|e| panic!("no result line ({e}):\n{stdout}\n{stderr}"));
     assert_eq!(result["apiKeyConnect"]["status"], "ACTIVE", "{result}");
+    assert_eq!(result["apiKeyConnect"]["waited"], "ACTIVE", "{result}");
     assert_eq!(result["get"]["status"], "ACTIVE", "{result}");
     assert_eq!(result["get"]["app"], "openai", "{result}");
     assert_eq!(result["get"]["entity"], "alice", "{result}");
@@ -117,6 +119,13 @@ fn composio_js_sdk_0_5_works_against_keyhaven_serve() {
             && redirect.contains("scope=repo+read%3Auser"),
         "{result}"
     );
+    assert_eq!(
+        result["list"]["ids"],
+        serde_json::json!([result["apiKeyConnect"]["id"]]),
+        "{result}"
+    );
+    assert_eq!(result["disableEnable"]["off"], "INACTIVE", "{result}");
+    assert_eq!(result["disableEnable"]["on"], "ACTIVE", "{result}");
     assert_eq!(result["delete"]["gone"], true, "{result}");
     assert!(
         result["wrongKey"]["error"]
