@@ -270,7 +270,7 @@ impl Keyhaven {
             Some(integration) => {
                 if !request.auth_config.is_empty() {
                     // Every field the request gives must be what the integration has.
-                    let (given, scopes) = split_scopes(&request.auth_config)?;
+                    let (given, scopes) = split_scopes(scheme, &request.auth_config)?;
                     let config = validate_config(scheme, &given)?;
                     let scopes_differ = scopes.is_some_and(|mut s| {
                         let mut had = integration.scopes.clone();

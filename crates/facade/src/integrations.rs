@@ -142,12 +142,15 @@ fn validate_scopes(scopes: &[String]) -> Result<Vec<String>, Error> {
 
 /// Takes `scopes` out of an auth config, as Composio's integrations carry them: a
 /// list of scopes, or one string of scopes separated by commas or spaces. Answers the
-/// rest of the config and the scopes, if it had them.
+/// rest of the config and the scopes, if it had them. A scheme with a config field of
+/// its own called `scopes` keeps it there.
 pub(crate) fn split_scopes(
+    scheme: &Registered,
     auth_config: &SecretFields,
 ) -> Result<(SecretFields, Option<Vec<String>>), Error> {
-    let Some(value) = auth_config.expose().get("scopes") else {
-        return Ok((auth_config.clone(), None));
+    let value = match auth_config.expose().get("scopes") {
+        Some(value) if scheme.spec().config_field("scopes").is_none() => value,
+        _ => return Ok((auth_config.clone(), None)),
     };
     let scopes: Vec<String> = match value {
         Value::Array(items) => items
@@ -183,7 +186,7 @@ pub(crate) fn build_integration(
     scopes: &[String],
     auth_config: &SecretFields,
 ) -> Result<Integration, Error> {
-    let (auth_config, given) = split_scopes(auth_config)?;
+    let (auth_config, given) = split_scopes(scheme, auth_config)?;
     let mut wanted = scopes.to_vec();
     for scope in given.into_iter().flatten() {
         if !wanted.contains(&scope) {
