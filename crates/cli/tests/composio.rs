@@ -5,9 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 const KEY: &str = "kh_composio_compat_key";
 
@@ -37,31 +38,18 @@ fn composio_client_works_against_keyhaven_serve() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_keyhaven"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--api-key", KEY])
+    let mut command = common::serve_command();
+    command
+        .args(["--api-key", KEY])
         .args(["--allow-redirect", "http://127.0.0.1:5555"])
         .arg("--data-dir")
         .arg(dir)
         .env("KEYHAVEN_GITHUB_CLIENT_ID", "gh-client-id")
         .env("KEYHAVEN_GITHUB_CLIENT_SECRET", "gh-client-secret")
         .env_remove("KEYHAVEN_DATABASE_URL")
-        .env_remove("KEYHAVEN_SERVER")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
-    let listening = lines
-        .by_ref()
-        .map(Result::unwrap)
-        .find(|l| l.starts_with("keyhaven listening"))
-        .unwrap();
-    let address = listening
-        .split_whitespace()
-        .nth(3)
-        .unwrap()
-        .trim_end_matches(',')
-        .to_owned();
+        .env_remove("KEYHAVEN_SERVER");
+    let server = common::start(command);
+    let address = server.url("");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/composio/compat.py");
     let out = Command::new(&python)
         .arg(&script)
@@ -70,8 +58,7 @@ fn composio_client_works_against_keyhaven_serve() {
         .env("HOME", dir)
         .output()
         .unwrap();
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

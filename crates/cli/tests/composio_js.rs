@@ -9,9 +9,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 const KEY: &str = "kh_composio_js_key_0123456789";
 const SECRET: &str = "sk-composio-js-SECRET-5";
@@ -46,31 +47,18 @@ fn composio_js_sdk_0_5_works_against_keyhaven_serve() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     // No redirect allowlist and no OAuth client in the environment: as a new user runs it.
-    let mut server = Command::new(env!("CARGO_BIN_EXE_keyhaven"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--api-key", KEY])
+    let mut command = common::serve_command();
+    command
+        .args(["--api-key", KEY])
         .arg("--data-dir")
         .arg(dir.join("data"))
         .env_remove("KEYHAVEN_DATABASE_URL")
         .env_remove("KEYHAVEN_SERVER")
         .env_remove("KEYHAVEN_REDIRECT_ALLOWLIST")
         .env_remove("KEYHAVEN_GITHUB_CLIENT_ID")
-        .env_remove("KEYHAVEN_GITHUB_CLIENT_SECRET")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
-    let listening = lines
-        .by_ref()
-        .map(Result::unwrap)
-        .find(|l| l.starts_with("keyhaven listening"))
-        .unwrap();
-    let address = listening
-        .split_whitespace()
-        .nth(3)
-        .unwrap()
-        .trim_end_matches(',')
-        .to_owned();
+        .env_remove("KEYHAVEN_GITHUB_CLIENT_SECRET");
+    let server = common::start(command);
+    let address = server.url("");
     let out = Command::new("node")
         .args(["--require", "./seal.cjs", "flow.mjs"])
         .current_dir(&sdk)
@@ -80,8 +68,7 @@ fn composio_js_sdk_0_5_works_against_keyhaven_serve() {
         .env("HOME", dir)
         .output()
         .unwrap();
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "the SDK failed:\n{stdout}\n{stderr}");

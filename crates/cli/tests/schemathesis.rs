@@ -14,9 +14,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use keyhaven_tests::skip_or_fail;
 use serde_json::{Value, json};
@@ -81,10 +82,10 @@ fn schemathesis() -> Result<PathBuf, String> {
     Ok(bin)
 }
 
-/// `keyhaven serve` on an OS-chosen port; its address.
-fn serve(dir: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keyhaven"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
+/// `keyhaven serve` on an OS-chosen port, killed when dropped.
+fn serve(dir: &Path) -> common::Server {
+    let mut command = common::serve_command();
+    command
         .args(["--api-key", ADMIN_KEY, "--credentials-key", CREDENTIALS_KEY])
         .args(["--allow-redirect", "https://app.example.com/"])
         // The rate limit on refused keys is off here: schemathesis sends requests
@@ -106,23 +107,8 @@ fn serve(dir: &Path) -> (Child, String) {
         .env_remove("http_proxy")
         .env_remove("https_proxy")
         .env_remove("all_proxy")
-        .env_remove("no_proxy")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let listening = BufReader::new(child.stdout.take().unwrap())
-        .lines()
-        .map(Result::unwrap)
-        .find(|l| l.starts_with("keyhaven listening"))
-        .unwrap();
-    let address = listening
-        .split_whitespace()
-        .nth(3)
-        .unwrap()
-        .trim_end_matches(',')
-        .to_owned();
-    (child, address)
+        .env_remove("no_proxy");
+    common::start(command)
 }
 
 async fn post(http: &reqwest::Client, url: String, body: Value) -> Value {
@@ -207,7 +193,8 @@ async fn the_openapi_document_holds_under_schemathesis() {
     let dir = std::env::temp_dir().join(format!("kh-schemathesis-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let (mut server, address) = serve(&dir.join("data"));
+    let server = serve(&dir.join("data"));
+    let address = server.url("");
     seed(&address).await;
     let config = root().join("tests/schemathesis/schemathesis.toml");
     let hooks = root().join("tests/schemathesis/hooks.py");
@@ -230,8 +217,7 @@ async fn the_openapi_document_holds_under_schemathesis() {
         .env("NO_COLOR", "1")
         .output()
         .unwrap();
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let report = String::from_utf8_lossy(&out.stdout);
     let errors = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -1,7 +1,13 @@
-//! What the CLI's load, crash and restart tests share: a `keyhaven serve` child
-//! process with fixed keys on a given store, killed when dropped.
+//! What the CLI's tests share: a `keyhaven serve` child process (with fixed keys on
+//! a given store, or the test's own options), killed when dropped.
 
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    dead_code,
+    unused_imports,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -36,22 +42,17 @@ impl Drop for Server {
     }
 }
 
-/// Starts `keyhaven serve` on 127.0.0.1 (an OS-chosen port) with `store_args`
-/// (`--database-url URL`, or nothing for the SQLite store in `data_dir`), the
-/// master key `key_b64`, and [`ADMIN`] / [`CREDS`].
-pub fn serve(store_args: &[&str], data_dir: &std::path::Path, key_b64: &str) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keyhaven"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(["--api-key", ADMIN, "--credentials-key", CREDS])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--audit-log")
-        .arg(data_dir.join(format!("audit-{}.log", unique())))
-        .args(store_args)
-        .env("KEYHAVEN_MASTER_KEY", key_b64)
-        .env_remove("KEYHAVEN_DATABASE_URL")
-        .env_remove("KEYHAVEN_DATA_DIR")
-        .env("RUST_LOG", "warn")
+/// `keyhaven serve` listening on 127.0.0.1 on a port the OS chooses, not started:
+/// add the test's options, then [`start`] it.
+pub fn serve_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keyhaven"));
+    command.args(["serve", "--listen", "127.0.0.1:0"]);
+    command
+}
+
+/// Starts `command` (a [`serve_command`]) and waits until it says where it listens.
+pub fn start(mut command: Command) -> Server {
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -73,6 +74,25 @@ pub fn serve(store_args: &[&str], data_dir: &std::path::Path, key_b64: &str) -> 
     // Keep reading, so that the server never writes into a closed pipe.
     std::thread::spawn(move || for _ in lines {});
     Server { child, port }
+}
+
+/// Starts `keyhaven serve` with `store_args` (`--database-url URL`, or nothing for
+/// the SQLite store in `data_dir`), the master key `key_b64`, and [`ADMIN`] /
+/// [`CREDS`].
+pub fn serve(store_args: &[&str], data_dir: &std::path::Path, key_b64: &str) -> Server {
+    let mut command = serve_command();
+    command
+        .args(["--api-key", ADMIN, "--credentials-key", CREDS])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--audit-log")
+        .arg(data_dir.join(format!("audit-{}.log", unique())))
+        .args(store_args)
+        .env("KEYHAVEN_MASTER_KEY", key_b64)
+        .env_remove("KEYHAVEN_DATABASE_URL")
+        .env_remove("KEYHAVEN_DATA_DIR")
+        .env("RUST_LOG", "warn");
+    start(command)
 }
 
 /// A name no other test of this run uses.
