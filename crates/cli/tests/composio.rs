@@ -3,7 +3,7 @@
 //! user moves to keyhaven by changing the base URL. The steps are in
 //! tests/composio/compat.py.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -24,10 +24,7 @@ fn python() -> Option<PathBuf> {
         "the Composio client is not installed at {}: run `cargo xtask test`",
         path.display()
     );
-    if std::env::var("KEYHAVEN_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
-        panic!("required test service unavailable: {why}");
-    }
-    eprintln!("SKIPPED: {why}");
+    keyhaven_tests::skip_or_fail(&why);
     None
 }
 

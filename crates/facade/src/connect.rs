@@ -397,7 +397,7 @@ impl Keyhaven {
             scheme,
             name,
             // Scopes the request gives replace the catalogue's.
-            match (scopes, requested.expose().contains_key("scopes")) {
+            match (scopes, split_scopes(scheme, requested)?.1.is_some()) {
                 (Some(s), _) => s,
                 (None, true) => &[],
                 (None, false) => &default_scopes,

@@ -131,14 +131,14 @@ pub(crate) struct CreateIntegration {
 impl CreateIntegration {
     /// The library's request; `None` when the body names no app.
     pub(crate) fn into_new(self) -> Option<NewIntegration> {
-        let app = self.app.unique_key?;
-        let mut new = NewIntegration::new(app, self.config.auth_scheme.unwrap_or_default());
-        if new.auth_scheme.as_deref() == Some("") {
-            new.auth_scheme = None;
-        }
-        new.name = self.config.name;
-        new.auth_config = self.config.integration_secrets.unwrap_or_default();
-        Some(new)
+        Some(NewIntegration {
+            app: self.app.unique_key?,
+            name: self.config.name,
+            // An empty scheme is no scheme: OAUTH2, as when absent.
+            auth_scheme: self.config.auth_scheme.filter(|s| !s.is_empty()),
+            scopes: Vec::new(),
+            auth_config: self.config.integration_secrets.unwrap_or_default(),
+        })
     }
 }
 
