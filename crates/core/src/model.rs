@@ -117,6 +117,10 @@ pub struct Integration {
     pub created_at: DateTime<Utc>,
     /// When it last changed.
     pub updated_at: DateTime<Utc>,
+    /// Disabled by the app (Composio's auth config status): no new connection is
+    /// made through it until it is enabled again; its accounts keep working.
+    #[serde(default)]
+    pub disabled: bool,
 }
 
 impl Integration {
@@ -138,6 +142,7 @@ impl Integration {
             secrets: SecretFields::new(),
             created_at: now,
             updated_at: now,
+            disabled: false,
         }
     }
 
@@ -369,6 +374,9 @@ pub struct AccountFilter {
     /// At most this many; 0 means [`AccountFilter::DEFAULT_LIMIT`], and more than
     /// [`AccountFilter::MAX_LIMIT`] means that many.
     pub limit: usize,
+    /// Newest first (ids descending; `after` then means older than that id) instead
+    /// of oldest first.
+    pub newest_first: bool,
 }
 
 impl AccountFilter {
@@ -418,7 +426,7 @@ impl AccountFilter {
     }
 }
 
-/// One page of a listing, oldest first.
+/// One page of a listing, in the listing's order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]

@@ -39,6 +39,10 @@ pub trait Store: Send + Sync + 'static {
         app: Option<&AppSlug>,
     ) -> Result<Vec<Integration>, StoreError>;
 
+    /// Replaces a stored integration (its id, app and creation time kept) with
+    /// `integration`. `Ok(false)`: there was none with that id.
+    async fn update_integration(&self, integration: &Integration) -> Result<bool, StoreError>;
+
     /// Deletes an integration that no account uses. `Ok(false)`: there was none.
     /// One that accounts still use is a [`StoreError::Conflict`] and stays.
     async fn delete_integration(&self, id: &IntegrationId) -> Result<bool, StoreError>;

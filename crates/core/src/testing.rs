@@ -286,17 +286,15 @@ impl Run {
             }
         };
         let app = AppSlug::new("conformance").ok()?;
-        let integration = Integration {
-            id: IntegrationId::generate().ok()?,
+        let mut integration = Integration::new(
+            IntegrationId::generate().ok()?,
             app,
-            name: "conformance".into(),
-            auth_scheme: scheme.name().to_owned(),
-            scopes: Vec::new(),
-            config: config.public,
-            secrets: config.secret,
-            created_at: fixed_now(),
-            updated_at: fixed_now(),
-        };
+            "conformance",
+            scheme.name(),
+            fixed_now(),
+        );
+        integration.config = config.public;
+        integration.secrets = config.secret;
         if let Err(e) = scheme.check_integration(&integration) {
             self.problem(format!(
                 "check_integration refuses the fixture's integration: {e}"

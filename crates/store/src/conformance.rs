@@ -168,6 +168,34 @@ async fn integrations_round_trip(store: &dyn Store) {
         store.insert_integration(&a).await,
         Err(StoreError::Conflict(_))
     ));
+    assert!(!got.disabled, "a new integration is enabled");
+
+    // An update replaces the settings and the status, and keeps app and birth.
+    let mut changed = got.clone();
+    changed.name = "renamed".into();
+    changed.scopes = vec!["read".into(), "write".into()];
+    changed.config.insert("header".into(), "X-Other".into());
+    changed.secrets = SecretFields::new();
+    changed.secrets.insert("client_secret", "new-secret");
+    changed.disabled = true;
+    changed.updated_at = got.updated_at + chrono::Duration::seconds(5);
+    assert!(store.update_integration(&changed).await.unwrap());
+    let after = store.get_integration(&a.id).await.unwrap().unwrap();
+    assert_eq!(after.name, "renamed");
+    assert_eq!(after.scopes, changed.scopes);
+    assert_eq!(after.config, changed.config);
+    assert_eq!(after.secrets, changed.secrets, "new secrets are stored");
+    assert!(after.disabled, "the disabled flag is stored");
+    assert_eq!(after.updated_at, changed.updated_at);
+    assert_eq!(after.created_at, got.created_at);
+    assert_eq!(after.app, got.app);
+    let mut ghost = integration(&app, "API_KEY");
+    ghost.name = "ghost".into();
+    assert!(
+        !store.update_integration(&ghost).await.unwrap(),
+        "updating an integration that is not stored changes nothing"
+    );
+    assert!(store.get_integration(&ghost.id).await.unwrap().is_none());
     assert!(store.delete_integration(&b.id).await.unwrap());
     assert!(!store.delete_integration(&b.id).await.unwrap());
     assert!(store.get_integration(&b.id).await.unwrap().is_none());
@@ -422,6 +450,30 @@ async fn list_filters_and_pages(store: &dyn Store) {
         expect(&|_, _| true),
         "pages of 4 give every account once, in order"
     );
+    let newest = by(AccountFilter {
+        entity_ids: vec![ent.clone()],
+        limit: 4,
+        newest_first: true,
+        ..Default::default()
+    })
+    .await;
+    let mut reversed = expect(&|_, _| true);
+    reversed.reverse();
+    assert_eq!(
+        newest, reversed,
+        "newest first: pages of 4 give every account once, newest first"
+    );
+    let got = by(AccountFilter {
+        entity_ids: vec![ent.clone()],
+        statuses: vec![ConnectionStatus::Expired],
+        limit: 2,
+        newest_first: true,
+        ..Default::default()
+    })
+    .await;
+    let mut expired = expect(&|n, _| n % 5 == 0);
+    expired.reverse();
+    assert_eq!(got, expired, "newest first with a filter");
 
     let red = vec![Label::new("red").unwrap()];
     let red_big = vec![Label::new("red").unwrap(), Label::new("big").unwrap()];

@@ -116,6 +116,23 @@ impl Store for MemoryStore {
         Ok(out)
     }
 
+    async fn update_integration(&self, integration: &Integration) -> Result<bool, StoreError> {
+        let mut state = self.state.write();
+        let Some(stored) = state.integrations.get_mut(&integration.id) else {
+            return Ok(false);
+        };
+        let (app, scheme, created_at) = (
+            stored.app.clone(),
+            stored.auth_scheme.clone(),
+            stored.created_at,
+        );
+        *stored = integration.clone();
+        stored.app = app;
+        stored.auth_scheme = scheme;
+        stored.created_at = created_at;
+        Ok(true)
+    }
+
     async fn delete_integration(&self, id: &IntegrationId) -> Result<bool, StoreError> {
         let mut state = self.state.write();
         let used = state
@@ -242,19 +259,19 @@ impl Store for MemoryStore {
     ) -> Result<Page<ConnectedAccount>, StoreError> {
         let limit = filter.effective_limit();
         let state = self.state.read();
-        let range = match &filter.after {
-            Some(after) => state.accounts.range((
-                std::ops::Bound::Excluded(after.clone()),
-                std::ops::Bound::Unbounded,
-            )),
-            None => state.accounts.range::<ConnectedAccountId, _>(..),
+        use std::ops::Bound::{Excluded, Unbounded};
+        let after = filter.after.clone().map_or(Unbounded, Excluded);
+        let range = if filter.newest_first {
+            state.accounts.range((Unbounded, after))
+        } else {
+            state.accounts.range((after, Unbounded))
         };
-        let mut items: Vec<ConnectedAccount> = range
-            .map(|(_, (a, _))| a)
-            .filter(|a| filter.matches(a))
-            .take(limit + 1)
-            .cloned()
-            .collect();
+        let matching = range.map(|(_, (a, _))| a).filter(|a| filter.matches(a));
+        let mut items: Vec<ConnectedAccount> = if filter.newest_first {
+            matching.rev().take(limit + 1).cloned().collect()
+        } else {
+            matching.take(limit + 1).cloned().collect()
+        };
         let next_cursor = if items.len() > limit {
             items.truncate(limit);
             items.last().map(|a| a.id.to_string())

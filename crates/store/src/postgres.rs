@@ -34,6 +34,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("../migrations/postgres/0002_credentials_key_index.sql"),
     ),
+    (
+        3,
+        include_str!("../migrations/postgres/0003_integration_disabled.sql"),
+    ),
 ];
 /// The NOTIFY channel of account changes.
 const CHANNEL: &str = "keyhaven_account_changes";
@@ -110,6 +114,7 @@ fn integration_row(r: &PgRow) -> Result<IntegrationRow, StoreError> {
         secrets: r.try_get(6).map_err(get)?,
         created_at: r.try_get(7).map_err(get)?,
         updated_at: r.try_get(8).map_err(get)?,
+        disabled: r.try_get(9).map_err(get)?,
     })
 }
 
@@ -469,9 +474,9 @@ const LOCK_WAIT: Duration = Duration::from_secs(120);
 impl Store for PostgresStore {
     async fn insert_integration(&self, integration: &Integration) -> Result<(), StoreError> {
         let r = IntegrationRow::encode(integration, &self.key_ring())?;
-        sqlx::query(safe(format!("INSERT INTO integrations ({INTEGRATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")))
+        sqlx::query(safe(format!("INSERT INTO integrations ({INTEGRATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")))
             .bind(r.id).bind(r.app).bind(r.name).bind(r.auth_scheme).bind(r.scopes).bind(r.config)
-            .bind(r.secrets).bind(r.created_at).bind(r.updated_at)
+            .bind(r.secrets).bind(r.created_at).bind(r.updated_at).bind(r.disabled)
             .execute(&self.pool)
             .await
             .map_err(map_err)?;
@@ -506,9 +511,9 @@ impl Store for PostgresStore {
             tx.commit().await.map_err(map_err)?;
             return row.decode(&self.key_ring());
         }
-        sqlx::query(safe(format!("INSERT INTO integrations ({INTEGRATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")))
+        sqlx::query(safe(format!("INSERT INTO integrations ({INTEGRATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")))
             .bind(r.id).bind(r.app).bind(r.name).bind(r.auth_scheme).bind(r.scopes).bind(r.config)
-            .bind(r.secrets).bind(r.created_at).bind(r.updated_at)
+            .bind(r.secrets).bind(r.created_at).bind(r.updated_at).bind(r.disabled)
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
@@ -546,6 +551,19 @@ impl Store for PostgresStore {
         rows.iter()
             .map(|r| integration_row(r)?.decode(&keys))
             .collect()
+    }
+
+    async fn update_integration(&self, integration: &Integration) -> Result<bool, StoreError> {
+        let r = IntegrationRow::encode(integration, &self.key_ring())?;
+        let done = sqlx::query(
+            "UPDATE integrations SET name = $2, scopes = $3, config = $4, secrets = $5, updated_at = $6, disabled = $7 WHERE id = $1",
+        )
+        .bind(r.id).bind(r.name).bind(r.scopes).bind(r.config).bind(r.secrets)
+        .bind(r.updated_at).bind(r.disabled)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn delete_integration(&self, id: &IntegrationId) -> Result<bool, StoreError> {

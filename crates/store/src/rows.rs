@@ -15,7 +15,7 @@ pub(crate) const ACCOUNT_COLUMNS: &str = "id, entity_id, integration_id, app, au
 
 /// The columns of an integration row, in the order [`IntegrationRow`] reads them.
 pub(crate) const INTEGRATION_COLUMNS: &str =
-    "id, app, name, auth_scheme, scopes, config, secrets, created_at, updated_at";
+    "id, app, name, auth_scheme, scopes, config, secrets, created_at, updated_at, disabled";
 
 pub(crate) fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
@@ -56,6 +56,7 @@ pub(crate) struct IntegrationRow {
     pub(crate) secrets: Option<Vec<u8>>,
     pub(crate) created_at: i64,
     pub(crate) updated_at: i64,
+    pub(crate) disabled: bool,
 }
 
 impl IntegrationRow {
@@ -76,6 +77,7 @@ impl IntegrationRow {
             secrets,
             created_at: micros(i.created_at),
             updated_at: micros(i.updated_at),
+            disabled: i.disabled,
         })
     }
 
@@ -101,6 +103,7 @@ impl IntegrationRow {
                 serde_json::from_str(&self.config).map_err(|e| corrupt("config", e))?;
             integration.secrets = secrets;
             integration.updated_at = from_micros(self.updated_at)?;
+            integration.disabled = self.disabled;
             integration
         })
     }
@@ -310,7 +313,8 @@ pub(crate) fn list_query(
     }
     if let Some(after) = &filter.after {
         let p = push(&mut args, Arg::Text(after.to_string()));
-        conds.push(format!("id > {p}"));
+        let op = if filter.newest_first { "<" } else { ">" };
+        conds.push(format!("id {op} {p}"));
     }
     let limit = push(&mut args, Arg::Int(filter.effective_limit() as i64 + 1));
     let where_clause = if conds.is_empty() {
@@ -320,7 +324,8 @@ pub(crate) fn list_query(
     };
     (
         format!(
-            "SELECT {ACCOUNT_COLUMNS} FROM connected_accounts{where_clause} ORDER BY id LIMIT {limit}"
+            "SELECT {ACCOUNT_COLUMNS} FROM connected_accounts{where_clause} ORDER BY id{order} LIMIT {limit}",
+            order = if filter.newest_first { " DESC" } else { "" }
         ),
         args,
     )

@@ -124,6 +124,7 @@ fn row_to_integration(r: &rusqlite::Row<'_>) -> rusqlite::Result<IntegrationRow>
         secrets: r.get(6)?,
         created_at: r.get(7)?,
         updated_at: r.get(8)?,
+        disabled: r.get(9)?,
     })
 }
 
@@ -332,8 +333,8 @@ impl Store for SqliteStore {
         let row = IntegrationRow::encode(integration, &self.key_ring())?;
         self.write(move |conn, _| {
             conn.execute(
-                &format!("INSERT INTO integrations ({INTEGRATION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
-                params![row.id, row.app, row.name, row.auth_scheme, row.scopes, row.config, row.secrets, row.created_at, row.updated_at],
+                &format!("INSERT INTO integrations ({INTEGRATION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+                params![row.id, row.app, row.name, row.auth_scheme, row.scopes, row.config, row.secrets, row.created_at, row.updated_at, row.disabled],
             )
             .map_err(map_err)?;
             Ok(())
@@ -359,8 +360,8 @@ impl Store for SqliteStore {
                     .map_err(map_err)?;
                 if existing.is_none() {
                     tx.execute(
-                        &format!("INSERT INTO integrations ({INTEGRATION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
-                        params![row.id, row.app, row.name, row.auth_scheme, row.scopes, row.config, row.secrets, row.created_at, row.updated_at],
+                        &format!("INSERT INTO integrations ({INTEGRATION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+                        params![row.id, row.app, row.name, row.auth_scheme, row.scopes, row.config, row.secrets, row.created_at, row.updated_at, row.disabled],
                     )
                     .map_err(map_err)?;
                 }
@@ -407,6 +408,20 @@ impl Store for SqliteStore {
         })?;
         let keys = self.key_ring();
         rows.into_iter().map(|r| r.decode(&keys)).collect()
+    }
+
+    async fn update_integration(&self, integration: &Integration) -> Result<bool, StoreError> {
+        let row = IntegrationRow::encode(integration, &self.key_ring())?;
+        self.write(move |conn, _| {
+            let changed = conn
+                .execute(
+                    "UPDATE integrations SET name = ?2, scopes = ?3, config = ?4, secrets = ?5, updated_at = ?6, disabled = ?7 WHERE id = ?1",
+                    params![row.id, row.name, row.scopes, row.config, row.secrets, row.updated_at, row.disabled],
+                )
+                .map_err(map_err)?;
+            Ok(changed == 1)
+        })
+        .await
     }
 
     async fn delete_integration(&self, id: &IntegrationId) -> Result<bool, StoreError> {

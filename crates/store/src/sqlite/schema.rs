@@ -18,6 +18,10 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("../../migrations/sqlite/0002_credentials_key_index.sql"),
     ),
+    (
+        3,
+        include_str!("../../migrations/sqlite/0003_integration_disabled.sql"),
+    ),
 ];
 
 /// Opens a connection with keyhaven's settings (WAL, busy timeout, foreign keys).
