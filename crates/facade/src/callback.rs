@@ -102,10 +102,13 @@ impl Keyhaven {
             .take_pending_state(state)
             .await?
             .ok_or_else(|| refused("the state is unknown or was already used"))?;
-        if crate::form::is_form_state(&pending) {
-            // A connect form's token is not a provider's state: put it back untouched.
+        if crate::form::is_form_state(&pending) || crate::link::is_link_state(&pending) {
+            // A connect form's or a connection link's token is not a provider's
+            // state: put it back untouched.
             self.store().put_pending_state(&pending).await?;
-            return Err(refused("this is a connect form's link, not an OAuth state"));
+            return Err(refused(
+                "this is a connection link's token, not an OAuth state",
+            ));
         }
         let now = self.now();
         let account = match self.waiting_account(&pending).await? {

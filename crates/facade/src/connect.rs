@@ -66,6 +66,12 @@ impl Keyhaven {
             .transpose()?;
         let app = request.app.as_deref().map(AppSlug::new).transpose()?;
         let (integration, created) = self.resolve_integration(&request, app).await?;
+        if integration.disabled {
+            return Err(Error::Conflict(format!(
+                "integration {} is disabled: enable it (integrations().enable, or the API's enable call) to connect through it",
+                integration.id
+            )));
+        }
         if let Some(url) = &redirect_url {
             self.check_redirect_url(url, &integration)?;
         }

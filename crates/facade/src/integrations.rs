@@ -63,6 +63,44 @@ impl NewIntegration {
     }
 }
 
+/// A change to an integration: what is `None` (or empty) stays as it is.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct IntegrationUpdate {
+    /// A new name.
+    pub name: Option<String>,
+    /// New scopes, replacing the old ones.
+    pub scopes: Option<Vec<String>>,
+    /// Auth config fields to set (client id and secret, URLs ...); the others stay.
+    /// `scopes` in it count as `scopes` above.
+    pub auth_config: SecretFields,
+}
+
+impl IntegrationUpdate {
+    /// A change of nothing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Renames the integration.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Replaces the scopes.
+    pub fn scopes(mut self, scopes: Vec<String>) -> Self {
+        self.scopes = Some(scopes);
+        self
+    }
+
+    /// Sets one auth config field.
+    pub fn config(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+        self.auth_config.insert(key.into(), value.into());
+        self
+    }
+}
+
 /// Config fields every integration may have, whatever its scheme.
 fn common_config() -> &'static [FieldSpec] {
     static COMMON: OnceLock<Vec<FieldSpec>> = OnceLock::new();
@@ -333,6 +371,77 @@ impl<'a> Integrations<'a> {
     pub async fn list(&self, app: Option<&str>) -> Result<Vec<Integration>, Error> {
         let app = app.map(AppSlug::new).transpose()?;
         Ok(self.kh.store().list_integrations(app.as_ref()).await?)
+    }
+
+    /// Changes an integration: its name, scopes and auth config fields. The fields
+    /// given replace those of the same name (the others are kept), and the whole is
+    /// checked again as at creation; the app and the scheme stay.
+    ///
+    /// # Errors
+    /// None with that id, or a field that is unknown, empty or malformed: nothing
+    /// changes then.
+    pub async fn update(&self, id: &str, change: IntegrationUpdate) -> Result<Integration, Error> {
+        let stored = self.get(id).await?;
+        let scheme = self.kh.schemes().get(&stored.auth_scheme)?;
+        let mut auth_config = stored.secrets.clone();
+        for (k, v) in &stored.config {
+            auth_config.insert(k.clone(), v.clone());
+        }
+        for (k, v) in change.auth_config.expose() {
+            auth_config.insert(k.clone(), v.clone());
+        }
+        let (auth_config, given) = split_scopes(scheme, &auth_config)?;
+        let scopes = change
+            .scopes
+            .or(given)
+            .unwrap_or_else(|| stored.scopes.clone());
+        let mut updated = build_integration(
+            self.kh,
+            stored.app.clone(),
+            scheme,
+            Some(change.name.unwrap_or_else(|| stored.name.clone())),
+            &scopes,
+            &auth_config,
+        )?;
+        updated.id = stored.id.clone();
+        updated.created_at = stored.created_at;
+        updated.disabled = stored.disabled;
+        self.save(updated).await
+    }
+
+    /// Enables a disabled integration: connections may be made through it again.
+    ///
+    /// # Errors
+    /// None with that id.
+    pub async fn enable(&self, id: &str) -> Result<Integration, Error> {
+        self.set_disabled(id, false).await
+    }
+
+    /// Disables an integration: no new connection is made through it (initiating
+    /// answers a conflict) until it is enabled; its accounts keep working.
+    ///
+    /// # Errors
+    /// None with that id.
+    pub async fn disable(&self, id: &str) -> Result<Integration, Error> {
+        self.set_disabled(id, true).await
+    }
+
+    async fn set_disabled(&self, id: &str, disabled: bool) -> Result<Integration, Error> {
+        let mut integration = self.get(id).await?;
+        if integration.disabled == disabled {
+            return Ok(integration);
+        }
+        integration.disabled = disabled;
+        integration.updated_at = self.kh.now();
+        self.save(integration).await
+    }
+
+    async fn save(&self, integration: Integration) -> Result<Integration, Error> {
+        if !self.kh.store().update_integration(&integration).await? {
+            return Err(not_found(integration.id.as_str()));
+        }
+        tracing::info!(integration = %integration.id, app = %integration.app, disabled = integration.disabled, "integration changed");
+        Ok(integration)
     }
 
     /// Deletes an integration no account uses.

@@ -34,6 +34,7 @@ pub mod egress;
 mod events;
 mod form;
 mod integrations;
+mod link;
 mod refresh;
 mod registry;
 
@@ -47,7 +48,7 @@ pub use accounts::ConnectedAccounts;
 pub use callback::CallbackOutcome;
 pub use connect::Entity;
 pub use form::ConnectForm;
-pub use integrations::{Integrations, NewIntegration};
+pub use integrations::{IntegrationUpdate, Integrations, NewIntegration};
 pub use keyhaven_catalog::{
     AppEntry, CONNECTION_PARAMS, Catalog, CatalogError, fill_template, template_names,
 };
@@ -69,6 +70,7 @@ pub use keyhaven_store::{
     KeyError, KeyFile, KeyRing, MASTER_KEY_ENV, MasterKey, MemoryStore, OLD_KEYS_ENV, files,
     ring_from_base64, ring_from_env,
 };
+pub use link::{ConnectionLink, LinkPage};
 pub use registry::{Registered, SchemeRegistry};
 
 /// The environment variable naming a directory of extra catalogue entries.
@@ -470,7 +472,7 @@ impl KeyhavenBuilder {
 
 /// The environment variable of a per-deployment setting of an app:
 /// `KEYHAVEN_<APP>_<FIELD>`, upper case, `-` as `_`.
-pub(crate) fn app_setting_var(app: &str, field: &str) -> String {
+pub fn app_setting_var(app: &str, field: &str) -> String {
     format!("KEYHAVEN_{app}_{field}")
         .to_ascii_uppercase()
         .replace('-', "_")

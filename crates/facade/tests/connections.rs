@@ -5,8 +5,8 @@
 
 use keyhaven::{
     AccountFilter, ConnectedAccount, ConnectionRequest, ConnectionStatus, EntityId, ErrorKind,
-    Integration, Keyhaven, Label, MemoryStore, NewIntegration, OutgoingRequest, http::Method,
-    serde_json, url::Url,
+    Integration, IntegrationUpdate, Keyhaven, Label, MemoryStore, NewIntegration, OutgoingRequest,
+    http::Method, serde_json, url::Url,
 };
 
 const SECRET: &str = "sk-test-0123456789-SECRET";
@@ -992,4 +992,84 @@ async fn redirect_urls_are_checked_once_an_allowlist_exists() {
         err.to_string().contains("not on the redirect allowlist"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn integrations_are_updated_disabled_and_enabled() {
+    let kh = kh();
+    let created = kh
+        .integrations()
+        .create(
+            NewIntegration::new("github", "OAUTH2")
+                .config("client_id", "cid-1")
+                .config("client_secret", "old-secret")
+                .scope("repo"),
+        )
+        .await
+        .unwrap();
+    let updated = kh
+        .integrations()
+        .update(
+            created.id.as_str(),
+            IntegrationUpdate::new()
+                .name("GitHub, renamed")
+                .config("client_secret", "new-secret")
+                .config("scopes", "read:user,user:email"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.id, created.id);
+    assert_eq!(updated.name, "GitHub, renamed");
+    assert_eq!(updated.scopes, ["read:user", "user:email"]);
+    assert_eq!(updated.config_str("client_id"), Some("cid-1"), "kept");
+    assert_eq!(
+        updated
+            .secrets
+            .expose()
+            .get("client_secret")
+            .and_then(|v| v.as_str()),
+        Some("new-secret")
+    );
+    assert_eq!(updated.created_at, created.created_at);
+
+    // A bad field changes nothing.
+    let err = kh
+        .integrations()
+        .update(
+            created.id.as_str(),
+            IntegrationUpdate::new().config("no_such_field", "x"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    let stored = kh.integrations().get(created.id.as_str()).await.unwrap();
+    assert_eq!(stored.name, "GitHub, renamed");
+
+    // Disabled: no new connection through it, with a message that says what to do.
+    let disabled = kh
+        .integrations()
+        .disable(created.id.as_str())
+        .await
+        .unwrap();
+    assert!(disabled.disabled);
+    let err = kh
+        .initiate_connection(ConnectionRequest::for_integration(created.id.as_str()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    assert!(err.to_string().contains("enable"), "{err}");
+    let enabled = kh.integrations().enable(created.id.as_str()).await.unwrap();
+    assert!(!enabled.disabled);
+    let out = kh
+        .initiate_connection(ConnectionRequest::for_integration(created.id.as_str()))
+        .await
+        .unwrap();
+    assert_eq!(out.connection_status, ConnectionStatus::Initiated);
+
+    let missing = kh
+        .integrations()
+        .enable("int_0123456789abcdef0123456789abcdef")
+        .await
+        .unwrap_err();
+    assert_eq!(missing.kind(), ErrorKind::NotFound);
 }
