@@ -1,5 +1,5 @@
-//! Errors as JSON, `{"error": {"code", "message"}}`, with the status of their kind:
-//! the one place where keyhaven's error kinds become HTTP statuses.
+//! Errors as JSON, `{"error": {"code", "message", "status"}, "message"}`, with the
+//! status of their kind: the one place where keyhaven's error kinds become HTTP statuses.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -76,11 +76,25 @@ impl From<Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = crate::views::v1::ErrorBody {
+            message: self.message.clone(),
             error: crate::views::v1::ErrorDetail {
                 code: self.code,
                 message: self.message,
+                status: self.status.as_u16(),
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        // Composio's SDKs retry 409s (and other errors) unless told not to: a refusal
+        // for the request itself answers the same however often it is sent.
+        if self.status.is_client_error()
+            && self.status != StatusCode::REQUEST_TIMEOUT
+            && self.status != StatusCode::TOO_MANY_REQUESTS
+        {
+            response.headers_mut().insert(
+                axum::http::HeaderName::from_static("x-should-retry"),
+                axum::http::HeaderValue::from_static("false"),
+            );
+        }
+        response
     }
 }

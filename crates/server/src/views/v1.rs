@@ -22,12 +22,16 @@ use super::shapes::{
     Status,
 };
 
-/// An error: `{"error": {"code", "message"}}`.
+/// An error, in one shape for every API version: `{"error": {"code", "message",
+/// "status"}, "message"}`. Composio's Python clients read the nested message, its
+/// TypeScript SDK only the top-level one.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ErrorBody {
     /// The error itself.
     pub(crate) error: ErrorDetail,
+    /// The same as `error.message`.
+    pub(crate) message: String,
 }
 
 /// What went wrong.
@@ -40,6 +44,9 @@ pub(crate) struct ErrorDetail {
     pub(crate) code: String,
     /// What went wrong and what to do, for a person.
     pub(crate) message: String,
+    /// The HTTP status, repeated.
+    #[schema(minimum = 400, maximum = 599)]
+    pub(crate) status: u16,
 }
 
 /// The auth modes Composio's client knows (`AppAuthScheme.auth_mode`).
@@ -372,7 +379,7 @@ impl IntegrationView {
             config: i.config.clone(),
             secret_fields: i.secret_field_names(),
             expected_input_fields: fields,
-            enabled: true,
+            enabled: !i.disabled,
             deleted: false,
             created_at: i.created_at,
             updated_at: i.updated_at,
