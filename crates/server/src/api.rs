@@ -51,7 +51,7 @@ pub(crate) fn list(query: &HashMap<String, String>, keys: &[&str]) -> Vec<String
         .collect()
 }
 
-fn parse_all<T>(
+pub(crate) fn parse_all<T>(
     values: Vec<String>,
     parse: impl Fn(&str) -> std::result::Result<T, Error>,
 ) -> Result<Vec<T>> {
@@ -331,6 +331,7 @@ pub(crate) async fn accounts(
             .map(|c| ConnectedAccountId::parse(c))
             .transpose()?,
         limit,
+        newest_first: false,
     };
     let page = s.kh.connected_accounts().list(&filter).await?;
     Ok(Json(v1::AccountPage {
@@ -368,12 +369,19 @@ pub(crate) async fn delete_account(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<v1::Deleted>> {
-    if s.config.revoke_in_background {
-        s.kh.connected_accounts().delete(&id).await?;
-    } else {
-        s.kh.connected_accounts().delete_and_revoke(&id).await?;
-    }
+    delete_account_of(&s, &id).await?;
     Ok(Json(v1::Deleted::new(id)))
+}
+
+/// Deletes an account and revokes its credentials at the provider: in the
+/// background, or before answering (`ServerConfig::revoke_in_background`).
+pub(crate) async fn delete_account_of(s: &AppState, id: &str) -> Result<()> {
+    if s.config.revoke_in_background {
+        s.kh.connected_accounts().delete(id).await?;
+    } else {
+        s.kh.connected_accounts().delete_and_revoke(id).await?;
+    }
+    Ok(())
 }
 
 /// `GET /api/v1/connectedAccounts/{id}/wait?timeout=SECONDS`: answers as soon as the

@@ -8,6 +8,7 @@
 
 mod api;
 mod api_v2;
+mod api_v3;
 mod audit;
 mod auth;
 mod error;
@@ -292,6 +293,13 @@ fn admin_routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(events::account_events))
         .routes(routes!(events::all_events))
         .routes(routes!(proxy::proxy))
+        .nest("/api/v3.1", api_v3::routes())
+}
+
+/// The v3.1 routes again at `/api/v3`, which Composio's v3 clients also call (not
+/// in the document, which lists them once, under `/api/v3.1`).
+fn v3_alias_routes() -> Router<Arc<AppState>> {
+    Router::new().nest("/api/v3", api_v3::routes().split_for_parts().0)
 }
 
 /// Reading credentials: needs the credentials key.
@@ -304,6 +312,7 @@ fn page_routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
         .routes(routes!(pages::callback))
         .routes(routes!(pages::connect_form, pages::submit_connect_form))
+        .routes(routes!(pages::link, pages::follow_link))
 }
 
 /// Health, never limited.
@@ -328,6 +337,10 @@ fn routes_and_doc(
     };
     let router = Router::new()
         .merge(admin.route_layer(middleware::from_fn_with_state(guard.clone(), require_admin)))
+        .merge(
+            v3_alias_routes()
+                .route_layer(middleware::from_fn_with_state(guard.clone(), require_admin)),
+        )
         .merge(creds.route_layer(middleware::from_fn_with_state(
             guard,
             require_credentials_key,

@@ -9,9 +9,9 @@ use utoipa::openapi::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 
 use crate::views::shapes::{
-    AccountId, AppSlugList, AppSlugShape, Cursor, EntityIdList, EntityIdShape, EventTypeList,
-    IntegrationIdList, IntegrationIdShape, LabelList, LabelShape, PageLimit, StatusList, Token,
-    WaitSeconds,
+    AccountId, AccountIdList, AppSlugList, AppSlugShape, Cursor, EntityIdList, EntityIdShape,
+    EventTypeList, IntegrationIdList, IntegrationIdShape, LabelList, LabelShape, PageLimit,
+    StatusList, Token, V3StatusList, WaitSeconds,
 };
 use crate::views::v1::ErrorBody;
 
@@ -19,7 +19,7 @@ use crate::views::v1::ErrorBody;
 #[openapi(
     info(
         title = "keyhaven",
-        description = "A connection broker: connect your users' accounts on other services and keep their credentials fresh. The connection routes speak Composio's v1 API.",
+        description = "A connection broker: connect your users' accounts on other services and keep their credentials fresh. The connection routes speak Composio's APIs: v1 under /api/v1, the v2 calls of its JS SDK 0.5 under /api/v2, and v3.1 under /api/v3.1 (also served at /api/v3, not listed again here).",
     ),
     // The shapes of parameters are named here: utoipa collects those of bodies and
     // answers by itself, not those of parameters.
@@ -34,6 +34,8 @@ use crate::views::v1::ErrorBody;
         AppSlugList,
         IntegrationIdList,
         StatusList,
+        V3StatusList,
+        AccountIdList,
         LabelList,
         EventTypeList,
         Cursor,
@@ -49,6 +51,7 @@ use crate::views::v1::ErrorBody;
         (name = "events", description = "Status changes as server-sent events"),
         (name = "pages", description = "What end users see: the OAuth callback and the connect form"),
         (name = "server", description = "The server itself"),
+        (name = "v3.1", description = "Composio's v3.1 API, as its current SDKs call it: toolkits (the catalogue), auth configs (integrations), connected accounts and connection links; also at /api/v3"),
     )
 )]
 struct Base;

@@ -388,3 +388,97 @@ pub(crate) async fn submit_connect_form(
         Err(e) => link_refused(&token, &e),
     }
 }
+
+#[derive(Template)]
+#[template(path = "link.html")]
+struct LinkTemplate<'a> {
+    app_name: &'a str,
+    action: &'a str,
+    at_provider: bool,
+    expires: String,
+}
+
+fn link_page_refused(token: &str, e: &keyhaven::Error) -> Response {
+    page(
+        link_status(Some(token), "link", e),
+        "Link not usable",
+        "This connection link cannot be used",
+        &e.to_string(),
+    )
+}
+
+/// `GET /link/{token}`: the page of a connection link (`POST
+/// /api/v3.1/connected_accounts/link`). Showing it does not use the link up: mail
+/// scanners and link previews fetch pages.
+#[utoipa::path(get, path = "/link/{token}", tag = "pages",
+    params(("token" = crate::views::shapes::Token, Path, description = "The link's token")),
+    responses(
+        (status = 200, description = "The page (HTML): which app, and a button to go on", content_type = "text/html", body = String),
+        (status = 400, description = "Not a token keyhaven makes (HTML page)", content_type = "text/html", body = String),
+        (status = 404, description = "An unknown, used or expired link, or one whose connection is done (HTML page)", content_type = "text/html", body = String),
+        (status = 503, description = "The store could not be reached (HTML page)", content_type = "text/html", body = String),
+        (status = 504, description = "The store did not answer in time (HTML page)", content_type = "text/html", body = String),
+    ))]
+pub(crate) async fn link(
+    State(s): State<Arc<AppState>>,
+    axum::extract::Path(token): axum::extract::Path<String>,
+) -> Response {
+    let link = match s.kh.link_page(&token).await {
+        Ok(l) => l,
+        Err(e) => return link_page_refused(&token, &e),
+    };
+    let ours = s.config.public_url.origin().ascii_serialization();
+    let action = format!(
+        "{}/link/{token}",
+        s.config.public_url.as_str().trim_end_matches('/')
+    );
+    let minutes = (link.expires_at - keyhaven::chrono::Utc::now())
+        .num_minutes()
+        .max(1);
+    let page = LinkTemplate {
+        app_name: &link.app_name,
+        action: &action,
+        at_provider: link.target_origin.as_deref().is_some_and(|o| o != ours),
+        expires: format!("in about {minutes} minutes"),
+    };
+    // The form is redirected on to the provider (or the connect form): allowed.
+    secure(render(StatusCode::OK, &page), link.target_origin.as_deref())
+}
+
+/// `POST /link/{token}`: uses the link up and sends the user on, to the provider or
+/// to the connect form.
+#[utoipa::path(post, path = "/link/{token}", tag = "pages",
+    params(("token" = crate::views::shapes::Token, Path, description = "The link's token")),
+    responses(
+        (status = 303, description = "On to the provider's page or the connect form"),
+        (status = 400, description = "Not a token keyhaven makes (HTML page)", content_type = "text/html", body = String),
+        (status = 403, description = "Sent from another origin (HTML page)", content_type = "text/html", body = String),
+        (status = 404, description = "An unknown, used or expired link, or one whose connection is done (HTML page)", content_type = "text/html", body = String),
+        (status = 503, description = "The store could not be reached (HTML page)", content_type = "text/html", body = String),
+        (status = 504, description = "The store did not answer in time (HTML page)", content_type = "text/html", body = String),
+    ))]
+pub(crate) async fn follow_link(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::Path(token): axum::extract::Path<String>,
+) -> Response {
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        let ours = s.config.public_url.origin().ascii_serialization();
+        if origin != ours {
+            tracing::warn!(
+                origin,
+                "connection link followed from another origin; refused"
+            );
+            return page(
+                StatusCode::FORBIDDEN,
+                "Link refused",
+                "This link could not be followed from there",
+                "Open the link itself again.",
+            );
+        }
+    }
+    match s.kh.follow_link(&token).await {
+        Ok(target) => secure(Redirect::to(target.as_str()).into_response(), None),
+        Err(e) => link_page_refused(&token, &e),
+    }
+}

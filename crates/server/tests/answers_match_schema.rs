@@ -28,6 +28,11 @@ impl Checker {
     /// one of the same segments whose fixed segments all match, most fixed first.
     fn template_of(&self, path: &str) -> String {
         let path = path.split('?').next().unwrap_or_default();
+        // `/api/v3` serves the routes the document lists under `/api/v3.1`.
+        let path = match path.strip_prefix("/api/v3/") {
+            Some(rest) => format!("/api/v3.1/{rest}"),
+            None => path.to_owned(),
+        };
         let given: Vec<&str> = path.split('/').collect();
         let mut best: Option<(usize, &String)> = None;
         for template in self.doc["paths"].as_object().unwrap().keys() {
@@ -392,6 +397,216 @@ async fn every_answer_matches_its_documented_schema() {
         admin,
     )
     .await;
+
+    // The v3.1 API of Composio's current SDKs (and its /api/v3 alias).
+    let patch = Method::PATCH;
+    let v3 = "/api/v3.1";
+    let (_, toolkits) = c
+        .call(get.clone(), &format!("{v3}/toolkits?limit=5"), None, admin)
+        .await;
+    assert_eq!(toolkits["items"].as_array().unwrap().len(), 5);
+    assert!(toolkits["next_cursor"].is_string(), "{toolkits}");
+    c.call(
+        get.clone(),
+        &format!("{v3}/toolkits?search=git&category=developer-tools"),
+        None,
+        admin,
+    )
+    .await;
+    c.call(get.clone(), &format!("{v3}/toolkits?limit=x"), None, admin)
+        .await;
+    let (_, github) = c
+        .call(get.clone(), &format!("{v3}/toolkits/github"), None, admin)
+        .await;
+    assert_eq!(github["auth_config_details"][0]["mode"], "OAUTH2");
+    let (status, _) = c
+        .call(get.clone(), "/api/v3/toolkits/opnai", None, admin)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, made) = c
+        .call(
+            post.clone(),
+            &format!("{v3}/auth_configs"),
+            Some(json!({"toolkit": {"slug": "openai"}, "auth_config": {"type": "use_custom_auth", "authScheme": "API_KEY", "name": "openai keys"}})),
+            admin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let ac = made["auth_config"]["id"].as_str().unwrap().to_owned();
+    let (status, gh) = c
+        .call(
+            post.clone(),
+            &format!("{v3}/auth_configs"),
+            Some(json!({"toolkit": {"slug": "github"}, "auth_config": {"type": "use_custom_auth", "credentials": {"scopes": "repo"}}})),
+            admin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{gh}");
+    let gh = gh["auth_config"]["id"].as_str().unwrap().to_owned();
+    let (status, _) = c
+        .call(
+            post.clone(),
+            &format!("{v3}/auth_configs"),
+            Some(json!({"toolkit": {"slug": "github"}, "auth_config": {"type": "use_composio_managed_auth"}})),
+            admin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (_, listed) = c
+        .call(
+            get.clone(),
+            &format!("{v3}/auth_configs?toolkit_slug=openai&show_disabled=true"),
+            None,
+            admin,
+        )
+        .await;
+    assert_eq!(listed["items"][0]["id"], ac.as_str(), "newest first");
+    c.call(get.clone(), &format!("{v3}/auth_configs/{ac}"), None, admin)
+        .await;
+    c.call(
+        patch.clone(),
+        &format!("{v3}/auth_configs/{ac}"),
+        Some(json!({"type": "custom", "credentials": {"header_name": "X-Api-Key", "header_format": "{api_key}"}})),
+        admin,
+    )
+    .await;
+    c.call(
+        patch.clone(),
+        &format!("{v3}/auth_configs/{ac}"),
+        Some(json!({"type": "custom", "credentials": {"no_such_field": "x"}})),
+        admin,
+    )
+    .await;
+    for status in ["DISABLED", "ENABLED", "BOGUS"] {
+        c.call(
+            patch.clone(),
+            &format!("{v3}/auth_configs/{ac}/{status}"),
+            None,
+            admin,
+        )
+        .await;
+    }
+    let (status, started) = c
+        .call(
+            post.clone(),
+            &format!("{v3}/connected_accounts"),
+            Some(json!({"auth_config": {"id": ac}, "connection": {"user_id": "dana", "state": {"authScheme": "API_KEY", "val": {"status": "ACTIVE", "api_key": SECRET}}}})),
+            admin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    assert_eq!(started["connectionData"]["val"]["status"], "ACTIVE");
+    let dana = started["id"].as_str().unwrap().to_owned();
+    let (_, started) = c
+        .call(
+            post.clone(),
+            &format!("{v3}/connected_accounts"),
+            Some(json!({"auth_config": {"id": gh}, "connection": {"user_id": "erin", "callback_url": "https://app.example.com/done"}})),
+            admin,
+        )
+        .await;
+    assert_eq!(started["connectionData"]["val"]["status"], "INITIATED");
+    assert!(
+        started["connectionData"]["val"]["redirectUrl"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://github.com/")
+    );
+    let (_, page) = c
+        .call(
+            get.clone(),
+            &format!("{v3}/connected_accounts?user_ids=dana,erin&statuses=ACTIVE,INITIALIZING&auth_config_ids={ac}"),
+            None,
+            admin,
+        )
+        .await;
+    assert_eq!(page["items"][0]["id"], dana.as_str(), "{page}");
+    assert_eq!(page["items"][0]["state"]["val"]["status"], "ACTIVE");
+    let (_, page) = c
+        .call(
+            get.clone(),
+            &format!("{v3}/connected_accounts?statuses=REVOKED"),
+            None,
+            admin,
+        )
+        .await;
+    assert_eq!(page["items"], json!([]));
+    c.call(
+        get.clone(),
+        &format!("{v3}/connected_accounts?connected_account_ids={dana}&order_direction=asc"),
+        None,
+        admin,
+    )
+    .await;
+    c.call(
+        get.clone(),
+        &format!("{v3}/connected_accounts?order_by=updated_at"),
+        None,
+        admin,
+    )
+    .await;
+    let v3_account = format!("{v3}/connected_accounts/{dana}");
+    c.call(get.clone(), &v3_account, None, admin).await;
+    c.call(
+        get.clone(),
+        &format!("{v3}/connected_accounts/ca_nosuchaccount"),
+        None,
+        admin,
+    )
+    .await;
+    c.call(
+        patch.clone(),
+        &format!("{v3_account}/status"),
+        Some(json!({"enabled": false})),
+        admin,
+    )
+    .await;
+    let (_, off) = c.call(get.clone(), &v3_account, None, admin).await;
+    assert_eq!(off["status"], "INACTIVE");
+    assert_eq!(off["is_disabled"], true);
+    c.call(
+        patch.clone(),
+        &format!("{v3_account}/status"),
+        Some(json!({"enabled": true})),
+        admin,
+    )
+    .await;
+    c.call(post.clone(), &format!("{v3_account}/refresh"), None, admin)
+        .await;
+    c.call(
+        post.clone(),
+        &format!("{v3}/connected_accounts/{waiting}/refresh"),
+        None,
+        admin,
+    )
+    .await;
+    let (status, link) = c
+        .call(
+            post.clone(),
+            &format!("{v3}/connected_accounts/link"),
+            Some(json!({"auth_config_id": gh, "user_id": "frank", "callback_url": "https://app.example.com/done"})),
+            admin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{link}");
+    assert!(link["redirect_url"].as_str().unwrap().contains("/link/"));
+    c.call(
+        delete.clone(),
+        &format!("{v3}/auth_configs/{ac}"),
+        None,
+        admin,
+    )
+    .await;
+    c.call(delete.clone(), &v3_account, None, admin).await;
+    let (status, _) = c
+        .call(
+            delete.clone(),
+            &format!("{v3}/auth_configs/{ac}"),
+            None,
+            admin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
 
     // Deletions: an integration with accounts is refused, then both go.
     c.call(

@@ -713,15 +713,40 @@ async fn the_openapi_document_lists_exactly_the_routes_served() {
         "GET /api/v1/oauth/callback",
         "GET /connect",
         "POST /connect",
+        "GET /link/{token}",
+        "POST /link/{token}",
         "GET /healthz",
+        "GET /api/v3.1/toolkits",
+        "GET /api/v3.1/toolkits/{slug}",
+        "POST /api/v3.1/auth_configs",
+        "GET /api/v3.1/auth_configs",
+        "GET /api/v3.1/auth_configs/{id}",
+        "PATCH /api/v3.1/auth_configs/{id}",
+        "DELETE /api/v3.1/auth_configs/{id}",
+        "PATCH /api/v3.1/auth_configs/{id}/{status}",
+        "POST /api/v3.1/connected_accounts",
+        "GET /api/v3.1/connected_accounts",
+        "GET /api/v3.1/connected_accounts/{id}",
+        "DELETE /api/v3.1/connected_accounts/{id}",
+        "PATCH /api/v3.1/connected_accounts/{id}/status",
+        "POST /api/v3.1/connected_accounts/{id}/refresh",
+        "POST /api/v3.1/connected_accounts/link",
     ];
     expected.sort_unstable();
     assert_eq!(listed, expected);
-    // Every documented route is served: none answers the fallback's 404 or a 405.
-    for entry in &listed {
+    // Every documented route is served, the v3.1 ones also under /api/v3: none
+    // answers the fallback's 404 or a 405.
+    let aliases: Vec<String> = listed
+        .iter()
+        .filter(|e| e.contains(" /api/v3.1/"))
+        .map(|e| e.replace(" /api/v3.1/", " /api/v3/"))
+        .collect();
+    for entry in listed.iter().chain(&aliases) {
         let (method, path) = entry.split_once(' ').unwrap();
         let uri = path
             .replace("{slug}", "github")
+            .replace("{status}", "ENABLED")
+            .replace("{token}", &"ab".repeat(32))
             .replace("{id}", "ca_01a0000000000000000000000000dead");
         let uri = if uri.ends_with("/wait") {
             format!("{uri}?timeout=0")

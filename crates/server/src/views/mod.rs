@@ -10,3 +10,4 @@
 pub(crate) mod shapes;
 pub(crate) mod v1;
 pub(crate) mod v2;
+pub(crate) mod v3;

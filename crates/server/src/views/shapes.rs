@@ -177,6 +177,29 @@ shape!(
     )
 );
 shape!(
+    /// Statuses as v3 names them, comma-separated, in any case.
+    V3StatusList,
+    "V3StatusList",
+    text(
+        list_of(&format!(
+            "(?:{})",
+            ["INITIALIZING", "INITIATED", "ACTIVE", "FAILED", "EXPIRED", "INACTIVE", "REVOKED"]
+                .map(any_case)
+                .join("|")
+        )),
+        "Statuses (INITIALIZING, INITIATED, ACTIVE, FAILED, EXPIRED, INACTIVE, REVOKED, in any case), comma-separated; white space around an item and empty items are ignored"
+    )
+);
+shape!(
+    /// Account ids, comma-separated.
+    AccountIdList,
+    "ConnectedAccountIdList",
+    text(
+        list_of(&id("ca_")),
+        "Connected account ids, comma-separated; white space around an item and empty items are ignored"
+    )
+);
+shape!(
     /// Labels, comma-separated.
     LabelList,
     "LabelList",
