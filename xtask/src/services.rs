@@ -1,6 +1,6 @@
 //! Makes ready what the end-to-end tests talk to, and says what it did.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
@@ -68,40 +68,39 @@ fn composio_client(root: &Path) -> Result<String, String> {
     Ok(python.to_string_lossy().into_owned())
 }
 
-/// schemathesis, which tests the OpenAPI document against `keyhaven serve`
-/// (crates/cli/tests/schemathesis.rs): the versions pinned in
-/// tests/schemathesis/requirements.txt, in a virtual environment under target/. The
-/// marker holds the requirements it was made from, so a change installs again.
-fn schemathesis(root: &Path) -> Result<String, String> {
-    let venv = root.join("target/schemathesis-venv");
-    let requirements = root.join("tests/schemathesis/requirements.txt");
+/// A virtual environment under target/`venv` with the versions pinned in
+/// `requirements` (`what` it is for). The marker holds the requirements it was made
+/// from, so a change installs again. Returns the venv's folder.
+fn pinned_venv(root: &Path, venv: &str, requirements: &str, what: &str) -> Result<PathBuf, String> {
+    let dir = root.join("target").join(venv);
+    let requirements = root.join(requirements);
     let wanted = std::fs::read_to_string(&requirements)
         .map_err(|e| format!("{}: {e}", requirements.display()))?;
-    let marker = venv.join(".keyhaven-requirements");
+    let marker = dir.join(".keyhaven-requirements");
     if std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) {
-        println!("xtask: schemathesis is installed");
-    } else {
-        println!("xtask: installing schemathesis into target/schemathesis-venv");
-        run(
-            Command::new("python3").args(["-m", "venv"]).arg(&venv),
-            "python3 -m venv (Python 3 with venv is needed: apt-get install python3-venv)",
-        )?;
-        run(
-            Command::new(venv.join("bin/python"))
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                    "-r",
-                ])
-                .arg(&requirements),
-            "pip install -r tests/schemathesis/requirements.txt",
-        )?;
-        std::fs::write(&marker, wanted).map_err(|e| format!("{}: {e}", marker.display()))?;
+        println!("xtask: {what} is installed");
+        return Ok(dir);
     }
-    Ok(venv.to_string_lossy().into_owned())
+    println!("xtask: installing {what} into target/{venv}");
+    run(
+        Command::new("python3").args(["-m", "venv"]).arg(&dir),
+        "python3 -m venv (Python 3 with venv is needed: apt-get install python3-venv)",
+    )?;
+    run(
+        Command::new(dir.join("bin/python"))
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(&requirements),
+        &format!("pip install -r {}", requirements.display()),
+    )?;
+    std::fs::write(&marker, wanted).map_err(|e| format!("{}: {e}", marker.display()))?;
+    Ok(dir)
 }
 
 /// Debian's Chromium, which the browser tests drive headless.
@@ -238,14 +237,40 @@ pub(crate) fn prepare(root: &Path) -> Result<Vec<(String, String)>, String> {
         "composio-js",
         "Composio JS SDK 0.5 (composio-core 0.5.39)",
     )?;
+    npm_packages(
+        root,
+        "composio-v3-js",
+        "Composio TypeScript SDK (@composio/core 0.21.0)",
+    )?;
     let chromium = chromium()?;
     let python = composio_client(root)?;
-    let schemathesis = schemathesis(root)?;
+    let composio_v3 = pinned_venv(
+        root,
+        "composio-v3-venv",
+        "tests/composio/requirements-v3.txt",
+        "composio 0.30.0 (Composio's Python SDK)",
+    )?;
+    let schemathesis = pinned_venv(
+        root,
+        "schemathesis-venv",
+        "tests/schemathesis/requirements.txt",
+        "schemathesis",
+    )?;
     let url = postgres()?;
     Ok(vec![
         ("KEYHAVEN_TEST_DATABASE_URL".into(), url),
         ("KEYHAVEN_COMPOSIO_PYTHON".into(), python),
-        ("KEYHAVEN_SCHEMATHESIS_VENV".into(), schemathesis),
+        (
+            "KEYHAVEN_COMPOSIO_V3_PYTHON".into(),
+            composio_v3
+                .join("bin/python")
+                .to_string_lossy()
+                .into_owned(),
+        ),
+        (
+            "KEYHAVEN_SCHEMATHESIS_VENV".into(),
+            schemathesis.to_string_lossy().into_owned(),
+        ),
         ("CHROMIUM".into(), chromium),
     ])
 }
