@@ -21,12 +21,17 @@ use crate::views::v1;
 pub(crate) type Result<T> = std::result::Result<T, ApiError>;
 
 /// Parses a JSON body with keyhaven's own error messages (never quoting secrets).
+/// Every body of the API is a JSON object (an empty body is `{}`): an array is
+/// refused, though serde would read one into a struct field by field.
 pub(crate) fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T> {
     let text = if bytes.is_empty() {
         &b"{}"[..]
     } else {
         &bytes[..]
     };
+    if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::invalid("the body must be a JSON object ({...})"));
+    }
     serde_json::from_slice(text).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,

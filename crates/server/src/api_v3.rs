@@ -45,14 +45,11 @@ fn limit_of(q: &HashMap<String, String>) -> Result<Option<usize>> {
     let Some(raw) = q.get("limit").filter(|l| !l.is_empty()) else {
         return Ok(None);
     };
-    let n = raw
-        .parse::<f64>()
-        .ok()
-        .filter(|n| n.is_finite() && *n >= 0.0 && n.fract() == 0.0)
-        .ok_or_else(|| invalid("invalid limit: give a whole number"))?;
-    // Saturates: any limit above the largest page is the largest page.
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    Ok(Some(n as usize))
+    let whole = raw.strip_suffix(".0").unwrap_or(raw);
+    whole
+        .parse::<usize>()
+        .map(Some)
+        .map_err(|_| invalid("invalid limit: give a whole number"))
 }
 
 /// An offset cursor (the listings of toolkits and auth configs are small and kept
@@ -76,8 +73,14 @@ fn window<T>(items: Vec<T>, offset: usize, limit: Option<usize>) -> (Vec<T>, Opt
     (page, next)
 }
 
-fn flag(q: &HashMap<String, String>, key: &str) -> bool {
-    q.get(key).is_some_and(|v| v.eq_ignore_ascii_case("true"))
+/// A boolean query parameter: `true` or `false`; absent is false.
+fn flag(q: &HashMap<String, String>, key: &str) -> Result<bool> {
+    match q.get(key).map(String::as_str) {
+        None => Ok(false),
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(other) => Err(invalid(format!("{key} {other:?}: give true or false"))),
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -89,7 +92,7 @@ fn flag(q: &HashMap<String, String>, key: &str) -> bool {
         ("search" = Option<String>, Query, description = "Words to search for in names, slugs and categories"),
         ("category" = Option<String>, Query, description = "Only this category (its slug or name)"),
         ("limit" = Option<crate::views::shapes::PageLimit>, Query, description = "Page size: absent or 0 gives up to 1000"),
-        ("cursor" = Option<String>, Query, description = "The `next_cursor` of the previous page"),
+        ("cursor" = Option<crate::views::shapes::OffsetCursor>, Query, description = "The `next_cursor` of the previous page"),
     ),
     responses((status = 200, description = "Toolkits: the catalogue's apps", body = crate::views::v3::ToolkitPage),
         (status = 400, description = "An invalid limit or cursor", body = crate::views::v1::ErrorBody),
@@ -223,7 +226,7 @@ async fn auth_config_view(kh: &Keyhaven, i: &Integration) -> Result<v3::AuthConf
         ("search" = Option<String>, Query, description = "Only those whose name or toolkit contains this"),
         ("is_composio_managed" = Option<bool>, Query, description = "`true`: none (keyhaven manages none)"),
         ("limit" = Option<crate::views::shapes::PageLimit>, Query, description = "Page size: absent or 0 gives up to 1000"),
-        ("cursor" = Option<String>, Query, description = "The `next_cursor` of the previous page"),
+        ("cursor" = Option<crate::views::shapes::OffsetCursor>, Query, description = "The `next_cursor` of the previous page"),
     ),
     responses((status = 200, description = "Auth configs, newest first", body = crate::views::v3::AuthConfigPage),
         (status = 400, description = "An invalid filter, limit or cursor", body = crate::views::v1::ErrorBody),
@@ -233,13 +236,13 @@ pub(crate) async fn auth_configs(
     State(s): State<Arc<AppState>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<v3::AuthConfigPage>> {
-    let app = q.get("toolkit_slug").filter(|a| !a.is_empty());
-    let mut items = s.kh.integrations().list(app.map(String::as_str)).await?;
+    let app = q.get("toolkit_slug").map(String::as_str);
+    let mut items = s.kh.integrations().list(app).await?;
     items.reverse();
-    if !flag(&q, "show_disabled") {
+    if !flag(&q, "show_disabled")? {
         items.retain(|i| !i.disabled);
     }
-    if flag(&q, "is_composio_managed") {
+    if flag(&q, "is_composio_managed")? {
         items.clear();
     }
     if let Some(words) = q.get("search").filter(|w| !w.is_empty()) {
@@ -285,7 +288,21 @@ pub(crate) async fn update_auth_config(
     Path(id): Path<String>,
     raw: Bytes,
 ) -> Result<Json<v3::Success>> {
+    if raw.is_empty() {
+        return Err(invalid(
+            "give the change as a JSON body, such as {\"type\":\"custom\",\"credentials\":{...}}",
+        ));
+    }
     let request: v3::UpdateAuthConfig = body(&raw)?;
+    if let Some(kind) = request
+        .r#type
+        .as_deref()
+        .filter(|t| !matches!(*t, "custom" | "default"))
+    {
+        return Err(invalid(format!(
+            "type {kind:?} is not known: give custom (or default, the same to keyhaven)"
+        )));
+    }
     let mut change = IntegrationUpdate::new();
     change.name = request.name;
     change.auth_config = request.credentials;

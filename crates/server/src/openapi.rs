@@ -10,8 +10,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 
 use crate::views::shapes::{
     AccountId, AccountIdList, AppSlugList, AppSlugShape, Cursor, EntityIdList, EntityIdShape,
-    EventTypeList, IntegrationIdList, IntegrationIdShape, LabelList, LabelShape, PageLimit,
-    StatusList, Token, V3StatusList, WaitSeconds,
+    EventTypeList, IntegrationIdList, IntegrationIdShape, LabelList, LabelShape, OffsetCursor,
+    PageLimit, ScopesShape, StatusList, Token, V3StatusList, WaitSeconds,
 };
 use crate::views::v1::ErrorBody;
 
@@ -39,6 +39,8 @@ use crate::views::v1::ErrorBody;
         LabelList,
         EventTypeList,
         Cursor,
+        OffsetCursor,
+        ScopesShape,
         PageLimit,
         WaitSeconds,
         Token,

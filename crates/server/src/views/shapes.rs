@@ -232,6 +232,36 @@ shape!(
     )
 );
 shape!(
+    /// A cursor into a listing kept in memory: the position of the next item.
+    OffsetCursor,
+    "OffsetCursor",
+    text(
+        "^[0-9]*$".to_owned(),
+        "The `next_cursor` of the previous page (a position); empty for the first page"
+    )
+);
+shape!(
+    /// Scopes: a list, or one string separated by commas or spaces.
+    ScopesShape,
+    "Scopes",
+    Schema::OneOf(
+        utoipa::openapi::schema::OneOfBuilder::new()
+            .item(text(
+                format!("^[, ]*(?:[^{CONTROL}{SPACES},]+[, ]*)*$"),
+                "Scopes in one string, separated by commas or spaces"
+            ))
+            .item(
+                utoipa::openapi::schema::ArrayBuilder::new()
+                    .items(RefOr::T(text(
+                        format!("^[^{CONTROL}{SPACES}]+$"),
+                        "One scope: no white space or control characters"
+                    )))
+                    .build()
+            )
+            .build()
+    )
+);
+shape!(
     /// A page size.
     PageLimit,
     "PageLimit",

@@ -688,22 +688,23 @@ pub(crate) struct NewAuthConfig {
 /// `PATCH /auth_configs/{id}`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct UpdateAuthConfig {
-    /// `custom` or `default`: the same to keyhaven.
+    /// `custom` or `default`: the same to keyhaven; another value is refused.
     #[serde(default)]
     #[schema(pattern = "^(custom|default)$")]
-    #[allow(dead_code)] // taken as the SDKs send it; it changes nothing
     pub(crate) r#type: Option<String>,
     /// A new name.
     #[serde(default)]
     #[schema(min_length = 1, max_length = 200)]
     pub(crate) name: Option<String>,
-    /// Settings to change (the others stay), `scopes` among them.
-    #[serde(default)]
-    #[schema(value_type = Object)]
-    pub(crate) credentials: SecretFields,
-    /// New scopes: a list, or one string separated by commas.
+    /// Settings to change (the others stay), `scopes` among them; `null` or absent
+    /// changes none.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
+    pub(crate) credentials: SecretFields,
+    /// New scopes: a list, or one string separated by commas or spaces; `null` or
+    /// absent keeps them.
+    #[serde(default)]
+    #[schema(value_type = Option<super::shapes::ScopesShape>, nullable = true)]
     pub(crate) scopes: Option<Value>,
 }
 
