@@ -202,3 +202,54 @@ async fn an_end_user_runs_the_oauth_flow_to_the_success_page() {
         .await;
     assert_eq!((status, me["sub"].as_str()), (200, Some("web-user")));
 }
+
+#[tokio::test]
+async fn an_end_user_follows_a_connection_link_through_keyhavens_page() {
+    if !browser_ready() {
+        return;
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let callback = format!("{base}/api/v1/oauth/callback");
+    let Some(provider) = OidcProvider::start_with_callback(600, &callback).await else {
+        return;
+    };
+    let (kh, integration) = provider.keyhaven_for(&callback, "kh-basic").await;
+    serve(kh.clone(), listener, &base).await;
+    let link = kh
+        .create_link(
+            keyhaven::ConnectionRequest::for_integration(integration.id.as_str())
+                .entity("link-user"),
+        )
+        .await
+        .unwrap();
+
+    // keyhaven's page, its Continue button (the page's CSP lets its form go on to
+    // the provider), the provider's sign-in and consent, keyhaven's success page.
+    let report = drive(json!({
+        "start": format!("{base}/link/{}", link.token),
+        "doneText": "is connected",
+        "fill": {"input[name=login]": "link-user", "input[name=password]": "any"},
+        "out": shots_dir(),
+        "name": "link",
+    }))
+    .await;
+    assert!(
+        report["text"]
+            .as_str()
+            .unwrap()
+            .contains("Your oidc-test account is connected"),
+        "{report}"
+    );
+    assert!(
+        report["shots"].as_array().unwrap().len() >= 4,
+        "the link's page, sign-in, consent, success: {report}"
+    );
+    let account = kh
+        .connected_accounts()
+        .get(link.connected_account_id.as_str())
+        .await
+        .unwrap();
+    assert_eq!(account.status.as_str(), "ACTIVE");
+    assert!(kh.link_page(&link.token).await.is_err(), "used up");
+}

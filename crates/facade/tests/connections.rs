@@ -1073,3 +1073,80 @@ async fn integrations_are_updated_disabled_and_enabled() {
         .unwrap_err();
     assert_eq!(missing.kind(), ErrorKind::NotFound);
 }
+
+#[tokio::test]
+async fn connection_links_are_single_use_and_expire() {
+    let clock = std::sync::Arc::new(keyhaven::ManualClock::new(keyhaven::chrono::Utc::now()));
+    let kh = Keyhaven::builder()
+        .store(MemoryStore::new())
+        .clock(clock.clone())
+        .connect_form_url("http://127.0.0.1:9210/connect")
+        .allow_redirect_url("https://app.example.com/")
+        .pending_ttl(std::time::Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let link = kh
+        .create_link(
+            ConnectionRequest::for_app("openai")
+                .scheme("API_KEY")
+                .entity("erin")
+                .redirect_url("https://app.example.com/back"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(link.connection_status, ConnectionStatus::Initiated);
+    assert_eq!(link.token.len(), 64);
+
+    // The page does not use the link up: read it twice.
+    for _ in 0..2 {
+        let page = kh.link_page(&link.token).await.unwrap();
+        assert_eq!(page.app_name, "OpenAI");
+        assert_eq!(page.account.id, link.connected_account_id);
+        assert_eq!(page.target_origin.as_deref(), Some("http://127.0.0.1:9210"));
+    }
+    // A link is not an OAuth state, nor a connect form's token.
+    let mut query = std::collections::BTreeMap::new();
+    query.insert("state".to_owned(), link.token.clone());
+    query.insert("code".to_owned(), "x".to_owned());
+    assert!(kh.handle_callback(&query).await.is_err());
+    assert!(kh.connect_form(&link.token).await.is_err());
+    assert!(kh.link_page(&link.token).await.is_ok(), "still usable");
+
+    // Followed once: on to the connect form; then refused.
+    let to = kh.follow_link(&link.token).await.unwrap();
+    assert!(
+        to.as_str()
+            .starts_with("http://127.0.0.1:9210/connect?token="),
+        "{to}"
+    );
+    let again = kh.follow_link(&link.token).await.unwrap_err();
+    assert_eq!(again.kind(), ErrorKind::InvalidInput);
+    assert!(again.to_string().contains("new connection link"), "{again}");
+    assert!(kh.link_page(&link.token).await.is_err());
+
+    // Another link lapses with the connection's state.
+    let late = kh
+        .create_link(ConnectionRequest::for_app("openai").scheme("API_KEY"))
+        .await
+        .unwrap();
+    assert_eq!(
+        late.expires_at,
+        keyhaven::Clock::now(clock.as_ref()) + keyhaven::chrono::Duration::seconds(600)
+    );
+    clock.advance(keyhaven::chrono::Duration::seconds(601));
+    let expired = kh.follow_link(&late.token).await.unwrap_err();
+    assert!(expired.to_string().contains("expired"), "{expired}");
+
+    // A redirect URL off the allowlist is refused, and nothing is stored.
+    let before = ids(&snapshot(&kh).await);
+    let refused = kh
+        .create_link(
+            ConnectionRequest::for_app("openai")
+                .scheme("API_KEY")
+                .redirect_url("https://evil.example/"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::InvalidInput);
+    assert_eq!(ids(&snapshot(&kh).await), before);
+}

@@ -13,7 +13,9 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use keyhaven::{Keyhaven, MemoryStore};
-use keyhaven_server::{AdminKey, AppState, Audit, ServerConfig, Webhook, router};
+use keyhaven_server::{
+    AdminKey, AppState, Audit, DEFAULT_PUBLIC_URL, ServerConfig, Webhook, router,
+};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -1047,4 +1049,97 @@ async fn the_connect_form_asks_for_a_login_with_the_apps_own_fields() {
     assert!(!account.text.contains(SECRET));
     let creds = kh.credentials(id).await.unwrap();
     assert_eq!(creds.get_str("password"), Some(SECRET));
+}
+
+#[tokio::test]
+async fn connection_links_lead_once_to_the_provider_through_keyhavens_page() {
+    let kh = Keyhaven::builder()
+        .store(MemoryStore::new())
+        .connect_form_url("http://127.0.0.1:9210/connect")
+        .allow_redirect_url("https://app.example.com/")
+        .app_credentials("github", "gh-id", Some("gh-secret"))
+        .build()
+        .unwrap();
+    let app = plain_app(kh);
+    let made = send(
+        &app,
+        api(
+            "POST",
+            "/api/v3.1/auth_configs",
+            KEY,
+            Some(
+                json!({"toolkit": {"slug": "github"}, "auth_config": {"type": "use_custom_auth"}}),
+            ),
+        ),
+    )
+    .await;
+    assert_eq!(made.status, StatusCode::CREATED, "{}", made.text);
+    let ac = made.json["auth_config"]["id"].as_str().unwrap().to_owned();
+    let link = send(
+        &app,
+        api(
+            "POST",
+            "/api/v3/connected_accounts/link",
+            KEY,
+            Some(json!({"auth_config_id": ac, "user_id": "gina", "callback_url": "https://app.example.com/done"})),
+        ),
+    )
+    .await;
+    assert_eq!(link.status, StatusCode::CREATED, "{}", link.text);
+    let url = link.json["redirect_url"].as_str().unwrap();
+    let path = url.strip_prefix(DEFAULT_PUBLIC_URL).unwrap().to_owned();
+    assert_eq!(
+        path,
+        format!("/link/{}", link.json["link_token"].as_str().unwrap())
+    );
+    let account = link.json["connected_account_id"].as_str().unwrap();
+
+    // The page names the app and may send its form on to GitHub; reading it twice
+    // uses nothing up, and never shows where the link leads.
+    for _ in 0..2 {
+        let page = send(&app, get(&path)).await;
+        assert_eq!(page.status, StatusCode::OK);
+        assert!(
+            page.text.contains("Connect your GitHub account"),
+            "{}",
+            page.text
+        );
+        assert!(!page.text.contains("github.com/login"), "{}", page.text);
+        let csp = page.headers["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("form-action 'self' https://github.com"),
+            "{csp}"
+        );
+    }
+    let elsewhere = send(&app, form(&path, None, Some("https://evil.example"), &[])).await;
+    assert_eq!(elsewhere.status, StatusCode::FORBIDDEN);
+    let on = send(&app, form(&path, None, Some(DEFAULT_PUBLIC_URL), &[])).await;
+    assert_eq!(on.status, StatusCode::SEE_OTHER);
+    let to = on.headers["location"].to_str().unwrap();
+    assert!(
+        to.starts_with("https://github.com/login/oauth/authorize?"),
+        "{to}"
+    );
+    assert!(to.contains("client_id=gh-id"), "{to}");
+    let again = send(&app, form(&path, None, None, &[])).await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND, "{}", again.text);
+    assert_eq!(send(&app, get(&path)).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        send(&app, get("/link/not-a-token")).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    // The account waits for the user meanwhile.
+    let waiting = send(
+        &app,
+        api(
+            "GET",
+            &format!("/api/v3.1/connected_accounts/{account}"),
+            KEY,
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(waiting.json["status"], "INITIATED");
+    assert_eq!(waiting.json["user_id"], "gina");
+    assert!(waiting.json.get("state").is_none(), "{}", waiting.text);
 }
