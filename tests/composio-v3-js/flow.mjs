@@ -204,6 +204,12 @@ await step("authorize", async () => {
   };
 });
 
+await step("authorizeCustom", async () => {
+  // An app outside the catalogue is a toolkit once it has an auth config.
+  const request = await composio.toolkits.authorize("erin", "oidc-test");
+  return { status: request.status, redirect: request.redirectUrl };
+});
+
 await step("disableEnableRefresh", async () => {
   const id = out.oauth.id;
   await composio.connectedAccounts.disable(id);

@@ -236,6 +236,12 @@ def auth_configs():
     }
 
 
+def authorize_custom():
+    # An app outside the catalogue, with an auth config of its own.
+    request = composio.toolkits.authorize(user_id="erin", toolkit="oidc-test")
+    return {"status": request.status, "redirect": request.redirect_url}
+
+
 def disable_enable_refresh():
     account_id = out["oauth"]["id"]
     composio.connected_accounts.disable(account_id)
@@ -292,6 +298,7 @@ step("link", link)
 step("getList", get_and_list)
 step("authConfigs", auth_configs)
 step("authorize", authorize)
+step("authorizeCustom", authorize_custom)
 step("disableEnableRefresh", disable_enable_refresh)
 step("delete", delete)
 step("wrongKey", wrong_key)

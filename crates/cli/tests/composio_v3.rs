@@ -254,6 +254,13 @@ fn check_flow(r: &Value, camel: bool) {
             .is_some_and(|u| u.starts_with("https://github.com/login/oauth/authorize?")),
         "{r}"
     );
+    assert_eq!(r["authorizeCustom"]["status"], "INITIATED", "{r}");
+    assert!(
+        r["authorizeCustom"]["redirect"]
+            .as_str()
+            .is_some_and(|u| u.contains("/auth?") && u.contains("client_id=kh-")),
+        "authorize through an app outside the catalogue: {r}"
+    );
     let der = &r["disableEnableRefresh"];
     assert_eq!(der["off"], "INACTIVE", "{r}");
     assert_eq!(der["on"], "ACTIVE", "{r}");

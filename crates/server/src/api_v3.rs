@@ -122,23 +122,36 @@ pub(crate) async fn toolkits(
     )))
 }
 
-/// `GET /toolkits/{slug}`: one catalogue app, with each scheme's fields.
+/// `GET /toolkits/{slug}`: one catalogue app, with each scheme's fields; an app outside
+/// the catalogue that has auth configs is a toolkit of its schemes.
 #[utoipa::path(get, path = "/toolkits/{slug}", tag = "v3.1",
     params(("slug" = String, Path, description = "The app's slug, such as github")),
     responses((status = 200, description = "The toolkit, with `auth_config_details`: each scheme keyhaven has for it, and the fields an auth config and a connection give", body = crate::views::v3::ToolkitDetail),
         (status = 401, description = "No or a wrong admin key", body = crate::views::v1::ErrorBody),
-        (status = 404, description = "Not in the catalogue (the message names the closest apps)", body = crate::views::v1::ErrorBody)),
+        (status = 404, description = "Neither in the catalogue nor an app with auth configs (the message names the closest catalogue apps)", body = crate::views::v1::ErrorBody)),
     security(("admin_key" = [])))]
 pub(crate) async fn toolkit(
     State(s): State<Arc<AppState>>,
     Path(slug): Path<String>,
 ) -> Result<Json<v3::ToolkitDetail>> {
     let catalog = s.kh.catalog();
-    let entry = catalog.get(&slug).ok_or_else(|| Error::UnknownApp {
-        app: slug.clone(),
-        closest: catalog.closest(&slug, 3),
-    })?;
-    Ok(Json(v3::ToolkitDetail::new(&s.kh, entry)))
+    if let Some(entry) = catalog.get(&slug) {
+        return Ok(Json(v3::ToolkitDetail::new(&s.kh, entry)));
+    }
+    // An app of its own: a toolkit when it has auth configs.
+    let integrations = match AppSlug::new(slug.clone()) {
+        Ok(app) => s.kh.integrations().list(Some(app.as_str())).await?,
+        Err(_) => Vec::new(),
+    };
+    if integrations.is_empty() {
+        return Err(Error::UnknownApp {
+            app: slug.clone(),
+            closest: catalog.closest(&slug, 3),
+        }
+        .into());
+    }
+    let entry = v3::custom_entry(&slug, &integrations);
+    Ok(Json(v3::ToolkitDetail::new(&s.kh, &entry)))
 }
 
 // ---------------------------------------------------------------------------------

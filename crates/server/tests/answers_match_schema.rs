@@ -419,6 +419,17 @@ async fn every_answer_matches_its_documented_schema() {
         .call(get.clone(), &format!("{v3}/toolkits/github"), None, admin)
         .await;
     assert_eq!(github["auth_config_details"][0]["mode"], "OAUTH2");
+    let (status, custom) = c
+        .call(
+            get.clone(),
+            &format!("{v3}/toolkits/schema-test"),
+            None,
+            admin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{custom}");
+    assert_eq!(custom["auth_config_details"][0]["mode"], "BEARER_TOKEN");
+    assert_eq!(custom["base_url"], base.as_str());
     let (status, _) = c
         .call(get.clone(), "/api/v3/toolkits/opnai", None, admin)
         .await;

@@ -489,6 +489,33 @@ impl ToolkitDetail {
     }
 }
 
+/// A toolkit for an app outside the catalogue that has integrations (auth configs made
+/// with their own settings): its schemes are theirs, its API the first base URL one
+/// of them gives. Composio's TypeScript SDK reads the toolkit before it authorizes.
+pub(crate) fn custom_entry(slug: &str, integrations: &[Integration]) -> AppEntry {
+    let mut schemes: Vec<String> = Vec::new();
+    for i in integrations {
+        if !schemes.contains(&i.auth_scheme) {
+            schemes.push(i.auth_scheme.clone());
+        }
+    }
+    AppEntry {
+        slug: slug.to_owned(),
+        name: slug.to_owned(),
+        categories: Vec::new(),
+        docs_url: String::new(),
+        schemes,
+        api_base_url: integrations
+            .iter()
+            .find_map(|i| i.config_str("base_url"))
+            .unwrap_or_default()
+            .to_owned(),
+        params: Vec::new(),
+        request_headers: std::collections::BTreeMap::new(),
+        settings: std::collections::BTreeMap::new(),
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // Auth configs
 
