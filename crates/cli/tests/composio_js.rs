@@ -43,18 +43,8 @@ fn composio_js_sdk_0_5_works_against_keyhaven_serve() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    // No redirect allowlist and no OAuth client in the environment: as a new user runs it.
-    let mut command = common::serve_command();
-    command
-        .args(["--api-key", KEY])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .env_remove("KEYHAVEN_DATABASE_URL")
-        .env_remove("KEYHAVEN_SERVER")
-        .env_remove("KEYHAVEN_REDIRECT_ALLOWLIST")
-        .env_remove("KEYHAVEN_GITHUB_CLIENT_ID")
-        .env_remove("KEYHAVEN_GITHUB_CLIENT_SECRET");
-    let server = common::start(command);
+    // As a new user runs it: no redirect allowlist, no OAuth client in the environment.
+    let server = common::start(common::new_user_serve_command(KEY, &dir.join("data")));
     let address = server.url("");
     let out = Command::new("node")
         .args(["--require", "./seal.cjs", "flow.mjs"])

@@ -292,17 +292,7 @@ fn assert_sealed_and_secret_free(sdk: &str, stdout: &Value, stderr: &str, raw: &
 /// redirect allowlist, no OAuth client in the environment), and the test OAuth
 /// server for its callback.
 async fn fresh_server(dir: &Path) -> Option<(common::Server, OidcProvider)> {
-    let mut command = common::serve_command();
-    command
-        .args(["--api-key", KEY])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .env_remove("KEYHAVEN_DATABASE_URL")
-        .env_remove("KEYHAVEN_SERVER")
-        .env_remove("KEYHAVEN_REDIRECT_ALLOWLIST")
-        .env_remove("KEYHAVEN_GITHUB_CLIENT_ID")
-        .env_remove("KEYHAVEN_GITHUB_CLIENT_SECRET");
-    let server = common::start(command);
+    let server = common::start(common::new_user_serve_command(KEY, &dir.join("data")));
     let provider =
         OidcProvider::start_with_callback(600, &server.url("/api/v1/oauth/callback")).await?;
     Some((server, provider))

@@ -60,7 +60,44 @@ pub(crate) enum Waiting {
     Done(ConnectedAccount),
 }
 
+/// A link refused (a connect form's, field `token`, or a connection link's, field
+/// `link`): the reason and what to do.
+pub(crate) fn link_refused(field: &'static str, reason: &str) -> Error {
+    Error::invalid(
+        field,
+        format!("{reason}; ask the app for a new connection link"),
+    )
+}
+
 impl Keyhaven {
+    /// The pending state behind a link's `token` (one that `is_kind` accepts) and the
+    /// `INITIATED` account it completes, without using the token up; refused, naming
+    /// `field`, when it is unknown, used, expired or its account has moved on.
+    pub(crate) async fn live_link_token(
+        &self,
+        token: &str,
+        field: &'static str,
+        is_kind: fn(&PendingState) -> bool,
+    ) -> Result<(PendingState, ConnectedAccount), Error> {
+        if token.is_empty() {
+            return Err(link_refused(field, "the link has no token"));
+        }
+        let pending = self
+            .store()
+            .get_pending_state(token)
+            .await?
+            .filter(is_kind)
+            .ok_or_else(|| link_refused(field, "this link is unknown or was already used"))?;
+        match self.waiting_account(&pending).await? {
+            Waiting::Ready(account) => Ok((pending, account)),
+            Waiting::Expired => Err(link_refused(field, "this link expired")),
+            Waiting::Done(account) => Err(link_refused(
+                field,
+                &format!("this connection is {} already", account.status),
+            )),
+        }
+    }
+
     /// Whether `pending` may still complete its account.
     pub(crate) async fn waiting_account(&self, pending: &PendingState) -> Result<Waiting, Error> {
         if pending.expires_at < self.now() {

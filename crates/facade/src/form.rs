@@ -12,7 +12,7 @@ use keyhaven_core::{
 use serde_json::{Map, Value};
 use url::Url;
 
-use crate::callback::{CallbackOutcome, Waiting};
+use crate::callback::CallbackOutcome;
 use crate::connect::new_state;
 use crate::integrations::{check_connection_params, connection_param_specs, effective_integration};
 use crate::{Keyhaven, Registered};
@@ -43,10 +43,7 @@ pub(crate) fn is_form_state(pending: &PendingState) -> bool {
 }
 
 fn refused(reason: &str) -> Error {
-    Error::invalid(
-        "token",
-        format!("{reason}; ask the app for a new connection link"),
-    )
+    crate::callback::link_refused("token", reason)
 }
 
 /// The fields of an integration's connections: the scheme's and the URL template's.
@@ -162,25 +159,7 @@ impl Keyhaven {
         &self,
         token: &str,
     ) -> Result<(ConnectForm, PendingState, Integration), Error> {
-        if token.is_empty() {
-            return Err(refused("the link has no token"));
-        }
-        let pending = self
-            .store()
-            .get_pending_state(token)
-            .await?
-            .filter(is_form_state)
-            .ok_or_else(|| refused("this link is unknown or was already used"))?;
-        let account = match self.waiting_account(&pending).await? {
-            Waiting::Ready(account) => account,
-            Waiting::Expired => return Err(refused("this link expired")),
-            Waiting::Done(account) => {
-                return Err(refused(&format!(
-                    "this connection is {} already",
-                    account.status
-                )));
-            }
-        };
+        let (pending, account) = self.live_link_token(token, "token", is_form_state).await?;
         let integration = self.integration_of(&account).await?;
         let scheme = self.schemes().get(&integration.auth_scheme)?;
         let given = pending.data.expose().get(GIVEN).and_then(Value::as_object);

@@ -16,7 +16,6 @@ use keyhaven_core::{
 use serde_json::Value;
 
 use crate::Keyhaven;
-use crate::callback::Waiting;
 use crate::connect::new_state;
 
 /// The key that marks a pending state as a connection link's.
@@ -31,10 +30,7 @@ pub(crate) fn is_link_state(pending: &PendingState) -> bool {
 }
 
 fn refused(reason: &str) -> Error {
-    Error::invalid(
-        "link",
-        format!("{reason}; ask the app for a new connection link"),
-    )
+    crate::callback::link_refused("link", reason)
 }
 
 /// A new connection link.
@@ -104,32 +100,12 @@ impl Keyhaven {
         })
     }
 
-    async fn live_link(&self, token: &str) -> Result<(PendingState, ConnectedAccount), Error> {
-        if token.is_empty() {
-            return Err(refused("the link has no token"));
-        }
-        let pending = self
-            .store()
-            .get_pending_state(token)
-            .await?
-            .filter(is_link_state)
-            .ok_or_else(|| refused("this link is unknown or was already used"))?;
-        match self.waiting_account(&pending).await? {
-            Waiting::Ready(account) => Ok((pending, account)),
-            Waiting::Expired => Err(refused("this link expired")),
-            Waiting::Done(account) => Err(refused(&format!(
-                "this connection is {} already",
-                account.status
-            ))),
-        }
-    }
-
     /// What a link's page shows. Reading it does not use the link up.
     ///
     /// # Errors
     /// An unknown, used or expired link, or an account no longer waiting for it.
     pub async fn link_page(&self, token: &str) -> Result<LinkPage, Error> {
-        let (pending, account) = self.live_link(token).await?;
+        let (pending, account) = self.live_link_token(token, "link", is_link_state).await?;
         let app_name = self
             .catalog()
             .get(account.app.as_str())
@@ -156,7 +132,7 @@ impl Keyhaven {
     /// # Errors
     /// An unknown, used or expired link, or an account no longer waiting for it.
     pub async fn follow_link(&self, token: &str) -> Result<url::Url, Error> {
-        self.live_link(token).await?;
+        self.live_link_token(token, "link", is_link_state).await?;
         let pending = self
             .store()
             .take_pending_state(token)

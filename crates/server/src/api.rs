@@ -220,12 +220,13 @@ pub(crate) async fn delete_integration(
     Ok(Json(v1::Deleted::new(id)))
 }
 
-/// The views of accounts, each with its API's base URL (its integration's, templates
-/// filled with the account's parameters); each integration is read once.
-pub(crate) async fn account_views(
+/// A view of each account made with its integration (`None` when it cannot be
+/// read); each integration is read once. Every API version lists accounts this way.
+pub(crate) async fn views_with_integrations<V>(
     kh: &Keyhaven,
     accounts: &[ConnectedAccount],
-) -> Vec<v1::AccountView> {
+    view: impl Fn(&ConnectedAccount, Option<&Integration>) -> V,
+) -> Vec<V> {
     let mut integrations: HashMap<&IntegrationId, Option<Integration>> = HashMap::new();
     let mut views = Vec::with_capacity(accounts.len());
     for a in accounts {
@@ -233,24 +234,30 @@ pub(crate) async fn account_views(
             let i = kh.integrations().get(a.integration_id.as_str()).await.ok();
             integrations.insert(&a.integration_id, i);
         }
-        let base = integrations
-            .get(&a.integration_id)
-            .and_then(Option::as_ref)
-            .and_then(|i| crate::proxy::base_url_of(i, a));
-        views.push(v1::AccountView::new(a, base));
+        let integration = integrations.get(&a.integration_id).and_then(Option::as_ref);
+        views.push(view(a, integration));
     }
     views
 }
 
-/// The view of one account.
+/// The v1 view of an account: with its API's base URL (its integration's, templates
+/// filled with the account's parameters).
+fn v1_view(a: &ConnectedAccount, integration: Option<&Integration>) -> v1::AccountView {
+    v1::AccountView::new(a, integration.and_then(|i| crate::proxy::base_url_of(i, a)))
+}
+
+/// The v1 views of accounts.
+pub(crate) async fn account_views(
+    kh: &Keyhaven,
+    accounts: &[ConnectedAccount],
+) -> Vec<v1::AccountView> {
+    views_with_integrations(kh, accounts, v1_view).await
+}
+
+/// The v1 view of one account.
 pub(crate) async fn account_view(kh: &Keyhaven, a: &ConnectedAccount) -> v1::AccountView {
-    let base = kh
-        .integrations()
-        .get(a.integration_id.as_str())
-        .await
-        .ok()
-        .and_then(|i| crate::proxy::base_url_of(&i, a));
-    v1::AccountView::new(a, base)
+    let integration = kh.integrations().get(a.integration_id.as_str()).await.ok();
+    v1_view(a, integration.as_ref())
 }
 
 /// `POST /api/v1/connectedAccounts`: initiate.

@@ -373,19 +373,9 @@ pub(crate) async fn set_auth_config_status(
 // ---------------------------------------------------------------------------------
 // Connected accounts
 
-/// The v3 views of accounts; each integration is read once.
+/// The v3 views of accounts.
 async fn account_views(kh: &Keyhaven, accounts: &[ConnectedAccount]) -> Vec<v3::Account> {
-    let mut integrations: HashMap<&IntegrationId, Option<Integration>> = HashMap::new();
-    let mut views = Vec::with_capacity(accounts.len());
-    for a in accounts {
-        if !integrations.contains_key(&a.integration_id) {
-            let i = kh.integrations().get(a.integration_id.as_str()).await.ok();
-            integrations.insert(&a.integration_id, i);
-        }
-        let integration = integrations.get(&a.integration_id).and_then(Option::as_ref);
-        views.push(v3::Account::new(a, integration));
-    }
-    views
+    crate::api::views_with_integrations(kh, accounts, v3::Account::new).await
 }
 
 /// `POST /connected_accounts`: initiate, through an auth config.
@@ -543,11 +533,12 @@ pub(crate) async fn account(
     Path(id): Path<String>,
 ) -> Result<Json<v3::Account>> {
     let a = s.kh.connected_accounts().get(&id).await?;
-    let mut views = account_views(&s.kh, std::slice::from_ref(&a)).await;
-    views
-        .pop()
-        .map(Json)
-        .ok_or_else(|| ApiError::from(Error::Internal("an account without a view".into())))
+    let integration =
+        s.kh.integrations()
+            .get(a.integration_id.as_str())
+            .await
+            .ok();
+    Ok(Json(v3::Account::new(&a, integration.as_ref())))
 }
 
 /// `DELETE /connected_accounts/{id}`: answers JSON, as the SDKs need.

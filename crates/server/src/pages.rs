@@ -286,13 +286,32 @@ fn link_status(token: Option<&str>, field: &str, e: &keyhaven::Error) -> StatusC
     }
 }
 
-fn link_refused(token: &str, e: &keyhaven::Error) -> Response {
+/// The page of a link refused; `field` is what the library calls its token (`token`
+/// for a connect form's, `link` for a connection link's).
+fn refused_link(token: &str, field: &str, e: &keyhaven::Error) -> Response {
     page(
-        link_status(Some(token), "token", e),
+        link_status(Some(token), field, e),
         "Link not usable",
         "This connection link cannot be used",
         &e.to_string(),
     )
+}
+
+fn link_refused(token: &str, e: &keyhaven::Error) -> Response {
+    refused_link(token, "token", e)
+}
+
+/// Whether a form was posted from a page of another origin (browsers send `Origin`
+/// with every POST; a request without one is not a browser's cross-site post).
+fn from_other_origin(s: &AppState, headers: &HeaderMap, what: &str) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let other = origin != s.config.public_url.origin().ascii_serialization();
+    if other {
+        tracing::warn!(origin, "{what} posted from another origin; refused");
+    }
+    other
 }
 
 /// `GET /connect?token=`: the hosted connect form.
@@ -350,12 +369,8 @@ pub(crate) async fn submit_connect_form(
             "It was not sent from the page keyhaven showed (it may have been open too long, or cookies are off). Open the link again.",
         )
     };
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        let ours = s.config.public_url.origin().ascii_serialization();
-        if origin != ours {
-            tracing::warn!(origin, "connect form posted from another origin; refused");
-            return forbidden();
-        }
+    if from_other_origin(&s, &headers, "connect form") {
+        return forbidden();
     }
     let token = values.remove("token").unwrap_or_default();
     let given_csrf = values.remove("csrf").unwrap_or_default();
@@ -398,15 +413,6 @@ struct LinkTemplate<'a> {
     expires: String,
 }
 
-fn link_page_refused(token: &str, e: &keyhaven::Error) -> Response {
-    page(
-        link_status(Some(token), "link", e),
-        "Link not usable",
-        "This connection link cannot be used",
-        &e.to_string(),
-    )
-}
-
 /// `GET /link/{token}`: the page of a connection link (`POST
 /// /api/v3.1/connected_accounts/link`). Showing it does not use the link up: mail
 /// scanners and link previews fetch pages.
@@ -425,7 +431,7 @@ pub(crate) async fn link(
 ) -> Response {
     let link = match s.kh.link_page(&token).await {
         Ok(l) => l,
-        Err(e) => return link_page_refused(&token, &e),
+        Err(e) => return refused_link(&token, "link", &e),
     };
     let ours = s.config.public_url.origin().ascii_serialization();
     let action = format!(
@@ -462,23 +468,16 @@ pub(crate) async fn follow_link(
     headers: HeaderMap,
     axum::extract::Path(token): axum::extract::Path<String>,
 ) -> Response {
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        let ours = s.config.public_url.origin().ascii_serialization();
-        if origin != ours {
-            tracing::warn!(
-                origin,
-                "connection link followed from another origin; refused"
-            );
-            return page(
-                StatusCode::FORBIDDEN,
-                "Link refused",
-                "This link could not be followed from there",
-                "Open the link itself again.",
-            );
-        }
+    if from_other_origin(&s, &headers, "connection link") {
+        return page(
+            StatusCode::FORBIDDEN,
+            "Link refused",
+            "This link could not be followed from there",
+            "Open the link itself again.",
+        );
     }
     match s.kh.follow_link(&token).await {
         Ok(target) => secure(Redirect::to(target.as_str()).into_response(), None),
-        Err(e) => link_page_refused(&token, &e),
+        Err(e) => refused_link(&token, "link", &e),
     }
 }

@@ -28,6 +28,7 @@ fn keyhaven() -> Keyhaven {
         .store(MemoryStore::new())
         .connect_form_url("http://127.0.0.1:9210/connect")
         .allow_redirect_url("https://app.example.com/")
+        .app_credentials("github", "gh-id", Some("gh-secret"))
         .build()
         .unwrap()
 }
@@ -1053,14 +1054,7 @@ async fn the_connect_form_asks_for_a_login_with_the_apps_own_fields() {
 
 #[tokio::test]
 async fn connection_links_lead_once_to_the_provider_through_keyhavens_page() {
-    let kh = Keyhaven::builder()
-        .store(MemoryStore::new())
-        .connect_form_url("http://127.0.0.1:9210/connect")
-        .allow_redirect_url("https://app.example.com/")
-        .app_credentials("github", "gh-id", Some("gh-secret"))
-        .build()
-        .unwrap();
-    let app = plain_app(kh);
+    let app = plain_app(keyhaven());
     let made = send(
         &app,
         api(

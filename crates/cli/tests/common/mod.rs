@@ -50,6 +50,24 @@ pub fn serve_command() -> Command {
     command
 }
 
+/// `keyhaven serve` as a new user runs it, with the admin key `key` and the SQLite
+/// data directory `data_dir`: no redirect allowlist, no OAuth client and no other
+/// store or server from the environment.
+pub fn new_user_serve_command(key: &str, data_dir: &std::path::Path) -> Command {
+    let mut command = serve_command();
+    command
+        .args(["--api-key", key])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("KEYHAVEN_DATABASE_URL")
+        .env_remove("KEYHAVEN_SERVER")
+        .env_remove("KEYHAVEN_CONFIG")
+        .env_remove("KEYHAVEN_REDIRECT_ALLOWLIST")
+        .env_remove("KEYHAVEN_GITHUB_CLIENT_ID")
+        .env_remove("KEYHAVEN_GITHUB_CLIENT_SECRET");
+    command
+}
+
 /// Starts `command` (a [`serve_command`]) and waits until it says where it listens.
 pub fn start(mut command: Command) -> Server {
     let mut child = command

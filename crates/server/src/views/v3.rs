@@ -913,9 +913,10 @@ pub(crate) struct InitialState {
     pub(crate) val: SecretFields,
 }
 
-/// The connection of an initiate.
+/// Whose connection, where the user lands, and its labels: what an initiate and a
+/// link both say.
 #[derive(Debug, Default, Deserialize, ToSchema)]
-pub(crate) struct NewConnection {
+pub(crate) struct ConnectionTarget {
     /// The entity; `default` when absent.
     #[serde(default, alias = "entity_id")]
     #[schema(value_type = Option<EntityIdShape>)]
@@ -924,6 +925,29 @@ pub(crate) struct NewConnection {
     #[serde(default)]
     #[schema(pattern = "^[Hh][Tt][Tt][Pp][Ss]?://[^/?#]")]
     pub(crate) callback_url: Option<String>,
+    /// Labels to find the account by, at most 32 (keyhaven's).
+    #[serde(default)]
+    #[schema(value_type = Vec<LabelShape>, max_items = 32)]
+    pub(crate) labels: Vec<String>,
+}
+
+impl ConnectionTarget {
+    /// The library's request through the auth config `id`, for this target.
+    fn request(self, id: String) -> keyhaven::ConnectionRequest {
+        let mut request = keyhaven::ConnectionRequest::for_integration(id);
+        request.entity_id = self.user_id;
+        request.redirect_url = self.callback_url;
+        request.labels = self.labels;
+        request
+    }
+}
+
+/// The connection of an initiate.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub(crate) struct NewConnection {
+    /// Whose, where the user lands, labels.
+    #[serde(flatten)]
+    pub(crate) target: ConnectionTarget,
     /// The scheme and the connection's fields.
     #[serde(default)]
     pub(crate) state: Option<InitialState>,
@@ -931,10 +955,6 @@ pub(crate) struct NewConnection {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub(crate) data: Option<SecretFields>,
-    /// Labels to find the account by, at most 32 (keyhaven's).
-    #[serde(default)]
-    #[schema(value_type = Vec<LabelShape>, max_items = 32)]
-    pub(crate) labels: Vec<String>,
 }
 
 /// `POST /connected_accounts`.
@@ -957,10 +977,7 @@ impl CreateAccount {
         };
         // Composio's SDKs put their idea of the status among the fields.
         params.remove("status");
-        let mut request = keyhaven::ConnectionRequest::for_integration(self.auth_config.id);
-        request.entity_id = c.user_id;
-        request.redirect_url = c.callback_url;
-        request.labels = c.labels;
+        let mut request = c.target.request(self.auth_config.id);
         request.auth_scheme = scheme.filter(|s| !s.is_empty());
         request.connected_account_params = params;
         request
@@ -1033,28 +1050,15 @@ pub(crate) struct CreateLink {
     /// The auth config.
     #[schema(value_type = IntegrationIdShape)]
     pub(crate) auth_config_id: String,
-    /// The entity; `default` when absent.
-    #[serde(default)]
-    #[schema(value_type = Option<EntityIdShape>)]
-    pub(crate) user_id: Option<String>,
-    /// Where the user lands after connecting.
-    #[serde(default)]
-    #[schema(pattern = "^[Hh][Tt][Tt][Pp][Ss]?://[^/?#]")]
-    pub(crate) callback_url: Option<String>,
-    /// Labels to find the account by, at most 32 (keyhaven's).
-    #[serde(default)]
-    #[schema(value_type = Vec<LabelShape>, max_items = 32)]
-    pub(crate) labels: Vec<String>,
+    /// Whose, where the user lands, labels.
+    #[serde(flatten)]
+    pub(crate) target: ConnectionTarget,
 }
 
 impl CreateLink {
     /// The library's request.
     pub(crate) fn into_request(self) -> keyhaven::ConnectionRequest {
-        let mut request = keyhaven::ConnectionRequest::for_integration(self.auth_config_id);
-        request.entity_id = self.user_id;
-        request.redirect_url = self.callback_url;
-        request.labels = self.labels;
-        request
+        self.target.request(self.auth_config_id)
     }
 }
 
