@@ -47,23 +47,6 @@ def _sealed_getaddrinfo(host, *args, **kwargs):
 
 socket.getaddrinfo = _sealed_getaddrinfo
 
-import httpx  # noqa: E402
-
-_send = httpx.Client.send
-RAW = os.environ.get("KH_RAW")
-
-
-def _recording_send(self, request, *args, **kwargs):
-    """Appends the body of every answer to KH_RAW, for the test's secret search."""
-    response = _send(self, request, *args, **kwargs)
-    response.read()
-    if RAW:
-        with open(RAW, "a", encoding="utf-8") as f:
-            f.write(response.text + "\n")
-    return response
-
-
-httpx.Client.send = _recording_send
 os.environ.pop("COMPOSIO_API_KEY", None)
 os.environ.pop("COMPOSIO_BASE_URL", None)
 warnings.simplefilter("ignore", DeprecationWarning)

@@ -46,7 +46,9 @@ fn composio_client_works_against_keyhaven_serve() {
         .env_remove("KEYHAVEN_DATABASE_URL")
         .env_remove("KEYHAVEN_SERVER");
     let server = common::start(command);
-    let address = server.url("");
+    // The client talks to the server through a recorder of every answer.
+    let recorder = common::Recorder::start(&server.url(""));
+    let address = recorder.url.clone();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/composio/compat.py");
     let out = Command::new(&python)
         .arg(&script)
@@ -70,4 +72,9 @@ fn composio_client_works_against_keyhaven_serve() {
             >= 6,
         "{stdout}"
     );
+    let answers = recorder.answers();
+    assert!(recorder.count() >= 6, "too few answers recorded");
+    for secret in ["sk-compat-test-123", "gh-client-secret"] {
+        assert!(!answers.contains(secret), "an answer carried {secret}");
+    }
 }

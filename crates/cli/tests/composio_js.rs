@@ -45,7 +45,9 @@ fn composio_js_sdk_0_5_works_against_keyhaven_serve() {
     let dir = tmp.path();
     // As a new user runs it: no redirect allowlist, no OAuth client in the environment.
     let server = common::start(common::new_user_serve_command(KEY, &dir.join("data")));
-    let address = server.url("");
+    // The SDK talks to the server through a recorder of every answer.
+    let recorder = common::Recorder::start(&server.url(""));
+    let address = recorder.url.clone();
     let out = Command::new("node")
         .args(["--require", "./seal.cjs", "flow.mjs"])
         .current_dir(&sdk)
@@ -73,6 +75,11 @@ fn composio_js_sdk_0_5_works_against_keyhaven_serve() {
     assert!(
         !stdout.contains(SECRET) && !stderr.contains(SECRET),
         "a secret was shown:\n{stdout}\n{stderr}"
+    );
+    assert!(recorder.count() >= 10, "too few answers recorded");
+    assert!(
+        !recorder.answers().contains(SECRET),
+        "an answer carried the secret"
     );
     let result: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
         .unwrap_or_else(|e| panic!("no result line ({e}):\n{stdout}\n{stderr}"));

@@ -10,8 +10,9 @@
 //! a wrong key.
 //!
 //! Both SDKs run sealed (no socket to another machine; the Python SDK's telemetry
-//! replaced, the TypeScript SDK's tracking and version check off), and every raw
-//! answer they got is searched for the secrets used: none may appear. The TypeScript
+//! replaced, the TypeScript SDK's tracking and version check off), and talk to the
+//! server through a recorder (`common::Recorder`): every raw answer they got is
+//! searched for the secrets used, and none may appear. The TypeScript
 //! SDK checks answers against its schemas and logs what does not fit: it must log
 //! nothing.
 
@@ -114,19 +115,18 @@ async fn play_user(server_base: &str, callback: &str, url: &str) -> String {
     landed.headers()["location"].to_str().unwrap().to_owned()
 }
 
-/// Runs one SDK's flow (`program args`), playing the user whenever it prints
-/// `OPEN <url>`; answers its last line as JSON, its stderr, and the raw answers.
+/// Runs one SDK's flow (`program args`) against `sdk_base`, playing the user
+/// whenever it prints `OPEN <url>`; answers its last line as JSON and its stderr.
 async fn run_flow(
     mut command: tokio::process::Command,
+    sdk_base: &str,
     server_base: &str,
     callback: &str,
-    raw: &Path,
-) -> (Value, String, String) {
+) -> (Value, String) {
     let mut child = command
-        .env("KH_BASE", server_base)
+        .env("KH_BASE", sdk_base)
         .env("KH_KEY", KEY)
         .env("KH_SECRET", SECRET)
-        .env("KH_RAW", raw)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -166,8 +166,7 @@ async fn run_flow(
     assert!(status.success(), "the SDK failed:\n{stdout}\n{stderr}");
     let result = serde_json::from_str(printed.last().map_or("", String::as_str))
         .unwrap_or_else(|e| panic!("no result line ({e}):\n{stdout}\n{stderr}"));
-    let raw = std::fs::read_to_string(raw).unwrap_or_default();
-    (result, stderr, raw)
+    (result, stderr)
 }
 
 /// What both SDKs must have seen; `k` names a field in the SDK's own case.
@@ -317,20 +316,17 @@ async fn composio_v3_sdks_work_against_keyhaven_serve() {
             c
         } else {
             let mut c = tokio::process::Command::new("node");
-            c.args([
-                "--require",
-                "../composio-js/seal.cjs",
-                "--import",
-                "./record.mjs",
-                "flow.mjs",
-            ])
-            .current_dir(&js);
+            c.args(["--require", "../composio-js/seal.cjs", "flow.mjs"])
+                .current_dir(&js);
             c
         };
         command.env("KH_ISSUER", &provider.issuer).env("HOME", dir);
         let base = server.url("");
         let callback = server.url("/api/v1/oauth/callback");
-        let (result, stderr, raw) = run_flow(command, &base, &callback, &dir.join("raw.txt")).await;
+        // The SDK talks to the server through a recorder of every answer.
+        let recorder = common::Recorder::start(&base);
+        let (result, stderr) = run_flow(command, &recorder.url, &base, &callback).await;
+        let raw = recorder.answers();
         println!("{sdk}: {result}");
         check_flow(&result, !python_flow);
         assert_sealed_and_secret_free(sdk, &result, &stderr, &raw);

@@ -168,3 +168,91 @@ pub async fn assert_acknowledged_whole(
         );
     }
 }
+
+/// A proxy on 127.0.0.1 in front of a server that keeps the body of every answer it
+/// passes on, so that a test can search all that a client received (for secrets)
+/// without hooking into the client. It runs on a thread of its own until the test
+/// process ends.
+pub struct Recorder {
+    /// Where clients reach it: `http://127.0.0.1:PORT`, paths passed on as they come.
+    pub url: String,
+    answers: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Recorder {
+    /// A recorder passing every request on to `upstream` (`http://127.0.0.1:PORT`).
+    pub fn start(upstream: &str) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let answers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = answers.clone();
+        let upstream = upstream.trim_end_matches('/').to_owned();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let client = reqwest::Client::builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .unwrap();
+                let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+                    let (client, kept, upstream) = (client.clone(), kept.clone(), upstream.clone());
+                    async move { pass_on(&client, &upstream, request, &kept).await }
+                });
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                axum::serve(listener, app).await.unwrap();
+            });
+        });
+        Self { url, answers }
+    }
+
+    /// The bodies of every answer so far, one after the other.
+    pub fn answers(&self) -> String {
+        String::from_utf8_lossy(&self.answers.lock().unwrap()).into_owned()
+    }
+
+    /// How many answers passed.
+    pub fn count(&self) -> usize {
+        self.answers().lines().count()
+    }
+}
+
+async fn pass_on(
+    client: &reqwest::Client,
+    upstream: &str,
+    request: axum::extract::Request,
+    kept: &std::sync::Mutex<Vec<u8>>,
+) -> axum::response::Response {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    let target = format!(
+        "{upstream}{}",
+        parts.uri.path_and_query().map_or("/", |p| p.as_str())
+    );
+    let mut forward = client.request(parts.method, target).body(body);
+    for (name, value) in &parts.headers {
+        if !matches!(name.as_str(), "host" | "content-length" | "connection") {
+            forward = forward.header(name, value);
+        }
+    }
+    let answer = forward.send().await.unwrap();
+    let mut response = axum::response::Response::builder().status(answer.status());
+    for (name, value) in answer.headers() {
+        if !matches!(
+            name.as_str(),
+            "content-length" | "transfer-encoding" | "connection"
+        ) {
+            response = response.header(name, value);
+        }
+    }
+    let bytes = answer.bytes().await.unwrap();
+    {
+        let mut kept = kept.lock().unwrap();
+        kept.extend_from_slice(&bytes);
+        kept.push(b'\n');
+    }
+    response.body(axum::body::Body::from(bytes)).unwrap()
+}
