@@ -15,6 +15,8 @@ const base = process.env.KH_BASE;
 const key = process.env.KH_KEY;
 const secret = process.env.KH_SECRET;
 const issuer = process.env.KH_ISSUER;
+const upstream = process.env.KH_UPSTREAM;
+const proxyKey = process.env.KH_PROXY_KEY;
 const callback = "http://127.0.0.1:5555/after";
 
 const lines = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]();
@@ -228,6 +230,28 @@ await step("delete", async () => {
   } catch (e) {
     return { gone: true, error: e.constructor.name };
   }
+});
+
+await step("proxy", async () => {
+  // An API of the user's own on this machine, its key sent in a header of its own.
+  const ac = await composio.authConfigs.create("echo-api", {
+    type: "use_custom_auth",
+    authScheme: "API_KEY",
+    credentials: { base_url: upstream, header_name: "X-Api-Key", header_format: "{api_key}" },
+  });
+  const request = await composio.connectedAccounts.initiate("proxy-user", ac.id, {
+    config: AuthScheme.APIKey({ api_key: proxyKey }),
+  });
+  const r = await composio.tools.proxyExecute({
+    endpoint: "/check?fixed=1",
+    method: "GET",
+    connectedAccountId: request.id,
+    parameters: [
+      { in: "header", name: "X-Test", value: "hello" },
+      { in: "query", name: "page", value: 2 },
+    ],
+  });
+  return { status: r.status, data: r.data };
 });
 
 await step("wrongKey", async () => {

@@ -62,6 +62,8 @@ BASE = os.environ["KH_BASE"]
 KEY = os.environ["KH_KEY"]
 SECRET = os.environ["KH_SECRET"]
 ISSUER = os.environ["KH_ISSUER"]
+UPSTREAM = os.environ["KH_UPSTREAM"]
+PROXY_KEY = os.environ["KH_PROXY_KEY"]
 CALLBACK = "http://127.0.0.1:5555/after"
 
 composio = Composio(api_key=KEY, base_url=BASE, allow_tracking=False)
@@ -244,6 +246,33 @@ def delete():
         return {"gone": True, "error": str(e)}
 
 
+def proxy():
+    # An API of the user's own on this machine, its key sent in a header of its own.
+    ac = composio.auth_configs.create(
+        "echo-api",
+        {
+            "type": "use_custom_auth",
+            "auth_scheme": "API_KEY",
+            "credentials": {"base_url": UPSTREAM, "header_name": "X-Api-Key", "header_format": "{api_key}"},
+        },
+    )
+    request = composio.connected_accounts.initiate(
+        user_id="proxy-user",
+        auth_config_id=ac.id,
+        config={"auth_scheme": "API_KEY", "val": {"status": "ACTIVE", "api_key": PROXY_KEY}},
+    )
+    r = composio.tools.proxy(
+        endpoint="/check?fixed=1",
+        method="GET",
+        connected_account_id=request.id,
+        parameters=[
+            {"name": "X-Test", "value": "hello", "type": "header"},
+            {"name": "page", "value": "2", "type": "query"},
+        ],
+    )
+    return {"status": r.status, "data": r.data}
+
+
 def wrong_key():
     other = Composio(api_key="kh_not_the_key_0000000000", base_url=BASE, allow_tracking=False)
     try:
@@ -283,6 +312,7 @@ step("authConfigs", auth_configs)
 step("authorize", authorize)
 step("authorizeCustom", authorize_custom)
 step("disableEnableRefresh", disable_enable_refresh)
+step("proxy", proxy)
 step("delete", delete)
 step("wrongKey", wrong_key)
 print(json.dumps(out), flush=True)

@@ -7,7 +7,8 @@
 //! plays; a connection link followed the same way; get and list by user, toolkit and
 //! status; auth configs listed, read, updated, disabled and enabled, a managed one
 //! refused, one deleted; `toolkits.authorize`; disable, enable and refresh; delete;
-//! a wrong key.
+//! a request through the proxy (`tools.proxy` / `proxyExecute`) to an API on this
+//! machine; a wrong key.
 //!
 //! Both SDKs run sealed (no socket to another machine; the Python SDK's telemetry
 //! replaced, the TypeScript SDK's tracking and version check off), and talk to the
@@ -29,9 +30,12 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const KEY: &str = "kh_composio_v3_key_0123456789";
 const SECRET: &str = "sk-composio-v3-SECRET-7";
-/// The secrets of the flows: the API key, and the OAuth clients' secrets.
-const SECRETS: [&str; 5] = [
+/// The key of the account the proxy step uses, checked by the test's API.
+const PROXY_KEY: &str = "sk-proxy-v3-SECRET-3";
+/// The secrets of the flows: the API keys, and the OAuth clients' secrets.
+const SECRETS: [&str; 6] = [
     SECRET,
+    PROXY_KEY,
     "kh-basic-secret",
     "kh-post-secret",
     "gh-py-secret",
@@ -264,6 +268,12 @@ fn check_flow(r: &Value, camel: bool) {
     assert_eq!(der["off"], "INACTIVE", "{r}");
     assert_eq!(der["on"], "ACTIVE", "{r}");
     assert_eq!(der["refreshed"], "ACTIVE", "{r}");
+    assert_eq!(r["proxy"]["status"].as_f64(), Some(200.0), "{r}");
+    assert_eq!(
+        r["proxy"]["data"],
+        serde_json::json!({"key_ok": true, "x_test": "hello", "query": "fixed=1&page=2"}),
+        "the proxy sent the account's key, the header and the query: {r}"
+    );
     assert_eq!(r["delete"]["gone"], true, "{r}");
     assert_eq!(r["wrongKey"]["error"], "AuthenticationError", "{r}");
 }
@@ -285,6 +295,34 @@ fn assert_sealed_and_secret_free(sdk: &str, stdout: &Value, stderr: &str, raw: &
             "{sdk} printed {secret}"
         );
     }
+}
+
+/// An API on 127.0.0.1 for the proxy step: `GET /check` says whether the account's
+/// key came in `X-Api-Key` (never the key itself), and what else came.
+async fn upstream() -> String {
+    let app = axum::Router::new().route(
+        "/check",
+        axum::routing::get(
+            |headers: axum::http::HeaderMap, uri: axum::http::Uri| async move {
+                let header = |name: &str| {
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                axum::Json(serde_json::json!({
+                    "key_ok": header("x-api-key") == PROXY_KEY,
+                    "x_test": header("x-test"),
+                    "query": uri.query().unwrap_or_default(),
+                }))
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{address}")
 }
 
 /// A fresh `keyhaven serve` with no configuration, as a new user runs it (no
@@ -320,7 +358,11 @@ async fn composio_v3_sdks_work_against_keyhaven_serve() {
                 .current_dir(&js);
             c
         };
-        command.env("KH_ISSUER", &provider.issuer).env("HOME", dir);
+        command
+            .env("KH_ISSUER", &provider.issuer)
+            .env("KH_UPSTREAM", upstream().await)
+            .env("KH_PROXY_KEY", PROXY_KEY)
+            .env("HOME", dir);
         let base = server.url("");
         let callback = server.url("/api/v1/oauth/callback");
         // The SDK talks to the server through a recorder of every answer.

@@ -54,3 +54,30 @@ pub(crate) async fn create_integration(
         integration_id: created.id.to_string(),
     }))
 }
+
+/// `POST /api/v2/actions/proxy`: a request to the account's API with its
+/// credentials, as Composio's JS SDK 0.5 (`executeRequest`) and Python client 0.6
+/// send it; the same proxy as `POST /api/v1/connectedAccounts/{id}/proxy`.
+#[utoipa::path(post, path = "/api/v2/actions/proxy", tag = "connectedAccounts",
+    request_body = crate::views::v2::ActionsProxy,
+    responses((status = 200, description = "The API's answer, whatever its status: `{data, status, headers}`", body = crate::proxy::ComposioProxyAnswer),
+        (status = 400, description = "An endpoint outside the account's API, a refused method, header or parameter type, a private host from the account's parameters", body = crate::views::v1::ErrorBody),
+        (status = 401, description = "No or a wrong admin key", body = crate::views::v1::ErrorBody),
+        (status = 404, description = "No such account", body = crate::views::v1::ErrorBody),
+        (status = 409, description = "The account is not ACTIVE, its integration has no base_url, or it lacks a parameter of it", body = crate::views::v1::ErrorBody),
+        (status = 422, description = "A refresh was due and the provider refused it", body = crate::views::v1::ErrorBody),
+        (status = 502, description = "The API's answer is over the size limit", body = crate::views::v1::ErrorBody),
+        (status = 503, description = "The API could not be reached", body = crate::views::v1::ErrorBody)),
+    security(("admin_key" = [])))]
+pub(crate) async fn proxy(
+    State(s): State<Arc<AppState>>,
+    raw: Bytes,
+) -> Result<Json<crate::proxy::ComposioProxyAnswer>> {
+    let r: v2::ActionsProxy = body(&raw)?;
+    let request = crate::proxy::ProxyRequest::composio(r.endpoint, r.method, r.body, r.parameters)?;
+    let answer = s
+        .proxy()?
+        .send(&s.kh, &r.connected_account_id, &request)
+        .await?;
+    Ok(Json(answer.into()))
+}

@@ -34,6 +34,7 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(set_account_status))
         .routes(routes!(refresh_account))
         .routes(routes!(create_link))
+        .routes(routes!(proxy))
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
@@ -642,4 +643,32 @@ pub(crate) async fn create_link(
             expires_at: link.expires_at,
         }),
     ))
+}
+
+/// `POST /tools/execute/proxy`: a request to the account's API with its
+/// credentials, as Composio's current SDKs send it (`tools.proxy`,
+/// `tools.proxyExecute`); the same proxy as `POST
+/// /api/v1/connectedAccounts/{id}/proxy`.
+#[utoipa::path(post, path = "/tools/execute/proxy", tag = "v3.1",
+    request_body = crate::views::v3::ToolsProxy,
+    responses((status = 200, description = "The API's answer, whatever its status: `{data, status, headers}`", body = crate::proxy::ComposioProxyAnswer),
+        (status = 400, description = "No connected_account_id, an endpoint outside the account's API, a refused method, header or parameter type, a private host from the account's parameters", body = crate::views::v1::ErrorBody),
+        (status = 401, description = "No or a wrong admin key", body = crate::views::v1::ErrorBody),
+        (status = 404, description = "No such account", body = crate::views::v1::ErrorBody),
+        (status = 409, description = "The account is not ACTIVE, its integration has no base_url, or it lacks a parameter of it", body = crate::views::v1::ErrorBody),
+        (status = 422, description = "A refresh was due and the provider refused it", body = crate::views::v1::ErrorBody),
+        (status = 502, description = "The API's answer is over the size limit", body = crate::views::v1::ErrorBody),
+        (status = 503, description = "The API could not be reached", body = crate::views::v1::ErrorBody)),
+    security(("admin_key" = [])))]
+pub(crate) async fn proxy(
+    State(s): State<Arc<AppState>>,
+    raw: Bytes,
+) -> Result<Json<crate::proxy::ComposioProxyAnswer>> {
+    let r: v3::ToolsProxy = body(&raw)?;
+    let id = r.connected_account_id.filter(|id| !id.is_empty()).ok_or_else(|| {
+        invalid("connected_account_id is required: keyhaven sends requests with a connected account's credentials (custom_connection_data is not taken)")
+    })?;
+    let request = crate::proxy::ProxyRequest::composio(r.endpoint, r.method, r.body, r.parameters)?;
+    let answer = s.proxy()?.send(&s.kh, &id, &request).await?;
+    Ok(Json(answer.into()))
 }

@@ -285,6 +285,7 @@ fn admin_routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(api::initiate, api::accounts))
         .routes(routes!(api_v2::initiate))
         .routes(routes!(api_v2::create_integration))
+        .routes(routes!(api_v2::proxy))
         .routes(routes!(api::account, api::delete_account))
         .routes(routes!(api::refresh))
         .routes(routes!(api::enable))

@@ -65,6 +65,89 @@ pub struct ProxyResponse {
     pub body: Value,
 }
 
+/// A parameter of a Composio proxy call: a header, or a query parameter added to the
+/// endpoint.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+pub struct ComposioProxyParameter {
+    /// Its name.
+    pub name: String,
+    /// Its value.
+    pub value: String,
+    /// `header` or `query` (also `in`, the JS SDK 0.5's name).
+    #[serde(rename = "type", alias = "in")]
+    #[schema(pattern = "^(header|query)$")]
+    pub kind: String,
+}
+
+/// What a Composio proxy call answers: the API's status, headers and body.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ComposioProxyAnswer {
+    /// The API's body: JSON when it is JSON, else text.
+    pub data: Value,
+    /// The API's status (whatever it is: keyhaven answers 200 when it got an answer).
+    pub status: u16,
+    /// The API's headers (the last value of each).
+    pub headers: BTreeMap<String, String>,
+}
+
+impl From<ProxyResponse> for ComposioProxyAnswer {
+    fn from(r: ProxyResponse) -> Self {
+        Self {
+            data: r.body,
+            status: r.status,
+            headers: r.headers,
+        }
+    }
+}
+
+impl ProxyRequest {
+    /// The request of a Composio proxy call: its `endpoint` (a path under the
+    /// account's API, or a URL under it), with the `query` parameters added to it
+    /// and the `header` ones as headers.
+    ///
+    /// # Errors
+    /// A parameter that is neither a header nor a query parameter (invalid input).
+    pub fn composio(
+        endpoint: String,
+        method: Option<String>,
+        body: Option<Value>,
+        parameters: Vec<ComposioProxyParameter>,
+    ) -> Result<Self, Error> {
+        let mut path = endpoint;
+        let mut headers = BTreeMap::new();
+        let mut query = keyhaven::url::form_urlencoded::Serializer::new(String::new());
+        let mut any_query = false;
+        for p in parameters {
+            match p.kind.as_str() {
+                "header" => {
+                    headers.insert(p.name, p.value);
+                }
+                "query" => {
+                    query.append_pair(&p.name, &p.value);
+                    any_query = true;
+                }
+                other => {
+                    return Err(Error::invalid(
+                        "parameters.type",
+                        format!("{other:?} is not a parameter type: give header or query"),
+                    ));
+                }
+            }
+        }
+        if any_query {
+            let joiner = if path.contains('?') { '&' } else { '?' };
+            path = format!("{path}{joiner}{}", query.finish());
+        }
+        Ok(Self {
+            method,
+            path,
+            headers,
+            body,
+        })
+    }
+}
+
 /// The account's API base URL: its integration's `base_url`, templates filled with
 /// the account's parameters.
 pub fn base_url_of(

@@ -397,6 +397,50 @@ async fn every_answer_matches_its_documented_schema() {
         admin,
     )
     .await;
+    // The same proxy in Composio's shapes: v2 (JS SDK 0.5) and v3.1 (current SDKs).
+    let (status, v2) = c
+        .call(
+            post.clone(),
+            "/api/v2/actions/proxy",
+            Some(json!({"connectedAccountId": id, "endpoint": "/anything", "method": "GET", "parameters": [{"in": "query", "name": "page", "value": "2"}, {"in": "header", "name": "X-Test", "value": "1"}]})),
+            admin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v2}");
+    assert_eq!(
+        (v2["status"].as_u64(), &v2["data"]["ok"]),
+        (Some(200), &json!(true))
+    );
+    let (status, v3) = c
+        .call(
+            post.clone(),
+            "/api/v3.1/tools/execute/proxy",
+            Some(json!({"connected_account_id": id, "endpoint": "/anything?x=1", "method": "POST", "body": {"a": 1}, "parameters": [{"type": "query", "name": "y", "value": "2"}]})),
+            admin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v3}");
+    for (route, bad) in [
+        (
+            "/api/v2/actions/proxy",
+            json!({"connectedAccountId": id, "endpoint": "/../elsewhere"}),
+        ),
+        (
+            "/api/v3.1/tools/execute/proxy",
+            json!({"connected_account_id": id, "endpoint": "http://169.254.169.254/latest"}),
+        ),
+        (
+            "/api/v3.1/tools/execute/proxy",
+            json!({"endpoint": "/anything"}),
+        ),
+        (
+            "/api/v3.1/tools/execute/proxy",
+            json!({"connected_account_id": id, "endpoint": "/x", "parameters": [{"type": "cookie", "name": "a", "value": "b"}]}),
+        ),
+    ] {
+        let (status, refused) = c.call(post.clone(), route, Some(bad), admin).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{route}: {refused}");
+    }
 
     // The v3.1 API of Composio's current SDKs (and its /api/v3 alias).
     let patch = Method::PATCH;

@@ -712,6 +712,8 @@ async fn the_openapi_document_lists_exactly_the_routes_served() {
         "POST /api/v1/connectedAccounts/{id}/proxy",
         "POST /api/v2/connectedAccounts/initiateConnection",
         "POST /api/v2/integrations/create",
+        "POST /api/v2/actions/proxy",
+        "POST /api/v3.1/tools/execute/proxy",
         "GET /api/v1/events",
         "GET /api/v1/oauth/callback",
         "GET /connect",

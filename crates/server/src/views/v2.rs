@@ -150,3 +150,27 @@ pub(crate) struct IntegrationCreated {
     #[schema(value_type = IntegrationIdShape)]
     pub(crate) integration_id: String,
 }
+
+/// `POST /api/v2/actions/proxy`: a request to a connected account's API with its
+/// credentials, in the shape of Composio's JS SDK 0.5 (`executeRequest`) and Python
+/// client 0.6.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ActionsProxy {
+    /// The account whose credentials are used.
+    #[schema(value_type = super::shapes::AccountId)]
+    pub(crate) connected_account_id: String,
+    /// A path under the account's API base URL, or a URL under it.
+    #[schema(value_type = super::shapes::ProxyPath)]
+    pub(crate) endpoint: String,
+    /// `GET` when absent.
+    #[serde(default)]
+    #[schema(value_type = Option<super::shapes::HttpMethod>)]
+    pub(crate) method: Option<String>,
+    /// Headers and query parameters to add (`in`: `header` or `query`).
+    #[serde(default)]
+    pub(crate) parameters: Vec<crate::proxy::ComposioProxyParameter>,
+    /// The body: a JSON value is sent as JSON, a string as it is.
+    #[serde(default)]
+    pub(crate) body: Option<serde_json::Value>,
+}

@@ -1097,3 +1097,27 @@ pub(crate) struct Refreshed {
     #[schema(value_type = V3Status)]
     pub(crate) status: ConnectionStatus,
 }
+
+/// `POST /tools/execute/proxy`: a request to a connected account's API with its
+/// credentials, in the shape of Composio's current SDKs (`tools.proxy`,
+/// `tools.proxyExecute`).
+#[derive(Debug, Deserialize, ToSchema)]
+pub(crate) struct ToolsProxy {
+    /// A path under the account's API base URL, or a URL under it.
+    #[schema(value_type = super::shapes::ProxyPath)]
+    pub(crate) endpoint: String,
+    /// `GET`, `POST`, `PUT`, `PATCH`, `DELETE` or `HEAD` (`GET` when absent).
+    #[serde(default)]
+    #[schema(value_type = Option<super::shapes::HttpMethod>)]
+    pub(crate) method: Option<String>,
+    /// The body: a JSON value is sent as JSON, a string as it is.
+    #[serde(default)]
+    pub(crate) body: Option<Value>,
+    /// The account whose credentials are used.
+    #[serde(default)]
+    #[schema(value_type = Option<AccountId>)]
+    pub(crate) connected_account_id: Option<String>,
+    /// Headers and query parameters to add.
+    #[serde(default)]
+    pub(crate) parameters: Vec<crate::proxy::ComposioProxyParameter>,
+}
