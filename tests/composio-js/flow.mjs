@@ -6,6 +6,8 @@ import { Composio } from "composio-core";
 const base = process.env.KH_BASE;
 const key = process.env.KH_KEY;
 const secret = process.env.KH_SECRET;
+const upstream = process.env.KH_UPSTREAM;
+const proxyKey = process.env.KH_PROXY_KEY;
 const client = new Composio({ apiKey: key, baseUrl: base });
 const out = {};
 const step = async (name, f) => {
@@ -59,6 +61,31 @@ await step("disableEnable", async () => {
   await client.connectedAccounts.enable({ connectedAccountId: id });
   const on = await client.connectedAccounts.get({ connectedAccountId: id });
   return { off: off.status, on: on.status };
+});
+await step("proxy", async () => {
+  // An API of the user's own on this machine, its key sent in a header of its own.
+  const i = await client.integrations.create({
+    appUniqueKey: "echo-api",
+    name: "echo from the JS SDK",
+    authScheme: "API_KEY",
+    authConfig: { base_url: upstream, header_name: "X-Api-Key", header_format: "{api_key}" },
+    useComposioAuth: false,
+  });
+  const r = await client.connectedAccounts.initiate({
+    integrationId: i.id,
+    entityId: "proxy-user",
+    connectionParams: { api_key: proxyKey },
+  });
+  const answer = await client.actions.executeRequest({
+    connectedAccountId: r.connectedAccountId,
+    endpoint: "/check?fixed=1",
+    method: "GET",
+    parameters: [
+      { in: "header", name: "X-Test", value: "hello" },
+      { in: "query", name: "page", value: "2" },
+    ],
+  });
+  return { status: answer.status, data: answer.data };
 });
 await step("delete", async () => {
   await client.connectedAccounts.delete({ connectedAccountId: out.apiKeyConnect.id });

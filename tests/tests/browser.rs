@@ -79,6 +79,32 @@ async fn serve(kh: Keyhaven, listener: tokio::net::TcpListener, base: &str) {
     ));
 }
 
+/// A keyhaven server on 127.0.0.1 with an OAuth integration (`kh-basic`) at the test
+/// OAuth server, whose client calls back to it.
+struct OAuthSetup {
+    base: String,
+    callback: String,
+    provider: OidcProvider,
+    kh: Keyhaven,
+    integration: keyhaven::Integration,
+}
+
+async fn oauth_setup() -> Option<OAuthSetup> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let callback = format!("{base}/api/v1/oauth/callback");
+    let provider = OidcProvider::start_with_callback(600, &callback).await?;
+    let (kh, integration) = provider.keyhaven_for(&callback, "kh-basic").await;
+    serve(kh.clone(), listener, &base).await;
+    Some(OAuthSetup {
+        base,
+        callback,
+        provider,
+        kh,
+        integration,
+    })
+}
+
 async fn initiate(base: &str, body: Value) -> Value {
     reqwest::Client::new()
         .post(format!("{base}/api/v1/connectedAccounts"))
@@ -156,14 +182,16 @@ async fn an_end_user_runs_the_oauth_flow_to_the_success_page() {
     if !browser_ready() {
         return;
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let callback = format!("{base}/api/v1/oauth/callback");
-    let Some(provider) = OidcProvider::start_with_callback(600, &callback).await else {
+    let Some(OAuthSetup {
+        base,
+        callback,
+        provider,
+        kh,
+        integration,
+    }) = oauth_setup().await
+    else {
         return;
     };
-    let (kh, integration) = provider.keyhaven_for(&callback, "kh-basic").await;
-    serve(kh.clone(), listener, &base).await;
     let out = initiate(
         &base,
         json!({"integrationId": integration.id, "entityId": "web-user"}),
@@ -208,14 +236,17 @@ async fn an_end_user_follows_a_connection_link_through_keyhavens_page() {
     if !browser_ready() {
         return;
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let callback = format!("{base}/api/v1/oauth/callback");
-    let Some(provider) = OidcProvider::start_with_callback(600, &callback).await else {
+    let Some(OAuthSetup {
+        base,
+        // Kept to the end: dropping it stops the OAuth server.
+        provider: _provider,
+        kh,
+        integration,
+        ..
+    }) = oauth_setup().await
+    else {
         return;
     };
-    let (kh, integration) = provider.keyhaven_for(&callback, "kh-basic").await;
-    serve(kh.clone(), listener, &base).await;
     let link = kh
         .create_link(
             keyhaven::ConnectionRequest::for_integration(integration.id.as_str())

@@ -2,8 +2,9 @@
 //! installed by `cargo xtask test` into tests/composio-js) against `keyhaven serve`
 //! with no configuration: API-key connect and its wait, read, list by user, app and
 //! status, disable and enable, an integration created through v2
-//! (scopes in its auth config), an OAuth connect with a redirect URL, delete, and a
-//! wrong key. The SDK runs sealed (tests/composio-js/seal.cjs): every connection to
+//! (scopes in its auth config), an OAuth connect with a redirect URL, a request
+//! through the v2 proxy (`actions.executeRequest`) to an API on this machine, delete,
+//! and a wrong key. The SDK runs sealed (tests/composio-js/seal.cjs): every connection to
 //! anything but this machine is refused and reported; the only one allowed to be
 //! refused is its update check against registry.npmjs.org.
 
@@ -16,6 +17,8 @@ use std::process::Command;
 
 const KEY: &str = "kh_composio_js_key_0123456789";
 const SECRET: &str = "sk-composio-js-SECRET-5";
+/// The key of the account the proxy step uses, checked by the test's API.
+const PROXY_KEY: &str = "sk-proxy-js-SECRET-8";
 
 fn sdk_dir() -> Option<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/composio-js");
@@ -54,6 +57,8 @@ fn composio_js_sdk_0_5_works_against_keyhaven_serve() {
         .env("KH_BASE", &address)
         .env("KH_KEY", KEY)
         .env("KH_SECRET", SECRET)
+        .env("KH_UPSTREAM", common::check_api(PROXY_KEY))
+        .env("KH_PROXY_KEY", PROXY_KEY)
         .env("HOME", dir)
         .output()
         .unwrap();
@@ -77,12 +82,24 @@ fn composio_js_sdk_0_5_works_against_keyhaven_serve() {
         "a secret was shown:\n{stdout}\n{stderr}"
     );
     assert!(recorder.count() >= 10, "too few answers recorded");
-    assert!(
-        !recorder.answers().contains(SECRET),
-        "an answer carried the secret"
-    );
+    for secret in [SECRET, PROXY_KEY] {
+        assert!(
+            !recorder.answers().contains(secret),
+            "an answer carried {secret}"
+        );
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{secret} was shown"
+        );
+    }
     let result: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
         .unwrap_or_else(|e| panic!("no result line ({e}):\n{stdout}\n{stderr}"));
+    assert_eq!(result["proxy"]["status"], 200, "{result}");
+    assert_eq!(
+        result["proxy"]["data"],
+        serde_json::json!({"key_ok": true, "x_test": "hello", "query": "fixed=1&page=2"}),
+        "the v2 proxy sent the account's key, the header and the query: {result}"
+    );
     assert_eq!(result["apiKeyConnect"]["status"], "ACTIVE", "{result}");
     assert_eq!(result["apiKeyConnect"]["waited"], "ACTIVE", "{result}");
     assert_eq!(result["get"]["status"], "ACTIVE", "{result}");

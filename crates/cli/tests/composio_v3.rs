@@ -297,34 +297,6 @@ fn assert_sealed_and_secret_free(sdk: &str, stdout: &Value, stderr: &str, raw: &
     }
 }
 
-/// An API on 127.0.0.1 for the proxy step: `GET /check` says whether the account's
-/// key came in `X-Api-Key` (never the key itself), and what else came.
-async fn upstream() -> String {
-    let app = axum::Router::new().route(
-        "/check",
-        axum::routing::get(
-            |headers: axum::http::HeaderMap, uri: axum::http::Uri| async move {
-                let header = |name: &str| {
-                    headers
-                        .get(name)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_owned()
-                };
-                axum::Json(serde_json::json!({
-                    "key_ok": header("x-api-key") == PROXY_KEY,
-                    "x_test": header("x-test"),
-                    "query": uri.query().unwrap_or_default(),
-                }))
-            },
-        ),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{address}")
-}
-
 /// A fresh `keyhaven serve` with no configuration, as a new user runs it (no
 /// redirect allowlist, no OAuth client in the environment), and the test OAuth
 /// server for its callback.
@@ -360,7 +332,7 @@ async fn composio_v3_sdks_work_against_keyhaven_serve() {
         };
         command
             .env("KH_ISSUER", &provider.issuer)
-            .env("KH_UPSTREAM", upstream().await)
+            .env("KH_UPSTREAM", common::check_api(PROXY_KEY))
             .env("KH_PROXY_KEY", PROXY_KEY)
             .env("HOME", dir);
         let base = server.url("");

@@ -74,10 +74,13 @@ pub(crate) async fn proxy(
     raw: Bytes,
 ) -> Result<Json<crate::proxy::ComposioProxyAnswer>> {
     let r: v2::ActionsProxy = body(&raw)?;
-    let request = crate::proxy::ProxyRequest::composio(r.endpoint, r.method, r.body, r.parameters)?;
-    let answer = s
-        .proxy()?
-        .send(&s.kh, &r.connected_account_id, &request)
-        .await?;
-    Ok(Json(answer.into()))
+    crate::proxy::composio(
+        &s,
+        &r.connected_account_id,
+        r.endpoint,
+        r.method,
+        r.body,
+        r.parameters,
+    )
+    .await
 }

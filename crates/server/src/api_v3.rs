@@ -668,7 +668,5 @@ pub(crate) async fn proxy(
     let id = r.connected_account_id.filter(|id| !id.is_empty()).ok_or_else(|| {
         invalid("connected_account_id is required: keyhaven sends requests with a connected account's credentials (custom_connection_data is not taken)")
     })?;
-    let request = crate::proxy::ProxyRequest::composio(r.endpoint, r.method, r.body, r.parameters)?;
-    let answer = s.proxy()?.send(&s.kh, &id, &request).await?;
-    Ok(Json(answer.into()))
+    crate::proxy::composio(&s, &id, r.endpoint, r.method, r.body, r.parameters).await
 }

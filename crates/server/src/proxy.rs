@@ -512,6 +512,21 @@ pub(crate) async fn proxy(
     Ok(Json(s.proxy()?.send(&s.kh, &id, &request).await?))
 }
 
+/// A proxy call in Composio's shapes (v2's `actions/proxy`, v3.1's
+/// `tools/execute/proxy`): the request made from its parameters, sent by the one
+/// proxy with account `id`'s credentials, the answer as `{data, status, headers}`.
+pub(crate) async fn composio(
+    s: &AppState,
+    id: &str,
+    endpoint: String,
+    method: Option<String>,
+    body: Option<Value>,
+    parameters: Vec<ComposioProxyParameter>,
+) -> crate::api::Result<Json<ComposioProxyAnswer>> {
+    let request = ProxyRequest::composio(endpoint, method, body, parameters)?;
+    Ok(Json(s.proxy()?.send(&s.kh, id, &request).await?.into()))
+}
+
 impl From<ProxyError> for ApiError {
     fn from(e: ProxyError) -> Self {
         match e {

@@ -182,31 +182,21 @@ pub struct Recorder {
 impl Recorder {
     /// A recorder passing every request on to `upstream` (`http://127.0.0.1:PORT`).
     pub fn start(upstream: &str) -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let answers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let kept = answers.clone();
         let upstream = upstream.trim_end_matches('/').to_owned();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let client = reqwest::Client::builder()
-                    .redirect(reqwest::redirect::Policy::none())
-                    .build()
-                    .unwrap();
-                let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
-                    let (client, kept, upstream) = (client.clone(), kept.clone(), upstream.clone());
-                    async move { pass_on(&client, &upstream, request, &kept).await }
-                });
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                axum::serve(listener, app).await.unwrap();
-            });
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let (client, kept, upstream) = (client.clone(), kept.clone(), upstream.clone());
+            async move { pass_on(&client, &upstream, request, &kept).await }
         });
-        Self { url, answers }
+        Self {
+            url: serve_on_thread(app),
+            answers,
+        }
     }
 
     /// The bodies of every answer so far, one after the other.
@@ -255,4 +245,49 @@ async fn pass_on(
         kept.push(b'\n');
     }
     response.body(axum::body::Body::from(bytes)).unwrap()
+}
+
+/// Serves `app` on 127.0.0.1 from a thread of its own until the test process ends;
+/// answers its URL.
+fn serve_on_thread(app: axum::Router) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    url
+}
+
+/// An API on 127.0.0.1 for proxy tests: `GET /check` says whether `key` came in
+/// `X-Api-Key` (never the key itself, so that answers can be searched for it), with
+/// the `X-Test` header and the query that came.
+pub fn check_api(key: &'static str) -> String {
+    let app = axum::Router::new().route(
+        "/check",
+        axum::routing::get(
+            move |headers: axum::http::HeaderMap, uri: axum::http::Uri| async move {
+                let header = |name: &str| {
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                axum::Json(serde_json::json!({
+                    "key_ok": header("x-api-key") == key,
+                    "x_test": header("x-test"),
+                    "query": uri.query().unwrap_or_default(),
+                }))
+            },
+        ),
+    );
+    serve_on_thread(app)
 }
