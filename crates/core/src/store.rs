@@ -123,6 +123,9 @@ pub trait Store: Send + Sync + 'static {
         &self,
         filter: &AccountFilter,
     ) -> Result<Page<ConnectedAccount>, StoreError>;
+
+    /// How many accounts match `filter`, its cursor and limit aside.
+    async fn count_accounts(&self, filter: &AccountFilter) -> Result<u64, StoreError>;
 }
 
 /// A held refresh lock (see [`Store::lock_account`]).

@@ -61,7 +61,8 @@ impl<'a> ConnectedAccounts<'a> {
     }
 
     /// One page of the accounts matching `filter` (entities, apps, integrations,
-    /// statuses: any of; labels: all of), oldest first: `filter.limit` accounts, 100
+    /// statuses: any of; labels: all of), oldest first (or newest, as `filter` says):
+    /// `filter.limit` accounts, 100
     /// when it is 0, at most 1,000 (follow `next_cursor` for more).
     ///
     /// # Errors
@@ -69,6 +70,16 @@ impl<'a> ConnectedAccounts<'a> {
     pub async fn list(&self, filter: &AccountFilter) -> Result<Page<ConnectedAccount>, Error> {
         filter.check()?;
         Ok(self.kh.store().list_accounts(filter).await?)
+    }
+
+    /// How many accounts match `filter`, its cursor and limit aside (one query, not a
+    /// listing).
+    ///
+    /// # Errors
+    /// More labels than an account may carry ([`AccountFilter::check`]); a store failure.
+    pub async fn count(&self, filter: &AccountFilter) -> Result<u64, Error> {
+        filter.check()?;
+        Ok(self.kh.store().count_accounts(filter).await?)
     }
 
     /// Every account matching `filter`, all pages.

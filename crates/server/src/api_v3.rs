@@ -64,14 +64,26 @@ fn offset_of(q: &HashMap<String, String>) -> Result<usize> {
     }
 }
 
-/// One page of `items` from `offset`, with the cursor of the next.
-fn window<T>(items: Vec<T>, offset: usize, limit: Option<usize>) -> (Vec<T>, Option<String>) {
-    let limit = limit.filter(|l| *l > 0).unwrap_or(AccountFilter::MAX_LIMIT);
+/// One page of a listing kept in memory: its items from `offset`, the cursor of the
+/// next, the listing's size and the page size.
+struct Window<T> {
+    page: Vec<T>,
+    next: Option<String>,
+    total: u64,
+    size: usize,
+}
+
+fn window<T>(items: Vec<T>, offset: usize, limit: Option<usize>) -> Window<T> {
+    let size = limit.filter(|l| *l > 0).unwrap_or(AccountFilter::MAX_LIMIT);
     let total = items.len();
-    let page: Vec<T> = items.into_iter().skip(offset).take(limit).collect();
+    let page: Vec<T> = items.into_iter().skip(offset).take(size).collect();
     let end = offset.saturating_add(page.len());
-    let next = (end < total).then(|| end.to_string());
-    (page, next)
+    Window {
+        next: (end < total).then(|| end.to_string()),
+        page,
+        total: u64::try_from(total).unwrap_or(u64::MAX),
+        size,
+    }
 }
 
 /// A boolean query parameter: `true` or `false`; absent is false.
@@ -116,11 +128,14 @@ pub(crate) async fn toolkits(
                 .any(|c| c.to_ascii_lowercase() == wanted || v3::category_slug(c) == wanted)
         });
     }
-    let (page, next) = window(entries, offset_of(&q)?, limit_of(&q)?);
-    Ok(Json(v3::ToolkitPage::new(
-        page.iter().map(|e| v3::Toolkit::new(&s.kh, e)).collect(),
-        next,
-    )))
+    let w = window(entries, offset_of(&q)?, limit_of(&q)?);
+    Ok(Json(
+        v3::ToolkitPage::new(
+            w.page.iter().map(|e| v3::Toolkit::new(&s.kh, e)).collect(),
+            w.next,
+        )
+        .of_total(w.total, w.size),
+    ))
 }
 
 /// `GET /toolkits/{slug}`: one catalogue app, with each scheme's fields; an app outside
@@ -218,13 +233,12 @@ pub(crate) async fn create_auth_config(
 }
 
 /// The number of accounts of an integration.
-async fn connections(kh: &Keyhaven, id: &IntegrationId) -> Result<usize> {
+async fn connections(kh: &Keyhaven, id: &IntegrationId) -> Result<u64> {
     let filter = AccountFilter {
         integration_ids: vec![id.clone()],
-        limit: AccountFilter::MAX_LIMIT,
         ..Default::default()
     };
-    Ok(kh.connected_accounts().list_all(filter).await?.len())
+    Ok(kh.connected_accounts().count(&filter).await?)
 }
 
 async fn auth_config_view(kh: &Keyhaven, i: &Integration) -> Result<v3::AuthConfig> {
@@ -263,12 +277,14 @@ pub(crate) async fn auth_configs(
         let words = words.to_lowercase();
         items.retain(|i| i.name.to_lowercase().contains(&words) || i.app.as_str().contains(&words));
     }
-    let (page, next) = window(items, offset_of(&q)?, limit_of(&q)?);
-    let mut views = Vec::with_capacity(page.len());
-    for i in &page {
+    let w = window(items, offset_of(&q)?, limit_of(&q)?);
+    let mut views = Vec::with_capacity(w.page.len());
+    for i in &w.page {
         views.push(auth_config_view(&s.kh, i).await?);
     }
-    Ok(Json(v3::AuthConfigPage::new(views, next)))
+    Ok(Json(
+        v3::AuthConfigPage::new(views, w.next).of_total(w.total, w.size),
+    ))
 }
 
 /// `GET /auth_configs/{id}`.
@@ -484,11 +500,13 @@ pub(crate) async fn accounts(
         ConnectedAccountId::parse,
     )?;
     if ids.is_empty() {
-        let page = s.kh.connected_accounts().list(&filter).await?;
-        return Ok(Json(v3::AccountPage::new(
-            account_views(&s.kh, &page.items).await,
-            page.next_cursor,
-        )));
+        let accounts = s.kh.connected_accounts();
+        let page = accounts.list(&filter).await?;
+        let total = accounts.count(&filter).await?;
+        return Ok(Json(
+            v3::AccountPage::new(account_views(&s.kh, &page.items).await, page.next_cursor)
+                .of_total(total, filter.effective_limit()),
+        ));
     }
     if ids.len() > AccountFilter::MAX_LIMIT {
         return Err(invalid(format!(
@@ -514,7 +532,6 @@ pub(crate) async fn accounts(
     if newest_first {
         found.reverse();
     }
-    found.truncate(filter.effective_limit());
     Ok(Json(v3::AccountPage::new(
         account_views(&s.kh, &found).await,
         None,

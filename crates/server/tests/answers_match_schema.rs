@@ -121,6 +121,13 @@ impl Checker {
     }
 }
 
+/// The catalogue's size, as a toolkit listing gives it (319 apps today).
+fn catalogue_total(page: &Value) -> u64 {
+    let total = page["total_items"].as_u64().unwrap();
+    assert!(total >= 300, "the whole catalogue is counted: {page}");
+    total
+}
+
 /// An API on 127.0.0.1 for the proxy route: answers JSON to anything.
 async fn upstream() -> String {
     let app = axum::Router::new().fallback(|| async { axum::Json(json!({"ok": true})) });
@@ -450,6 +457,8 @@ async fn every_answer_matches_its_documented_schema() {
         .await;
     assert_eq!(toolkits["items"].as_array().unwrap().len(), 5);
     assert!(toolkits["next_cursor"].is_string(), "{toolkits}");
+    let apps = catalogue_total(&toolkits);
+    assert_eq!(toolkits["total_pages"], apps.div_ceil(5), "{toolkits}");
     c.call(
         get.clone(),
         &format!("{v3}/toolkits?search=git&category=developer-tools"),
@@ -576,6 +585,10 @@ async fn every_answer_matches_its_documented_schema() {
         )
         .await;
     assert_eq!(page["items"][0]["id"], dana.as_str(), "{page}");
+    assert_eq!(
+        (&page["total_items"], &page["total_pages"]),
+        (&json!(1), &json!(1))
+    );
     assert_eq!(page["items"][0]["state"]["val"]["status"], "ACTIVE");
     let (_, page) = c
         .call(

@@ -450,6 +450,37 @@ async fn list_filters_and_pages(store: &dyn Store) {
         expect(&|_, _| true),
         "pages of 4 give every account once, in order"
     );
+    // Counts match the listings, cursor and limit aside.
+    let count = |f: AccountFilter| async move { store.count_accounts(&f).await.unwrap() };
+    assert_eq!(
+        count(AccountFilter {
+            entity_ids: vec![ent.clone()],
+            limit: 4,
+            after: Some(made[3].id.clone()),
+            ..Default::default()
+        })
+        .await,
+        25
+    );
+    assert_eq!(
+        count(AccountFilter {
+            entity_ids: vec![ent.clone()],
+            labels: vec![Label::new("red").unwrap(), Label::new("big").unwrap()],
+            statuses: vec![ConnectionStatus::Expired],
+            ..Default::default()
+        })
+        .await,
+        expect(&|n, _| n % 3 == 0 && n % 5 == 0).len() as u64
+    );
+    assert_eq!(
+        count(AccountFilter {
+            entity_ids: vec![ent.clone()],
+            apps: vec![app2.clone()],
+            ..Default::default()
+        })
+        .await,
+        expect(&|n, _| n % 2 == 1).len() as u64
+    );
     let newest = by(AccountFilter {
         entity_ids: vec![ent.clone()],
         limit: 4,

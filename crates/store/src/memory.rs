@@ -253,6 +253,16 @@ impl Store for MemoryStore {
         Ok(Box::new(MemoryLock(lock.lock_owned().await)))
     }
 
+    async fn count_accounts(&self, filter: &AccountFilter) -> Result<u64, StoreError> {
+        let state = self.state.read();
+        let n = state
+            .accounts
+            .values()
+            .filter(|(a, _)| filter.matches(a))
+            .count();
+        Ok(u64::try_from(n).unwrap_or(u64::MAX))
+    }
+
     async fn list_accounts(
         &self,
         filter: &AccountFilter,

@@ -24,8 +24,8 @@ use crate::crypto::KeyRing;
 use crate::rotate::{MissingKeys, RotationReport, Table};
 use crate::rows::{
     ACCOUNT_COLUMNS, AccountRow, Arg, INTEGRATION_COLUMNS, IntegrationRow, PreparedUpdate,
-    account_and_credentials, encode_credentials, encode_pending, list_query, micros, page,
-    pending_state, prepare_update, state_hash, update_refused,
+    account_and_credentials, count_query, encode_credentials, encode_pending, list_query, micros,
+    page, pending_state, prepare_update, state_hash, update_refused,
 };
 
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -850,6 +850,19 @@ impl Store for PostgresStore {
                 }
             }
         });
+    }
+
+    async fn count_accounts(&self, filter: &AccountFilter) -> Result<u64, StoreError> {
+        let (sql, args) = count_query(filter, &|n| format!("${n}"));
+        let mut q = sqlx::query_scalar::<_, i64>(safe(sql));
+        for a in args {
+            q = match a {
+                Arg::Text(s) => q.bind(s),
+                Arg::Int(i) => q.bind(i),
+            };
+        }
+        let n = q.fetch_one(&self.pool).await.map_err(map_err)?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn list_accounts(

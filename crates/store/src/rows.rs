@@ -245,13 +245,13 @@ pub(crate) enum Arg {
     Int(i64),
 }
 
-/// The listing query for `filter`, with placeholders written by `ph(n)` (1-based).
-/// Fetches one row more than the page, to know whether another page follows.
-pub(crate) fn list_query(
+/// The conditions of `filter` (its cursor and limit aside), their values pushed on
+/// `args`, with placeholders written by `ph(n)` (1-based).
+fn conditions(
     filter: &AccountFilter,
     ph: &dyn Fn(usize) -> String,
-) -> (String, Vec<Arg>) {
-    let mut args: Vec<Arg> = Vec::new();
+    args: &mut Vec<Arg>,
+) -> Vec<String> {
     let mut conds: Vec<String> = Vec::new();
     let push = |args: &mut Vec<Arg>, a: Arg| {
         args.push(a);
@@ -271,13 +271,13 @@ pub(crate) fn list_query(
     any_of(
         "entity_id",
         filter.entity_ids.iter().map(ToString::to_string).collect(),
-        &mut args,
+        args,
         &mut conds,
     );
     any_of(
         "app",
         filter.apps.iter().map(ToString::to_string).collect(),
-        &mut args,
+        args,
         &mut conds,
     );
     any_of(
@@ -287,7 +287,7 @@ pub(crate) fn list_query(
             .iter()
             .map(ToString::to_string)
             .collect(),
-        &mut args,
+        args,
         &mut conds,
     );
     any_of(
@@ -297,7 +297,7 @@ pub(crate) fn list_query(
             .iter()
             .map(|s| s.as_str().to_owned())
             .collect(),
-        &mut args,
+        args,
         &mut conds,
     );
     let mut labels: Vec<String> = filter.labels.iter().map(ToString::to_string).collect();
@@ -306,25 +306,61 @@ pub(crate) fn list_query(
     // One indexed EXISTS per label: the other conditions narrow the rows first, and
     // each label is then a primary-key probe of account_labels.
     for label in labels {
-        let p = push(&mut args, Arg::Text(label));
+        let p = push(args, Arg::Text(label));
         conds.push(format!(
             "EXISTS (SELECT 1 FROM account_labels l WHERE l.label = {p} AND l.account_id = connected_accounts.id)"
         ));
     }
+    conds
+}
+
+fn where_clause(conds: &[String]) -> String {
+    if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    }
+}
+
+/// The count query for `filter` (its cursor and limit aside), with placeholders
+/// written by `ph(n)` (1-based).
+pub(crate) fn count_query(
+    filter: &AccountFilter,
+    ph: &dyn Fn(usize) -> String,
+) -> (String, Vec<Arg>) {
+    let mut args: Vec<Arg> = Vec::new();
+    let conds = conditions(filter, ph, &mut args);
+    (
+        format!(
+            "SELECT COUNT(*) FROM connected_accounts{}",
+            where_clause(&conds)
+        ),
+        args,
+    )
+}
+
+/// The listing query for `filter`, with placeholders written by `ph(n)` (1-based).
+/// Fetches one row more than the page, to know whether another page follows.
+pub(crate) fn list_query(
+    filter: &AccountFilter,
+    ph: &dyn Fn(usize) -> String,
+) -> (String, Vec<Arg>) {
+    let mut args: Vec<Arg> = Vec::new();
+    let mut conds = conditions(filter, ph, &mut args);
+    let push = |args: &mut Vec<Arg>, a: Arg| {
+        args.push(a);
+        ph(args.len())
+    };
     if let Some(after) = &filter.after {
         let p = push(&mut args, Arg::Text(after.to_string()));
         let op = if filter.newest_first { "<" } else { ">" };
         conds.push(format!("id {op} {p}"));
     }
     let limit = push(&mut args, Arg::Int(filter.effective_limit() as i64 + 1));
-    let where_clause = if conds.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", conds.join(" AND "))
-    };
     (
         format!(
-            "SELECT {ACCOUNT_COLUMNS} FROM connected_accounts{where_clause} ORDER BY id{order} LIMIT {limit}",
+            "SELECT {ACCOUNT_COLUMNS} FROM connected_accounts{} ORDER BY id{order} LIMIT {limit}",
+            where_clause(&conds),
             order = if filter.newest_first { " DESC" } else { "" }
         ),
         args,

@@ -84,24 +84,33 @@ macro_rules! page {
             /// Pass as `cursor` for the next page; absent on the last one.
             #[serde(skip_serializing_if = "Option::is_none")]
             pub(crate) next_cursor: Option<String>,
-            /// The pages known so far: 1, or 2 when `next_cursor` is given.
-            pub(crate) total_pages: u32,
+            /// The pages of this size the whole listing makes.
+            pub(crate) total_pages: u64,
             /// Always 1: pages follow each other by cursor.
             pub(crate) current_page: u32,
-            /// The items of this page.
-            pub(crate) total_items: usize,
+            /// The items of the whole listing.
+            pub(crate) total_items: u64,
         }
 
         impl $name {
-            /// A page of `items`, followed by `next_cursor` if there is more.
+            /// A page of `items`, followed by `next_cursor` if there is more; a
+            /// listing whose total is not `items` says it with [`Self::of_total`].
             pub(crate) fn new(items: Vec<$item>, next_cursor: Option<String>) -> Self {
                 Self {
                     total_pages: if next_cursor.is_some() { 2 } else { 1 },
                     current_page: 1,
-                    total_items: items.len(),
+                    total_items: u64::try_from(items.len()).unwrap_or(u64::MAX),
                     items,
                     next_cursor,
                 }
+            }
+
+            /// The same page, of a listing of `total` items in pages of `size`.
+            pub(crate) fn of_total(mut self, total: u64, size: usize) -> Self {
+                let size = u64::try_from(size.max(1)).unwrap_or(u64::MAX);
+                self.total_items = total;
+                self.total_pages = total.div_ceil(size).max(1);
+                self
             }
         }
     };
@@ -555,7 +564,7 @@ pub(crate) struct AuthConfig {
     /// Its name.
     name: String,
     /// Its accounts.
-    no_of_connections: usize,
+    no_of_connections: u64,
     /// `ENABLED`, or `DISABLED` (no new connection through it).
     #[schema(pattern = "^(ENABLED|DISABLED)$")]
     status: &'static str,
@@ -593,7 +602,7 @@ pub(crate) struct AuthConfig {
 }
 
 impl AuthConfig {
-    pub(crate) fn new(i: &Integration, connections: usize) -> Self {
+    pub(crate) fn new(i: &Integration, connections: u64) -> Self {
         let mut credentials = i.config.clone();
         if !i.scopes.is_empty() {
             credentials.insert(

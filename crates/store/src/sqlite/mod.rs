@@ -38,8 +38,8 @@ use crate::crypto::KeyRing;
 use crate::rotate::{MissingKeys, Table};
 use crate::rows::{
     ACCOUNT_COLUMNS, AccountRow, Arg, INTEGRATION_COLUMNS, IntegrationRow, PreparedUpdate,
-    account_and_credentials, encode_credentials, encode_pending, list_query, micros, page,
-    pending_state, prepare_update, state_hash, update_refused,
+    account_and_credentials, count_query, encode_credentials, encode_pending, list_query, micros,
+    page, pending_state, prepare_update, state_hash, update_refused,
 };
 
 /// The hot read, built once.
@@ -111,6 +111,14 @@ fn row_to_account(r: &rusqlite::Row<'_>) -> rusqlite::Result<AccountRow> {
         created_at: r.get(12)?,
         updated_at: r.get(13)?,
     })
+}
+
+/// A listing's value as SQLite takes it.
+fn sql_value(a: &Arg) -> rusqlite::types::Value {
+    match a {
+        Arg::Text(s) => rusqlite::types::Value::Text(s.clone()),
+        Arg::Int(i) => rusqlite::types::Value::Integer(*i),
+    }
 }
 
 fn row_to_integration(r: &rusqlite::Row<'_>) -> rusqlite::Result<IntegrationRow> {
@@ -656,6 +664,16 @@ impl Store for SqliteStore {
         Self::watch(Arc::downgrade(&self.inner), self.inner.path.clone(), sink);
     }
 
+    async fn count_accounts(&self, filter: &AccountFilter) -> Result<u64, StoreError> {
+        let (sql, args) = count_query(filter, &|n| format!("?{n}"));
+        let n: i64 = self.read(|c| {
+            let mut st = c.prepare_cached(&sql).map_err(map_err)?;
+            st.query_row(params_from_iter(args.iter().map(sql_value)), |r| r.get(0))
+                .map_err(map_err)
+        })?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     async fn list_accounts(
         &self,
         filter: &AccountFilter,
@@ -663,12 +681,8 @@ impl Store for SqliteStore {
         let (sql, args) = list_query(filter, &|n| format!("?{n}"));
         let rows = self.read(|c| {
             let mut st = c.prepare_cached(&sql).map_err(map_err)?;
-            let values = args.iter().map(|a| match a {
-                Arg::Text(s) => rusqlite::types::Value::Text(s.clone()),
-                Arg::Int(i) => rusqlite::types::Value::Integer(*i),
-            });
             let rows = st
-                .query_map(params_from_iter(values), row_to_account)
+                .query_map(params_from_iter(args.iter().map(sql_value)), row_to_account)
                 .map_err(map_err)?
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(map_err)?;
