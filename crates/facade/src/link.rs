@@ -74,6 +74,8 @@ impl Keyhaven {
     ///
     /// # Errors
     /// As [`initiate_connection`](Self::initiate_connection); nothing is stored then.
+    /// A store failure while keeping the link leaves the initiated account, which
+    /// lapses as any unfinished one.
     pub async fn create_link(&self, request: ConnectionRequest) -> Result<ConnectionLink, Error> {
         let out = self.initiate_connection(request).await?;
         let token = new_state()?;
