@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 pub mod storm;
+pub mod upstream;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -207,12 +207,22 @@ pub async fn seed(
     endpoint: &TokenEndpoint,
     n: usize,
 ) -> (Integration, Vec<ConnectedAccountId>) {
-    let integration = kh
-        .integrations()
-        .create(endpoint.integration())
-        .await
-        .unwrap();
     let past = Utc::now() - keyhaven::chrono::Duration::minutes(1);
+    seed_with(kh, store, endpoint.integration(), n, "old", past).await
+}
+
+/// Creates `integration` through `kh` and `n` `ACTIVE` `OAUTH2` accounts in `store`
+/// with access token `<access>-<i>` expiring at `expires_at` and refresh token
+/// `rt-<i>`. Returns their ids, in order.
+pub async fn seed_with(
+    kh: &Keyhaven,
+    store: &dyn Store,
+    integration: NewIntegration,
+    n: usize,
+    access: &str,
+    expires_at: keyhaven::chrono::DateTime<Utc>,
+) -> (Integration, Vec<ConnectedAccountId>) {
+    let integration = kh.integrations().create(integration).await.unwrap();
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
         let now = Utc::now();
@@ -226,14 +236,14 @@ pub async fn seed(
                 ConnectionStatus::Active,
                 now,
             );
-            account.expires_at = Some(past);
+            account.expires_at = Some(expires_at);
             account
         };
         let mut fields = SecretFields::new();
-        fields.insert("access_token", format!("old-{i}"));
+        fields.insert("access_token", format!("{access}-{i}"));
         fields.insert("refresh_token", format!("rt-{i}"));
         fields.insert("token_type", "Bearer");
-        let credentials = Credentials::new(fields, Some(past));
+        let credentials = Credentials::new(fields, Some(expires_at));
         store
             .insert_account(&account, Some(&credentials))
             .await

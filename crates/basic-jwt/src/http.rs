@@ -19,15 +19,20 @@ pub(crate) async fn send(
     request: reqwest::RequestBuilder,
     what: &str,
 ) -> Result<(u16, Vec<u8>), SchemeError> {
-    let response = request.send().await.map_err(|e| SchemeError::Unavailable {
-        message: if e.is_timeout() {
-            format!("{what}: timed out")
-        } else if e.is_connect() {
-            format!("{what}: connection failed")
-        } else {
-            format!("{what}: {}", e.without_url())
-        },
-    })?;
+    // Each call has its own deadline, which holds on a shared client too.
+    let response = request
+        .timeout(std::time::Duration::from_secs(30))
+        .send()
+        .await
+        .map_err(|e| SchemeError::Unavailable {
+            message: if e.is_timeout() {
+                format!("{what}: timed out")
+            } else if e.is_connect() {
+                format!("{what}: connection failed")
+            } else {
+                format!("{what}: {}", e.without_url())
+            },
+        })?;
     let status = response.status().as_u16();
     if status >= 500 || status == 429 {
         return Err(SchemeError::Unavailable {

@@ -63,6 +63,7 @@ impl BasicWithJwt {
     /// for the next login.
     async fn login(
         &self,
+        http: Option<&reqwest::Client>,
         integration: &Integration,
         username: &str,
         password: &str,
@@ -80,7 +81,8 @@ impl BasicWithJwt {
         let pass_field = integration
             .config_str("password_field")
             .unwrap_or("password");
-        let request = self.http.post(url).header("accept", "application/json");
+        let http = http.unwrap_or(&self.http);
+        let request = http.post(url).header("accept", "application/json");
         let request = match integration.config_str("login_style").unwrap_or("json") {
             "basic" => request.basic_auth(username, Some(password)),
             "form" => request.form(&[(user_field, username), (pass_field, password)]),
@@ -115,7 +117,7 @@ impl BasicWithJwt {
         let verifier = match self.verifier(integration)? {
             VerifierSource::Ready(v) => v,
             VerifierSource::Jwks(url) => {
-                let (status, body) = send(self.http.get(url), "JWKS").await?;
+                let (status, body) = send(http.get(url), "JWKS").await?;
                 if !(200..300).contains(&status) {
                     return Err(SchemeError::Unavailable {
                         message: format!("the JWKS answered HTTP {status}"),
@@ -210,7 +212,7 @@ impl AuthScheme for BasicWithJwt {
         let username = cx.params.secret.get_str("username").unwrap_or_default();
         let password = cx.params.secret.get_str("password").unwrap_or_default();
         let credentials = self
-            .login(cx.integration, username, password, cx.now)
+            .login(cx.http, cx.integration, username, password, cx.now)
             .await?;
         Ok(Initiated::Active { credentials })
     }
@@ -224,7 +226,7 @@ impl AuthScheme for BasicWithJwt {
                 message: "the stored login is incomplete; connect again".into(),
             });
         };
-        self.login(cx.integration, username, password, cx.now)
+        self.login(cx.http, cx.integration, username, password, cx.now)
             .await
             .map(Some)
     }

@@ -237,7 +237,11 @@ impl AuthScheme for ServiceAccount {
             "connected_account_params.private_key",
         )?;
         let (token, expires_in) = signer
-            .exchange(&self.http, cx.now, "connected_account_params.private_key")
+            .exchange(
+                cx.http.unwrap_or(&self.http),
+                cx.now,
+                "connected_account_params.private_key",
+            )
             .await?;
         let mut keep = cx.params.secret.clone();
         for (k, v) in &cx.params.public {
@@ -252,7 +256,9 @@ impl AuthScheme for ServiceAccount {
         let mut keep = cx.credentials.expose().clone();
         keep.remove("access_token");
         let signer = Self::signer(cx.integration, &keep, None)?;
-        let (token, expires_in) = signer.exchange(&self.http, cx.now, "private_key").await?;
+        let (token, expires_in) = signer
+            .exchange(cx.http.unwrap_or(&self.http), cx.now, "private_key")
+            .await?;
         Ok(Some(credentials(token, expires_in, keep.clone(), cx.now)))
     }
 
@@ -327,6 +333,7 @@ fn google_fields(json: &str) -> Result<SecretFields, SchemeError> {
 impl GoogleServiceAccount {
     async fn fetch(
         &self,
+        http: Option<&reqwest::Client>,
         integration: &Integration,
         fields: &SecretFields,
         subject: Option<&str>,
@@ -346,7 +353,11 @@ impl GoogleServiceAccount {
             lifetime: 3600,
         };
         signer
-            .exchange(&self.http, now, "connected_account_params.credentials_json")
+            .exchange(
+                http.unwrap_or(&self.http),
+                now,
+                "connected_account_params.credentials_json",
+            )
             .await
     }
 }
@@ -387,7 +398,9 @@ impl AuthScheme for GoogleServiceAccount {
             )
         })?;
         let subject = cx.params.get_str("subject");
-        let (token, expires_in) = self.fetch(cx.integration, &fields, subject, cx.now).await?;
+        let (token, expires_in) = self
+            .fetch(cx.http, cx.integration, &fields, subject, cx.now)
+            .await?;
         let mut keep = fields.clone();
         if let Some(s) = subject {
             keep.insert("subject", s);
@@ -401,7 +414,13 @@ impl AuthScheme for GoogleServiceAccount {
         let mut keep = cx.credentials.expose().clone();
         keep.remove("access_token");
         let (token, expires_in) = self
-            .fetch(cx.integration, &keep, keep.get_str("subject"), cx.now)
+            .fetch(
+                cx.http,
+                cx.integration,
+                &keep,
+                keep.get_str("subject"),
+                cx.now,
+            )
             .await?;
         Ok(Some(credentials(token, expires_in, keep.clone(), cx.now)))
     }

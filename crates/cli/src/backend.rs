@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use keyhaven::Keyhaven;
-use keyhaven_server::proxy::{ProxyRequest, ProxyResponse};
 use keyhaven_server::{InProcess, KeyKind, ServerConfig};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -394,58 +393,146 @@ impl Backend {
         .await
     }
 
-    /// Sends a request with the account's credentials.
+    /// The account's credentials, to print: read through the server (which records
+    /// the read), or here, recorded as a token printed (nothing is printed when the
+    /// record cannot be written).
+    pub(crate) async fn token(&self, id: &str) -> Result<Value, CliError> {
+        let Self::Local { kh, .. } = self else {
+            return self.credentials(id).await;
+        };
+        let now = keyhaven::chrono::Utc::now();
+        let caller = keyhaven::AuditCaller {
+            key: Some("cli".to_owned()),
+            ..keyhaven::AuditCaller::default()
+        };
+        let result = kh.credentials(id).await;
+        let mut entry = keyhaven::AuditEntry::new(
+            now,
+            keyhaven::AuditAction::TokenPrinted,
+            id,
+            match &result {
+                Ok(_) => "granted".to_owned(),
+                Err(e) => e.kind().to_string(),
+            },
+        )
+        .by(caller);
+        if let Ok(account) = kh.connected_accounts().get(id).await {
+            entry = entry.of(&account);
+        }
+        let recorded = kh.audit().record(&entry).await;
+        let credentials = result?;
+        recorded.map_err(|e| CliError::new(Exit::Unavailable, e.to_string()))?;
+        Ok(serde_json::json!({
+            "connectedAccountId": id,
+            "expiresAt": credentials.expires_at(),
+            "credentials": credentials.expose().expose(),
+        }))
+    }
+
+    /// The recorded uses of an account's credentials.
+    pub(crate) async fn audit(
+        &self,
+        id: &str,
+        since: Option<&str>,
+        until: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Vec<Value>, CliError> {
+        let mut query = format!("/api/v1/connectedAccounts/{}/audit?", enc(id));
+        for (name, value) in [
+            ("since", since.map(str::to_owned)),
+            ("until", until.map(str::to_owned)),
+            ("limit", limit.map(|l| l.to_string())),
+        ] {
+            if let Some(value) = value {
+                query.push_str(&format!("{name}={}&", enc(&value)));
+            }
+        }
+        let answer = self.get(query.trim_end_matches(['?', '&'])).await?;
+        Ok(answer["items"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Sends a request with the account's credentials: through the library here, or
+    /// through the server's passthrough route.
     pub(crate) async fn request(
         &self,
         id: &str,
-        request: &ProxyRequest,
-    ) -> Result<ProxyResponse, CliError> {
-        let body = serde_json::to_value(request).map_err(|e| CliError::other(e.to_string()))?;
-        let v = self
-            .post(
-                &format!("/api/v1/connectedAccounts/{}/proxy", enc(id)),
-                &body,
-            )
-            .await?;
-        serde_json::from_value(v).map_err(|e| CliError::other(format!("the proxy's answer: {e}")))
+        request: CliRequest,
+    ) -> Result<reqwest::Response, CliError> {
+        match self {
+            Self::Local { kh, .. } => {
+                let mut outgoing = kh
+                    .request(id)
+                    .method(request.method)
+                    .path(request.path)
+                    .headers(&request.headers)
+                    .caller(keyhaven::AuditCaller {
+                        key: Some("cli".to_owned()),
+                        ..keyhaven::AuditCaller::default()
+                    });
+                if let Some(body) = request.body {
+                    outgoing = outgoing.body(body);
+                }
+                Ok(outgoing.send().await?)
+            }
+            Self::Remote(r) => r.passthrough(id, request).await,
+        }
     }
 }
 
-/// The request `keyhaven request` sends.
-pub(crate) fn proxy_request(
-    method: String,
+/// What `keyhaven request` sends.
+#[derive(Debug)]
+pub(crate) struct CliRequest {
+    pub(crate) method: Method,
+    /// A path under the account's API (or a URL under it).
+    pub(crate) path: String,
+    pub(crate) headers: keyhaven::http::HeaderMap,
+    pub(crate) body: Option<Vec<u8>>,
+}
+
+/// The request `keyhaven request` sends: a body given as JSON goes with
+/// `content-type: application/json` unless a header says otherwise.
+pub(crate) fn cli_request(
+    method: &str,
     path: String,
     data: Option<String>,
     headers: &[String],
-) -> Result<ProxyRequest, CliError> {
+) -> Result<CliRequest, CliError> {
+    let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| CliError::usage(format!("{method:?} is not an HTTP method")))?;
     let body = match data {
         None => None,
-        Some(d) => {
-            let text = if d == "@-" {
-                let mut s = String::new();
-                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(|e| {
-                    CliError::usage(format!("cannot read the body from stdin: {e}"))
-                })?;
-                s
-            } else if let Some(file) = d.strip_prefix('@') {
-                std::fs::read_to_string(file).map_err(|e| {
-                    CliError::usage(format!("cannot read the body from {file}: {e}"))
-                })?
-            } else {
-                d
-            };
-            Some(serde_json::from_str(&text).unwrap_or(Value::String(text)))
-        }
+        Some(d) => Some(if d == "@-" {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+                .map_err(|e| CliError::usage(format!("cannot read the body from stdin: {e}")))?;
+            bytes
+        } else if let Some(file) = d.strip_prefix('@') {
+            std::fs::read(file)
+                .map_err(|e| CliError::usage(format!("cannot read the body from {file}: {e}")))?
+        } else {
+            d.into_bytes()
+        }),
     };
-    let mut map = std::collections::BTreeMap::new();
+    let mut map = keyhaven::http::HeaderMap::new();
     for h in headers {
         let (name, value) = h
             .split_once(':')
             .ok_or_else(|| CliError::usage(format!("header {h:?} is not \"Name: value\"")))?;
-        map.insert(name.trim().to_owned(), value.trim().to_owned());
+        let name = keyhaven::http::HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| CliError::usage(format!("{:?} is not a header name", name.trim())))?;
+        let value = keyhaven::http::HeaderValue::from_str(value.trim())
+            .map_err(|_| CliError::usage(format!("the value of header {name} cannot be sent")))?;
+        map.append(name, value);
     }
-    Ok(ProxyRequest {
-        method: Some(method.to_ascii_uppercase()),
+    if body
+        .as_deref()
+        .is_some_and(|b| serde_json::from_slice::<Value>(b).is_ok())
+    {
+        map.entry(keyhaven::http::header::CONTENT_TYPE)
+            .or_insert(keyhaven::http::HeaderValue::from_static("application/json"));
+    }
+    Ok(CliRequest {
+        method,
         path,
         headers: map,
         body,

@@ -51,7 +51,13 @@ pub(crate) async fn open_store(args: &StoreArgs) -> Result<(Arc<dyn Store>, Stri
 /// client: the public URL (for the OAuth callback) and the redirect allowlist.
 pub(crate) async fn open(args: &StoreArgs) -> Result<Keyhaven, CliError> {
     let (store, _) = open_store(args).await?;
-    let mut builder = Keyhaven::builder().shared_store(store);
+    // The server's audit log: uses of credentials here are recorded with its own.
+    let audit_path = std::env::var_os("KEYHAVEN_AUDIT_LOG")
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| args.dir().join("audit.log"), PathBuf::from);
+    let audit = keyhaven::AuditLog::to_file(&audit_path)
+        .map_err(|e| CliError::new(crate::Exit::Unavailable, e.to_string()))?;
+    let mut builder = Keyhaven::builder().shared_store(store).audit_log(audit);
     if let Some(url) = std::env::var("KEYHAVEN_PUBLIC_URL")
         .ok()
         .filter(|u| !u.is_empty())

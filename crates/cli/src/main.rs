@@ -107,16 +107,6 @@ impl From<keyhaven::Error> for CliError {
     }
 }
 
-impl From<keyhaven_server::proxy::ProxyError> for CliError {
-    fn from(e: keyhaven_server::proxy::ProxyError) -> Self {
-        match e {
-            keyhaven_server::proxy::ProxyError::Keyhaven(e) => e.into(),
-            // The same exit as the server's 502 in remote mode.
-            other => Self::new(Exit::Unavailable, other.to_string()),
-        }
-    }
-}
-
 #[derive(Debug, Parser)]
 #[command(
     name = "keyhaven",
@@ -199,6 +189,21 @@ enum Command {
         /// The field to print (default: the access token, API key or token).
         #[arg(long)]
         field: Option<String>,
+    },
+    /// Print the recorded uses of an account's credentials (reads, tokens printed,
+    /// requests sent), oldest first.
+    Audit {
+        /// The account (ca_...).
+        id: String,
+        /// Only uses at or after this time (RFC 3339, such as 2026-11-30T08:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only uses before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// At most this many, the newest (default and at most 10000).
+        #[arg(long)]
+        limit: Option<usize>,
     },
     /// Send an authenticated request to an account's API and print the answer.
     Request {
@@ -415,8 +420,21 @@ async fn run(cli: Cli) -> Result<Exit, CliError> {
         }
         Command::Token { id, field } => {
             let b = backend().await?;
-            let creds = b.credentials(&id).await?;
+            let creds = b.token(&id).await?;
             output::token(&creds, field.as_deref(), json)?;
+            Ok(Exit::Ok)
+        }
+        Command::Audit {
+            id,
+            since,
+            until,
+            limit,
+        } => {
+            let b = backend().await?;
+            let entries = b
+                .audit(&id, since.as_deref(), until.as_deref(), limit)
+                .await?;
+            output::audit(&entries, json)?;
             Ok(Exit::Ok)
         }
         Command::Request {
@@ -428,10 +446,17 @@ async fn run(cli: Cli) -> Result<Exit, CliError> {
             include,
         } => {
             let b = backend().await?;
-            let request = backend::proxy_request(method, path, data, &headers)?;
-            let response = b.request(&id, &request).await?;
-            output::response(&response, include, json)?;
-            Ok(if response.status >= 400 {
+            let request = backend::cli_request(&method, path, data, &headers)?;
+            let response = b.request(&id, request).await?;
+            let status = output::response(response, include, json).await?;
+            if let Some(kh) = b.keyhaven() {
+                // The request's audit line is written before the process ends.
+                kh.audit()
+                    .flush()
+                    .await
+                    .map_err(|e| CliError::new(Exit::Unavailable, e.to_string()))?;
+            }
+            Ok(if status >= 400 {
                 Exit::ApiError
             } else {
                 Exit::Ok

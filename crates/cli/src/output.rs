@@ -7,7 +7,6 @@
 
 use std::io::{IsTerminal, Write};
 
-use keyhaven_server::proxy::ProxyResponse;
 use serde_json::Value;
 
 use crate::CliError;
@@ -18,8 +17,13 @@ use crate::CliError;
 /// A closed stdout: [`CliError::closed_stdout`] (no message, exit status 141); any
 /// other write error: a one-line error.
 pub(crate) fn emit(text: &str) -> Result<(), CliError> {
+    emit_bytes(text.as_bytes())
+}
+
+/// Writes `bytes` to stdout at once and flushes them, as [`emit`].
+pub(crate) fn emit_bytes(bytes: &[u8]) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
+    out.write_all(bytes)
         .and_then(|()| out.flush())
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
@@ -336,23 +340,92 @@ pub(crate) fn token(creds: &Value, field: Option<&str>, json: bool) -> Result<()
     }
 }
 
-pub(crate) fn response(r: &ProxyResponse, include: bool, json: bool) -> Result<(), CliError> {
+/// Prints an API's answer: with `json`, `{status, headers, body}` (the body as JSON
+/// when it is JSON); else the body as it streams in, after the status and headers
+/// when `include`. Returns the status.
+pub(crate) async fn response(
+    mut r: reqwest::Response,
+    include: bool,
+    json: bool,
+) -> Result<u16, CliError> {
+    let status = r.status().as_u16();
+    let cut = |e: reqwest::Error| {
+        CliError::new(
+            crate::Exit::Unavailable,
+            format!(
+                "the API's answer was cut: {}",
+                keyhaven::request::http_error_reason(e)
+            ),
+        )
+    };
+    let headers: serde_json::Map<String, Value> = r
+        .headers()
+        .iter()
+        .filter(|(k, _)| k.as_str() != keyhaven_server::proxy::UPSTREAM_HEADER)
+        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), Value::from(v))))
+        .collect();
     if json {
-        return print_json(&serde_json::to_value(r).unwrap_or(Value::Null));
+        let bytes = r.bytes().await.map_err(cut)?;
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        print_json(&serde_json::json!({"status": status, "headers": headers, "body": body}))?;
+        return Ok(status);
     }
     if include {
         let mut out = Out::default();
-        out.line(format!("HTTP {}", r.status));
-        for (k, v) in &r.headers {
-            out.line(format!("{k}: {v}"));
+        out.line(format!("HTTP {status}"));
+        for (k, v) in &headers {
+            out.line(format!("{k}: {}", v.as_str().unwrap_or_default()));
         }
         out.line("");
         out.print()?;
     }
-    match &r.body {
-        Value::String(text) => line(text),
-        other => print_json(other),
+    let mut last = b'\n';
+    while let Some(chunk) = r.chunk().await.map_err(cut)? {
+        if let Some(byte) = chunk.last() {
+            last = *byte;
+        }
+        emit_bytes(&chunk)?;
     }
+    // A text answer ends its line on a terminal.
+    if last != b'\n' && std::io::stdout().is_terminal() {
+        emit("\n")?;
+    }
+    Ok(status)
+}
+
+/// The uses of an account's credentials, one per line: time, action, outcome, who,
+/// and for requests the method, host, path and status.
+pub(crate) fn audit(entries: &[Value], json: bool) -> Result<(), CliError> {
+    if json {
+        return print_json(&Value::from(entries.to_vec()));
+    }
+    let mut out = Out::default();
+    if entries.is_empty() {
+        out.line("no recorded use");
+    }
+    for e in entries {
+        let mut text = format!("{}  {}  {}", s(e, "at"), s(e, "action"), s(e, "outcome"));
+        if let Some(method) = e["method"].as_str() {
+            text.push_str(&format!(
+                "  {method} {}{} -> {}",
+                s(e, "host"),
+                s(e, "path"),
+                e["status"]
+                    .as_u64()
+                    .map_or_else(|| "-".to_owned(), |st| st.to_string())
+            ));
+        }
+        let who: Vec<&str> = ["key", "remote", "userAgent"]
+            .iter()
+            .filter_map(|k| e[*k].as_str())
+            .collect();
+        if !who.is_empty() {
+            text.push_str(&format!("  by {}", who.join(" ")));
+        }
+        out.line(text);
+    }
+    out.print()
 }
 
 pub(crate) fn rotation(report: &Value, json: bool) -> Result<(), CliError> {

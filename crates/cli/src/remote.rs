@@ -83,7 +83,7 @@ impl Remote {
                 format!(
                     "cannot reach the keyhaven server at {}: {}",
                     self.base,
-                    keyhaven_server::proxy::http_error_reason(e)
+                    keyhaven::request::http_error_reason(e)
                 ),
             )
         })?;
@@ -93,11 +93,68 @@ impl Remote {
                 Exit::Unavailable,
                 format!(
                     "the server's answer was cut: {}",
-                    keyhaven_server::proxy::http_error_reason(e)
+                    keyhaven::request::http_error_reason(e)
                 ),
             )
         })?;
         decode(status, &text)
+    }
+}
+
+impl Remote {
+    /// Sends `request` through the server's passthrough route
+    /// (`/api/v1/proxy/{id}/{path}`): the API's answer, or keyhaven's error.
+    pub(crate) async fn passthrough(
+        &self,
+        id: &str,
+        request: crate::backend::CliRequest,
+    ) -> Result<reqwest::Response, CliError> {
+        let key = self.api_key.as_ref().ok_or_else(|| {
+            CliError::new(
+                Exit::Unauthorized,
+                "give the server's admin key (--api-key or KEYHAVEN_API_KEY)",
+            )
+        })?;
+        if !request.path.starts_with('/') {
+            return Err(CliError::usage(format!(
+                "with --server, give a path starting with / under the account's API, such as /user (not {:?})",
+                request.path
+            )));
+        }
+        let url = self.url(&format!("/api/v1/proxy/{}{}", enc(id), request.path));
+        let mut outgoing = self
+            .client
+            .request(request.method, url)
+            .headers(request.headers)
+            .header("x-api-key", key)
+            // Answers stream for as long as they take.
+            .timeout(Duration::from_secs(24 * 3600));
+        if let Some(body) = request.body {
+            outgoing = outgoing.body(body);
+        }
+        let response = outgoing.send().await.map_err(|e| {
+            CliError::new(
+                Exit::Unavailable,
+                format!(
+                    "cannot reach the keyhaven server at {}: {}",
+                    self.base,
+                    keyhaven::request::http_error_reason(e)
+                ),
+            )
+        })?;
+        if response
+            .headers()
+            .contains_key(keyhaven_server::proxy::UPSTREAM_HEADER)
+        {
+            return Ok(response);
+        }
+        // keyhaven's own answer: an error (or a server too old for this route).
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        decode(status, &text)?;
+        Err(CliError::other(
+            "the server did not pass the request on; is it a keyhaven older than the passthrough route?",
+        ))
     }
 }
 

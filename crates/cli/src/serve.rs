@@ -9,9 +9,7 @@ use keyhaven::secrecy::SecretString;
 use keyhaven::url::Url;
 use keyhaven::{EventKind, Keyhaven, KeyhavenBuilder};
 use keyhaven_server::proxy::ProxyLimits;
-use keyhaven_server::{
-    AdminKey, AppState, Audit, CREDENTIALS_KEY_FILE, RateLimit, ServerConfig, Webhook,
-};
+use keyhaven_server::{AdminKey, AppState, CREDENTIALS_KEY_FILE, RateLimit, ServerConfig, Webhook};
 use serde::Deserialize;
 
 use crate::local::{StoreArgs, open_store};
@@ -342,8 +340,15 @@ pub(crate) async fn serve(
     let public_url = Url::parse(public_url.trim_end_matches('/'))
         .map_err(|e| CliError::usage(format!("public URL {public_url:?}: {e}")))?;
 
+    let audit_path = args
+        .audit_log
+        .or(file.audit_log)
+        .unwrap_or_else(|| data_dir.join("audit.log"));
+    let audit =
+        keyhaven::AuditLog::to_file(&audit_path).map_err(|e| CliError::other(e.to_string()))?;
     let mut builder: KeyhavenBuilder = Keyhaven::builder()
         .shared_store(store)
+        .audit_log(audit.clone())
         .callback_url(&AppState::callback_url(&public_url))
         .connect_form_url(&AppState::connect_form_url(&public_url));
     for prefix in args
@@ -384,11 +389,6 @@ pub(crate) async fn serve(
             key
         }
     };
-    let audit_path = args
-        .audit_log
-        .or(file.audit_log)
-        .unwrap_or_else(|| data_dir.join("audit.log"));
-    let audit = Audit::to_file(&audit_path).map_err(CliError::other)?;
 
     let config = ServerConfig {
         public_url: public_url.clone(),
@@ -407,12 +407,13 @@ pub(crate) async fn serve(
     ))?;
     let mut state = AppState::new(kh, admin_key);
     state.credentials_key = Some(credentials_key);
-    state.audit = audit;
     state.config = config;
     let state = Arc::new(state);
     keyhaven_server::serve(listener, state, shutdown_signal())
         .await
         .map_err(|e| CliError::other(e.to_string()))?;
+    // A clean stop: every queued audit line is written before the process ends.
+    audit.close();
     output::line("keyhaven stopped")?;
     Ok(())
 }

@@ -110,6 +110,9 @@ pub struct InitiateContext<'a> {
     pub callback_url: Option<&'a Url>,
     /// The current time.
     pub now: DateTime<Utc>,
+    /// The HTTP client to call the provider with, shared by the whole keyhaven (see
+    /// [`AccountContext::http`]).
+    pub http: Option<&'a reqwest::Client>,
 }
 
 impl<'a> InitiateContext<'a> {
@@ -130,7 +133,15 @@ impl<'a> InitiateContext<'a> {
             state: None,
             callback_url: None,
             now,
+            http: None,
         }
+    }
+
+    /// Gives the scheme the keyhaven's HTTP client.
+    #[must_use]
+    pub fn with_http(mut self, client: &'a reqwest::Client) -> Self {
+        self.http = Some(client);
+        self
     }
 
     /// Sets the state and callback URL of a redirect flow.
@@ -185,6 +196,9 @@ pub struct CompleteContext<'a> {
     pub callback_url: &'a Url,
     /// The current time.
     pub now: DateTime<Utc>,
+    /// The HTTP client to call the provider with, shared by the whole keyhaven (see
+    /// [`AccountContext::http`]).
+    pub http: Option<&'a reqwest::Client>,
 }
 
 impl<'a> CompleteContext<'a> {
@@ -204,7 +218,15 @@ impl<'a> CompleteContext<'a> {
             pending,
             callback_url,
             now,
+            http: None,
         }
+    }
+
+    /// Gives the scheme the keyhaven's HTTP client.
+    #[must_use]
+    pub fn with_http(mut self, client: &'a reqwest::Client) -> Self {
+        self.http = Some(client);
+        self
     }
 }
 
@@ -220,6 +242,11 @@ pub struct AccountContext<'a> {
     pub credentials: &'a Credentials,
     /// The current time.
     pub now: DateTime<Utc>,
+    /// The HTTP client to call the provider with, shared by the whole keyhaven
+    /// (connections kept open, no redirects followed, no overall timeout: give each
+    /// request its own). `None` when the caller has none (a scheme's own tests): use
+    /// the scheme's own client then.
+    pub http: Option<&'a reqwest::Client>,
 }
 
 impl<'a> AccountContext<'a> {
@@ -235,7 +262,15 @@ impl<'a> AccountContext<'a> {
             account,
             credentials,
             now,
+            http: None,
         }
+    }
+
+    /// Gives the scheme the keyhaven's HTTP client.
+    #[must_use]
+    pub fn with_http(mut self, client: &'a reqwest::Client) -> Self {
+        self.http = Some(client);
+        self
     }
 }
 

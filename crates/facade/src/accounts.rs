@@ -147,7 +147,8 @@ impl<'a> ConnectedAccounts<'a> {
                     let integration = kh.integration_of(&account).await?;
                     let scheme = kh.schemes().get(&integration.auth_scheme)?;
                     let effective = effective_integration(&integration, &account.params);
-                    let cx = AccountContext::new(&effective, &account, &credentials, kh.now());
+                    let cx = AccountContext::new(&effective, &account, &credentials, kh.now())
+                        .with_http(kh.http_client());
                     scheme.revoke(cx).await.map_err(Error::from)
                 };
                 match result.await {
@@ -177,7 +178,7 @@ impl<'a> ConnectedAccounts<'a> {
     /// account `EXPIRED` and is returned as [`Error::NotActive`].
     pub async fn refresh(&self, id: &str) -> Result<ConnectedAccount, Error> {
         let parsed = ConnectedAccountId::parse(id)?;
-        self.kh.refresh_credentials(&parsed, true).await?;
+        self.kh.refresh_credentials(&parsed, Due::Now).await?;
         self.get(id).await
     }
 
@@ -272,6 +273,18 @@ impl<'a> ConnectedAccounts<'a> {
     }
 }
 
+/// When a refresh is due.
+#[derive(Debug)]
+pub(crate) enum Due {
+    /// When the credentials expire within the refresh margin.
+    IfExpiring,
+    /// Now, whatever their expiry.
+    Now,
+    /// Now, unless the stored credentials are no longer these (an API refused these:
+    /// whoever refreshes first does it for all who saw them refused).
+    IfStill(Credentials),
+}
+
 impl Keyhaven {
     pub(crate) async fn integration_of(
         &self,
@@ -357,7 +370,7 @@ impl Keyhaven {
             self.inner.cache.put(&parsed, cached, generation);
             return Ok(credentials);
         }
-        self.refresh_credentials(&parsed, false).await
+        self.refresh_credentials(&parsed, Due::IfExpiring).await
     }
 
     /// Refreshes under the account's lock: re-reads after taking it, so a refresh
@@ -365,7 +378,7 @@ impl Keyhaven {
     pub(crate) async fn refresh_credentials(
         &self,
         id: &ConnectedAccountId,
-        force: bool,
+        due: Due,
     ) -> Result<Credentials, Error> {
         let refresher = &self.inner.refresher;
         let lock = refresher.lock_for(id);
@@ -373,7 +386,7 @@ impl Keyhaven {
             let _guard = lock.lock().await;
             // Other processes sharing the store queue here.
             let store_lock = self.store().lock_account(id).await?;
-            let result = self.refresh_locked(id, force).await;
+            let result = self.refresh_locked(id, due).await;
             if let Err(e) = store_lock.release().await {
                 tracing::warn!(account = %id, error = %e, "could not release the refresh lock; it is released when it lapses");
             }
@@ -388,12 +401,19 @@ impl Keyhaven {
     async fn refresh_locked(
         &self,
         id: &ConnectedAccountId,
-        force: bool,
+        due: Due,
     ) -> Result<Credentials, Error> {
         let refresher = &self.inner.refresher;
         {
             let (account, credentials) = self.active(id).await?;
             let now = self.now();
+            let force = match &due {
+                Due::IfExpiring => false,
+                Due::Now => true,
+                // Someone else refreshed them meanwhile: theirs are the fresh ones.
+                Due::IfStill(used) if *used != credentials => return Ok(credentials),
+                Due::IfStill(_) => true,
+            };
             if !force && !credentials.expires_within(now, self.inner.settings.refresh_margin) {
                 return Ok(credentials);
             }
@@ -413,7 +433,8 @@ impl Keyhaven {
             let integration = self.integration_of(&account).await?;
             let scheme = self.schemes().get(&integration.auth_scheme)?;
             let effective = effective_integration(&integration, &account.params);
-            let cx = AccountContext::new(&effective, &account, &credentials, now);
+            let cx = AccountContext::new(&effective, &account, &credentials, now)
+                .with_http(self.http_client());
             match scheme.refresh(cx).await {
                 Ok(None) => Ok(credentials),
                 Ok(Some(fresh)) => {
@@ -550,19 +571,29 @@ impl Keyhaven {
         let scheme = self.schemes().get(&integration.auth_scheme)?;
         let effective = effective_integration(&integration, &account.params);
         // The integration's fixed headers (an API version ...), unless the caller set them.
-        if let Some(serde_json::Value::Object(headers)) = effective.config.get("request_headers") {
-            for (name, value) in headers {
-                let (Ok(name), Some(Ok(value))) = (
-                    http::HeaderName::from_bytes(name.as_bytes()),
-                    value.as_str().map(http::HeaderValue::from_str),
-                ) else {
-                    continue;
-                };
-                request.headers.entry(name).or_insert(value);
-            }
+        for (name, value) in &fixed_headers(&effective) {
+            request.headers.entry(name).or_insert_with(|| value.clone());
         }
-        let cx = AccountContext::new(&effective, &account, &credentials, self.now());
+        let cx = AccountContext::new(&effective, &account, &credentials, self.now())
+            .with_http(self.http_client());
         scheme.authorize(&cx, &mut request)?;
         Ok(request)
     }
+}
+
+/// An integration's fixed request headers (`request_headers` of its config: an API
+/// version ...), those that are valid HTTP.
+pub(crate) fn fixed_headers(integration: &Integration) -> http::HeaderMap {
+    let mut out = http::HeaderMap::new();
+    if let Some(serde_json::Value::Object(headers)) = integration.config.get("request_headers") {
+        for (name, value) in headers {
+            if let (Ok(name), Some(Ok(value))) = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                value.as_str().map(http::HeaderValue::from_str),
+            ) {
+                out.insert(name, value);
+            }
+        }
+    }
+    out
 }

@@ -56,6 +56,8 @@ impl FastClock {
 /// The cache, shared with the store's change feed.
 pub(crate) struct CredentialCache {
     entries: Option<quick_cache::sync::Cache<ConnectedAccountId, Cached>>,
+    /// Where each account's requests go, with what (see [`crate::request`]).
+    targets: Option<quick_cache::sync::Cache<ConnectedAccountId, Arc<crate::request::Target>>>,
     /// Bumped by every invalidation, so that a read that started before one does
     /// not put what it read into the cache afterwards.
     generation: AtomicU64,
@@ -66,6 +68,7 @@ impl CredentialCache {
     pub(crate) fn new(capacity: usize) -> Arc<Self> {
         Arc::new(Self {
             entries: (capacity > 0).then(|| quick_cache::sync::Cache::new(capacity)),
+            targets: (capacity > 0).then(|| quick_cache::sync::Cache::new(capacity)),
             generation: AtomicU64::new(0),
         })
     }
@@ -109,11 +112,43 @@ impl CredentialCache {
         }
     }
 
+    /// The cached request target of `id`.
+    pub(crate) fn target(&self, id: &str) -> Option<Arc<crate::request::Target>> {
+        self.targets.as_ref()?.get(id)
+    }
+
+    /// Caches a request target read since `generation`, as [`CredentialCache::put`].
+    pub(crate) fn put_target(
+        &self,
+        id: &ConnectedAccountId,
+        target: Arc<crate::request::Target>,
+        generation: u64,
+    ) {
+        let Some(targets) = &self.targets else { return };
+        if self.generation.load(Ordering::Acquire) == generation {
+            targets.insert(id.clone(), target);
+            if self.generation.load(Ordering::Acquire) != generation {
+                targets.remove(id.as_str());
+            }
+        }
+    }
+
     /// Forgets one account.
     pub(crate) fn forget(&self, id: &ConnectedAccountId) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         if let Some(entries) = &self.entries {
             entries.remove(id.as_str());
+        }
+        if let Some(targets) = &self.targets {
+            targets.remove(id.as_str());
+        }
+    }
+
+    /// Forgets every request target (an integration changed).
+    pub(crate) fn forget_targets(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        if let Some(targets) = &self.targets {
+            targets.clear();
         }
     }
 
@@ -127,6 +162,9 @@ impl CredentialCache {
                 self.generation.fetch_add(1, Ordering::AcqRel);
                 if let Some(entries) = &self.entries {
                     entries.clear();
+                }
+                if let Some(targets) = &self.targets {
+                    targets.clear();
                 }
             }
         }

@@ -178,7 +178,8 @@ impl Keyhaven {
                     &pending.data,
                     &callback_url,
                     now,
-                );
+                )
+                .with_http(self.http_client());
                 scheme.complete(cx).await.map_err(|e| clip(&e.to_string()))
             }
         };

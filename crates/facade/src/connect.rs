@@ -110,7 +110,8 @@ impl Keyhaven {
         let callback_url = self.callback_url().clone();
         let cx = InitiateContext::new(&effective, &account_id, &entity, &params, now)
             .with_redirect_url(redirect_url.as_ref())
-            .with_callback(&state, &callback_url);
+            .with_callback(&state, &callback_url)
+            .with_http(self.http_client());
         let initiated = match scheme.initiate(cx).await {
             Ok(initiated) => Ok(initiated),
             // The provider refused the credentials: a FAILED account says so, and

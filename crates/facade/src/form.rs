@@ -225,7 +225,8 @@ impl Keyhaven {
             &account.entity_id,
             &params,
             self.now(),
-        );
+        )
+        .with_http(self.http_client());
         let result = match scheme.initiate(cx).await {
             Ok(Initiated::Active { credentials }) => Ok(credentials),
             Ok(Initiated::Redirect { .. }) => {

@@ -440,6 +440,8 @@ impl<'a> Integrations<'a> {
         if !self.kh.store().update_integration(&integration).await? {
             return Err(not_found(integration.id.as_str()));
         }
+        // Requests of its accounts go by the new settings from now on.
+        self.kh.inner.cache.forget_targets();
         tracing::info!(integration = %integration.id, app = %integration.app, disabled = integration.disabled, "integration changed");
         Ok(integration)
     }

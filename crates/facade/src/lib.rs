@@ -27,6 +27,7 @@
 //! `postgres` ([`PostgresStore`], for many instances on one database).
 
 mod accounts;
+pub mod audit;
 mod cache;
 mod callback;
 mod connect;
@@ -37,6 +38,7 @@ mod integrations;
 mod link;
 mod refresh;
 mod registry;
+pub mod request;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +47,7 @@ use keyhaven_core::StoreChange;
 use url::Url;
 
 pub use accounts::ConnectedAccounts;
+pub use audit::{AuditAction, AuditCaller, AuditEntry, AuditError, AuditLog, AuditQuery};
 pub use callback::CallbackOutcome;
 pub use connect::Entity;
 pub use form::ConnectForm;
@@ -72,6 +75,7 @@ pub use keyhaven_store::{
 };
 pub use link::{ConnectionLink, LinkPage};
 pub use registry::{Registered, SchemeRegistry};
+pub use request::ApiRequest;
 
 /// The environment variable naming a directory of extra catalogue entries.
 pub const CATALOG_DIR_ENV: &str = "KEYHAVEN_CATALOG_DIR";
@@ -79,7 +83,7 @@ pub const CATALOG_DIR_ENV: &str = "KEYHAVEN_CATALOG_DIR";
 /// Re-exported so that users need no direct dependency on these: the crates whose
 /// types keyhaven's API uses, in the versions it was built with.
 pub use keyhaven_core::{async_trait, random_bytes, random_hex, to_hex};
-pub use {chrono, http, secrecy, serde_json, url};
+pub use {bytes, chrono, http, reqwest, secrecy, serde_json, url};
 
 /// The keyhaven library: cheap to clone, safe to share between tasks.
 #[derive(Clone)]
@@ -100,6 +104,10 @@ struct Inner {
     last_purge: std::sync::atomic::AtomicI64,
     catalog: Arc<Catalog>,
     events: events::EventBus,
+    /// The HTTP client of requests (and of the built-in schemes).
+    http: reqwest::Client,
+    /// Where uses of credentials are recorded.
+    audit: AuditLog,
 }
 
 /// Where keyhaven's OAuth callback is, when no other is configured: the server's
@@ -115,6 +123,10 @@ struct Settings {
     redirect_allowlist: Vec<Url>,
     connect_form_url: Option<Url>,
     cache_capacity: usize,
+    /// The HTTP client, when the builder was given one.
+    http: Option<reqwest::Client>,
+    /// The audit log.
+    audit: AuditLog,
     /// Client id and secret per app, for integrations created from the catalogue.
     app_credentials: std::collections::BTreeMap<String, (String, Option<secrecy::SecretString>)>,
 }
@@ -128,6 +140,8 @@ impl Default for Settings {
             redirect_allowlist: Vec::new(),
             connect_form_url: None,
             cache_capacity: 10_000,
+            http: None,
+            audit: AuditLog::log_only(),
             app_credentials: std::collections::BTreeMap::new(),
         }
     }
@@ -194,6 +208,11 @@ impl Keyhaven {
         let feed = cache.clone();
         let events = events::EventBus::new();
         let bus = events.clone();
+        let http = settings
+            .http
+            .clone()
+            .unwrap_or_else(request::default_client);
+        let audit = settings.audit.clone();
         store.subscribe(Arc::new(move |change| match change {
             StoreChange::Event(event) => bus.relay_foreign(event),
             change => feed.apply(change),
@@ -210,6 +229,8 @@ impl Keyhaven {
                 last_purge: std::sync::atomic::AtomicI64::new(0),
                 catalog,
                 events,
+                http,
+                audit,
             }),
         }
     }
@@ -241,6 +262,12 @@ impl Keyhaven {
 
     pub(crate) fn now(&self) -> chrono::DateTime<chrono::Utc> {
         self.inner.clock.now()
+    }
+
+    /// Where uses of credentials are recorded: every [`Keyhaven::request`], and what
+    /// the server and the CLI record (credential reads, tokens printed).
+    pub fn audit(&self) -> &AuditLog {
+        &self.inner.audit
     }
 }
 
@@ -395,6 +422,22 @@ impl KeyhavenBuilder {
     #[must_use]
     pub fn credential_cache(mut self, capacity: usize) -> Self {
         self.settings.cache_capacity = capacity;
+        self
+    }
+
+    /// Sends requests (and the built-in schemes' calls) with this client instead of
+    /// [`request::default_client`]. Turn redirects off on it: a redirect followed
+    /// would carry the credentials.
+    #[must_use]
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.settings.http = Some(client);
+        self
+    }
+
+    /// Records every use of a credential there (default: the tracing log only).
+    #[must_use]
+    pub fn audit_log(mut self, audit: AuditLog) -> Self {
+        self.settings.audit = audit;
         self
     }
 

@@ -51,6 +51,12 @@ impl ProviderHttp {
         }
     }
 
+    /// The client to use for one call: `shared` (the keyhaven's, from the scheme's
+    /// context) when given, else this one.
+    pub fn or_shared(&self, shared: Option<&reqwest::Client>) -> Self {
+        shared.map_or_else(|| self.clone(), |c| Self::with_client(c.clone()))
+    }
+
     /// Uses a client of your own (proxy, timeouts, TLS roots). Turn redirects off on it.
     pub fn with_client(client: reqwest::Client) -> Self {
         Self { client }
@@ -67,6 +73,10 @@ impl Default for ProviderHttp {
         Self::new()
     }
 }
+
+/// How long one call to a provider may take, answer included (set on each request,
+/// so that it holds on a shared client too).
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The most a provider's answer may hold: a token answer is a few KiB; a provider
 /// (or something posing as one) that sends more is cut off, not buffered.
@@ -153,6 +163,7 @@ impl<'c> AsyncHttpClient<'c> for ProviderHttp {
             let response = self
                 .client
                 .request(parts.method, parts.uri.to_string())
+                .timeout(CALL_TIMEOUT)
                 .headers(parts.headers)
                 .body(body)
                 .send()

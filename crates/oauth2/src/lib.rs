@@ -122,7 +122,7 @@ async fn revoke_tokens(http: &ProviderHttp, cx: AccountContext<'_>) -> Result<()
     for (hint, token) in tokens {
         let Some(token) = token else { continue };
         let mut form = vec![("token", token), ("token_type_hint", hint)];
-        let mut request = http.client().post(url.clone());
+        let mut request = http.client().post(url.clone()).timeout(http::CALL_TIMEOUT);
         match (cfg.auth, cfg.client_secret) {
             (config::TokenAuth::Basic, Some(secret)) => {
                 // RFC 6749 2.3.1: both are form-encoded before Basic encoding.
@@ -280,7 +280,7 @@ impl AuthScheme for OAuth2 {
             request = request.add_extra_param(k, v);
         }
         let answer = request
-            .request_async(&self.http)
+            .request_async(&self.http.or_shared(cx.http))
             .await
             .map_err(|e| token_error("code exchange", e))?;
         Ok(credentials_from(
@@ -311,7 +311,7 @@ impl AuthScheme for OAuth2 {
             request = request.add_extra_param(k, v);
         }
         let answer = request
-            .request_async(&self.http)
+            .request_async(&self.http.or_shared(cx.http))
             .await
             .map_err(|e| token_error("refresh", e))?;
         Ok(Some(credentials_from(
@@ -331,7 +331,7 @@ impl AuthScheme for OAuth2 {
     }
 
     async fn revoke(&self, cx: AccountContext<'_>) -> Result<(), SchemeError> {
-        revoke_tokens(&self.http, cx).await
+        revoke_tokens(&self.http.or_shared(cx.http), cx).await
     }
 }
 
@@ -351,6 +351,7 @@ impl ClientCredentials {
         &self,
         integration: &Integration,
         now: chrono::DateTime<chrono::Utc>,
+        shared: Option<&reqwest::Client>,
     ) -> Result<Credentials, SchemeError> {
         let cfg = ProviderConfig::read(integration)?;
         let client = cfg.token_client();
@@ -362,7 +363,7 @@ impl ClientCredentials {
             request = request.add_extra_param(k, v);
         }
         let answer = request
-            .request_async(&self.http)
+            .request_async(&self.http.or_shared(shared))
             .await
             .map_err(|e| token_error("client credentials grant", e))?;
         Ok(credentials_from(&answer, None, cfg.default_expires_in, now))
@@ -395,12 +396,12 @@ impl AuthScheme for ClientCredentials {
     async fn initiate(&self, cx: InitiateContext<'_>) -> Result<Initiated, SchemeError> {
         self.check_integration(cx.integration)?;
         Ok(Initiated::Active {
-            credentials: self.fetch(cx.integration, cx.now).await?,
+            credentials: self.fetch(cx.integration, cx.now, cx.http).await?,
         })
     }
 
     async fn refresh(&self, cx: AccountContext<'_>) -> Result<Option<Credentials>, SchemeError> {
-        Ok(Some(self.fetch(cx.integration, cx.now).await?))
+        Ok(Some(self.fetch(cx.integration, cx.now, cx.http).await?))
     }
 
     fn authorize(
@@ -412,6 +413,6 @@ impl AuthScheme for ClientCredentials {
     }
 
     async fn revoke(&self, cx: AccountContext<'_>) -> Result<(), SchemeError> {
-        revoke_tokens(&self.http, cx).await
+        revoke_tokens(&self.http.or_shared(cx.http), cx).await
     }
 }

@@ -477,6 +477,40 @@ account_action!(
 /// The caller's address, when the server was served with connection info
 /// (`into_make_service_with_connect_info::<SocketAddr>()`, as [`crate::serve`] does);
 /// `None` otherwise (a router called in-process).
+/// Which key a request gave, set by the key checks: `admin` or `credentials`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeyUsed(pub(crate) &'static str);
+
+/// Who calls, for the audit log: the key they gave, their address, their user agent.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller(pub(crate) keyhaven::AuditCaller);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> std::result::Result<Self, Self::Rejection> {
+        Ok(Self(caller_of(&parts.headers, &parts.extensions)))
+    }
+}
+
+/// Who sent a request with these headers and extensions.
+pub(crate) fn caller_of(
+    headers: &axum::http::HeaderMap,
+    extensions: &axum::http::Extensions,
+) -> keyhaven::AuditCaller {
+    keyhaven::AuditCaller {
+        key: extensions.get::<KeyUsed>().map(|k| k.0.to_owned()),
+        remote: remote_address(extensions),
+        user_agent: headers
+            .get(axum::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.chars().take(200).collect()),
+    }
+}
+
 pub(crate) fn remote_address(extensions: &axum::http::Extensions) -> Option<String> {
     extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -500,28 +534,25 @@ pub(crate) fn remote_address(extensions: &axum::http::Extensions) -> Option<Stri
 pub(crate) async fn credentials(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
-    headers: axum::http::HeaderMap,
-    extensions: axum::http::Extensions,
+    caller: Caller,
 ) -> Result<Response> {
     let result = s.kh.credentials(&id).await;
     let account = s.kh.connected_accounts().get(&id).await.ok();
-    let remote = remote_address(&extensions);
-    let recorded = s.audit.record(
+    let outcome = match &result {
+        Ok(_) => "granted".to_owned(),
+        Err(e) => e.kind().to_string(),
+    };
+    let mut entry = keyhaven::AuditEntry::new(
         keyhaven::chrono::Utc::now(),
-        crate::audit::AuditRecord {
-            account: &id,
-            entity: account.as_ref().map(|a| a.entity_id.as_str()),
-            app: account.as_ref().map(|a| a.app.as_str()),
-            outcome: &match &result {
-                Ok(_) => "granted".to_owned(),
-                Err(e) => e.kind().to_string(),
-            },
-            remote: remote.as_deref(),
-            user_agent: headers
-                .get(axum::http::header::USER_AGENT)
-                .and_then(|v| v.to_str().ok()),
-        },
-    );
+        keyhaven::AuditAction::CredentialsRead,
+        &id,
+        outcome,
+    )
+    .by(caller.0);
+    if let Some(account) = &account {
+        entry = entry.of(account);
+    }
+    let recorded = s.kh.audit().record(&entry).await;
     let credentials = result?;
     // Fail closed: credentials whose read left no trace are not given out.
     if recorded.is_err() {
@@ -542,4 +573,60 @@ pub(crate) async fn credentials(
         axum::http::HeaderValue::from_static("no-store"),
     );
     Ok(response)
+}
+
+/// `GET /api/v1/connectedAccounts/{id}/audit`: every recorded use of the account's
+/// credentials (reads, requests sent with them), oldest first, optionally between two
+/// times; the newest `limit` (default and at most 10,000).
+#[utoipa::path(get, path = "/api/v1/connectedAccounts/{id}/audit", tag = "connectedAccounts",
+    params(("id" = crate::views::shapes::AccountId, Path, description = "ca_..."),
+        ("since" = Option<String>, Query, format = DateTime, description = "Only uses at or after this time (RFC 3339)"),
+        ("until" = Option<String>, Query, format = DateTime, description = "Only uses before this time (RFC 3339)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "At most this many, the newest (default 10,000)")),
+    responses((status = 200, description = "The uses", body = crate::views::v1::AuditList),
+        (status = 400, description = "Not an account id, a time that is not RFC 3339, a limit out of range", body = crate::views::v1::ErrorBody),
+        (status = 401, description = "No or a wrong admin key", body = crate::views::v1::ErrorBody),
+        (status = 409, description = "The server keeps no audit file to read (it was given a pipe)", body = crate::views::v1::ErrorBody)),
+    security(("admin_key" = [])))]
+pub(crate) async fn audit(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<v1::AuditList>> {
+    keyhaven::ConnectedAccountId::parse(&id)?;
+    let time = |name: &str| {
+        q.get(name)
+            .map(|t| {
+                keyhaven::chrono::DateTime::parse_from_rfc3339(t)
+                    .map(|t| t.with_timezone(&keyhaven::chrono::Utc))
+                    .map_err(|_| {
+                        ApiError::invalid(format!(
+                            "invalid {name}: give a time as RFC 3339, such as 2026-11-30T08:00:00Z"
+                        ))
+                    })
+            })
+            .transpose()
+    };
+    let limit = q
+        .get("limit")
+        .map(|l| {
+            l.parse::<usize>()
+                .ok()
+                .filter(|l| (1..=keyhaven::audit::AUDIT_QUERY_MAX).contains(l))
+                .ok_or_else(|| ApiError::invalid("invalid limit: give a number from 1 to 10000"))
+        })
+        .transpose()?;
+    let query = keyhaven::AuditQuery {
+        since: time("since")?,
+        until: time("until")?,
+        limit,
+    };
+    let items =
+        s.kh.audit()
+            .query(&id, &query)
+            .await
+            .map_err(keyhaven::Error::from)?;
+    Ok(Json(v1::AuditList {
+        items: items.into_iter().map(Into::into).collect(),
+    }))
 }

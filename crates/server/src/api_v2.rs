@@ -71,11 +71,13 @@ pub(crate) async fn create_integration(
     security(("admin_key" = [])))]
 pub(crate) async fn proxy(
     State(s): State<Arc<AppState>>,
+    caller: crate::api::Caller,
     raw: Bytes,
 ) -> Result<Json<crate::proxy::ComposioProxyAnswer>> {
     let r: v2::ActionsProxy = body(&raw)?;
     crate::proxy::composio(
         &s,
+        caller,
         &r.connected_account_id,
         r.endpoint,
         r.method,

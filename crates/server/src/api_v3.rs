@@ -679,11 +679,12 @@ pub(crate) async fn create_link(
     security(("admin_key" = [])))]
 pub(crate) async fn proxy(
     State(s): State<Arc<AppState>>,
+    caller: crate::api::Caller,
     raw: Bytes,
 ) -> Result<Json<crate::proxy::ComposioProxyAnswer>> {
     let r: v3::ToolsProxy = body(&raw)?;
     let id = r.connected_account_id.filter(|id| !id.is_empty()).ok_or_else(|| {
         invalid("connected_account_id is required: keyhaven sends requests with a connected account's credentials (custom_connection_data is not taken)")
     })?;
-    crate::proxy::composio(&s, &id, r.endpoint, r.method, r.body, r.parameters).await
+    crate::proxy::composio(&s, caller, &id, r.endpoint, r.method, r.body, r.parameters).await
 }

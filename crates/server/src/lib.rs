@@ -9,7 +9,6 @@
 mod api;
 mod api_v2;
 mod api_v3;
-mod audit;
 mod auth;
 mod error;
 mod events;
@@ -35,7 +34,6 @@ use keyhaven::url::Url;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-pub use audit::{Audit, AuditError, AuditRecord};
 pub use auth::{ADMIN_KEY_FILE, AdminKey, CREDENTIALS_KEY_FILE};
 pub use error::ApiError;
 pub use inprocess::{Answer, InProcess, KeyKind};
@@ -127,15 +125,11 @@ pub struct AppState {
     /// The credentials key's hash: reading credentials, and nothing else. `None`:
     /// no one may read credentials through the API.
     pub credentials_key: Option<AdminKey>,
-    /// Where credential reads are recorded.
-    pub audit: Audit,
     /// The server's settings.
     pub config: ServerConfig,
     /// Turns true when the server begins to stop: event streams end then, so that
     /// a graceful shutdown does not wait for their clients.
     pub closing: tokio::sync::watch::Sender<bool>,
-    /// The proxy, made on first use with `config.proxy`'s limits.
-    proxy: std::sync::OnceLock<proxy::Proxy>,
 }
 
 impl AppState {
@@ -146,23 +140,9 @@ impl AppState {
             kh,
             admin_key,
             credentials_key: None,
-            audit: Audit::log_only(),
             config: ServerConfig::default(),
             closing: tokio::sync::watch::Sender::new(false),
-            proxy: std::sync::OnceLock::new(),
         }
-    }
-
-    /// The proxy, with the limits of `config.proxy` as they were at its first use.
-    ///
-    /// # Errors
-    /// Its HTTP client cannot be made.
-    pub fn proxy(&self) -> Result<&proxy::Proxy, keyhaven::Error> {
-        if let Some(proxy) = self.proxy.get() {
-            return Ok(proxy);
-        }
-        let made = proxy::Proxy::new(self.config.proxy)?;
-        Ok(self.proxy.get_or_init(|| made))
     }
 
     /// The link to the connect form, for [`keyhaven::KeyhavenBuilder::connect_form_url`].
@@ -204,21 +184,31 @@ impl Guard {
     }
 }
 
-async fn require_admin(State(g): State<Guard>, request: Request, next: Next) -> Response {
+async fn require_admin(State(g): State<Guard>, mut request: Request, next: Next) -> Response {
     match api_key(&request) {
-        Some(key) if g.state.admin_key.matches(key) => next.run(request).await,
+        Some(key) if g.state.admin_key.matches(key) => {
+            request.extensions_mut().insert(api::KeyUsed("admin"));
+            next.run(request).await
+        }
         _ => g
             .over_rate(&request)
             .unwrap_or_else(|| ApiError::unauthorized().into_response()),
     }
 }
 
-async fn require_credentials_key(State(g): State<Guard>, request: Request, next: Next) -> Response {
+async fn require_credentials_key(
+    State(g): State<Guard>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let s = &g.state;
-    let key = api_key(&request);
-    if key.is_some_and(|key| s.credentials_key.as_ref().is_some_and(|k| k.matches(key))) {
+    if api_key(&request)
+        .is_some_and(|key| s.credentials_key.as_ref().is_some_and(|k| k.matches(key)))
+    {
+        request.extensions_mut().insert(api::KeyUsed("credentials"));
         return next.run(request).await;
     }
+    let key = api_key(&request);
     if let Some(refused) = g.over_rate(&request) {
         return refused;
     }
@@ -231,10 +221,6 @@ async fn require_credentials_key(State(g): State<Guard>, request: Request, next:
         .nth(1)
         .unwrap_or_default()
         .to_owned();
-    let user_agent = request
-        .headers()
-        .get(axum::http::header::USER_AGENT)
-        .and_then(|v| v.to_str().ok());
     let (outcome, response) = if key.is_some_and(|key| s.admin_key.matches(key)) {
         (
             "forbidden",
@@ -256,20 +242,16 @@ async fn require_credentials_key(State(g): State<Guard>, request: Request, next:
     } else {
         ("unauthorized", ApiError::unauthorized_credentials())
     };
-    let remote = api::remote_address(request.extensions());
-    // A refusal gives nothing away, so it stands even when its line cannot be
-    // written (`record` logs that failure).
-    let _ = s.audit.record(
+    let entry = keyhaven::AuditEntry::new(
         keyhaven::chrono::Utc::now(),
-        audit::AuditRecord {
-            account: &account,
-            entity: None,
-            app: None,
-            outcome,
-            remote: remote.as_deref(),
-            user_agent,
-        },
-    );
+        keyhaven::AuditAction::CredentialsRead,
+        &account,
+        outcome,
+    )
+    .by(api::caller_of(request.headers(), request.extensions()));
+    // A refusal gives nothing away, so it stands even when its line cannot be
+    // written (the writer logs that failure); it is not waited for.
+    let _ = s.kh.audit().record_queued(&entry);
     response.into_response()
 }
 
@@ -294,7 +276,17 @@ fn admin_routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(events::account_events))
         .routes(routes!(events::all_events))
         .routes(routes!(proxy::proxy))
+        .routes(routes!(api::audit))
         .nest("/api/v3.1", api_v3::routes())
+}
+
+/// The passthrough proxy: any method, answers streamed as the API gives them (not in
+/// the document, whose answers would be the API's).
+fn passthrough_routes() -> Router<Arc<AppState>> {
+    Router::new().route(
+        "/api/v1/proxy/{account_id}/{*path}",
+        axum::routing::any(proxy::passthrough),
+    )
 }
 
 /// The v3.1 routes again at `/api/v3`, which Composio's v3 clients also call (not
@@ -340,6 +332,10 @@ fn routes_and_doc(
         .merge(admin.route_layer(middleware::from_fn_with_state(guard.clone(), require_admin)))
         .merge(
             v3_alias_routes()
+                .route_layer(middleware::from_fn_with_state(guard.clone(), require_admin)),
+        )
+        .merge(
+            passthrough_routes()
                 .route_layer(middleware::from_fn_with_state(guard.clone(), require_admin)),
         )
         .merge(creds.route_layer(middleware::from_fn_with_state(

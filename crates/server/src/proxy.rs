@@ -10,23 +10,18 @@
 //! Answers are read up to [`ProxyLimits::max_response_bytes`]; redirects are answered
 //! as they are, never followed. No message shows a URL's query or user name.
 
-pub mod rules;
-
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use keyhaven::http::{HeaderMap, HeaderValue};
-use keyhaven::url::{Host, Url};
-use keyhaven::{ConnectedAccount, Error, Keyhaven, OutgoingRequest, egress};
+use keyhaven::{AuditCaller, ConnectedAccount, Error, Keyhaven};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::api::Caller;
 use crate::{ApiError, AppState};
 
 /// A request to send with an account's credentials.
@@ -159,18 +154,14 @@ pub fn base_url_of(
         .map(|u| keyhaven::fill_template(u, &account.params))
 }
 
-/// The largest API answer the proxy reads by default: 10 MiB.
+/// The largest API answer the JSON proxy routes read by default: 10 MiB (the
+/// passthrough route streams answers of any size).
 pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 10 * 1024 * 1024;
-
-/// How long an API may take to answer, body included.
-const TIMEOUT: Duration = Duration::from_secs(60);
-/// How long connecting, and resolving a host name, may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The proxy's limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProxyLimits {
-    /// The largest answer read from an API, in bytes (default
+    /// The largest answer the JSON proxy routes read from an API, in bytes (default
     /// [`DEFAULT_MAX_RESPONSE_BYTES`]). A larger one is refused with a 502 as soon as
     /// it is seen to be larger: no more than this (and the chunk being read) is ever
     /// held in memory.
@@ -196,7 +187,7 @@ pub enum ProxyError {
     /// The API's answer is larger than [`ProxyLimits::max_response_bytes`]; nothing
     /// of it is returned.
     #[error(
-        "the API's answer is larger than the proxy's limit of {limit} bytes{}; ask the API for less (a smaller page or range), or raise the limit (keyhaven serve --proxy-max-response-bytes or KEYHAVEN_PROXY_MAX_RESPONSE_BYTES; ServerConfig.proxy.max_response_bytes in a program)",
+        "the API's answer is larger than the proxy's limit of {limit} bytes{}; ask the API for less (a smaller page or range), use the streaming route (ANY /api/v1/proxy/{{account_id}}/{{path}}), or raise the limit (keyhaven serve --proxy-max-response-bytes or KEYHAVEN_PROXY_MAX_RESPONSE_BYTES; ServerConfig.proxy.max_response_bytes in a program)",
         announced.map(|n| format!(" (it announced {n} bytes)")).unwrap_or_default()
     )]
     TooLarge {
@@ -207,157 +198,10 @@ pub enum ProxyError {
     },
 }
 
-fn unavailable(message: String) -> Error {
-    Error::Scheme(keyhaven::SchemeError::Unavailable { message })
-}
-
-/// What a transport error says, without any URL: the client's words and their
-/// causes, with the query values of `sent` (which may hold credentials) scrubbed out
-/// in case a cause quotes them.
-fn transport_reason(e: reqwest::Error, sent: &Url) -> String {
-    if e.is_timeout() {
-        return format!(
-            "timed out (the proxy waits {} s to connect and {} s for the whole answer)",
-            CONNECT_TIMEOUT.as_secs(),
-            TIMEOUT.as_secs()
-        );
-    }
-    rules::scrub(&http_error_reason(e), sent)
-}
-
-/// What an HTTP client's error says, with its causes and without the URL (whose
-/// query may hold credentials, a filter or a token).
-pub fn http_error_reason(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-/// Where an account's requests go.
-#[derive(Debug)]
-struct Destination {
-    /// The API base URL, filled in.
-    base: Url,
-    /// The integration's `base_url` template, when its host is filled from the
-    /// connection's parameters (typed by an end user) and must be a public one.
-    guarded: Option<String>,
-}
-
-impl Destination {
-    /// The account's API base URL, and whether its host must be checked.
-    async fn of(kh: &Keyhaven, account: &ConnectedAccount) -> Result<Self, Error> {
-        let integration = kh
-            .integrations()
-            .get(account.integration_id.as_str())
-            .await?;
-        // The request may be fine; the account's integration cannot serve it (409).
-        let template = integration.config_str("base_url").ok_or_else(|| {
-            Error::Conflict(format!(
-                "app {} has no API base URL; set base_url on its integration",
-                account.app
-            ))
-        })?;
-        let filled = keyhaven::fill_template(template, &account.params);
-        let missing = keyhaven::template_names(&filled);
-        if !missing.is_empty() {
-            return Err(Error::Conflict(format!(
-                "the account's API base URL {template:?} needs the connection parameters {} that the account lacks; connect it again with them",
-                missing.join(", ")
-            )));
-        }
-        let base = Url::parse(&filled).map_err(|e| {
-            Error::Conflict(format!(
-                "the account's API base URL {filled:?} is not a URL ({e}); fix base_url on integration {}, or connect the account again with every parameter",
-                integration.id
-            ))
-        })?;
-        let from_params = !egress::host_param_names(template).is_empty();
-        let guarded = (from_params && !egress::allows_private_hosts(&integration))
-            .then(|| template.to_owned());
-        if let Some(template) = &guarded
-            && let Some(kind) = egress::private_url_kind(&base)
-        {
-            return Err(egress::private_host_error(
-                "connected_account_params",
-                template,
-                "auth_config.base_url",
-                base.host_str().unwrap_or_default(),
-                kind,
-            ));
-        }
-        Ok(Self { base, guarded })
-    }
-
-    /// The client to send with: `shared`, or for a host name filled from parameters,
-    /// a client pinned to the addresses it resolves to now, each checked to be public
-    /// (so that a name cannot lead to this machine or its network, even by resolving
-    /// differently a moment later).
-    async fn client(&self, shared: &reqwest::Client) -> Result<reqwest::Client, Error> {
-        let (Some(template), Some(Host::Domain(name))) = (&self.guarded, self.base.host()) else {
-            return Ok(shared.clone());
-        };
-        let port = self.base.port_or_known_default().unwrap_or(443);
-        let found = resolve_public(name, port, template).await?;
-        client_builder()
-            .resolve_to_addrs(name, &found)
-            .build()
-            .map_err(|e| Error::Internal(format!("cannot make an HTTP client: {e}")))
-    }
-}
-
-/// The addresses `name` resolves to, when every one is public.
-///
-/// # Errors
-/// A name that does not resolve (unavailable), or resolves to any private or local
-/// address (invalid, naming the parameter of `template` that filled it in).
-async fn resolve_public(name: &str, port: u16, template: &str) -> Result<Vec<SocketAddr>, Error> {
-    let found: Vec<SocketAddr> =
-        tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host((name, port)))
-            .await
-            .map_err(|_| unavailable(format!("resolving {name} took too long")))?
-            .map_err(|e| unavailable(format!("cannot resolve {name}: {e}")))?
-            .collect();
-    if found.is_empty() {
-        return Err(unavailable(format!("{name} resolves to no address")));
-    }
-    for addr in &found {
-        if let Some(kind) = egress::private_address_kind(addr.ip()) {
-            return Err(egress::private_host_error(
-                "connected_account_params",
-                template,
-                "auth_config.base_url",
-                &format!("{name} (which resolves to {})", addr.ip()),
-                kind,
-            ));
-        }
-    }
-    Ok(found)
-}
-
-fn client_builder() -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
-        .timeout(TIMEOUT)
-        .connect_timeout(CONNECT_TIMEOUT)
-        // A redirect is answered to the caller as it is: the credentials are never
-        // sent on to wherever it points.
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("keyhaven/", env!("CARGO_PKG_VERSION")))
-}
-
 /// Reads an answer's body, refusing it as soon as it is seen to be over `limit`
 /// bytes (announced, or counted while it streams in), so that no more than `limit`
 /// bytes (and one chunk) are held.
-async fn read_capped(
-    mut response: reqwest::Response,
-    limit: u64,
-    sent: &Url,
-) -> Result<Vec<u8>, ProxyError> {
+async fn read_capped(mut response: reqwest::Response, limit: u64) -> Result<Vec<u8>, ProxyError> {
     let announced = response.content_length();
     if let Some(size) = announced.filter(|size| *size > limit) {
         return Err(ProxyError::TooLarge {
@@ -365,15 +209,17 @@ async fn read_capped(
             announced: Some(size),
         });
     }
+    let shown = keyhaven::request::rules::shown(response.url());
     let capacity = announced.unwrap_or(0).min(limit).min(1024 * 1024);
     let mut body = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
     loop {
         let chunk = response.chunk().await.map_err(|e| {
-            unavailable(format!(
-                "the answer of the API at {} was cut: {}",
-                rules::shown(sent),
-                transport_reason(e, sent)
-            ))
+            Error::Scheme(keyhaven::SchemeError::Unavailable {
+                message: format!(
+                    "the answer of the API at {shown} was cut: {}",
+                    keyhaven::request::http_error_reason(e)
+                ),
+            })
         })?;
         let Some(chunk) = chunk else {
             return Ok(body);
@@ -388,105 +234,49 @@ async fn read_capped(
     }
 }
 
-/// Sends requests to accounts' APIs with their credentials: one HTTP client (no
-/// redirects followed, timeouts) and the limits. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct Proxy {
-    client: reqwest::Client,
+/// Sends `request` with the credentials of account `id`, through the library's one
+/// request path, and reads the answer (at most `limits.max_response_bytes`).
+///
+/// # Errors
+/// An unknown or inactive account, an app without a base URL, a path outside it,
+/// a refused method or header, a host from the account's parameters that is
+/// private, the API unreachable or its answer over the size limit.
+pub async fn send(
+    kh: &Keyhaven,
+    id: &str,
+    request: &ProxyRequest,
+    caller: AuditCaller,
     limits: ProxyLimits,
-}
-
-impl Proxy {
-    /// A proxy with `limits`.
-    ///
-    /// # Errors
-    /// The HTTP client cannot be made (no TLS backend).
-    pub fn new(limits: ProxyLimits) -> Result<Self, Error> {
-        let client = client_builder()
-            .build()
-            .map_err(|e| Error::Internal(format!("cannot make an HTTP client: {e}")))?;
-        Ok(Self { client, limits })
+) -> Result<ProxyResponse, ProxyError> {
+    let method = keyhaven::request::rules::method(request.method.as_deref())?;
+    let mut outgoing = kh
+        .request(id)
+        .method(method)
+        .path(request.path.clone())
+        .caller(caller);
+    for (name, value) in &request.headers {
+        outgoing = outgoing.header(name, value);
     }
-
-    /// Its limits.
-    pub fn limits(&self) -> ProxyLimits {
-        self.limits
-    }
-
-    /// Sends `request` with the credentials of account `id`.
-    ///
-    /// # Errors
-    /// An unknown or inactive account, an app without a base URL, a path outside it,
-    /// a refused method or header, a host from the account's parameters that is
-    /// private, the API unreachable or its answer over the size limit.
-    pub async fn send(
-        &self,
-        kh: &Keyhaven,
-        id: &str,
-        request: &ProxyRequest,
-    ) -> Result<ProxyResponse, ProxyError> {
-        // Everything about the request is checked before the credentials are read.
-        let method = rules::method(request.method.as_deref())?;
-        let mut headers = HeaderMap::new();
-        for (name, value) in &request.headers {
-            let (name, value) = rules::header(name, value)?;
-            headers.insert(name, value);
-        }
-        let account = kh.connected_accounts().get(id).await?;
-        let destination = Destination::of(kh, &account).await?;
-        let url = rules::target(&destination.base, &request.path)?;
-        let client = destination.client(&self.client).await?;
-        let mut outgoing = OutgoingRequest::new(method, url.clone());
-        outgoing.headers = headers;
-        match &request.body {
-            None | Some(Value::Null) => {}
-            Some(Value::String(text)) => outgoing.body = text.clone().into_bytes(),
-            Some(json) => {
-                outgoing.body = serde_json::to_vec(json).unwrap_or_default();
-                outgoing
-                    .headers
-                    .entry(keyhaven::http::header::CONTENT_TYPE)
-                    .or_insert(HeaderValue::from_static("application/json"));
-            }
-        }
-        // The credentials go on last: the caller's headers cannot replace them.
-        let outgoing = kh.authorize(id, outgoing).await?;
-        if !rules::is_under(&outgoing.url, &destination.base) {
-            return Err(Error::Internal(format!(
-                "auth scheme {} moved a request away from the account's API",
-                account.auth_scheme
-            ))
-            .into());
-        }
-        let sent = outgoing.url.clone();
-        let response = client
-            .request(outgoing.method, outgoing.url)
-            .headers(outgoing.headers)
-            .body(outgoing.body)
-            .send()
-            .await
-            .map_err(|e| {
-                unavailable(format!(
-                    "the API at {} could not be reached: {}",
-                    rules::shown(&url),
-                    transport_reason(e, &sent)
-                ))
-            })?;
-        let status = response.status().as_u16();
-        let headers = response
-            .headers()
-            .iter()
-            .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_owned())))
-            .collect();
-        let bytes = read_capped(response, self.limits.max_response_bytes, &sent).await?;
-        let body = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        Ok(ProxyResponse {
-            status,
-            headers,
-            body,
-        })
-    }
+    outgoing = match &request.body {
+        None | Some(Value::Null) => outgoing,
+        Some(Value::String(text)) => outgoing.body(text.clone()),
+        Some(json) => outgoing.json(json),
+    };
+    let response = outgoing.send().await?;
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_owned())))
+        .collect();
+    let bytes = read_capped(response, limits.max_response_bytes).await?;
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    Ok(ProxyResponse {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// `POST /api/v1/connectedAccounts/{id}/proxy`: sends a request to the account's API
@@ -506,10 +296,13 @@ impl Proxy {
 pub(crate) async fn proxy(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
+    caller: Caller,
     raw: Bytes,
 ) -> crate::api::Result<Json<ProxyResponse>> {
     let request: ProxyRequest = crate::api::body(&raw)?;
-    Ok(Json(s.proxy()?.send(&s.kh, &id, &request).await?))
+    Ok(Json(
+        send(&s.kh, &id, &request, caller.0, s.config.proxy).await?,
+    ))
 }
 
 /// A proxy call in Composio's shapes (v2's `actions/proxy`, v3.1's
@@ -517,6 +310,7 @@ pub(crate) async fn proxy(
 /// proxy with account `id`'s credentials, the answer as `{data, status, headers}`.
 pub(crate) async fn composio(
     s: &AppState,
+    caller: Caller,
     id: &str,
     endpoint: String,
     method: Option<String>,
@@ -524,7 +318,11 @@ pub(crate) async fn composio(
     parameters: Vec<ComposioProxyParameter>,
 ) -> crate::api::Result<Json<ComposioProxyAnswer>> {
     let request = ProxyRequest::composio(endpoint, method, body, parameters)?;
-    Ok(Json(s.proxy()?.send(&s.kh, id, &request).await?.into()))
+    Ok(Json(
+        send(&s.kh, id, &request, caller.0, s.config.proxy)
+            .await?
+            .into(),
+    ))
 }
 
 impl From<ProxyError> for ApiError {
@@ -540,20 +338,104 @@ impl From<ProxyError> for ApiError {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Request bodies up to this size are read before they are sent, so that they can
+/// be sent again after a refresh on a 401; larger ones (and those of unknown size)
+/// stream through, and a 401 to them is answered as it is.
+const REPLAYABLE_BODY_BYTES: usize = 1024 * 1024;
 
-    #[tokio::test]
-    async fn names_that_resolve_to_private_addresses_are_refused() {
-        // localhost passes no name check here: only what it resolves to is judged.
-        let err = resolve_public("localhost", 80, "http://{host}/api")
-            .await
-            .unwrap_err();
-        assert_eq!(err.kind(), keyhaven::ErrorKind::InvalidInput);
-        let text = err.to_string();
-        assert!(text.contains("connected_account_params.host"), "{text}");
-        assert!(text.contains("which resolves to"), "{text}");
-        assert!(text.contains("loopback"), "{text}");
+/// The header set on every answer of the passthrough route that comes from the API,
+/// so that a client tells them from keyhaven's own errors (which lack it).
+pub const UPSTREAM_HEADER: &str = "x-keyhaven-upstream";
+
+/// The prefix of the passthrough route.
+pub const PASSTHROUGH_PREFIX: &str = "/api/v1/proxy/";
+
+/// `ANY /api/v1/proxy/{account_id}/{*path}`: the request as it came (method, query,
+/// headers, body) sent to the account's API at `path` with its credentials, and the
+/// API's answer as it comes (status, headers, body streamed both ways). `Host`,
+/// hop-by-hop headers and keyhaven's own key are never forwarded. Not in the OpenAPI
+/// document: its answers are the API's.
+pub(crate) async fn passthrough(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    match passthrough_inner(&s, caller, request).await {
+        Ok(response) => response,
+        Err(e) => axum::response::IntoResponse::into_response(ApiError::from(e)),
     }
+}
+
+async fn passthrough_inner(
+    s: &AppState,
+    caller: Caller,
+    request: axum::extract::Request,
+) -> Result<axum::response::Response, Error> {
+    use axum::http::header;
+    let (parts, body) = request.into_parts();
+    // The path as written (not decoded), so that the rules see encoded tricks.
+    let rest = parts
+        .uri
+        .path()
+        .strip_prefix(PASSTHROUGH_PREFIX)
+        .unwrap_or_default();
+    let (id, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut target = format!("/{path}");
+    if let Some(query) = parts.uri.query() {
+        target.push('?');
+        target.push_str(query);
+    }
+    let mut forwarded = keyhaven::http::HeaderMap::new();
+    for (name, value) in &parts.headers {
+        let lower = name.as_str();
+        if lower == "host"
+            || lower == "x-api-key"
+            || lower == "content-length"
+            || keyhaven::request::is_hop_by_hop(name)
+        {
+            continue;
+        }
+        forwarded.append(name.clone(), value.clone());
+    }
+    let size = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let mut outgoing =
+        s.kh.request(id)
+            .method(parts.method.clone())
+            .path(target)
+            .caller(caller.0)
+            .headers(&forwarded);
+    outgoing = match size {
+        Some(0) => outgoing,
+        Some(n) if n <= REPLAYABLE_BODY_BYTES => {
+            let bytes = axum::body::to_bytes(body, REPLAYABLE_BODY_BYTES)
+                .await
+                .map_err(|e| Error::invalid("body", format!("could not be read: {e}")))?;
+            outgoing.body(bytes)
+        }
+        _ if parts.method == axum::http::Method::GET
+            || parts.method == axum::http::Method::HEAD =>
+        {
+            outgoing
+        }
+        _ => outgoing.body_stream(keyhaven::reqwest::Body::wrap_stream(
+            body.into_data_stream(),
+        )),
+    };
+    let answer = outgoing.send().await?;
+    let mut response = axum::response::Response::builder().status(answer.status());
+    if let Some(headers) = response.headers_mut() {
+        for (name, value) in answer.headers() {
+            if !keyhaven::request::is_hop_by_hop(name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        headers.insert(UPSTREAM_HEADER, axum::http::HeaderValue::from_static("1"));
+    }
+    response
+        .body(axum::body::Body::from_stream(answer.bytes_stream()))
+        .map_err(|e| Error::Internal(format!("cannot pass the API's answer on: {e}")))
 }

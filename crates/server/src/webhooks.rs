@@ -54,7 +54,7 @@ impl std::fmt::Debug for Webhook {
 
 /// A webhook URL as logs show it: without its query or user name.
 fn shown(url: &Url) -> String {
-    crate::proxy::rules::shown(url)
+    keyhaven::request::rules::shown(url)
 }
 
 impl Webhook {

@@ -141,8 +141,10 @@ async fn upstream() -> String {
 
 #[tokio::test]
 async fn every_answer_matches_its_documented_schema() {
+    let audit_dir = tempfile::tempdir().unwrap();
     let kh = Keyhaven::builder()
         .store(MemoryStore::new())
+        .audit_log(keyhaven::AuditLog::to_file(&audit_dir.path().join("audit.log")).unwrap())
         .connect_form_url("http://127.0.0.1:9210/connect")
         .allow_redirect_url("https://app.example.com/")
         .app_credentials("github", "gh-id", Some("gh-secret"))
@@ -397,6 +399,30 @@ async fn every_answer_matches_its_documented_schema() {
         .await;
     assert_eq!(status, StatusCode::OK, "{proxied}");
     assert_eq!(proxied["body"]["ok"], true);
+    let (status, audit) = c
+        .call(
+            get.clone(),
+            &format!("{account}/audit?limit=50"),
+            None,
+            admin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{audit}");
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(actions.contains(&"credentials.read"), "{audit}");
+    assert!(actions.contains(&"request"), "{audit}");
+    c.call(
+        get.clone(),
+        &format!("{account}/audit?since=yesterday"),
+        None,
+        admin,
+    )
+    .await;
     c.call(
         post.clone(),
         &format!("{account}/proxy"),

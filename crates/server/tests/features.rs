@@ -12,10 +12,8 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use keyhaven::{Keyhaven, MemoryStore};
-use keyhaven_server::{
-    AdminKey, AppState, Audit, DEFAULT_PUBLIC_URL, ServerConfig, Webhook, router,
-};
+use keyhaven::{AuditLog, Keyhaven, MemoryStore};
+use keyhaven_server::{AdminKey, AppState, DEFAULT_PUBLIC_URL, ServerConfig, Webhook, router};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -24,8 +22,14 @@ const CREDS_KEY: &str = "khc_features_credentials";
 const SECRET: &str = "sk-features-SECRET-42";
 
 fn keyhaven() -> Keyhaven {
+    audited(AuditLog::log_only())
+}
+
+/// The test keyhaven, recording uses of credentials to `audit`.
+fn audited(audit: AuditLog) -> Keyhaven {
     Keyhaven::builder()
         .store(MemoryStore::new())
+        .audit_log(audit)
         .connect_form_url("http://127.0.0.1:9210/connect")
         .allow_redirect_url("https://app.example.com/")
         .app_credentials("github", "gh-id", Some("gh-secret"))
@@ -35,13 +39,12 @@ fn keyhaven() -> Keyhaven {
 
 /// The application with default settings and no audit file.
 fn plain_app(kh: Keyhaven) -> axum::Router {
-    router(state_with(kh, Audit::log_only(), ServerConfig::default()))
+    router(state_with(kh, ServerConfig::default()))
 }
 
-fn state_with(kh: Keyhaven, audit: Audit, config: ServerConfig) -> Arc<AppState> {
+fn state_with(kh: Keyhaven, config: ServerConfig) -> Arc<AppState> {
     let mut s = AppState::new(kh, AdminKey::from_plain(KEY));
     s.credentials_key = Some(AdminKey::from_plain(CREDS_KEY));
-    s.audit = audit;
     s.config = config;
     Arc::new(s)
 }
@@ -323,8 +326,7 @@ async fn credentials_need_their_own_key_and_every_read_is_audited() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("audit.log");
     let app = router(state_with(
-        keyhaven(),
-        Audit::to_file(&log).unwrap(),
+        audited(AuditLog::to_file(&log).unwrap()),
         ServerConfig::default(),
     ));
     let out = send(&app, api("POST", "/api/v1/connectedAccounts", KEY, Some(json!({"appName": "openai", "authScheme": "API_KEY", "entityId": "fay", "data": {"api_key": SECRET}})))).await;
@@ -416,16 +418,19 @@ impl std::io::Write for FullDisk {
 
 #[tokio::test]
 async fn credentials_are_refused_when_their_read_cannot_be_audited() {
-    let mut audits = vec![("a failing writer", Audit::to_writer("full-disk", FullDisk))];
+    let mut audits = vec![(
+        "a failing writer",
+        AuditLog::to_writer("full-disk", FullDisk),
+    )];
     // /dev/full fails every write with ENOSPC, as a full disk does.
     if std::path::Path::new("/dev/full").exists() {
         audits.push((
             "/dev/full",
-            Audit::to_file(std::path::Path::new("/dev/full")).unwrap(),
+            AuditLog::to_file(std::path::Path::new("/dev/full")).unwrap(),
         ));
     }
     for (what, audit) in audits {
-        let app = router(state_with(keyhaven(), audit, ServerConfig::default()));
+        let app = router(state_with(audited(audit), ServerConfig::default()));
         let out = send(&app, api("POST", "/api/v1/connectedAccounts", KEY, Some(json!({"appName": "openai", "authScheme": "API_KEY", "entityId": "gil", "data": {"api_key": SECRET}})))).await;
         let id = out.json["connectedAccountId"].as_str().unwrap().to_owned();
         let uri = format!("/api/v1/connectedAccounts/{id}/credentials");
@@ -459,8 +464,7 @@ async fn audit_lines_record_the_callers_address() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("audit.log");
     let app = router(state_with(
-        keyhaven(),
-        Audit::to_file(&log).unwrap(),
+        audited(AuditLog::to_file(&log).unwrap()),
         ServerConfig::default(),
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -654,7 +658,6 @@ async fn cors_is_off_unless_configured() {
     assert!(r.headers.get("access-control-allow-origin").is_none());
     let on = router(state_with(
         keyhaven(),
-        Audit::log_only(),
         ServerConfig {
             cors_origins: vec!["https://dash.example.com".into()],
             ..ServerConfig::default()
@@ -709,6 +712,7 @@ async fn the_openapi_document_lists_exactly_the_routes_served() {
         "GET /api/v1/connectedAccounts/{id}/wait",
         "GET /api/v1/connectedAccounts/{id}/events",
         "GET /api/v1/connectedAccounts/{id}/credentials",
+        "GET /api/v1/connectedAccounts/{id}/audit",
         "POST /api/v1/connectedAccounts/{id}/proxy",
         "POST /api/v2/connectedAccounts/initiateConnection",
         "POST /api/v2/integrations/create",
@@ -863,7 +867,7 @@ async fn webhooks_are_signed_and_retried_until_accepted() {
         webhook_first_retry: Duration::from_millis(50),
         ..ServerConfig::default()
     };
-    let state = state_with(keyhaven(), Audit::log_only(), config);
+    let state = state_with(keyhaven(), config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

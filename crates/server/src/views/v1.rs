@@ -695,3 +695,72 @@ impl From<InitiateBody> for keyhaven::ConnectionRequest {
         }
     }
 }
+
+/// One use of an account's credentials, as the audit log keeps it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = AuditEntry)]
+pub(crate) struct AuditEntryView {
+    /// When.
+    #[schema(value_type = String, format = DateTime)]
+    pub(crate) at: DateTime<Utc>,
+    /// `credentials.read`, `token.printed` or `request`.
+    #[schema(pattern = "^(credentials\\.read|token\\.printed|request)$")]
+    pub(crate) action: String,
+    /// The account.
+    pub(crate) connected_account_id: String,
+    /// Its entity, when it was found.
+    pub(crate) entity_id: Option<String>,
+    /// Its app, when it was found.
+    pub(crate) app_name: Option<String>,
+    /// `granted`, `sent`, `refused` (a 401 answered by a refresh and a retry),
+    /// `unreachable`, or why a read was refused (`not_found`, `unauthorized` ...).
+    pub(crate) outcome: String,
+    /// Which key the caller gave: `admin`, `credentials`, `library`, `cli`.
+    pub(crate) key: Option<String>,
+    /// The caller's address.
+    pub(crate) remote: Option<String>,
+    /// The caller's user agent.
+    pub(crate) user_agent: Option<String>,
+    /// A request's method.
+    pub(crate) method: Option<String>,
+    /// A request's host.
+    pub(crate) host: Option<String>,
+    /// A request's path, without its query.
+    pub(crate) path: Option<String>,
+    /// What the API answered a request with.
+    pub(crate) status: Option<u16>,
+}
+
+impl From<keyhaven::AuditEntry> for AuditEntryView {
+    fn from(e: keyhaven::AuditEntry) -> Self {
+        let action = serde_json::to_value(e.action)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        Self {
+            at: e.at,
+            action,
+            connected_account_id: e.connected_account_id,
+            entity_id: e.entity_id,
+            app_name: e.app_name,
+            outcome: e.outcome,
+            key: e.caller.key,
+            remote: e.caller.remote,
+            user_agent: e.caller.user_agent,
+            method: e.method,
+            host: e.host,
+            path: e.path,
+            status: e.status,
+        }
+    }
+}
+
+/// What `GET /api/v1/connectedAccounts/{id}/audit` answers: the uses, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = AuditList)]
+pub(crate) struct AuditList {
+    /// The uses selected, oldest first (the newest `limit` of them).
+    pub(crate) items: Vec<AuditEntryView>,
+}

@@ -4,9 +4,9 @@
 //! name, which may carry secrets). Kept free of HTTP handling so that they can move
 //! into the facade with the request path.
 
-use keyhaven::Error;
-use keyhaven::http::{HeaderName, HeaderValue, Method};
-use keyhaven::url::Url;
+use crate::Error;
+use http::{HeaderName, HeaderValue, Method};
+use url::Url;
 
 /// The methods the proxy sends.
 pub const METHODS: [Method; 7] = [
@@ -29,6 +29,12 @@ const HOP_BY_HOP: [&str; 7] = [
     "upgrade",
     "proxy-connection",
 ];
+
+/// Whether `name` (lower case) is about one connection or a proxy hop: never
+/// forwarded either way.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.contains(&name) || name.starts_with("proxy-")
+}
 
 fn invalid(field: &str, reason: impl Into<String>) -> Error {
     Error::invalid(field, reason)
@@ -74,7 +80,7 @@ pub fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), Erro
             "is refused: the Host header comes from the account's API URL, so that the credentials go to no other host; leave it out",
         ));
     }
-    if HOP_BY_HOP.contains(&lower) || lower.starts_with("proxy-") {
+    if is_hop_by_hop(lower) {
         return Err(refused(
             "is refused: it is a hop-by-hop (connection or proxy) header, which the proxy's own HTTP client sets; leave it out",
         ));

@@ -1,0 +1,637 @@
+//! The audit trail: one JSON line per use of a credential (a credentials read, a
+//! token printed, a request sent with an account's credentials), written to a file
+//! (created 0600) by a background writer, and readable back by account and time.
+//! Never a secret: no credential, no query string, no header value.
+//!
+//! # Writing
+//! Lines go through one channel to one writer thread, which writes whatever is queued
+//! in one `write` and flushes it to the operating system, so that many concurrent uses
+//! cost one system call, not one each. Two ways to record:
+//! - [`AuditLog::record`] waits until its line has been written: a credentials read
+//!   is granted only then (fail closed: a full disk refuses the read).
+//! - [`AuditLog::record_queued`] does not wait (a request already sent cannot be
+//!   unsent); it refuses when the last write failed, so that requests are refused
+//!   up front while the log cannot be written.
+//!
+//! # What a stop can lose
+//! A clean stop ([`AuditLog::close`], or the last handle dropped) writes every queued
+//! line first. A process killed (SIGKILL, a crash) loses the lines queued by
+//! `record_queued` and not written yet (at most the uses of the last moments, those
+//! whose answers were still on their way); lines of `record` were written before the
+//! read was granted. Written lines are in the operating system's hands: a machine
+//! that loses power may lose the last second of them (they are not `fsync`ed).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// The most lines [`AuditLog::query`] returns.
+pub const AUDIT_QUERY_MAX: usize = 10_000;
+
+/// What was done with a credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum AuditAction {
+    /// The credentials were read (the credentials route, the library's caller).
+    #[serde(rename = "credentials.read")]
+    CredentialsRead,
+    /// The CLI printed the credentials or a token.
+    #[serde(rename = "token.printed")]
+    TokenPrinted,
+    /// A request was sent to the account's API with its credentials.
+    #[serde(rename = "request")]
+    Request,
+}
+
+/// Who used a credential: the key they gave, their address and user agent, as far
+/// as known. Never the key itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditCaller {
+    /// Which key the caller gave (`admin`, `credentials`), or `library`/`cli`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The caller's address.
+    #[serde(default)]
+    pub remote: Option<String>,
+    /// The caller's user agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+}
+
+/// One use of a credential, as written and as read back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// What.
+    pub action: AuditAction,
+    /// The account (as given, when it was not found).
+    pub connected_account_id: String,
+    /// Its entity, when the account was found.
+    pub entity_id: Option<String>,
+    /// Its app, when the account was found.
+    pub app_name: Option<String>,
+    /// `granted`, `sent`, or why not (`not_found`, `not_active`, `unauthorized` ...).
+    pub outcome: String,
+    /// Who.
+    #[serde(flatten)]
+    pub caller: AuditCaller,
+    /// A request's method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// A request's host (and port, when not the scheme's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// A request's path, without its query (which may carry secrets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The status the API answered a request with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+}
+
+impl AuditEntry {
+    /// An entry of `action` on `account` at `at`, outcome `outcome`, nothing else known.
+    pub fn new(
+        at: DateTime<Utc>,
+        action: AuditAction,
+        account: &str,
+        outcome: impl Into<String>,
+    ) -> Self {
+        Self {
+            at,
+            action,
+            connected_account_id: account.to_owned(),
+            entity_id: None,
+            app_name: None,
+            outcome: outcome.into(),
+            caller: AuditCaller::default(),
+            method: None,
+            host: None,
+            path: None,
+            status: None,
+        }
+    }
+
+    /// With the account's entity and app.
+    #[must_use]
+    pub fn of(mut self, account: &crate::ConnectedAccount) -> Self {
+        self.entity_id = Some(account.entity_id.to_string());
+        self.app_name = Some(account.app.to_string());
+        self
+    }
+
+    /// With who did it.
+    #[must_use]
+    pub fn by(mut self, caller: AuditCaller) -> Self {
+        self.caller = caller;
+        self
+    }
+}
+
+/// What [`AuditLog::query`] selects: one account's entries, newest last.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Only at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only before this time.
+    pub until: Option<DateTime<Utc>>,
+    /// At most this many (the newest ones); [`AUDIT_QUERY_MAX`] when absent or larger.
+    pub limit: Option<usize>,
+}
+
+/// The audit log could not do its job.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    /// A line could not be written: what it records must not happen.
+    #[error(
+        "cannot write the audit log {to}: {reason}; credentials are not used or given out until it can be written (free disk space, or fix its permissions)"
+    )]
+    Write {
+        /// The file (or writer) that failed.
+        to: String,
+        /// Why.
+        reason: String,
+    },
+    /// The log cannot be read back.
+    #[error("cannot read the audit log {from}: {reason}")]
+    Read {
+        /// The file.
+        from: String,
+        /// Why.
+        reason: String,
+    },
+    /// This log is not kept anywhere it can be read back from.
+    #[error(
+        "the audit log {0} cannot be read back: it is not a file (give the library an AuditLog::to_file, or the server --audit-log)"
+    )]
+    NotReadable(String),
+}
+
+impl From<AuditError> for Error {
+    fn from(e: AuditError) -> Self {
+        match e {
+            AuditError::Write { .. } => Error::Scheme(crate::SchemeError::Unavailable {
+                message: e.to_string(),
+            }),
+            AuditError::NotReadable(_) => Error::Conflict(e.to_string()),
+            AuditError::Read { .. } => Error::Internal(e.to_string()),
+        }
+    }
+}
+
+/// A line for the writer, and who waits for it.
+struct Job {
+    line: String,
+    done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+}
+
+/// Where lines go: nowhere (the log only), or a writer thread.
+struct Sink {
+    name: String,
+    path: Option<PathBuf>,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Set while the last write failed, cleared by the next that succeeds.
+    failing: Arc<AtomicBool>,
+}
+
+/// Where uses of credentials are recorded. Cheap to clone (clones share the writer).
+#[derive(Clone)]
+pub struct AuditLog {
+    sink: Option<Arc<Sink>>,
+}
+
+impl Default for AuditLog {
+    fn default() -> Self {
+        Self::log_only()
+    }
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("to", &self.sink.as_ref().map(|s| s.name.as_str()))
+            .finish()
+    }
+}
+
+impl AuditLog {
+    /// Records to the tracing log only (target `keyhaven::audit`): nothing kept.
+    pub fn log_only() -> Self {
+        Self { sink: None }
+    }
+
+    /// Records to the log and appends to `path`. A new file is made with mode 0600
+    /// (and its directory, when missing, 0700), whatever the umask.
+    ///
+    /// # Errors
+    /// The file cannot be opened for appending.
+    pub fn to_file(path: &Path) -> Result<Self, AuditError> {
+        let failed = |reason: String| AuditError::Write {
+            to: path.display().to_string(),
+            reason,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            crate::files::create_private_dir(dir)
+                .map_err(|e| failed(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let file = crate::files::open_append_private(path).map_err(|e| failed(e.to_string()))?;
+        Ok(Self::start(
+            path.display().to_string(),
+            Some(path.to_owned()),
+            Box::new(file),
+        ))
+    }
+
+    /// Records to the log and to `writer`, named `name` in messages: a pipe, a
+    /// socket, or a test's writer. Such a log cannot be queried.
+    pub fn to_writer(name: &str, writer: impl Write + Send + 'static) -> Self {
+        Self::start(name.to_owned(), None, Box::new(writer))
+    }
+
+    fn start(name: String, path: Option<PathBuf>, writer: Box<dyn Write + Send>) -> Self {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let failing = Arc::new(AtomicBool::new(false));
+        let thread_failing = failing.clone();
+        let thread_name = name.clone();
+        let thread = std::thread::Builder::new()
+            .name("keyhaven-audit".to_owned())
+            .spawn(move || write_loop(&thread_name, writer, &rx, &thread_failing))
+            .ok();
+        let jobs = thread.is_some().then_some(tx);
+        if jobs.is_none() {
+            failing.store(true, Ordering::Release);
+        }
+        Self {
+            sink: Some(Arc::new(Sink {
+                name,
+                path,
+                jobs: Mutex::new(jobs),
+                thread: Mutex::new(thread),
+                failing,
+            })),
+        }
+    }
+
+    /// The file records go to, if any.
+    pub fn path(&self) -> Option<&Path> {
+        self.sink.as_ref().and_then(|s| s.path.as_deref())
+    }
+
+    /// Whether entries are kept (a file or a writer), not only logged.
+    pub fn is_kept(&self) -> bool {
+        self.sink.is_some()
+    }
+
+    fn log(entry: &AuditEntry) {
+        tracing::info!(
+            target: "keyhaven::audit",
+            account = entry.connected_account_id,
+            action = ?entry.action,
+            entity = entry.entity_id,
+            app = entry.app_name,
+            outcome = entry.outcome,
+            remote = entry.caller.remote,
+            method = entry.method,
+            host = entry.host,
+            path = entry.path,
+            status = entry.status,
+            "credential used"
+        );
+    }
+
+    fn send(
+        &self,
+        sink: &Sink,
+        entry: &AuditEntry,
+        done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    ) -> Result<(), AuditError> {
+        let mut line = serde_json::to_string(entry).map_err(|e| AuditError::Write {
+            to: sink.name.clone(),
+            reason: e.to_string(),
+        })?;
+        line.push('\n');
+        let jobs = sink.jobs.lock();
+        let sent = jobs
+            .as_ref()
+            .is_some_and(|tx| tx.send(Job { line, done }).is_ok());
+        if sent {
+            Ok(())
+        } else {
+            Err(AuditError::Write {
+                to: sink.name.clone(),
+                reason: "the audit writer has stopped".to_owned(),
+            })
+        }
+    }
+
+    /// Records `entry` and waits until it is written.
+    ///
+    /// # Errors
+    /// The line could not be written (a full disk, a closed pipe): what it records
+    /// must not be granted. The failure is logged too.
+    pub async fn record(&self, entry: &AuditEntry) -> Result<(), AuditError> {
+        Self::log(entry);
+        let Some(sink) = &self.sink else {
+            return Ok(());
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(sink, entry, Some(tx))?;
+        let result = rx
+            .await
+            .unwrap_or_else(|_| Err("the audit writer has stopped".to_owned()));
+        result.map_err(|reason| {
+            tracing::error!(to = %sink.name, %reason, outcome = entry.outcome, "cannot write the audit log");
+            AuditError::Write {
+                to: sink.name.clone(),
+                reason,
+            }
+        })
+    }
+
+    /// Queues `entry` without waiting for it to be written.
+    ///
+    /// # Errors
+    /// The last write failed, or the writer has stopped: the use should be refused.
+    pub fn record_queued(&self, entry: &AuditEntry) -> Result<(), AuditError> {
+        Self::log(entry);
+        let Some(sink) = &self.sink else {
+            return Ok(());
+        };
+        self.ready()?;
+        self.send(sink, entry, None)
+    }
+
+    /// Whether a use may proceed: the last write did not fail.
+    ///
+    /// # Errors
+    /// The last write failed (it is tried again with the next line).
+    pub fn ready(&self) -> Result<(), AuditError> {
+        match &self.sink {
+            Some(sink) if sink.failing.load(Ordering::Acquire) => Err(AuditError::Write {
+                to: sink.name.clone(),
+                reason: "the last line could not be written (the log says why)".to_owned(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Waits until every line queued so far is written.
+    ///
+    /// # Errors
+    /// A line could not be written.
+    pub async fn flush(&self) -> Result<(), AuditError> {
+        let Some(sink) = &self.sink else {
+            return Ok(());
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let jobs = sink.jobs.lock();
+            let Some(jobs) = jobs.as_ref() else {
+                return Ok(());
+            };
+            if jobs
+                .send(Job {
+                    line: String::new(),
+                    done: Some(tx),
+                })
+                .is_err()
+            {
+                return Ok(());
+            }
+        }
+        rx.await
+            .unwrap_or(Ok(()))
+            .map_err(|reason| AuditError::Write {
+                to: sink.name.clone(),
+                reason,
+            })
+    }
+
+    /// Stops the writer after it has written every queued line. Later records fail.
+    pub fn close(&self) {
+        let Some(sink) = &self.sink else { return };
+        drop(sink.jobs.lock().take());
+        if let Some(thread) = sink.thread.lock().take() {
+            let _ = thread.join();
+        }
+    }
+
+    /// The entries of `account` that `query` selects, oldest first. Reads the file
+    /// from its start: a log kept for long is best rotated (a rotated-away file is
+    /// no longer searched).
+    ///
+    /// # Errors
+    /// A log that is not a file, or a file that cannot be read.
+    pub async fn query(
+        &self,
+        account: &str,
+        query: &AuditQuery,
+    ) -> Result<Vec<AuditEntry>, AuditError> {
+        let sink = self
+            .sink
+            .as_ref()
+            .ok_or_else(|| AuditError::NotReadable("(log only)".to_owned()))?;
+        let path = sink
+            .path
+            .clone()
+            .ok_or_else(|| AuditError::NotReadable(sink.name.clone()))?;
+        // Lines queued before the query are part of its answer.
+        let _ = self.flush().await;
+        let account = account.to_owned();
+        let query = query.clone();
+        tokio::task::spawn_blocking(move || read_entries(&path, &account, &query))
+            .await
+            .map_err(|e| AuditError::Read {
+                from: sink.name.clone(),
+                reason: e.to_string(),
+            })?
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        drop(self.jobs.lock().take());
+        if let Some(thread) = self.thread.lock().take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The entries of `account` in the file at `path` that `query` selects.
+fn read_entries(
+    path: &Path,
+    account: &str,
+    query: &AuditQuery,
+) -> Result<Vec<AuditEntry>, AuditError> {
+    use std::io::BufRead;
+    let failed = |reason: String| AuditError::Read {
+        from: path.display().to_string(),
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(|e| failed(e.to_string()))?;
+    let limit = query.limit.unwrap_or(AUDIT_QUERY_MAX).min(AUDIT_QUERY_MAX);
+    let needle = format!(
+        "\"connectedAccountId\":{}",
+        serde_json::Value::from(account)
+    );
+    let mut found = std::collections::VecDeque::new();
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line.map_err(|e| failed(e.to_string()))?;
+        // A cheap test first: most lines are other accounts'.
+        if !line.contains(&needle) {
+            continue;
+        }
+        // Lines of older versions or cut by a crash are skipped, not fatal.
+        let Ok(entry) = serde_json::from_str::<AuditEntry>(&line) else {
+            continue;
+        };
+        if entry.connected_account_id != account
+            || query.since.is_some_and(|t| entry.at < t)
+            || query.until.is_some_and(|t| entry.at >= t)
+        {
+            continue;
+        }
+        if found.len() == limit {
+            found.pop_front();
+        }
+        if limit > 0 {
+            found.push_back(entry);
+        }
+    }
+    Ok(found.into())
+}
+
+/// The writer thread: writes what is queued in batches, answers who waits.
+fn write_loop(
+    name: &str,
+    mut writer: Box<dyn Write + Send>,
+    jobs: &mpsc::Receiver<Job>,
+    failing: &AtomicBool,
+) {
+    let mut batch = String::new();
+    let mut waiting = Vec::new();
+    while let Ok(first) = jobs.recv() {
+        let mut next = Some(first);
+        while let Some(job) = next {
+            batch.push_str(&job.line);
+            if let Some(done) = job.done {
+                waiting.push(done);
+            }
+            next = if batch.len() < 1 << 20 {
+                jobs.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        let result = if batch.is_empty() {
+            Ok(())
+        } else {
+            writer
+                .write_all(batch.as_bytes())
+                .and_then(|()| writer.flush())
+                .map_err(|e| e.to_string())
+        };
+        match &result {
+            Ok(()) => failing.store(false, Ordering::Release),
+            Err(reason) => {
+                failing.store(true, Ordering::Release);
+                tracing::error!(to = %name, %reason, lines = batch.lines().count(), "cannot write the audit log");
+            }
+        }
+        for done in waiting.drain(..) {
+            let _ = done.send(result.clone());
+        }
+        batch.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(account: &str, secs: i64) -> AuditEntry {
+        let at = DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap_or_default();
+        AuditEntry::new(at, AuditAction::Request, account, "sent")
+    }
+
+    #[tokio::test]
+    async fn entries_are_written_in_batches_and_read_back_by_account_and_time() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::to_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        for i in 0..100 {
+            let account = if i % 2 == 0 { "ca_even" } else { "ca_odd" };
+            log.record_queued(&entry(account, i))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        log.record(&entry("ca_even", 100))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let all = log
+            .query("ca_even", &AuditQuery::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(all.len(), 51);
+        assert!(all.windows(2).all(|w| w[0].at < w[1].at));
+        let some = log
+            .query(
+                "ca_odd",
+                &AuditQuery {
+                    since: Some(entry("", 11).at),
+                    until: Some(entry("", 21).at),
+                    limit: Some(3),
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let seconds: Vec<i64> = some
+            .iter()
+            .map(|e| e.at.timestamp() - 1_700_000_000)
+            .collect();
+        assert_eq!(seconds, [15, 17, 19], "the newest 3 of 11..21");
+        // A clean stop writes what was queued.
+        log.record_queued(&entry("ca_last", 0))
+            .unwrap_or_else(|e| panic!("{e}"));
+        log.close();
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(text.contains("ca_last"));
+        assert!(log.record(&entry("ca_late", 0)).await.is_err());
+    }
+
+    struct FullDisk;
+    impl Write for FullDisk {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("No space left on device"))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_writer_refuses_waiting_and_then_queued_records() {
+        let log = AuditLog::to_writer("full-disk", FullDisk);
+        assert!(log.ready().is_ok());
+        let err = log.record(&entry("ca_x", 0)).await.unwrap_err();
+        assert!(err.to_string().contains("No space left"), "{err}");
+        assert!(log.ready().is_err());
+        assert!(log.record_queued(&entry("ca_x", 1)).is_err());
+        assert!(matches!(
+            log.query("ca_x", &AuditQuery::default()).await,
+            Err(AuditError::NotReadable(_))
+        ));
+    }
+}

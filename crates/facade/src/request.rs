@@ -1,0 +1,540 @@
+//! Requests to an account's API with its credentials: [`Keyhaven::request`].
+//!
+//! One HTTP client, owned by the [`Keyhaven`] and shared by every request (and by
+//! the built-in schemes' token calls), keeps connections to each API open. A request
+//! names a path under the account's API base URL (its integration's `base_url`, the
+//! catalogue's when the integration has none); the scheme puts the credentials on
+//! it, fresh; the catalogue's `request_headers` are added. On a 401 the credentials
+//! are refreshed once (one refresh for every request that saw them refused, across
+//! processes sharing the store) and the request is sent again, when its body can be
+//! sent twice. Bodies stream both ways: the answer is a [`reqwest::Response`].
+//!
+//! What may be sent is decided by the pure rules of [`rules`] (the path stays under
+//! the base URL, ordinary methods, no `Host` or hop-by-hop headers) and by
+//! [`crate::egress`] (a host filled from the account's parameters must be public; it
+//! is also resolved, and the request pinned to the checked addresses). Redirects are
+//! answered as they are, never followed with the credentials. No message shows a
+//! URL's query or user name. Every request is recorded in the audit log.
+
+pub mod rules;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use keyhaven_core::{
+    AccountContext, ConnectedAccount, ConnectedAccountId, Error, Integration, OutgoingRequest,
+    SchemeError,
+};
+use url::{Host, Url};
+
+use crate::accounts::{Due, fixed_headers};
+use crate::audit::{AuditAction, AuditCaller, AuditEntry};
+use crate::integrations::effective_integration;
+use crate::{Keyhaven, egress};
+
+/// How long connecting, and resolving a host name, may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an API may stay silent while answering (between two reads).
+pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an idle connection to an API is kept for reuse.
+const POOL_IDLE: Duration = Duration::from_secs(90);
+/// How long a request target (account, integration, base URL) is reused before it is
+/// read again: changes made by this process apply at once, changes made by another
+/// process sharing the store within this time.
+const TARGET_TTL: Duration = Duration::from_secs(30);
+
+/// The HTTP client keyhaven uses unless given one: connections kept open and reused,
+/// 10 s to connect, 60 s of silence at most while an answer comes, no redirects
+/// followed (an API's redirect is answered as it is: the credentials never follow it
+/// elsewhere), `TCP_NODELAY`.
+pub fn default_client() -> reqwest::Client {
+    client_builder()
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .pool_idle_timeout(POOL_IDLE)
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("keyhaven/", env!("CARGO_PKG_VERSION")))
+}
+
+/// Where an account's requests go, and with what: read once, reused until the
+/// account or an integration changes (or [`TARGET_TTL`] passes).
+pub(crate) struct Target {
+    made: Instant,
+    account: ConnectedAccount,
+    /// The integration, its templates filled with the account's parameters.
+    integration: Integration,
+    scheme: crate::Registered,
+    /// The API base URL, filled in.
+    base: Url,
+    /// The integration's `base_url` template, when its host is filled from the
+    /// connection's parameters (typed by an end user) and must be a public one.
+    guarded: Option<String>,
+    /// The integration's fixed request headers.
+    headers: HeaderMap,
+}
+
+fn unavailable(message: String) -> Error {
+    Error::Scheme(SchemeError::Unavailable { message })
+}
+
+impl Target {
+    async fn read(kh: &Keyhaven, id: &ConnectedAccountId) -> Result<Self, Error> {
+        let account = kh.connected_accounts().get(id.as_str()).await?;
+        let integration = kh.integration_of(&account).await?;
+        let scheme = kh.schemes().get(&integration.auth_scheme)?.clone();
+        // The request may be fine; the account's integration cannot serve it (409).
+        let template = integration
+            .config_str("base_url")
+            .map(str::to_owned)
+            .or_else(|| {
+                kh.catalog()
+                    .get(account.app.as_str())
+                    .map(|entry| entry.api_base_url.clone())
+                    .filter(|url| !url.is_empty())
+            })
+            .ok_or_else(|| {
+                Error::Conflict(format!(
+                    "app {} has no API base URL; set base_url on its integration",
+                    account.app
+                ))
+            })?;
+        let filled = keyhaven_catalog::fill_template(&template, &account.params);
+        let missing = keyhaven_catalog::template_names(&filled);
+        if !missing.is_empty() {
+            return Err(Error::Conflict(format!(
+                "the account's API base URL {template:?} needs the connection parameters {} that the account lacks; connect it again with them",
+                missing.join(", ")
+            )));
+        }
+        let base = Url::parse(&filled).map_err(|e| {
+            Error::Conflict(format!(
+                "the account's API base URL {filled:?} is not a URL ({e}); fix base_url on integration {}, or connect the account again with every parameter",
+                integration.id
+            ))
+        })?;
+        let from_params = !egress::host_param_names(&template).is_empty();
+        let guarded =
+            (from_params && !egress::allows_private_hosts(&integration)).then(|| template.clone());
+        if let Some(template) = &guarded
+            && let Some(kind) = egress::private_url_kind(&base)
+        {
+            return Err(egress::private_host_error(
+                "connected_account_params",
+                template,
+                "auth_config.base_url",
+                base.host_str().unwrap_or_default(),
+                kind,
+            ));
+        }
+        let effective = effective_integration(&integration, &account.params).into_owned();
+        let headers = fixed_headers(&effective);
+        Ok(Self {
+            made: Instant::now(),
+            account,
+            integration: effective,
+            scheme,
+            base,
+            guarded,
+            headers,
+        })
+    }
+
+    /// The client to send with: `shared`, or for a host name filled from parameters,
+    /// a client pinned to the addresses it resolves to now, each checked to be public
+    /// (so that a name cannot lead to this machine or its network, even by resolving
+    /// differently a moment later).
+    async fn client(&self, shared: &reqwest::Client) -> Result<reqwest::Client, Error> {
+        let (Some(template), Some(Host::Domain(name))) = (&self.guarded, self.base.host()) else {
+            return Ok(shared.clone());
+        };
+        let port = self.base.port_or_known_default().unwrap_or(443);
+        let found = resolve_public(name, port, template).await?;
+        client_builder()
+            .resolve_to_addrs(name, &found)
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot make an HTTP client: {e}")))
+    }
+}
+
+/// The addresses `name` resolves to, when every one is public.
+///
+/// # Errors
+/// A name that does not resolve (unavailable), or resolves to any private or local
+/// address (invalid, naming the parameter of `template` that filled it in).
+async fn resolve_public(name: &str, port: u16, template: &str) -> Result<Vec<SocketAddr>, Error> {
+    let found: Vec<SocketAddr> =
+        tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host((name, port)))
+            .await
+            .map_err(|_| unavailable(format!("resolving {name} took too long")))?
+            .map_err(|e| unavailable(format!("cannot resolve {name}: {e}")))?
+            .collect();
+    if found.is_empty() {
+        return Err(unavailable(format!("{name} resolves to no address")));
+    }
+    for addr in &found {
+        if let Some(kind) = egress::private_address_kind(addr.ip()) {
+            return Err(egress::private_host_error(
+                "connected_account_params",
+                template,
+                "auth_config.base_url",
+                &format!("{name} (which resolves to {})", addr.ip()),
+                kind,
+            ));
+        }
+    }
+    Ok(found)
+}
+
+/// What an HTTP client's error says, with its causes and without the URL (whose
+/// query may hold credentials, a filter or a token).
+pub fn http_error_reason(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// What a transport error says, without any URL, with the query values of `sent`
+/// (which may hold credentials) scrubbed out in case a cause quotes them.
+pub fn transport_reason(e: reqwest::Error, sent: &Url) -> String {
+    if e.is_timeout() {
+        return format!(
+            "timed out (keyhaven waits {} s to connect and {} s for each part of the answer)",
+            CONNECT_TIMEOUT.as_secs(),
+            READ_TIMEOUT.as_secs()
+        );
+    }
+    rules::scrub(&http_error_reason(e), sent)
+}
+
+/// A request body: bytes, which can be sent again after a refresh, or a stream,
+/// which cannot.
+#[derive(Debug)]
+enum Body {
+    Bytes(Bytes),
+    Stream(reqwest::Body),
+}
+
+/// A request to send with an account's credentials: made by [`Keyhaven::request`],
+/// sent by [`ApiRequest::send`].
+#[derive(Debug)]
+#[must_use = "a request does nothing until it is sent"]
+pub struct ApiRequest {
+    kh: Keyhaven,
+    account: String,
+    method: Method,
+    path: String,
+    headers: HeaderMap,
+    body: Body,
+    caller: AuditCaller,
+    error: Option<Error>,
+}
+
+impl Keyhaven {
+    /// A request to the API of account `account_id` (`GET` of its base URL until
+    /// told otherwise), with its credentials.
+    ///
+    /// ```no_run
+    /// # async fn demo(kh: keyhaven::Keyhaven) -> Result<(), keyhaven::Error> {
+    /// let answer = kh.request("ca_...").get("/user/repos?per_page=5").send().await?;
+    /// let repos: keyhaven::serde_json::Value = answer.json().await.unwrap_or_default();
+    /// # Ok(()) }
+    /// ```
+    pub fn request(&self, account_id: &str) -> ApiRequest {
+        ApiRequest {
+            kh: self.clone(),
+            account: account_id.to_owned(),
+            method: Method::GET,
+            path: "/".to_owned(),
+            headers: HeaderMap::new(),
+            body: Body::Bytes(Bytes::new()),
+            caller: AuditCaller {
+                key: Some("library".to_owned()),
+                ..AuditCaller::default()
+            },
+            error: None,
+        }
+    }
+
+    /// The HTTP client shared by requests and the built-in schemes.
+    pub fn http_client(&self) -> &reqwest::Client {
+        &self.inner.http
+    }
+
+    /// Where the account's requests go and with what, cached.
+    async fn target(&self, id: &ConnectedAccountId) -> Result<Arc<Target>, Error> {
+        if let Some(hit) = self.inner.cache.target(id.as_str())
+            && hit.made.elapsed() < TARGET_TTL
+        {
+            return Ok(hit);
+        }
+        let generation = self.inner.cache.generation();
+        let target = Arc::new(Target::read(self, id).await?);
+        self.inner.cache.put_target(id, target.clone(), generation);
+        Ok(target)
+    }
+}
+
+impl ApiRequest {
+    /// Sends with `method` (GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS; others
+    /// are refused when sent).
+    pub fn method(mut self, method: Method) -> Self {
+        self.method = method;
+        self
+    }
+
+    /// To `path` under the account's API base URL (`/user/repos?per_page=5`), or to
+    /// a full URL under it. Anything outside it is refused when sent.
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.path = path.into();
+        self
+    }
+
+    /// `GET path`.
+    pub fn get(self, path: impl Into<String>) -> Self {
+        self.method(Method::GET).path(path)
+    }
+
+    /// `POST path`.
+    pub fn post(self, path: impl Into<String>) -> Self {
+        self.method(Method::POST).path(path)
+    }
+
+    /// `PUT path`.
+    pub fn put(self, path: impl Into<String>) -> Self {
+        self.method(Method::PUT).path(path)
+    }
+
+    /// `PATCH path`.
+    pub fn patch(self, path: impl Into<String>) -> Self {
+        self.method(Method::PATCH).path(path)
+    }
+
+    /// `DELETE path`.
+    pub fn delete(self, path: impl Into<String>) -> Self {
+        self.method(Method::DELETE).path(path)
+    }
+
+    /// Adds a header. `Host`, hop-by-hop headers, `x-api-key` (keyhaven's own key)
+    /// and `content-length` are refused; the credentials' own headers are put on last
+    /// and cannot be replaced.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        match rules::header(name, value) {
+            Ok((name, value)) => {
+                self.headers.append(name, value);
+            }
+            Err(e) => {
+                self.error.get_or_insert(e);
+            }
+        }
+        self
+    }
+
+    /// Adds every header of `headers`, each checked as [`ApiRequest::header`] does.
+    pub fn headers(mut self, headers: &HeaderMap) -> Self {
+        for (name, value) in headers {
+            match value.to_str() {
+                Ok(text) => self = self.header(name.as_str(), text),
+                Err(_) => {
+                    self.error.get_or_insert(Error::invalid(
+                        format!("headers.{name}"),
+                        "has a value that is not visible ASCII text",
+                    ));
+                }
+            }
+        }
+        self
+    }
+
+    /// A body that can be sent again (after a refresh on a 401).
+    pub fn body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = Body::Bytes(body.into());
+        self
+    }
+
+    /// A JSON body (and `content-type: application/json` unless set).
+    pub fn json<T: serde::Serialize + ?Sized>(mut self, value: &T) -> Self {
+        match serde_json::to_vec(value) {
+            Ok(bytes) => {
+                self.headers
+                    .entry(http::header::CONTENT_TYPE)
+                    .or_insert(HeaderValue::from_static("application/json"));
+                self.body = Body::Bytes(bytes.into());
+            }
+            Err(e) => {
+                self.error
+                    .get_or_insert(Error::invalid("body", format!("cannot be JSON: {e}")));
+            }
+        }
+        self
+    }
+
+    /// A streamed body (an upload of any size): sent as it comes, so it is not sent
+    /// again after a 401; the 401 is answered.
+    pub fn body_stream(mut self, body: reqwest::Body) -> Self {
+        self.body = match body.as_bytes() {
+            Some(bytes) => Body::Bytes(Bytes::copy_from_slice(bytes)),
+            None => Body::Stream(body),
+        };
+        self
+    }
+
+    /// Who asks, for the audit log (the server names the key and address).
+    pub fn caller(mut self, caller: AuditCaller) -> Self {
+        self.caller = caller;
+        self
+    }
+
+    /// Sends it: the answer, whatever its status, with its body still to read
+    /// (stream it with `chunk()` or `bytes_stream()`).
+    ///
+    /// # Errors
+    /// A malformed or unknown account, one not `ACTIVE`, an app without a base URL,
+    /// a path outside it, a refused method or header, a host from the account's
+    /// parameters that is private, a refresh that was due and failed, the API
+    /// unreachable, or the audit log that cannot be written (nothing is sent then).
+    pub async fn send(self) -> Result<reqwest::Response, Error> {
+        let Self {
+            kh,
+            account,
+            method,
+            path,
+            mut headers,
+            body,
+            caller,
+            error,
+        } = self;
+        if let Some(e) = error {
+            return Err(e);
+        }
+        // Everything about the request is checked before the credentials are read.
+        let method = rules::method(Some(method.as_str()))?;
+        let id = ConnectedAccountId::parse(&account)?;
+        let audit = &kh.inner.audit;
+        audit.ready()?;
+        let target = kh.target(&id).await?;
+        let url = rules::target(&target.base, &path)?;
+        let client = target.client(&kh.inner.http).await?;
+        for (name, value) in &target.headers {
+            if !headers.contains_key(name) {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+        let mut body = Some(body);
+        let mut used = kh.credentials(&account).await?;
+        let mut retried = false;
+        loop {
+            let mut outgoing = OutgoingRequest::new(method.clone(), url.clone());
+            outgoing.headers = headers.clone();
+            let replayable = match &body {
+                Some(Body::Bytes(bytes)) => {
+                    outgoing.body = bytes.to_vec();
+                    true
+                }
+                _ => false,
+            };
+            // The credentials go on last: the caller's headers cannot replace them.
+            let cx = AccountContext::new(&target.integration, &target.account, &used, kh.now())
+                .with_http(&kh.inner.http);
+            target.scheme.authorize(&cx, &mut outgoing)?;
+            if !rules::is_under(&outgoing.url, &target.base) {
+                return Err(Error::Internal(format!(
+                    "auth scheme {} moved a request away from the account's API",
+                    target.account.auth_scheme
+                )));
+            }
+            let sent = outgoing.url.clone();
+            let mut builder = client
+                .request(outgoing.method, outgoing.url)
+                .headers(outgoing.headers);
+            builder = match (replayable, body.take()) {
+                (true, Some(Body::Bytes(bytes))) => {
+                    body = Some(Body::Bytes(bytes.clone()));
+                    builder.body(bytes)
+                }
+                (_, Some(Body::Stream(stream))) => builder.body(stream),
+                _ => builder,
+            };
+            let entry = |outcome: &str, status: Option<u16>| {
+                let mut entry = AuditEntry::new(kh.now(), AuditAction::Request, &account, outcome)
+                    .of(&target.account)
+                    .by(caller.clone());
+                entry.method = Some(method.to_string());
+                entry.host = url.host_str().map(|host| match url.port() {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host.to_owned(),
+                });
+                entry.path = Some(url.path().to_owned());
+                entry.status = status;
+                entry
+            };
+            let response = match builder.send().await {
+                Ok(response) => response,
+                Err(e) => {
+                    let _ = audit.record_queued(&entry("unreachable", None));
+                    return Err(unavailable(format!(
+                        "the API at {} could not be reached: {}",
+                        rules::shown(&url),
+                        transport_reason(e, &sent)
+                    )));
+                }
+            };
+            let status = response.status();
+            if status == http::StatusCode::UNAUTHORIZED && replayable && !retried {
+                retried = true;
+                let fresh = kh
+                    .refresh_credentials(&id, Due::IfStill(used.clone()))
+                    .await?;
+                if fresh != used {
+                    let _ = audit.record_queued(&entry("refused", Some(status.as_u16())));
+                    used = fresh;
+                    continue;
+                }
+                // Nothing new to try: the API's 401 is the answer.
+            }
+            // Sent already: a line that cannot be queued now is logged, and the next
+            // request is refused up front.
+            let _ = audit.record_queued(&entry("sent", Some(status.as_u16())));
+            return Ok(response);
+        }
+    }
+}
+
+/// The header names a proxy never forwards from a caller or back from an API: those
+/// about one connection, which each hop sets for itself.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    rules::is_hop_by_hop(name.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn names_that_resolve_to_private_addresses_are_refused() {
+        // localhost passes no name check here: only what it resolves to is judged.
+        let err = resolve_public("localhost", 80, "http://{host}/api")
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), keyhaven_core::ErrorKind::InvalidInput);
+        let text = err.to_string();
+        assert!(text.contains("connected_account_params.host"), "{text}");
+        assert!(text.contains("which resolves to"), "{text}");
+        assert!(text.contains("loopback"), "{text}");
+    }
+}

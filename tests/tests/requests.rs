@@ -1,0 +1,528 @@
+//! Requests sent with an account's credentials, against an API on 127.0.0.1: through
+//! the library (`kh.request`), the server's passthrough route and its JSON proxy
+//! routes (v1, Composio's v2 and v3.1). What each scheme puts on a request, a 401
+//! answered by one refresh and one retry (counted at the token endpoint and the
+//! API), a streamed body never sent twice, the SSRF rules on every route, redirects
+//! not followed, and every request in the audit log.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyhaven::chrono::Utc;
+use keyhaven::{
+    AuditAction, AuditLog, AuditQuery, ConnectionRequest, ErrorKind, Keyhaven, MemoryStore,
+    NewIntegration, Store,
+};
+use keyhaven_server::{AdminKey, AppState, ServerConfig};
+use keyhaven_tests::storm::{TokenEndpoint, seed_with};
+use keyhaven_tests::upstream::Upstream;
+use serde_json::{Value, json};
+
+const KEY: &str = "kh-admin-test";
+
+/// A keyhaven over a memory store, recording to an audit file of its own.
+fn keyhaven(dir: &tempfile::TempDir) -> (Keyhaven, Arc<MemoryStore>) {
+    let store = Arc::new(MemoryStore::new());
+    let kh = Keyhaven::builder()
+        .shared_store(store.clone())
+        .audit_log(AuditLog::to_file(&dir.path().join("audit.log")).unwrap())
+        .build()
+        .unwrap();
+    (kh, store)
+}
+
+/// An `ACTIVE` account of a custom app with `scheme` and `config`, connected with `params`.
+async fn connect(kh: &Keyhaven, scheme: &str, config: Value, params: Value) -> String {
+    let mut integration = NewIntegration::new("acme", scheme).name(format!("acme {scheme}"));
+    for (k, v) in config.as_object().unwrap() {
+        integration = integration.config(k.clone(), v.clone());
+    }
+    let integration = kh.integrations().create(integration).await.unwrap();
+    let mut request = ConnectionRequest::for_integration(integration.id.to_string());
+    for (k, v) in params.as_object().unwrap() {
+        request = request.param(k.clone(), v.clone());
+    }
+    let out = kh
+        .entity("ada")
+        .unwrap()
+        .initiate_connection(request)
+        .await
+        .unwrap();
+    out.connected_account_id.to_string()
+}
+
+/// OAuth accounts whose tokens the API refuses (revoked) though they expire in an
+/// hour, with the storm endpoint as their token endpoint and `upstream` as their API.
+async fn revoked_accounts(
+    kh: &Keyhaven,
+    store: &MemoryStore,
+    endpoint: &TokenEndpoint,
+    upstream: &Upstream,
+    n: usize,
+) -> Vec<String> {
+    let integration = endpoint.integration().config("base_url", upstream.base());
+    let expires = Utc::now() + keyhaven::chrono::Duration::hours(1);
+    let (_, ids) = seed_with(kh, store as &dyn Store, integration, n, "revoked", expires).await;
+    ids.into_iter().map(|id| id.to_string()).collect()
+}
+
+#[tokio::test]
+async fn each_scheme_puts_its_credentials_where_the_api_expects_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kh, _) = keyhaven(&dir);
+    let api = Upstream::start().await;
+    let cases = [
+        (
+            "API_KEY",
+            json!({"base_url": api.base(), "header_name": "x-key", "header_format": "Key {api_key}",
+                   "request_headers": {"x-api-version": "2026-01"}}),
+            json!({"api_key": "sk-header"}),
+            ("x-key", "Key sk-header"),
+        ),
+        (
+            "API_KEY",
+            json!({"base_url": api.base(), "query_param": "key"}),
+            json!({"api_key": "sk-query"}),
+            ("?key", "sk-query"),
+        ),
+        (
+            "BEARER_TOKEN",
+            json!({"base_url": api.base()}),
+            json!({"token": "tok-1"}),
+            ("authorization", "Bearer tok-1"),
+        ),
+        (
+            "BASIC",
+            json!({"base_url": api.base()}),
+            json!({"username": "ada", "password": "pw"}),
+            ("authorization", "Basic YWRhOnB3"),
+        ),
+    ];
+    for (scheme, config, params, (name, expected)) in cases {
+        let id = connect(&kh, scheme, config.clone(), params).await;
+        let answer = kh
+            .request(&id)
+            .get("/echo?page=2")
+            .header("x-trace", "t-1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "{scheme}");
+        let seen: Value = answer.json().await.unwrap();
+        assert_eq!(
+            seen["path"], "/api/echo",
+            "{scheme}: relative to the base URL"
+        );
+        assert_eq!(
+            seen["headers"]["x-trace"], "t-1",
+            "{scheme}: the caller's header"
+        );
+        if let Some(param) = name.strip_prefix('?') {
+            assert_eq!(
+                seen["query"],
+                format!("page=2&{param}={expected}"),
+                "{scheme}: the key in the query"
+            );
+            assert!(seen["headers"].get("authorization").is_none());
+        } else {
+            assert_eq!(seen["headers"][name], expected, "{scheme}: {seen}");
+            assert_eq!(seen["query"], "page=2", "{scheme}");
+        }
+        if config.get("request_headers").is_some() {
+            assert_eq!(
+                seen["headers"]["x-api-version"], "2026-01",
+                "request_headers"
+            );
+        }
+        // The caller cannot replace the credentials' own header.
+        if name == "authorization" {
+            let seen: Value = kh
+                .request(&id)
+                .get("/echo")
+                .header("authorization", "Bearer forged")
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(seen["headers"]["authorization"], expected, "{scheme}");
+        }
+    }
+    // A JSON body goes as JSON; bytes as they are.
+    let id = connect(
+        &kh,
+        "BEARER_TOKEN",
+        json!({"base_url": api.base()}),
+        json!({"token": "tok-2"}),
+    )
+    .await;
+    let seen: Value = kh
+        .request(&id)
+        .post("/echo")
+        .json(&json!({"a": 1}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen["method"], "POST");
+    assert_eq!(seen["body"], r#"{"a":1}"#);
+    assert_eq!(seen["headers"]["content-type"], "application/json");
+}
+
+#[tokio::test]
+async fn a_refused_token_is_refreshed_once_and_the_request_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kh, store) = keyhaven(&dir);
+    let api = Upstream::start().await;
+    let endpoint = TokenEndpoint::start(Duration::ZERO).await;
+    let ids = revoked_accounts(&kh, &store, &endpoint, &api, 2).await;
+
+    // One request: 401, one refresh, the retry's 200.
+    let answer = kh.request(&ids[0]).get("/me").send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(endpoint.refreshes().get("rt-0"), Some(&1), "one refresh");
+    assert_eq!(api.me(), 2, "sent twice: refused, then accepted");
+    // The fresh token is used from then on: no second refresh.
+    let answer = kh.request(&ids[0]).get("/me").send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(api.me(), 3);
+    assert_eq!(endpoint.refreshes().get("rt-0"), Some(&1));
+
+    // Twenty at once with the same refused token: one refresh for all.
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let kh = kh.clone();
+            let id = ids[1].clone();
+            tokio::spawn(async move {
+                kh.request(&id)
+                    .post("/me")
+                    .body("replayable")
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(
+        endpoint.refreshes().get("rt-1"),
+        Some(&1),
+        "one refresh for every request that saw the token refused"
+    );
+
+    // The audit log has the refused try and the retry.
+    let entries = kh
+        .audit()
+        .query(&ids[0], &AuditQuery::default())
+        .await
+        .unwrap();
+    let outcomes: Vec<(&str, Option<u16>)> = entries
+        .iter()
+        .map(|e| (e.outcome.as_str(), e.status))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("refused", Some(401)),
+            ("sent", Some(200)),
+            ("sent", Some(200))
+        ]
+    );
+    assert!(entries.iter().all(|e| e.action == AuditAction::Request
+        && e.path.as_deref() == Some("/api/me")
+        && e.caller.key.as_deref() == Some("library")));
+}
+
+#[tokio::test]
+async fn a_streamed_body_is_not_sent_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kh, store) = keyhaven(&dir);
+    let api = Upstream::start().await;
+    let endpoint = TokenEndpoint::start(Duration::ZERO).await;
+    let ids = revoked_accounts(&kh, &store, &endpoint, &api, 1).await;
+    let chunks = futures::stream::iter(
+        (0..4).map(|_| Ok::<_, std::io::Error>(keyhaven::bytes::Bytes::from_static(b"part"))),
+    );
+    let answer = kh
+        .request(&ids[0])
+        .post("/me")
+        .body_stream(keyhaven::reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 401, "the API's 401 is the answer");
+    assert_eq!(api.me(), 1, "sent once");
+    assert!(
+        endpoint.refreshes().is_empty(),
+        "no refresh: nothing to retry"
+    );
+}
+
+/// Paths that try to leave the account's API (base `{url}/api`), by every trick.
+fn escapes(api: &Upstream) -> Vec<String> {
+    let origin = &api.url;
+    vec![
+        "/../apiother/x".to_owned(),
+        "/%2e%2e/apiother/x".to_owned(),
+        "/%2E%2E%2Fapiother/x".to_owned(),
+        "/..%2fapiother/x".to_owned(),
+        "/..;/apiother/x".to_owned(),
+        "/%252e%252e/apiother/x".to_owned(),
+        "/..\\apiother/x".to_owned(),
+        format!("{origin}/apiother/x"),
+        format!("{origin}/api-internal/x"),
+        format!("{origin}/internal"),
+        format!(
+            "http://user:pw@{}/api/echo",
+            origin.trim_start_matches("http://")
+        ),
+        "http://169.254.169.254/latest/meta-data".to_owned(),
+        "//evil.example/x".to_owned(),
+        "echo".to_owned(),
+    ]
+}
+
+#[tokio::test]
+async fn requests_never_leave_the_accounts_api_and_redirects_are_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kh, _) = keyhaven(&dir);
+    let api = Upstream::start().await;
+    let id = connect(
+        &kh,
+        "BEARER_TOKEN",
+        json!({"base_url": api.base()}),
+        json!({"token": "tok-ssrf"}),
+    )
+    .await;
+    for path in escapes(&api) {
+        let err = kh.request(&id).get(path.clone()).send().await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{path}: {err}");
+    }
+    for (name, value) in [
+        ("host", "evil.example"),
+        ("connection", "close"),
+        ("x-api-key", "k"),
+    ] {
+        let err = kh
+            .request(&id)
+            .get("/echo")
+            .header(name, value)
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{name}");
+    }
+    let trace = kh
+        .request(&id)
+        .method(keyhaven::http::Method::TRACE)
+        .path("/echo")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(trace.kind(), ErrorKind::InvalidInput);
+    let redirect = kh.request(&id).get("/redirect").send().await.unwrap();
+    assert_eq!(redirect.status(), 307, "answered as it is");
+    assert_eq!(api.traps(), 0, "nothing reached beside the API");
+}
+
+/// A keyhaven server on 127.0.0.1 over `kh`.
+async fn serve(kh: Keyhaven) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let mut state = AppState::new(kh, AdminKey::from_plain(KEY));
+    state.config = ServerConfig {
+        public_url: keyhaven::url::Url::parse(&base).unwrap(),
+        rate_limit: None,
+        ..ServerConfig::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(keyhaven_server::serve(listener, Arc::new(state), async {
+        let _ = stopped.await;
+    }));
+    (base, stop)
+}
+
+fn http() -> keyhaven::reqwest::Client {
+    keyhaven::reqwest::Client::builder()
+        .redirect(keyhaven::reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_server_routes_pass_requests_on_and_keep_every_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kh, store) = keyhaven(&dir);
+    let api = Upstream::start().await;
+    let id = connect(
+        &kh,
+        "BEARER_TOKEN",
+        json!({"base_url": api.base()}),
+        json!({"token": "tok-server"}),
+    )
+    .await;
+    let (base, _stop) = serve(kh.clone()).await;
+    let http = http();
+
+    // The passthrough: method, query, headers and body as they came; the API's
+    // answer as it is, marked as the API's.
+    let answer = http
+        .post(format!("{base}/api/v1/proxy/{id}/echo/a%20b?x=1&y=2"))
+        .header("x-api-key", KEY)
+        .header("x-trace", "t-9")
+        .header("content-type", "text/plain")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.headers()["x-keyhaven-upstream"], "1");
+    let seen: Value = answer.json().await.unwrap();
+    assert_eq!(seen["method"], "POST");
+    assert_eq!(seen["path"], "/api/echo/a%20b");
+    assert_eq!(seen["query"], "x=1&y=2");
+    assert_eq!(seen["body"], "hello");
+    assert_eq!(seen["headers"]["x-trace"], "t-9");
+    assert_eq!(seen["headers"]["authorization"], "Bearer tok-server");
+    assert!(
+        seen["headers"].get("x-api-key").is_none(),
+        "keyhaven's key stays here"
+    );
+    assert!(
+        !seen["headers"]["host"].as_str().unwrap().contains("evil"),
+        "{seen}"
+    );
+    // An API's error is passed on as it is; keyhaven's own are its JSON errors.
+    let missing = http
+        .get(format!("{base}/api/v1/proxy/{id}/nothing-here"))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(missing.headers()["x-keyhaven-upstream"], "1");
+    let unknown = http
+        .get(format!(
+            "{base}/api/v1/proxy/ca_01a0000000000000000000000000dead/echo"
+        ))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    assert!(unknown.headers().get("x-keyhaven-upstream").is_none());
+    let nokey = http
+        .get(format!("{base}/api/v1/proxy/{id}/echo"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nokey.status(), 401);
+
+    // The SSRF list on every route.
+    for path in escapes(&api) {
+        let routes = [
+            (
+                format!("{base}/api/v1/connectedAccounts/{id}/proxy"),
+                json!({"path": path}),
+            ),
+            (
+                format!("{base}/api/v2/actions/proxy"),
+                json!({"connectedAccountId": id, "endpoint": path, "method": "GET"}),
+            ),
+            (
+                format!("{base}/api/v3.1/tools/execute/proxy"),
+                json!({"connected_account_id": id, "endpoint": path, "method": "GET"}),
+            ),
+        ];
+        for (route, body) in routes {
+            let r = http
+                .post(&route)
+                .header("x-api-key", KEY)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 400, "{route} {path}");
+        }
+        // The passthrough takes paths only; those that are paths go as written.
+        if path.starts_with('/') && !path.starts_with("//") {
+            let r = http
+                .get(format!("{base}/api/v1/proxy/{id}{path}"))
+                .header("x-api-key", KEY)
+                .send()
+                .await
+                .unwrap();
+            assert!(
+                r.status() == 400 || r.status() == 404,
+                "passthrough {path}: {}",
+                r.status()
+            );
+            assert!(r.headers().get("x-keyhaven-upstream").is_none(), "{path}");
+        }
+    }
+    let host = http
+        .get(format!("{base}/api/v1/connectedAccounts/{id}/proxy"))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(host.status(), 405);
+    let redirect = http
+        .get(format!("{base}/api/v1/proxy/{id}/redirect"))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(redirect.status(), 307, "the API's redirect, not followed");
+    assert_eq!(api.traps(), 0, "nothing reached beside the API");
+
+    // The server's requests are in the audit log, by the admin key, without queries.
+    let audit: Value = http
+        .get(format!("{base}/api/v1/connectedAccounts/{id}/audit"))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let items = audit["items"].as_array().unwrap();
+    let first = &items[0];
+    assert_eq!(first["action"], "request");
+    assert_eq!(first["method"], "POST");
+    assert_eq!(first["path"], "/api/echo/a%20b");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["key"], "admin");
+    assert!(first["remote"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(!audit.to_string().contains("x=1"), "no query in the log");
+    assert!(!audit.to_string().contains("tok-server"), "no credential");
+    drop(store);
+}
+
+#[tokio::test]
+async fn the_passthrough_refreshes_a_refused_token_and_retries_a_small_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kh, store) = keyhaven(&dir);
+    let api = Upstream::start().await;
+    let endpoint = TokenEndpoint::start(Duration::ZERO).await;
+    let ids = revoked_accounts(&kh, &store, &endpoint, &api, 1).await;
+    let (base, _stop) = serve(kh.clone()).await;
+    let answer = http()
+        .put(format!("{base}/api/v1/proxy/{}/me", ids[0]))
+        .header("x-api-key", KEY)
+        .body("small body")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(endpoint.refreshes().get("rt-0"), Some(&1));
+    assert_eq!(api.me(), 2);
+}
