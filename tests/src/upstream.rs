@@ -109,6 +109,26 @@ async fn upload(State(hits): State<Arc<Hits>>, body: Body) -> Json<serde_json::V
     Json(json!({"bytes": n}))
 }
 
+/// What `/api/fixed` answers: 322 bytes of JSON, as a small API answer.
+pub const FIXED_ANSWER: &str = r#"{"id":"1296269","name":"Hello-World","full_name":"octocat/Hello-World","private":false,"owner":{"login":"octocat","id":1,"type":"User"},"description":"This your first repo!","fork":false,"language":"Rust","forks_count":9,"stargazers_count":80,"watchers_count":80,"size":108,"default_branch":"master","open_issues_count":0}"#;
+
+/// `GET /api/fixed`: [`FIXED_ANSWER`] when a key came (an `authorization` or `x-key`
+/// header, or a `key` query parameter), else 401.
+async fn fixed(uri: Uri, headers: HeaderMap) -> Response {
+    let keyed = headers.contains_key("authorization")
+        || headers.contains_key("x-key")
+        || uri.query().is_some_and(|q| q.contains("key="));
+    if keyed {
+        (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            FIXED_ANSWER,
+        )
+            .into_response()
+    } else {
+        StatusCode::UNAUTHORIZED.into_response()
+    }
+}
+
 /// A trap: counts, and answers 200 so that a test sees it was reached.
 async fn trap(State(hits): State<Arc<Hits>>) -> &'static str {
     hits.traps.fetch_add(1, Ordering::SeqCst);
@@ -118,12 +138,19 @@ async fn trap(State(hits): State<Arc<Hits>>) -> &'static str {
 impl Upstream {
     /// Starts one on an OS-chosen port of 127.0.0.1.
     pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener)
+    }
+
+    /// Serves on `listener` (on the current runtime).
+    pub fn serve(listener: tokio::net::TcpListener) -> Self {
         let hits = Arc::new(Hits::default());
         let app = Router::new()
             .route("/api/echo", any(echo))
             .route("/api/echo/{*rest}", any(echo))
             .route("/api/me", any(me))
             .route("/api/big", get(big))
+            .route("/api/fixed", get(fixed))
             .route("/api/upload", any(upload))
             .route(
                 "/api/redirect",
@@ -133,7 +160,6 @@ impl Upstream {
             .route("/api-internal/{*rest}", any(trap))
             .route("/internal", any(trap))
             .with_state(hits.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;

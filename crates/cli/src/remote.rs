@@ -116,10 +116,13 @@ impl Remote {
             )
         })?;
         if !request.path.starts_with('/') {
-            return Err(CliError::usage(format!(
-                "with --server, give a path starting with / under the account's API, such as /user (not {:?})",
-                request.path
-            )));
+            return Err(CliError::new(
+                Exit::Invalid,
+                format!(
+                    "{:?} is not a path under the account's API: with --server give a path starting with /, such as /user",
+                    request.path
+                ),
+            ));
         }
         let url = self.url(&format!("/api/v1/proxy/{}{}", enc(id), request.path));
         let mut outgoing = self

@@ -511,8 +511,33 @@ fn oauth_commands(s: &Setup) {
     fails(
         &s.run(&["request", &id, "GET", "https://elsewhere.example/me"]),
         4,
-        "not under the account's API",
+        "under the account's API",
     );
+    // Every use is on record: the token printed (or read through the server), the
+    // requests with their status, none with a query or a credential.
+    let audit = s.ok(&["audit", &id, "--json"]).json();
+    let entries = audit.as_array().unwrap();
+    let actions: Vec<&str> = entries
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.contains(&"token.printed") || actions.contains(&"credentials.read"),
+        "{audit}"
+    );
+    let requests: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["action"] == "request")
+        .collect();
+    assert_eq!(requests.len(), 3, "{audit}");
+    assert_eq!(requests[2]["status"], 404);
+    assert_eq!(requests[2]["path"], "/no-such-path");
+    assert!(
+        !audit.to_string().contains(&token),
+        "no credential in the audit log"
+    );
+    let text = s.ok(&["audit", &id]).stdout;
+    assert!(text.contains("request  sent  GET 127.0.0.1"), "{text}");
 
     // refresh: a new access token from the real server.
     let before = rt.block_on(provider.token_requests("refresh_token"));

@@ -4,31 +4,33 @@
 //! Never a secret: no credential, no query string, no header value.
 //!
 //! # Writing
-//! Lines go through one channel to one writer thread, which writes whatever is queued
-//! in one `write` and flushes it to the operating system, so that many concurrent uses
-//! cost one system call, not one each. Two ways to record:
-//! - [`AuditLog::record`] waits until its line has been written: a credentials read
-//!   is granted only then (fail closed: a full disk refuses the read).
+//! Lines are queued for one writer thread, which writes whatever is queued in one
+//! `write` and flushes it to the operating system, so that many concurrent uses cost
+//! one system call, not one each. Two ways to record:
+//! - [`AuditLog::record`] waits until its line has been written (the writer wakes at
+//!   once for it): a credentials read is granted only then (fail closed: a full disk
+//!   refuses the read).
 //! - [`AuditLog::record_queued`] does not wait (a request already sent cannot be
-//!   unsent); it refuses when the last write failed, so that requests are refused
-//!   up front while the log cannot be written.
+//!   unsent), and its line is written within a couple of milliseconds, with others;
+//!   it refuses when the last write failed, so that requests are refused up front
+//!   while the log cannot be written.
 //!
 //! # What a stop can lose
 //! A clean stop ([`AuditLog::close`], or the last handle dropped) writes every queued
 //! line first. A process killed (SIGKILL, a crash) loses the lines queued by
-//! `record_queued` and not written yet (at most the uses of the last moments, those
-//! whose answers were still on their way); lines of `record` were written before the
-//! read was granted. Written lines are in the operating system's hands: a machine
-//! that loses power may lose the last second of them (they are not `fsync`ed).
+//! `record_queued` in its last couple of milliseconds (the requests whose lines were
+//! waiting for company); lines of `record` were written before the read was granted.
+//! Written lines are in the operating system's hands: a machine that loses power may
+//! lose the last second of them (they are not `fsync`ed).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -191,17 +193,32 @@ impl From<AuditError> for Error {
     }
 }
 
-/// A line for the writer, and who waits for it.
-struct Job {
-    line: String,
-    done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+/// Who waits for the lines queued so far to be written.
+type Waiter = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// What the writer has to do, shared with those who record.
+#[derive(Default)]
+struct Queue {
+    /// Lines not written yet, each ending in a newline.
+    lines: String,
+    /// Those who wait for them.
+    waiters: Vec<Waiter>,
+    /// No more lines: write what is queued and stop.
+    closed: bool,
 }
 
-/// Where lines go: nowhere (the log only), or a writer thread.
+/// How long queued lines (whose recorders do not wait) may wait to be written with
+/// others: the writer wakes at most this often for them, not once per line.
+const LINGER: Duration = Duration::from_millis(2);
+
+/// Queued lines that make the writer write at once.
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// Where lines go: a writer thread, and the queue it takes them from.
 struct Sink {
     name: String,
     path: Option<PathBuf>,
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    queue: Arc<(Mutex<Queue>, Condvar)>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Set while the last write failed, cleared by the next that succeeds.
     failing: Arc<AtomicBool>,
@@ -262,23 +279,23 @@ impl AuditLog {
     }
 
     fn start(name: String, path: Option<PathBuf>, writer: Box<dyn Write + Send>) -> Self {
-        let (tx, rx) = mpsc::channel::<Job>();
+        let queue = Arc::new((Mutex::new(Queue::default()), Condvar::new()));
         let failing = Arc::new(AtomicBool::new(false));
-        let thread_failing = failing.clone();
-        let thread_name = name.clone();
+        let (thread_queue, thread_failing, thread_name) =
+            (queue.clone(), failing.clone(), name.clone());
         let thread = std::thread::Builder::new()
             .name("keyhaven-audit".to_owned())
-            .spawn(move || write_loop(&thread_name, writer, &rx, &thread_failing))
+            .spawn(move || write_loop(&thread_name, writer, &thread_queue, &thread_failing))
             .ok();
-        let jobs = thread.is_some().then_some(tx);
-        if jobs.is_none() {
+        if thread.is_none() {
+            queue.0.lock().closed = true;
             failing.store(true, Ordering::Release);
         }
         Self {
             sink: Some(Arc::new(Sink {
                 name,
                 path,
-                jobs: Mutex::new(jobs),
+                queue,
                 thread: Mutex::new(thread),
                 failing,
             })),
@@ -295,46 +312,65 @@ impl AuditLog {
         self.sink.is_some()
     }
 
-    fn log(entry: &AuditEntry) {
-        tracing::info!(
-            target: "keyhaven::audit",
-            account = entry.connected_account_id,
-            action = ?entry.action,
-            entity = entry.entity_id,
-            app = entry.app_name,
-            outcome = entry.outcome,
-            remote = entry.caller.remote,
-            method = entry.method,
-            host = entry.host,
-            path = entry.path,
-            status = entry.status,
-            "credential used"
-        );
+    /// Logs `entry` (at info when the log is all there is, else at debug).
+    fn log(&self, entry: &AuditEntry) {
+        macro_rules! event {
+            ($level:expr) => {
+                tracing::event!(
+                    target: "keyhaven::audit",
+                    $level,
+                    account = entry.connected_account_id,
+                    action = ?entry.action,
+                    entity = entry.entity_id,
+                    app = entry.app_name,
+                    outcome = entry.outcome,
+                    remote = entry.caller.remote,
+                    method = entry.method,
+                    host = entry.host,
+                    path = entry.path,
+                    status = entry.status,
+                    "credential used"
+                )
+            };
+        }
+        if self.sink.is_some() {
+            event!(tracing::Level::DEBUG);
+        } else {
+            event!(tracing::Level::INFO);
+        }
     }
 
+    /// Queues `entry`'s line, and `waiter` to be told when it is written.
     fn send(
         &self,
         sink: &Sink,
         entry: &AuditEntry,
-        done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+        waiter: Option<Waiter>,
     ) -> Result<(), AuditError> {
         let mut line = serde_json::to_string(entry).map_err(|e| AuditError::Write {
             to: sink.name.clone(),
             reason: e.to_string(),
         })?;
         line.push('\n');
-        let jobs = sink.jobs.lock();
-        let sent = jobs
-            .as_ref()
-            .is_some_and(|tx| tx.send(Job { line, done }).is_ok());
-        if sent {
-            Ok(())
-        } else {
-            Err(AuditError::Write {
+        let (queue, wake) = &*sink.queue;
+        let mut q = queue.lock();
+        if q.closed {
+            return Err(AuditError::Write {
                 to: sink.name.clone(),
                 reason: "the audit writer has stopped".to_owned(),
-            })
+            });
         }
+        q.lines.push_str(&line);
+        // The writer lingers for lines nobody waits for; a waiter wakes it at once.
+        let now = waiter.is_some() || q.lines.len() >= BATCH_BYTES;
+        if let Some(waiter) = waiter {
+            q.waiters.push(waiter);
+        }
+        drop(q);
+        if now {
+            wake.notify_one();
+        }
+        Ok(())
     }
 
     /// Records `entry` and waits until it is written.
@@ -343,7 +379,7 @@ impl AuditLog {
     /// The line could not be written (a full disk, a closed pipe): what it records
     /// must not be granted. The failure is logged too.
     pub async fn record(&self, entry: &AuditEntry) -> Result<(), AuditError> {
-        Self::log(entry);
+        self.log(entry);
         let Some(sink) = &self.sink else {
             return Ok(());
         };
@@ -361,12 +397,13 @@ impl AuditLog {
         })
     }
 
-    /// Queues `entry` without waiting for it to be written.
+    /// Queues `entry` without waiting for it to be written (it is, within a few
+    /// milliseconds, with others).
     ///
     /// # Errors
     /// The last write failed, or the writer has stopped: the use should be refused.
     pub fn record_queued(&self, entry: &AuditEntry) -> Result<(), AuditError> {
-        Self::log(entry);
+        self.log(entry);
         let Some(sink) = &self.sink else {
             return Ok(());
         };
@@ -398,19 +435,14 @@ impl AuditLog {
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         {
-            let jobs = sink.jobs.lock();
-            let Some(jobs) = jobs.as_ref() else {
-                return Ok(());
-            };
-            if jobs
-                .send(Job {
-                    line: String::new(),
-                    done: Some(tx),
-                })
-                .is_err()
-            {
+            let (queue, wake) = &*sink.queue;
+            let mut q = queue.lock();
+            if q.closed {
                 return Ok(());
             }
+            q.waiters.push(tx);
+            drop(q);
+            wake.notify_one();
         }
         rx.await
             .unwrap_or(Ok(()))
@@ -422,10 +454,8 @@ impl AuditLog {
 
     /// Stops the writer after it has written every queued line. Later records fail.
     pub fn close(&self) {
-        let Some(sink) = &self.sink else { return };
-        drop(sink.jobs.lock().take());
-        if let Some(thread) = sink.thread.lock().take() {
-            let _ = thread.join();
+        if let Some(sink) = &self.sink {
+            sink.close();
         }
     }
 
@@ -461,12 +491,21 @@ impl AuditLog {
     }
 }
 
-impl Drop for Sink {
-    fn drop(&mut self) {
-        drop(self.jobs.lock().take());
+impl Sink {
+    /// Tells the writer to write what is queued and stop, and waits for it.
+    fn close(&self) {
+        let (queue, wake) = &*self.queue;
+        queue.lock().closed = true;
+        wake.notify_one();
         if let Some(thread) = self.thread.lock().take() {
             let _ = thread.join();
         }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -514,28 +553,34 @@ fn read_entries(
     Ok(found.into())
 }
 
-/// The writer thread: writes what is queued in batches, answers who waits.
+/// The writer thread: writes what is queued in batches (at once for those who wait,
+/// within [`LINGER`] for the rest), answers who waits, stops once closed and empty.
 fn write_loop(
     name: &str,
     mut writer: Box<dyn Write + Send>,
-    jobs: &mpsc::Receiver<Job>,
+    shared: &(Mutex<Queue>, Condvar),
     failing: &AtomicBool,
 ) {
+    let (queue, wake) = shared;
     let mut batch = String::new();
-    let mut waiting = Vec::new();
-    while let Ok(first) = jobs.recv() {
-        let mut next = Some(first);
-        while let Some(job) = next {
-            batch.push_str(&job.line);
-            if let Some(done) = job.done {
-                waiting.push(done);
+    loop {
+        let (waiters, closed) = {
+            let mut q = queue.lock();
+            loop {
+                if q.closed || !q.waiters.is_empty() || q.lines.len() >= BATCH_BYTES {
+                    break;
+                }
+                if q.lines.is_empty() {
+                    wake.wait(&mut q);
+                } else {
+                    // Lines nobody waits for: a little longer, for company.
+                    wake.wait_for(&mut q, LINGER);
+                    break;
+                }
             }
-            next = if batch.len() < 1 << 20 {
-                jobs.try_recv().ok()
-            } else {
-                None
-            };
-        }
+            std::mem::swap(&mut batch, &mut q.lines);
+            (std::mem::take(&mut q.waiters), q.closed)
+        };
         let result = if batch.is_empty() {
             Ok(())
         } else {
@@ -551,10 +596,13 @@ fn write_loop(
                 tracing::error!(to = %name, %reason, lines = batch.lines().count(), "cannot write the audit log");
             }
         }
-        for done in waiting.drain(..) {
-            let _ = done.send(result.clone());
+        for waiter in waiters {
+            let _ = waiter.send(result.clone());
         }
         batch.clear();
+        if closed && queue.lock().lines.is_empty() {
+            return;
+        }
     }
 }
 

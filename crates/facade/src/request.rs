@@ -465,7 +465,11 @@ impl ApiRequest {
             builder = match (replayable, body.take()) {
                 (true, Some(Body::Bytes(bytes))) => {
                     body = Some(Body::Bytes(bytes.clone()));
-                    builder.body(bytes)
+                    if bytes.is_empty() {
+                        builder
+                    } else {
+                        builder.body(bytes)
+                    }
                 }
                 (_, Some(Body::Stream(stream))) => builder.body(stream),
                 _ => builder,
@@ -483,10 +487,18 @@ impl ApiRequest {
                 entry.status = status;
                 entry
             };
+            // Entries are made only when something takes them.
+            let audited = audit.is_kept()
+                || tracing::enabled!(target: "keyhaven::audit", tracing::Level::INFO);
+            let record = |outcome: &str, status: Option<u16>| {
+                if audited {
+                    let _ = audit.record_queued(&entry(outcome, status));
+                }
+            };
             let response = match builder.send().await {
                 Ok(response) => response,
                 Err(e) => {
-                    let _ = audit.record_queued(&entry("unreachable", None));
+                    record("unreachable", None);
                     return Err(unavailable(format!(
                         "the API at {} could not be reached: {}",
                         rules::shown(&url),
@@ -501,7 +513,7 @@ impl ApiRequest {
                     .refresh_credentials(&id, Due::IfStill(used.clone()))
                     .await?;
                 if fresh != used {
-                    let _ = audit.record_queued(&entry("refused", Some(status.as_u16())));
+                    record("refused", Some(status.as_u16()));
                     used = fresh;
                     continue;
                 }
@@ -509,7 +521,7 @@ impl ApiRequest {
             }
             // Sent already: a line that cannot be queued now is logged, and the next
             // request is refused up front.
-            let _ = audit.record_queued(&entry("sent", Some(status.as_u16())));
+            record("sent", Some(status.as_u16()));
             return Ok(response);
         }
     }

@@ -263,19 +263,27 @@ pub fn target(base: &Url, path: &str) -> Result<Url, Error> {
         }
         url
     } else {
-        let mut root = base.clone();
-        root.set_query(None);
-        root.set_fragment(None);
-        let mut url = Url::parse(&format!("{}{path}", root.as_str().trim_end_matches('/')))
-            .map_err(|e| invalid("path", format!("does not make a URL: {e}")))?;
+        // The base URL with the path appended: its scheme and host are kept as they
+        // are (not parsed again), the path and query set (and encoded) by `url`.
+        let without_fragment = &path[..path.find('#').unwrap_or(path.len())];
+        let (own_path, own_query) = match without_fragment.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (without_fragment, None),
+        };
+        let mut url = base.clone();
+        url.set_fragment(None);
+        url.set_path(&format!("{}{own_path}", base_path(base)));
         // A query of the base URL itself comes first.
-        if let Some(base_query) = base.query().filter(|q| !q.is_empty()) {
-            let query = match url.query().filter(|q| !q.is_empty()) {
-                Some(own) => format!("{base_query}&{own}"),
-                None => base_query.to_owned(),
-            };
-            url.set_query(Some(&query));
-        }
+        let query = match (
+            base.query().filter(|q| !q.is_empty()),
+            own_query.filter(|q| !q.is_empty()),
+        ) {
+            (Some(b), Some(own)) => Some(format!("{b}&{own}")),
+            (Some(b), None) => Some(b.to_owned()),
+            (None, Some(own)) => Some(own.to_owned()),
+            (None, None) => None,
+        };
+        url.set_query(query.as_deref());
         url
     };
     if !is_under(&url, base) {
