@@ -172,6 +172,23 @@ async fn each_scheme_puts_its_credentials_where_the_api_expects_them() {
     assert_eq!(seen["method"], "POST");
     assert_eq!(seen["body"], r#"{"a":1}"#);
     assert_eq!(seen["headers"]["content-type"], "application/json");
+    // By entity and app: the entity's newest ACTIVE account of the app.
+    let seen: Value = kh
+        .entity("ada")
+        .unwrap()
+        .request("acme")
+        .await
+        .unwrap()
+        .get("/echo")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen["headers"]["authorization"], "Bearer tok-2");
+    let none = kh.entity("bob").unwrap().request("acme").await.unwrap_err();
+    assert_eq!(none.kind(), ErrorKind::NotFound, "{none}");
 }
 
 #[tokio::test]

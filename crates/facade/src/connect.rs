@@ -533,9 +533,39 @@ impl<'a> Entity<'a> {
             entity_ids: vec![self.id.clone()],
             apps: vec![AppSlug::new(app)?],
             statuses: vec![ConnectionStatus::Active],
+            newest_first: true,
+            limit: 1,
             ..Default::default()
         };
-        Ok(self.kh.connected_accounts().list_all(filter).await?.pop())
+        Ok(self
+            .kh
+            .connected_accounts()
+            .list(&filter)
+            .await?
+            .items
+            .into_iter()
+            .next())
+    }
+
+    /// A request to the API of this entity's newest `ACTIVE` account of `app`, with its
+    /// credentials ([`Keyhaven::request`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(kh: keyhaven::Keyhaven) -> Result<(), keyhaven::Error> {
+    /// let repos = kh.entity("alice")?.request("github").await?.get("/user/repos").send().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// An invalid app slug, no `ACTIVE` account of the app for this entity (not found:
+    /// connect one first), or a store failure.
+    pub async fn request(&self, app: &str) -> Result<crate::ApiRequest, Error> {
+        let account = self.connection(app).await?.ok_or_else(|| Error::NotFound {
+            kind: "ACTIVE connected account of this app for this entity",
+            id: format!("{app} of {}", self.id),
+            hint: "connect the entity to the app first (initiate_connection)",
+        })?;
+        Ok(self.kh.request(account.id.as_str()))
     }
 }
 
