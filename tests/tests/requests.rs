@@ -543,3 +543,78 @@ async fn the_passthrough_refreshes_a_refused_token_and_retries_a_small_body() {
     assert_eq!(endpoint.refreshes().get("rt-0"), Some(&1));
     assert_eq!(api.me(), 2);
 }
+
+/// Two instances over one store, each recording to the store's audit table: each
+/// reads the other's uses.
+async fn instances_share_the_audit_trail(store_a: Arc<dyn Store>, store_b: Arc<dyn Store>) {
+    let api = Upstream::start().await;
+    let make = |store: Arc<dyn Store>| {
+        Keyhaven::builder()
+            .shared_store(store.clone())
+            .audit_log(AuditLog::to_store(store).unwrap())
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (make(store_a), make(store_b));
+    let id = connect(
+        &a,
+        "BEARER_TOKEN",
+        json!({"base_url": api.base()}),
+        json!({"token": "tok-shared"}),
+    )
+    .await;
+    a.request(&id).get("/echo?secret=1").send().await.unwrap();
+    b.request(&id).get("/fixed").send().await.unwrap();
+    a.audit().flush().await.unwrap();
+    b.audit().flush().await.unwrap();
+    for kh in [&a, &b] {
+        let entries = kh.audit().query(&id, &AuditQuery::default()).await.unwrap();
+        let paths: Vec<&str> = entries.iter().filter_map(|e| e.path.as_deref()).collect();
+        assert_eq!(
+            paths,
+            ["/api/echo", "/api/fixed"],
+            "both instances' requests"
+        );
+        assert!(entries.iter().all(|e| e.status == Some(200)));
+    }
+    let since = a
+        .audit()
+        .query(
+            &id,
+            &AuditQuery {
+                limit: Some(1),
+                ..AuditQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(since.len(), 1);
+    assert_eq!(
+        since[0].path.as_deref(),
+        Some("/api/fixed"),
+        "the newest one"
+    );
+}
+
+#[tokio::test]
+async fn the_audit_trail_in_a_shared_sqlite_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ring, b64) = keyhaven_tests::new_key();
+    let path = dir.path().join("kh.db");
+    let a: Arc<dyn Store> = Arc::new(keyhaven::SqliteStore::open(&path, ring).unwrap());
+    let ring = keyhaven::ring_from_base64(&b64, &[]).unwrap();
+    let b: Arc<dyn Store> = Arc::new(keyhaven::SqliteStore::open(&path, ring).unwrap());
+    instances_share_the_audit_trail(a, b).await;
+}
+
+#[tokio::test]
+async fn the_audit_trail_in_a_shared_postgresql_store() {
+    let Some(url) = keyhaven_store::conformance::fresh_postgres_database().await else {
+        return;
+    };
+    let (ring, b64) = keyhaven_tests::new_key();
+    let a: Arc<dyn Store> = Arc::new(keyhaven::PostgresStore::connect(&url, ring).await.unwrap());
+    let ring = keyhaven::ring_from_base64(&b64, &[]).unwrap();
+    let b: Arc<dyn Store> = Arc::new(keyhaven::PostgresStore::connect(&url, ring).await.unwrap());
+    instances_share_the_audit_trail(a, b).await;
+}

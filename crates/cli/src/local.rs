@@ -55,8 +55,15 @@ pub(crate) async fn open(args: &StoreArgs) -> Result<Keyhaven, CliError> {
     let audit_path = std::env::var_os("KEYHAVEN_AUDIT_LOG")
         .filter(|p| !p.is_empty())
         .map_or_else(|| args.dir().join("audit.log"), PathBuf::from);
-    let audit = keyhaven::AuditLog::to_file(&audit_path)
-        .map_err(|e| CliError::new(crate::Exit::Unavailable, e.to_string()))?;
+    // A server run with --audit-store (KEYHAVEN_AUDIT_STORE) keeps it in the store.
+    let in_store = std::env::var("KEYHAVEN_AUDIT_STORE")
+        .is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "yes"));
+    let audit = if in_store {
+        keyhaven::AuditLog::to_store(store.clone())
+    } else {
+        keyhaven::AuditLog::to_file(&audit_path)
+    }
+    .map_err(|e| CliError::new(crate::Exit::Unavailable, e.to_string()))?;
     let mut builder = Keyhaven::builder().shared_store(store).audit_log(audit);
     if let Some(url) = std::env::var("KEYHAVEN_PUBLIC_URL")
         .ok()

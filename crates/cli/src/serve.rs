@@ -21,7 +21,7 @@ pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:9210";
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServeArgs {
     /// A TOML file with the settings below (listen, data_dir, database_url,
-    /// public_url, redirect_allowlist, cors_origins, audit_log, webhook_attempts,
+    /// public_url, redirect_allowlist, cors_origins, audit_log, audit_store, webhook_attempts,
     /// proxy_max_response_bytes, header_timeout, body_timeout, idle_timeout,
     /// request_timeout, max_connections, rate_limit, rate_limit_burst, [[webhooks]]).
     #[arg(long, env = "KEYHAVEN_CONFIG")]
@@ -53,8 +53,12 @@ pub(crate) struct ServeArgs {
     credentials_key: Option<String>,
     /// Where credential reads are recorded, one JSON line each. Default:
     /// audit.log in the data directory.
-    #[arg(long, env = "KEYHAVEN_AUDIT_LOG")]
+    #[arg(long, env = "KEYHAVEN_AUDIT_LOG", conflicts_with = "audit_store")]
     audit_log: Option<PathBuf>,
+    /// Record uses of credentials in the store (its audit_log table) instead of a
+    /// file: one trail for every instance sharing a PostgreSQL database.
+    #[arg(long, env = "KEYHAVEN_AUDIT_STORE")]
+    audit_store: bool,
     /// A URL that receives status changes as signed webhooks.
     #[arg(long, env = "KEYHAVEN_WEBHOOK_URL")]
     webhook_url: Option<String>,
@@ -122,6 +126,7 @@ struct FileConfig {
     #[serde(default)]
     cors_origins: Vec<String>,
     audit_log: Option<PathBuf>,
+    audit_store: Option<bool>,
     webhook_attempts: Option<u32>,
     proxy_max_response_bytes: Option<u64>,
     header_timeout: Option<f64>,
@@ -344,8 +349,18 @@ pub(crate) async fn serve(
         .audit_log
         .or(file.audit_log)
         .unwrap_or_else(|| data_dir.join("audit.log"));
-    let audit =
-        keyhaven::AuditLog::to_file(&audit_path).map_err(|e| CliError::other(e.to_string()))?;
+    let in_store = args.audit_store || file.audit_store.unwrap_or(false);
+    let audit = if in_store {
+        keyhaven::AuditLog::to_store(store.clone())
+    } else {
+        keyhaven::AuditLog::to_file(&audit_path)
+    }
+    .map_err(|e| CliError::other(e.to_string()))?;
+    let audit_place = if in_store {
+        "the store's audit_log table".to_owned()
+    } else {
+        audit_path.display().to_string()
+    };
     let mut builder: KeyhavenBuilder = Keyhaven::builder()
         .shared_store(store)
         .audit_log(audit.clone())
@@ -402,7 +417,7 @@ pub(crate) async fn serve(
         "keyhaven listening on http://{local} (public URL {}, {description}, {} webhook(s), audit log {}, at most {} connections)",
         public_url.as_str().trim_end_matches('/'),
         config.webhooks.len(),
-        audit_path.display(),
+        audit_place,
         config.max_connections,
     ))?;
     let mut state = AppState::new(kh, admin_key);

@@ -32,7 +32,7 @@ pub use scheme::{
 };
 pub use secret::{Credentials, SecretFields};
 pub use spec::{FieldKind, FieldSpec, SchemeSpec, ValidatedFields, validate_fields};
-pub use store::{AccountLock, ChangeSink, Store, StoreChange};
+pub use store::{AccountLock, AuditLine, ChangeSink, Store, StoreChange};
 
 /// The attribute that implementations of [`AuthScheme`] and [`Store`] use, in the
 /// version the traits were declared with. The crates whose types appear in this

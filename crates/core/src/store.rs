@@ -126,6 +126,44 @@ pub trait Store: Send + Sync + 'static {
 
     /// How many accounts match `filter`, its cursor and limit aside.
     async fn count_accounts(&self, filter: &AccountFilter) -> Result<u64, StoreError>;
+
+    /// Appends audit lines (each a JSON object written by the facade's audit log), kept
+    /// by account and time, so that instances sharing the store share one audit trail.
+    /// A store that keeps none refuses (the default).
+    async fn append_audit(&self, lines: &[AuditLine]) -> Result<(), StoreError> {
+        let _ = lines;
+        Err(no_audit())
+    }
+
+    /// The audit lines of `account` at or after `since` and before `until`: the newest
+    /// `limit` of them, oldest first.
+    async fn audit_lines(
+        &self,
+        account: &str,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let _ = (account, since, until, limit);
+        Err(no_audit())
+    }
+}
+
+/// One line of the audit trail, as a store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditLine {
+    /// When the use was.
+    pub at: DateTime<Utc>,
+    /// The account used (as given, when it was not found).
+    pub account: String,
+    /// The whole entry, a JSON object. Never a secret.
+    pub line: String,
+}
+
+fn no_audit() -> StoreError {
+    StoreError::Unavailable(
+        "this store keeps no audit trail; record to an audit file instead".to_owned(),
+    )
 }
 
 /// A held refresh lock (see [`Store::lock_account`]).

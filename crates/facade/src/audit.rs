@@ -214,10 +214,55 @@ const LINGER: Duration = Duration::from_millis(2);
 /// Queued lines that make the writer write at once.
 const BATCH_BYTES: usize = 256 * 1024;
 
+/// Where the writer puts a batch of lines.
+trait Destination: Send {
+    /// Writes `batch` (whole lines), or says why not.
+    fn put(&mut self, batch: &str) -> Result<(), String>;
+}
+
+/// A file, a pipe, a test's writer: the batch in one write, then a flush.
+struct ToWriter(Box<dyn Write + Send>);
+
+impl Destination for ToWriter {
+    fn put(&mut self, batch: &str) -> Result<(), String> {
+        self.0
+            .write_all(batch.as_bytes())
+            .and_then(|()| self.0.flush())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The store's audit table: the batch in one insert, run on the runtime the log was
+/// made on.
+struct ToStore {
+    store: Arc<dyn crate::Store>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Destination for ToStore {
+    fn put(&mut self, batch: &str) -> Result<(), String> {
+        let lines: Vec<crate::AuditLine> = batch
+            .lines()
+            .filter_map(|line| {
+                let entry: AuditEntry = serde_json::from_str(line).ok()?;
+                Some(crate::AuditLine {
+                    at: entry.at,
+                    account: entry.connected_account_id,
+                    line: line.to_owned(),
+                })
+            })
+            .collect();
+        self.runtime
+            .block_on(self.store.append_audit(&lines))
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// Where lines go: a writer thread, and the queue it takes them from.
 struct Sink {
     name: String,
-    path: Option<PathBuf>,
+    /// Where they are read back from.
+    source: Source,
     queue: Arc<(Mutex<Queue>, Condvar)>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Set while the last write failed, cleared by the next that succeeds.
@@ -267,18 +312,40 @@ impl AuditLog {
         let file = crate::files::open_append_private(path).map_err(|e| failed(e.to_string()))?;
         Ok(Self::start(
             path.display().to_string(),
-            Some(path.to_owned()),
-            Box::new(file),
+            Source::File(path.to_owned()),
+            Box::new(ToWriter(Box::new(file))),
+        ))
+    }
+
+    /// Records to the log and to `store`'s audit table, so that every instance
+    /// sharing the store (PostgreSQL) keeps and reads one trail. Lines are inserted
+    /// in batches, as they are written to a file.
+    ///
+    /// # Errors
+    /// Not called within a Tokio runtime (the inserts run on it).
+    pub fn to_store(store: Arc<dyn crate::Store>) -> Result<Self, AuditError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| AuditError::Write {
+            to: "the store's audit table".to_owned(),
+            reason: format!("no async runtime to write with: {e}"),
+        })?;
+        Ok(Self::start(
+            "the store's audit table".to_owned(),
+            Source::Store(store.clone()),
+            Box::new(ToStore { store, runtime }),
         ))
     }
 
     /// Records to the log and to `writer`, named `name` in messages: a pipe, a
     /// socket, or a test's writer. Such a log cannot be queried.
     pub fn to_writer(name: &str, writer: impl Write + Send + 'static) -> Self {
-        Self::start(name.to_owned(), None, Box::new(writer))
+        Self::start(
+            name.to_owned(),
+            Source::None,
+            Box::new(ToWriter(Box::new(writer))),
+        )
     }
 
-    fn start(name: String, path: Option<PathBuf>, writer: Box<dyn Write + Send>) -> Self {
+    fn start(name: String, source: Source, writer: Box<dyn Destination>) -> Self {
         let queue = Arc::new((Mutex::new(Queue::default()), Condvar::new()));
         let failing = Arc::new(AtomicBool::new(false));
         let (thread_queue, thread_failing, thread_name) =
@@ -294,7 +361,7 @@ impl AuditLog {
         Self {
             sink: Some(Arc::new(Sink {
                 name,
-                path,
+                source,
                 queue,
                 thread: Mutex::new(thread),
                 failing,
@@ -304,7 +371,10 @@ impl AuditLog {
 
     /// The file records go to, if any.
     pub fn path(&self) -> Option<&Path> {
-        self.sink.as_ref().and_then(|s| s.path.as_deref())
+        match self.sink.as_ref().map(|s| &s.source) {
+            Some(Source::File(path)) => Some(path),
+            _ => None,
+        }
     }
 
     /// Whether entries are kept (a file or a writer), not only logged.
@@ -474,21 +544,43 @@ impl AuditLog {
             .sink
             .as_ref()
             .ok_or_else(|| AuditError::NotReadable("(log only)".to_owned()))?;
-        let path = sink
-            .path
-            .clone()
-            .ok_or_else(|| AuditError::NotReadable(sink.name.clone()))?;
         // Lines queued before the query are part of its answer.
         let _ = self.flush().await;
-        let account = account.to_owned();
-        let query = query.clone();
-        tokio::task::spawn_blocking(move || read_entries(&path, &account, &query))
-            .await
-            .map_err(|e| AuditError::Read {
-                from: sink.name.clone(),
-                reason: e.to_string(),
-            })?
+        let limit = query.limit.unwrap_or(AUDIT_QUERY_MAX).min(AUDIT_QUERY_MAX);
+        let failed = |reason: String| AuditError::Read {
+            from: sink.name.clone(),
+            reason,
+        };
+        match &sink.source {
+            Source::None => Err(AuditError::NotReadable(sink.name.clone())),
+            Source::File(path) => {
+                let (path, account, query) = (path.clone(), account.to_owned(), query.clone());
+                tokio::task::spawn_blocking(move || read_entries(&path, &account, &query))
+                    .await
+                    .map_err(|e| failed(e.to_string()))?
+            }
+            Source::Store(store) => {
+                let lines = store
+                    .audit_lines(account, query.since, query.until, limit)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+                Ok(lines
+                    .iter()
+                    .filter_map(|line| serde_json::from_str(line).ok())
+                    .collect())
+            }
+        }
     }
+}
+
+/// Where a log is read back from.
+enum Source {
+    /// Nowhere (a pipe, a test's writer).
+    None,
+    /// The file it appends to.
+    File(PathBuf),
+    /// The store's audit table.
+    Store(Arc<dyn crate::Store>),
 }
 
 impl Sink {
@@ -557,7 +649,7 @@ fn read_entries(
 /// within [`LINGER`] for the rest), answers who waits, stops once closed and empty.
 fn write_loop(
     name: &str,
-    mut writer: Box<dyn Write + Send>,
+    mut writer: Box<dyn Destination>,
     shared: &(Mutex<Queue>, Condvar),
     failing: &AtomicBool,
 ) {
@@ -584,10 +676,7 @@ fn write_loop(
         let result = if batch.is_empty() {
             Ok(())
         } else {
-            writer
-                .write_all(batch.as_bytes())
-                .and_then(|()| writer.flush())
-                .map_err(|e| e.to_string())
+            writer.put(&batch)
         };
         match &result {
             Ok(()) => failing.store(false, Ordering::Release),

@@ -56,12 +56,12 @@ pub use keyhaven_catalog::{
     AppEntry, CONNECTION_PARAMS, Catalog, CatalogError, fill_template, template_names,
 };
 pub use keyhaven_core::{
-    AccountContext, AccountEvent, AccountFilter, AppSlug, AuthScheme, Clock, ConnectedAccount,
-    ConnectedAccountId, ConnectionRequest, ConnectionRequestOutput, ConnectionStatus, Credentials,
-    CredentialsUpdate, EntityId, Error, ErrorKind, EventKind, FieldKind, FieldSpec,
-    InitiateContext, Initiated, Integration, IntegrationId, LABELS_MAX_COUNT, Label, ManualClock,
-    OutgoingRequest, Page, SchemeError, SchemeSpec, SecretFields, Store, StoreError, SystemClock,
-    ValidatedFields,
+    AccountContext, AccountEvent, AccountFilter, AppSlug, AuditLine, AuthScheme, Clock,
+    ConnectedAccount, ConnectedAccountId, ConnectionRequest, ConnectionRequestOutput,
+    ConnectionStatus, Credentials, CredentialsUpdate, EntityId, Error, ErrorKind, EventKind,
+    FieldKind, FieldSpec, InitiateContext, Initiated, Integration, IntegrationId, LABELS_MAX_COUNT,
+    Label, ManualClock, OutgoingRequest, Page, SchemeError, SchemeSpec, SecretFields, Store,
+    StoreError, SystemClock, ValidatedFields,
 };
 #[cfg(feature = "postgres")]
 pub use keyhaven_store::PostgresStore;

@@ -26,6 +26,53 @@ pub async fn run(store: Arc<dyn Store>) {
     list_filters_and_pages(&*store).await;
     pending_states_are_single_use(store.clone()).await;
     account_locks_exclude_each_other(store.clone()).await;
+    audit_lines_are_kept_by_account_and_time(&*store).await;
+}
+
+async fn audit_lines_are_kept_by_account_and_time(store: &dyn Store) {
+    let t0 = Utc::now();
+    let at = |s: i64| t0 + chrono::Duration::seconds(s);
+    let account = format!("ca_audit_{}", t0.timestamp_micros());
+    let lines: Vec<keyhaven_core::AuditLine> = (0..10)
+        .map(|i| keyhaven_core::AuditLine {
+            at: at(i),
+            account: if i % 2 == 0 {
+                account.clone()
+            } else {
+                format!("{account}_other")
+            },
+            line: format!("{{\"n\":{i}}}"),
+        })
+        .collect();
+    store.append_audit(&lines[..4]).await.unwrap();
+    store.append_audit(&lines[4..]).await.unwrap();
+    let all = store.audit_lines(&account, None, None, 100).await.unwrap();
+    assert_eq!(
+        all,
+        [
+            "{\"n\":0}",
+            "{\"n\":2}",
+            "{\"n\":4}",
+            "{\"n\":6}",
+            "{\"n\":8}"
+        ]
+    );
+    let some = store
+        .audit_lines(&account, Some(at(2)), Some(at(8)), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        some,
+        ["{\"n\":4}", "{\"n\":6}"],
+        "the newest 2 of [2, 8), oldest first"
+    );
+    assert!(
+        store
+            .audit_lines("ca_none", None, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn account_locks_exclude_each_other(store: Arc<dyn Store>) {

@@ -16,6 +16,7 @@ struct State {
     integrations: BTreeMap<IntegrationId, Integration>,
     accounts: BTreeMap<ConnectedAccountId, (ConnectedAccount, Option<Credentials>)>,
     pending: HashMap<String, PendingState>,
+    audit: Vec<keyhaven_core::AuditLine>,
 }
 
 /// A [`Store`] in memory, safe under concurrent use. Keeps nothing once dropped.
@@ -131,6 +132,32 @@ impl Store for MemoryStore {
         stored.auth_scheme = scheme;
         stored.created_at = created_at;
         Ok(true)
+    }
+
+    async fn append_audit(&self, lines: &[keyhaven_core::AuditLine]) -> Result<(), StoreError> {
+        self.state.write().audit.extend_from_slice(lines);
+        Ok(())
+    }
+
+    async fn audit_lines(
+        &self,
+        account: &str,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let state = self.state.read();
+        let found: Vec<&keyhaven_core::AuditLine> = state
+            .audit
+            .iter()
+            .filter(|l| {
+                l.account == account
+                    && since.is_none_or(|t| l.at >= t)
+                    && until.is_none_or(|t| l.at < t)
+            })
+            .collect();
+        let skip = found.len().saturating_sub(limit);
+        Ok(found[skip..].iter().map(|l| l.line.clone()).collect())
     }
 
     async fn delete_integration(&self, id: &IntegrationId) -> Result<bool, StoreError> {

@@ -38,6 +38,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         3,
         include_str!("../migrations/postgres/0003_integration_disabled.sql"),
     ),
+    (4, include_str!("../migrations/postgres/0004_audit_log.sql")),
 ];
 /// The NOTIFY channel of account changes.
 const CHANNEL: &str = "keyhaven_account_changes";
@@ -564,6 +565,43 @@ impl Store for PostgresStore {
         .await
         .map_err(map_err)?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn append_audit(&self, lines: &[keyhaven_core::AuditLine]) -> Result<(), StoreError> {
+        let at: Vec<i64> = lines.iter().map(|l| micros(l.at)).collect();
+        let accounts: Vec<&str> = lines.iter().map(|l| l.account.as_str()).collect();
+        let text: Vec<&str> = lines.iter().map(|l| l.line.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO audit_log (at, account_id, line) SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[])",
+        )
+        .bind(at)
+        .bind(accounts)
+        .bind(text)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn audit_lines(
+        &self,
+        account: &str,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut lines: Vec<String> = sqlx::query_scalar(
+            "SELECT line FROM audit_log WHERE account_id = $1 AND at >= $2 AND at < $3 ORDER BY at DESC, seq DESC LIMIT $4",
+        )
+        .bind(account)
+        .bind(since.map_or(i64::MIN, micros))
+        .bind(until.map_or(i64::MAX, micros))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        lines.reverse();
+        Ok(lines)
     }
 
     async fn delete_integration(&self, id: &IntegrationId) -> Result<bool, StoreError> {

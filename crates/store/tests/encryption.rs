@@ -191,7 +191,7 @@ async fn sqlite_migrations_run_from_empty_and_again_without_change() {
     let n: i64 = c
         .query_row("SELECT COUNT(*) FROM keyhaven_migrations", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(n, 3, "every migration (three), once each");
+    assert_eq!(n, 4, "every migration (four), once each");
 }
 
 async fn rotation_under_traffic(
@@ -399,7 +399,7 @@ async fn postgres_tables_hold_no_secret_and_rotation_loses_nothing() {
         .fetch_one(store.pool())
         .await
         .unwrap();
-    assert_eq!(n, 3, "every migration (three), once each");
+    assert_eq!(n, 4, "every migration (four), once each");
 
     // Rotation under concurrent reads and writes.
     let new = MasterKey::generate().unwrap();

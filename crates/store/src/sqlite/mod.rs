@@ -664,6 +664,60 @@ impl Store for SqliteStore {
         Self::watch(Arc::downgrade(&self.inner), self.inner.path.clone(), sink);
     }
 
+    async fn append_audit(&self, lines: &[keyhaven_core::AuditLine]) -> Result<(), StoreError> {
+        let rows: Vec<(i64, String, String)> = lines
+            .iter()
+            .map(|l| (micros(l.at), l.account.clone(), l.line.clone()))
+            .collect();
+        self.write(move |conn, _| {
+            let tx = conn.transaction().map_err(map_err)?;
+            {
+                let mut st = tx
+                    .prepare_cached(
+                        "INSERT INTO audit_log (at, account_id, line) VALUES (?1, ?2, ?3)",
+                    )
+                    .map_err(map_err)?;
+                for (at, account, line) in &rows {
+                    st.execute(rusqlite::params![at, account, line])
+                        .map_err(map_err)?;
+                }
+            }
+            tx.commit().map_err(map_err)
+        })
+        .await
+    }
+
+    async fn audit_lines(
+        &self,
+        account: &str,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut lines: Vec<String> = self.read(|c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT line FROM audit_log WHERE account_id = ?1 AND at >= ?2 AND at < ?3 ORDER BY at DESC, seq DESC LIMIT ?4",
+                )
+                .map_err(map_err)?;
+            st.query_map(
+                rusqlite::params![
+                    account,
+                    since.map_or(i64::MIN, micros),
+                    until.map_or(i64::MAX, micros),
+                    limit
+                ],
+                |r| r.get(0),
+            )
+            .map_err(map_err)?
+            .collect::<rusqlite::Result<Vec<String>>>()
+            .map_err(map_err)
+        })?;
+        lines.reverse();
+        Ok(lines)
+    }
+
     async fn count_accounts(&self, filter: &AccountFilter) -> Result<u64, StoreError> {
         let (sql, args) = count_query(filter, &|n| format!("?{n}"));
         let n: i64 = self.read(|c| {

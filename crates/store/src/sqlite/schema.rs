@@ -22,6 +22,10 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
         3,
         include_str!("../../migrations/sqlite/0003_integration_disabled.sql"),
     ),
+    (
+        4,
+        include_str!("../../migrations/sqlite/0004_audit_log.sql"),
+    ),
 ];
 
 /// Opens a connection with keyhaven's settings (WAL, busy timeout, foreign keys).
