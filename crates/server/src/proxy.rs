@@ -343,6 +343,10 @@ impl From<ProxyError> for ApiError {
 /// stream through, and a 401 to them is answered as it is.
 const REPLAYABLE_BODY_BYTES: usize = 1024 * 1024;
 
+/// Answers of known length up to this size are read whole before they are passed on
+/// (one write with the headers); larger ones stream.
+const SMALL_ANSWER_BYTES: u64 = 64 * 1024;
+
 /// The header set on every answer of the passthrough route that comes from the API,
 /// so that a client tells them from keyhaven's own errors (which lack it).
 pub const UPSTREAM_HEADER: &str = "x-keyhaven-upstream";
@@ -435,7 +439,24 @@ async fn passthrough_inner(
         }
         headers.insert(UPSTREAM_HEADER, axum::http::HeaderValue::from_static("1"));
     }
+    // A small answer of known length is read whole and sent in one write with its
+    // headers; anything else streams.
+    let body = match answer.content_length() {
+        Some(n) if n <= SMALL_ANSWER_BYTES => {
+            let shown = keyhaven::request::rules::shown(answer.url());
+            let bytes = answer.bytes().await.map_err(|e| {
+                Error::Scheme(keyhaven::SchemeError::Unavailable {
+                    message: format!(
+                        "the answer of the API at {shown} was cut: {}",
+                        keyhaven::request::http_error_reason(e)
+                    ),
+                })
+            })?;
+            axum::body::Body::from(bytes)
+        }
+        _ => axum::body::Body::from_stream(answer.bytes_stream()),
+    };
     response
-        .body(axum::body::Body::from_stream(answer.bytes_stream()))
+        .body(body)
         .map_err(|e| Error::Internal(format!("cannot pass the API's answer on: {e}")))
 }
