@@ -53,6 +53,17 @@ async fn connect(kh: &Keyhaven, scheme: &str, config: Value, params: Value) -> S
     out.connected_account_id.to_string()
 }
 
+/// An `ACTIVE` `BEARER_TOKEN` account with `token`, whose API is `api`.
+async fn bearer(kh: &Keyhaven, api: &Upstream, token: &str) -> String {
+    connect(
+        kh,
+        "BEARER_TOKEN",
+        json!({"base_url": api.base()}),
+        json!({"token": token}),
+    )
+    .await
+}
+
 /// OAuth accounts whose tokens the API refuses (revoked) though they expire in an
 /// hour, with the storm endpoint as their token endpoint and `upstream` as their API.
 async fn revoked_accounts(
@@ -152,13 +163,7 @@ async fn each_scheme_puts_its_credentials_where_the_api_expects_them() {
         }
     }
     // A JSON body goes as JSON; bytes as they are.
-    let id = connect(
-        &kh,
-        "BEARER_TOKEN",
-        json!({"base_url": api.base()}),
-        json!({"token": "tok-2"}),
-    )
-    .await;
+    let id = bearer(&kh, &api, "tok-2").await;
     let seen: Value = kh
         .request(&id)
         .post("/echo")
@@ -312,13 +317,7 @@ async fn requests_never_leave_the_accounts_api_and_redirects_are_not_followed() 
     let dir = tempfile::tempdir().unwrap();
     let (kh, _) = keyhaven(&dir);
     let api = Upstream::start().await;
-    let id = connect(
-        &kh,
-        "BEARER_TOKEN",
-        json!({"base_url": api.base()}),
-        json!({"token": "tok-ssrf"}),
-    )
-    .await;
+    let id = bearer(&kh, &api, "tok-ssrf").await;
     for path in escapes(&api) {
         let err = kh.request(&id).get(path.clone()).send().await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidInput, "{path}: {err}");
@@ -379,13 +378,7 @@ async fn the_server_routes_pass_requests_on_and_keep_every_rule() {
     let dir = tempfile::tempdir().unwrap();
     let (kh, store) = keyhaven(&dir);
     let api = Upstream::start().await;
-    let id = connect(
-        &kh,
-        "BEARER_TOKEN",
-        json!({"base_url": api.base()}),
-        json!({"token": "tok-server"}),
-    )
-    .await;
+    let id = bearer(&kh, &api, "tok-server").await;
     let (base, _stop) = serve(kh.clone()).await;
     let http = http();
 
@@ -556,13 +549,7 @@ async fn instances_share_the_audit_trail(store_a: Arc<dyn Store>, store_b: Arc<d
             .unwrap()
     };
     let (a, b) = (make(store_a), make(store_b));
-    let id = connect(
-        &a,
-        "BEARER_TOKEN",
-        json!({"base_url": api.base()}),
-        json!({"token": "tok-shared"}),
-    )
-    .await;
+    let id = bearer(&a, &api, "tok-shared").await;
     a.request(&id).get("/echo?secret=1").send().await.unwrap();
     b.request(&id).get("/fixed").send().await.unwrap();
     a.audit().flush().await.unwrap();

@@ -13,26 +13,86 @@ pub fn default_client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
+/// How long one call may take on the keyhaven's shared client (which has no overall
+/// timeout, so that request bodies can stream).
+const SHARED_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A scheme's HTTP client: one it was given (used as it is: its timeouts, its proxy),
+/// or none of its own, in which case the keyhaven's shared client from the context is
+/// used (with a 30 s deadline per call), else [`default_client`].
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SchemeHttp {
+    given: Option<reqwest::Client>,
+}
+
+impl SchemeHttp {
+    /// A client given by the scheme's user.
+    pub(crate) fn given(client: reqwest::Client) -> Self {
+        Self {
+            given: Some(client),
+        }
+    }
+
+    /// The client for one call, `shared` being the context's.
+    pub(crate) fn pick(&self, shared: Option<&reqwest::Client>) -> Picked {
+        match (&self.given, shared) {
+            (Some(own), _) => Picked {
+                client: own.clone(),
+                deadline: None,
+            },
+            (None, Some(shared)) => Picked {
+                client: shared.clone(),
+                deadline: Some(SHARED_CALL_TIMEOUT),
+            },
+            (None, None) => Picked {
+                client: default_client(),
+                deadline: None,
+            },
+        }
+    }
+}
+
+/// The client picked for a call, and the deadline to give each request on it.
+#[derive(Debug, Clone)]
+pub(crate) struct Picked {
+    client: reqwest::Client,
+    deadline: Option<std::time::Duration>,
+}
+
+impl Picked {
+    fn timed(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self.deadline {
+            Some(d) => request.timeout(d),
+            None => request,
+        }
+    }
+
+    /// `POST url`.
+    pub(crate) fn post(&self, url: url::Url) -> reqwest::RequestBuilder {
+        self.timed(self.client.post(url))
+    }
+
+    /// `GET url`.
+    pub(crate) fn get(&self, url: url::Url) -> reqwest::RequestBuilder {
+        self.timed(self.client.get(url))
+    }
+}
+
 /// Sends `request`; returns the status and body. Transport failures, 5xx and 429
 /// are [`SchemeError::Unavailable`].
 pub(crate) async fn send(
     request: reqwest::RequestBuilder,
     what: &str,
 ) -> Result<(u16, Vec<u8>), SchemeError> {
-    // Each call has its own deadline, which holds on a shared client too.
-    let response = request
-        .timeout(std::time::Duration::from_secs(30))
-        .send()
-        .await
-        .map_err(|e| SchemeError::Unavailable {
-            message: if e.is_timeout() {
-                format!("{what}: timed out")
-            } else if e.is_connect() {
-                format!("{what}: connection failed")
-            } else {
-                format!("{what}: {}", e.without_url())
-            },
-        })?;
+    let response = request.send().await.map_err(|e| SchemeError::Unavailable {
+        message: if e.is_timeout() {
+            format!("{what}: timed out")
+        } else if e.is_connect() {
+            format!("{what}: connection failed")
+        } else {
+            format!("{what}: {}", e.without_url())
+        },
+    })?;
     let status = response.status().as_u16();
     if status >= 500 || status == 429 {
         return Err(SchemeError::Unavailable {

@@ -23,12 +23,18 @@ pub use crate::jwt::{JwtTimes, Verifier, inspect, verify};
 pub use crate::login::BasicWithJwt;
 pub use crate::service::{GoogleServiceAccount, JWT_BEARER, ServiceAccount};
 
-/// Every scheme of this crate, sharing one default HTTP client.
+/// Every scheme of this crate, calling providers with the keyhaven's shared HTTP
+/// client (given in their contexts; [`default_client`] when called without one).
 pub fn all() -> Vec<Arc<dyn AuthScheme>> {
-    all_with(default_client())
+    vec![
+        Arc::new(BasicWithJwt::default()),
+        Arc::new(ServiceAccount::default()),
+        Arc::new(GoogleServiceAccount::default()),
+    ]
 }
 
-/// Every scheme of this crate, sharing `http` (turn its redirects off).
+/// Every scheme of this crate, calling providers with `http` (turn its redirects
+/// off) rather than the keyhaven's shared client.
 pub fn all_with(http: reqwest::Client) -> Vec<Arc<dyn AuthScheme>> {
     vec![
         Arc::new(BasicWithJwt::new(http.clone())),

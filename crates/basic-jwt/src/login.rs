@@ -9,7 +9,7 @@ use keyhaven_core::{
 use serde_json::Value;
 use url::Url;
 
-use crate::http::{provider_message, send};
+use crate::http::{SchemeHttp, provider_message, send};
 use crate::jwt::{Verifier, inspect, pem_key, verify};
 
 /// Where the token is looked for in the login answer when `token_field` is not set.
@@ -27,13 +27,15 @@ const TOKEN_FIELDS: [&str; 8] = [
 /// `BASIC_WITH_JWT`: log in with a username and password, use the JWT the server answers.
 #[derive(Debug, Clone, Default)]
 pub struct BasicWithJwt {
-    http: reqwest::Client,
+    http: SchemeHttp,
 }
 
 impl BasicWithJwt {
     /// The scheme, calling login endpoints through `http` (turn its redirects off).
     pub fn new(http: reqwest::Client) -> Self {
-        Self { http }
+        Self {
+            http: SchemeHttp::given(http),
+        }
     }
 
     fn verifier(&self, integration: &Integration) -> Result<VerifierSource, SchemeError> {
@@ -81,7 +83,7 @@ impl BasicWithJwt {
         let pass_field = integration
             .config_str("password_field")
             .unwrap_or("password");
-        let http = http.unwrap_or(&self.http);
+        let http = self.http.pick(http);
         let request = http.post(url).header("accept", "application/json");
         let request = match integration.config_str("login_style").unwrap_or("json") {
             "basic" => request.basic_auth(username, Some(password)),

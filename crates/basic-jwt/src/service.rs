@@ -11,7 +11,7 @@ use keyhaven_core::{
 use serde_json::Value;
 use url::Url;
 
-use crate::http::{provider_message, send};
+use crate::http::{Picked, SchemeHttp, provider_message, send};
 
 /// The grant type of RFC 7523, section 2.1.
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -69,7 +69,7 @@ impl Signer<'_> {
     /// Signs an assertion and exchanges it.
     async fn exchange(
         &self,
-        http: &reqwest::Client,
+        http: &Picked,
         now: DateTime<Utc>,
         field: &str,
     ) -> Result<(String, Option<i64>), SchemeError> {
@@ -160,13 +160,15 @@ fn scope(integration: &Integration) -> Option<String> {
 /// `SERVICE_ACCOUNT`: the JWT bearer grant with a private key given per connection.
 #[derive(Debug, Clone, Default)]
 pub struct ServiceAccount {
-    http: reqwest::Client,
+    http: SchemeHttp,
 }
 
 impl ServiceAccount {
     /// The scheme, calling token endpoints through `http`.
     pub fn new(http: reqwest::Client) -> Self {
-        Self { http }
+        Self {
+            http: SchemeHttp::given(http),
+        }
     }
 
     fn signer<'a>(
@@ -238,7 +240,7 @@ impl AuthScheme for ServiceAccount {
         )?;
         let (token, expires_in) = signer
             .exchange(
-                cx.http.unwrap_or(&self.http),
+                &self.http.pick(cx.http),
                 cx.now,
                 "connected_account_params.private_key",
             )
@@ -257,7 +259,7 @@ impl AuthScheme for ServiceAccount {
         keep.remove("access_token");
         let signer = Self::signer(cx.integration, &keep, None)?;
         let (token, expires_in) = signer
-            .exchange(cx.http.unwrap_or(&self.http), cx.now, "private_key")
+            .exchange(&self.http.pick(cx.http), cx.now, "private_key")
             .await?;
         Ok(Some(credentials(token, expires_in, keep.clone(), cx.now)))
     }
@@ -276,13 +278,15 @@ impl AuthScheme for ServiceAccount {
 /// the assertion's scope claim, as Google wants.
 #[derive(Debug, Clone, Default)]
 pub struct GoogleServiceAccount {
-    http: reqwest::Client,
+    http: SchemeHttp,
 }
 
 impl GoogleServiceAccount {
     /// The scheme, calling token endpoints through `http`.
     pub fn new(http: reqwest::Client) -> Self {
-        Self { http }
+        Self {
+            http: SchemeHttp::given(http),
+        }
     }
 }
 
@@ -354,7 +358,7 @@ impl GoogleServiceAccount {
         };
         signer
             .exchange(
-                http.unwrap_or(&self.http),
+                &self.http.pick(http),
                 now,
                 "connected_account_params.credentials_json",
             )

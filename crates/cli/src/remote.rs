@@ -43,6 +43,18 @@ impl Remote {
         })
     }
 
+    /// The error of a request that did not reach the server.
+    fn unreachable(&self, e: reqwest::Error) -> CliError {
+        CliError::new(
+            Exit::Unavailable,
+            format!(
+                "cannot reach the keyhaven server at {}: {}",
+                self.base,
+                keyhaven::request::http_error_reason(e)
+            ),
+        )
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base.as_str().trim_end_matches('/'))
     }
@@ -77,16 +89,7 @@ impl Remote {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.map_err(|e| {
-            CliError::new(
-                Exit::Unavailable,
-                format!(
-                    "cannot reach the keyhaven server at {}: {}",
-                    self.base,
-                    keyhaven::request::http_error_reason(e)
-                ),
-            )
-        })?;
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
         let status = response.status().as_u16();
         let text = response.text().await.map_err(|e| {
             CliError::new(
@@ -120,7 +123,8 @@ impl Remote {
                 Exit::Invalid,
                 format!(
                     "{:?} is not a path under the account's API: with --server give a path starting with /, such as /user",
-                    request.path
+                    // Never its query, which may carry a secret.
+                    request.path.split(['?', '#']).next().unwrap_or_default()
                 ),
             ));
         }
@@ -135,16 +139,7 @@ impl Remote {
         if let Some(body) = request.body {
             outgoing = outgoing.body(body);
         }
-        let response = outgoing.send().await.map_err(|e| {
-            CliError::new(
-                Exit::Unavailable,
-                format!(
-                    "cannot reach the keyhaven server at {}: {}",
-                    self.base,
-                    keyhaven::request::http_error_reason(e)
-                ),
-            )
-        })?;
+        let response = outgoing.send().await.map_err(|e| self.unreachable(e))?;
         if response
             .headers()
             .contains_key(keyhaven_server::proxy::UPSTREAM_HEADER)

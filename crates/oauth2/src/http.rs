@@ -35,6 +35,11 @@ pub enum HttpError {
 #[derive(Debug, Clone)]
 pub struct ProviderHttp {
     client: reqwest::Client,
+    /// Given by the scheme's user: used as it is, never replaced by the shared one.
+    given: bool,
+    /// The deadline of each call (set on the keyhaven's shared client, which has no
+    /// overall timeout).
+    deadline: Option<Duration>,
 }
 
 impl ProviderHttp {
@@ -48,18 +53,40 @@ impl ProviderHttp {
             .build();
         Self {
             client: built.unwrap_or_default(),
+            given: false,
+            deadline: None,
         }
     }
 
-    /// The client to use for one call: `shared` (the keyhaven's, from the scheme's
-    /// context) when given, else this one.
+    /// The client to use for one call: this one when it was given
+    /// ([`ProviderHttp::with_client`]), else `shared` (the keyhaven's, from the
+    /// scheme's context) with a 30 s deadline per call, else this default one.
     pub fn or_shared(&self, shared: Option<&reqwest::Client>) -> Self {
-        shared.map_or_else(|| self.clone(), |c| Self::with_client(c.clone()))
+        match shared {
+            Some(c) if !self.given => Self {
+                client: c.clone(),
+                given: false,
+                deadline: Some(CALL_TIMEOUT),
+            },
+            _ => self.clone(),
+        }
+    }
+
+    /// `request` with this client's per-call deadline, if it has one.
+    pub(crate) fn timed(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self.deadline {
+            Some(d) => request.timeout(d),
+            None => request,
+        }
     }
 
     /// Uses a client of your own (proxy, timeouts, TLS roots). Turn redirects off on it.
     pub fn with_client(client: reqwest::Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            given: true,
+            deadline: None,
+        }
     }
 
     /// The reqwest client, for other calls to the provider.
@@ -74,8 +101,8 @@ impl Default for ProviderHttp {
     }
 }
 
-/// How long one call to a provider may take, answer included (set on each request,
-/// so that it holds on a shared client too).
+/// How long one call to a provider may take on the keyhaven's shared client, answer
+/// included (the scheme's own default client has the same overall timeout).
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The most a provider's answer may hold: a token answer is a few KiB; a provider
@@ -161,9 +188,7 @@ impl<'c> AsyncHttpClient<'c> for ProviderHttp {
                 },
             };
             let response = self
-                .client
-                .request(parts.method, parts.uri.to_string())
-                .timeout(CALL_TIMEOUT)
+                .timed(self.client.request(parts.method, parts.uri.to_string()))
                 .headers(parts.headers)
                 .body(body)
                 .send()

@@ -122,7 +122,7 @@ async fn revoke_tokens(http: &ProviderHttp, cx: AccountContext<'_>) -> Result<()
     for (hint, token) in tokens {
         let Some(token) = token else { continue };
         let mut form = vec![("token", token), ("token_type_hint", hint)];
-        let mut request = http.client().post(url.clone()).timeout(http::CALL_TIMEOUT);
+        let mut request = http.timed(http.client().post(url.clone()));
         match (cfg.auth, cfg.client_secret) {
             (config::TokenAuth::Basic, Some(secret)) => {
                 // RFC 6749 2.3.1: both are form-encoded before Basic encoding.
