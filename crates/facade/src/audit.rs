@@ -522,7 +522,10 @@ impl AuditLog {
             })
     }
 
-    /// Stops the writer after it has written every queued line. Later records fail.
+    /// Stops the writer after it has written every queued line, and waits for it.
+    /// Later records fail. With [`AuditLog::to_store`], the last inserts run on the
+    /// async runtime: call it from a multi-threaded runtime (or outside one), not from
+    /// the only thread of a current-thread runtime.
     pub fn close(&self) {
         if let Some(sink) = &self.sink {
             sink.close();
@@ -597,7 +600,17 @@ impl Sink {
 
 impl Drop for Sink {
     fn drop(&mut self) {
-        self.close();
+        if matches!(self.source, Source::Store(_)) {
+            // Its writes run on the async runtime, which may be the very thread
+            // dropping this (a current-thread runtime): waiting here could wait
+            // forever. The writer still writes what is queued and stops; call
+            // `AuditLog::close` (from outside the runtime's only thread) to wait.
+            let (queue, wake) = &*self.queue;
+            queue.lock().closed = true;
+            wake.notify_one();
+        } else {
+            self.close();
+        }
     }
 }
 
