@@ -458,12 +458,10 @@ impl AuditLog {
         let result = rx
             .await
             .unwrap_or_else(|_| Err("the audit writer has stopped".to_owned()));
-        result.map_err(|reason| {
-            tracing::error!(to = %sink.name, %reason, outcome = entry.outcome, "cannot write the audit log");
-            AuditError::Write {
-                to: sink.name.clone(),
-                reason,
-            }
+        // The writer has logged the failure.
+        result.map_err(|reason| AuditError::Write {
+            to: sink.name.clone(),
+            reason,
         })
     }
 
@@ -558,7 +556,7 @@ impl AuditLog {
             Source::None => Err(AuditError::NotReadable(sink.name.clone())),
             Source::File(path) => {
                 let (path, account, query) = (path.clone(), account.to_owned(), query.clone());
-                tokio::task::spawn_blocking(move || read_entries(&path, &account, &query))
+                tokio::task::spawn_blocking(move || read_entries(&path, &account, &query, limit))
                     .await
                     .map_err(|e| failed(e.to_string()))?
             }
@@ -619,6 +617,7 @@ fn read_entries(
     path: &Path,
     account: &str,
     query: &AuditQuery,
+    limit: usize,
 ) -> Result<Vec<AuditEntry>, AuditError> {
     use std::io::BufRead;
     let failed = |reason: String| AuditError::Read {
@@ -626,7 +625,6 @@ fn read_entries(
         reason,
     };
     let file = std::fs::File::open(path).map_err(|e| failed(e.to_string()))?;
-    let limit = query.limit.unwrap_or(AUDIT_QUERY_MAX).min(AUDIT_QUERY_MAX);
     let needle = format!(
         "\"connectedAccountId\":{}",
         serde_json::Value::from(account)

@@ -199,7 +199,7 @@ impl Keyhaven {
         store: Arc<dyn Store>,
         registry: SchemeRegistry,
         clock: Option<Arc<dyn Clock>>,
-        settings: Settings,
+        mut settings: Settings,
         catalog: Arc<Catalog>,
     ) -> Self {
         let fast_clock = clock.is_none().then(cache::FastClock::new);
@@ -208,11 +208,9 @@ impl Keyhaven {
         let feed = cache.clone();
         let events = events::EventBus::new();
         let bus = events.clone();
-        let http = settings
-            .http
-            .clone()
-            .unwrap_or_else(request::default_client);
-        let audit = settings.audit.clone();
+        // Kept once, in `Inner`, not also in its settings.
+        let http = settings.http.take().unwrap_or_else(request::default_client);
+        let audit = std::mem::take(&mut settings.audit);
         store.subscribe(Arc::new(move |change| match change {
             StoreChange::Event(event) => bus.relay_foreign(event),
             change => feed.apply(change),

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use http::{HeaderMap, HeaderValue, Method};
 use keyhaven_core::{
     AccountContext, ConnectedAccount, ConnectedAccountId, Error, Integration, OutgoingRequest,
     SchemeError,
@@ -525,12 +525,6 @@ impl ApiRequest {
             return Ok(response);
         }
     }
-}
-
-/// The header names a proxy never forwards from a caller or back from an API: those
-/// about one connection, which each hop sets for itself.
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    rules::is_hop_by_hop(name.as_str())
 }
 
 #[cfg(test)]

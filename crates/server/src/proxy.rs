@@ -3,12 +3,11 @@
 //! credentials never reach the caller. Used by the server's proxy route and by the
 //! CLI's `request` on a local data directory.
 //!
-//! What may be sent is decided by the pure rules of [`rules`] (the path stays under
-//! the base URL, ordinary methods, no `Host` or hop-by-hop headers) and by
-//! [`keyhaven::egress`] (a host filled from the account's parameters must be public;
-//! here it is also resolved, and the request pinned to the checked addresses).
-//! Answers are read up to [`ProxyLimits::max_response_bytes`]; redirects are answered
-//! as they are, never followed. No message shows a URL's query or user name.
+//! Every route sends through the library's one request path ([`keyhaven::request`]:
+//! its rules, DNS pinning, refresh-and-retry and audit). The JSON routes read answers
+//! up to [`ProxyLimits::max_response_bytes`]; the passthrough streams them. Redirects
+//! are answered as they are, never followed. No message shows a URL's query or user
+//! name.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,6 +19,8 @@ use axum::http::StatusCode;
 use keyhaven::{AuditCaller, ConnectedAccount, Error, Keyhaven};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use keyhaven::request::rules;
 
 use crate::api::Caller;
 use crate::{ApiError, AppState};
@@ -198,6 +199,18 @@ pub enum ProxyError {
     },
 }
 
+/// The error of an answer from the API at `url` that stopped before its end (the URL
+/// shown without its query).
+fn cut(url: &keyhaven::url::Url, e: reqwest::Error) -> Error {
+    Error::Scheme(keyhaven::SchemeError::Unavailable {
+        message: format!(
+            "the answer of the API at {} was cut: {}",
+            rules::shown(url),
+            keyhaven::request::http_error_reason(e)
+        ),
+    })
+}
+
 /// Reads an answer's body, refusing it as soon as it is seen to be over `limit`
 /// bytes (announced, or counted while it streams in), so that no more than `limit`
 /// bytes (and one chunk) are held.
@@ -209,18 +222,11 @@ async fn read_capped(mut response: reqwest::Response, limit: u64) -> Result<Vec<
             announced: Some(size),
         });
     }
-    let shown = keyhaven::request::rules::shown(response.url());
+    let url = response.url().clone();
     let capacity = announced.unwrap_or(0).min(limit).min(1024 * 1024);
     let mut body = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
     loop {
-        let chunk = response.chunk().await.map_err(|e| {
-            Error::Scheme(keyhaven::SchemeError::Unavailable {
-                message: format!(
-                    "the answer of the API at {shown} was cut: {}",
-                    keyhaven::request::http_error_reason(e)
-                ),
-            })
-        })?;
+        let chunk = response.chunk().await.map_err(|e| cut(&url, e))?;
         let Some(chunk) = chunk else {
             return Ok(body);
         };
@@ -391,12 +397,7 @@ async fn passthrough_inner(
     }
     let mut forwarded = keyhaven::http::HeaderMap::new();
     for (name, value) in &parts.headers {
-        let lower = name.as_str();
-        if lower == "host"
-            || lower == "x-api-key"
-            || lower == "content-length"
-            || keyhaven::request::is_hop_by_hop(name)
-        {
+        if rules::refusal(name.as_str()).is_some() {
             continue;
         }
         forwarded.append(name.clone(), value.clone());
@@ -433,7 +434,7 @@ async fn passthrough_inner(
     let mut response = axum::response::Response::builder().status(answer.status());
     if let Some(headers) = response.headers_mut() {
         for (name, value) in answer.headers() {
-            if !keyhaven::request::is_hop_by_hop(name) {
+            if !rules::is_hop_by_hop(name.as_str()) {
                 headers.append(name.clone(), value.clone());
             }
         }
@@ -443,15 +444,8 @@ async fn passthrough_inner(
     // headers; anything else streams.
     let body = match answer.content_length() {
         Some(n) if n <= SMALL_ANSWER_BYTES => {
-            let shown = keyhaven::request::rules::shown(answer.url());
-            let bytes = answer.bytes().await.map_err(|e| {
-                Error::Scheme(keyhaven::SchemeError::Unavailable {
-                    message: format!(
-                        "the answer of the API at {shown} was cut: {}",
-                        keyhaven::request::http_error_reason(e)
-                    ),
-                })
-            })?;
+            let url = answer.url().clone();
+            let bytes = answer.bytes().await.map_err(|e| cut(&url, e))?;
             axum::body::Body::from(bytes)
         }
         _ => axum::body::Body::from_stream(answer.bytes_stream()),

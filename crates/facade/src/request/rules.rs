@@ -30,6 +30,30 @@ const HOP_BY_HOP: [&str; 7] = [
     "proxy-connection",
 ];
 
+/// Why a caller's header `name` (lower case) never goes to an API with the
+/// credentials: `Host`, hop-by-hop headers, keyhaven's own `x-api-key`,
+/// `content-length`. `None` when it may go. The JSON routes and the library refuse
+/// these; the passthrough drops them.
+pub fn refusal(name: &str) -> Option<&'static str> {
+    if name == "host" {
+        Some(
+            "is refused: the Host header comes from the account's API URL, so that the credentials go to no other host; leave it out",
+        )
+    } else if is_hop_by_hop(name) {
+        Some(
+            "is refused: it is a hop-by-hop (connection or proxy) header, which the proxy's own HTTP client sets; leave it out",
+        )
+    } else if name == "x-api-key" {
+        Some(
+            "is refused: it is keyhaven's own key header and never goes to an API (the API's credentials are added by keyhaven); leave it out",
+        )
+    } else if name == "content-length" {
+        Some("is refused: it is computed from the body; leave it out")
+    } else {
+        None
+    }
+}
+
 /// Whether `name` (lower case) is about one connection or a proxy hop: never
 /// forwarded either way.
 pub fn is_hop_by_hop(name: &str) -> bool {
@@ -74,26 +98,8 @@ pub fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), Erro
         invalid("headers", format!("{shown:?} is not a header name"))
     })?;
     let refused = |why: &str| invalid(&format!("headers.{parsed}"), why.to_owned());
-    let lower = parsed.as_str();
-    if lower == "host" {
-        return Err(refused(
-            "is refused: the Host header comes from the account's API URL, so that the credentials go to no other host; leave it out",
-        ));
-    }
-    if is_hop_by_hop(lower) {
-        return Err(refused(
-            "is refused: it is a hop-by-hop (connection or proxy) header, which the proxy's own HTTP client sets; leave it out",
-        ));
-    }
-    if lower == "x-api-key" {
-        return Err(refused(
-            "is refused: it is keyhaven's own key header and never goes to an API (the API's credentials are added by keyhaven); leave it out",
-        ));
-    }
-    if lower == "content-length" {
-        return Err(refused(
-            "is refused: it is computed from the body; leave it out",
-        ));
+    if let Some(why) = refusal(parsed.as_str()) {
+        return Err(refused(why));
     }
     let value = HeaderValue::from_str(value)
         .map_err(|_| refused("has a value that cannot be sent (such as a line break)"))?;
