@@ -245,7 +245,7 @@ pub async fn seed_with(
         fields.insert("token_type", "Bearer");
         let credentials = Credentials::new(fields, Some(expires_at));
         store
-            .insert_account(&account, Some(&credentials))
+            .insert_account(&account, Some(&credentials), &[])
             .await
             .unwrap();
         ids.push(account.id);

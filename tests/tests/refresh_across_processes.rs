@@ -53,7 +53,7 @@ async fn run(store: Arc<dyn Store>, spec: String, key_b64: String, server: &Oidc
     let expired = Credentials::new(creds.expose().clone(), Some(past));
     account.expires_at = Some(past);
     store
-        .update_account(&account, CredentialsUpdate::Set(&expired))
+        .update_account(&account, CredentialsUpdate::Set(&expired), &[])
         .await
         .unwrap();
     assert_eq!(server.token_requests("refresh_token").await, 0);

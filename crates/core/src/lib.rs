@@ -9,6 +9,7 @@ mod error;
 mod event;
 mod ids;
 mod model;
+mod outbox;
 mod scheme;
 mod secret;
 mod spec;
@@ -27,6 +28,7 @@ pub use model::{
     AccountFilter, ConnectedAccount, ConnectionRequest, ConnectionRequestOutput, ConnectionStatus,
     CredentialsUpdate, Integration, Page, PendingState,
 };
+pub use outbox::{Delivery, DeliveryFilter, DeliveryOutcome, DeliveryState, WebhookTarget};
 pub use scheme::{
     AccountContext, AuthScheme, CompleteContext, InitiateContext, Initiated, OutgoingRequest,
 };

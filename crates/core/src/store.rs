@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use crate::model::{
     AccountFilter, ConnectedAccount, CredentialsUpdate, Integration, Page, PendingState,
 };
+use crate::outbox::{Delivery, DeliveryFilter, DeliveryOutcome, WebhookTarget, no_event_log};
 use crate::secret::Credentials;
 
 /// Persistence for keyhaven. Implementations keep secrets (credentials,
@@ -47,11 +48,13 @@ pub trait Store: Send + Sync + 'static {
     /// One that accounts still use is a [`StoreError::Conflict`] and stays.
     async fn delete_integration(&self, id: &IntegrationId) -> Result<bool, StoreError>;
 
-    /// Stores a new account with its credentials, if any. Its integration must exist.
+    /// Stores a new account with its credentials, if any, and appends `events` to the
+    /// event log in the same transaction. Its integration must exist.
     async fn insert_account(
         &self,
         account: &ConnectedAccount,
         credentials: Option<&Credentials>,
+        events: &[AccountEvent],
     ) -> Result<(), StoreError>;
 
     /// One account.
@@ -67,16 +70,23 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<(ConnectedAccount, Option<Credentials>)>, StoreError>;
 
     /// Replaces an account if its stored `version` still equals `account.version`
-    /// (else [`StoreError::Conflict`]; a missing one is [`StoreError::Missing`]).
+    /// (else [`StoreError::Conflict`]; a missing one is [`StoreError::Missing`]), and
+    /// appends `events` in the same transaction (only when the account was written).
     /// Returns the stored account, its version bumped.
     async fn update_account(
         &self,
         account: &ConnectedAccount,
         credentials: CredentialsUpdate<'_>,
+        events: &[AccountEvent],
     ) -> Result<ConnectedAccount, StoreError>;
 
-    /// Deletes an account and its credentials. `Ok(false)`: there was none.
-    async fn delete_account(&self, id: &ConnectedAccountId) -> Result<bool, StoreError>;
+    /// Deletes an account and its credentials, and appends `events` in the same
+    /// transaction when there was one to delete. `Ok(false)`: there was none.
+    async fn delete_account(
+        &self,
+        id: &ConnectedAccountId,
+        events: &[AccountEvent],
+    ) -> Result<bool, StoreError>;
 
     /// Keeps a pending redirect state until its callback.
     async fn put_pending_state(&self, pending: &PendingState) -> Result<(), StoreError>;
@@ -109,13 +119,86 @@ pub trait Store: Send + Sync + 'static {
         let _ = sink;
     }
 
-    /// Tells the other instances sharing this store of an event (a status change made
-    /// here), through [`Store::subscribe`]'s sink as [`StoreChange::Event`]. Stores
-    /// that are never shared keep the default, which does nothing: the instance that
-    /// made the change tells its own listeners itself.
-    async fn publish_event(&self, event: &AccountEvent) -> Result<(), StoreError> {
-        let _ = event;
+    /// Whether the store can serve now: reachable, and its schema migrated to what
+    /// this build expects. Stores with nothing to check keep the default: ready.
+    async fn check_ready(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// Appends events that go with no account change (a refresh that failed for a
+    /// while) to the event log. Stores shared by several instances tell them of
+    /// every appended event (here and in the writes above), through
+    /// [`Store::subscribe`]'s sink as [`StoreChange::Event`]. A store that keeps no
+    /// event log keeps the default, which does nothing.
+    async fn append_events(&self, events: &[AccountEvent]) -> Result<(), StoreError> {
+        let _ = events;
+        Ok(())
+    }
+
+    /// The events appended after the one with id `after` (`None`: from the oldest
+    /// kept), oldest first, at most `limit`. `Ok(None)`: no event with that id is kept
+    /// (it was purged, or never was).
+    async fn events_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<Vec<AccountEvent>>, StoreError> {
+        let _ = (after, limit);
+        Err(no_event_log())
+    }
+
+    /// Removes the events that happened before `before` and their finished
+    /// deliveries; events with a delivery still pending stay. Returns how many
+    /// events went.
+    async fn purge_events(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let _ = before;
+        Ok(0)
+    }
+
+    /// Makes the deliveries of the events appended since each target was first seen
+    /// (one per event and target whose kinds it wants, exactly once however many
+    /// instances call this), then claims at most `limit` pending deliveries of those
+    /// targets that are due at `now` and that no one holds: each claimed is held for
+    /// `lease` (another claim skips it meanwhile), its `attempts` counted up, and
+    /// returned with its [`Delivery::claim`]. A target seen for the first time gets
+    /// the events appended from then on. With `limit` 0, only makes the deliveries
+    /// (and registers new targets): a server does so before it serves, so that no
+    /// event of its first requests goes without its deliveries.
+    async fn claim_deliveries(
+        &self,
+        targets: &[WebhookTarget],
+        now: DateTime<Utc>,
+        lease: std::time::Duration,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let _ = (targets, now, lease, limit);
+        Err(no_event_log())
+    }
+
+    /// Records how a claimed delivery's try ended. `Ok(false)`: the claim is no longer
+    /// held (its lease ran out and someone else claimed it), and nothing changed.
+    async fn finish_delivery(
+        &self,
+        id: i64,
+        claim: &str,
+        outcome: &DeliveryOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let _ = (id, claim, outcome, now);
+        Err(no_event_log())
+    }
+
+    /// Deliveries matching `filter`, the newest first.
+    async fn list_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<Delivery>, StoreError> {
+        let _ = filter;
+        Err(no_event_log())
+    }
+
+    /// Makes a delivery pending again, due at `now`, with its tries counted from zero
+    /// (its claim, if any, dropped). `Ok(None)`: there is none with that id.
+    async fn redeliver(&self, id: i64, now: DateTime<Utc>) -> Result<Option<Delivery>, StoreError> {
+        let _ = (id, now);
+        Err(no_event_log())
     }
 
     /// Accounts matching `filter`, ordered by id (which is creation order), one page.
@@ -181,7 +264,7 @@ pub enum StoreChange {
     Account(ConnectedAccountId),
     /// Changes may have been missed: forget everything cached.
     Everything,
-    /// Another instance published this event (see [`Store::publish_event`]).
+    /// Another process or instance appended this event to the shared event log.
     Event(AccountEvent),
 }
 

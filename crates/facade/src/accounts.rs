@@ -129,15 +129,17 @@ impl<'a> ConnectedAccounts<'a> {
             .get_account_and_credentials(&parsed)
             .await?
             .ok_or_else(|| not_found(id))?;
-        let deleted = self.kh.store().delete_account(&parsed).await;
+        let events = vec![
+            self.kh
+                .event(EventKind::Deleted, &account, Some("deleted".into()))?,
+        ];
+        let deleted = self.kh.store().delete_account(&parsed, &events).await;
         self.kh.inner.cache.forget(&parsed);
         if !deleted? {
             return Err(not_found(id));
         }
         tracing::info!(account = %account.id, "connected account deleted");
-        self.kh
-            .emit(EventKind::Deleted, &account, Some("deleted".into()))
-            .await;
+        self.kh.announce(events);
         if let Some(credentials) = credentials {
             // Best effort: in the background when asked and there is a runtime to
             // run it on, so that it never holds up the delete.
@@ -248,18 +250,20 @@ impl<'a> ConnectedAccounts<'a> {
             next.status = status;
             next.status_reason = reason;
             next.updated_at = self.kh.now();
+            let events = match EventKind::for_status(next.status) {
+                Some(kind) => vec![self.kh.event(kind, &next, None)?],
+                None => Vec::new(),
+            };
             match self
                 .kh
                 .store()
-                .update_account(&next, CredentialsUpdate::Keep)
+                .update_account(&next, CredentialsUpdate::Keep, &events)
                 .await
             {
                 Ok(stored) => {
                     self.kh.inner.cache.forget(&stored.id);
                     tracing::info!(account = %stored.id, from = %account.status, to = %stored.status, "status changed");
-                    if let Some(kind) = EventKind::for_status(stored.status) {
-                        self.kh.emit(kind, &stored, None).await;
-                    }
+                    self.kh.announce(events);
                     return Ok(stored);
                 }
                 Err(StoreError::Conflict(_)) => continue,
@@ -495,7 +499,7 @@ impl Keyhaven {
             account.updated_at = self.now();
             match self
                 .store()
-                .update_account(&account, CredentialsUpdate::Set(fresh))
+                .update_account(&account, CredentialsUpdate::Set(fresh), &[])
                 .await
             {
                 Ok(_) => return Ok(()),

@@ -215,9 +215,6 @@ impl Keyhaven {
             }
         };
         tracing::info!(account = %stored.id, status = %stored.status, reason = ?stored.status_reason, "connection finished");
-        if let Some(kind) = keyhaven_core::EventKind::for_status(stored.status) {
-            self.emit(kind, &stored, None).await;
-        }
         let redirect_to = stored
             .redirect_url
             .as_deref()
@@ -239,10 +236,19 @@ impl Keyhaven {
         mut next: ConnectedAccount,
         credentials: CredentialsUpdate<'_>,
     ) -> Result<ConnectedAccount, Error> {
+        let events = match keyhaven_core::EventKind::for_status(next.status) {
+            Some(kind) => vec![self.event(kind, &next, None)?],
+            None => Vec::new(),
+        };
         for _ in 0..8 {
-            match self.store().update_account(&next, credentials).await {
+            match self
+                .store()
+                .update_account(&next, credentials, &events)
+                .await
+            {
                 Ok(stored) => {
                     self.inner.cache.forget(&stored.id);
+                    self.announce(events);
                     return Ok(stored);
                 }
                 Err(StoreError::Conflict(_)) => {

@@ -2,8 +2,8 @@
 
 use keyhaven_core::{
     AccountFilter, AppSlug, ConnectedAccount, ConnectedAccountId, ConnectionRequest,
-    ConnectionRequestOutput, ConnectionStatus, EntityId, Error, EventKind, FieldSpec,
-    InitiateContext, Initiated, Integration, IntegrationId, Label, PendingState, validate_fields,
+    ConnectionRequestOutput, ConnectionStatus, EntityId, Error, FieldSpec, InitiateContext,
+    Initiated, Integration, IntegrationId, Label, PendingState, validate_fields,
 };
 
 use url::Url;
@@ -133,6 +133,7 @@ impl Keyhaven {
         account.labels = labels;
         account.params = params.public;
         account.redirect_url = redirect_url.map(String::from);
+        let events;
         let user_url = match initiated {
             Err(reason) => {
                 account.status = ConnectionStatus::Failed;
@@ -143,13 +144,15 @@ impl Keyhaven {
                         .take(500)
                         .collect(),
                 );
-                self.store().insert_account(&account, None).await?;
+                events = self.created_events(&account)?;
+                self.store().insert_account(&account, None, &events).await?;
                 None
             }
             Ok(Initiated::Active { credentials }) => {
                 account.expires_at = credentials.expires_at();
+                events = self.created_events(&account)?;
                 self.store()
-                    .insert_account(&account, Some(&credentials))
+                    .insert_account(&account, Some(&credentials), &events)
                     .await?;
                 None
             }
@@ -157,7 +160,8 @@ impl Keyhaven {
                 account.status = ConnectionStatus::Initiated;
                 account.status_reason =
                     Some("waiting for the user to finish at the provider".into());
-                self.store().insert_account(&account, None).await?;
+                events = self.created_events(&account)?;
+                self.store().insert_account(&account, None, &events).await?;
                 let pending = PendingState::new(
                     state,
                     account.id.clone(),
@@ -170,10 +174,7 @@ impl Keyhaven {
             }
         };
         tracing::info!(account = %account.id, entity = %account.entity_id, app = %account.app, status = %account.status, "connection initiated");
-        self.emit(EventKind::Created, &account, None).await;
-        if let Some(kind) = EventKind::for_status(account.status) {
-            self.emit(kind, &account, None).await;
-        }
+        self.announce(events);
         Ok(ConnectionRequestOutput {
             connection_status: account.status,
             connected_account_id: account.id,
@@ -413,7 +414,8 @@ impl Keyhaven {
         )
     }
 
-    /// Removes expired pending states, at most once a minute per process.
+    /// Removes expired pending states and events past their retention, at most once
+    /// a minute per process.
     pub(crate) async fn purge_pending_now_and_then(&self, now: chrono::DateTime<chrono::Utc>) {
         use std::sync::atomic::Ordering;
         let last = self.inner.last_purge.load(Ordering::Relaxed);
@@ -427,11 +429,34 @@ impl Keyhaven {
         {
             return;
         }
-        match self.store().purge_expired_pending_states(now).await {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(purged = n, "expired pending states removed"),
-            Err(e) => tracing::warn!(error = %e, "could not purge expired pending states"),
+        if let Err(e) = self.purge_expired().await {
+            tracing::warn!(error = %e, "could not purge expired pending states or old events");
         }
+    }
+
+    /// Removes the pending states that expired (OAuth redirects and connect links
+    /// never finished) and the events older than the retention
+    /// ([`KeyhavenBuilder::event_retention`](crate::KeyhavenBuilder::event_retention)).
+    /// Runs by itself now and then when connections are initiated; a server calls it
+    /// on a timer too. Returns how many states and events went.
+    ///
+    /// # Errors
+    /// The store cannot be written.
+    pub async fn purge_expired(&self) -> Result<(u64, u64), Error> {
+        let now = self.now();
+        let states = self.store().purge_expired_pending_states(now).await?;
+        let events = self
+            .store()
+            .purge_events(now - self.inner.settings.event_retention)
+            .await?;
+        if states + events > 0 {
+            tracing::debug!(
+                states,
+                events,
+                "expired pending states and old events removed"
+            );
+        }
+        Ok((states, events))
     }
 
     /// Refuses a redirect URL that neither the global nor the integration's allowlist

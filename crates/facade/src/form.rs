@@ -125,7 +125,8 @@ impl Keyhaven {
         account.status_reason = Some("waiting for the user to fill in the connect form".into());
         account.labels = labels;
         account.redirect_url = redirect_url.map(String::from);
-        self.store().insert_account(&account, None).await?;
+        let events = vec![self.event(EventKind::Created, &account, None)?];
+        self.store().insert_account(&account, None, &events).await?;
         let mut data = SecretFields::new();
         data.insert(FORM_MARKER, true);
         data.insert(GIVEN, Value::Object(form.given.expose().clone()));
@@ -139,7 +140,7 @@ impl Keyhaven {
             .await?;
         self.purge_pending_now_and_then(now).await;
         tracing::info!(account = %account.id, entity = %account.entity_id, app = %account.app, "connection initiated; waiting for the connect form");
-        self.emit(EventKind::Created, &account, None).await;
+        self.announce(events);
         Ok(ConnectionRequestOutput {
             connection_status: account.status,
             connected_account_id: account.id,

@@ -58,10 +58,11 @@ pub use keyhaven_catalog::{
 pub use keyhaven_core::{
     AccountContext, AccountEvent, AccountFilter, AppSlug, AuditLine, AuthScheme, Clock,
     ConnectedAccount, ConnectedAccountId, ConnectionRequest, ConnectionRequestOutput,
-    ConnectionStatus, Credentials, CredentialsUpdate, EntityId, Error, ErrorKind, EventKind,
-    FieldKind, FieldSpec, InitiateContext, Initiated, Integration, IntegrationId, LABELS_MAX_COUNT,
-    Label, ManualClock, OutgoingRequest, Page, SchemeError, SchemeSpec, SecretFields, Store,
-    StoreError, SystemClock, ValidatedFields,
+    ConnectionStatus, Credentials, CredentialsUpdate, Delivery, DeliveryFilter, DeliveryOutcome,
+    DeliveryState, EntityId, Error, ErrorKind, EventKind, FieldKind, FieldSpec, InitiateContext,
+    Initiated, Integration, IntegrationId, LABELS_MAX_COUNT, Label, ManualClock, OutgoingRequest,
+    Page, SchemeError, SchemeSpec, SecretFields, Store, StoreError, SystemClock, ValidatedFields,
+    WebhookTarget,
 };
 #[cfg(feature = "postgres")]
 pub use keyhaven_store::PostgresStore;
@@ -114,12 +115,16 @@ struct Inner {
 /// default address.
 pub const DEFAULT_CALLBACK_URL: &str = "http://127.0.0.1:9210/api/v1/oauth/callback";
 
+/// How many days events are kept by default ([`KeyhavenBuilder::event_retention`]).
+pub const DEFAULT_EVENT_RETENTION_DAYS: i64 = 7;
+
 /// The tunable parts of a [`Keyhaven`].
 #[derive(Debug, Clone)]
 struct Settings {
     callback_url: Url,
     refresh_margin: chrono::Duration,
     pending_ttl: chrono::Duration,
+    event_retention: chrono::Duration,
     redirect_allowlist: Vec<Url>,
     connect_form_url: Option<Url>,
     cache_capacity: usize,
@@ -137,6 +142,7 @@ impl Default for Settings {
             callback_url: default_callback_url(),
             refresh_margin: chrono::Duration::minutes(5),
             pending_ttl: chrono::Duration::minutes(10),
+            event_retention: chrono::Duration::days(DEFAULT_EVENT_RETENTION_DAYS),
             redirect_allowlist: Vec::new(),
             connect_form_url: None,
             cache_capacity: 10_000,
@@ -258,7 +264,9 @@ impl Keyhaven {
         ConnectedAccounts::new(self)
     }
 
-    pub(crate) fn now(&self) -> chrono::DateTime<chrono::Utc> {
+    /// The time by this keyhaven's clock (the system's, unless the builder was given
+    /// another): the time its events, expiries and deliveries are stamped with.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
         self.inner.clock.now()
     }
 
@@ -411,6 +419,16 @@ impl KeyhavenBuilder {
     pub fn pending_ttl(mut self, ttl: Duration) -> Self {
         self.settings.pending_ttl =
             chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+        self
+    }
+
+    /// How long events stay in the store's event log (replayable by id, and the
+    /// source of webhook deliveries); events with a delivery still pending stay
+    /// until it ends. Default: 7 days.
+    #[must_use]
+    pub fn event_retention(mut self, retention: Duration) -> Self {
+        self.settings.event_retention =
+            chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
         self
     }
 

@@ -113,7 +113,7 @@ async fn seed(store: &dyn Store) -> Vec<ConnectedAccountId> {
             account
         };
         store
-            .insert_account(&acc, Some(&kib_credentials(n)))
+            .insert_account(&acc, Some(&kib_credentials(n)), &[])
             .await
             .unwrap();
         ids.push(acc.id);

@@ -9,9 +9,9 @@
 use std::sync::Arc;
 
 use keyhaven_core::{
-    AccountFilter, AppSlug, ConnectedAccount, ConnectedAccountId, ConnectionStatus, Credentials,
-    CredentialsUpdate, EntityId, Integration, IntegrationId, Label, PendingState, SecretFields,
-    Store, StoreError,
+    AccountEvent, AccountFilter, AppSlug, ConnectedAccount, ConnectedAccountId, ConnectionStatus,
+    Credentials, CredentialsUpdate, EntityId, EventKind, Integration, IntegrationId, Label,
+    PendingState, SecretFields, Store, StoreError,
 };
 
 use chrono::Utc;
@@ -27,6 +27,349 @@ pub async fn run(store: Arc<dyn Store>) {
     pending_states_are_single_use(store.clone()).await;
     account_locks_exclude_each_other(store.clone()).await;
     audit_lines_are_kept_by_account_and_time(&*store).await;
+    events_are_kept_with_their_writes(&*store).await;
+    deliveries_are_made_once_and_claimed_once(store.clone()).await;
+}
+
+fn event(kind: EventKind, acc: &ConnectedAccount) -> AccountEvent {
+    AccountEvent::new(kind, acc, None, Utc::now(), "kh_conformance").unwrap()
+}
+
+async fn events_are_kept_with_their_writes(store: &dyn Store) {
+    let int = integration(&unique_app("events"), "API_KEY");
+    store.insert_integration(&int).await.unwrap();
+    let acc = account(&int, "alice", &[]);
+    let created = event(EventKind::Created, &acc);
+    store
+        .insert_account(&acc, None, std::slice::from_ref(&created))
+        .await
+        .unwrap();
+    // A refused write keeps none of its events.
+    let dup = event(EventKind::Created, &acc);
+    assert!(
+        store
+            .insert_account(&acc, None, std::slice::from_ref(&dup))
+            .await
+            .is_err()
+    );
+    let mut stale = acc.clone();
+    stale.version += 7;
+    let refused = event(EventKind::Failed, &stale);
+    assert!(
+        store
+            .update_account(
+                &stale,
+                CredentialsUpdate::Keep,
+                std::slice::from_ref(&refused)
+            )
+            .await
+            .is_err()
+    );
+    let mut next = acc.clone();
+    next.status = ConnectionStatus::Inactive;
+    let inactive = event(EventKind::Inactive, &next);
+    store
+        .update_account(
+            &next,
+            CredentialsUpdate::Keep,
+            std::slice::from_ref(&inactive),
+        )
+        .await
+        .unwrap();
+    let failed = event(EventKind::RefreshFailed, &next);
+    store
+        .append_events(std::slice::from_ref(&failed))
+        .await
+        .unwrap();
+    let deleted = event(EventKind::Deleted, &next);
+    assert!(
+        store
+            .delete_account(&acc.id, std::slice::from_ref(&deleted))
+            .await
+            .unwrap()
+    );
+    let again = event(EventKind::Deleted, &next);
+    assert!(
+        !store
+            .delete_account(&acc.id, std::slice::from_ref(&again))
+            .await
+            .unwrap()
+    );
+    let after = store
+        .events_after(Some(&created.id), 100)
+        .await
+        .unwrap()
+        .expect("the first event is kept");
+    let ids: Vec<&str> = after
+        .iter()
+        .filter(|e| e.connected_account_id == acc.id)
+        .map(|e| e.id.as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            inactive.id.as_str(),
+            failed.id.as_str(),
+            deleted.id.as_str()
+        ],
+        "the events written, in order, none of the refused writes'"
+    );
+    assert_eq!(after[0], inactive, "an event reads back as written");
+    let first_two = store
+        .events_after(Some(&created.id), 2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first_two.len(), 2, "the limit holds");
+    assert_eq!(
+        store.events_after(Some("evt_never"), 10).await.unwrap(),
+        None
+    );
+}
+
+async fn deliveries_are_made_once_and_claimed_once(store: Arc<dyn Store>) {
+    use keyhaven_core::{DeliveryFilter, DeliveryOutcome, DeliveryState, WebhookTarget};
+    use std::time::Duration;
+    let tag = IntegrationId::generate().unwrap();
+    let all = WebhookTarget {
+        key: format!("wh_all_{tag}"),
+        kinds: Vec::new(),
+    };
+    let active = WebhookTarget {
+        key: format!("wh_active_{tag}"),
+        kinds: vec![EventKind::Active],
+    };
+    let targets = vec![all.clone(), active.clone()];
+    let now = Utc::now();
+    let lease = Duration::from_secs(30);
+    // Targets seen for the first time get only the events from then on.
+    let int = integration(&unique_app("outbox"), "API_KEY");
+    store.insert_integration(&int).await.unwrap();
+    let before = account(&int, "bob", &[]);
+    store
+        .insert_account(&before, None, &[event(EventKind::Created, &before)])
+        .await
+        .unwrap();
+    assert!(
+        store
+            .claim_deliveries(&targets, now, lease, 100)
+            .await
+            .unwrap()
+            .is_empty(),
+        "no delivery of what came before the webhook"
+    );
+    let mut accounts = Vec::new();
+    for _ in 0..5 {
+        let mut acc = account(&int, "bob", &[]);
+        acc.status = ConnectionStatus::Active;
+        store
+            .insert_account(
+                &acc,
+                None,
+                &[
+                    event(EventKind::Created, &acc),
+                    event(EventKind::Active, &acc),
+                ],
+            )
+            .await
+            .unwrap();
+        accounts.push(acc);
+    }
+    // Two claimers at once: every delivery claimed by exactly one.
+    let (a, b) = tokio::join!(
+        store.claim_deliveries(&targets, now, lease, 8),
+        store.claim_deliveries(&targets, now, lease, 8)
+    );
+    let mut claimed: Vec<keyhaven_core::Delivery> = a.unwrap();
+    claimed.extend(b.unwrap());
+    claimed.extend(
+        store
+            .claim_deliveries(&targets, now, lease, 100)
+            .await
+            .unwrap(),
+    );
+    let mut ids: Vec<i64> = claimed.iter().map(|d| d.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), claimed.len(), "no delivery claimed twice");
+    assert_eq!(
+        claimed.len(),
+        15,
+        "10 events for one webhook, 5 for the other"
+    );
+    assert_eq!(
+        claimed.iter().filter(|d| d.webhook == active.key).count(),
+        5
+    );
+    assert!(claimed.iter().all(|d| d.attempts == 1 && d.claim.is_some()));
+    assert!(
+        store
+            .claim_deliveries(&targets, now, lease, 100)
+            .await
+            .unwrap()
+            .is_empty(),
+        "held deliveries are not claimed again"
+    );
+    let (first, second, third) = (&claimed[0], &claimed[1], &claimed[2]);
+    assert!(
+        !store
+            .finish_delivery(
+                first.id,
+                "not-the-claim",
+                &DeliveryOutcome::Delivered { status: 200 },
+                now
+            )
+            .await
+            .unwrap(),
+        "another claim cannot finish it"
+    );
+    assert!(
+        store
+            .finish_delivery(
+                first.id,
+                first.claim.as_deref().unwrap(),
+                &DeliveryOutcome::Delivered { status: 204 },
+                now
+            )
+            .await
+            .unwrap()
+    );
+    let later = now + chrono::Duration::seconds(10);
+    store
+        .finish_delivery(
+            second.id,
+            second.claim.as_deref().unwrap(),
+            &DeliveryOutcome::Retry {
+                at: later,
+                status: Some(503),
+                error: "503 Service Unavailable".into(),
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    store
+        .finish_delivery(
+            third.id,
+            third.claim.as_deref().unwrap(),
+            &DeliveryOutcome::Failed {
+                status: Some(410),
+                error: "the receiver refused it".into(),
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .claim_deliveries(&targets, now, lease, 100)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a retry waits for its time"
+    );
+    // At the retry's time, the retry is due; the other claims' leases ran out too.
+    let expired = now + lease + chrono::Duration::seconds(1);
+    let retried = store
+        .claim_deliveries(&targets, expired, lease, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        retried.len(),
+        13,
+        "the retry and the 12 whose lease ran out"
+    );
+    let again = retried.iter().find(|d| d.id == second.id).unwrap();
+    assert_eq!(again.attempts, 2);
+    assert_eq!(again.last_status, Some(503));
+    let taken_over = retried.iter().find(|d| d.id != second.id).unwrap();
+    let stale = claimed.iter().find(|d| d.id == taken_over.id).unwrap();
+    assert!(
+        !store
+            .finish_delivery(
+                stale.id,
+                stale.claim.as_deref().unwrap(),
+                &DeliveryOutcome::Delivered { status: 200 },
+                expired
+            )
+            .await
+            .unwrap(),
+        "a claim whose lease ran out and was taken over cannot finish"
+    );
+    let listed = store
+        .list_deliveries(&DeliveryFilter {
+            webhook: Some(all.key.clone()),
+            limit: 100,
+            ..DeliveryFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 10);
+    assert!(listed.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+    let failed = store
+        .list_deliveries(&DeliveryFilter {
+            state: Some(DeliveryState::Failed),
+            event_id: Some(third.event.id.clone()),
+            limit: 10,
+            ..DeliveryFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        failed[0].last_error.as_deref(),
+        Some("the receiver refused it")
+    );
+    let by_account = store
+        .list_deliveries(&DeliveryFilter {
+            account_id: Some(accounts[0].id.to_string()),
+            limit: 10,
+            ..DeliveryFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        by_account.len(),
+        3,
+        "created and active for one, active for the other"
+    );
+    let redone = store.redeliver(third.id, expired).await.unwrap().unwrap();
+    assert_eq!((redone.state, redone.attempts), (DeliveryState::Pending, 0));
+    assert!(store.redeliver(i64::MAX, expired).await.unwrap().is_none());
+    let claimed_again = store
+        .claim_deliveries(&targets, expired, lease, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed_again.iter().map(|d| d.id).collect::<Vec<_>>(),
+        [third.id]
+    );
+    // Purging keeps the events whose delivery is pending.
+    let far = expired + chrono::Duration::days(365);
+    store.purge_events(far).await.unwrap();
+    let pending = store
+        .list_deliveries(&DeliveryFilter {
+            webhook: Some(all.key.clone()),
+            state: Some(DeliveryState::Pending),
+            limit: 100,
+            ..DeliveryFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(!pending.is_empty());
+    let delivered = store
+        .list_deliveries(&DeliveryFilter {
+            event_id: Some(first.event.id.clone()),
+            state: Some(DeliveryState::Delivered),
+            limit: 10,
+            ..DeliveryFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        delivered.is_empty(),
+        "a finished delivery goes with its event"
+    );
 }
 
 async fn audit_lines_are_kept_by_account_and_time(store: &dyn Store) {
@@ -282,15 +625,15 @@ async fn accounts_round_trip(store: &dyn Store) {
     let int = integration(&app, "API_KEY");
     let orphan = account(&int, "alice", &[]);
     assert!(
-        store.insert_account(&orphan, None).await.is_err(),
+        store.insert_account(&orphan, None, &[]).await.is_err(),
         "an account needs its integration"
     );
     store.insert_integration(&int).await.unwrap();
     let acc = account(&int, "alice", &["a", "b"]);
     let creds = credentials("secret-token-1");
-    store.insert_account(&acc, Some(&creds)).await.unwrap();
+    store.insert_account(&acc, Some(&creds), &[]).await.unwrap();
     assert!(matches!(
-        store.insert_account(&acc, None).await,
+        store.insert_account(&acc, None, &[]).await,
         Err(StoreError::Conflict(_))
     ));
     let got = store.get_account(&acc.id).await.unwrap().unwrap();
@@ -307,8 +650,8 @@ async fn accounts_round_trip(store: &dyn Store) {
         got_creds.expires_at().map(|t| t.timestamp_millis()),
         creds.expires_at().map(|t| t.timestamp_millis())
     );
-    assert!(store.delete_account(&acc.id).await.unwrap());
-    assert!(!store.delete_account(&acc.id).await.unwrap());
+    assert!(store.delete_account(&acc.id, &[]).await.unwrap());
+    assert!(!store.delete_account(&acc.id, &[]).await.unwrap());
     assert!(store.get_account(&acc.id).await.unwrap().is_none());
     assert!(
         store
@@ -337,7 +680,7 @@ async fn update_is_compare_and_set(store: Arc<dyn Store>) {
     store.insert_integration(&int).await.unwrap();
     let acc = account(&int, "bob", &[]);
     store
-        .insert_account(&acc, Some(&credentials("v1")))
+        .insert_account(&acc, Some(&credentials("v1")), &[])
         .await
         .unwrap();
 
@@ -345,7 +688,7 @@ async fn update_is_compare_and_set(store: Arc<dyn Store>) {
     changed.status = ConnectionStatus::Inactive;
     changed.status_reason = Some("disabled".into());
     let stored = store
-        .update_account(&changed, CredentialsUpdate::Keep)
+        .update_account(&changed, CredentialsUpdate::Keep, &[])
         .await
         .unwrap();
     assert_eq!(stored.version, acc.version + 1);
@@ -361,7 +704,7 @@ async fn update_is_compare_and_set(store: Arc<dyn Store>) {
     // A stale version is refused and changes nothing.
     assert!(matches!(
         store
-            .update_account(&changed, CredentialsUpdate::Clear)
+            .update_account(&changed, CredentialsUpdate::Clear, &[])
             .await,
         Err(StoreError::Conflict(_))
     ));
@@ -374,7 +717,7 @@ async fn update_is_compare_and_set(store: Arc<dyn Store>) {
 
     let v2 = credentials("v2");
     let stored = store
-        .update_account(&stored, CredentialsUpdate::Set(&v2))
+        .update_account(&stored, CredentialsUpdate::Set(&v2), &[])
         .await
         .unwrap();
     let (_, creds) = store
@@ -384,7 +727,7 @@ async fn update_is_compare_and_set(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(creds.unwrap().get_str("token"), Some("v2"), "Set replaces");
     let stored = store
-        .update_account(&stored, CredentialsUpdate::Clear)
+        .update_account(&stored, CredentialsUpdate::Clear, &[])
         .await
         .unwrap();
     let (_, creds) = store
@@ -401,7 +744,9 @@ async fn update_is_compare_and_set(store: Arc<dyn Store>) {
         let mut mine = stored.clone();
         mine.status_reason = Some(format!("writer {i}"));
         tasks.push(tokio::spawn(async move {
-            store.update_account(&mine, CredentialsUpdate::Keep).await
+            store
+                .update_account(&mine, CredentialsUpdate::Keep, &[])
+                .await
         }));
     }
     let mut wins = 0;
@@ -420,7 +765,9 @@ async fn update_is_compare_and_set(store: Arc<dyn Store>) {
     let mut ghost = account(&int, "bob", &[]);
     ghost.version = 1;
     assert!(matches!(
-        store.update_account(&ghost, CredentialsUpdate::Keep).await,
+        store
+            .update_account(&ghost, CredentialsUpdate::Keep, &[])
+            .await,
         Err(StoreError::Missing { .. })
     ));
 }
@@ -430,13 +777,13 @@ async fn delete_integration_in_use_is_refused(store: &dyn Store) {
     let int = integration(&app, "API_KEY");
     store.insert_integration(&int).await.unwrap();
     let acc = account(&int, "carol", &[]);
-    store.insert_account(&acc, None).await.unwrap();
+    store.insert_account(&acc, None, &[]).await.unwrap();
     assert!(matches!(
         store.delete_integration(&int.id).await,
         Err(StoreError::Conflict(_))
     ));
     assert!(store.get_integration(&int.id).await.unwrap().is_some());
-    store.delete_account(&acc.id).await.unwrap();
+    store.delete_account(&acc.id, &[]).await.unwrap();
     assert!(store.delete_integration(&int.id).await.unwrap());
 }
 
@@ -460,7 +807,7 @@ async fn list_filters_and_pages(store: &dyn Store) {
         if n % 5 == 0 {
             acc.status = ConnectionStatus::Expired;
         }
-        store.insert_account(&acc, None).await.unwrap();
+        store.insert_account(&acc, None, &[]).await.unwrap();
         made.push(acc);
     }
     let ent = EntityId::new(entity.clone()).unwrap();
@@ -602,7 +949,7 @@ async fn pending_states_are_single_use(store: Arc<dyn Store>) {
     let int = integration(&app, "OAUTH2");
     store.insert_integration(&int).await.unwrap();
     let acc = account(&int, "dora", &[]);
-    store.insert_account(&acc, None).await.unwrap();
+    store.insert_account(&acc, None, &[]).await.unwrap();
     let mut data = SecretFields::new();
     data.insert("code_verifier", "conformance-verifier");
     let fresh = PendingState::new(

@@ -19,6 +19,8 @@ mod keys;
 #[cfg(feature = "sqlite")]
 mod lease;
 mod memory;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod outbox;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

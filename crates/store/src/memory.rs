@@ -6,8 +6,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keyhaven_core::{
-    AccountFilter, AccountLock, AppSlug, ConnectedAccount, ConnectedAccountId, Credentials,
-    CredentialsUpdate, Integration, IntegrationId, Page, PendingState, Store, StoreError,
+    AccountEvent, AccountFilter, AccountLock, AppSlug, ConnectedAccount, ConnectedAccountId,
+    Credentials, CredentialsUpdate, Delivery, DeliveryFilter, DeliveryOutcome, DeliveryState,
+    Integration, IntegrationId, Page, PendingState, Store, StoreError, WebhookTarget,
 };
 use parking_lot::RwLock;
 
@@ -17,6 +18,22 @@ struct State {
     accounts: BTreeMap<ConnectedAccountId, (ConnectedAccount, Option<Credentials>)>,
     pending: HashMap<String, PendingState>,
     audit: Vec<keyhaven_core::AuditLine>,
+    /// The event log, by sequence number.
+    events: BTreeMap<i64, AccountEvent>,
+    next_seq: i64,
+    /// Per webhook: the newest event whose delivery was made.
+    cursors: HashMap<String, i64>,
+    /// Deliveries by id, with the sequence number of their event and their lease's end.
+    deliveries: BTreeMap<i64, (Delivery, i64, Option<DateTime<Utc>>)>,
+}
+
+impl State {
+    fn append(&mut self, events: &[AccountEvent]) {
+        for e in events {
+            self.next_seq += 1;
+            self.events.insert(self.next_seq, e.clone());
+        }
+    }
 }
 
 /// A [`Store`] in memory, safe under concurrent use. Keeps nothing once dropped.
@@ -179,6 +196,7 @@ impl Store for MemoryStore {
         &self,
         account: &ConnectedAccount,
         credentials: Option<&Credentials>,
+        events: &[AccountEvent],
     ) -> Result<(), StoreError> {
         let mut state = self.state.write();
         if !state.integrations.contains_key(&account.integration_id) {
@@ -196,6 +214,7 @@ impl Store for MemoryStore {
         state
             .accounts
             .insert(account.id.clone(), (account.clone(), credentials.cloned()));
+        state.append(events);
         Ok(())
     }
 
@@ -217,6 +236,7 @@ impl Store for MemoryStore {
         &self,
         account: &ConnectedAccount,
         credentials: CredentialsUpdate<'_>,
+        events: &[AccountEvent],
     ) -> Result<ConnectedAccount, StoreError> {
         let mut state = self.state.write();
         let Some((stored, creds)) = state.accounts.get_mut(&account.id) else {
@@ -239,11 +259,207 @@ impl Store for MemoryStore {
             CredentialsUpdate::Clear => *creds = None,
         }
         *stored = next.clone();
+        state.append(events);
         Ok(next)
     }
 
-    async fn delete_account(&self, id: &ConnectedAccountId) -> Result<bool, StoreError> {
-        Ok(self.state.write().accounts.remove(id).is_some())
+    async fn delete_account(
+        &self,
+        id: &ConnectedAccountId,
+        events: &[AccountEvent],
+    ) -> Result<bool, StoreError> {
+        let mut state = self.state.write();
+        let deleted = state.accounts.remove(id).is_some();
+        if deleted {
+            state.append(events);
+        }
+        Ok(deleted)
+    }
+
+    async fn append_events(&self, events: &[AccountEvent]) -> Result<(), StoreError> {
+        self.state.write().append(events);
+        Ok(())
+    }
+
+    async fn events_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<Vec<AccountEvent>>, StoreError> {
+        let state = self.state.read();
+        let from = match after {
+            None => 0,
+            Some(id) => match state.events.iter().find(|(_, e)| e.id == id) {
+                Some((seq, _)) => *seq,
+                None => return Ok(None),
+            },
+        };
+        Ok(Some(
+            state
+                .events
+                .range(from + 1..)
+                .take(limit.max(1))
+                .map(|(_, e)| e.clone())
+                .collect(),
+        ))
+    }
+
+    async fn purge_events(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut state = self.state.write();
+        let pending: std::collections::HashSet<i64> = state
+            .deliveries
+            .values()
+            .filter(|(d, _, _)| d.state == DeliveryState::Pending)
+            .map(|(_, seq, _)| *seq)
+            .collect();
+        let gone: Vec<i64> = state
+            .events
+            .iter()
+            .filter(|(seq, e)| e.at < before && !pending.contains(seq))
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in &gone {
+            state.events.remove(seq);
+        }
+        state
+            .deliveries
+            .retain(|_, (_, seq, _)| !gone.contains(seq));
+        Ok(gone.len() as u64)
+    }
+
+    async fn claim_deliveries(
+        &self,
+        targets: &[WebhookTarget],
+        now: DateTime<Utc>,
+        lease: std::time::Duration,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let mut state = self.state.write();
+        let state = &mut *state;
+        let newest = state.events.keys().next_back().copied().unwrap_or(0);
+        for t in targets {
+            let Some(cursor) = state.cursors.get(&t.key).copied() else {
+                state.cursors.insert(t.key.clone(), newest);
+                continue;
+            };
+            for (seq, event) in state.events.range(cursor + 1..) {
+                if !t.kinds.is_empty() && !t.kinds.contains(&event.kind) {
+                    continue;
+                }
+                let id = state.deliveries.keys().next_back().copied().unwrap_or(0) + 1;
+                let delivery = Delivery {
+                    id,
+                    webhook: t.key.clone(),
+                    event: event.clone(),
+                    state: DeliveryState::Pending,
+                    attempts: 0,
+                    next_attempt_at: now,
+                    last_status: None,
+                    last_error: None,
+                    created_at: now,
+                    updated_at: now,
+                    claim: None,
+                };
+                state.deliveries.insert(id, (delivery, *seq, None));
+            }
+            state.cursors.insert(t.key.clone(), newest);
+        }
+        let token =
+            keyhaven_core::random_hex::<16>().map_err(|e| StoreError::Backend(Box::new(e)))?;
+        let until = now + chrono::TimeDelta::from_std(lease).unwrap_or(chrono::TimeDelta::MAX);
+        let mut out = Vec::new();
+        for (d, _, held) in state.deliveries.values_mut() {
+            if out.len() >= limit {
+                break;
+            }
+            if d.state == DeliveryState::Pending
+                && d.next_attempt_at <= now
+                && held.is_none_or(|h| h <= now)
+                && targets.iter().any(|t| t.key == d.webhook)
+            {
+                d.attempts += 1;
+                d.updated_at = now;
+                d.claim = Some(token.clone());
+                *held = Some(until);
+                out.push(d.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn finish_delivery(
+        &self,
+        id: i64,
+        claim: &str,
+        outcome: &DeliveryOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut state = self.state.write();
+        let Some((d, _, held)) = state.deliveries.get_mut(&id) else {
+            return Ok(false);
+        };
+        if d.claim.as_deref() != Some(claim) {
+            return Ok(false);
+        }
+        let clip = |e: &str| e.chars().take(500).collect::<String>();
+        match outcome {
+            DeliveryOutcome::Delivered { status } => {
+                d.state = DeliveryState::Delivered;
+                d.last_status = Some(*status);
+                d.last_error = None;
+            }
+            DeliveryOutcome::Retry { at, status, error } => {
+                d.state = DeliveryState::Pending;
+                d.next_attempt_at = *at;
+                d.last_status = *status;
+                d.last_error = Some(clip(error));
+            }
+            DeliveryOutcome::Failed { status, error } => {
+                d.state = DeliveryState::Failed;
+                d.last_status = *status;
+                d.last_error = Some(clip(error));
+            }
+        }
+        d.claim = None;
+        d.updated_at = now;
+        *held = None;
+        Ok(true)
+    }
+
+    async fn list_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<Delivery>, StoreError> {
+        let state = self.state.read();
+        Ok(state
+            .deliveries
+            .values()
+            .rev()
+            .map(|(d, _, _)| d)
+            .filter(|d| {
+                filter.webhook.as_ref().is_none_or(|w| *w == d.webhook)
+                    && filter.state.is_none_or(|s| s == d.state)
+                    && filter.event_id.as_ref().is_none_or(|e| *e == d.event.id)
+                    && filter
+                        .account_id
+                        .as_ref()
+                        .is_none_or(|a| a == d.event.connected_account_id.as_str())
+                    && filter.before.is_none_or(|b| d.id < b)
+            })
+            .take(filter.limit.max(1))
+            .cloned()
+            .collect())
+    }
+
+    async fn redeliver(&self, id: i64, now: DateTime<Utc>) -> Result<Option<Delivery>, StoreError> {
+        let mut state = self.state.write();
+        let Some((d, _, held)) = state.deliveries.get_mut(&id) else {
+            return Ok(None);
+        };
+        d.state = DeliveryState::Pending;
+        d.attempts = 0;
+        d.next_attempt_at = now;
+        d.claim = None;
+        d.updated_at = now;
+        *held = None;
+        Ok(Some(d.clone()))
     }
 
     async fn put_pending_state(&self, pending: &PendingState) -> Result<(), StoreError> {

@@ -5,6 +5,8 @@
 //! need; changes are announced with NOTIFY so that every instance's cache drops what
 //! another instance changed.
 
+mod outbox;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,8 +14,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keyhaven_core::{
     AccountEvent, AccountFilter, AccountLock, AppSlug, ChangeSink, ConnectedAccount,
-    ConnectedAccountId, Credentials, CredentialsUpdate, Integration, IntegrationId, Page,
-    PendingState, Store, StoreChange, StoreError,
+    ConnectedAccountId, Credentials, CredentialsUpdate, Delivery, DeliveryFilter, DeliveryOutcome,
+    Integration, IntegrationId, Page, PendingState, Store, StoreChange, StoreError, WebhookTarget,
 };
 use parking_lot::RwLock;
 use sha2::{Digest, Sha256};
@@ -21,6 +23,7 @@ use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 
 use crate::crypto::KeyRing;
+use crate::outbox::EventRow;
 use crate::rotate::{MissingKeys, RotationReport, Table};
 use crate::rows::{
     ACCOUNT_COLUMNS, AccountRow, Arg, INTEGRATION_COLUMNS, IntegrationRow, PreparedUpdate,
@@ -39,6 +42,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../migrations/postgres/0003_integration_disabled.sql"),
     ),
     (4, include_str!("../migrations/postgres/0004_audit_log.sql")),
+    (5, include_str!("../migrations/postgres/0005_events.sql")),
 ];
 /// The NOTIFY channel of account changes.
 const CHANNEL: &str = "keyhaven_account_changes";
@@ -635,8 +639,10 @@ impl Store for PostgresStore {
         &self,
         account: &ConnectedAccount,
         credentials: Option<&Credentials>,
+        events: &[AccountEvent],
     ) -> Result<(), StoreError> {
         let r = AccountRow::encode(account)?;
+        let events = EventRow::encode_all(events)?;
         let (blob, blob_expiry) = match credentials
             .map(|c| encode_credentials(&self.key_ring(), &account.id, c))
             .transpose()?
@@ -665,6 +671,7 @@ impl Store for PostgresStore {
             .await
             .map_err(map_err)?;
         insert_labels(&mut tx, account).await?;
+        outbox::append(&mut tx, &events).await?;
         tx.commit().await.map_err(map_err)
     }
 
@@ -704,6 +711,7 @@ impl Store for PostgresStore {
         &self,
         account: &ConnectedAccount,
         credentials: CredentialsUpdate<'_>,
+        events: &[AccountEvent],
     ) -> Result<ConnectedAccount, StoreError> {
         let PreparedUpdate {
             next,
@@ -711,6 +719,7 @@ impl Store for PostgresStore {
             expected,
             credentials: creds,
         } = prepare_update(&self.key_ring(), account, credentials)?;
+        let events = EventRow::encode_all(events)?;
         let mut tx = self.pool.begin().await.map_err(map_err)?;
         let n = sqlx::query("UPDATE connected_accounts SET entity_id = $2, integration_id = $3, app = $4, auth_scheme = $5, status = $6, status_reason = $7, labels = $8, params = $9, redirect_url = $10, expires_at = $11, version = $12, created_at = $13, updated_at = $14 WHERE id = $1 AND version = $15")
             .bind(&r.id).bind(r.entity_id).bind(r.integration_id).bind(r.app).bind(r.auth_scheme)
@@ -738,18 +747,27 @@ impl Store for PostgresStore {
                 .map_err(map_err)?;
         }
         insert_labels(&mut tx, &next).await?;
+        outbox::append(&mut tx, &events).await?;
         notify(&mut tx, &r.id).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(next)
     }
 
-    async fn delete_account(&self, id: &ConnectedAccountId) -> Result<bool, StoreError> {
+    async fn delete_account(
+        &self,
+        id: &ConnectedAccountId,
+        events: &[AccountEvent],
+    ) -> Result<bool, StoreError> {
+        let events = EventRow::encode_all(events)?;
         let mut tx = self.pool.begin().await.map_err(map_err)?;
         let n = sqlx::query("DELETE FROM connected_accounts WHERE id = $1")
             .bind(id.as_str())
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
+        if n.rows_affected() > 0 {
+            outbox::append(&mut tx, &events).await?;
+        }
         notify(&mut tx, id.as_str()).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(n.rows_affected() > 0)
@@ -777,15 +795,63 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn publish_event(&self, event: &AccountEvent) -> Result<(), StoreError> {
-        let payload = serde_json::to_string(event).map_err(|e| StoreError::Backend(Box::new(e)))?;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(EVENT_CHANNEL)
-            .bind(payload)
-            .execute(&self.pool)
-            .await
-            .map_err(map_err)?;
-        Ok(())
+    async fn check_ready(&self) -> Result<(), StoreError> {
+        let found: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM keyhaven_migrations")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(map_err)?;
+        crate::rows::schema_is(found, MIGRATIONS.len())
+    }
+
+    async fn append_events(&self, events: &[AccountEvent]) -> Result<(), StoreError> {
+        let events = EventRow::encode_all(events)?;
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        outbox::append(&mut tx, &events).await?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn events_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<Vec<AccountEvent>>, StoreError> {
+        self.events_after_id(after, limit).await
+    }
+
+    async fn purge_events(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.purge(before).await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        targets: &[WebhookTarget],
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.claim(targets, now, lease, limit).await
+    }
+
+    async fn finish_delivery(
+        &self,
+        id: i64,
+        claim: &str,
+        outcome: &DeliveryOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.finish(id, claim, outcome, now).await
+    }
+
+    async fn list_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<Delivery>, StoreError> {
+        self.deliveries(filter).await
+    }
+
+    async fn redeliver(&self, id: i64, now: DateTime<Utc>) -> Result<Option<Delivery>, StoreError> {
+        self.redeliver_now(id, now).await
     }
 
     async fn take_pending_state(&self, state: &str) -> Result<Option<PendingState>, StoreError> {

@@ -314,7 +314,7 @@ fn conditions(
     conds
 }
 
-fn where_clause(conds: &[String]) -> String {
+pub(crate) fn where_clause(conds: &[String]) -> String {
     if conds.is_empty() {
         String::new()
     } else {
@@ -467,4 +467,21 @@ pub(crate) fn account_and_credentials(
         .map(|b| decode_credentials(keys, &row.id, &b, expiry))
         .transpose()?;
     Ok((row.decode()?, credentials))
+}
+
+/// Whether a schema at `found` (the newest migration recorded) is the `expected`
+/// one of this build.
+pub(crate) fn schema_is(found: i64, expected: usize) -> Result<(), StoreError> {
+    let expected = i64::try_from(expected).unwrap_or(i64::MAX);
+    if found < expected {
+        Err(StoreError::Unavailable(format!(
+            "the schema is at version {found}, this keyhaven needs {expected}: start keyhaven again to migrate it"
+        )))
+    } else if found > expected {
+        Err(StoreError::Unavailable(format!(
+            "the schema is at version {found}, newer than this keyhaven knows ({expected}): run the newer keyhaven"
+        )))
+    } else {
+        Ok(())
+    }
 }

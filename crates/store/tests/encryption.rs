@@ -39,7 +39,7 @@ async fn write_secrets(store: &dyn Store) -> keyhaven_core::ConnectedAccountId {
     store.insert_integration(&int).await.unwrap();
     let acc = account(&int, "alice", &["l1"]);
     store
-        .insert_account(&acc, Some(&creds(SECRETS[1])))
+        .insert_account(&acc, Some(&creds(SECRETS[1])), &[])
         .await
         .unwrap();
     let mut data = SecretFields::new();
@@ -89,7 +89,7 @@ async fn sqlite_file_holds_no_secret_and_blobs_are_bound_to_rows() {
         let int = store.list_integrations(None).await.unwrap().remove(0);
         let acc = account(&int, "bob", &[]);
         store
-            .insert_account(&acc, Some(&creds("other-token")))
+            .insert_account(&acc, Some(&creds("other-token")), &[])
             .await
             .unwrap();
         acc.id
@@ -191,7 +191,7 @@ async fn sqlite_migrations_run_from_empty_and_again_without_change() {
     let n: i64 = c
         .query_row("SELECT COUNT(*) FROM keyhaven_migrations", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(n, 4, "every migration (four), once each");
+    assert_eq!(n, 5, "every migration (five), once each");
 }
 
 async fn rotation_under_traffic(
@@ -205,7 +205,7 @@ async fn rotation_under_traffic(
     for n in 0..120 {
         let acc = account(&int, "rot", &[]);
         store
-            .insert_account(&acc, Some(&creds(&format!("v0-{n}"))))
+            .insert_account(&acc, Some(&creds(&format!("v0-{n}"))), &[])
             .await
             .unwrap();
         ids.push(acc.id);
@@ -229,7 +229,7 @@ async fn rotation_under_traffic(
                         .unwrap();
                     let value = format!("w{w}-r{round}-{id}");
                     store
-                        .update_account(&acc, CredentialsUpdate::Set(&creds(&value)))
+                        .update_account(&acc, CredentialsUpdate::Set(&creds(&value)), &[])
                         .await
                         .unwrap();
                     last.insert(id.to_string(), value);
@@ -354,7 +354,7 @@ async fn postgres_tables_hold_no_secret_and_rotation_loses_nothing() {
     let int = store.list_integrations(None).await.unwrap().remove(0);
     let other = account(&int, "bob", &[]);
     store
-        .insert_account(&other, Some(&creds("other")))
+        .insert_account(&other, Some(&creds("other")), &[])
         .await
         .unwrap();
     sqlx::query("UPDATE connected_accounts SET credentials = (SELECT credentials FROM connected_accounts WHERE id = $1) WHERE id = $2")
@@ -372,7 +372,7 @@ async fn postgres_tables_hold_no_secret_and_rotation_loses_nothing() {
         err.contains(&key_id) && err.contains("another row"),
         "{err}"
     );
-    store.delete_account(&other.id).await.unwrap();
+    store.delete_account(&other.id, &[]).await.unwrap();
 
     // A wrong key names the key id.
     let err = PostgresStore::connect(&url, ring())
@@ -399,7 +399,7 @@ async fn postgres_tables_hold_no_secret_and_rotation_loses_nothing() {
         .fetch_one(store.pool())
         .await
         .unwrap();
-    assert_eq!(n, 4, "every migration (four), once each");
+    assert_eq!(n, 5, "every migration (five), once each");
 
     // Rotation under concurrent reads and writes.
     let new = MasterKey::generate().unwrap();
@@ -439,7 +439,7 @@ async fn postgres_going_away_gives_clear_errors_and_nothing_half_written() {
         tasks.push(tokio::spawn(async move {
             let acc = account(&int, "away", &["a", "b", "c"]);
             let r = store
-                .insert_account(&acc, Some(&creds(&format!("t{n}"))))
+                .insert_account(&acc, Some(&creds(&format!("t{n}"))), &[])
                 .await;
             (acc.id, r)
         }));

@@ -24,7 +24,7 @@ async fn write_secrets(store: &dyn Store) -> ConnectedAccountId {
     store.insert_integration(&int).await.unwrap();
     let acc = account(&int, "kim", &["l"]);
     store
-        .insert_account(&acc, Some(&credentials("tok-KEYS")))
+        .insert_account(&acc, Some(&credentials("tok-KEYS")), &[])
         .await
         .unwrap();
     let mut data = SecretFields::new();

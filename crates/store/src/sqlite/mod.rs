@@ -13,6 +13,7 @@
 //! data directory and database file; the refresh lease is `crate::lease`.
 
 mod data_dir;
+mod outbox;
 mod rotate;
 mod schema;
 mod watch;
@@ -27,14 +28,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keyhaven_core::{
-    AccountFilter, AccountLock, AppSlug, ChangeSink, ConnectedAccount, ConnectedAccountId,
-    Credentials, CredentialsUpdate, Integration, IntegrationId, Page, PendingState, Store,
-    StoreError,
+    AccountEvent, AccountFilter, AccountLock, AppSlug, ChangeSink, ConnectedAccount,
+    ConnectedAccountId, Credentials, CredentialsUpdate, Delivery, DeliveryFilter, DeliveryOutcome,
+    Integration, IntegrationId, Page, PendingState, Store, StoreError, WebhookTarget,
 };
 use parking_lot::{Mutex, RwLock};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
 
 use crate::crypto::KeyRing;
+use crate::outbox::EventRow;
 use crate::rotate::{MissingKeys, Table};
 use crate::rows::{
     ACCOUNT_COLUMNS, AccountRow, Arg, INTEGRATION_COLUMNS, IntegrationRow, PreparedUpdate,
@@ -463,8 +465,10 @@ impl Store for SqliteStore {
         &self,
         account: &ConnectedAccount,
         credentials: Option<&Credentials>,
+        events: &[AccountEvent],
     ) -> Result<(), StoreError> {
         let row = AccountRow::encode(account)?;
+        let events = EventRow::encode_all(events)?;
         let creds = credentials
             .map(|c| encode_credentials(&self.key_ring(), &account.id, c))
             .transpose()?;
@@ -487,6 +491,7 @@ impl Store for SqliteStore {
             )
             .map_err(map_err)?;
             write_labels(&tx, &account)?;
+            outbox::append(&tx, &events)?;
             tx.commit().map_err(map_err)
         })
         .await
@@ -534,6 +539,7 @@ impl Store for SqliteStore {
         &self,
         account: &ConnectedAccount,
         credentials: CredentialsUpdate<'_>,
+        events: &[AccountEvent],
     ) -> Result<ConnectedAccount, StoreError> {
         let PreparedUpdate {
             next,
@@ -541,6 +547,7 @@ impl Store for SqliteStore {
             expected,
             credentials: creds,
         } = prepare_update(&self.key_ring(), account, credentials)?;
+        let events = EventRow::encode_all(events)?;
         let stored = next.clone();
         self.write(move |conn, _| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
@@ -565,18 +572,31 @@ impl Store for SqliteStore {
                 .map_err(map_err)?;
             }
             write_labels(&tx, &next)?;
+            outbox::append(&tx, &events)?;
             tx.commit().map_err(map_err)
         })
         .await?;
         Ok(stored)
     }
 
-    async fn delete_account(&self, id: &ConnectedAccountId) -> Result<bool, StoreError> {
+    async fn delete_account(
+        &self,
+        id: &ConnectedAccountId,
+        events: &[AccountEvent],
+    ) -> Result<bool, StoreError> {
         let id = id.to_string();
+        let events = EventRow::encode_all(events)?;
         self.write(move |conn, _| {
-            let n = conn
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_err)?;
+            let n = tx
                 .execute("DELETE FROM connected_accounts WHERE id = ?1", [&id])
                 .map_err(map_err)?;
+            if n > 0 {
+                outbox::append(&tx, &events)?;
+            }
+            tx.commit().map_err(map_err)?;
             Ok(n > 0)
         })
         .await
@@ -662,6 +682,71 @@ impl Store for SqliteStore {
 
     fn subscribe(&self, sink: ChangeSink) {
         Self::watch(Arc::downgrade(&self.inner), self.inner.path.clone(), sink);
+    }
+
+    async fn check_ready(&self) -> Result<(), StoreError> {
+        let found: i64 = self.read(|c| {
+            c.query_row(
+                "SELECT COALESCE(MAX(version), 0) FROM keyhaven_migrations",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(map_err)
+        })?;
+        crate::rows::schema_is(found, schema::MIGRATIONS.len())
+    }
+
+    async fn append_events(&self, events: &[AccountEvent]) -> Result<(), StoreError> {
+        let events = EventRow::encode_all(events)?;
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.write(move |conn, _| {
+            let tx = conn.transaction().map_err(map_err)?;
+            outbox::append(&tx, &events)?;
+            tx.commit().map_err(map_err)
+        })
+        .await
+    }
+
+    async fn events_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<Vec<AccountEvent>>, StoreError> {
+        self.events_after_id(after, limit)
+    }
+
+    async fn purge_events(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.purge(before).await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        targets: &[WebhookTarget],
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.claim(targets, now, lease, limit).await
+    }
+
+    async fn finish_delivery(
+        &self,
+        id: i64,
+        claim: &str,
+        outcome: &DeliveryOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.finish(id, claim, outcome, now).await
+    }
+
+    async fn list_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<Delivery>, StoreError> {
+        self.deliveries(filter)
+    }
+
+    async fn redeliver(&self, id: i64, now: DateTime<Utc>) -> Result<Option<Delivery>, StoreError> {
+        self.redeliver_now(id, now).await
     }
 
     async fn append_audit(&self, lines: &[keyhaven_core::AuditLine]) -> Result<(), StoreError> {

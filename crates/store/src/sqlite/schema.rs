@@ -26,6 +26,7 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("../../migrations/sqlite/0004_audit_log.sql"),
     ),
+    (5, include_str!("../../migrations/sqlite/0005_events.sql")),
 ];
 
 /// Opens a connection with keyhaven's settings (WAL, busy timeout, foreign keys).
