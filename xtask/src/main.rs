@@ -56,6 +56,21 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        // What `test` installs and starts, for running single tests by hand: prints
+        // the variables to export: `eval "$(cargo xtask prepare | grep ^export)"`.
+        Some("prepare") => match services::prepare(&root()) {
+            Ok(envs) => {
+                for (k, v) in envs {
+                    println!("export {k}='{v}'");
+                }
+                println!("export KEYHAVEN_REQUIRE_SERVICES=1");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                println!("xtask prepare: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Some("tidy") => {
             let problems = tidy::check_all(&root());
             if problems.is_empty() {
@@ -77,7 +92,7 @@ fn main() -> ExitCode {
         },
         _ => {
             println!(
-                "usage: cargo xtask test [CARGO TEST ARGS...] | cargo xtask tidy | cargo xtask fuzz [--minutes N] [TARGET...]"
+                "usage: cargo xtask test [CARGO TEST ARGS...] | cargo xtask prepare | cargo xtask tidy | cargo xtask fuzz [--minutes N] [TARGET...]"
             );
             ExitCode::from(2)
         }

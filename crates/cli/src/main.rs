@@ -152,12 +152,60 @@ struct Global {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// Log lines on stderr as JSON objects (one per line, with the request id) or as
+    /// text for people; `auto`: text on a terminal, JSON otherwise (a file, a
+    /// journal, a container's log). Never ANSI colours outside a terminal.
+    #[arg(long, global = true, env = "KEYHAVEN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Text on a terminal, JSON otherwise.
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Text for people.
+    Pretty,
+}
+
+/// Starts the log: `KEYHAVEN_LOG` filters (default `info` for `serve`, `warn` for
+/// commands), written to stderr in `format`.
+fn init_logging(command: &Command, format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYHAVEN_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(match command {
+            Command::Serve(_) => "info",
+            _ => "warn",
+        })
+    });
+    let terminal = std::io::stderr().is_terminal();
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Pretty => false,
+        LogFormat::Auto => !terminal,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(terminal);
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .init();
+    } else {
+        builder.init();
+    }
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the REST API, the OAuth callback and the hosted pages.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// List or search the app catalogue.
     Apps {
         /// Part of an app's slug, name or category.
@@ -332,7 +380,7 @@ async fn run(cli: Cli) -> Result<Exit, CliError> {
     let backend = || Backend::new(g.server.as_deref(), &g.api_key, &g.credentials_key, &store);
     match cli.command {
         Command::Serve(args) => {
-            serve::serve(args, store.clone(), g.api_key.clone()).await?;
+            serve::serve(*args, store.clone(), g.api_key.clone()).await?;
             Ok(Exit::Ok)
         }
         Command::Apps { query, catalog_dir } => {
@@ -484,17 +532,7 @@ async fn run(cli: Cli) -> Result<Exit, CliError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KEYHAVEN_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(match &cli.command {
-                    Command::Serve(_) => "info",
-                    _ => "warn",
-                })
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(&cli.command, cli.global.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -22,6 +22,7 @@ pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:9210";
 pub(crate) struct ServeArgs {
     /// A TOML file with the settings below (listen, data_dir, database_url,
     /// public_url, redirect_allowlist, cors_origins, audit_log, audit_store, webhook_attempts,
+    /// webhook_first_retry, webhook_lease, event_retention_days,
     /// proxy_max_response_bytes, header_timeout, body_timeout, idle_timeout,
     /// request_timeout, max_connections, rate_limit, rate_limit_burst, [[webhooks]]).
     #[arg(long, env = "KEYHAVEN_CONFIG")]
@@ -68,6 +69,20 @@ pub(crate) struct ServeArgs {
     /// Tries per webhook event (with back-off: 1 s, 2 s, 4 s ...).
     #[arg(long, env = "KEYHAVEN_WEBHOOK_ATTEMPTS")]
     webhook_attempts: Option<u32>,
+    /// Seconds before the first retry of a webhook delivery, doubled for each
+    /// further one up to an hour [default: 1].
+    #[arg(long, env = "KEYHAVEN_WEBHOOK_FIRST_RETRY", value_name = "SECONDS")]
+    webhook_first_retry: Option<f64>,
+    /// Seconds a webhook delivery claimed by one instance is held before another
+    /// may claim it (an instance that dies mid-try delays that delivery this long);
+    /// at least 11 [default: 60].
+    #[arg(long, env = "KEYHAVEN_WEBHOOK_LEASE", value_name = "SECONDS")]
+    webhook_lease: Option<f64>,
+    /// Days events are kept in the store's event log (replayed to event streams
+    /// that reconnect with Last-Event-ID; webhook deliveries are made from them)
+    /// [default: 7].
+    #[arg(long, env = "KEYHAVEN_EVENT_RETENTION_DAYS", value_name = "DAYS")]
+    event_retention_days: Option<f64>,
     /// The largest API answer the proxy reads, in bytes; a larger one is refused
     /// with 502. Default: 10485760 (10 MiB).
     #[arg(long, env = "KEYHAVEN_PROXY_MAX_RESPONSE_BYTES")]
@@ -128,6 +143,9 @@ struct FileConfig {
     audit_log: Option<PathBuf>,
     audit_store: Option<bool>,
     webhook_attempts: Option<u32>,
+    webhook_first_retry: Option<f64>,
+    webhook_lease: Option<f64>,
+    event_retention_days: Option<f64>,
     proxy_max_response_bytes: Option<u64>,
     header_timeout: Option<f64>,
     body_timeout: Option<f64>,
@@ -191,6 +209,23 @@ fn limits(
         file.request_timeout,
         config.request_timeout,
     )?;
+    config.webhook_first_retry = seconds(
+        "webhook_first_retry",
+        args.webhook_first_retry,
+        file.webhook_first_retry,
+        config.webhook_first_retry,
+    )?;
+    config.webhook_lease = seconds(
+        "webhook_lease",
+        args.webhook_lease,
+        file.webhook_lease,
+        config.webhook_lease,
+    )?;
+    if config.webhook_lease < Duration::from_secs(11) {
+        return Err(CliError::usage(
+            "webhook_lease must be at least 11 seconds (longer than a try, 10 s)".to_owned(),
+        ));
+    }
     if let Some(max) = args.max_connections.or(file.max_connections) {
         if max == 0 {
             return Err(CliError::usage(
@@ -361,8 +396,21 @@ pub(crate) async fn serve(
     } else {
         audit_path.display().to_string()
     };
+    let retention_days = args
+        .event_retention_days
+        .or(file.event_retention_days)
+        .unwrap_or(keyhaven::DEFAULT_EVENT_RETENTION_DAYS as f64);
+    let retention = Duration::try_from_secs_f64(retention_days * 86_400.0)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            CliError::usage(format!(
+                "event_retention_days must be a positive number of days, not {retention_days}"
+            ))
+        })?;
     let mut builder: KeyhavenBuilder = Keyhaven::builder()
         .shared_store(store)
+        .event_retention(retention)
         .audit_log(audit.clone())
         .callback_url(&AppState::callback_url(&public_url))
         .connect_form_url(&AppState::connect_form_url(&public_url));

@@ -667,3 +667,86 @@ rate_limit = 0
         assert!(help.contains(flag), "{flag} in --help:\n{help}");
     }
 }
+
+/// Runs `serve` with `extra` arguments, sends one request with a request id, stops
+/// it with SIGTERM and returns what it wrote on stderr.
+fn serve_log(extra: &[&str]) -> String {
+    use std::io::Read;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = keyhaven()
+        .args([
+            "--api-key",
+            "kh_log_test_key",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .current_dir(tmp.path())
+        .env_remove("KEYHAVEN_DATA_DIR")
+        .env_remove("KEYHAVEN_DATABASE_URL")
+        .env_remove("KEYHAVEN_LOG_FORMAT")
+        .env_remove("KEYHAVEN_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let port: u16 = loop {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(p) = line
+            .split("http://127.0.0.1:")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse().ok())
+        {
+            break p;
+        }
+    };
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(stream, "GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\nx-request-id: log-test-1\r\nconnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("x-request-id: log-test-1"),
+        "{answer}"
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    child.wait().unwrap();
+    err
+}
+
+#[test]
+fn serve_logs_json_lines_with_the_request_id_when_not_on_a_terminal() {
+    let err = serve_log(&[]);
+    assert!(!err.contains('\u{1b}'), "no ANSI codes in a pipe: {err}");
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    let request = lines
+        .iter()
+        .find(|l| l["message"] == "request" && l["path"] == "/healthz")
+        .unwrap_or_else(|| panic!("no request line: {err}"));
+    assert_eq!(request["status"], 200);
+    assert_eq!(request["level"], "INFO");
+    assert_eq!(request["spans"][0]["request_id"], "log-test-1", "{request}");
+    // Asked for text: text, still without colours in a pipe.
+    let text = serve_log(&["--log-format", "pretty"]);
+    assert!(!text.contains('\u{1b}'), "{text}");
+    assert!(text.contains("request_id=log-test-1"), "{text}");
+    assert!(serde_json::from_str::<serde_json::Value>(text.lines().next().unwrap()).is_err());
+}

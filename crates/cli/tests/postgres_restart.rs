@@ -2,7 +2,7 @@
 //! PostgreSQL cluster of the test's own (initdb in a temporary directory, its own
 //! port), clients read and write without pause, the cluster is stopped, then started
 //! again. While it is down the server answers quickly with a clear 503 (never a 500,
-//! never a hang, `/healthz` still up); once it is back the server serves again by
+//! never a hang, `/healthz` still up, `/readyz` 503 with the reason); once it is back the server serves again by
 //! itself, and every write acknowledged before or after is there.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -190,12 +190,31 @@ async fn postgres_stopped_and_started_under_traffic() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     let before = acknowledged.lock().unwrap().len();
     assert!(before > 0, "writes go through before the stop");
+    let ready = || async {
+        let r = http.get(server.url("/readyz")).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<serde_json::Value>().await.unwrap())
+    };
+    assert_eq!(ready().await.0, 200, "ready before the stop");
 
     cluster.stop();
     tokio::time::sleep(Duration::from_secs(3)).await;
     // Down: the server itself answers.
     let health = http.get(server.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
+    // ... but it is not ready, and says why, within its 2 s bound.
+    let asked = std::time::Instant::now();
+    let (status, why) = ready().await;
+    assert_eq!(status, 503, "{why}");
+    assert_eq!(why["status"], "unavailable");
+    assert!(
+        why["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "{why}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "readyz answers quickly"
+    );
     let during: Vec<_> = answers.lock().unwrap().clone();
 
     cluster.pg_ctl_start();
@@ -212,6 +231,7 @@ async fn postgres_stopped_and_started_under_traffic() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert_eq!(ready().await.0, 200, "ready again once PostgreSQL is back");
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         w.await.unwrap();

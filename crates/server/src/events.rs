@@ -1,12 +1,13 @@
 //! Server-sent events: the events of one account, or of all, as they happen on any
 //! instance sharing the store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::stream::{self, Stream, StreamExt};
 use keyhaven::{AccountEvent, ConnectedAccountId, EventKind};
@@ -36,16 +37,69 @@ impl Filter {
     }
 }
 
-/// The events `filter` lets through, as SSE events; a listener that fell behind is
-/// told how many it missed (`lagged`). A one-account stream ends with its deletion.
+/// One event as an SSE event, named by its type, its id the event's.
+fn sse(e: &AccountEvent) -> Event {
+    Event::default()
+        .event(e.kind.as_str())
+        .id(e.id.clone())
+        .data(serde_json::to_string(e).unwrap_or_default())
+}
+
+/// The most events replayed for a `Last-Event-ID`.
+const REPLAY_MAX: usize = 10_000;
+
+/// What a reconnecting listener missed: the kept events after `last` (its
+/// `Last-Event-ID`), oldest first. `Ok(None)`: `last` is no longer kept (or never
+/// was): the listener must read the current state.
+async fn missed(s: &AppState, last: &str) -> Result<Option<Vec<AccountEvent>>> {
+    let mut out = Vec::new();
+    let mut after = last.to_owned();
+    loop {
+        match s.kh.events_after(Some(&after), 500).await {
+            Ok(page) => {
+                let done = page.len() < 500;
+                if let Some(e) = page.last() {
+                    after = e.id.clone();
+                }
+                out.extend(page);
+                if done || out.len() >= REPLAY_MAX {
+                    return Ok(Some(out));
+                }
+            }
+            Err(keyhaven::Error::NotFound { .. }) if out.is_empty() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The `Last-Event-ID` a reconnecting `EventSource` sends.
+fn last_event_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+}
+
+/// The events `filter` lets through, as SSE events: first those of `replay` (what
+/// a reconnecting listener missed), then those heard live, less the ones already
+/// replayed; a listener that fell behind is told how many it missed (`lagged`). A
+/// one-account stream ends with its deletion.
 fn feed(
     receiver: Receiver<AccountEvent>,
     filter: Filter,
+    replay: Vec<AccountEvent>,
     closing: tokio::sync::watch::Receiver<bool>,
 ) -> impl Stream<Item = std::result::Result<Event, Infallible>> {
     let filter = Arc::new(filter);
-    stream::unfold(Some((receiver, closing)), move |state| {
+    let replay: Vec<AccountEvent> = replay.into_iter().filter(|e| filter.matches(e)).collect();
+    let replayed: HashSet<String> = replay.iter().map(|e| e.id.clone()).collect();
+    let ended = filter.account.is_some() && replay.iter().any(|e| e.kind == EventKind::Deleted);
+    let first = stream::iter(replay.iter().map(|e| Ok(sse(e))).collect::<Vec<_>>());
+    let live = stream::unfold((!ended).then_some((receiver, closing)), move |state| {
         let filter = filter.clone();
+        let replayed = replayed.clone();
         async move {
             let (mut receiver, mut closing) = state?;
             loop {
@@ -55,13 +109,9 @@ fn feed(
                     _ = closing.wait_for(|c| *c) => return None,
                 };
                 match next {
-                    Ok(e) if filter.matches(&e) => {
+                    Ok(e) if filter.matches(&e) && !replayed.contains(&e.id) => {
                         let last = filter.account.is_some() && e.kind == EventKind::Deleted;
-                        let event = Event::default()
-                            .event(e.kind.as_str())
-                            .id(e.id.clone())
-                            .data(serde_json::to_string(&e).unwrap_or_default());
-                        return Some((Ok(event), (!last).then_some((receiver, closing))));
+                        return Some((Ok(sse(&e)), (!last).then_some((receiver, closing))));
                     }
                     Ok(_) => {}
                     Err(RecvError::Lagged(n)) => {
@@ -74,7 +124,20 @@ fn feed(
                 }
             }
         }
-    })
+    });
+    first.chain(live)
+}
+
+/// The event a listener gets when its `Last-Event-ID` is no longer kept.
+fn reset(last: &str) -> Event {
+    Event::default().event("lagged").data(
+        serde_json::json!({
+            "missed": null,
+            "lastEventId": last,
+            "reason": "that event is no longer kept (older than the event retention); read the current state"
+        })
+        .to_string(),
+    )
 }
 
 fn keep_alive() -> KeepAlive {
@@ -84,9 +147,12 @@ fn keep_alive() -> KeepAlive {
 /// `GET /api/v1/connectedAccounts/{id}/events`: first a `snapshot` event with the
 /// account as it is, then every event of the account as it happens on any instance
 /// (`connection.active`, `connection.failed`, ...); the stream ends after
-/// `connection.deleted`.
+/// `connection.deleted`. A listener that reconnects with `Last-Event-ID` gets the
+/// account's events it missed instead of the snapshot (or, when that event is no
+/// longer kept, a `lagged` event and the snapshot).
 #[utoipa::path(get, path = "/api/v1/connectedAccounts/{id}/events", tag = "events",
-    params(("id" = crate::views::shapes::AccountId, Path, description = "The connected account's id")),
+    params(("id" = crate::views::shapes::AccountId, Path, description = "The connected account's id"),
+        ("Last-Event-ID" = Option<String>, Header, description = "The id of the last event heard: the events after it are replayed first")),
     responses(
         (status = 200, description = "An event stream: `snapshot` (the account), then its events, each an AccountEvent", content_type = "text/event-stream", body = crate::views::shapes::AccountStreamEvent),
         (status = 400, description = "Not an account id", body = crate::views::v1::ErrorBody),
@@ -97,21 +163,39 @@ fn keep_alive() -> KeepAlive {
 pub(crate) async fn account_events(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = std::result::Result<Event, Infallible>>>> {
-    // Listen first, so that nothing happening while the snapshot is read is missed.
+    // Listen first, so that nothing happening while the snapshot or the missed
+    // events are read is lost.
     let receiver = s.kh.events();
     let account = s.kh.connected_accounts().get(&id).await?;
-    let view = account_view(&s.kh, &account).await;
-    let snapshot = Event::default()
-        .event("snapshot")
-        .data(serde_json::to_string(&view).unwrap_or_default());
+    let mut first = Vec::new();
+    let replay = match last_event_id(&headers) {
+        Some(last) => match missed(&s, &last).await? {
+            Some(replay) => replay,
+            None => {
+                first.push(reset(&last));
+                Vec::new()
+            }
+        },
+        None => Vec::new(),
+    };
+    if last_event_id(&headers).is_none() || !first.is_empty() {
+        let view = account_view(&s.kh, &account).await;
+        first.push(
+            Event::default()
+                .event("snapshot")
+                .data(serde_json::to_string(&view).unwrap_or_default()),
+        );
+    }
     let filter = Filter {
         account: Some(account.id),
         ..Filter::default()
     };
-    let events = stream::once(async move { Ok(snapshot) }).chain(feed(
+    let events = stream::iter(first.into_iter().map(Ok)).chain(feed(
         receiver,
         filter,
+        replay,
         s.closing.subscribe(),
     ));
     Ok(Sse::new(events).keep_alive(keep_alive()))
@@ -119,11 +203,14 @@ pub(crate) async fn account_events(
 
 /// `GET /api/v1/events`: every event, as it happens on any instance; filters
 /// `entityId`, `appNames`, `types` (such as `connection.active,connection.failed`).
+/// A listener that reconnects with `Last-Event-ID` gets the events it missed first
+/// (or, when that event is no longer kept, a `lagged` event).
 #[utoipa::path(get, path = "/api/v1/events", tag = "events",
     params(
         ("entityId" = Option<String>, Query, description = "Only these entities (comma-separated)"),
         ("appNames" = Option<String>, Query, description = "Only these apps (comma-separated)"),
         ("types" = Option<crate::views::shapes::EventTypeList>, Query, description = "Only these event types (comma-separated)"),
+        ("Last-Event-ID" = Option<String>, Header, description = "The id of the last event heard: the events after it are replayed first"),
     ),
     responses(
         (status = 200, description = "An event stream of AccountEvents", content_type = "text/event-stream", body = crate::views::shapes::StreamEvent),
@@ -134,7 +221,9 @@ pub(crate) async fn account_events(
 pub(crate) async fn all_events(
     State(s): State<Arc<AppState>>,
     Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = std::result::Result<Event, Infallible>>>> {
+    let receiver = s.kh.events();
     let kinds = list(&q, &["types", "type"])
         .into_iter()
         .map(|k| {
@@ -152,5 +241,17 @@ pub(crate) async fn all_events(
         apps: list(&q, &["appNames", "appName"]),
         kinds,
     };
-    Ok(Sse::new(feed(s.kh.events(), filter, s.closing.subscribe())).keep_alive(keep_alive()))
+    let mut first = Vec::new();
+    let replay = match last_event_id(&headers) {
+        Some(last) => match missed(&s, &last).await? {
+            Some(replay) => replay,
+            None => {
+                first.push(Ok(reset(&last)));
+                Vec::new()
+            }
+        },
+        None => Vec::new(),
+    };
+    let events = stream::iter(first).chain(feed(receiver, filter, replay, s.closing.subscribe()));
+    Ok(Sse::new(events).keep_alive(keep_alive()))
 }

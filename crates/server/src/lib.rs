@@ -10,6 +10,7 @@ mod api;
 mod api_v2;
 mod api_v3;
 mod auth;
+mod deliveries;
 mod error;
 mod events;
 mod inprocess;
@@ -57,6 +58,10 @@ pub struct ServerConfig {
     pub webhook_attempts: u32,
     /// See `webhook_attempts`.
     pub webhook_first_retry: Duration,
+    /// How long a delivery claimed by an instance is held before another may claim
+    /// it: an instance that dies mid-try delays that delivery by at most this long.
+    /// Longer than a try can take (10 s). Default 60 s.
+    pub webhook_lease: Duration,
     /// The time a client has to send a request's line and headers, from the moment
     /// it connects (a TLS handshake included) or sends the first byte of a later
     /// request; then the connection is dropped. Default 10 s.
@@ -94,6 +99,7 @@ impl Default for ServerConfig {
             webhooks: Vec::new(),
             webhook_attempts: 8,
             webhook_first_retry: Duration::from_secs(1),
+            webhook_lease: webhooks::LEASE,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
@@ -277,6 +283,9 @@ fn admin_routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(events::all_events))
         .routes(routes!(proxy::proxy))
         .routes(routes!(api::audit))
+        .routes(routes!(deliveries::webhooks))
+        .routes(routes!(deliveries::deliveries))
+        .routes(routes!(deliveries::redeliver))
         .nest("/api/v3.1", api_v3::routes())
 }
 
@@ -310,7 +319,9 @@ fn page_routes() -> OpenApiRouter<Arc<AppState>> {
 
 /// Health, never limited.
 fn health_routes() -> OpenApiRouter<Arc<AppState>> {
-    OpenApiRouter::new().routes(routes!(healthz))
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
 }
 
 /// The routes (with their access checks and rate limits) and the OpenAPI document
@@ -362,6 +373,40 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     responses((status = 200, description = "The server is up", body = views::v1::Health)))]
 async fn healthz() -> axum::Json<views::v1::Health> {
     axum::Json(views::v1::Health { status: "ok" })
+}
+
+/// How long `/readyz` waits for the store.
+const READY_WAIT: Duration = Duration::from_secs(2);
+
+/// `GET /readyz`: ready to serve: the store answers within 2 s and its schema is
+/// migrated to what this build expects. For an orchestrator's readiness probe
+/// (`/healthz` is the liveness probe: the process answers).
+#[utoipa::path(get, path = "/readyz", tag = "server",
+    responses((status = 200, description = "Ready", body = views::v1::Readiness),
+        (status = 503, description = "Not ready: the store cannot be reached, or its schema is not this build's", body = views::v1::Readiness)))]
+async fn readyz(State(s): State<Arc<AppState>>) -> Response {
+    let reason = match tokio::time::timeout(READY_WAIT, s.kh.store().check_ready()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!(
+            "the store did not answer within {} s",
+            READY_WAIT.as_secs()
+        )),
+    };
+    let status = if reason.is_some() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let body = views::v1::Readiness {
+        status: if reason.is_some() {
+            "unavailable"
+        } else {
+            "ready"
+        },
+        reason,
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 /// The whole application: the admin API (behind `x-api-key`), credentials (behind
@@ -417,20 +462,56 @@ pub fn router(state: Arc<AppState>) -> Router {
     app
 }
 
+/// The header that names a request: taken from the caller when it is a plain
+/// token (up to 128 of `A-Z a-z 0-9 . _ : -`), else made (`req_` and 16 hex digits);
+/// answered on every response and written on every log line of the request.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The request id a caller gave, when it is one keyhaven keeps.
+fn given_request_id(request: &Request) -> Option<HeaderValue> {
+    request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .filter(|v| {
+            let b = v.as_bytes();
+            !b.is_empty()
+                && b.len() <= 128
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || b"._:-".contains(c))
+        })
+        .cloned()
+}
+
 /// One log line per request: method, path (never the query, which may carry an OAuth
-/// code, a state or a form's token), status and time taken.
-async fn log_request(request: Request, next: Next) -> Response {
+/// code, a state or a form's token), status and time taken; every line logged while
+/// the request is served carries its request id, which the response returns.
+async fn log_request(mut request: Request, next: Next) -> Response {
+    let id = given_request_id(&request).unwrap_or_else(|| {
+        let made = keyhaven::random_hex::<8>().unwrap_or_else(|_| "0".repeat(16));
+        HeaderValue::from_str(&format!("req_{made}"))
+            .unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
+    });
+    request.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
+    let span = tracing::info_span!("request", request_id = %String::from_utf8_lossy(id.as_bytes()));
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let started = std::time::Instant::now();
-    let response = next.run(request).await;
-    tracing::info!(
-        %method,
-        path,
-        status = response.status().as_u16(),
-        ms = started.elapsed().as_secs_f64() * 1000.0,
-        "request"
-    );
+    let mut response = tracing::Instrument::instrument(
+        async move {
+            let response = next.run(request).await;
+            tracing::info!(
+                %method,
+                path,
+                status = response.status().as_u16(),
+                ms = started.elapsed().as_secs_f64() * 1000.0,
+                "request"
+            );
+            response
+        },
+        span,
+    )
+    .await;
+    response.headers_mut().insert(REQUEST_ID_HEADER, id);
     response
 }
 
@@ -465,6 +546,7 @@ pub async fn serve_with<A: Accept>(
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    webhooks::register(&state).await;
     let deliveries = webhooks::spawn(state.clone());
     let closing = state.closing.clone();
     let config = state.config.clone();

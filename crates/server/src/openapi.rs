@@ -13,7 +13,7 @@ use crate::views::shapes::{
     EventTypeList, IntegrationIdList, IntegrationIdShape, LabelList, LabelShape, OffsetCursor,
     PageLimit, ScopesShape, StatusList, Token, V3StatusList, WaitSeconds,
 };
-use crate::views::v1::ErrorBody;
+use crate::views::v1::{DeliveryStateName, ErrorBody};
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
@@ -44,6 +44,7 @@ use crate::views::v1::ErrorBody;
         PageLimit,
         WaitSeconds,
         Token,
+        DeliveryStateName,
     )),
     tags(
         (name = "apps", description = "The app catalogue"),
@@ -51,6 +52,7 @@ use crate::views::v1::ErrorBody;
         (name = "connectedAccounts", description = "One entity linked to one integration"),
         (name = "credentials", description = "Reading credentials: the credentials key only, every read audited"),
         (name = "events", description = "Status changes as server-sent events"),
+        (name = "webhooks", description = "The webhooks and their deliveries (the outbox)"),
         (name = "pages", description = "What end users see: the OAuth callback and the connect form"),
         (name = "server", description = "The server itself"),
         (name = "v3.1", description = "Composio's v3.1 API, as its current SDKs call it: toolkits (the catalogue), auth configs (integrations), connected accounts and connection links; also at /api/v3"),

@@ -151,8 +151,36 @@ async fn every_answer_matches_its_documented_schema() {
         .build()
         .unwrap();
     let doc = serde_json::to_value(keyhaven_server::openapi()).unwrap();
+    // A webhook, registered in the outbox before any event (as `serve` does).
+    let hook = keyhaven_server::Webhook {
+        url: keyhaven::url::Url::parse("http://127.0.0.1:9/hook?token=t").unwrap(),
+        secret: "whsec_schema".to_owned().into(),
+        events: Vec::new(),
+    };
+    let target = keyhaven::WebhookTarget {
+        key: hook.key(),
+        kinds: Vec::new(),
+    };
+    let outbox = kh.clone();
+    let fan_out = || async {
+        outbox
+            .store()
+            .claim_deliveries(
+                std::slice::from_ref(&target),
+                outbox.now(),
+                std::time::Duration::from_secs(60),
+                0,
+            )
+            .await
+            .unwrap()
+    };
+    fan_out().await;
+    let config = ServerConfig {
+        webhooks: vec![hook],
+        ..ServerConfig::default()
+    };
     let mut c = Checker {
-        api: InProcess::new(kh, ServerConfig::default()).unwrap(),
+        api: InProcess::new(kh, config).unwrap(),
         doc,
         succeeded: BTreeSet::new(),
     };
@@ -163,6 +191,11 @@ async fn every_answer_matches_its_documented_schema() {
 
     // The server, the catalogue and the schemes.
     c.call(get.clone(), "/healthz", None, admin).await;
+    let (status, ready) = c.call(get.clone(), "/readyz", None, admin).await;
+    assert_eq!(
+        (status, &ready["status"]),
+        (StatusCode::OK, &json!("ready"))
+    );
     c.call(get.clone(), "/api/v1/client/auth/client_info", None, admin)
         .await;
     let (_, apps) = c
@@ -423,6 +456,67 @@ async fn every_answer_matches_its_documented_schema() {
         admin,
     )
     .await;
+    // The webhook outbox: the webhooks, their deliveries by page, a redelivery.
+    let (_, hooks) = c.call(get.clone(), "/api/v1/webhooks", None, admin).await;
+    assert_eq!(
+        hooks["items"][0]["url"], "http://127.0.0.1:9/hook",
+        "{hooks}"
+    );
+    fan_out().await;
+    let (status, page) = c
+        .call(
+            get.clone(),
+            "/api/v1/webhooks/deliveries?limit=2&state=pending",
+            None,
+            admin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["items"].as_array().unwrap().len(), 2, "{page}");
+    let cursor = page["nextCursor"].as_str().expect("more than one page");
+    let (_, rest) = c
+        .call(
+            get.clone(),
+            &format!("/api/v1/webhooks/deliveries?cursor={cursor}"),
+            None,
+            admin,
+        )
+        .await;
+    assert!(rest["items"][0]["id"].as_i64() < page["items"][1]["id"].as_i64());
+    let (status, _) = c
+        .call(
+            get.clone(),
+            "/api/v1/webhooks/deliveries?state=lost",
+            None,
+            admin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let first = page["items"][0]["id"].as_i64().unwrap();
+    let (status, again) = c
+        .call(
+            post.clone(),
+            &format!("/api/v1/webhooks/deliveries/{first}/redeliver"),
+            None,
+            admin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["state"], "pending");
+    for (bad, expected) in [
+        ("999999999", StatusCode::NOT_FOUND),
+        ("nope", StatusCode::BAD_REQUEST),
+    ] {
+        let (status, _) = c
+            .call(
+                post.clone(),
+                &format!("/api/v1/webhooks/deliveries/{bad}/redeliver"),
+                None,
+                admin,
+            )
+            .await;
+        assert_eq!(status, expected);
+    }
     c.call(
         post.clone(),
         &format!("{account}/proxy"),

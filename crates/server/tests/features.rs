@@ -725,6 +725,10 @@ async fn the_openapi_document_lists_exactly_the_routes_served() {
         "GET /link/{token}",
         "POST /link/{token}",
         "GET /healthz",
+        "GET /readyz",
+        "GET /api/v1/webhooks",
+        "GET /api/v1/webhooks/deliveries",
+        "POST /api/v1/webhooks/deliveries/{id}/redeliver",
         "GET /api/v3.1/toolkits",
         "GET /api/v3.1/toolkits/{slug}",
         "POST /api/v3.1/auth_configs",
@@ -1142,4 +1146,40 @@ async fn connection_links_lead_once_to_the_provider_through_keyhavens_page() {
     assert_eq!(waiting.json["status"], "INITIATED");
     assert_eq!(waiting.json["user_id"], "gina");
     assert!(waiting.json.get("state").is_none(), "{}", waiting.text);
+}
+
+#[tokio::test]
+async fn every_answer_names_its_request() {
+    let app = plain_app(keyhaven());
+    let made = send(&app, get("/healthz")).await;
+    let id = made.headers["x-request-id"].to_str().unwrap().to_owned();
+    assert!(id.starts_with("req_") && id.len() == 20, "a made id: {id}");
+    let again = send(&app, get("/healthz")).await;
+    assert_ne!(
+        again.headers["x-request-id"],
+        id.as_str(),
+        "one per request"
+    );
+    // A caller's plain id is kept, errors included; anything else is replaced.
+    let given = Request::builder()
+        .uri("/api/v1/apps")
+        .header("x-request-id", "trace-42.a:b_c")
+        .body(Body::empty())
+        .unwrap();
+    let answer = send(&app, given).await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(answer.headers["x-request-id"], "trace-42.a:b_c");
+    for bad in ["has space", "quote\"", &"x".repeat(129)] {
+        let req = Request::builder()
+            .uri("/healthz")
+            .header("x-request-id", bad)
+            .body(Body::empty())
+            .unwrap();
+        let answer = send(&app, req).await;
+        let id = answer.headers["x-request-id"].to_str().unwrap();
+        assert!(
+            id.starts_with("req_") && id != bad,
+            "{bad:?} replaced by {id}"
+        );
+    }
 }

@@ -720,7 +720,7 @@ async fn private_hosts_in_stored_parameters_are_refused_at_proxy_time() {
         account.params.insert("host".into(), json!(host));
         account.id = keyhaven::ConnectedAccountId::generate().unwrap();
         store
-            .insert_account(&account, Some(&credentials))
+            .insert_account(&account, Some(&credentials), &[])
             .await
             .unwrap();
         let r = call(

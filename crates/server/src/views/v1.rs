@@ -591,6 +591,18 @@ pub(crate) struct Health {
     pub(crate) status: &'static str,
 }
 
+/// Whether the server can serve.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Readiness)]
+pub(crate) struct Readiness {
+    /// `ready` or `unavailable`.
+    #[schema(pattern = "^(ready|unavailable)$")]
+    pub(crate) status: &'static str,
+    /// Why not, when not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) reason: Option<String>,
+}
+
 /// `POST /api/v1/integrations`: a new integration. Each field also has Composio's
 /// spelling (`appId`/`appName`, `authScheme`, `authConfig`); give one spelling of each.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -763,4 +775,89 @@ impl From<keyhaven::AuditEntry> for AuditEntryView {
 pub(crate) struct AuditList {
     /// The uses selected, oldest first (the newest `limit` of them).
     pub(crate) items: Vec<AuditEntryView>,
+}
+
+/// A webhook this server posts events to.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = Webhook)]
+pub(crate) struct WebhookView {
+    /// Its key in the outbox (`wh_` and 16 hex digits of its URL's hash).
+    pub(crate) key: String,
+    /// Its URL, without query or user name.
+    pub(crate) url: String,
+    /// The event types it gets; empty: all.
+    pub(crate) events: Vec<String>,
+}
+
+/// The configured webhooks.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = WebhookList)]
+pub(crate) struct WebhookList {
+    /// Every one.
+    pub(crate) items: Vec<WebhookView>,
+}
+
+/// One event for one webhook, with its tries and outcome.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = WebhookDelivery)]
+pub(crate) struct DeliveryView {
+    /// The delivery's id (for redelivery).
+    pub(crate) id: i64,
+    /// The webhook's key.
+    pub(crate) webhook: String,
+    /// The webhook's URL without query, when this server has that webhook configured.
+    pub(crate) url: Option<String>,
+    /// The event's id, as the `keyhaven-event-id` header sends it.
+    pub(crate) event_id: String,
+    /// The event posted: {id, type, connectedAccountId, entityId, appName, integrationId, status, reason, at, origin}.
+    #[schema(value_type = Object)]
+    pub(crate) event: keyhaven::AccountEvent,
+    /// `pending`, `delivered` or `failed`.
+    #[schema(pattern = "^(pending|delivered|failed)$")]
+    pub(crate) state: String,
+    /// Tries made.
+    pub(crate) attempts: u32,
+    /// When a pending delivery is tried next.
+    #[schema(value_type = String, format = DateTime)]
+    pub(crate) next_attempt_at: DateTime<Utc>,
+    /// The receiver's last HTTP status, when it answered.
+    pub(crate) last_status: Option<u16>,
+    /// Why the last try failed.
+    pub(crate) last_error: Option<String>,
+    /// When it was made.
+    #[schema(value_type = String, format = DateTime)]
+    pub(crate) created_at: DateTime<Utc>,
+    /// When it last changed.
+    #[schema(value_type = String, format = DateTime)]
+    pub(crate) updated_at: DateTime<Utc>,
+}
+
+/// One page of deliveries, the newest first.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = WebhookDeliveryList)]
+pub(crate) struct DeliveryList {
+    /// The deliveries.
+    pub(crate) items: Vec<DeliveryView>,
+    /// Give it as `cursor` for the next page; absent on the last.
+    pub(crate) next_cursor: Option<String>,
+}
+
+/// A delivery's state, as the deliveries listing filters by it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[schema(as = DeliveryState)]
+#[expect(
+    dead_code,
+    reason = "describes the query parameter; `DeliveryState::parse` reads it"
+)]
+pub(crate) enum DeliveryStateName {
+    /// Not delivered yet.
+    Pending,
+    /// The receiver answered 2xx.
+    Delivered,
+    /// Refused, or given up.
+    Failed,
 }
