@@ -21,7 +21,8 @@ pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:9210";
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServeArgs {
     /// A TOML file with the settings below (listen, data_dir, database_url,
-    /// public_url, redirect_allowlist, cors_origins, audit_log, audit_store, webhook_attempts,
+    /// public_url, redirect_allowlist, cors_origins, audit_log, audit_store, metrics_listen,
+    /// webhook_attempts,
     /// webhook_first_retry, webhook_lease, event_retention_days,
     /// proxy_max_response_bytes, header_timeout, body_timeout, idle_timeout,
     /// request_timeout, max_connections, rate_limit, rate_limit_burst, [[webhooks]]).
@@ -52,6 +53,13 @@ pub(crate) struct ServeArgs {
     /// generated on first start and shown once.
     #[arg(long, env = "KEYHAVEN_CREDENTIALS_KEY", hide_env_values = true)]
     credentials_key: Option<String>,
+    /// A key that reads GET /metrics and nothing else (the admin key reads them too).
+    #[arg(long, env = "KEYHAVEN_METRICS_KEY", hide_env_values = true)]
+    metrics_key: Option<String>,
+    /// Also serve GET /metrics with no key on this address: a port only the scraper
+    /// reaches, such as 127.0.0.1:9211.
+    #[arg(long, env = "KEYHAVEN_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Where credential reads are recorded, one JSON line each. Default:
     /// audit.log in the data directory.
     #[arg(long, env = "KEYHAVEN_AUDIT_LOG", conflicts_with = "audit_store")]
@@ -142,6 +150,7 @@ struct FileConfig {
     cors_origins: Vec<String>,
     audit_log: Option<PathBuf>,
     audit_store: Option<bool>,
+    metrics_listen: Option<SocketAddr>,
     webhook_attempts: Option<u32>,
     webhook_first_retry: Option<f64>,
     webhook_lease: Option<f64>,
@@ -461,6 +470,15 @@ pub(crate) async fn serve(
         proxy: ProxyLimits { max_response_bytes },
         ..limited
     };
+    let metrics_listener = match args.metrics_listen.or(file.metrics_listen) {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                CliError::other(format!("cannot listen for metrics on {addr}: {e}"))
+            })?;
+            Some(l)
+        }
+        None => None,
+    };
     output::line(format!(
         "keyhaven listening on http://{local} (public URL {}, {description}, {} webhook(s), audit log {}, at most {} connections)",
         public_url.as_str().trim_end_matches('/'),
@@ -468,13 +486,32 @@ pub(crate) async fn serve(
         audit_place,
         config.max_connections,
     ))?;
+    if let Some(l) = &metrics_listener {
+        let addr = l.local_addr().map_err(|e| CliError::other(e.to_string()))?;
+        output::line(format!("metrics (no key) at http://{addr}/metrics"))?;
+    }
     let mut state = AppState::new(kh, admin_key);
     state.credentials_key = Some(credentials_key);
+    state.metrics_key = args.metrics_key.as_deref().map(AdminKey::from_plain);
     state.config = config;
     let state = Arc::new(state);
+    let metrics = match metrics_listener {
+        Some(listener) => {
+            let state = state.clone();
+            Some(tokio::spawn(async move {
+                if let Err(e) = keyhaven_server::serve_metrics(listener, state).await {
+                    tracing::error!(error = %e, "the metrics listener stopped");
+                }
+            }))
+        }
+        None => None,
+    };
     keyhaven_server::serve(listener, state, shutdown_signal())
         .await
         .map_err(|e| CliError::other(e.to_string()))?;
+    if let Some(m) = metrics {
+        m.abort();
+    }
     // A clean stop: every queued audit line is written before the process ends.
     audit.close();
     output::line("keyhaven stopped")?;

@@ -194,6 +194,15 @@ pub trait Store: Send + Sync + 'static {
         Err(no_event_log())
     }
 
+    /// How many deliveries are in `state` (the backlog, for `Pending`).
+    async fn count_deliveries(
+        &self,
+        state: crate::outbox::DeliveryState,
+    ) -> Result<u64, StoreError> {
+        let _ = state;
+        Err(no_event_log())
+    }
+
     /// Makes a delivery pending again, due at `now`, with its tries counted from zero
     /// (its claim, if any, dropped). `Ok(None)`: there is none with that id.
     async fn redeliver(&self, id: i64, now: DateTime<Utc>) -> Result<Option<Delivery>, StoreError> {

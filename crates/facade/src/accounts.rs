@@ -347,8 +347,10 @@ impl Keyhaven {
             None => self.inner.cache.fresh(id, self.now()),
         };
         if let Some(hit) = hit {
+            self.inner.cache.reads.hit();
             return Ok(hit);
         }
+        self.inner.cache.reads.miss();
         // Boxed, so that the future of a cached read stays small (it is moved on
         // every call) while the slow path keeps its large state machine on the heap.
         Box::pin(self.credentials_uncached(id)).await
@@ -439,7 +441,10 @@ impl Keyhaven {
             let effective = effective_integration(&integration, &account.params);
             let cx = AccountContext::new(&effective, &account, &credentials, now)
                 .with_http(self.http_client());
-            match scheme.refresh(cx).await {
+            let started = std::time::Instant::now();
+            let refreshed = scheme.refresh(cx).await;
+            crate::metered::refresh_done(account.app.as_str(), started, &refreshed);
+            match refreshed {
                 Ok(None) => Ok(credentials),
                 Ok(Some(fresh)) => {
                     self.store_refreshed(account, &fresh).await?;

@@ -53,8 +53,61 @@ impl FastClock {
     }
 }
 
+/// Counts of credential reads, split in shards (one cache line each) so that
+/// readers on different cores do not contend for one counter.
+pub(crate) struct ReadCounts {
+    shards: [Shard; SHARDS],
+}
+
+const SHARDS: usize = 8;
+
+#[repr(align(128))]
+#[derive(Default)]
+struct Shard {
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// The shard of the current thread, given round-robin on its first read.
+fn shard() -> usize {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static SHARD: usize = (NEXT.fetch_add(1, Ordering::Relaxed) as usize) % SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
+
+impl ReadCounts {
+    fn new() -> Self {
+        Self {
+            shards: std::array::from_fn(|_| Shard::default()),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn hit(&self) {
+        self.shards[shard()].hits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn miss(&self) {
+        self.shards[shard()].misses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Hits and misses so far.
+    pub(crate) fn totals(&self) -> (u64, u64) {
+        self.shards.iter().fold((0, 0), |(h, m), s| {
+            (
+                h + s.hits.load(Ordering::Relaxed),
+                m + s.misses.load(Ordering::Relaxed),
+            )
+        })
+    }
+}
+
 /// The cache, shared with the store's change feed.
 pub(crate) struct CredentialCache {
+    /// Reads served from the cache and not.
+    pub(crate) reads: ReadCounts,
     entries: Option<quick_cache::sync::Cache<ConnectedAccountId, Cached>>,
     /// Where each account's requests go, with what (see [`crate::request`]).
     targets: Option<quick_cache::sync::Cache<ConnectedAccountId, Arc<crate::request::Target>>>,
@@ -67,6 +120,7 @@ impl CredentialCache {
     /// A cache of at most `capacity` accounts; 0 turns caching off.
     pub(crate) fn new(capacity: usize) -> Arc<Self> {
         Arc::new(Self {
+            reads: ReadCounts::new(),
             entries: (capacity > 0).then(|| quick_cache::sync::Cache::new(capacity)),
             targets: (capacity > 0).then(|| quick_cache::sync::Cache::new(capacity)),
             generation: AtomicU64::new(0),

@@ -180,7 +180,15 @@ impl Keyhaven {
                     now,
                 )
                 .with_http(self.http_client());
-                scheme.complete(cx).await.map_err(|e| clip(&e.to_string()))
+                {
+                    let completed = scheme.complete(cx).await;
+                    crate::metered::provider_call(
+                        account.app.as_str(),
+                        "complete",
+                        completed.is_ok(),
+                    );
+                    completed.map_err(|e| clip(&e.to_string()))
+                }
             }
         };
         self.finish_connection(account, result, None).await

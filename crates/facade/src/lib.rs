@@ -36,6 +36,7 @@ mod events;
 mod form;
 mod integrations;
 mod link;
+mod metered;
 mod refresh;
 mod registry;
 pub mod request;
@@ -114,6 +115,16 @@ struct Inner {
 /// Where keyhaven's OAuth callback is, when no other is configured: the server's
 /// default address.
 pub const DEFAULT_CALLBACK_URL: &str = "http://127.0.0.1:9210/api/v1/oauth/callback";
+
+/// Credential reads served from the cache (`hits`) and not (`misses`), see
+/// [`Keyhaven::credential_cache_counts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheCounts {
+    /// Served from memory.
+    pub hits: u64,
+    /// Read from the store, or refreshed.
+    pub misses: u64,
+}
 
 /// How many days events are kept by default ([`KeyhavenBuilder::event_retention`]).
 pub const DEFAULT_EVENT_RETENTION_DAYS: i64 = 7;
@@ -208,6 +219,7 @@ impl Keyhaven {
         mut settings: Settings,
         catalog: Arc<Catalog>,
     ) -> Self {
+        let store: Arc<dyn Store> = Arc::new(metered::Metered(store));
         let fast_clock = clock.is_none().then(cache::FastClock::new);
         let clock = clock.unwrap_or_else(|| Arc::new(SystemClock));
         let cache = cache::CredentialCache::new(settings.cache_capacity);
@@ -247,6 +259,14 @@ impl Keyhaven {
     /// The registered auth schemes.
     pub fn schemes(&self) -> &SchemeRegistry {
         &self.inner.registry
+    }
+
+    /// How many credential reads ([`ConnectedAccounts::credentials`]) this keyhaven
+    /// served from its cache, and how many it read from the store (or refreshed),
+    /// since it was built.
+    pub fn credential_cache_counts(&self) -> CacheCounts {
+        let (hits, misses) = self.inner.cache.reads.totals();
+        CacheCounts { hits, misses }
     }
 
     /// The store behind this keyhaven.

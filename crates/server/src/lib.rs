@@ -16,6 +16,7 @@ mod events;
 mod inprocess;
 mod limits;
 mod listen;
+mod metrics;
 mod openapi;
 mod pages;
 pub mod proxy;
@@ -40,6 +41,7 @@ pub use error::ApiError;
 pub use inprocess::{Answer, InProcess, KeyKind};
 pub use limits::RateLimit;
 pub use listen::{Accept, PlainTcp, default_max_connections};
+pub use metrics::recorder as metrics_recorder;
 pub use webhooks::{SIGNATURE_HEADER, Webhook, sign, verify};
 
 /// The server's settings beyond the library's.
@@ -131,6 +133,8 @@ pub struct AppState {
     /// The credentials key's hash: reading credentials, and nothing else. `None`:
     /// no one may read credentials through the API.
     pub credentials_key: Option<AdminKey>,
+    /// The metrics key's hash: `GET /metrics` (the admin key reads them too).
+    pub metrics_key: Option<AdminKey>,
     /// The server's settings.
     pub config: ServerConfig,
     /// Turns true when the server begins to stop: event streams end then, so that
@@ -146,6 +150,7 @@ impl AppState {
             kh,
             admin_key,
             credentials_key: None,
+            metrics_key: None,
             config: ServerConfig::default(),
             closing: tokio::sync::watch::Sender::new(false),
         }
@@ -414,10 +419,19 @@ async fn readyz(State(s): State<Arc<AppState>>) -> Response {
 /// with the request timeout and the rate limit of `state.config` (each router has
 /// its own rate limit counts).
 pub fn router(state: Arc<AppState>) -> Router {
+    // Installed before the first request, so that every one is counted.
+    metrics::recorder();
     let limiter = limits::IpLimiter::new(state.config.rate_limit);
     let (routes, doc) = routes_and_doc(&state, limiter);
     let doc = Arc::new(doc);
+    let metrics_route = Router::new()
+        .route("/metrics", axum::routing::get(metrics::metrics))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::require_metrics_key,
+        ));
     let mut app = routes
+        .merge(metrics_route)
         .route(
             "/api/v1/openapi.json",
             axum::routing::get(move || {
@@ -482,6 +496,26 @@ fn given_request_id(request: &Request) -> Option<HeaderValue> {
         .cloned()
 }
 
+/// `GET /metrics` alone, with no key: for a listener of its own that only the
+/// scraper reaches (`keyhaven serve --metrics-listen`).
+pub fn metrics_router(state: Arc<AppState>) -> Router {
+    metrics::recorder();
+    Router::new()
+        .route("/metrics", axum::routing::get(metrics::metrics))
+        .with_state(state)
+}
+
+/// Serves [`metrics_router`] on `listener` (plain HTTP) until the task is dropped.
+///
+/// # Errors
+/// The listener fails for good.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+) -> std::io::Result<()> {
+    axum::serve(listener, metrics_router(state)).await
+}
+
 /// One log line per request: method, path (never the query, which may carry an OAuth
 /// code, a state or a form's token), status and time taken; every line logged while
 /// the request is served carries its request id, which the response returns.
@@ -495,10 +529,21 @@ async fn log_request(mut request: Request, next: Next) -> Response {
     let span = tracing::info_span!("request", request_id = %String::from_utf8_lossy(id.as_bytes()));
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    // The route's template, not the path: a bounded label.
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
     let started = std::time::Instant::now();
     let mut response = tracing::Instrument::instrument(
         async move {
             let response = next.run(request).await;
+            metrics::http_request(
+                method.as_str(),
+                &route,
+                response.status().as_u16(),
+                started.elapsed().as_secs_f64(),
+            );
             tracing::info!(
                 %method,
                 path,

@@ -269,6 +269,7 @@ async fn attempt(state: &AppState, client: &reqwest::Client, hook: &Webhook, del
             return;
         }
     };
+    let started = std::time::Instant::now();
     let timestamp = Utc::now().timestamp();
     let signature = sign(hook.secret.expose_secret(), timestamp, &body);
     let sent = client
@@ -333,6 +334,14 @@ async fn attempt(state: &AppState, client: &reqwest::Client, hook: &Webhook, del
             }
         }
     };
+    crate::metrics::webhook_try(
+        match &outcome {
+            DeliveryOutcome::Delivered { .. } => "delivered",
+            DeliveryOutcome::Retry { .. } => "retry",
+            DeliveryOutcome::Failed { .. } => "failed",
+        },
+        started.elapsed().as_secs_f64(),
+    );
     match state
         .kh
         .store()

@@ -333,7 +333,14 @@ async fn deliveries_are_made_once_and_claimed_once(store: Arc<dyn Store>) {
         3,
         "created and active for one, active for the other"
     );
+    let failed_before = store.count_deliveries(DeliveryState::Failed).await.unwrap();
+    assert!(failed_before >= 1, "the failed one is counted");
     let redone = store.redeliver(third.id, expired).await.unwrap().unwrap();
+    assert_eq!(
+        store.count_deliveries(DeliveryState::Failed).await.unwrap(),
+        failed_before - 1,
+        "a redelivered one is pending again"
+    );
     assert_eq!((redone.state, redone.attempts), (DeliveryState::Pending, 0));
     assert!(store.redeliver(i64::MAX, expired).await.unwrap().is_none());
     let claimed_again = store

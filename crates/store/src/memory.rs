@@ -448,6 +448,17 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn count_deliveries(&self, state: DeliveryState) -> Result<u64, StoreError> {
+        let n = self
+            .state
+            .read()
+            .deliveries
+            .values()
+            .filter(|(d, _, _)| d.state == state)
+            .count();
+        Ok(n as u64)
+    }
+
     async fn redeliver(&self, id: i64, now: DateTime<Utc>) -> Result<Option<Delivery>, StoreError> {
         let mut state = self.state.write();
         let Some((d, _, held)) = state.deliveries.get_mut(&id) else {

@@ -854,6 +854,18 @@ impl Store for PostgresStore {
         self.redeliver_now(id, now).await
     }
 
+    async fn count_deliveries(
+        &self,
+        state: keyhaven_core::DeliveryState,
+    ) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhook_deliveries WHERE state = $1")
+            .bind(state.as_str())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     async fn take_pending_state(&self, state: &str) -> Result<Option<PendingState>, StoreError> {
         self.pending_by(
             "DELETE FROM pending_states WHERE state_hash = $1 RETURNING account_id, data, expires_at",

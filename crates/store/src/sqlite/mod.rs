@@ -749,6 +749,18 @@ impl Store for SqliteStore {
         self.redeliver_now(id, now).await
     }
 
+    async fn count_deliveries(
+        &self,
+        state: keyhaven_core::DeliveryState,
+    ) -> Result<u64, StoreError> {
+        let n: i64 = self.read(|c| {
+            c.prepare_cached("SELECT COUNT(*) FROM webhook_deliveries WHERE state = ?1")
+                .and_then(|mut st| st.query_row([state.as_str()], |r| r.get(0)))
+                .map_err(map_err)
+        })?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     async fn append_audit(&self, lines: &[keyhaven_core::AuditLine]) -> Result<(), StoreError> {
         let rows: Vec<(i64, String, String)> = lines
             .iter()

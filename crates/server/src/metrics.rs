@@ -1,0 +1,153 @@
+//! Metrics in Prometheus's text format at `GET /metrics`: with the metrics key
+//! (`--metrics-key`) or the admin key, or with no key on a listener of its own
+//! (`--metrics-listen`, for a network only the scraper reaches).
+//!
+//! The process-wide recorder is installed on first use: the library (`keyhaven`)
+//! records store latency, refreshes and provider calls through the `metrics` facade;
+//! this crate adds the HTTP requests and the webhook deliveries, and, when scraped,
+//! reads the accounts by status, the webhook backlog and the credential cache's
+//! counts. Labels are bounded: routes are templates (`/api/v1/connectedAccounts/{id}`),
+//! apps are the integrations' apps.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use keyhaven::{AccountFilter, ConnectionStatus, DeliveryState};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// Histogram buckets, in seconds: from half a millisecond to ten seconds.
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// How long a scrape waits for the store's counts.
+const COUNT_WAIT: Duration = Duration::from_secs(2);
+
+static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The process's Prometheus recorder, installed on the first call. `None` when
+/// another recorder was installed first (a program embedding the server with its own
+/// metrics): its exporter has keyhaven's metrics then.
+pub fn recorder() -> Option<&'static PrometheusHandle> {
+    RECORDER
+        .get_or_init(|| {
+            let built = PrometheusBuilder::new()
+                .set_buckets(BUCKETS)
+                .map_err(|e| e.to_string())
+                .and_then(|b| b.install_recorder().map_err(|e| e.to_string()));
+            match built {
+                Ok(handle) => {
+                    metrics::gauge!("keyhaven_build_info", "version" => env!("CARGO_PKG_VERSION"))
+                        .set(1.0);
+                    Some(handle)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "another metrics recorder is installed; /metrics answers 503");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// Records one HTTP request: `keyhaven_http_requests_total{method, route, status}`
+/// and `keyhaven_http_request_seconds{method, route}`.
+pub(crate) fn http_request(method: &str, route: &str, status: u16, seconds: f64) {
+    let (method, route) = (method.to_owned(), route.to_owned());
+    metrics::counter!(
+        "keyhaven_http_requests_total",
+        "method" => method.clone(),
+        "route" => route.clone(),
+        "status" => status.to_string()
+    )
+    .increment(1);
+    metrics::histogram!("keyhaven_http_request_seconds", "method" => method, "route" => route)
+        .record(seconds);
+}
+
+/// Records one webhook try: `keyhaven_webhook_deliveries_total{outcome}`
+/// (`delivered`, `retry`, `failed`) and `keyhaven_webhook_seconds`.
+pub(crate) fn webhook_try(outcome: &'static str, seconds: f64) {
+    metrics::counter!("keyhaven_webhook_deliveries_total", "outcome" => outcome).increment(1);
+    metrics::histogram!("keyhaven_webhook_seconds").record(seconds);
+}
+
+/// Reads what is counted at scrape time: accounts by status, the webhook backlog,
+/// the credential cache's reads.
+async fn read_gauges(s: &AppState) {
+    let store = s.kh.store();
+    for status in ConnectionStatus::ALL {
+        let filter = AccountFilter {
+            statuses: vec![status],
+            ..AccountFilter::default()
+        };
+        match tokio::time::timeout(COUNT_WAIT, store.count_accounts(&filter)).await {
+            Ok(Ok(n)) => {
+                metrics::gauge!("keyhaven_accounts", "status" => status.as_str()).set(n as f64)
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "accounts could not be counted for /metrics"),
+            Err(_) => tracing::debug!("counting accounts for /metrics took too long"),
+        }
+    }
+    if let Ok(Ok(n)) =
+        tokio::time::timeout(COUNT_WAIT, store.count_deliveries(DeliveryState::Pending)).await
+    {
+        metrics::gauge!("keyhaven_webhook_backlog").set(n as f64);
+    }
+    let cache = s.kh.credential_cache_counts();
+    metrics::counter!("keyhaven_credential_cache_reads_total", "result" => "hit")
+        .absolute(cache.hits);
+    metrics::counter!("keyhaven_credential_cache_reads_total", "result" => "miss")
+        .absolute(cache.misses);
+}
+
+/// `GET /metrics`: every metric, in Prometheus's text format (0.0.4).
+pub(crate) async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    let Some(recorder) = recorder() else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "another metrics recorder is installed in this process; read keyhaven's metrics from its exporter",
+        )
+        .into_response();
+    };
+    read_gauges(&s).await;
+    let mut response = recorder.render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+/// `/metrics` on the API's listener: the metrics key or the admin key.
+pub(crate) async fn require_metrics_key(
+    State(s): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let given = request
+        .headers()
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok());
+    let allowed = given.is_some_and(|key| {
+        s.metrics_key.as_ref().is_some_and(|k| k.matches(key)) || s.admin_key.matches(key)
+    });
+    if allowed {
+        next.run(request).await
+    } else {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "give the metrics key (--metrics-key) or the admin key in the x-api-key header, or scrape the metrics listener (--metrics-listen)",
+        )
+        .into_response()
+    }
+}
