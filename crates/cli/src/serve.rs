@@ -22,6 +22,7 @@ pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:9210";
 pub(crate) struct ServeArgs {
     /// A TOML file with the settings below (listen, data_dir, database_url,
     /// public_url, redirect_allowlist, cors_origins, audit_log, audit_store, metrics_listen,
+    /// tls_cert, tls_key, trusted_proxies,
     /// webhook_attempts,
     /// webhook_first_retry, webhook_lease, event_retention_days,
     /// proxy_max_response_bytes, header_timeout, body_timeout, idle_timeout,
@@ -53,6 +54,22 @@ pub(crate) struct ServeArgs {
     /// generated on first start and shown once.
     #[arg(long, env = "KEYHAVEN_CREDENTIALS_KEY", hide_env_values = true)]
     credentials_key: Option<String>,
+    /// Serve HTTPS with this certificate chain (PEM: the server's certificate, then
+    /// its intermediates); needs --tls-key. Read again on SIGHUP.
+    #[arg(long, env = "KEYHAVEN_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM). Read again on SIGHUP.
+    #[arg(long, env = "KEYHAVEN_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// A reverse proxy in front of this server (an address or a network, such as
+    /// 10.0.0.0/8; repeat or separate with commas): requests from it have their
+    /// client's address taken from X-Forwarded-For (rate limits, the audit log).
+    #[arg(
+        long = "trusted-proxy",
+        env = "KEYHAVEN_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    trusted_proxies: Vec<String>,
     /// A key that reads GET /metrics and nothing else (the admin key reads them too).
     #[arg(long, env = "KEYHAVEN_METRICS_KEY", hide_env_values = true)]
     metrics_key: Option<String>,
@@ -151,6 +168,10 @@ struct FileConfig {
     audit_log: Option<PathBuf>,
     audit_store: Option<bool>,
     metrics_listen: Option<SocketAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
     webhook_attempts: Option<u32>,
     webhook_first_retry: Option<f64>,
     webhook_lease: Option<f64>,
@@ -373,6 +394,37 @@ pub(crate) async fn serve(
         data_dir: store_args.data_dir.or(file.data_dir),
         database_url: store_args.database_url.or(file.database_url),
     };
+    let tls = match (
+        args.tls_cert.as_ref().or(file.tls_cert.as_ref()),
+        args.tls_key.as_ref().or(file.tls_key.as_ref()),
+    ) {
+        (Some(cert), Some(key)) => Some(
+            keyhaven_server::Tls::from_pem_files(cert, key)
+                .map_err(|e| CliError::usage(e.to_string()))?,
+        ),
+        (None, None) => None,
+        _ => {
+            return Err(CliError::usage(
+                "tls_cert and tls_key go together: give both, or neither".to_owned(),
+            ));
+        }
+    };
+    let trusted_proxies =
+        args.trusted_proxies
+            .iter()
+            .chain(&file.trusted_proxies)
+            .map(|p| p.trim())
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                p.parse::<keyhaven_server::IpNet>()
+                .or_else(|_| p.parse::<std::net::IpAddr>().map(keyhaven_server::IpNet::from))
+                .map_err(|_| {
+                    CliError::usage(format!(
+                        "trusted proxy {p:?} is neither an address nor a network such as 10.0.0.0/8"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
     let data_dir = store_args.dir();
     let (store, description) = open_store(&store_args).await?;
 
@@ -382,10 +434,10 @@ pub(crate) async fn serve(
     let local = listener
         .local_addr()
         .map_err(|e| CliError::other(e.to_string()))?;
-    let public_url = args
-        .public_url
-        .or(file.public_url)
-        .unwrap_or_else(|| format!("http://{local}"));
+    let public_url = args.public_url.or(file.public_url).unwrap_or_else(|| {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{local}")
+    });
     let public_url = Url::parse(public_url.trim_end_matches('/'))
         .map_err(|e| CliError::usage(format!("public URL {public_url:?}: {e}")))?;
 
@@ -468,6 +520,7 @@ pub(crate) async fn serve(
         webhook_attempts: args.webhook_attempts.or(file.webhook_attempts).unwrap_or(8),
         webhooks,
         proxy: ProxyLimits { max_response_bytes },
+        trusted_proxies,
         ..limited
     };
     let metrics_listener = match args.metrics_listen.or(file.metrics_listen) {
@@ -480,7 +533,8 @@ pub(crate) async fn serve(
         None => None,
     };
     output::line(format!(
-        "keyhaven listening on http://{local} (public URL {}, {description}, {} webhook(s), audit log {}, at most {} connections)",
+        "keyhaven listening on {}://{local} (public URL {}, {description}, {} webhook(s), audit log {}, at most {} connections)",
+        if tls.is_some() { "https" } else { "http" },
         public_url.as_str().trim_end_matches('/'),
         config.webhooks.len(),
         audit_place,
@@ -506,9 +560,16 @@ pub(crate) async fn serve(
         }
         None => None,
     };
-    keyhaven_server::serve(listener, state, shutdown_signal())
-        .await
-        .map_err(|e| CliError::other(e.to_string()))?;
+    match tls {
+        Some(tls) => {
+            let reloads = reload_on_hangup(tls.clone());
+            let served = keyhaven_server::serve_with(listener, tls, state, shutdown_signal()).await;
+            reloads.abort();
+            served
+        }
+        None => keyhaven_server::serve(listener, state, shutdown_signal()).await,
+    }
+    .map_err(|e| CliError::other(e.to_string()))?;
     if let Some(m) = metrics {
         m.abort();
     }
@@ -516,6 +577,32 @@ pub(crate) async fn serve(
     audit.close();
     output::line("keyhaven stopped")?;
     Ok(())
+}
+
+/// Reads the TLS certificate and key again on each SIGHUP; a pair that does not
+/// load is logged and the one in use stays.
+fn reload_on_hangup(tls: keyhaven_server::Tls) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            let Ok(mut hangups) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                tracing::warn!("cannot listen for SIGHUP: the TLS certificate is not reloaded");
+                return;
+            };
+            while hangups.recv().await.is_some() {
+                match tls.reload() {
+                    Ok(()) => tracing::info!("TLS certificate reloaded"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "TLS certificate not reloaded; the one in use stays");
+                    }
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tls;
+    })
 }
 
 /// Ctrl-C or SIGTERM.

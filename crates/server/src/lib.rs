@@ -20,6 +20,7 @@ mod metrics;
 mod openapi;
 mod pages;
 pub mod proxy;
+mod tls;
 mod views;
 mod webhooks;
 
@@ -39,9 +40,11 @@ use utoipa_axum::routes;
 pub use auth::{ADMIN_KEY_FILE, AdminKey, CREDENTIALS_KEY_FILE};
 pub use error::ApiError;
 pub use inprocess::{Answer, InProcess, KeyKind};
+pub use ipnet::IpNet;
 pub use limits::RateLimit;
 pub use listen::{Accept, PlainTcp, default_max_connections};
 pub use metrics::recorder as metrics_recorder;
+pub use tls::{Tls, TlsError};
 pub use webhooks::{SIGNATURE_HEADER, Webhook, sign, verify};
 
 /// The server's settings beyond the library's.
@@ -87,6 +90,11 @@ pub struct ServerConfig {
     pub rate_limit: Option<RateLimit>,
     /// The proxy's limits (`max_response_bytes`: the largest API answer it reads).
     pub proxy: proxy::ProxyLimits,
+    /// The reverse proxies in front of this server: a request from one of these
+    /// networks has its client's address read from `X-Forwarded-For` (for the rate
+    /// limit and the audit log); anyone else's `X-Forwarded-For` is ignored. Empty
+    /// (the default): the peer's address, always.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Whether deleting an account answers at once and revokes its credentials at
     /// the provider in the background (true, the default), or answers once the
     /// revocation was tried (for a process that ends soon after, such as a command).
@@ -110,6 +118,7 @@ impl Default for ServerConfig {
             rate_limit: Some(RateLimit::default()),
             proxy: proxy::ProxyLimits::default(),
             revoke_in_background: true,
+            trusted_proxies: Vec::new(),
         }
     }
 }

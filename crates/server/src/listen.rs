@@ -75,13 +75,15 @@ impl Accept for PlainTcp {
     }
 }
 
-/// The connection deadlines and limit, from [`ServerConfig`].
-#[derive(Debug, Clone, Copy)]
+/// The connection deadlines and limit, from [`ServerConfig`], and the proxies
+/// whose `X-Forwarded-For` is believed.
+#[derive(Debug, Clone)]
 struct Limits {
     header: Duration,
     body: Duration,
     idle: Duration,
     connections: usize,
+    trusted: Arc<[ipnet::IpNet]>,
 }
 
 impl Limits {
@@ -91,8 +93,44 @@ impl Limits {
             body: config.body_read_timeout,
             idle: config.idle_timeout,
             connections: config.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+            trusted: config.trusted_proxies.clone().into(),
         }
     }
+}
+
+/// The client's address: the peer's; or, when the peer is one of the `trusted`
+/// proxies, the nearest address in `X-Forwarded-For` (read from the right) that is
+/// not itself a trusted proxy. An entry that is not an address ends the walk: what
+/// lies left of it cannot be trusted. Anyone else's `X-Forwarded-For` is ignored.
+pub(crate) fn client_address(
+    peer: SocketAddr,
+    headers: &axum::http::HeaderMap,
+    trusted: &[ipnet::IpNet],
+) -> SocketAddr {
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer.ip()) {
+        return peer;
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        match hop.parse::<std::net::IpAddr>() {
+            Ok(ip) => {
+                client = SocketAddr::new(ip, 0);
+                if !is_trusted(&ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
 }
 
 /// The default connection limit: 10,000, or the process's open-file limit less 256
@@ -385,7 +423,7 @@ pub(crate) async fn run<A: Accept>(
                     remote,
                     acceptor.clone(),
                     app.clone(),
-                    limits,
+                    limits.clone(),
                     closing.subscribe(),
                     permit,
                 ));
@@ -476,6 +514,7 @@ async fn connection<A: Accept>(
         activity: activity.clone(),
     });
     let service_activity = activity.clone();
+    let trusted = limits.trusted.clone();
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         service_activity.request_started();
         let in_flight = InFlight(service_activity.clone());
@@ -489,7 +528,8 @@ async fn connection<A: Accept>(
                 done: false,
             })
         });
-        request.extensions_mut().insert(ConnectInfo(remote));
+        let client = client_address(remote, request.headers(), &trusted);
+        request.extensions_mut().insert(ConnectInfo(client));
         let app = app.clone();
         async move {
             let response = match app.oneshot(request).await {
@@ -552,6 +592,47 @@ mod tests {
     use super::*;
 
     #[test]
+    fn forwarded_addresses_count_only_from_trusted_proxies() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer = |ip: &str| SocketAddr::new(ip.parse().unwrap(), 4000);
+        let with = |xff: &[&str]| {
+            let mut h = axum::http::HeaderMap::new();
+            for v in xff {
+                h.append("x-forwarded-for", v.parse().unwrap());
+            }
+            h
+        };
+        let ip = |a: SocketAddr| a.ip().to_string();
+        // Anyone else's header is ignored.
+        let forged = with(&["1.2.3.4"]);
+        assert_eq!(
+            ip(client_address(peer("203.0.113.9"), &forged, &trusted)),
+            "203.0.113.9"
+        );
+        assert_eq!(
+            ip(client_address(peer("10.1.1.1"), &forged, &[])),
+            "10.1.1.1"
+        );
+        // From a trusted proxy: the nearest untrusted hop, read from the right.
+        let chain = with(&["6.6.6.6, 198.51.100.7", "10.2.2.2"]);
+        assert_eq!(
+            ip(client_address(peer("10.1.1.1"), &chain, &trusted)),
+            "198.51.100.7"
+        );
+        // Garbage ends the walk at the last good hop.
+        let garbage = with(&["198.51.100.7, not-an-ip, 10.2.2.2"]);
+        assert_eq!(
+            ip(client_address(peer("10.1.1.1"), &garbage, &trusted)),
+            "10.2.2.2"
+        );
+        // No header: the proxy itself.
+        assert_eq!(
+            ip(client_address(peer("10.1.1.1"), &with(&[]), &trusted)),
+            "10.1.1.1"
+        );
+    }
+
+    #[test]
     fn the_default_connection_limit_is_below_the_file_limit() {
         let limit = default_max_connections();
         assert!((64..=10_000).contains(&limit), "{limit}");
@@ -570,6 +651,7 @@ mod tests {
             body: Duration::from_secs(30),
             idle: Duration::from_secs(60),
             connections: 1,
+            trusted: Arc::new([]),
         };
         let a = Activity::new();
         assert!(matches!(a.phase(), Phase::Head(_)));
