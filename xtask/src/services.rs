@@ -256,8 +256,18 @@ pub(crate) fn prepare(root: &Path) -> Result<Vec<(String, String)>, String> {
         "tests/schemathesis/requirements.txt",
         "schemathesis",
     )?;
+    let moto = pinned_venv(
+        root,
+        "moto-venv",
+        "tests/moto/requirements.txt",
+        "moto's KMS server",
+    )?;
     let url = postgres()?;
     Ok(vec![
+        (
+            "KEYHAVEN_MOTO_SERVER".into(),
+            moto.join("bin/moto_server").to_string_lossy().into_owned(),
+        ),
         ("KEYHAVEN_TEST_DATABASE_URL".into(), url),
         ("KEYHAVEN_COMPOSIO_PYTHON".into(), python),
         (

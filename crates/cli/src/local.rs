@@ -1,7 +1,7 @@
 //! The local backend: the library on a data directory (SQLite) or a PostgreSQL
 //! database, no server.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use keyhaven::{Keyhaven, PostgresStore, SqliteStore, Store};
@@ -15,6 +15,43 @@ pub(crate) struct StoreArgs {
     pub(crate) data_dir: Option<PathBuf>,
     /// A PostgreSQL URL instead.
     pub(crate) database_url: Option<String>,
+    /// Where the master key comes from.
+    pub(crate) keys: KeySource,
+}
+
+/// Where the master key comes from.
+#[derive(Debug, Clone, Default)]
+pub(crate) enum KeySource {
+    /// `KEYHAVEN_MASTER_KEY`, else (SQLite) the data directory's `master.key`.
+    #[default]
+    Default,
+    /// What a command prints (`--master-key-command`).
+    Command(String),
+    /// The data directory's key wrapped by a KMS key (`--kms-key-id`).
+    Kms {
+        key_id: String,
+        endpoint: Option<String>,
+    },
+}
+
+impl KeySource {
+    /// The key ring of a key command or a KMS envelope; `None` for the default.
+    async fn ring(&self, dir: &Path) -> Result<Option<keyhaven::KeyRing>, CliError> {
+        match self {
+            Self::Default => Ok(None),
+            Self::Command(command) => keyhaven::ring_from_command(command)
+                .map(Some)
+                .map_err(CliError::from_store),
+            Self::Kms { key_id, endpoint } => {
+                let kms = keyhaven::kms::Kms::from_env(endpoint.as_deref())
+                    .map_err(CliError::from_store)?;
+                keyhaven::kms::ring_from_kms(dir, &kms, key_id)
+                    .await
+                    .map(Some)
+                    .map_err(CliError::from_store)
+            }
+        }
+    }
 }
 
 impl StoreArgs {
@@ -28,9 +65,12 @@ impl StoreArgs {
 pub(crate) async fn open_store(args: &StoreArgs) -> Result<(Arc<dyn Store>, String), CliError> {
     match &args.database_url {
         Some(url) => {
-            let keys = keyhaven::ring_from_env()
-                .map_err(CliError::from_store)?
-                .ok_or_else(|| CliError::usage("a PostgreSQL store needs KEYHAVEN_MASTER_KEY (base64 of 32 bytes), the same on every instance"))?;
+            let keys = match args.keys.ring(&args.dir()).await? {
+                Some(ring) => ring,
+                None => keyhaven::ring_from_env()
+                    .map_err(CliError::from_store)?
+                    .ok_or_else(|| CliError::usage("a PostgreSQL store needs KEYHAVEN_MASTER_KEY (base64 of 32 bytes), the same on every instance, or --master-key-command, or --kms-key-id"))?,
+            };
             let store = PostgresStore::connect(url, keys)
                 .await
                 .map_err(CliError::from_store)?;
@@ -38,7 +78,11 @@ pub(crate) async fn open_store(args: &StoreArgs) -> Result<(Arc<dyn Store>, Stri
         }
         None => {
             let dir = args.dir();
-            let store = SqliteStore::open_dir(&dir).map_err(CliError::from_store)?;
+            let store = match args.keys.ring(&dir).await? {
+                Some(ring) => SqliteStore::open_dir_with(&dir, ring),
+                None => SqliteStore::open_dir(&dir),
+            }
+            .map_err(CliError::from_store)?;
             Ok((
                 Arc::new(store),
                 format!("SQLite store in {}", dir.display()),

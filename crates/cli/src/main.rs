@@ -149,6 +149,30 @@ struct Global {
         hide_env_values = true
     )]
     database_url: Option<String>,
+    /// A command that prints the master key (base64; older keys on further lines),
+    /// instead of KEYHAVEN_MASTER_KEY or the data directory's master.key: for keys
+    /// kept in Vault, 1Password or a TPM. Run with `sh -c`.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYHAVEN_MASTER_KEY_COMMAND",
+        conflicts_with = "kms_key_id"
+    )]
+    master_key_command: Option<String>,
+    /// Keep the master key wrapped by this AWS KMS key (an id, ARN or alias), in
+    /// master.key.kms in the data directory, never in plain; AWS credentials from
+    /// AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, the region from KEYHAVEN_KMS_REGION or
+    /// AWS_REGION.
+    #[arg(long, global = true, env = "KEYHAVEN_KMS_KEY_ID")]
+    kms_key_id: Option<String>,
+    /// The KMS's address, for a KMS other than AWS's (LocalStack, moto).
+    #[arg(
+        long,
+        global = true,
+        env = "KEYHAVEN_KMS_ENDPOINT",
+        requires = "kms_key_id"
+    )]
+    kms_endpoint: Option<String>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -368,13 +392,30 @@ enum KeysCmd {
         #[arg(long, default_value_t = 500)]
         batch: usize,
     },
+    /// Wrap the data directory's master key with another KMS key (rotation of the
+    /// wrapping key): no row is re-encrypted. Then start keyhaven with
+    /// --kms-key-id set to the new key.
+    Rewrap {
+        /// The KMS key to wrap with from now on.
+        #[arg(long = "to")]
+        to: String,
+    },
 }
 
 async fn run(cli: Cli) -> Result<Exit, CliError> {
     let g = cli.global;
+    let keys = match (&g.master_key_command, &g.kms_key_id) {
+        (Some(command), _) => local::KeySource::Command(command.clone()),
+        (None, Some(key_id)) => local::KeySource::Kms {
+            key_id: key_id.clone(),
+            endpoint: g.kms_endpoint.clone(),
+        },
+        (None, None) => local::KeySource::Default,
+    };
     let store = StoreArgs {
         data_dir: g.data_dir.clone(),
         database_url: g.database_url.clone(),
+        keys,
     };
     let json = g.json;
     let backend = || Backend::new(g.server.as_deref(), &g.api_key, &g.credentials_key, &store);
@@ -518,6 +559,18 @@ async fn run(cli: Cli) -> Result<Exit, CliError> {
             }
             let report = local::rotate_keys(&store, retire_old, batch.max(1)).await?;
             output::rotation(&report, json)?;
+            Ok(Exit::Ok)
+        }
+        Command::Keys(KeysCmd::Rewrap { to }) => {
+            let kms = keyhaven::kms::Kms::from_env(g.kms_endpoint.as_deref())
+                .map_err(CliError::from_store)?;
+            let path = keyhaven::kms::rewrap(&store.dir(), &kms, &to)
+                .await
+                .map_err(CliError::from_store)?;
+            output::line(format!(
+                "the master key in {} is now wrapped by KMS key {to}; start keyhaven with --kms-key-id {to}",
+                path.display()
+            ))?;
             Ok(Exit::Ok)
         }
         Command::Completions { shell } => {

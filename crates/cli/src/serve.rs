@@ -393,6 +393,7 @@ pub(crate) async fn serve(
     let store_args = StoreArgs {
         data_dir: store_args.data_dir.or(file.data_dir),
         database_url: store_args.database_url.or(file.database_url),
+        keys: store_args.keys,
     };
     let tls = match (
         args.tls_cert.as_ref().or(file.tls_cert.as_ref()),

@@ -69,11 +69,13 @@ pub use keyhaven_core::{
 pub use keyhaven_store::PostgresStore;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use keyhaven_store::RotationReport;
+#[cfg(feature = "kms")]
+pub use keyhaven_store::kms;
 #[cfg(feature = "sqlite")]
 pub use keyhaven_store::{DB_FILE, SqliteStore};
 pub use keyhaven_store::{
-    KeyError, KeyFile, KeyRing, MASTER_KEY_ENV, MasterKey, MemoryStore, OLD_KEYS_ENV, files,
-    ring_from_base64, ring_from_env,
+    KeyError, KeyFile, KeyRing, MASTER_KEY_COMMAND_ENV, MASTER_KEY_ENV, MasterKey, MemoryStore,
+    OLD_KEYS_ENV, files, ring_from_base64, ring_from_command, ring_from_env,
 };
 pub use link::{ConnectionLink, LinkPage};
 pub use registry::{Registered, SchemeRegistry};

@@ -47,6 +47,42 @@ pub fn ring_from_env() -> Result<Option<KeyRing>, StoreError> {
         .map_err(|e| StoreError::Backend(format!("{MASTER_KEY_ENV}: {e}").into()))
 }
 
+/// The environment variable naming a command that prints the master key.
+pub const MASTER_KEY_COMMAND_ENV: &str = "KEYHAVEN_MASTER_KEY_COMMAND";
+
+/// The key ring a command prints (run with `sh -c`): the primary key in base64 on
+/// its first line, older keys still needed to read on the following ones. For
+/// keys kept in Vault, 1Password, a TPM: `vault kv get -field=key secret/keyhaven`.
+///
+/// # Errors
+/// The command cannot be run, fails, or prints no valid key. The error never
+/// holds what it printed.
+pub fn ring_from_command(command: &str) -> Result<KeyRing, StoreError> {
+    let out = std::process::Command::new("sh")
+        .args(["-c", command])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| key_error(format!("cannot run the master key command: {e}")))?;
+    let printed = Zeroizing::new(String::from_utf8_lossy(&out.stdout).into_owned());
+    if !out.status.success() {
+        return Err(key_error(format!(
+            "the master key command failed ({}); run it by hand to see why",
+            out.status
+        )));
+    }
+    let mut lines = printed.lines().map(str::trim).filter(|l| !l.is_empty());
+    let primary = lines.next().ok_or_else(|| {
+        key_error("the master key command printed nothing; it must print the key in base64")
+    })?;
+    let older: Vec<&str> = lines.collect();
+    ring_from_base64(primary, &older).map_err(|e| {
+        key_error(format!(
+            "the master key command did not print keys in base64 (32 bytes each): {e}"
+        ))
+    })
+}
+
 #[derive(Serialize, Deserialize)]
 struct KeyFileContent {
     primary: String,
@@ -140,6 +176,27 @@ impl KeyFile {
             .map(|(_, k)| k.as_str())
             .collect();
         ring_from_base64(primary, &older)
+    }
+
+    /// The file's only key, for moving it elsewhere (into a KMS envelope). A file
+    /// that still holds older keys is refused: finish the rotation first.
+    #[cfg(feature = "kms")]
+    pub(crate) fn only_key(&self) -> Result<MasterKey, StoreError> {
+        self.check_mode()?;
+        let text = Zeroizing::new(fs::read_to_string(&self.path).map_err(key_error)?);
+        let content: KeyFileContent = serde_json::from_str(&text)
+            .map_err(|_| key_error(format!("the key file {} is not valid", self.path.display())))?;
+        if content.keys.len() != 1 {
+            return Err(key_error(format!(
+                "the key file {} holds {} keys; finish the rotation first (keyhaven keys rotate --retire-old), then move the one key",
+                self.path.display(),
+                content.keys.len()
+            )));
+        }
+        let key = content.keys.get(&content.primary).ok_or_else(|| {
+            key_error(format!("the key file {} is not valid", self.path.display()))
+        })?;
+        MasterKey::from_base64(key).map_err(key_error)
     }
 
     /// Adds a new primary key, keeping the old ones for reading; returns the new ring.

@@ -16,6 +16,8 @@
 mod crypto;
 pub mod files;
 mod keys;
+#[cfg(feature = "kms")]
+pub mod kms;
 #[cfg(feature = "sqlite")]
 mod lease;
 mod memory;
@@ -34,7 +36,10 @@ mod sqlite;
 pub mod conformance;
 
 pub use crypto::{KeyError, KeyRing, MasterKey};
-pub use keys::{KEY_FILE, KeyFile, MASTER_KEY_ENV, OLD_KEYS_ENV, ring_from_base64, ring_from_env};
+pub use keys::{
+    KEY_FILE, KeyFile, MASTER_KEY_COMMAND_ENV, MASTER_KEY_ENV, OLD_KEYS_ENV, ring_from_base64,
+    ring_from_command, ring_from_env,
+};
 #[cfg(feature = "sqlite")]
 pub use lease::DEFAULT_LEASE;
 pub use memory::MemoryStore;

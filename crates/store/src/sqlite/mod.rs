@@ -228,6 +228,19 @@ impl SqliteStore {
         Ok(store)
     }
 
+    /// Opens the store of a data directory with `keys` given (from a key command or
+    /// a KMS envelope) instead of its key file: the directory is created (mode
+    /// 0700) when absent; `keyhaven.db` in it is opened as [`SqliteStore::open`]
+    /// does.
+    ///
+    /// # Errors
+    /// As [`SqliteStore::open`].
+    pub fn open_dir_with(dir: impl AsRef<Path>, keys: KeyRing) -> Result<Self, StoreError> {
+        let dir = dir.as_ref();
+        create_private_dir(dir)?;
+        Self::open(dir.join(DB_FILE), keys)
+    }
+
     /// The key ids the stored values are encrypted with that `keys` lacks, with how
     /// many values each: a loose scan of the distinct blob headers of each secret
     /// column (an index seek per key id in use on `connected_accounts`), then a count
