@@ -46,6 +46,36 @@ pub fn skip_or_fail(why: &str) {
     eprintln!("SKIPPED: {why}");
 }
 
+/// Reads a started `keyhaven serve`'s stdout until the line that says where it
+/// listens (`listening on <scheme>://127.0.0.1:<port>`), keeps reading the rest in
+/// a thread (so the process never blocks on a full pipe), and returns the port.
+/// The child must have been spawned with `stdout(Stdio::piped())`.
+///
+/// # Panics
+/// The child ends, or prints no such line.
+pub fn serve_port(child: &mut std::process::Child, scheme: &str) -> u16 {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("serve's stdout is piped");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let marker = format!("listening on {scheme}://127.0.0.1:");
+    let port = loop {
+        let line = lines
+            .next()
+            .expect("serve prints where it listens")
+            .expect("serve's stdout is readable");
+        if let Some(port) = line
+            .split(marker.as_str())
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse().ok())
+        {
+            break port;
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    port
+}
+
 /// A running oidc-provider: a certified OpenID Connect / OAuth 2.0 server.
 #[derive(Debug)]
 pub struct OidcProvider {

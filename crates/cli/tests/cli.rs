@@ -691,18 +691,7 @@ fn serve_log(extra: &[&str]) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let port: u16 = loop {
-        let line = lines.next().unwrap().unwrap();
-        if let Some(p) = line
-            .split("http://127.0.0.1:")
-            .nth(1)
-            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|p| p.parse().ok())
-        {
-            break p;
-        }
-    };
+    let port = keyhaven_tests::serve_port(&mut child, "http");
     use std::io::Write;
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(stream, "GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\nx-request-id: log-test-1\r\nconnection: close\r\n\r\n").unwrap();

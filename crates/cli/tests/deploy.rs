@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -141,22 +141,7 @@ fn serve_unprivileged(data: &Path) -> (std::process::Child, u16) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let port = loop {
-        let line = lines
-            .next()
-            .expect("serve prints where it listens")
-            .unwrap();
-        if let Some(p) = line
-            .split("listening on http://127.0.0.1:")
-            .nth(1)
-            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|p| p.parse().ok())
-        {
-            break p;
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let port = keyhaven_tests::serve_port(&mut child, "http");
     (child, port)
 }
 

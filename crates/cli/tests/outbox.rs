@@ -8,7 +8,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
@@ -138,23 +137,7 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let port = loop {
-            let line = lines
-                .next()
-                .expect("serve prints where it listens")
-                .unwrap();
-            if let Some(port) = line
-                .split("http://127.0.0.1:")
-                .nth(1)
-                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-                .and_then(|p| p.parse().ok())
-            {
-                break port;
-            }
-        };
-        // Keep reading stdout so that the process never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let port = keyhaven_tests::serve_port(&mut child, "http");
         Self { child, port }
     }
 

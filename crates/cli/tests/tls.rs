@@ -5,7 +5,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -50,22 +49,7 @@ fn start(dir: &Path) -> (Child, u16) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let port = loop {
-        let line = lines
-            .next()
-            .expect("serve prints where it listens")
-            .unwrap();
-        if let Some(port) = line
-            .split("listening on https://127.0.0.1:")
-            .nth(1)
-            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|p| p.parse().ok())
-        {
-            break port;
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let port = keyhaven_tests::serve_port(&mut child, "https");
     (child, port)
 }
 

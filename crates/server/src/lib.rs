@@ -490,6 +490,20 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// answered on every response and written on every log line of the request.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// A new request id: `req_`, this process's 32 random bits, then a counter (no
+/// system call per request; unique within the process, and across processes but
+/// for a one-in-four-billion chance).
+fn made_request_id() -> HeaderValue {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static PROCESS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let process =
+        *PROCESS.get_or_init(|| keyhaven::random_bytes::<4>().map_or(0, u32::from_be_bytes));
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    HeaderValue::from_str(&format!("req_{process:08x}{n:08x}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
+}
+
 /// The request id a caller gave, when it is one keyhaven keeps.
 fn given_request_id(request: &Request) -> Option<HeaderValue> {
     request
@@ -529,11 +543,7 @@ pub async fn serve_metrics(
 /// code, a state or a form's token), status and time taken; every line logged while
 /// the request is served carries its request id, which the response returns.
 async fn log_request(mut request: Request, next: Next) -> Response {
-    let id = given_request_id(&request).unwrap_or_else(|| {
-        let made = keyhaven::random_hex::<8>().unwrap_or_else(|_| "0".repeat(16));
-        HeaderValue::from_str(&format!("req_{made}"))
-            .unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
-    });
+    let id = given_request_id(&request).unwrap_or_else(made_request_id);
     request.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
     let span = tracing::info_span!("request", request_id = %String::from_utf8_lossy(id.as_bytes()));
     let method = request.method().clone();

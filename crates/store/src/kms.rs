@@ -47,6 +47,8 @@ fn kms_error(message: String) -> StoreError {
 /// A client of one KMS (see the module).
 pub struct Kms {
     endpoint: String,
+    /// The endpoint as errors show it: no user name, password or query.
+    shown: String,
     region: String,
     access_key: String,
     secret_key: Zeroizing<String>,
@@ -57,7 +59,7 @@ pub struct Kms {
 impl std::fmt::Debug for Kms {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Kms")
-            .field("endpoint", &self.endpoint)
+            .field("endpoint", &self.shown)
             .field("region", &self.region)
             .finish_non_exhaustive()
     }
@@ -94,8 +96,19 @@ impl Kms {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| kms_error(format!("cannot make the KMS client: {e}")))?;
+        let endpoint = endpoint.trim_end_matches('/').to_owned();
+        let shown = match reqwest::Url::parse(&endpoint) {
+            Ok(mut u) => {
+                let _ = u.set_username("");
+                let _ = u.set_password(None);
+                u.set_query(None);
+                u.to_string().trim_end_matches('/').to_owned()
+            }
+            Err(_) => "(an endpoint that is not a URL)".to_owned(),
+        };
         Ok(Self {
-            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            shown,
+            endpoint,
             region,
             access_key,
             secret_key: Zeroizing::new(secret_key),
@@ -115,7 +128,7 @@ impl Kms {
         let what = |detail: String| {
             kms_error(format!(
                 "KMS {operation} with key {key_id:?} at {}: {detail}",
-                self.endpoint
+                self.shown
             ))
         };
         let payload = serde_json::to_vec(body).map_err(|e| what(e.to_string()))?;

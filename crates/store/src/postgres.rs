@@ -193,6 +193,19 @@ async fn notify(tx: &mut Transaction<'static, Postgres>, id: &str) -> Result<(),
 }
 
 impl PostgresStore {
+    /// The rows of `sql` (built by this crate: constants and numbered placeholders)
+    /// with `args` bound in order.
+    async fn rows(&self, sql: String, args: Vec<Arg>) -> Result<Vec<PgRow>, StoreError> {
+        let mut q = sqlx::query(safe(sql));
+        for a in args {
+            q = match a {
+                Arg::Text(s) => q.bind(s),
+                Arg::Int(i) => q.bind(i),
+            };
+        }
+        q.fetch_all(&self.pool).await.map_err(map_err)
+    }
+
     /// The pending state `sql` (a query by `state_hash` answering account id, data and
     /// expiry) finds for `state`.
     async fn pending_by(
@@ -986,14 +999,7 @@ impl Store for PostgresStore {
         filter: &AccountFilter,
     ) -> Result<Page<ConnectedAccount>, StoreError> {
         let (sql, args) = list_query(filter, &|n| format!("${n}"));
-        let mut q = sqlx::query(safe(sql));
-        for a in args {
-            q = match a {
-                Arg::Text(s) => q.bind(s),
-                Arg::Int(i) => q.bind(i),
-            };
-        }
-        let rows = q.fetch_all(&self.pool).await.map_err(map_err)?;
+        let rows = self.rows(sql, args).await?;
         let items = rows
             .iter()
             .map(|r| account_row(r)?.decode())

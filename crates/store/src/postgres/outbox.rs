@@ -19,7 +19,7 @@ use crate::outbox::{
     DELIVERY_COLUMNS, DeliveryRow, EventRow, decode_event, deliveries_query, lease_end,
     outcome_columns, sql_limit, wanted,
 };
-use crate::rows::{Arg, micros};
+use crate::rows::micros;
 
 /// How long an event appended to PostgreSQL may stay invisible after its sequence
 /// number was taken (its transaction not yet committed) and still get its
@@ -212,15 +212,7 @@ impl PostgresStore {
         filter: &DeliveryFilter,
     ) -> Result<Vec<Delivery>, StoreError> {
         let (sql, args) = deliveries_query(filter, &|n| format!("${n}"));
-        let mut q = sqlx::query(safe(sql));
-        for a in args {
-            q = match a {
-                Arg::Text(s) => q.bind(s),
-                Arg::Int(i) => q.bind(i),
-            };
-        }
-        let rows = q.fetch_all(&self.pool).await.map_err(map_err)?;
-        decode_rows(&rows)
+        decode_rows(&self.rows(sql, args).await?)
     }
 
     pub(super) async fn events_after_id(
