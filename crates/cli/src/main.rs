@@ -195,8 +195,11 @@ enum LogFormat {
 }
 
 /// Starts the log: `KEYHAVEN_LOG` filters (default `info` for `serve`, `warn` for
-/// commands), written to stderr in `format`.
-fn init_logging(command: &Command, format: LogFormat) {
+/// commands), written to stderr in `format` by a thread of its own, so that a
+/// request never waits for the write (when its queue is full, lines wait rather
+/// than being dropped). The returned guard writes what is queued when dropped, at
+/// the end of `main`; a process killed with SIGKILL loses what was still queued.
+fn init_logging(command: &Command, format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEYHAVEN_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(match command {
@@ -210,9 +213,13 @@ fn init_logging(command: &Command, format: LogFormat) {
         LogFormat::Pretty => false,
         LogFormat::Auto => !terminal,
     };
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("keyhaven-log")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(terminal);
     if json {
         builder
@@ -224,6 +231,7 @@ fn init_logging(command: &Command, format: LogFormat) {
     } else {
         builder.init();
     }
+    guard
 }
 
 #[derive(Debug, Subcommand)]
@@ -585,7 +593,7 @@ async fn run(cli: Cli) -> Result<Exit, CliError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.command, cli.global.log_format);
+    let _log = init_logging(&cli.command, cli.global.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
