@@ -25,11 +25,10 @@
 )]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
 
 use keyhaven::{AuditLog, ConnectionRequest, Keyhaven, MemoryStore, NewIntegration};
 use keyhaven_server::{AdminKey, AppState, ServerConfig};
+use keyhaven_tests::load::{Once, Settings, measure, on_own_runtime, report};
 use keyhaven_tests::upstream::{FIXED_ANSWER, Upstream};
 
 const KEY: &str = "kh-bench-admin";
@@ -88,85 +87,18 @@ impl Way {
         };
         assert_eq!(body.len(), FIXED_ANSWER.len());
     }
-}
 
-/// One round: requests per second and the latencies' median and p99 (µs).
-struct Round {
-    rps: f64,
-    p50: f64,
-    p99: f64,
-}
-
-async fn round(way: &Way, seconds: f64) -> Round {
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..CONCURRENCY)
-        .map(|_| {
+    fn into_once(self) -> Once {
+        let way = Arc::new(self);
+        Arc::new(move || {
             let way = way.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let mut times = Vec::with_capacity(4096);
-                while !stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    way.once().await;
-                    times.push(t.elapsed().as_secs_f64() * 1e6);
-                }
-                times
-            })
+            Box::pin(async move { way.once().await })
         })
-        .collect();
-    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut times = Vec::new();
-    for t in tasks {
-        times.extend(t.await.unwrap());
     }
-    let took = started.elapsed().as_secs_f64();
-    times.sort_by(f64::total_cmp);
-    let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
-    Round {
-        rps: times.len() as f64 / took,
-        p50: at(0.5),
-        p99: at(0.99),
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Starts `f` on a runtime of its own, on its own thread; returns what it gives.
-fn on_own_runtime<T: Send + 'static>(
-    name: &str,
-    f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>> + Send + 'static,
-) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                tx.send(f().await).unwrap();
-                std::future::pending::<()>().await;
-            });
-        })
-        .unwrap();
-    rx.recv().unwrap()
 }
 
 fn main() {
-    let seconds: f64 = std::env::var("KEYHAVEN_BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3.0);
-    let rounds: usize = std::env::var("KEYHAVEN_BENCH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+    let settings = Settings::from_env(CONCURRENCY);
     // `cargo bench` passes --bench; a filter or --list would be criterion's.
     if std::env::args().any(|a| a == "--list") {
         println!("proxy: bench");
@@ -280,78 +212,14 @@ fn main() {
     let only: Option<Vec<usize>> = std::env::var("KEYHAVEN_BENCH_ONLY")
         .ok()
         .map(|s| s.split(',').filter_map(|i| i.trim().parse().ok()).collect());
-    let ways: Vec<(&str, Way)> = ways
+    let ways: Vec<(String, Once)> = ways
         .into_iter()
         .enumerate()
         .filter(|(i, _)| *i == 0 || only.as_ref().is_none_or(|o| o.contains(i)))
-        .map(|(_, w)| w)
+        .map(|(_, (name, way))| (name.to_owned(), way.into_once()))
         .collect();
-    let mut results: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> =
-        vec![(Vec::new(), Vec::new(), Vec::new()); ways.len()];
-    rt.block_on(async {
-        // Warm up every way (connections, caches).
-        for (_, way) in &ways {
-            round(way, 0.5).await;
-        }
-        for r in 0..rounds {
-            for (i, (name, way)) in ways.iter().enumerate() {
-                let out = round(way, seconds).await;
-                eprintln!(
-                    "round {r} {name}: {:.0} req/s, p50 {:.0} µs, p99 {:.0} µs",
-                    out.rps, out.p50, out.p99
-                );
-                results[i].0.push(out.rps);
-                results[i].1.push(out.p50);
-                results[i].2.push(out.p99);
-            }
-        }
-    });
-    // One request at a time: the latency a single call adds (no queueing).
-    let mut alone: Vec<Vec<f64>> = vec![Vec::new(); ways.len()];
-    rt.block_on(async {
-        for _ in 0..2000 {
-            for (i, (_, way)) in ways.iter().enumerate() {
-                let t = Instant::now();
-                way.once().await;
-                alone[i].push(t.elapsed().as_secs_f64() * 1e6);
-            }
-        }
-    });
-    let alone: Vec<f64> = alone.into_iter().map(median).collect();
-    let rows: Vec<(String, f64, f64, f64)> = ways
-        .iter()
-        .zip(results)
-        .map(|((name, _), (rps, p50, p99))| {
-            ((*name).to_owned(), median(rps), median(p50), median(p99))
-        })
-        .collect();
-    let raw = rows[0].clone();
-    println!("\n{CONCURRENCY} concurrent, {rounds} rounds of {seconds} s, medians of the rounds:");
-    println!("| way | requests/s | p50 | p99 | throughput vs raw | one at a time: p50 | vs raw |");
-    println!("|---|---|---|---|---|---|---|");
-    let mut json_rows = Vec::new();
-    for (i, (name, rps, p50, p99)) in rows.iter().enumerate() {
-        println!(
-            "| {name} | {rps:.0} | {p50:.0} µs | {p99:.0} µs | {:.2}x | {:.0} µs | {:+.0} µs |",
-            rps / raw.1,
-            alone[i],
-            alone[i] - alone[0]
-        );
-        json_rows.push(serde_json::json!({
-            "way": name, "rps": rps, "p50_us": p50, "p99_us": p99,
-            "throughput_ratio": rps / raw.1, "alone_p50_us": alone[i],
-            "alone_p50_delta_us": alone[i] - alone[0],
-        }));
-    }
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results");
-    let _ = std::fs::create_dir_all(&out);
-    let _ = std::fs::write(
-        out.join("proxy.json"),
-        serde_json::to_string_pretty(&serde_json::json!({
-            "concurrency": CONCURRENCY, "rounds": rounds, "seconds": seconds, "rows": json_rows,
-        }))
-        .unwrap(),
-    );
+    let rows = rt.block_on(measure(&ways, settings, 2000));
+    report("proxy", &rows, settings);
     // The audit file got a line per audited request.
     rt.block_on(audit.flush()).unwrap();
     let lines = std::fs::read_to_string(&audit_path)

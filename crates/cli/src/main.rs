@@ -199,7 +199,10 @@ enum LogFormat {
 /// request never waits for the write (when its queue is full, lines wait rather
 /// than being dropped). The returned guard writes what is queued when dropped, at
 /// the end of `main`; a process killed with SIGKILL loses what was still queued.
-fn init_logging(command: &Command, format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+fn init_logging(
+    command: &Command,
+    format: LogFormat,
+) -> tracing_appender::non_blocking::WorkerGuard {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEYHAVEN_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(match command {
