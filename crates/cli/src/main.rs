@@ -166,12 +166,7 @@ struct Global {
     #[arg(long, global = true, env = "KEYHAVEN_KMS_KEY_ID")]
     kms_key_id: Option<String>,
     /// The KMS's address, for a KMS other than AWS's (LocalStack, moto).
-    #[arg(
-        long,
-        global = true,
-        env = "KEYHAVEN_KMS_ENDPOINT",
-        requires = "kms_key_id"
-    )]
+    #[arg(long, global = true, env = "KEYHAVEN_KMS_ENDPOINT")]
     kms_endpoint: Option<String>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
