@@ -109,6 +109,47 @@ pub enum DeliveryOutcome {
     },
 }
 
+impl DeliveryOutcome {
+    /// The longest error kept of a try.
+    pub const MAX_ERROR_CHARS: usize = 500;
+
+    /// Where the delivery stands after this try.
+    pub fn state(&self) -> DeliveryState {
+        match self {
+            Self::Delivered { .. } => DeliveryState::Delivered,
+            Self::Retry { .. } => DeliveryState::Pending,
+            Self::Failed { .. } => DeliveryState::Failed,
+        }
+    }
+
+    /// When to try again; `None`: the time stays as it was.
+    pub fn next_attempt_at(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Self::Retry { at, .. } => Some(*at),
+            Self::Delivered { .. } | Self::Failed { .. } => None,
+        }
+    }
+
+    /// The receiver's status, when it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Delivered { status } => Some(*status),
+            Self::Retry { status, .. } | Self::Failed { status, .. } => *status,
+        }
+    }
+
+    /// What went wrong, cut to [`DeliveryOutcome::MAX_ERROR_CHARS`]; `None` when
+    /// delivered.
+    pub fn error(&self) -> Option<String> {
+        match self {
+            Self::Delivered { .. } => None,
+            Self::Retry { error, .. } | Self::Failed { error, .. } => {
+                Some(error.chars().take(Self::MAX_ERROR_CHARS).collect())
+            }
+        }
+    }
+}
+
 /// Which deliveries a listing shows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeliveryFilter {

@@ -575,6 +575,21 @@ pub(crate) async fn credentials(
     Ok(response)
 }
 
+/// The `limit` query parameter of a listing whose pages hold 1 to `max` items;
+/// `None` when absent.
+pub(crate) fn bounded_limit(q: &HashMap<String, String>, max: usize) -> Result<Option<usize>> {
+    q.get("limit")
+        .map(|l| {
+            l.parse::<usize>()
+                .ok()
+                .filter(|l| (1..=max).contains(l))
+                .ok_or_else(|| {
+                    ApiError::invalid(format!("invalid limit: give a number from 1 to {max}"))
+                })
+        })
+        .transpose()
+}
+
 /// `GET /api/v1/connectedAccounts/{id}/audit`: every recorded use of the account's
 /// credentials (reads, requests sent with them), oldest first, optionally between two
 /// times; the newest `limit` (default and at most 10,000).
@@ -607,15 +622,7 @@ pub(crate) async fn audit(
             })
             .transpose()
     };
-    let limit = q
-        .get("limit")
-        .map(|l| {
-            l.parse::<usize>()
-                .ok()
-                .filter(|l| (1..=keyhaven::audit::AUDIT_QUERY_MAX).contains(l))
-                .ok_or_else(|| ApiError::invalid("invalid limit: give a number from 1 to 10000"))
-        })
-        .transpose()?;
+    let limit = bounded_limit(&q, keyhaven::audit::AUDIT_QUERY_MAX)?;
     let query = keyhaven::AuditQuery {
         since: time("since")?,
         until: time("until")?,

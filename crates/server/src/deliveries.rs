@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use keyhaven::{DeliveryFilter, DeliveryState};
 
 use crate::AppState;
-use crate::api::Result;
+use crate::api::{Result, bounded_limit};
 use crate::error::ApiError;
 use crate::views::v1;
 
@@ -79,16 +79,7 @@ pub(crate) async fn deliveries(
             })
         })
         .transpose()?;
-    let limit = q
-        .get("limit")
-        .map(|l| {
-            l.parse::<usize>()
-                .ok()
-                .filter(|l| (1..=LIST_MAX).contains(l))
-                .ok_or_else(|| ApiError::invalid("invalid limit: give a number from 1 to 1000"))
-        })
-        .transpose()?
-        .unwrap_or(100);
+    let limit = bounded_limit(&q, LIST_MAX)?.unwrap_or(100);
     let filter = DeliveryFilter {
         webhook: q.get("webhook").cloned(),
         state,
@@ -108,8 +99,9 @@ pub(crate) async fn deliveries(
     } else {
         None
     };
+    let urls = shown_urls(&s);
     Ok(Json(v1::DeliveryList {
-        items: found.into_iter().map(|d| view(&s, d)).collect(),
+        items: found.into_iter().map(|d| view(&urls, d)).collect(),
         next_cursor,
     }))
 }
@@ -145,20 +137,23 @@ pub(crate) async fn redeliver(
             )
         })?;
     tracing::info!(delivery = id, event = %delivery.event.id, "webhook delivery queued again");
-    Ok(Json(view(&s, delivery)))
+    Ok(Json(view(&shown_urls(&s), delivery)))
 }
 
-fn view(s: &AppState, d: keyhaven::Delivery) -> v1::DeliveryView {
-    let url = s
-        .config
+/// The configured webhooks' URLs as shown (no query, no user name), by key.
+fn shown_urls(s: &AppState) -> HashMap<String, String> {
+    s.config
         .webhooks
         .iter()
-        .find(|h| h.key() == d.webhook)
-        .map(|h| keyhaven::request::rules::shown(&h.url));
+        .map(|h| (h.key(), keyhaven::request::rules::shown(&h.url)))
+        .collect()
+}
+
+fn view(urls: &HashMap<String, String>, d: keyhaven::Delivery) -> v1::DeliveryView {
     v1::DeliveryView {
         id: d.id,
+        url: urls.get(&d.webhook).cloned(),
         webhook: d.webhook,
-        url,
         event_id: d.event.id.clone(),
         event: d.event,
         state: d.state.as_str().to_owned(),

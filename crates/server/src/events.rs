@@ -128,6 +128,28 @@ fn feed(
     first.chain(live)
 }
 
+/// Where a listener starts.
+enum Resume {
+    /// It gave no `Last-Event-ID`.
+    Fresh,
+    /// The kept events after its `Last-Event-ID`, to send first.
+    Missed(Vec<AccountEvent>),
+    /// Its `Last-Event-ID` is no longer kept: this `lagged` event, then the current
+    /// state.
+    Lost(Event),
+}
+
+/// Where the listener of `headers` starts (see [`Resume`]).
+async fn resume(s: &AppState, headers: &HeaderMap) -> Result<Resume> {
+    let Some(last) = last_event_id(headers) else {
+        return Ok(Resume::Fresh);
+    };
+    Ok(match missed(s, &last).await? {
+        Some(replay) => Resume::Missed(replay),
+        None => Resume::Lost(reset(&last)),
+    })
+}
+
 /// The event a listener gets when its `Last-Event-ID` is no longer kept.
 fn reset(last: &str) -> Event {
     Event::default().event("lagged").data(
@@ -169,18 +191,12 @@ pub(crate) async fn account_events(
     // events are read is lost.
     let receiver = s.kh.events();
     let account = s.kh.connected_accounts().get(&id).await?;
-    let mut first = Vec::new();
-    let replay = match last_event_id(&headers) {
-        Some(last) => match missed(&s, &last).await? {
-            Some(replay) => replay,
-            None => {
-                first.push(reset(&last));
-                Vec::new()
-            }
-        },
-        None => Vec::new(),
+    let (mut first, replay, snapshot) = match resume(&s, &headers).await? {
+        Resume::Fresh => (Vec::new(), Vec::new(), true),
+        Resume::Missed(replay) => (Vec::new(), replay, false),
+        Resume::Lost(lagged) => (vec![lagged], Vec::new(), true),
     };
-    if last_event_id(&headers).is_none() || !first.is_empty() {
+    if snapshot {
         let view = account_view(&s.kh, &account).await;
         first.push(
             Event::default()
@@ -241,16 +257,10 @@ pub(crate) async fn all_events(
         apps: list(&q, &["appNames", "appName"]),
         kinds,
     };
-    let mut first = Vec::new();
-    let replay = match last_event_id(&headers) {
-        Some(last) => match missed(&s, &last).await? {
-            Some(replay) => replay,
-            None => {
-                first.push(Ok(reset(&last)));
-                Vec::new()
-            }
-        },
-        None => Vec::new(),
+    let (first, replay) = match resume(&s, &headers).await? {
+        Resume::Fresh => (Vec::new(), Vec::new()),
+        Resume::Missed(replay) => (Vec::new(), replay),
+        Resume::Lost(lagged) => (vec![Ok(lagged)], Vec::new()),
     };
     let events = stream::iter(first).chain(feed(receiver, filter, replay, s.closing.subscribe()));
     Ok(Sse::new(events).keep_alive(keep_alive()))

@@ -433,12 +433,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     let limiter = limits::IpLimiter::new(state.config.rate_limit);
     let (routes, doc) = routes_and_doc(&state, limiter);
     let doc = Arc::new(doc);
-    let metrics_route = Router::new()
-        .route("/metrics", axum::routing::get(metrics::metrics))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            metrics::require_metrics_key,
-        ));
+    let metrics_route = metrics::route().route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        metrics::require_metrics_key,
+    ));
     let mut app = routes
         .merge(metrics_route)
         .route(
@@ -523,9 +521,7 @@ fn given_request_id(request: &Request) -> Option<HeaderValue> {
 /// scraper reaches (`keyhaven serve --metrics-listen`).
 pub fn metrics_router(state: Arc<AppState>) -> Router {
     metrics::recorder();
-    Router::new()
-        .route("/metrics", axum::routing::get(metrics::metrics))
-        .with_state(state)
+    metrics::route().with_state(state)
 }
 
 /// Serves [`metrics_router`] on `listener` (plain HTTP) until the task is dropped.
@@ -545,7 +541,8 @@ pub async fn serve_metrics(
 async fn log_request(mut request: Request, next: Next) -> Response {
     let id = given_request_id(&request).unwrap_or_else(made_request_id);
     request.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
-    let span = tracing::info_span!("request", request_id = %String::from_utf8_lossy(id.as_bytes()));
+    // Visible ASCII (checked, or made so): no copy needed to log it.
+    let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or_default());
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     // The route's template, not the path: a bounded label.
@@ -559,7 +556,7 @@ async fn log_request(mut request: Request, next: Next) -> Response {
             let response = next.run(request).await;
             metrics::http_request(
                 method.as_str(),
-                &route,
+                route,
                 response.status().as_u16(),
                 started.elapsed().as_secs_f64(),
             );

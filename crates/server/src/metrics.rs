@@ -59,8 +59,8 @@ pub fn recorder() -> Option<&'static PrometheusHandle> {
 
 /// Records one HTTP request: `keyhaven_http_requests_total{method, route, status}`
 /// and `keyhaven_http_request_seconds{method, route}`.
-pub(crate) fn http_request(method: &str, route: &str, status: u16, seconds: f64) {
-    let (method, route) = (method.to_owned(), route.to_owned());
+pub(crate) fn http_request(method: &str, route: String, status: u16, seconds: f64) {
+    let method = method.to_owned();
     metrics::counter!(
         "keyhaven_http_requests_total",
         "method" => method.clone(),
@@ -108,8 +108,13 @@ async fn read_gauges(s: &AppState) {
         .absolute(cache.misses);
 }
 
+/// `GET /metrics`, with no key: the route, for either listener.
+pub(crate) fn route() -> axum::Router<Arc<AppState>> {
+    axum::Router::new().route("/metrics", axum::routing::get(metrics))
+}
+
 /// `GET /metrics`: every metric, in Prometheus's text format (0.0.4).
-pub(crate) async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     let Some(recorder) = recorder() else {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -133,11 +138,7 @@ pub(crate) async fn require_metrics_key(
     request: Request,
     next: Next,
 ) -> Response {
-    let given = request
-        .headers()
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok());
-    let allowed = given.is_some_and(|key| {
+    let allowed = crate::api_key(&request).is_some_and(|key| {
         s.metrics_key.as_ref().is_some_and(|k| k.matches(key)) || s.admin_key.matches(key)
     });
     if allowed {

@@ -284,6 +284,50 @@ fn write_wrapped(path: &Path, content: &WrappedFile) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The data key a wrapped key file holds: unwrapped with the KMS key that wrapped
+/// it, and checked against the id the file names.
+async fn open(path: &Path, file: &WrappedFile, kms: &Kms) -> Result<MasterKey, StoreError> {
+    let wrapped = B64
+        .decode(&file.wrapped)
+        .map_err(|_| file_error(path, "its wrapped key is not base64"))?;
+    let key = kms.unwrap(&file.kms_key_id, &wrapped).await?;
+    if key.id() != file.key_id {
+        return Err(file_error(
+            path,
+            format!(
+                "the KMS unwrapped key {} where the file names {}",
+                key.id(),
+                file.key_id
+            ),
+        ));
+    }
+    Ok(key)
+}
+
+/// Wraps `key` with the KMS key `kms_key_id`, checks that the KMS gives it back,
+/// then writes the wrapped key file at `path` (its directory made if need be, mode
+/// 0700); nothing is made or written when a call fails.
+async fn seal(path: &Path, kms: &Kms, kms_key_id: &str, key: &MasterKey) -> Result<(), StoreError> {
+    let wrapped = kms.wrap(kms_key_id, key).await?;
+    if kms.unwrap(kms_key_id, &wrapped).await?.id() != key.id() {
+        return Err(kms_error(format!(
+            "KMS key {kms_key_id:?} did not give back the key it wrapped; nothing was written"
+        )));
+    }
+    if let Some(dir) = path.parent() {
+        crate::files::create_private_dir(dir).map_err(|e| file_error(dir, e))?;
+    }
+    write_wrapped(
+        path,
+        &WrappedFile {
+            version: 1,
+            kms_key_id: kms_key_id.to_owned(),
+            wrapped: B64.encode(&wrapped),
+            key_id: key.id().to_owned(),
+        },
+    )
+}
+
 /// The key ring of a data directory whose key is wrapped by `kms_key_id`:
 /// unwrapped from `master.key.kms`. Without that file, the data key is the plain
 /// `master.key`'s primary (moved into the envelope: wrapped, checked by unwrapping,
@@ -303,21 +347,7 @@ pub async fn ring_from_kms(dir: &Path, kms: &Kms, kms_key_id: &str) -> Result<Ke
                 "the data key is wrapped by another KMS key than the one configured; it is unwrapped with the one that wrapped it (run `keyhaven keys rewrap` to move it)"
             );
         }
-        let wrapped = B64
-            .decode(&file.wrapped)
-            .map_err(|_| file_error(&path, "its wrapped key is not base64"))?;
-        let key = kms.unwrap(&file.kms_key_id, &wrapped).await?;
-        if key.id() != file.key_id {
-            return Err(file_error(
-                &path,
-                format!(
-                    "the KMS unwrapped key {} where the file names {}",
-                    key.id(),
-                    file.key_id
-                ),
-            ));
-        }
-        return Ok(KeyRing::new(key, []));
+        return Ok(KeyRing::new(open(&path, &file, kms).await?, []));
     }
     let plain = crate::keys::KeyFile::in_dir(dir);
     let (key, moved) = if plain.path().exists() {
@@ -325,23 +355,7 @@ pub async fn ring_from_kms(dir: &Path, kms: &Kms, kms_key_id: &str) -> Result<Ke
     } else {
         (MasterKey::generate()?, false)
     };
-    let wrapped = kms.wrap(kms_key_id, &key).await?;
-    let back = kms.unwrap(kms_key_id, &wrapped).await?;
-    if back.id() != key.id() {
-        return Err(kms_error(format!(
-            "KMS key {kms_key_id:?} did not give back the key it wrapped; nothing was written"
-        )));
-    }
-    crate::files::create_private_dir(dir).map_err(|e| file_error(dir, e))?;
-    write_wrapped(
-        &path,
-        &WrappedFile {
-            version: 1,
-            kms_key_id: kms_key_id.to_owned(),
-            wrapped: B64.encode(&wrapped),
-            key_id: key.id().to_owned(),
-        },
-    )?;
+    seal(&path, kms, kms_key_id, &key).await?;
     if moved {
         std::fs::remove_file(plain.path()).map_err(|e| file_error(plain.path(), e))?;
         tracing::info!(path = %path.display(), "the master key moved into the KMS envelope; the plain key file was removed");
@@ -366,24 +380,7 @@ pub async fn rewrap(dir: &Path, kms: &Kms, new_kms_key_id: &str) -> Result<PathB
             "there is no wrapped key to rewrap; start keyhaven with KEYHAVEN_KMS_KEY_ID first",
         )
     })?;
-    let wrapped = B64
-        .decode(&file.wrapped)
-        .map_err(|_| file_error(&path, "its wrapped key is not base64"))?;
-    let key = kms.unwrap(&file.kms_key_id, &wrapped).await?;
-    let rewrapped = kms.wrap(new_kms_key_id, &key).await?;
-    if kms.unwrap(new_kms_key_id, &rewrapped).await?.id() != key.id() {
-        return Err(kms_error(format!(
-            "KMS key {new_kms_key_id:?} did not give back the key it wrapped; the file is unchanged"
-        )));
-    }
-    write_wrapped(
-        &path,
-        &WrappedFile {
-            version: 1,
-            kms_key_id: new_kms_key_id.to_owned(),
-            wrapped: B64.encode(&rewrapped),
-            key_id: key.id().to_owned(),
-        },
-    )?;
+    let key = open(&path, &file, kms).await?;
+    seal(&path, kms, new_kms_key_id, &key).await?;
     Ok(path)
 }

@@ -401,25 +401,12 @@ impl Store for MemoryStore {
         if d.claim.as_deref() != Some(claim) {
             return Ok(false);
         }
-        let clip = |e: &str| e.chars().take(500).collect::<String>();
-        match outcome {
-            DeliveryOutcome::Delivered { status } => {
-                d.state = DeliveryState::Delivered;
-                d.last_status = Some(*status);
-                d.last_error = None;
-            }
-            DeliveryOutcome::Retry { at, status, error } => {
-                d.state = DeliveryState::Pending;
-                d.next_attempt_at = *at;
-                d.last_status = *status;
-                d.last_error = Some(clip(error));
-            }
-            DeliveryOutcome::Failed { status, error } => {
-                d.state = DeliveryState::Failed;
-                d.last_status = *status;
-                d.last_error = Some(clip(error));
-            }
+        d.state = outcome.state();
+        if let Some(at) = outcome.next_attempt_at() {
+            d.next_attempt_at = at;
         }
+        d.last_status = outcome.status();
+        d.last_error = outcome.error();
         d.claim = None;
         d.updated_at = now;
         *held = None;

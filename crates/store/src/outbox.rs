@@ -8,9 +8,6 @@ use keyhaven_core::{
 
 use crate::rows::{from_micros, micros};
 
-/// The longest reason kept for a failed try.
-const MAX_ERROR: usize = 500;
-
 /// An event as the `events` table keeps it.
 pub(crate) struct EventRow {
     pub(crate) id: String,
@@ -85,21 +82,12 @@ impl DeliveryRow {
 pub(crate) fn outcome_columns(
     outcome: &DeliveryOutcome,
 ) -> (&'static str, Option<i64>, Option<i64>, Option<String>) {
-    let clip = |e: &str| e.chars().take(MAX_ERROR).collect::<String>();
-    match outcome {
-        DeliveryOutcome::Delivered { status } => {
-            ("delivered", None, Some(i64::from(*status)), None)
-        }
-        DeliveryOutcome::Retry { at, status, error } => (
-            "pending",
-            Some(micros(*at)),
-            status.map(i64::from),
-            Some(clip(error)),
-        ),
-        DeliveryOutcome::Failed { status, error } => {
-            ("failed", None, status.map(i64::from), Some(clip(error)))
-        }
-    }
+    (
+        outcome.state().as_str(),
+        outcome.next_attempt_at().map(micros),
+        outcome.status().map(i64::from),
+        outcome.error(),
+    )
 }
 
 /// The kinds a target wants, as stored names; empty: all.

@@ -151,38 +151,33 @@ impl SqliteStore {
                     i64::try_from(limit).unwrap_or(i64::MAX).into(),
                 ];
                 args.extend(keys);
-                let claimed: Vec<i64> = {
+                tx.execute(
+                    &format!(
+                        "UPDATE webhook_deliveries SET claim = ?1, claimed_until = ?2, attempts = attempts + 1, updated_at = ?3 \
+                         WHERE id IN (SELECT id FROM webhook_deliveries WHERE state = 'pending' AND next_at <= ?3 AND claimed_until <= ?3 \
+                         AND webhook IN ({}) ORDER BY id LIMIT ?4)",
+                        marks.join(", ")
+                    ),
+                    rusqlite::params_from_iter(args),
+                )
+                .map_err(map_err)?;
+                // The token is this call's own: what it names is what was claimed.
+                let out = {
                     let mut st = tx
                         .prepare(&format!(
-                            "UPDATE webhook_deliveries SET claim = ?1, claimed_until = ?2, attempts = attempts + 1, updated_at = ?3 \
-                             WHERE id IN (SELECT id FROM webhook_deliveries WHERE state = 'pending' AND next_at <= ?3 AND claimed_until <= ?3 \
-                             AND webhook IN ({}) ORDER BY id LIMIT ?4) RETURNING id",
-                            marks.join(", ")
+                            "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries d JOIN events e ON e.seq = d.event_seq WHERE d.claim = ?1 ORDER BY d.id"
                         ))
                         .map_err(map_err)?;
-                    st.query_map(rusqlite::params_from_iter(args), |r| r.get(0))
+                    st.query_map([&token], delivery_row)
                         .map_err(map_err)?
-                        .collect::<rusqlite::Result<_>>()
+                        .collect::<rusqlite::Result<Vec<_>>>()
                         .map_err(map_err)?
                 };
-                let mut out = Vec::with_capacity(claimed.len());
-                for id in claimed {
-                    out.extend(tx.query_row(
-                        &format!("SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries d JOIN events e ON e.seq = d.event_seq WHERE d.id = ?1"),
-                        [id],
-                        delivery_row,
-                    ).optional().map_err(map_err)?);
-                }
                 tx.commit().map_err(map_err)?;
                 Ok(out)
             })
             .await?;
-        let mut out: Vec<Delivery> = rows
-            .into_iter()
-            .map(DeliveryRow::decode)
-            .collect::<Result<_, _>>()?;
-        out.sort_by_key(|d| d.id);
-        Ok(out)
+        rows.into_iter().map(DeliveryRow::decode).collect()
     }
 
     pub(super) async fn finish(
