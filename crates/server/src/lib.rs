@@ -542,7 +542,7 @@ async fn log_request(mut request: Request, next: Next) -> Response {
     let id = given_request_id(&request).unwrap_or_else(made_request_id);
     request.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
     // Visible ASCII (checked, or made so): no copy needed to log it.
-    let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or_default());
+    let span = tracing::info_span!("request", request_id = %id.to_str().unwrap_or_default());
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     // The route's template, not the path: a bounded label.
