@@ -297,3 +297,43 @@ pub async fn bare_token_requests(n: usize) -> Duration {
     assert_each_refreshed_once(&endpoint, n);
     took
 }
+
+/// A storm's figures, printed as one `STORM {json}` line (read by `cargo xtask
+/// bench` from a `--nocapture` run).
+#[derive(Debug, Clone)]
+pub struct Figures {
+    /// `library` or `server`.
+    pub place: &'static str,
+    /// `SQLite` or `PostgreSQL`.
+    pub store: &'static str,
+    /// `distinct accounts` or `one token`.
+    pub storm: &'static str,
+    /// Instances (processes or servers) asking at once.
+    pub instances: usize,
+    /// Calls made in all.
+    pub calls: usize,
+    /// Refresh requests the token endpoint answered.
+    pub token_requests: u64,
+    /// How long all calls took.
+    pub took: Duration,
+    /// The same number of bare reqwest token requests, when measured.
+    pub bare: Option<Duration>,
+}
+
+impl Figures {
+    /// Prints the `STORM` line.
+    pub fn record(&self) {
+        let line = serde_json::json!({
+            "where": self.place, "store": self.store, "storm": self.storm,
+            "instances": self.instances, "calls": self.calls,
+            "token_requests": self.token_requests, "seconds": self.took.as_secs_f64(),
+            "bare_seconds": self.bare.map(|b| b.as_secs_f64()),
+        });
+        println!("STORM {line}");
+    }
+}
+
+/// All refresh token requests the endpoint answered.
+pub fn total_refreshes(endpoint: &TokenEndpoint) -> u64 {
+    endpoint.refreshes().values().sum()
+}

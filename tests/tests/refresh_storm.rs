@@ -2,8 +2,9 @@
 //! have expired, all asked for at once, on one instance and on four processes
 //! sharing the store, on PostgreSQL (default pool) and SQLite. Every call is served
 //! with a fresh token, and the token endpoint sees each account refreshed exactly
-//! once. The time each storm took is printed (`STORM ...` lines, run with
-//! `--nocapture`) for BENCHMARKS.md; nothing here asserts a duration.
+//! once. Also 1,000 callers on one expired token: exactly one token request. The
+//! time each storm took is printed (`STORM {json}` lines, run with `--nocapture`,
+//! read by `cargo xtask bench`); nothing here asserts a duration.
 //!
 //! Also: a process killed with SIGKILL while it holds a refresh lock does not keep
 //! the account locked (PostgreSQL: its connection dies and the lock with it;
@@ -15,7 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keyhaven::{Keyhaven, PostgresStore, SqliteStore, Store};
-use keyhaven_tests::storm::{ACCOUNTS, TokenEndpoint, assert_each_refreshed_once, is_fresh, seed};
+use keyhaven_tests::storm::{
+    ACCOUNTS, Figures, TokenEndpoint, assert_each_refreshed_once, is_fresh, seed, total_refreshes,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const PROCESSES: usize = 4;
@@ -39,7 +42,7 @@ fn keyhaven(store: Arc<dyn Store>) -> Keyhaven {
 }
 
 /// One instance: every account's credentials asked for at once.
-async fn one_instance(store: Arc<dyn Store>, label: &str) {
+async fn one_instance(store: Arc<dyn Store>, label: &'static str) {
     let endpoint = TokenEndpoint::start(Duration::ZERO).await;
     let kh = keyhaven(store.clone());
     let (_, ids) = seed(&kh, store.as_ref(), &endpoint, ACCOUNTS).await;
@@ -67,14 +70,60 @@ async fn one_instance(store: Arc<dyn Store>, label: &str) {
     );
     assert_each_refreshed_once(&endpoint, ACCOUNTS);
     let bare = keyhaven_tests::storm::bare_token_requests(ACCOUNTS).await;
-    println!(
-        "STORM library {label} 1 instance: {ACCOUNTS} accounts refreshed in {took:?}; {ACCOUNTS} bare reqwest token requests in {bare:?} ({:.2}x)",
-        took.as_secs_f64() / bare.as_secs_f64()
+    Figures {
+        place: "library",
+        store: label,
+        storm: "distinct accounts",
+        instances: 1,
+        calls: ACCOUNTS,
+        token_requests: total_refreshes(&endpoint),
+        took,
+        bare: Some(bare),
+    }
+    .record();
+}
+
+/// One instance: 1,000 callers on one expired token; exactly one token request.
+async fn one_token(store: Arc<dyn Store>, label: &'static str) {
+    let endpoint = TokenEndpoint::start(Duration::ZERO).await;
+    let kh = keyhaven(store.clone());
+    let (_, ids) = seed(&kh, store.as_ref(), &endpoint, 1).await;
+    let id = ids[0].to_string();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..ACCOUNTS)
+        .map(|_| {
+            let (kh, id) = (kh.clone(), id.clone());
+            tokio::spawn(async move { kh.credentials(&id).await.map_err(|e| e.to_string()) })
+        })
+        .collect();
+    let mut tokens = std::collections::HashSet::new();
+    for t in tasks {
+        let c = t.await.unwrap().unwrap();
+        tokens.insert(c.get_str("access_token").unwrap().to_owned());
+    }
+    let took = started.elapsed();
+    assert_eq!(
+        tokens.len(),
+        1,
+        "every caller got the same token: {tokens:?}"
     );
+    assert!(tokens.iter().all(|t| is_fresh(t)));
+    assert_each_refreshed_once(&endpoint, 1);
+    Figures {
+        place: "library",
+        store: label,
+        storm: "one token",
+        instances: 1,
+        calls: ACCOUNTS,
+        token_requests: total_refreshes(&endpoint),
+        took,
+        bare: None,
+    }
+    .record();
 }
 
 /// Four processes, each asking for every account at once.
-async fn four_processes(store: Arc<dyn Store>, spec: &str, key_b64: &str, label: &str) {
+async fn four_processes(store: Arc<dyn Store>, spec: &str, key_b64: &str, label: &'static str) {
     let endpoint = TokenEndpoint::start(Duration::ZERO).await;
     let kh = keyhaven(store.clone());
     let (_, ids) = seed(&kh, store.as_ref(), &endpoint, ACCOUNTS).await;
@@ -114,10 +163,17 @@ async fn four_processes(store: Arc<dyn Store>, spec: &str, key_b64: &str, label:
     }
     let took = started.elapsed();
     assert_each_refreshed_once(&endpoint, ACCOUNTS);
-    println!(
-        "STORM library {label} {PROCESSES} processes: {} calls on {ACCOUNTS} accounts served in {took:?}",
-        PROCESSES * ACCOUNTS
-    );
+    Figures {
+        place: "library",
+        store: label,
+        storm: "distinct accounts",
+        instances: PROCESSES,
+        calls: PROCESSES * ACCOUNTS,
+        token_requests: total_refreshes(&endpoint),
+        took,
+        bare: None,
+    }
+    .record();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,6 +190,21 @@ async fn a_thousand_accounts_on_postgres_four_processes() {
         return;
     };
     four_processes(store, &spec, &key, "PostgreSQL").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_callers_on_one_token_on_postgres() {
+    let Some((store, _, _)) = postgres().await else {
+        return;
+    };
+    one_token(store, "PostgreSQL").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_callers_on_one_token_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _, _) = sqlite(&dir);
+    one_token(store, "SQLite").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

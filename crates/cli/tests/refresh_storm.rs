@@ -3,8 +3,9 @@
 //! /api/v1/connectedAccounts/{id}/credentials`, on one `keyhaven serve` and on four
 //! sharing the store, on PostgreSQL (default pool) and SQLite. Every call answers
 //! 200 with a fresh token, and the token endpoint sees each account refreshed
-//! exactly once. Times are printed (`STORM ...`, run with `--nocapture`) for
-//! BENCHMARKS.md; nothing here asserts a duration.
+//! exactly once. Also 1,000 reads of one expired account through one server:
+//! exactly one token request. Times are printed (`STORM {json}`, run with
+//! `--nocapture`, read by `cargo xtask bench`); nothing here asserts a duration.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -15,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use common::{CREDS, Server, key, serve};
 use keyhaven::{Keyhaven, PostgresStore, SqliteStore, Store};
-use keyhaven_tests::storm::{ACCOUNTS, TokenEndpoint, assert_each_refreshed_once, is_fresh, seed};
+use keyhaven_tests::storm::{
+    ACCOUNTS, Figures, TokenEndpoint, assert_each_refreshed_once, is_fresh, seed, total_refreshes,
+};
 
 /// Asks every server for every account at once; all must answer 200 with a fresh
 /// token. Returns how long it took.
@@ -71,6 +74,14 @@ async fn storm(servers: &[Server], ids: &[String]) -> Duration {
     took
 }
 
+/// The two storms: every account once (`distinct accounts`), or one account asked
+/// for by every caller (`one token`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Distinct,
+    OneToken,
+}
+
 /// Seeds the accounts, starts `instances` servers on the store (`store_args`, the
 /// data directory `data`), and storms them.
 async fn run(
@@ -79,27 +90,47 @@ async fn run(
     data: &std::path::Path,
     key_b64: &str,
     instances: usize,
-    label: &str,
+    label: &'static str,
+    kind: Kind,
 ) {
     let endpoint = TokenEndpoint::start(Duration::ZERO).await;
     let kh = Keyhaven::builder()
         .shared_store(store.clone())
         .build()
         .unwrap();
-    let (_, ids) = seed(&kh, store.as_ref(), &endpoint, ACCOUNTS).await;
-    let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    let accounts = if kind == Kind::OneToken { 1 } else { ACCOUNTS };
+    let (_, ids) = seed(&kh, store.as_ref(), &endpoint, accounts).await;
+    let ids: Vec<String> = (0..ACCOUNTS)
+        .map(|i| ids[i % accounts].to_string())
+        .collect();
     let servers: Vec<Server> = (0..instances)
         .map(|_| serve(store_args, data, key_b64))
         .collect();
     let took = storm(&servers, &ids).await;
-    assert_each_refreshed_once(&endpoint, ACCOUNTS);
-    println!(
-        "STORM server {label} {instances} instance(s): {} credential reads of {ACCOUNTS} expired accounts answered in {took:?}",
-        instances * ACCOUNTS
-    );
+    assert_each_refreshed_once(&endpoint, accounts);
+    let bare = if kind == Kind::Distinct && instances == 1 {
+        Some(keyhaven_tests::storm::bare_token_requests(ACCOUNTS).await)
+    } else {
+        None
+    };
+    Figures {
+        place: "server",
+        store: label,
+        storm: if kind == Kind::OneToken {
+            "one token"
+        } else {
+            "distinct accounts"
+        },
+        instances,
+        calls: instances * ACCOUNTS,
+        token_requests: total_refreshes(&endpoint),
+        took,
+        bare,
+    }
+    .record();
 }
 
-async fn on_postgres(instances: usize) {
+async fn on_postgres(instances: usize, kind: Kind) {
     let Some(url) = keyhaven_store::conformance::fresh_postgres_database().await else {
         return;
     };
@@ -107,34 +138,53 @@ async fn on_postgres(instances: usize) {
     let store: Arc<dyn Store> = Arc::new(PostgresStore::connect(&url, ring).await.unwrap());
     let data = tempfile::tempdir().unwrap();
     let args = ["--database-url", url.as_str()];
-    run(store, &args, data.path(), &b64, instances, "PostgreSQL").await;
+    run(
+        store,
+        &args,
+        data.path(),
+        &b64,
+        instances,
+        "PostgreSQL",
+        kind,
+    )
+    .await;
 }
 
-async fn on_sqlite(instances: usize) {
+async fn on_sqlite(instances: usize, kind: Kind) {
     // The servers' data directory holds the database the test seeds.
     let data = tempfile::tempdir().unwrap();
     let (ring, b64) = key();
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(data.path().join("keyhaven.db"), ring).unwrap());
-    run(store, &[], data.path(), &b64, instances, "SQLite").await;
+    run(store, &[], data.path(), &b64, instances, "SQLite", kind).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_accounts_through_one_server_on_postgres() {
-    on_postgres(1).await;
+    on_postgres(1, Kind::Distinct).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_accounts_through_four_servers_on_postgres() {
-    on_postgres(4).await;
+    on_postgres(4, Kind::Distinct).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_accounts_through_one_server_on_sqlite() {
-    on_sqlite(1).await;
+    on_sqlite(1, Kind::Distinct).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_accounts_through_four_servers_on_sqlite() {
-    on_sqlite(4).await;
+    on_sqlite(4, Kind::Distinct).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_reads_of_one_expired_account_through_one_server_on_postgres() {
+    on_postgres(1, Kind::OneToken).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_reads_of_one_expired_account_through_one_server_on_sqlite() {
+    on_sqlite(1, Kind::OneToken).await;
 }

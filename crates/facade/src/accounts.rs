@@ -379,8 +379,10 @@ impl Keyhaven {
         self.refresh_credentials(&parsed, Due::IfExpiring).await
     }
 
-    /// Refreshes under the account's lock: re-reads after taking it, so a refresh
-    /// another caller just made is reused, not repeated.
+    /// Refreshes under the account's lock: callers in this process queue on it and
+    /// reuse what the refresh they waited for gave; the first takes the store's lock
+    /// (other processes queue there) and re-reads after taking it, so a refresh
+    /// another process just made is reused, not repeated.
     pub(crate) async fn refresh_credentials(
         &self,
         id: &ConnectedAccountId,
@@ -389,13 +391,29 @@ impl Keyhaven {
         let refresher = &self.inner.refresher;
         let lock = refresher.lock_for(id);
         let result = async {
-            let _guard = lock.lock().await;
+            let mut last = lock.lock().await;
+            // A refresh that ended while this caller waited: its credentials serve
+            // it too, without the store's lock (1,000 callers on one token: one
+            // refresh, not one store lock each).
+            if let Some(fresh) = last.as_ref() {
+                let reuse = match &due {
+                    Due::IfExpiring => {
+                        !fresh.expires_within(self.now(), self.inner.settings.refresh_margin)
+                    }
+                    Due::IfStill(used) => used != fresh,
+                    Due::Now => false,
+                };
+                if reuse {
+                    return Ok(fresh.clone());
+                }
+            }
             // Other processes sharing the store queue here.
             let store_lock = self.store().lock_account(id).await?;
             let result = self.refresh_locked(id, due).await;
             if let Err(e) = store_lock.release().await {
                 tracing::warn!(account = %id, error = %e, "could not release the refresh lock; it is released when it lapses");
             }
+            *last = result.as_ref().ok().cloned();
             result
         }
         .await;

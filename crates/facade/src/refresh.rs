@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
-use keyhaven_core::ConnectedAccountId;
+use keyhaven_core::{ConnectedAccountId, Credentials};
 use parking_lot::Mutex;
 
 /// The longest wait between two refresh attempts after failures.
@@ -18,22 +18,26 @@ pub(crate) struct Backoff {
     pub(crate) last_error: String,
 }
 
+/// The lock callers of one account queue on to refresh it, holding what the last
+/// refresh under it gave while anyone still waits (see [`Refresher::release`]).
+pub(crate) type Flight = Arc<tokio::sync::Mutex<Option<Credentials>>>;
+
 /// Per-account refresh locks and back-off state.
 #[derive(Default)]
 pub(crate) struct Refresher {
-    locks: Mutex<HashMap<ConnectedAccountId, Arc<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<HashMap<ConnectedAccountId, Flight>>,
     backoff: Mutex<HashMap<ConnectedAccountId, Backoff>>,
 }
 
 impl Refresher {
     /// The lock callers of one account queue on, so that one of them refreshes
     /// and the others reuse its result.
-    pub(crate) fn lock_for(&self, id: &ConnectedAccountId) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn lock_for(&self, id: &ConnectedAccountId) -> Flight {
         self.locks.lock().entry(id.clone()).or_default().clone()
     }
 
     /// Forgets the lock of `id` when no one else holds or waits for it.
-    pub(crate) fn release(&self, id: &ConnectedAccountId, lock: Arc<tokio::sync::Mutex<()>>) {
+    pub(crate) fn release(&self, id: &ConnectedAccountId, lock: Flight) {
         let mut locks = self.locks.lock();
         // Ours and the map's: nobody else has it.
         if Arc::strong_count(&lock) <= 2 {
