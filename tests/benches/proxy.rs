@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use keyhaven::{AuditLog, ConnectionRequest, Keyhaven, MemoryStore, NewIntegration};
 use keyhaven_server::{AdminKey, AppState, ServerConfig};
-use keyhaven_tests::load::{Once, Settings, measure, on_own_runtime, report};
+use keyhaven_tests::load::{Once, Settings, measure, on_own_runtime, only, report};
 use keyhaven_tests::upstream::{FIXED_ANSWER, Upstream};
 
 const KEY: &str = "kh-bench-admin";
@@ -208,16 +208,11 @@ fn main() {
             ),
         ),
     ];
-    // KEYHAVEN_BENCH_ONLY=1,2 measures only those ways (for a profiler); raw stays.
-    let only: Option<Vec<usize>> = std::env::var("KEYHAVEN_BENCH_ONLY")
-        .ok()
-        .map(|s| s.split(',').filter_map(|i| i.trim().parse().ok()).collect());
-    let ways: Vec<(String, Once)> = ways
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| *i == 0 || only.as_ref().is_none_or(|o| o.contains(i)))
-        .map(|(_, (name, way))| (name.to_owned(), way.into_once()))
-        .collect();
+    let ways: Vec<(String, Once)> = only(
+        ways.into_iter()
+            .map(|(name, way)| (name.to_owned(), way.into_once()))
+            .collect(),
+    );
     let rows = rt.block_on(measure(&ways, settings, 2000));
     report("proxy", &rows, settings);
     // The audit file got a line per audited request.

@@ -23,28 +23,12 @@ use std::sync::Arc;
 
 use keyhaven::{AuditLog, ConnectionRequest, Keyhaven, SqliteStore};
 use keyhaven_server::{AdminKey, AppState, ServerConfig};
-use keyhaven_tests::load::{Once, Settings, measure, on_own_runtime, report};
+use keyhaven_tests::load::{
+    Once, Settings, bare_handler, get, measure, on_own_runtime, only, report,
+};
 
 const KEY: &str = "kh-bench-admin";
 const CREDS: &str = "khc-bench-credentials";
-
-/// A GET with a key, answered 200.
-fn get(client: &reqwest::Client, url: String, key: &'static str) -> Once {
-    let client = client.clone();
-    Arc::new(move || {
-        let (client, url) = (client.clone(), url.clone());
-        Box::pin(async move {
-            let r = client
-                .get(&url)
-                .header("x-api-key", key)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-            let _ = r.bytes().await.unwrap();
-        })
-    })
-}
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -120,37 +104,7 @@ fn main() {
             .unwrap();
         r.bytes().await.unwrap()
     });
-    let bare = on_own_runtime("bare-axum", move || {
-        Box::pin(async move {
-            let key = Arc::new(AdminKey::from_plain(KEY));
-            let app = axum::Router::new().route(
-                "/account",
-                axum::routing::get(move |headers: axum::http::HeaderMap| {
-                    let (key, body) = (key.clone(), body.clone());
-                    async move {
-                        let given = headers.get("x-api-key").and_then(|v| v.to_str().ok());
-                        if given.is_some_and(|k| key.matches(k)) {
-                            (
-                                axum::http::StatusCode::OK,
-                                [("content-type", "application/json")],
-                                body,
-                            )
-                        } else {
-                            (
-                                axum::http::StatusCode::UNAUTHORIZED,
-                                [("content-type", "application/json")],
-                                axum::body::Bytes::new(),
-                            )
-                        }
-                    }
-                }),
-            );
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let base = format!("http://{}", listener.local_addr().unwrap());
-            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-            base
-        })
-    });
+    let bare = bare_handler(KEY, body);
     let ways: Vec<(String, Once)> = vec![
         (
             "bare axum handler, same bytes, same key check".into(),
@@ -173,7 +127,7 @@ fn main() {
             get(&client, format!("{account_url}/credentials"), CREDS),
         ),
     ];
-    let rows = rt.block_on(measure(&ways, settings, 2000));
+    let rows = rt.block_on(measure(&only(ways), settings, 2000));
     report("server", &rows, settings);
     rt.block_on(kh.audit().flush()).unwrap();
     let lines = std::fs::read_to_string(&audit_path)

@@ -168,6 +168,49 @@ pub async fn measure(ways: &[(String, Once)], settings: Settings, alone: usize) 
         .collect()
 }
 
+/// The ways to measure: all, or with `KEYHAVEN_BENCH_ONLY=1,2` only those (by
+/// index, for a profiler); the first, the reference, always stays.
+pub fn only(ways: Vec<(String, Once)>) -> Vec<(String, Once)> {
+    let only: Option<Vec<usize>> = std::env::var("KEYHAVEN_BENCH_ONLY")
+        .ok()
+        .map(|s| s.split(',').filter_map(|i| i.trim().parse().ok()).collect());
+    ways.into_iter()
+        .enumerate()
+        .filter(|(i, _)| *i == 0 || only.as_ref().is_none_or(|o| o.contains(i)))
+        .map(|(_, way)| way)
+        .collect()
+}
+
+/// `rows` as JSON, each against the first, with the run's settings: what the
+/// benchmarks write to `target/bench-results` for `cargo xtask bench`.
+pub fn rows_json(rows: &[Row], settings: Settings) -> serde_json::Value {
+    let reference = rows[0].clone();
+    let rows: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "way": r.name, "rps": r.rps, "p50_us": r.p50, "p99_us": r.p99,
+                "throughput_ratio": r.rps / reference.rps, "alone_p50_us": r.alone,
+                "alone_p50_delta_us": r.alone - reference.alone,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "concurrency": settings.concurrency, "rounds": settings.rounds,
+        "seconds": settings.seconds, "rows": rows,
+    })
+}
+
+/// Writes a benchmark's results to `target/bench-results/<name>.json`.
+pub fn write_results(name: &str, results: &serde_json::Value) {
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results");
+    let _ = std::fs::create_dir_all(&out);
+    let _ = std::fs::write(
+        out.join(format!("{name}.json")),
+        serde_json::to_string_pretty(results).unwrap_or_default(),
+    );
+}
+
 /// Prints `rows` as a Markdown table against the first, and writes them to
 /// `target/bench-results/<name>.json`.
 pub fn report(name: &str, rows: &[Row], settings: Settings) {
@@ -180,7 +223,6 @@ pub fn report(name: &str, rows: &[Row], settings: Settings) {
         "| way | requests/s | p50 | p99 | throughput vs first | one at a time: p50 | vs first |"
     );
     println!("|---|---|---|---|---|---|---|");
-    let mut json = Vec::new();
     for r in rows {
         println!(
             "| {} | {:.0} | {:.0} µs | {:.0} µs | {:.2}x | {:.0} µs | {:+.0} µs |",
@@ -192,20 +234,64 @@ pub fn report(name: &str, rows: &[Row], settings: Settings) {
             r.alone,
             r.alone - reference.alone
         );
-        json.push(serde_json::json!({
-            "way": r.name, "rps": r.rps, "p50_us": r.p50, "p99_us": r.p99,
-            "throughput_ratio": r.rps / reference.rps, "alone_p50_us": r.alone,
-            "alone_p50_delta_us": r.alone - reference.alone,
-        }));
     }
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results");
-    let _ = std::fs::create_dir_all(&out);
-    let _ = std::fs::write(
-        out.join(format!("{name}.json")),
-        serde_json::to_string_pretty(&serde_json::json!({
-            "concurrency": settings.concurrency, "rounds": settings.rounds,
-            "seconds": settings.seconds, "rows": json,
-        }))
-        .unwrap_or_default(),
-    );
+    write_results(name, &rows_json(rows, settings));
+}
+
+/// A GET with `key` in `x-api-key`, awaited to its last byte; it panics unless the
+/// answer is 200.
+pub fn get(client: &reqwest::Client, url: String, key: &'static str) -> Once {
+    let client = client.clone();
+    Arc::new(move || {
+        let (client, url) = (client.clone(), url.clone());
+        Box::pin(async move {
+            let r = client
+                .get(&url)
+                .header("x-api-key", key)
+                .send()
+                .await
+                .expect("the request is answered");
+            assert_eq!(r.status(), 200, "{url}");
+            let _ = r.bytes().await.expect("the body is read");
+        })
+    })
+}
+
+/// An axum server on its own runtime thread answering `GET /account` with `body`
+/// behind the same `x-api-key` check as keyhaven's (a SHA-256 compared in constant
+/// time): the bare handler the server benchmarks compare with. Returns its base URL.
+pub fn bare_handler(key: &'static str, body: axum::body::Bytes) -> String {
+    on_own_runtime("bare-axum", move || {
+        Box::pin(async move {
+            let key = Arc::new(keyhaven_server::AdminKey::from_plain(key));
+            let app = axum::Router::new().route(
+                "/account",
+                axum::routing::get(move |headers: axum::http::HeaderMap| {
+                    let (key, body) = (key.clone(), body.clone());
+                    async move {
+                        let given = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+                        if given.is_some_and(|k| key.matches(k)) {
+                            (
+                                axum::http::StatusCode::OK,
+                                [("content-type", "application/json")],
+                                body,
+                            )
+                        } else {
+                            (
+                                axum::http::StatusCode::UNAUTHORIZED,
+                                [("content-type", "application/json")],
+                                axum::body::Bytes::new(),
+                            )
+                        }
+                    }
+                }),
+            );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("a port");
+            let base = format!("http://{}", listener.local_addr().expect("its address"));
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            base
+        })
+    })
 }

@@ -8,7 +8,10 @@
 //!   run as `#[test]`s, so plain `cargo test` enforces them.
 //! - `fuzz [--minutes N] [TARGET...]`: every property-based fuzz target
 //!   (`crates/*/tests/fuzz_*.rs`) for N minutes each (default 10), with fresh seeds.
+//! - `bench [--quick] [SECTION...]`: every benchmark, each against its reference in
+//!   the same run; rewrites BENCHMARKS.md's figures and BENCHMARKS.json.
 
+mod bench;
 mod fuzz;
 mod services;
 mod tidy;
@@ -90,9 +93,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("bench") => match bench::run(&root(), &args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                println!("xtask bench: {e}");
+                ExitCode::FAILURE
+            }
+        },
         _ => {
             println!(
-                "usage: cargo xtask test [CARGO TEST ARGS...] | cargo xtask prepare | cargo xtask tidy | cargo xtask fuzz [--minutes N] [TARGET...]"
+                "usage: cargo xtask test [CARGO TEST ARGS...] | cargo xtask prepare | cargo xtask tidy | cargo xtask fuzz [--minutes N] [TARGET...] | cargo xtask bench [--quick] [cache|store|proxy|server|serve|storms...]"
             );
             ExitCode::from(2)
         }

@@ -142,11 +142,21 @@ fn psql(sql: &str) -> Result<String, String> {
 
 /// The local PostgreSQL server, started when it is down, and a fresh database for
 /// this run. `KEYHAVEN_TEST_DATABASE_URL`, when already set, is used as it is.
-fn postgres() -> Result<String, String> {
+pub(crate) fn postgres() -> Result<String, String> {
     if let Ok(url) = std::env::var("KEYHAVEN_TEST_DATABASE_URL") {
         println!("xtask: PostgreSQL tests use KEYHAVEN_TEST_DATABASE_URL as given");
         return Ok(url);
     }
+    postgres_server()?;
+    drop_stale_databases()?;
+    let name = run_database_name();
+    psql(&format!("CREATE DATABASE {name}"))?;
+    println!("xtask: PostgreSQL database {name} created for this run");
+    Ok(format!("postgres://postgres@127.0.0.1:5432/{name}"))
+}
+
+/// The local PostgreSQL server, started when it is down.
+pub(crate) fn postgres_server() -> Result<(), String> {
     if psql("SELECT 1").is_err() {
         println!("xtask: starting the local PostgreSQL server");
         let versions = std::fs::read_dir("/etc/postgresql")
@@ -170,12 +180,7 @@ fn postgres() -> Result<String, String> {
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
     }
-    psql("SELECT 1")?;
-    drop_stale_databases()?;
-    let name = run_database_name();
-    psql(&format!("CREATE DATABASE {name}"))?;
-    println!("xtask: PostgreSQL database {name} created for this run");
-    Ok(format!("postgres://postgres@127.0.0.1:5432/{name}"))
+    psql("SELECT 1").map(drop)
 }
 
 /// How old a test database must be before a run drops it: other runs, of other

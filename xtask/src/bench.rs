@@ -1,0 +1,952 @@
+//! `cargo xtask bench [--quick] [SECTION...]`: runs every benchmark, each with its
+//! reference measured in the same run, and rewrites BENCHMARKS.md's generated
+//! blocks (the machine, the figures, the ratios against the targets and what
+//! changed since the last run) and BENCHMARKS.json (the figures, for the next
+//! comparison). The prose between the blocks is written by hand and kept.
+//!
+//! A generated block sits between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->`.
+//! A section that fails is reported in its block (and the command fails at the
+//! end); a section not asked for keeps its block and its recorded figures.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
+
+/// The sections, in the order they run.
+const SECTIONS: [&str; 6] = ["cache", "store", "proxy", "server", "serve", "storms"];
+
+/// One measured figure, kept in BENCHMARKS.json to compare with the next run.
+#[derive(Debug, Clone)]
+struct Figure {
+    label: String,
+    value: f64,
+    unit: &'static str,
+    /// Whether a larger value is better (throughput) or worse (time, memory).
+    higher_is_better: bool,
+}
+
+/// A target and whether this run met it.
+#[derive(Debug)]
+struct Verdict {
+    target: String,
+    figure: String,
+    met: bool,
+}
+
+/// What a section produced.
+#[derive(Debug, Default)]
+struct Outcome {
+    commands: Vec<String>,
+    /// The figures' markdown (tables and a line or two).
+    body: String,
+    figures: BTreeMap<String, Figure>,
+    verdicts: Vec<Verdict>,
+}
+
+impl Outcome {
+    fn figure(&mut self, key: &str, label: &str, value: f64, unit: &'static str, higher: bool) {
+        self.figures.insert(
+            key.to_owned(),
+            Figure {
+                label: label.to_owned(),
+                value,
+                unit,
+                higher_is_better: higher,
+            },
+        );
+    }
+
+    fn verdict(&mut self, target: impl Into<String>, figure: impl Into<String>, met: bool) {
+        self.verdicts.push(Verdict {
+            target: target.into(),
+            figure: figure.into(),
+            met,
+        });
+    }
+}
+
+/// How long and how often: `--quick` for a check that everything runs.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    quick: bool,
+}
+
+impl Settings {
+    fn load_env(self) -> Vec<(String, String)> {
+        let (seconds, rounds) = if self.quick { ("1", "1") } else { ("3", "5") };
+        vec![
+            ("KEYHAVEN_BENCH_SECONDS".into(), seconds.into()),
+            ("KEYHAVEN_BENCH_ROUNDS".into(), rounds.into()),
+        ]
+    }
+
+    /// Criterion's own arguments.
+    fn criterion_args(self) -> Vec<String> {
+        if self.quick {
+            ["--warm-up-time", "1", "--measurement-time", "2"]
+                .map(String::from)
+                .to_vec()
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// Runs a cargo command in `root` with `envs`, echoing its output as it comes;
+/// returns what it printed on stdout.
+fn cargo(root: &Path, args: &[String], envs: &[(String, String)]) -> Result<String, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    println!("xtask bench: cargo {}", args.join(" "));
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root).args(args).stdout(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("cannot run cargo: {e}"))?;
+    let mut out = String::new();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("{line}");
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+    let status = child.wait().map_err(|e| format!("cargo: {e}"))?;
+    if status.success() {
+        Ok(out)
+    } else {
+        Err(format!("`cargo {}` failed ({status})", args.join(" ")))
+    }
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// Criterion's medians (ns) by full id (`group/function`), read from
+/// `target/criterion/**/new/{benchmark,estimates}.json`.
+fn criterion_medians(root: &Path) -> BTreeMap<String, f64> {
+    fn walk(dir: &Path, out: &mut BTreeMap<String, f64>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if !path.is_dir() {
+                continue;
+            }
+            if path.file_name().is_some_and(|n| n == "new") {
+                let read = |f: &str| -> Option<Value> {
+                    serde_json::from_slice(&std::fs::read(path.join(f)).ok()?).ok()
+                };
+                if let (Some(b), Some(e)) = (read("benchmark.json"), read("estimates.json"))
+                    && let (Some(id), Some(m)) = (
+                        b["full_id"].as_str(),
+                        e["median"]["point_estimate"].as_f64(),
+                    )
+                {
+                    out.insert(id.to_owned(), m);
+                }
+            } else {
+                walk(&path, out);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(&root.join("target/criterion"), &mut out);
+    out
+}
+
+fn median(medians: &BTreeMap<String, f64>, id: &str) -> Result<f64, String> {
+    medians
+        .get(id)
+        .copied()
+        .ok_or_else(|| format!("criterion wrote no result for `{id}`"))
+}
+
+fn ns(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{:.1} µs", v / 1000.0)
+    } else {
+        format!("{v:.1} ns")
+    }
+}
+
+fn cache(root: &Path, s: Settings, envs: &[(String, String)]) -> Result<Outcome, String> {
+    let mut args = strings(&["bench", "-p", "keyhaven", "--bench", "cache", "--"]);
+    args.extend(s.criterion_args());
+    cargo(root, &args, envs)?;
+    let m = criterion_medians(root);
+    let kh = median(&m, "credentials/keyhaven cached credentials(id)")?;
+    let bare = median(&m, "credentials/bare HashMap get + clone")?;
+    let yup = median(&m, "credentials/yup-oauth2 cached token()")?;
+    let mut o = Outcome {
+        commands: vec!["cargo bench -p keyhaven --bench cache".into()],
+        ..Outcome::default()
+    };
+    o.body = format!(
+        "| bench | median | vs keyhaven |\n|---|---:|---:|\n\
+         | `Keyhaven::credentials(id)`, fresh token, served from the in-process cache | **{}** | 1.00x |\n\
+         | bare `HashMap<String, Credentials>` get + clone | {} | {:.2}x |\n\
+         | peer: yup-oauth2 `Authenticator::token(scopes)`, token cached in its memory storage | {} | {:.2}x |\n",
+        ns(kh),
+        ns(bare),
+        bare / kh,
+        ns(yup),
+        yup / kh
+    );
+    o.figure(
+        "cache.keyhaven_ns",
+        "cached credentials(id)",
+        kh,
+        "ns",
+        false,
+    );
+    o.figure(
+        "cache.bare_ns",
+        "bare HashMap get + clone",
+        bare,
+        "ns",
+        false,
+    );
+    o.figure(
+        "cache.yup_ns",
+        "yup-oauth2 cached token()",
+        yup,
+        "ns",
+        false,
+    );
+    o.verdict("cached `credentials(id)` ≤ 100 ns", ns(kh), kh <= 100.0);
+    o.verdict(
+        "cached `credentials(id)` ≤ 4x a bare HashMap read",
+        format!("{:.2}x", kh / bare),
+        kh / bare <= 4.0,
+    );
+    Ok(o)
+}
+
+fn store(root: &Path, s: Settings, envs: &[(String, String)]) -> Result<Outcome, String> {
+    let mut args = strings(&[
+        "bench",
+        "-p",
+        "keyhaven-store",
+        "--bench",
+        "store",
+        "--features",
+        "sqlite,postgres",
+        "--",
+    ]);
+    args.extend(s.criterion_args());
+    cargo(root, &args, envs)?;
+    let m = criterion_medians(root);
+    let mut o = Outcome {
+        commands: vec![
+            "cargo bench -p keyhaven-store --bench store --features sqlite,postgres".into(),
+        ],
+        ..Outcome::default()
+    };
+    o.body = "| bench | store median | bare median | ratio | target |\n|---|---:|---:|---:|---|\n"
+        .into();
+    for (db, group, bare_id, limit) in [
+        (
+            "sqlite",
+            "sqlite 1M accounts",
+            "bare rusqlite lookup + AES-GCM decrypt",
+            1.5,
+        ),
+        (
+            "postgres",
+            "postgres 1M accounts",
+            "bare sqlx point query",
+            1.2,
+        ),
+    ] {
+        let get = median(&m, &format!("{group}/Store::get_account_and_credentials"))?;
+        let bare = median(&m, &format!("{group}/{bare_id}"))?;
+        let list = median(
+            &m,
+            &format!("{group}/Store::list_accounts by entity and label"),
+        )?;
+        let ratio = get / bare;
+        let _ = writeln!(
+            o.body,
+            "| {db}: `get_account_and_credentials` vs {bare_id} | {} | {} | **{ratio:.2}x** | ≤ {limit}x |\n\
+             | {db}: `list_accounts` by entity and label | {} | | | < 1 ms |",
+            ns(get),
+            ns(bare),
+            ns(list)
+        );
+        o.figure(
+            &format!("store.{db}.get_ns"),
+            &format!("{db} get_account_and_credentials"),
+            get,
+            "ns",
+            false,
+        );
+        o.figure(
+            &format!("store.{db}.bare_ns"),
+            &format!("{db} bare point read"),
+            bare,
+            "ns",
+            false,
+        );
+        o.figure(
+            &format!("store.{db}.list_ns"),
+            &format!("{db} listing by entity and label"),
+            list,
+            "ns",
+            false,
+        );
+        o.verdict(
+            format!("{db}: store read ≤ {limit}x the bare query (1M accounts)"),
+            format!("{ratio:.2}x"),
+            ratio <= limit,
+        );
+        o.verdict(
+            format!("{db}: listing by entity and label < 1 ms (1M accounts)"),
+            ns(list),
+            list < 1_000_000.0,
+        );
+    }
+    Ok(o)
+}
+
+/// A load generator's result file: `target/bench-results/NAME.json`.
+fn load_rows(root: &Path, name: &str) -> Result<(Value, Vec<Value>), String> {
+    let path = root.join(format!("target/bench-results/{name}.json"));
+    let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let v: Value = serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let rows = v["rows"].as_array().cloned().unwrap_or_default();
+    Ok((v, rows))
+}
+
+/// A throughput table of a load-generator result (first row = the reference).
+fn load_table(settings: &Value, rows: &[Value]) -> String {
+    let mut t = format!(
+        "{} tasks, {} rounds of {} s, interleaved, medians of the rounds:\n\n\
+         | way | requests/s | p50 | p99 | vs first | one at a time: p50 | vs first |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n",
+        settings["concurrency"], settings["rounds"], settings["seconds"]
+    );
+    for r in rows {
+        let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+        let _ = writeln!(
+            t,
+            "| {} | {:.0} | {:.0} µs | {:.0} µs | **{:.2}x** | {:.0} µs | {:+.0} µs |",
+            r["way"].as_str().unwrap_or("?"),
+            f("rps"),
+            f("p50_us"),
+            f("p99_us"),
+            f("throughput_ratio"),
+            f("alone_p50_us"),
+            f("alone_p50_delta_us"),
+        );
+    }
+    t
+}
+
+/// The row whose way starts with `prefix`.
+fn row<'a>(rows: &'a [Value], prefix: &str) -> Result<&'a Value, String> {
+    rows.iter()
+        .find(|r| r["way"].as_str().is_some_and(|w| w.starts_with(prefix)))
+        .ok_or_else(|| format!("no result for `{prefix}`"))
+}
+
+fn num(r: &Value, k: &str) -> f64 {
+    r[k].as_f64().unwrap_or(f64::NAN)
+}
+
+/// The throughput figures of every row.
+fn load_figures(o: &mut Outcome, section: &str, rows: &[Value]) {
+    for (i, r) in rows.iter().enumerate() {
+        let way = r["way"].as_str().unwrap_or("?");
+        o.figure(
+            &format!("{section}.{i}.rps"),
+            way,
+            num(r, "rps"),
+            "req/s",
+            true,
+        );
+        o.figure(
+            &format!("{section}.{i}.ratio"),
+            &format!("{way} (vs first)"),
+            num(r, "throughput_ratio"),
+            "x",
+            true,
+        );
+    }
+}
+
+fn proxy(root: &Path, s: Settings, envs: &[(String, String)]) -> Result<Outcome, String> {
+    let mut envs = envs.to_vec();
+    envs.extend(s.load_env());
+    cargo(
+        root,
+        &strings(&["bench", "-p", "keyhaven-tests", "--bench", "proxy"]),
+        &envs,
+    )?;
+    let (settings, rows) = load_rows(root, "proxy")?;
+    let mut o = Outcome {
+        commands: vec!["cargo bench -p keyhaven-tests --bench proxy".into()],
+        body: load_table(&settings, &rows),
+        ..Outcome::default()
+    };
+    load_figures(&mut o, "proxy", &rows);
+    let lib = row(&rows, "library `kh.request(id)")?;
+    o.verdict(
+        "library request path ≥ 0.95x raw reqwest's throughput",
+        format!("{:.2}x", num(lib, "throughput_ratio")),
+        num(lib, "throughput_ratio") >= 0.95,
+    );
+    o.verdict(
+        "library request path ≤ +50 µs at the median (one at a time)",
+        format!("{:+.0} µs", num(lib, "alone_p50_delta_us")),
+        num(lib, "alone_p50_delta_us") <= 50.0,
+    );
+    let pass = row(&rows, "server passthrough")?;
+    o.verdict(
+        "server passthrough route ≥ 0.5x raw reqwest's throughput",
+        format!("{:.2}x", num(pass, "throughput_ratio")),
+        num(pass, "throughput_ratio") >= 0.5,
+    );
+    Ok(o)
+}
+
+/// The three server targets against a bare axum handler, for a result's rows.
+fn server_verdicts(o: &mut Outcome, rows: &[Value], context: &str) -> Result<(), String> {
+    for (prefix, what, target) in [
+        ("GET /api/v1/connectedAccounts/{id}", "account read", 0.5),
+        (
+            "GET /api/v1/connectedAccounts?user_uuid",
+            "listing by entity",
+            0.35,
+        ),
+        (
+            "GET /api/v1/connectedAccounts/{id}/credentials",
+            "audited credentials read",
+            0.4,
+        ),
+    ] {
+        let r = row(rows, prefix)?;
+        let ratio = num(r, "throughput_ratio");
+        o.verdict(
+            format!("{context}: {what} ≥ {target}x a bare axum handler"),
+            format!("{ratio:.2}x"),
+            ratio >= target,
+        );
+    }
+    Ok(())
+}
+
+fn server(root: &Path, s: Settings, envs: &[(String, String)]) -> Result<Outcome, String> {
+    let mut envs = envs.to_vec();
+    envs.extend(s.load_env());
+    let out = cargo(
+        root,
+        &strings(&["bench", "-p", "keyhaven-tests", "--bench", "server"]),
+        &envs,
+    )?;
+    let (settings, rows) = load_rows(root, "server")?;
+    let mut o = Outcome {
+        commands: vec!["cargo bench -p keyhaven-tests --bench server".into()],
+        body: load_table(&settings, &rows),
+        ..Outcome::default()
+    };
+    if let Some(line) = out.lines().find(|l| l.starts_with("audit lines written")) {
+        let _ = writeln!(
+            o.body,
+            "\n{line} (each audited read, granted, is one line)."
+        );
+    }
+    load_figures(&mut o, "server", &rows);
+    server_verdicts(&mut o, &rows, "in-process server, 200 accounts")?;
+    Ok(o)
+}
+
+fn serve(root: &Path, s: Settings, envs: &[(String, String)]) -> Result<Outcome, String> {
+    let mut envs = envs.to_vec();
+    envs.extend(s.load_env());
+    if s.quick {
+        envs.push(("KEYHAVEN_BENCH_QUICK".into(), "1".into()));
+    }
+    cargo(
+        root,
+        &strings(&["bench", "-p", "keyhaven-cli", "--bench", "serve"]),
+        &envs,
+    )?;
+    let path = root.join("target/bench-results/serve.json");
+    let v: Value = serde_json::from_slice(
+        &std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?,
+    )
+    .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut o = Outcome {
+        commands: vec!["cargo bench -p keyhaven-cli --bench serve".into()],
+        ..Outcome::default()
+    };
+    o.body = "| store | accounts | start (until /readyz answers 200) | RSS idle | RSS peak under load |\n|---|---:|---:|---:|---:|\n".into();
+    let runs = v["runs"].as_array().cloned().unwrap_or_default();
+    for r in &runs {
+        let name = r["name"].as_str().unwrap_or("?");
+        let _ = writeln!(
+            o.body,
+            "| {} | {} | {:.0} ms | {:.1} MiB | {:.1} MiB |",
+            r["store"].as_str().unwrap_or("?"),
+            r["accounts"],
+            num(r, "start_ms"),
+            num(r, "rss_idle_mib"),
+            num(r, "rss_peak_mib"),
+        );
+        o.figure(
+            &format!("serve.{name}.start_ms"),
+            &format!("{name}: start"),
+            num(r, "start_ms"),
+            "ms",
+            false,
+        );
+        o.figure(
+            &format!("serve.{name}.rss_idle_mib"),
+            &format!("{name}: RSS idle"),
+            num(r, "rss_idle_mib"),
+            "MiB",
+            false,
+        );
+        o.figure(
+            &format!("serve.{name}.rss_peak_mib"),
+            &format!("{name}: RSS peak"),
+            num(r, "rss_peak_mib"),
+            "MiB",
+            false,
+        );
+    }
+    for r in &runs {
+        let name = r["name"].as_str().unwrap_or("?");
+        let rows = r["rows"].as_array().cloned().unwrap_or_default();
+        let _ = write!(
+            o.body,
+            "\n`keyhaven serve`, {} with {} accounts; {}",
+            r["store"].as_str().unwrap_or("?"),
+            r["accounts"],
+            load_table(&r["settings"], &rows)
+        );
+        load_figures(&mut o, &format!("serve.{name}"), &rows);
+        server_verdicts(
+            &mut o,
+            &rows,
+            &format!(
+                "`keyhaven serve`, {} with {} accounts",
+                r["store"].as_str().unwrap_or("?"),
+                r["accounts"]
+            ),
+        )?;
+    }
+    Ok(o)
+}
+
+fn storms(root: &Path, _s: Settings, envs: &[(String, String)]) -> Result<Outcome, String> {
+    let out = cargo(
+        root,
+        &strings(&[
+            "test",
+            "--release",
+            "-p",
+            "keyhaven-tests",
+            "-p",
+            "keyhaven-cli",
+            "--test",
+            "refresh_storm",
+            "--",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ]),
+        envs,
+    )?;
+    let mut o = Outcome {
+        commands: vec!["cargo test --release -p keyhaven-tests -p keyhaven-cli --test refresh_storm -- --nocapture --test-threads 1".into()],
+        ..Outcome::default()
+    };
+    o.body = "| where | store | storm | instances | calls | token requests | time | bare reqwest token requests, same run | ratio |\n|---|---|---|---:|---:|---:|---:|---:|---:|\n".into();
+    let mut found = 0;
+    for line in out.lines() {
+        let Some(json) = line.strip_prefix("STORM ") else {
+            continue;
+        };
+        let Ok(r) = serde_json::from_str::<Value>(json) else {
+            continue;
+        };
+        found += 1;
+        let (place, db, kind) = (
+            r["where"].as_str().unwrap_or("?"),
+            r["store"].as_str().unwrap_or("?"),
+            r["storm"].as_str().unwrap_or("?"),
+        );
+        let instances = r["instances"].as_u64().unwrap_or(0);
+        let secs = num(&r, "seconds");
+        let bare = r["bare_seconds"].as_f64();
+        let ratio = bare.map(|b| secs / b);
+        let _ = writeln!(
+            o.body,
+            "| {place} | {db} | {kind} | {instances} | {} | {} | **{:.0} ms** | {} | {} |",
+            r["calls"],
+            r["token_requests"],
+            secs * 1000.0,
+            bare.map_or(String::new(), |b| format!("{:.0} ms", b * 1000.0)),
+            ratio.map_or(String::new(), |x| format!("**{x:.2}x**")),
+        );
+        let key = format!("storms.{place}.{db}.{kind}.{instances}");
+        o.figure(
+            &format!("{key}.ms"),
+            &format!("{place} {db} {kind} ×{instances}"),
+            secs * 1000.0,
+            "ms",
+            false,
+        );
+        if let Some(x) = ratio {
+            o.verdict(
+                format!("{place} on {db}: {kind}, {instances} instance(s), ≤ 1.5x the same number of bare token requests"),
+                format!("{x:.2}x"),
+                x <= 1.5,
+            );
+        }
+    }
+    if found == 0 {
+        return Err("the storm tests printed no STORM line (is PostgreSQL up?)".into());
+    }
+    Ok(o)
+}
+
+type Runner = fn(&Path, Settings, &[(String, String)]) -> Result<Outcome, String>;
+
+fn runner(section: &str) -> Runner {
+    match section {
+        "cache" => cache,
+        "store" => store,
+        "proxy" => proxy,
+        "server" => server,
+        "serve" => serve,
+        _ => storms,
+    }
+}
+
+fn command_output(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// The machine and the code measured.
+fn machine(root: &Path) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    let root_s = root.to_string_lossy();
+    let commit = command_output("git", &["-C", &root_s, "rev-parse", "--short", "HEAD"]);
+    let dirty = !command_output(
+        "git",
+        &[
+            "-C",
+            &root_s,
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+        ],
+    )
+    .is_empty();
+    format!(
+        "Last run: {} UTC, commit `{commit}`{}; {cpu}, {cores} cores, {mem_gib:.0} GiB; {}; \
+         PostgreSQL {}. The load generators, the servers and the upstreams share these cores.",
+        command_output("date", &["-u", "+%Y-%m-%d %H:%M"]),
+        if dirty {
+            " with uncommitted changes"
+        } else {
+            ""
+        },
+        command_output("rustc", &["-V"]),
+        command_output(
+            "psql",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-tAc",
+                "SHOW server_version"
+            ]
+        ),
+    )
+}
+
+/// Replaces the block `name` of `doc` (or appends it).
+fn replace_block(doc: &str, name: &str, content: &str) -> String {
+    let (open, close) = (
+        format!("<!-- bench:{name} -->"),
+        format!("<!-- /bench:{name} -->"),
+    );
+    let block = format!("{open}\n{}\n{close}", content.trim_end());
+    match (doc.find(&open), doc.find(&close)) {
+        (Some(a), Some(b)) if a < b => format!("{}{block}{}", &doc[..a], &doc[b + close.len()..]),
+        _ => format!("{}\n\n{block}\n", doc.trim_end()),
+    }
+}
+
+fn fmt_value(v: f64, unit: &str) -> String {
+    match unit {
+        "ns" => ns(v),
+        "x" => format!("{v:.2}x"),
+        "req/s" => format!("{v:.0} req/s"),
+        _ => format!("{v:.1} {unit}"),
+    }
+}
+
+/// What moved since the figures recorded last time: changes of 10% or more.
+fn changes(old: &Value, new: &BTreeMap<String, Figure>) -> String {
+    let mut t = String::new();
+    let mut rows = 0;
+    for (key, f) in new {
+        let Some(before) = old["figures"][key]["value"].as_f64() else {
+            continue;
+        };
+        if before == 0.0 || !before.is_finite() || !f.value.is_finite() {
+            continue;
+        }
+        let change = f.value / before - 1.0;
+        if change.abs() < 0.10 {
+            continue;
+        }
+        let better = (change > 0.0) == f.higher_is_better;
+        if rows == 0 {
+            t.push_str("| figure | before | now | change |\n|---|---:|---:|---:|\n");
+        }
+        rows += 1;
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {:+.0}% ({}) |",
+            f.label,
+            fmt_value(before, f.unit),
+            fmt_value(f.value, f.unit),
+            change * 100.0,
+            if better { "better" } else { "worse" }
+        );
+    }
+    let since = old["run"].as_str().unwrap_or("no earlier run recorded");
+    if rows == 0 {
+        format!("Against the figures recorded before ({since}): no figure moved by 10% or more.")
+    } else {
+        format!(
+            "Against the figures recorded before ({since}), the figures that moved by 10% or more (this machine's noise between runs is about ±15%):\n\n{t}"
+        )
+    }
+}
+
+fn parse(args: &[String]) -> Result<(Settings, Vec<String>), String> {
+    let mut quick = false;
+    let mut sections = Vec::new();
+    for a in args {
+        match a.as_str() {
+            "--quick" => quick = true,
+            s if SECTIONS.contains(&s) => sections.push(s.to_owned()),
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?}: give --quick and sections among {}",
+                    SECTIONS.join(", ")
+                ));
+            }
+        }
+    }
+    if sections.is_empty() {
+        sections = SECTIONS.iter().map(|s| (*s).to_owned()).collect();
+    }
+    Ok((Settings { quick }, sections))
+}
+
+pub(crate) fn run(root: &Path, args: &[String]) -> Result<(), String> {
+    let (settings, sections) = parse(args)?;
+    let mut envs = Vec::new();
+    if std::env::var("KEYHAVEN_BENCH_DATABASE_URL").is_err() {
+        crate::services::postgres_server()?;
+        envs.push((
+            "KEYHAVEN_BENCH_DATABASE_URL".to_owned(),
+            "postgres://postgres@127.0.0.1:5432/postgres".to_owned(),
+        ));
+    }
+    if sections.iter().any(|s| s == "storms") {
+        envs.push((
+            "KEYHAVEN_TEST_DATABASE_URL".to_owned(),
+            crate::services::postgres()?,
+        ));
+        envs.push(("KEYHAVEN_REQUIRE_SERVICES".to_owned(), "1".to_owned()));
+    }
+    let results_dir = root.join("target/bench-results");
+    let _ = std::fs::remove_dir_all(&results_dir);
+    let md_path = root.join("BENCHMARKS.md");
+    let json_path = root.join("BENCHMARKS.json");
+    let mut doc =
+        std::fs::read_to_string(&md_path).map_err(|e| format!("{}: {e}", md_path.display()))?;
+    let old: Value = std::fs::read(&json_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null);
+    let mut figures: BTreeMap<String, Figure> = BTreeMap::new();
+    let mut verdicts: BTreeMap<String, Vec<Verdict>> = BTreeMap::new();
+    let mut failed = Vec::new();
+    for section in &sections {
+        println!("xtask bench: section {section}");
+        match runner(section)(root, settings, &envs) {
+            Ok(o) => {
+                let content = format!(
+                    "```sh\n{}\n```\n\n{}",
+                    o.commands.join("\n"),
+                    o.body.trim_end()
+                );
+                doc = replace_block(&doc, section, &content);
+                figures.extend(o.figures);
+                verdicts.insert(section.clone(), o.verdicts);
+            }
+            Err(e) => {
+                println!("xtask bench: {section} failed: {e}");
+                doc = replace_block(
+                    &doc,
+                    section,
+                    &format!("**Not measured in the last run**: {e}."),
+                );
+                failed.push(section.clone());
+            }
+        }
+    }
+    let mut targets = String::from("| section | target | this run | |\n|---|---|---:|---|\n");
+    for (section, vs) in &verdicts {
+        for v in vs {
+            let _ = writeln!(
+                targets,
+                "| {section} | {} | {} | {} |",
+                v.target,
+                v.figure,
+                if v.met { "met" } else { "**not met**" }
+            );
+        }
+    }
+    let run = machine(root);
+    doc = replace_block(&doc, "run", &run);
+    doc = replace_block(&doc, "changes", &changes(&old, &figures));
+    if !verdicts.is_empty() {
+        // Targets of sections not run this time keep their old lines out: the table
+        // lists what this run measured.
+        doc = replace_block(&doc, "targets", &targets);
+    }
+    std::fs::write(&md_path, doc).map_err(|e| format!("{}: {e}", md_path.display()))?;
+    // Figures of sections not run are kept, so the next comparison has them.
+    let mut recorded: BTreeMap<String, Value> = old["figures"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    for (k, f) in &figures {
+        recorded.insert(
+            k.clone(),
+            json!({"label": f.label, "value": f.value, "unit": f.unit, "higher_is_better": f.higher_is_better}),
+        );
+    }
+    let out = json!({"run": run, "quick": settings.quick, "figures": recorded});
+    std::fs::write(
+        &json_path,
+        serde_json::to_string_pretty(&out).map_err(|e| e.to_string())? + "\n",
+    )
+    .map_err(|e| format!("{}: {e}", json_path.display()))?;
+    println!("xtask bench: BENCHMARKS.md and BENCHMARKS.json written");
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("these sections failed: {}", failed.join(", ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_are_replaced_in_place_or_appended() {
+        let doc = "# B\n\nprose\n<!-- bench:cache -->\nold\n<!-- /bench:cache -->\nmore prose\n";
+        let out = replace_block(doc, "cache", "new table");
+        assert_eq!(
+            out,
+            "# B\n\nprose\n<!-- bench:cache -->\nnew table\n<!-- /bench:cache -->\nmore prose\n"
+        );
+        let out = replace_block(&out, "serve", "x");
+        assert!(
+            out.ends_with("<!-- bench:serve -->\nx\n<!-- /bench:serve -->\n"),
+            "{out}"
+        );
+        assert!(out.contains("new table"));
+    }
+
+    #[test]
+    fn changes_list_moves_of_ten_percent_with_their_direction() {
+        let old = json!({"run": "r1", "figures": {
+            "a": {"value": 100.0}, "b": {"value": 100.0}, "c": {"value": 100.0}}});
+        let mut new = BTreeMap::new();
+        let f = |v: f64, higher: bool| Figure {
+            label: "l".into(),
+            value: v,
+            unit: "ns",
+            higher_is_better: higher,
+        };
+        new.insert("a".to_owned(), f(105.0, false));
+        new.insert("b".to_owned(), f(130.0, false));
+        new.insert("c".to_owned(), f(130.0, true));
+        new.insert("d".to_owned(), f(1.0, true));
+        let t = changes(&old, &new);
+        assert!(
+            t.contains("+30% (worse)") && t.contains("+30% (better)"),
+            "{t}"
+        );
+        assert_eq!(t.matches("| l |").count(), 2, "{t}");
+    }
+
+    #[test]
+    fn arguments_name_sections() {
+        let (s, secs) = parse(&["--quick".into(), "cache".into()]).unwrap();
+        assert!(s.quick);
+        assert_eq!(secs, ["cache"]);
+        assert_eq!(parse(&[]).unwrap().1.len(), SECTIONS.len());
+        assert!(parse(&["nope".into()]).is_err());
+    }
+
+    #[test]
+    fn criterion_results_are_read_by_full_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let new = dir.path().join("target/criterion/g/f x/new");
+        std::fs::create_dir_all(&new).unwrap();
+        std::fs::write(new.join("benchmark.json"), r#"{"full_id":"g/f x"}"#).unwrap();
+        std::fs::write(
+            new.join("estimates.json"),
+            r#"{"median":{"point_estimate":42.5}}"#,
+        )
+        .unwrap();
+        let m = criterion_medians(dir.path());
+        assert_eq!(m.get("g/f x"), Some(&42.5));
+        assert!(median(&m, "g/other").is_err());
+    }
+}
