@@ -396,7 +396,7 @@ fn proxy(root: &Path, s: Settings, envs: &[(String, String)]) -> Result<Outcome,
         ..Outcome::default()
     };
     load_figures(&mut o, "proxy", &rows);
-    let lib = row(&rows, "library `kh.request(id)")?;
+    let lib = row(&rows, "library kh.request (audit: log only)")?;
     o.verdict(
         "library request path ≥ 0.95x raw reqwest's throughput",
         format!("{:.2}x", num(lib, "throughput_ratio")),
@@ -572,7 +572,8 @@ fn storms(root: &Path, _s: Settings, envs: &[(String, String)]) -> Result<Outcom
     o.body = "| where | store | storm | instances | calls | token requests | time | bare reqwest token requests, same run | ratio |\n|---|---|---|---:|---:|---:|---:|---:|---:|\n".into();
     let mut found = 0;
     for line in out.lines() {
-        let Some(json) = line.strip_prefix("STORM ") else {
+        // With --nocapture the line may follow the test's own `test NAME ... `.
+        let Some(json) = line.find("STORM {").map(|at| &line[at + "STORM ".len()..]) else {
             continue;
         };
         let Ok(r) = serde_json::from_str::<Value>(json) else {
@@ -641,8 +642,8 @@ fn command_output(cmd: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-/// The machine and the code measured.
-fn machine(root: &Path) -> String {
+/// When and at which commit (with uncommitted changes or not), and the machine.
+fn machine(root: &Path) -> (String, String) {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {
@@ -675,15 +676,17 @@ fn machine(root: &Path) -> String {
         ],
     )
     .is_empty();
-    format!(
-        "Last run: {} UTC, commit `{commit}`{}; {cpu}, {cores} cores, {mem_gib:.0} GiB; {}; \
-         PostgreSQL {}. The load generators, the servers and the upstreams share these cores.",
+    let when = format!(
+        "{} UTC, commit `{commit}`{}",
         command_output("date", &["-u", "+%Y-%m-%d %H:%M"]),
         if dirty {
             " with uncommitted changes"
         } else {
             ""
-        },
+        }
+    );
+    let machine = format!(
+        "{cpu}, {cores} cores, {mem_gib:.0} GiB; {}; PostgreSQL {}",
         command_output("rustc", &["-V"]),
         command_output(
             "psql",
@@ -693,10 +696,11 @@ fn machine(root: &Path) -> String {
                 "-U",
                 "postgres",
                 "-tAc",
-                "SHOW server_version"
-            ]
+                "SHOW server_version",
+            ],
         ),
-    )
+    );
+    (when, machine)
 }
 
 /// Replaces the block `name` of `doc` (or appends it).
@@ -751,7 +755,9 @@ fn changes(old: &Value, new: &BTreeMap<String, Figure>) -> String {
             if better { "better" } else { "worse" }
         );
     }
-    let since = old["run"].as_str().unwrap_or("no earlier run recorded");
+    let Some(since) = old["run"].as_str() else {
+        return "No figures were recorded before this run.".to_owned();
+    };
     if rows == 0 {
         format!("Against the figures recorded before ({since}): no figure moved by 10% or more.")
     } else {
@@ -810,7 +816,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<(), String> {
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or(Value::Null);
     let mut figures: BTreeMap<String, Figure> = BTreeMap::new();
-    let mut verdicts: BTreeMap<String, Vec<Verdict>> = BTreeMap::new();
+    let mut verdicts: BTreeMap<&str, Vec<Verdict>> = BTreeMap::new();
     let mut failed = Vec::new();
     for section in &sections {
         println!("xtask bench: section {section}");
@@ -823,7 +829,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<(), String> {
                 );
                 doc = replace_block(&doc, section, &content);
                 figures.extend(o.figures);
-                verdicts.insert(section.clone(), o.verdicts);
+                verdicts.insert(section.as_str(), o.verdicts);
             }
             Err(e) => {
                 println!("xtask bench: {section} failed: {e}");
@@ -836,26 +842,70 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<(), String> {
             }
         }
     }
-    let mut targets = String::from("| section | target | this run | |\n|---|---|---:|---|\n");
+    // Sections not run this time keep their recorded verdicts and figures.
+    let mut all_verdicts: BTreeMap<String, Value> = old["verdicts"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    for section in &sections {
+        all_verdicts.remove(section);
+    }
     for (section, vs) in &verdicts {
-        for v in vs {
+        let list: Vec<Value> = vs
+            .iter()
+            .map(|v| json!({"target": v.target, "figure": v.figure, "met": v.met}))
+            .collect();
+        all_verdicts.insert((*section).to_owned(), Value::Array(list));
+    }
+    let mut targets = String::from("| section | target | last measured | |\n|---|---|---:|---|\n");
+    for section in SECTIONS {
+        for v in all_verdicts
+            .get(section)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let _ = writeln!(
                 targets,
                 "| {section} | {} | {} | {} |",
-                v.target,
-                v.figure,
-                if v.met { "met" } else { "**not met**" }
+                v["target"].as_str().unwrap_or("?"),
+                v["figure"].as_str().unwrap_or("?"),
+                if v["met"].as_bool() == Some(true) {
+                    "met"
+                } else {
+                    "**not met**"
+                }
             );
         }
     }
-    let run = machine(root);
+    let (when, machine) = machine(root);
+    let mut measured: BTreeMap<String, Value> = old["measured"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    for section in verdicts.keys() {
+        let note = if settings.quick { " (`--quick`)" } else { "" };
+        measured.insert((*section).to_owned(), json!(format!("{when}{note}")));
+    }
+    for section in &failed {
+        measured.remove(section);
+    }
+    let mut run = format!(
+        "Machine: {machine}. The load generators, the servers and the upstreams share these cores.\n\n| section | measured |\n|---|---|\n"
+    );
+    for section in SECTIONS {
+        let _ = writeln!(
+            run,
+            "| {section} | {} |",
+            measured
+                .get(section)
+                .and_then(Value::as_str)
+                .unwrap_or("not measured")
+        );
+    }
     doc = replace_block(&doc, "run", &run);
     doc = replace_block(&doc, "changes", &changes(&old, &figures));
-    if !verdicts.is_empty() {
-        // Targets of sections not run this time keep their old lines out: the table
-        // lists what this run measured.
-        doc = replace_block(&doc, "targets", &targets);
-    }
+    doc = replace_block(&doc, "targets", &targets);
     std::fs::write(&md_path, doc).map_err(|e| format!("{}: {e}", md_path.display()))?;
     // Figures of sections not run are kept, so the next comparison has them.
     let mut recorded: BTreeMap<String, Value> = old["figures"]
@@ -868,7 +918,8 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<(), String> {
             json!({"label": f.label, "value": f.value, "unit": f.unit, "higher_is_better": f.higher_is_better}),
         );
     }
-    let out = json!({"run": run, "quick": settings.quick, "figures": recorded});
+    let out =
+        json!({"run": when, "measured": measured, "figures": recorded, "verdicts": all_verdicts});
     std::fs::write(
         &json_path,
         serde_json::to_string_pretty(&out).map_err(|e| e.to_string())? + "\n",
