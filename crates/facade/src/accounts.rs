@@ -1,6 +1,8 @@
 //! Connected accounts: read, list, delete, enable, disable; their credentials, and
 //! requests authorized with them.
 
+use std::sync::atomic::Ordering;
+
 use keyhaven_core::{
     AccountContext, AccountFilter, ConnectedAccount, ConnectedAccountId, ConnectionStatus,
     Credentials, CredentialsUpdate, Error, EventKind, Integration, OutgoingRequest, Page,
@@ -391,11 +393,15 @@ impl Keyhaven {
         let refresher = &self.inner.refresher;
         let lock = refresher.lock_for(id);
         let result = async {
-            let mut last = lock.lock().await;
+            let seen = lock.ended.load(Ordering::Acquire);
+            let mut last = lock.last.lock().await;
             // A refresh that ended while this caller waited: its credentials serve
             // it too, without the store's lock (1,000 callers on one token: one
-            // refresh, not one store lock each).
-            if let Some(fresh) = last.as_ref() {
+            // refresh, not one store lock each). Only such a one: older results may
+            // have been replaced in the store since.
+            if lock.ended.load(Ordering::Acquire) != seen
+                && let Some(fresh) = last.as_ref()
+            {
                 let reuse = match &due {
                     Due::IfExpiring => {
                         !fresh.expires_within(self.now(), self.inner.settings.refresh_margin)
@@ -414,6 +420,7 @@ impl Keyhaven {
                 tracing::warn!(account = %id, error = %e, "could not release the refresh lock; it is released when it lapses");
             }
             *last = result.as_ref().ok().cloned();
+            lock.ended.fetch_add(1, Ordering::Release);
             result
         }
         .await;

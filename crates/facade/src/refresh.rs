@@ -18,9 +18,19 @@ pub(crate) struct Backoff {
     pub(crate) last_error: String,
 }
 
-/// The lock callers of one account queue on to refresh it, holding what the last
-/// refresh under it gave while anyone still waits (see [`Refresher::release`]).
-pub(crate) type Flight = Arc<tokio::sync::Mutex<Option<Credentials>>>;
+/// The lock callers of one account queue on to refresh it, with what the last
+/// refresh under it gave.
+pub(crate) type Flight = Arc<FlightState>;
+
+/// See [`Flight`].
+#[derive(Default)]
+pub(crate) struct FlightState {
+    /// Refreshes ended under this lock: a caller that sees it move while it waits
+    /// knows a refresh ended meanwhile.
+    pub(crate) ended: std::sync::atomic::AtomicU64,
+    /// The lock, holding the credentials the last refresh gave (none after a failure).
+    pub(crate) last: tokio::sync::Mutex<Option<Credentials>>,
+}
 
 /// Per-account refresh locks and back-off state.
 #[derive(Default)]
