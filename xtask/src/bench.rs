@@ -381,21 +381,33 @@ fn load_figures(o: &mut Outcome, section: &str, rows: &[Value]) {
     }
 }
 
-fn proxy(root: &Path, s: Settings, envs: &[(String, String)]) -> Result<Outcome, String> {
+/// Runs the load-generator bench `name` of keyhaven-tests; returns what it printed,
+/// its rows, and an outcome holding its command, table and figures.
+fn load_bench(
+    root: &Path,
+    s: Settings,
+    envs: &[(String, String)],
+    name: &str,
+) -> Result<(String, Vec<Value>, Outcome), String> {
     let mut envs = envs.to_vec();
     envs.extend(s.load_env());
-    cargo(
+    let out = cargo(
         root,
-        &strings(&["bench", "-p", "keyhaven-tests", "--bench", "proxy"]),
+        &strings(&["bench", "-p", "keyhaven-tests", "--bench", name]),
         &envs,
     )?;
-    let (settings, rows) = load_rows(root, "proxy")?;
+    let (settings, rows) = load_rows(root, name)?;
     let mut o = Outcome {
-        commands: vec!["cargo bench -p keyhaven-tests --bench proxy".into()],
+        commands: vec![format!("cargo bench -p keyhaven-tests --bench {name}")],
         body: load_table(&settings, &rows),
         ..Outcome::default()
     };
-    load_figures(&mut o, "proxy", &rows);
+    load_figures(&mut o, name, &rows);
+    Ok((out, rows, o))
+}
+
+fn proxy(root: &Path, s: Settings, envs: &[(String, String)]) -> Result<Outcome, String> {
+    let (_, rows, mut o) = load_bench(root, s, envs, "proxy")?;
     let lib = row(&rows, "library kh.request (audit: log only)")?;
     o.verdict(
         "library request path ≥ 0.95x raw reqwest's throughput",
@@ -443,26 +455,13 @@ fn server_verdicts(o: &mut Outcome, rows: &[Value], context: &str) -> Result<(),
 }
 
 fn server(root: &Path, s: Settings, envs: &[(String, String)]) -> Result<Outcome, String> {
-    let mut envs = envs.to_vec();
-    envs.extend(s.load_env());
-    let out = cargo(
-        root,
-        &strings(&["bench", "-p", "keyhaven-tests", "--bench", "server"]),
-        &envs,
-    )?;
-    let (settings, rows) = load_rows(root, "server")?;
-    let mut o = Outcome {
-        commands: vec!["cargo bench -p keyhaven-tests --bench server".into()],
-        body: load_table(&settings, &rows),
-        ..Outcome::default()
-    };
+    let (out, rows, mut o) = load_bench(root, s, envs, "server")?;
     if let Some(line) = out.lines().find(|l| l.starts_with("audit lines written")) {
         let _ = writeln!(
             o.body,
             "\n{line} (each audited read, granted, is one line)."
         );
     }
-    load_figures(&mut o, "server", &rows);
     server_verdicts(&mut o, &rows, "in-process server, 200 accounts")?;
     Ok(o)
 }
