@@ -3,7 +3,8 @@
 //!
 //! A lease names its holder: the machine's boot id, the holder's PID namespace, its
 //! PID and that process's start time, and 128 random bits. A lease lapses
-//! - when its holder releases it or drops it (a `DELETE` of the row);
+//! - when its holder releases it or drops it (a `DELETE` of the row, queued to the
+//!   store's writer);
 //! - at once when its holder process is gone: a waiter on the same machine, in the
 //!   same PID namespace, sees in `/proc` that the PID no longer runs, or runs a
 //!   later process (PID reuse), and takes the lease over. This is what makes a
@@ -18,7 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::Utc;
 use keyhaven_core::{AccountLock, ConnectedAccountId, StoreError};
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, params};
 
 use crate::rows::micros;
 use crate::sqlite::{SqliteStore, map_err};
@@ -122,7 +123,6 @@ pub(crate) struct Lease {
     store: SqliteStore,
     account: String,
     holder: String,
-    released: bool,
 }
 
 impl Lease {
@@ -141,16 +141,16 @@ impl Lease {
             let acquired = store
                 .write(move |conn, _| {
                     let now = micros(Utc::now());
-                    let tx = conn
-                        .transaction_with_behavior(TransactionBehavior::Immediate)
-                        .map_err(map_err)?;
+                    // Atomic: the writer runs each job in a savepoint of its own.
+                    let tx: &rusqlite::Connection = conn;
                     let taken: Option<(String, i64)> = tx
-                        .query_row(
+                        .prepare_cached(
                             "SELECT holder, expires_at FROM refresh_leases WHERE account_id = ?1",
-                            [&account],
-                            |r| Ok((r.get(0)?, r.get(1)?)),
                         )
-                        .optional()
+                        .and_then(|mut st| {
+                            st.query_row([&account], |r| Ok((r.get(0)?, r.get(1)?)))
+                                .optional()
+                        })
                         .map_err(map_err)?;
                     let free = taken.is_none_or(|(other, until)| {
                         until <= now || holder_is_gone(&other)
@@ -159,13 +159,12 @@ impl Lease {
                         let until = now.saturating_add(
                             i64::try_from(lease.as_micros()).unwrap_or(i64::MAX),
                         );
-                        tx.execute(
+                        tx.prepare_cached(
                             "INSERT OR REPLACE INTO refresh_leases (account_id, holder, expires_at) VALUES (?1, ?2, ?3)",
-                            params![account, me, until],
                         )
+                        .and_then(|mut st| st.execute(params![account, me, until]))
                         .map_err(map_err)?;
                     }
-                    tx.commit().map_err(map_err)?;
                     Ok(free)
                 })
                 .await?;
@@ -174,7 +173,6 @@ impl Lease {
                     store: store.clone(),
                     account: id.to_string(),
                     holder,
-                    released: false,
                 }));
             }
             if started.elapsed() > LOCK_WAIT {
@@ -188,47 +186,38 @@ impl Lease {
     }
 
     fn delete(conn: &rusqlite::Connection, account: &str, holder: &str) -> Result<(), StoreError> {
-        conn.execute(
-            "DELETE FROM refresh_leases WHERE account_id = ?1 AND holder = ?2",
-            params![account, holder],
-        )
-        .map_err(map_err)?;
+        conn.prepare_cached("DELETE FROM refresh_leases WHERE account_id = ?1 AND holder = ?2")
+            .and_then(|mut st| st.execute(params![account, holder]))
+            .map_err(map_err)?;
         Ok(())
     }
 }
 
 #[async_trait]
 impl AccountLock for Lease {
-    async fn release(mut self: Box<Self>) -> Result<(), StoreError> {
-        self.released = true;
-        let (account, holder) = (self.account.clone(), self.holder.clone());
-        self.store
-            .write(move |conn, _| Lease::delete(conn, &account, &holder))
-            .await
+    /// Queues the lease's removal and returns without waiting for its commit: the
+    /// writer commits it with the next group of writes (a refresh storm's lease
+    /// removals ride along with the next leases and tokens). This process's later
+    /// writes come after it in the queue, so they see the lease gone; other
+    /// processes see it at that commit. Should the write fail, the failure is
+    /// logged and the lease lapses as a dead holder's does.
+    async fn release(self: Box<Self>) -> Result<(), StoreError> {
+        drop(self);
+        Ok(())
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if self.released {
-            return;
-        }
-        let store = self.store.clone();
         let (account, holder) = (
             std::mem::take(&mut self.account),
             std::mem::take(&mut self.holder),
         );
-        let task = move || {
-            if let Err(e) = store.write_blocking(|conn| Lease::delete(conn, &account, &holder)) {
-                tracing::warn!(error = %e, "could not release a refresh lease; it lapses by itself");
-            }
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) => {
-                h.spawn_blocking(task);
-            }
-            Err(_) => task(),
-        }
+        // Queued, not waited for: see `release`.
+        self.store.write_detached(
+            "releasing a refresh lease (it lapses by itself)",
+            move |conn| Lease::delete(conn, &account, &holder),
+        );
     }
 }
 

@@ -5,7 +5,8 @@
 //! worker thread (BENCHMARKS.md). Reads here run on the calling task — a point read
 //! from SQLite's page cache takes microseconds, less than a hand-off to a blocking
 //! pool would — on a connection from a small pool of readers; writes, which may wait
-//! for the disk, go to tokio's blocking pool with the one writer connection.
+//! for the disk, go to a writer thread of their own with the one writer connection,
+//! which commits those queued together in one transaction (`writer.rs`).
 //!
 //! By job: this file holds the store and its `Store` implementation; `schema.rs` the
 //! connections' settings and the migrations; `rotate.rs` re-encryption under a new
@@ -17,6 +18,7 @@ mod outbox;
 mod rotate;
 mod schema;
 mod watch;
+mod writer;
 
 use data_dir::{create_db_file, create_private_dir};
 use schema::{migrate, open_connection};
@@ -33,7 +35,7 @@ use keyhaven_core::{
     Integration, IntegrationId, Page, PendingState, Store, StoreError, WebhookTarget,
 };
 use parking_lot::{Mutex, RwLock};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use crate::crypto::KeyRing;
 use crate::outbox::EventRow;
@@ -75,7 +77,7 @@ pub(crate) fn map_err(e: rusqlite::Error) -> StoreError {
 
 struct Inner {
     path: PathBuf,
-    writer: Mutex<Connection>,
+    writer: writer::Writer,
     readers: Mutex<Vec<Connection>>,
     keys: RwLock<Arc<KeyRing>>,
     lease: crate::lease::LeaseTime,
@@ -138,23 +140,32 @@ fn row_to_integration(r: &rusqlite::Row<'_>) -> rusqlite::Result<IntegrationRow>
     })
 }
 
-fn write_labels(
-    tx: &rusqlite::Transaction<'_>,
-    account: &ConnectedAccount,
-) -> Result<(), StoreError> {
-    tx.execute(
+fn write_labels(tx: &Connection, account: &ConnectedAccount) -> Result<(), StoreError> {
+    execute_cached(
+        tx,
         "DELETE FROM account_labels WHERE account_id = ?1",
         [account.id.as_str()],
-    )
-    .map_err(map_err)?;
+    )?;
     for label in &account.labels {
-        tx.execute(
-            "INSERT INTO account_labels (label, account_id) VALUES (?1, ?2)",
+        execute_cached(
+            tx,
+            "INSERT OR IGNORE INTO account_labels (label, account_id) VALUES (?1, ?2)",
             params![label.as_str(), account.id.as_str()],
-        )
-        .map_err(map_err)?;
+        )?;
     }
     Ok(())
+}
+
+/// `conn.execute`, with the statement prepared once per connection: for the
+/// statements of the writes that run most (a refresh's).
+fn execute_cached(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<usize, StoreError> {
+    conn.prepare_cached(sql)
+        .and_then(|mut st| st.execute(params))
+        .map_err(map_err)
 }
 
 impl SqliteStore {
@@ -181,7 +192,7 @@ impl SqliteStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
-                writer: Mutex::new(writer),
+                writer: writer::Writer::start(writer)?,
                 readers: Mutex::new(Vec::new()),
                 keys: RwLock::new(Arc::new(keys)),
                 lease: crate::lease::LeaseTime::default(),
@@ -308,12 +319,14 @@ impl SqliteStore {
         self.inner.lease.get()
     }
 
-    /// Runs `f` with the writer connection on the calling thread.
-    pub(crate) fn write_blocking<T>(
+    /// Queues `f` for the writer thread without waiting for it; a failure is
+    /// logged with `what` it was. For drops, which cannot wait.
+    pub(crate) fn write_detached(
         &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        f(&mut self.inner.writer.lock())
+        what: &'static str,
+        f: impl FnOnce(&mut Connection) -> Result<(), StoreError> + Send + 'static,
+    ) {
+        self.inner.writer.detach(what, f);
     }
 
     /// Runs `f` on a reader connection, on the calling thread.
@@ -334,19 +347,14 @@ impl SqliteStore {
         result
     }
 
-    /// Runs `f` on the writer connection, on tokio's blocking pool.
+    /// Runs `f` in the writer thread, committed with the other writes queued at the
+    /// same time (see the `writer` module); its result once committed.
     pub(crate) async fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection, &KeyRing) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let keys = inner.keys.read().clone();
-            let mut conn = inner.writer.lock();
-            f(&mut conn, &keys)
-        })
-        .await
-        .map_err(|e| StoreError::Backend(Box::new(e)))?
+        let keys = self.key_ring();
+        self.inner.writer.run(move |conn| f(conn, &keys)).await
     }
 }
 
@@ -372,7 +380,8 @@ impl Store for SqliteStore {
         let row = IntegrationRow::encode(candidate, &self.key_ring())?;
         let found = self
             .write(move |conn, _| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
+                // Atomic: the writer runs each job in a savepoint of its own.
+                let tx: &Connection = conn;
                 let existing = tx
                     .query_row(
                         &format!("SELECT {INTEGRATION_COLUMNS} FROM integrations WHERE app = ?1 AND auth_scheme = ?2 ORDER BY created_at, id LIMIT 1"),
@@ -388,7 +397,6 @@ impl Store for SqliteStore {
                     )
                     .map_err(map_err)?;
                 }
-                tx.commit().map_err(map_err)?;
                 Ok(existing)
             })
             .await?;
@@ -450,9 +458,8 @@ impl Store for SqliteStore {
     async fn delete_integration(&self, id: &IntegrationId) -> Result<bool, StoreError> {
         let id = id.to_string();
         self.write(move |conn, _| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(map_err)?;
+            // Atomic: the writer runs each job in a savepoint of its own.
+            let tx: &Connection = conn;
             let used: i64 = tx
                 .query_row(
                     "SELECT COUNT(*) FROM connected_accounts WHERE integration_id = ?1",
@@ -468,7 +475,6 @@ impl Store for SqliteStore {
             let n = tx
                 .execute("DELETE FROM integrations WHERE id = ?1", [&id])
                 .map_err(map_err)?;
-            tx.commit().map_err(map_err)?;
             Ok(n > 0)
         })
         .await
@@ -487,7 +493,8 @@ impl Store for SqliteStore {
             .transpose()?;
         let account = account.clone();
         self.write(move |conn, _| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
+            // Atomic: the writer runs each job in a savepoint of its own.
+            let tx: &Connection = conn;
             let exists: bool = tx
                 .query_row("SELECT EXISTS (SELECT 1 FROM integrations WHERE id = ?1)", [&row.integration_id], |r| r.get(0))
                 .map_err(map_err)?;
@@ -503,9 +510,9 @@ impl Store for SqliteStore {
                 params![row.id, row.entity_id, row.integration_id, row.app, row.auth_scheme, row.status, row.status_reason, row.labels, row.params, row.redirect_url, row.expires_at, row.version, row.created_at, row.updated_at, blob, blob_expiry],
             )
             .map_err(map_err)?;
-            write_labels(&tx, &account)?;
-            outbox::append(&tx, &events)?;
-            tx.commit().map_err(map_err)
+            write_labels(tx, &account)?;
+            outbox::append(tx, &events)?;
+            Ok(())
         })
         .await
     }
@@ -563,13 +570,13 @@ impl Store for SqliteStore {
         let events = EventRow::encode_all(events)?;
         let stored = next.clone();
         self.write(move |conn, _| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
-            let n = tx
-                .execute(
-                    "UPDATE connected_accounts SET entity_id = ?2, integration_id = ?3, app = ?4, auth_scheme = ?5, status = ?6, status_reason = ?7, labels = ?8, params = ?9, redirect_url = ?10, expires_at = ?11, version = ?12, created_at = ?13, updated_at = ?14 WHERE id = ?1 AND version = ?15",
-                    params![row.id, row.entity_id, row.integration_id, row.app, row.auth_scheme, row.status, row.status_reason, row.labels, row.params, row.redirect_url, row.expires_at, row.version, row.created_at, row.updated_at, expected],
-                )
-                .map_err(map_err)?;
+            // Atomic: the writer runs each job in a savepoint of its own.
+            let tx: &Connection = conn;
+            let n = execute_cached(
+                tx,
+                "UPDATE connected_accounts SET entity_id = ?2, integration_id = ?3, app = ?4, auth_scheme = ?5, status = ?6, status_reason = ?7, labels = ?8, params = ?9, redirect_url = ?10, expires_at = ?11, version = ?12, created_at = ?13, updated_at = ?14 WHERE id = ?1 AND version = ?15",
+                params![row.id, row.entity_id, row.integration_id, row.app, row.auth_scheme, row.status, row.status_reason, row.labels, row.params, row.redirect_url, row.expires_at, row.version, row.created_at, row.updated_at, expected],
+            )?;
             if n == 0 {
                 let current: Option<i64> = tx
                     .query_row("SELECT version FROM connected_accounts WHERE id = ?1", [&row.id], |r| r.get(0))
@@ -578,15 +585,15 @@ impl Store for SqliteStore {
                 return Err(update_refused(&row.id, current, expected));
             }
             if let Some((blob, expiry)) = creds {
-                tx.execute(
+                execute_cached(
+                    tx,
                     "UPDATE connected_accounts SET credentials = ?2, credentials_expires_at = ?3 WHERE id = ?1",
                     params![row.id, blob, expiry],
-                )
-                .map_err(map_err)?;
+                )?;
             }
-            write_labels(&tx, &next)?;
-            outbox::append(&tx, &events)?;
-            tx.commit().map_err(map_err)
+            write_labels(tx, &next)?;
+            outbox::append(tx, &events)?;
+            Ok(())
         })
         .await?;
         Ok(stored)
@@ -600,16 +607,14 @@ impl Store for SqliteStore {
         let id = id.to_string();
         let events = EventRow::encode_all(events)?;
         self.write(move |conn, _| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(map_err)?;
+            // Atomic: the writer runs each job in a savepoint of its own.
+            let tx: &Connection = conn;
             let n = tx
                 .execute("DELETE FROM connected_accounts WHERE id = ?1", [&id])
                 .map_err(map_err)?;
             if n > 0 {
-                outbox::append(&tx, &events)?;
+                outbox::append(tx, &events)?;
             }
-            tx.commit().map_err(map_err)?;
             Ok(n > 0)
         })
         .await
@@ -715,9 +720,10 @@ impl Store for SqliteStore {
             return Ok(());
         }
         self.write(move |conn, _| {
-            let tx = conn.transaction().map_err(map_err)?;
-            outbox::append(&tx, &events)?;
-            tx.commit().map_err(map_err)
+            // Atomic: the writer runs each job in a savepoint of its own.
+            let tx: &Connection = conn;
+            outbox::append(tx, &events)?;
+            Ok(())
         })
         .await
     }
@@ -780,7 +786,8 @@ impl Store for SqliteStore {
             .map(|l| (micros(l.at), l.account.clone(), l.line.clone()))
             .collect();
         self.write(move |conn, _| {
-            let tx = conn.transaction().map_err(map_err)?;
+            // Atomic: the writer runs each job in a savepoint of its own.
+            let tx: &Connection = conn;
             {
                 let mut st = tx
                     .prepare_cached(
@@ -792,7 +799,7 @@ impl Store for SqliteStore {
                         .map_err(map_err)?;
                 }
             }
-            tx.commit().map_err(map_err)
+            Ok(())
         })
         .await
     }

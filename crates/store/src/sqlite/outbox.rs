@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use keyhaven_core::{
     AccountEvent, Delivery, DeliveryFilter, DeliveryOutcome, StoreError, WebhookTarget,
 };
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{SqliteStore, map_err, sql_value};
 use crate::outbox::{
@@ -16,7 +16,7 @@ use crate::outbox::{
 use crate::rows::micros;
 
 /// Appends events in the writer's transaction.
-pub(super) fn append(tx: &Transaction<'_>, events: &[EventRow]) -> Result<(), StoreError> {
+pub(super) fn append(tx: &Connection, events: &[EventRow]) -> Result<(), StoreError> {
     if events.is_empty() {
         return Ok(());
     }
@@ -64,13 +64,13 @@ fn one_delivery(conn: &Connection, id: i64) -> Result<Option<Delivery>, StoreErr
 }
 
 /// The newest sequence number, 0 when there is none.
-fn newest(tx: &Transaction<'_>) -> Result<i64, StoreError> {
+fn newest(tx: &Connection) -> Result<i64, StoreError> {
     tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))
         .map_err(map_err)
 }
 
 /// Makes the deliveries of `target` for the events after its cursor.
-fn fan_out(tx: &Transaction<'_>, target: &WebhookTarget, now: i64) -> Result<(), StoreError> {
+fn fan_out(tx: &Connection, target: &WebhookTarget, now: i64) -> Result<(), StoreError> {
     let cursor: Option<i64> = tx
         .query_row(
             "SELECT seq FROM webhook_cursors WHERE webhook = ?1",
@@ -133,11 +133,10 @@ impl SqliteStore {
         let now = micros(now);
         let rows = self
             .write(move |conn, _| {
-                let tx = conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(map_err)?;
+                // Atomic: the writer runs each job in a savepoint of its own.
+                let tx: &Connection = conn;
                 for t in &targets {
-                    fan_out(&tx, t, now)?;
+                    fan_out(tx, t, now)?;
                 }
                 let keys: Vec<rusqlite::types::Value> = targets
                     .iter()
@@ -173,7 +172,6 @@ impl SqliteStore {
                         .collect::<rusqlite::Result<Vec<_>>>()
                         .map_err(map_err)?
                 };
-                tx.commit().map_err(map_err)?;
                 Ok(out)
             })
             .await?;
@@ -263,9 +261,8 @@ impl SqliteStore {
     pub(super) async fn purge(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         let before = micros(before);
         self.write(move |conn, _| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(map_err)?;
+            // Atomic: the writer runs each job in a savepoint of its own.
+            let tx: &Connection = conn;
             let n = tx
                 .execute(
                     "DELETE FROM events WHERE at < ?1 AND NOT EXISTS \
@@ -273,7 +270,6 @@ impl SqliteStore {
                     [before],
                 )
                 .map_err(map_err)?;
-            tx.commit().map_err(map_err)?;
             Ok(n as u64)
         })
         .await

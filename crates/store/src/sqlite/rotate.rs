@@ -1,7 +1,7 @@
 //! Re-encryption of every stored secret under the key ring's primary key.
 
 use keyhaven_core::StoreError;
-use rusqlite::{TransactionBehavior, params};
+use rusqlite::params;
 
 use super::{SqliteStore, map_err};
 use crate::rotate::{RotationReport, Table};
@@ -45,9 +45,8 @@ impl SqliteStore {
                 );
                 let (done, raced) = self
                     .write(move |conn, _| {
-                        let tx = conn
-                            .transaction_with_behavior(TransactionBehavior::Immediate)
-                            .map_err(map_err)?;
+                        // Atomic: the writer runs each job in a savepoint of its own.
+                        let tx: &rusqlite::Connection = conn;
                         let (mut done, mut raced) = (0, 0);
                         for (key, old, new) in &changes {
                             match tx
@@ -58,7 +57,6 @@ impl SqliteStore {
                                 _ => done += 1,
                             }
                         }
-                        tx.commit().map_err(map_err)?;
                         Ok((done, raced))
                     })
                     .await?;

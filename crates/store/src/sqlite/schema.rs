@@ -47,6 +47,9 @@ pub(super) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     // at every bind: that was about 100 µs of every account listing.
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
         .map_err(map_err)?;
+    // Room for every statement the store prepares with `prepare_cached` (the
+    // default of 16 made the busiest ones evict each other).
+    conn.set_prepared_statement_cache_capacity(64);
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
     )
