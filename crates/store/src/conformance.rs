@@ -769,6 +769,54 @@ async fn update_is_compare_and_set(store: Arc<dyn Store>) {
         "compare-and-set lets one of concurrent writers win"
     );
 
+    // An update replaces the labels the account is found by: those dropped no
+    // longer find it, new ones do, kept ones still do (a label given twice counts once).
+    let (mut labelled, _) = store
+        .get_account_and_credentials(&acc.id)
+        .await
+        .unwrap()
+        .unwrap();
+    labelled.labels = ["red", "big"].map(|l| Label::new(l).unwrap()).to_vec();
+    let labelled = store
+        .update_account(&labelled, CredentialsUpdate::Keep, &[])
+        .await
+        .unwrap();
+    let mut relabelled = labelled.clone();
+    relabelled.labels = ["big", "new", "new"]
+        .map(|l| Label::new(l).unwrap())
+        .to_vec();
+    store
+        .update_account(&relabelled, CredentialsUpdate::Keep, &[])
+        .await
+        .unwrap();
+    for (label, found) in [("red", false), ("big", true), ("new", true)] {
+        let page = store
+            .list_accounts(&AccountFilter {
+                integration_ids: vec![int.id.clone()],
+                labels: vec![Label::new(label).unwrap()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.items.len(), usize::from(found), "label {label}");
+    }
+    // A refused update leaves the labels as they were.
+    assert!(matches!(
+        store
+            .update_account(&labelled, CredentialsUpdate::Keep, &[])
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let page = store
+        .list_accounts(&AccountFilter {
+            integration_ids: vec![int.id.clone()],
+            labels: vec![Label::new("new").unwrap()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1, "a refused update keeps the labels");
+
     let mut ghost = account(&int, "bob", &[]);
     ghost.version = 1;
     assert!(matches!(

@@ -162,6 +162,24 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
+/// The compare-and-set account update of [`Store::update_account`] in one
+/// statement: the row (and its credentials when `$16`), its labels (those no longer
+/// there deleted, new ones added) and the change notice, all only when the stored
+/// version is still `$15`. Answers how many rows it updated, and the version that
+/// was stored before (to say why an update was refused).
+const UPDATE_ACCOUNT: &str = "WITH upd AS ( \
+    UPDATE connected_accounts SET entity_id = $2, integration_id = $3, app = $4, auth_scheme = $5, \
+        status = $6, status_reason = $7, labels = $8, params = $9, redirect_url = $10, \
+        expires_at = $11, version = $12, created_at = $13, updated_at = $14, \
+        credentials = CASE WHEN $16 THEN $17 ELSE credentials END, \
+        credentials_expires_at = CASE WHEN $16 THEN $18 ELSE credentials_expires_at END \
+    WHERE id = $1 AND version = $15 RETURNING id), \
+gone AS (DELETE FROM account_labels WHERE account_id IN (SELECT id FROM upd) AND label <> ALL($19::text[])), \
+added AS (INSERT INTO account_labels (label, account_id) \
+    SELECT DISTINCT l, upd.id FROM upd CROSS JOIN unnest($19::text[]) AS l ON CONFLICT DO NOTHING), \
+told AS (SELECT pg_notify($20, id) FROM upd) \
+SELECT (SELECT COUNT(*) FROM told), (SELECT version FROM connected_accounts WHERE id = $1)";
+
 async fn insert_labels(
     tx: &mut Transaction<'static, Postgres>,
     account: &ConnectedAccount,
@@ -172,7 +190,7 @@ async fn insert_labels(
         .await
         .map_err(map_err)?;
     for label in &account.labels {
-        sqlx::query("INSERT INTO account_labels (label, account_id) VALUES ($1, $2)")
+        sqlx::query("INSERT INTO account_labels (label, account_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(label.as_str())
             .bind(account.id.as_str())
             .execute(&mut **tx)
@@ -733,36 +751,49 @@ impl Store for PostgresStore {
             credentials: creds,
         } = prepare_update(&self.key_ring(), account, credentials)?;
         let events = EventRow::encode_all(events)?;
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
-        let n = sqlx::query("UPDATE connected_accounts SET entity_id = $2, integration_id = $3, app = $4, auth_scheme = $5, status = $6, status_reason = $7, labels = $8, params = $9, redirect_url = $10, expires_at = $11, version = $12, created_at = $13, updated_at = $14 WHERE id = $1 AND version = $15")
-            .bind(&r.id).bind(r.entity_id).bind(r.integration_id).bind(r.app).bind(r.auth_scheme)
-            .bind(r.status).bind(r.status_reason).bind(r.labels).bind(r.params).bind(r.redirect_url)
-            .bind(r.expires_at).bind(r.version).bind(r.created_at).bind(r.updated_at).bind(expected)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        if n.rows_affected() == 0 {
-            let current: Option<i64> =
-                sqlx::query_scalar("SELECT version FROM connected_accounts WHERE id = $1")
-                    .bind(&r.id)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(map_err)?;
+        let labels: Vec<&str> = next.labels.iter().map(|l| l.as_str()).collect();
+        let (set_credentials, blob, expiry) = match creds {
+            Some((blob, expiry)) => (true, blob, expiry),
+            None => (false, None, None),
+        };
+        // One statement, one round trip, for the update, its labels and the change
+        // notice (a refresh stores its tokens this way: it used to be six round
+        // trips in a transaction). Without events it is its own transaction.
+        let update = sqlx::query_as::<_, (i64, Option<i64>)>(UPDATE_ACCOUNT)
+            .bind(&r.id)
+            .bind(r.entity_id)
+            .bind(r.integration_id)
+            .bind(r.app)
+            .bind(r.auth_scheme)
+            .bind(r.status)
+            .bind(r.status_reason)
+            .bind(r.labels)
+            .bind(r.params)
+            .bind(r.redirect_url)
+            .bind(r.expires_at)
+            .bind(r.version)
+            .bind(r.created_at)
+            .bind(r.updated_at)
+            .bind(expected)
+            .bind(set_credentials)
+            .bind(blob)
+            .bind(expiry)
+            .bind(&labels)
+            .bind(CHANNEL);
+        let (n, current) = if events.is_empty() {
+            update.fetch_one(&self.pool).await.map_err(map_err)?
+        } else {
+            let mut tx = self.pool.begin().await.map_err(map_err)?;
+            let done = update.fetch_one(&mut *tx).await.map_err(map_err)?;
+            if done.0 > 0 {
+                outbox::append(&mut tx, &events).await?;
+                tx.commit().await.map_err(map_err)?;
+            }
+            done
+        };
+        if n == 0 {
             return Err(update_refused(&r.id, current, expected));
         }
-        if let Some((blob, expiry)) = creds {
-            sqlx::query("UPDATE connected_accounts SET credentials = $2, credentials_expires_at = $3 WHERE id = $1")
-                .bind(&r.id)
-                .bind(blob)
-                .bind(expiry)
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
-        }
-        insert_labels(&mut tx, &next).await?;
-        outbox::append(&mut tx, &events).await?;
-        notify(&mut tx, &r.id).await?;
-        tx.commit().await.map_err(map_err)?;
         Ok(next)
     }
 
