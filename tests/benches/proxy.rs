@@ -1,6 +1,8 @@
 //! Requests with an account's credentials, measured against raw reqwest to the same
 //! API in the same run: the library's `kh.request` and the server's passthrough
-//! route (and its JSON proxy route), a GET of 322 bytes behind an API-key header.
+//! route (and its JSON proxy route), a GET of 322 bytes behind an API-key header;
+//! and a bare forwarder (an axum handler sending the GET on with reqwest, no
+//! keyhaven), what any credentials proxy in front of that API costs here.
 //!
 //! ```sh
 //! cargo bench -p keyhaven-tests --bench proxy
@@ -175,6 +177,11 @@ fn main() {
             base
         })
     });
+    let forwarder = keyhaven_tests::load::bare_forwarder(
+        KEY,
+        format!("{api_url}/api/fixed"),
+        ("x-key", "sk-bench"),
+    );
     let client = reqwest::Client::new();
     let ways = [
         (
@@ -203,9 +210,13 @@ fn main() {
         (
             "server JSON proxy POST /api/v1/connectedAccounts/{id}/proxy",
             Way::JsonProxy(
-                client,
+                client.clone(),
                 format!("{server_url}/api/v1/connectedAccounts/{id_audited}/proxy"),
             ),
+        ),
+        (
+            "bare forwarder: axum handler + reqwest, no keyhaven (the passthrough's ceiling)",
+            Way::Passthrough(client, format!("{forwarder}/fixed")),
         ),
     ];
     let ways: Vec<(String, Once)> = only(

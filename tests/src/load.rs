@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use axum::response::IntoResponse;
+
 /// One request of one way, awaited to its last byte (it panics on a wrong answer).
 pub type Once = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
@@ -282,6 +284,63 @@ pub fn bare_handler(key: &'static str, body: axum::body::Bytes) -> String {
                                 [("content-type", "application/json")],
                                 axum::body::Bytes::new(),
                             )
+                        }
+                    }
+                }),
+            );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("a port");
+            let base = format!("http://{}", listener.local_addr().expect("its address"));
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            base
+        })
+    })
+}
+
+/// A bare forwarder on its own runtime thread: an axum handler that checks the same
+/// `x-api-key` as keyhaven's routes, sends the GET on to `upstream` with `header`
+/// set, through a shared reqwest client with keyhaven's settings, and streams the
+/// answer back. What a credentials proxy costs with no keyhaven in it: the ceiling
+/// of the server's passthrough route on the same machine. Its base URL; the route
+/// is `/fixed`.
+pub fn bare_forwarder(
+    key: &'static str,
+    upstream: String,
+    header: (&'static str, &'static str),
+) -> String {
+    on_own_runtime("bare-forwarder", move || {
+        Box::pin(async move {
+            let key = Arc::new(keyhaven_server::AdminKey::from_plain(key));
+            let client = keyhaven::request::default_client();
+            let app = axum::Router::new().route(
+                "/fixed",
+                axum::routing::get(move |headers: axum::http::HeaderMap| {
+                    let (key, client, upstream) = (key.clone(), client.clone(), upstream.clone());
+                    async move {
+                        let given = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+                        if !given.is_some_and(|k| key.matches(k)) {
+                            return axum::http::StatusCode::UNAUTHORIZED.into_response();
+                        }
+                        match client
+                            .get(&upstream)
+                            .header(header.0, header.1)
+                            .send()
+                            .await
+                        {
+                            Ok(r) => {
+                                let mut answer = axum::http::Response::builder().status(r.status());
+                                if let Some(t) = r.headers().get("content-type") {
+                                    answer = answer.header("content-type", t);
+                                }
+                                answer
+                                    .body(axum::body::Body::from_stream(r.bytes_stream()))
+                                    .map_or_else(
+                                        |_| axum::http::StatusCode::BAD_GATEWAY.into_response(),
+                                        IntoResponse::into_response,
+                                    )
+                            }
+                            Err(_) => axum::http::StatusCode::BAD_GATEWAY.into_response(),
                         }
                     }
                 }),
