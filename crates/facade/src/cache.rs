@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
-use keyhaven_core::{ConnectedAccountId, Credentials, StoreChange};
+use keyhaven_core::{ConnectedAccountId, Credentials, Integration, IntegrationId, StoreChange};
 
 /// One cached account.
 #[derive(Clone)]
@@ -111,6 +111,9 @@ pub(crate) struct CredentialCache {
     entries: Option<quick_cache::sync::Cache<ConnectedAccountId, Cached>>,
     /// Where each account's requests go, with what (see [`crate::request`]).
     targets: Option<quick_cache::sync::Cache<ConnectedAccountId, Arc<crate::request::Target>>>,
+    /// Integrations as read, with when (see [`crate::Integrations::get_cached`]).
+    integrations:
+        Option<quick_cache::sync::Cache<IntegrationId, Arc<(std::time::Instant, Integration)>>>,
     /// Bumped by every invalidation, so that a read that started before one does
     /// not put what it read into the cache afterwards.
     generation: AtomicU64,
@@ -123,6 +126,7 @@ impl CredentialCache {
             reads: ReadCounts::new(),
             entries: (capacity > 0).then(|| quick_cache::sync::Cache::new(capacity)),
             targets: (capacity > 0).then(|| quick_cache::sync::Cache::new(capacity)),
+            integrations: (capacity > 0).then(|| quick_cache::sync::Cache::new(1024)),
             generation: AtomicU64::new(0),
         })
     }
@@ -187,6 +191,29 @@ impl CredentialCache {
         }
     }
 
+    /// The cached integration `id`, if read less than `ttl` ago.
+    pub(crate) fn integration(&self, id: &str, ttl: std::time::Duration) -> Option<Integration> {
+        let hit = self.integrations.as_ref()?.get(id)?;
+        (hit.0.elapsed() < ttl).then(|| hit.1.clone())
+    }
+
+    /// Caches an integration read since `generation`, as [`CredentialCache::put`].
+    pub(crate) fn put_integration(&self, integration: Integration, generation: u64) {
+        let Some(integrations) = &self.integrations else {
+            return;
+        };
+        if self.generation.load(Ordering::Acquire) == generation {
+            let id = integration.id.clone();
+            integrations.insert(
+                id.clone(),
+                Arc::new((std::time::Instant::now(), integration)),
+            );
+            if self.generation.load(Ordering::Acquire) != generation {
+                integrations.remove(id.as_str());
+            }
+        }
+    }
+
     /// Forgets one account.
     pub(crate) fn forget(&self, id: &ConnectedAccountId) {
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -198,11 +225,15 @@ impl CredentialCache {
         }
     }
 
-    /// Forgets every request target (an integration changed).
-    pub(crate) fn forget_targets(&self) {
+    /// Forgets every request target and cached integration (an integration
+    /// changed).
+    pub(crate) fn forget_integrations(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         if let Some(targets) = &self.targets {
             targets.clear();
+        }
+        if let Some(integrations) = &self.integrations {
+            integrations.clear();
         }
     }
 
@@ -219,6 +250,9 @@ impl CredentialCache {
                 }
                 if let Some(targets) = &self.targets {
                     targets.clear();
+                }
+                if let Some(integrations) = &self.integrations {
+                    integrations.clear();
                 }
             }
         }

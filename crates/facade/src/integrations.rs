@@ -364,6 +364,30 @@ impl<'a> Integrations<'a> {
             .ok_or_else(|| not_found(id))
     }
 
+    /// One integration, as [`Integrations::get`] but from a copy kept in this
+    /// process for at most [`Integrations::CACHED_FOR`]: changes made through this
+    /// `Keyhaven` show at once, changes another process sharing the store made
+    /// within that time. For views shown many times a second (the server renders
+    /// every account with its integration's base URL); read with `get` where the
+    /// stored value matters (a refresh reads the store).
+    ///
+    /// # Errors
+    /// A malformed id, or none with that id.
+    pub async fn get_cached(&self, id: &str) -> Result<Integration, Error> {
+        let cache = &self.kh.inner.cache;
+        if let Some(hit) = cache.integration(id, Self::CACHED_FOR) {
+            return Ok(hit);
+        }
+        let generation = cache.generation();
+        let integration = self.get(id).await?;
+        cache.put_integration(integration.clone(), generation);
+        Ok(integration)
+    }
+
+    /// How long [`Integrations::get_cached`] keeps an integration: as long as a
+    /// request target is kept.
+    pub const CACHED_FOR: std::time::Duration = crate::request::TARGET_TTL;
+
     /// The integrations, of one app or all, oldest first.
     ///
     /// # Errors
@@ -441,7 +465,7 @@ impl<'a> Integrations<'a> {
             return Err(not_found(integration.id.as_str()));
         }
         // Requests of its accounts go by the new settings from now on.
-        self.kh.inner.cache.forget_targets();
+        self.kh.inner.cache.forget_integrations();
         tracing::info!(integration = %integration.id, app = %integration.app, disabled = integration.disabled, "integration changed");
         Ok(integration)
     }
@@ -453,7 +477,10 @@ impl<'a> Integrations<'a> {
     pub async fn delete(&self, id: &str) -> Result<(), Error> {
         let parsed = IntegrationId::parse(id)?;
         match self.kh.store().delete_integration(&parsed).await {
-            Ok(true) => Ok(()),
+            Ok(true) => {
+                self.kh.inner.cache.forget_integrations();
+                Ok(())
+            }
             Ok(false) => Err(not_found(id)),
             Err(keyhaven_core::StoreError::Conflict(why)) => Err(Error::Conflict(why)),
             Err(e) => Err(e.into()),

@@ -44,7 +44,7 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 /// How long a request target (account, integration, base URL) is reused before it is
 /// read again: changes made by this process apply at once, changes made by another
 /// process sharing the store within this time.
-const TARGET_TTL: Duration = Duration::from_secs(30);
+pub(crate) const TARGET_TTL: Duration = Duration::from_secs(30);
 
 /// The HTTP client keyhaven uses unless given one: connections kept open and reused,
 /// 10 s to connect, 60 s of silence at most while an answer comes, no redirects

@@ -1150,3 +1150,55 @@ async fn connection_links_are_single_use_and_expire() {
     assert_eq!(refused.kind(), ErrorKind::InvalidInput);
     assert_eq!(ids(&snapshot(&kh).await), before);
 }
+
+/// `get_cached` serves a copy: changes made through the same `Keyhaven` show at
+/// once, a change another process made shows only through `get` until the copy
+/// is `CACHED_FOR` old.
+#[tokio::test]
+async fn cached_integrations_see_their_own_changes_at_once() {
+    let store: std::sync::Arc<dyn keyhaven::Store> = std::sync::Arc::new(MemoryStore::new());
+    let make = || {
+        Keyhaven::builder()
+            .shared_store(store.clone())
+            .build()
+            .unwrap()
+    };
+    let (here, elsewhere) = (make(), make());
+    let made = here
+        .integrations()
+        .create(NewIntegration::new("openai", "API_KEY").name("first"))
+        .await
+        .unwrap();
+    let id = made.id.to_string();
+    let integrations = here.integrations();
+    assert_eq!(integrations.get_cached(&id).await.unwrap().name, "first");
+    integrations
+        .update(&id, IntegrationUpdate::new().name("second"))
+        .await
+        .unwrap();
+    assert_eq!(
+        integrations.get_cached(&id).await.unwrap().name,
+        "second",
+        "a change made here shows at once"
+    );
+    elsewhere
+        .integrations()
+        .update(&id, IntegrationUpdate::new().name("third"))
+        .await
+        .unwrap();
+    assert_eq!(integrations.get(&id).await.unwrap().name, "third");
+    assert_eq!(
+        integrations.get_cached(&id).await.unwrap().name,
+        "second",
+        "another process's change waits for the copy to age"
+    );
+    assert!(keyhaven::Integrations::CACHED_FOR <= std::time::Duration::from_secs(30));
+    assert_eq!(
+        integrations
+            .get_cached("int_nope")
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidInput
+    );
+}

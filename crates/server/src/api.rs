@@ -231,7 +231,11 @@ pub(crate) async fn views_with_integrations<V>(
     let mut views = Vec::with_capacity(accounts.len());
     for a in accounts {
         if !integrations.contains_key(&a.integration_id) {
-            let i = kh.integrations().get(a.integration_id.as_str()).await.ok();
+            let i = kh
+                .integrations()
+                .get_cached(a.integration_id.as_str())
+                .await
+                .ok();
             integrations.insert(&a.integration_id, i);
         }
         let integration = integrations.get(&a.integration_id).and_then(Option::as_ref);
@@ -256,7 +260,11 @@ pub(crate) async fn account_views(
 
 /// The v1 view of one account.
 pub(crate) async fn account_view(kh: &Keyhaven, a: &ConnectedAccount) -> v1::AccountView {
-    let integration = kh.integrations().get(a.integration_id.as_str()).await.ok();
+    let integration = kh
+        .integrations()
+        .get_cached(a.integration_id.as_str())
+        .await
+        .ok();
     v1_view(a, integration.as_ref())
 }
 
