@@ -190,12 +190,14 @@ async fn insert_labels(
         .await
         .map_err(map_err)?;
     for label in &account.labels {
-        sqlx::query("INSERT INTO account_labels (label, account_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-            .bind(label.as_str())
-            .bind(account.id.as_str())
-            .execute(&mut **tx)
-            .await
-            .map_err(map_err)?;
+        sqlx::query(
+            "INSERT INTO account_labels (label, account_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(label.as_str())
+        .bind(account.id.as_str())
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
     }
     Ok(())
 }
