@@ -288,12 +288,7 @@ pub fn bare_handler(key: &'static str, body: axum::body::Bytes) -> String {
                     }
                 }),
             );
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("a port");
-            let base = format!("http://{}", listener.local_addr().expect("its address"));
-            tokio::spawn(async move { axum::serve(listener, app).await });
-            base
+            serve_on_loopback(app).await
         })
     })
 }
@@ -345,12 +340,17 @@ pub fn bare_forwarder(
                     }
                 }),
             );
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("a port");
-            let base = format!("http://{}", listener.local_addr().expect("its address"));
-            tokio::spawn(async move { axum::serve(listener, app).await });
-            base
+            serve_on_loopback(app).await
         })
     })
+}
+
+/// Serves `app` on a port of 127.0.0.1 from the current runtime; its base URL.
+async fn serve_on_loopback(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let base = format!("http://{}", listener.local_addr().expect("its address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
 }
