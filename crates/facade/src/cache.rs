@@ -160,14 +160,7 @@ impl CredentialCache {
     /// Caches what a read that began at `generation` found, unless something was
     /// invalidated since.
     pub(crate) fn put(&self, id: &ConnectedAccountId, value: Cached, generation: u64) {
-        let Some(entries) = &self.entries else { return };
-        if self.generation.load(Ordering::Acquire) == generation {
-            entries.insert(id.clone(), value);
-            // An invalidation may have slipped in between the check and the insert.
-            if self.generation.load(Ordering::Acquire) != generation {
-                entries.remove(id.as_str());
-            }
-        }
+        self.insert_since(self.entries.as_ref(), id.clone(), value, generation);
     }
 
     /// The cached request target of `id`.
@@ -182,13 +175,7 @@ impl CredentialCache {
         target: Arc<crate::request::Target>,
         generation: u64,
     ) {
-        let Some(targets) = &self.targets else { return };
-        if self.generation.load(Ordering::Acquire) == generation {
-            targets.insert(id.clone(), target);
-            if self.generation.load(Ordering::Acquire) != generation {
-                targets.remove(id.as_str());
-            }
-        }
+        self.insert_since(self.targets.as_ref(), id.clone(), target, generation);
     }
 
     /// The cached integration `id`, if read less than `ttl` ago.
@@ -199,17 +186,28 @@ impl CredentialCache {
 
     /// Caches an integration read since `generation`, as [`CredentialCache::put`].
     pub(crate) fn put_integration(&self, integration: Integration, generation: u64) {
-        let Some(integrations) = &self.integrations else {
-            return;
-        };
+        let id = integration.id.clone();
+        let value = Arc::new((std::time::Instant::now(), integration));
+        self.insert_since(self.integrations.as_ref(), id, value, generation);
+    }
+
+    /// Inserts `key` into `map` (when caching is on) unless an invalidation came
+    /// after `generation`, checked again after the insert: one may slip in between.
+    fn insert_since<K, V>(
+        &self,
+        map: Option<&quick_cache::sync::Cache<K, V>>,
+        key: K,
+        value: V,
+        generation: u64,
+    ) where
+        K: Eq + std::hash::Hash + Clone,
+        V: Clone,
+    {
+        let Some(map) = map else { return };
         if self.generation.load(Ordering::Acquire) == generation {
-            let id = integration.id.clone();
-            integrations.insert(
-                id.clone(),
-                Arc::new((std::time::Instant::now(), integration)),
-            );
+            map.insert(key.clone(), value);
             if self.generation.load(Ordering::Acquire) != generation {
-                integrations.remove(id.as_str());
+                map.remove(&key);
             }
         }
     }
