@@ -141,9 +141,7 @@ impl Lease {
             let acquired = store
                 .write(move |conn, _| {
                     let now = micros(Utc::now());
-                    // Atomic: the writer runs each job in a savepoint of its own.
-                    let tx: &rusqlite::Connection = conn;
-                    let taken: Option<(String, i64)> = tx
+                    let taken: Option<(String, i64)> = conn
                         .prepare_cached(
                             "SELECT holder, expires_at FROM refresh_leases WHERE account_id = ?1",
                         )
@@ -159,7 +157,7 @@ impl Lease {
                         let until = now.saturating_add(
                             i64::try_from(lease.as_micros()).unwrap_or(i64::MAX),
                         );
-                        tx.prepare_cached(
+                        conn.prepare_cached(
                             "INSERT OR REPLACE INTO refresh_leases (account_id, holder, expires_at) VALUES (?1, ?2, ?3)",
                         )
                         .and_then(|mut st| st.execute(params![account, me, until]))

@@ -140,15 +140,15 @@ fn row_to_integration(r: &rusqlite::Row<'_>) -> rusqlite::Result<IntegrationRow>
     })
 }
 
-fn write_labels(tx: &Connection, account: &ConnectedAccount) -> Result<(), StoreError> {
+fn write_labels(conn: &Connection, account: &ConnectedAccount) -> Result<(), StoreError> {
     execute_cached(
-        tx,
+        conn,
         "DELETE FROM account_labels WHERE account_id = ?1",
         [account.id.as_str()],
     )?;
     for label in &account.labels {
         execute_cached(
-            tx,
+            conn,
             "INSERT OR IGNORE INTO account_labels (label, account_id) VALUES (?1, ?2)",
             params![label.as_str(), account.id.as_str()],
         )?;
@@ -348,7 +348,9 @@ impl SqliteStore {
     }
 
     /// Runs `f` in the writer thread, committed with the other writes queued at the
-    /// same time (see the `writer` module); its result once committed.
+    /// same time (see the `writer` module); its result once committed. `f` runs in a
+    /// savepoint of its own: what it wrote is kept whole when it returns `Ok`, and
+    /// rolled back whole when it returns an error, so it opens no transaction.
     pub(crate) async fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection, &KeyRing) -> Result<T, StoreError> + Send + 'static,
@@ -380,9 +382,7 @@ impl Store for SqliteStore {
         let row = IntegrationRow::encode(candidate, &self.key_ring())?;
         let found = self
             .write(move |conn, _| {
-                // Atomic: the writer runs each job in a savepoint of its own.
-                let tx: &Connection = conn;
-                let existing = tx
+                let existing = conn
                     .query_row(
                         &format!("SELECT {INTEGRATION_COLUMNS} FROM integrations WHERE app = ?1 AND auth_scheme = ?2 ORDER BY created_at, id LIMIT 1"),
                         params![row.app, row.auth_scheme],
@@ -391,7 +391,7 @@ impl Store for SqliteStore {
                     .optional()
                     .map_err(map_err)?;
                 if existing.is_none() {
-                    tx.execute(
+                    conn.execute(
                         &format!("INSERT INTO integrations ({INTEGRATION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
                         params![row.id, row.app, row.name, row.auth_scheme, row.scopes, row.config, row.secrets, row.created_at, row.updated_at, row.disabled],
                     )
@@ -458,9 +458,7 @@ impl Store for SqliteStore {
     async fn delete_integration(&self, id: &IntegrationId) -> Result<bool, StoreError> {
         let id = id.to_string();
         self.write(move |conn, _| {
-            // Atomic: the writer runs each job in a savepoint of its own.
-            let tx: &Connection = conn;
-            let used: i64 = tx
+            let used: i64 = conn
                 .query_row(
                     "SELECT COUNT(*) FROM connected_accounts WHERE integration_id = ?1",
                     [&id],
@@ -472,7 +470,7 @@ impl Store for SqliteStore {
                     "integration {id} is used by {used} connected account(s); delete them first"
                 )));
             }
-            let n = tx
+            let n = conn
                 .execute("DELETE FROM integrations WHERE id = ?1", [&id])
                 .map_err(map_err)?;
             Ok(n > 0)
@@ -493,9 +491,7 @@ impl Store for SqliteStore {
             .transpose()?;
         let account = account.clone();
         self.write(move |conn, _| {
-            // Atomic: the writer runs each job in a savepoint of its own.
-            let tx: &Connection = conn;
-            let exists: bool = tx
+            let exists: bool = conn
                 .query_row("SELECT EXISTS (SELECT 1 FROM integrations WHERE id = ?1)", [&row.integration_id], |r| r.get(0))
                 .map_err(map_err)?;
             if !exists {
@@ -505,13 +501,13 @@ impl Store for SqliteStore {
                 Some((b, e)) => (Some(b), e),
                 None => (None, None),
             };
-            tx.execute(
+            conn.execute(
                 &format!("INSERT INTO connected_accounts ({ACCOUNT_COLUMNS}, credentials, credentials_expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
                 params![row.id, row.entity_id, row.integration_id, row.app, row.auth_scheme, row.status, row.status_reason, row.labels, row.params, row.redirect_url, row.expires_at, row.version, row.created_at, row.updated_at, blob, blob_expiry],
             )
             .map_err(map_err)?;
-            write_labels(tx, &account)?;
-            outbox::append(tx, &events)?;
+            write_labels(conn, &account)?;
+            outbox::append(conn, &events)?;
             Ok(())
         })
         .await
@@ -570,15 +566,13 @@ impl Store for SqliteStore {
         let events = EventRow::encode_all(events)?;
         let stored = next.clone();
         self.write(move |conn, _| {
-            // Atomic: the writer runs each job in a savepoint of its own.
-            let tx: &Connection = conn;
             let n = execute_cached(
-                tx,
+                conn,
                 "UPDATE connected_accounts SET entity_id = ?2, integration_id = ?3, app = ?4, auth_scheme = ?5, status = ?6, status_reason = ?7, labels = ?8, params = ?9, redirect_url = ?10, expires_at = ?11, version = ?12, created_at = ?13, updated_at = ?14 WHERE id = ?1 AND version = ?15",
                 params![row.id, row.entity_id, row.integration_id, row.app, row.auth_scheme, row.status, row.status_reason, row.labels, row.params, row.redirect_url, row.expires_at, row.version, row.created_at, row.updated_at, expected],
             )?;
             if n == 0 {
-                let current: Option<i64> = tx
+                let current: Option<i64> = conn
                     .query_row("SELECT version FROM connected_accounts WHERE id = ?1", [&row.id], |r| r.get(0))
                     .optional()
                     .map_err(map_err)?;
@@ -586,13 +580,13 @@ impl Store for SqliteStore {
             }
             if let Some((blob, expiry)) = creds {
                 execute_cached(
-                    tx,
+                    conn,
                     "UPDATE connected_accounts SET credentials = ?2, credentials_expires_at = ?3 WHERE id = ?1",
                     params![row.id, blob, expiry],
                 )?;
             }
-            write_labels(tx, &next)?;
-            outbox::append(tx, &events)?;
+            write_labels(conn, &next)?;
+            outbox::append(conn, &events)?;
             Ok(())
         })
         .await?;
@@ -607,13 +601,11 @@ impl Store for SqliteStore {
         let id = id.to_string();
         let events = EventRow::encode_all(events)?;
         self.write(move |conn, _| {
-            // Atomic: the writer runs each job in a savepoint of its own.
-            let tx: &Connection = conn;
-            let n = tx
+            let n = conn
                 .execute("DELETE FROM connected_accounts WHERE id = ?1", [&id])
                 .map_err(map_err)?;
             if n > 0 {
-                outbox::append(tx, &events)?;
+                outbox::append(conn, &events)?;
             }
             Ok(n > 0)
         })
@@ -720,9 +712,7 @@ impl Store for SqliteStore {
             return Ok(());
         }
         self.write(move |conn, _| {
-            // Atomic: the writer runs each job in a savepoint of its own.
-            let tx: &Connection = conn;
-            outbox::append(tx, &events)?;
+            outbox::append(conn, &events)?;
             Ok(())
         })
         .await
@@ -786,10 +776,8 @@ impl Store for SqliteStore {
             .map(|l| (micros(l.at), l.account.clone(), l.line.clone()))
             .collect();
         self.write(move |conn, _| {
-            // Atomic: the writer runs each job in a savepoint of its own.
-            let tx: &Connection = conn;
             {
-                let mut st = tx
+                let mut st = conn
                     .prepare_cached(
                         "INSERT INTO audit_log (at, account_id, line) VALUES (?1, ?2, ?3)",
                     )

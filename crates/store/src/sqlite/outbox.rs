@@ -16,11 +16,11 @@ use crate::outbox::{
 use crate::rows::micros;
 
 /// Appends events in the writer's transaction.
-pub(super) fn append(tx: &Connection, events: &[EventRow]) -> Result<(), StoreError> {
+pub(super) fn append(conn: &Connection, events: &[EventRow]) -> Result<(), StoreError> {
     if events.is_empty() {
         return Ok(());
     }
-    let mut st = tx
+    let mut st = conn
         .prepare_cached(
             "INSERT INTO events (id, account_id, kind, at, recorded_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )
@@ -64,14 +64,14 @@ fn one_delivery(conn: &Connection, id: i64) -> Result<Option<Delivery>, StoreErr
 }
 
 /// The newest sequence number, 0 when there is none.
-fn newest(tx: &Connection) -> Result<i64, StoreError> {
-    tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))
+fn newest(conn: &Connection) -> Result<i64, StoreError> {
+    conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))
         .map_err(map_err)
 }
 
 /// Makes the deliveries of `target` for the events after its cursor.
-fn fan_out(tx: &Connection, target: &WebhookTarget, now: i64) -> Result<(), StoreError> {
-    let cursor: Option<i64> = tx
+fn fan_out(conn: &Connection, target: &WebhookTarget, now: i64) -> Result<(), StoreError> {
+    let cursor: Option<i64> = conn
         .query_row(
             "SELECT seq FROM webhook_cursors WHERE webhook = ?1",
             [&target.key],
@@ -79,9 +79,9 @@ fn fan_out(tx: &Connection, target: &WebhookTarget, now: i64) -> Result<(), Stor
         )
         .optional()
         .map_err(map_err)?;
-    let newest = newest(tx)?;
+    let newest = newest(conn)?;
     let Some(cursor) = cursor else {
-        tx.execute(
+        conn.execute(
             "INSERT INTO webhook_cursors (webhook, seq) VALUES (?1, ?2)",
             params![target.key, newest],
         )
@@ -99,7 +99,7 @@ fn fan_out(tx: &Connection, target: &WebhookTarget, now: i64) -> Result<(), Stor
         let list: Vec<String> = kinds.iter().map(|k| format!("'{k}'")).collect();
         format!(" AND kind IN ({})", list.join(", "))
     };
-    tx.execute(
+    conn.execute(
         &format!(
             "INSERT INTO webhook_deliveries (webhook, event_seq, state, attempts, next_at, claimed_until, created_at, updated_at) \
              SELECT ?1, seq, 'pending', 0, ?4, 0, ?4, ?4 FROM events WHERE seq > ?2 AND seq <= ?3{filter} \
@@ -108,7 +108,7 @@ fn fan_out(tx: &Connection, target: &WebhookTarget, now: i64) -> Result<(), Stor
         params![target.key, cursor, newest, now],
     )
     .map_err(map_err)?;
-    tx.execute(
+    conn.execute(
         "UPDATE webhook_cursors SET seq = ?2 WHERE webhook = ?1",
         params![target.key, newest],
     )
@@ -133,10 +133,8 @@ impl SqliteStore {
         let now = micros(now);
         let rows = self
             .write(move |conn, _| {
-                // Atomic: the writer runs each job in a savepoint of its own.
-                let tx: &Connection = conn;
                 for t in &targets {
-                    fan_out(tx, t, now)?;
+                    fan_out(conn, t, now)?;
                 }
                 let keys: Vec<rusqlite::types::Value> = targets
                     .iter()
@@ -150,7 +148,7 @@ impl SqliteStore {
                     i64::try_from(limit).unwrap_or(i64::MAX).into(),
                 ];
                 args.extend(keys);
-                tx.execute(
+                conn.execute(
                     &format!(
                         "UPDATE webhook_deliveries SET claim = ?1, claimed_until = ?2, attempts = attempts + 1, updated_at = ?3 \
                          WHERE id IN (SELECT id FROM webhook_deliveries WHERE state = 'pending' AND next_at <= ?3 AND claimed_until <= ?3 \
@@ -162,7 +160,7 @@ impl SqliteStore {
                 .map_err(map_err)?;
                 // The token is this call's own: what it names is what was claimed.
                 let out = {
-                    let mut st = tx
+                    let mut st = conn
                         .prepare(&format!(
                             "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries d JOIN events e ON e.seq = d.event_seq WHERE d.claim = ?1 ORDER BY d.id"
                         ))
@@ -261,9 +259,7 @@ impl SqliteStore {
     pub(super) async fn purge(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         let before = micros(before);
         self.write(move |conn, _| {
-            // Atomic: the writer runs each job in a savepoint of its own.
-            let tx: &Connection = conn;
-            let n = tx
+            let n = conn
                 .execute(
                     "DELETE FROM events WHERE at < ?1 AND NOT EXISTS \
                      (SELECT 1 FROM webhook_deliveries d WHERE d.event_seq = events.seq AND d.state = 'pending')",

@@ -45,11 +45,9 @@ impl SqliteStore {
                 );
                 let (done, raced) = self
                     .write(move |conn, _| {
-                        // Atomic: the writer runs each job in a savepoint of its own.
-                        let tx: &rusqlite::Connection = conn;
                         let (mut done, mut raced) = (0, 0);
                         for (key, old, new) in &changes {
-                            match tx
+                            match conn
                                 .execute(&update, params![new, key, old])
                                 .map_err(map_err)?
                             {

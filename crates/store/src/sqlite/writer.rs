@@ -30,7 +30,7 @@ use super::map_err;
 
 /// The most jobs committed together: a long group delays the first job's answer by
 /// the others' work.
-pub(super) const MAX_GROUP: usize = 64;
+const MAX_GROUP: usize = 64;
 
 /// How a job's caller is told the outcome once its group is committed (`Ok`) or
 /// could not be (the error).
