@@ -702,6 +702,15 @@ fn machine(root: &Path) -> (String, String) {
     (when, machine)
 }
 
+/// What BENCHMARKS.json recorded under `key` (verdicts, dates or figures by
+/// section or figure), to keep what this run does not replace.
+fn kept(old: &Value, key: &str) -> BTreeMap<String, Value> {
+    old[key]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default()
+}
+
 /// Replaces the block `name` of `doc` (or appends it).
 fn replace_block(doc: &str, name: &str, content: &str) -> String {
     let (open, close) = (
@@ -842,10 +851,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<(), String> {
         }
     }
     // Sections not run this time keep their recorded verdicts and figures.
-    let mut all_verdicts: BTreeMap<String, Value> = old["verdicts"]
-        .as_object()
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-        .unwrap_or_default();
+    let mut all_verdicts: BTreeMap<String, Value> = kept(&old, "verdicts");
     for section in &sections {
         all_verdicts.remove(section);
     }
@@ -878,10 +884,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<(), String> {
         }
     }
     let (when, machine) = machine(root);
-    let mut measured: BTreeMap<String, Value> = old["measured"]
-        .as_object()
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-        .unwrap_or_default();
+    let mut measured: BTreeMap<String, Value> = kept(&old, "measured");
     for section in verdicts.keys() {
         let note = if settings.quick { " (`--quick`)" } else { "" };
         measured.insert((*section).to_owned(), json!(format!("{when}{note}")));
@@ -907,10 +910,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<(), String> {
     doc = replace_block(&doc, "targets", &targets);
     std::fs::write(&md_path, doc).map_err(|e| format!("{}: {e}", md_path.display()))?;
     // Figures of sections not run are kept, so the next comparison has them.
-    let mut recorded: BTreeMap<String, Value> = old["figures"]
-        .as_object()
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-        .unwrap_or_default();
+    let mut recorded: BTreeMap<String, Value> = kept(&old, "figures");
     for (k, f) in &figures {
         recorded.insert(
             k.clone(),
