@@ -1,5 +1,6 @@
-//! The credentials cache of one instance forgets what another instance changed:
-//! with PostgreSQL through LISTEN/NOTIFY, with SQLite through `data_version`.
+//! The credentials cache of one instance, and its copies of accounts, forget what
+//! another instance changed: with PostgreSQL through LISTEN/NOTIFY, with SQLite
+//! through `data_version`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -7,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyhaven::{
-    ConnectionRequest, ErrorKind, KeyRing, Keyhaven, MasterKey, PostgresStore, SqliteStore, Store,
+    ConnectedAccounts, ConnectionRequest, ConnectionStatus, ErrorKind, KeyRing, Keyhaven,
+    MasterKey, PostgresStore, SqliteStore, Store,
 };
 
 async fn two_instances(a: Arc<dyn Store>, b: Arc<dyn Store>) {
@@ -28,8 +30,23 @@ async fn two_instances(a: Arc<dyn Store>, b: Arc<dyn Store>) {
         kh_a.credentials(&id).await.unwrap().get_str("api_key"),
         Some("sk-cache")
     );
+    // And its copy of the account (the server's account reads).
+    let accounts_a = kh_a.connected_accounts();
+    assert_eq!(
+        accounts_a.get_cached(&id).await.unwrap().status,
+        ConnectionStatus::Active
+    );
     // Instance B disables the account: A must stop serving them, soon.
     kh_b.connected_accounts().disable(&id).await.unwrap();
+    let disabled = std::time::Instant::now();
+    while accounts_a.get_cached(&id).await.unwrap().status != ConnectionStatus::Inactive {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        disabled.elapsed() < ConnectedAccounts::CACHED_FOR,
+        "A's copy of the account changed only when it aged ({:?}), not when B's change was reported",
+        disabled.elapsed()
+    );
     let mut refused = false;
     for _ in 0..100 {
         if let Err(e) = kh_a.credentials(&id).await {

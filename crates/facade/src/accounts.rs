@@ -62,6 +62,31 @@ impl<'a> ConnectedAccounts<'a> {
             .ok_or_else(|| not_found(id))
     }
 
+    /// One account, from this process's copy when it has one (the server's
+    /// reads: an SDK polling an account's status reads it many times a second).
+    /// The copy is forgotten when this process changes the account, when the store
+    /// reports that another process or instance did (SQLite: within 0.2 s;
+    /// PostgreSQL: at its notification), and is kept at most
+    /// [`ConnectedAccounts::CACHED_FOR`] in any case, for stores that report no
+    /// changes. Read with [`ConnectedAccounts::get`] where the stored value must be
+    /// read now.
+    ///
+    /// # Errors
+    /// A malformed id, or none with that id.
+    pub async fn get_cached(&self, id: &str) -> Result<ConnectedAccount, Error> {
+        let cache = &self.kh.inner.cache;
+        if let Some(hit) = cache.account(id, Self::CACHED_FOR) {
+            return Ok(hit);
+        }
+        let generation = cache.generation();
+        let account = self.get(id).await?;
+        cache.put_account(account.clone(), generation);
+        Ok(account)
+    }
+
+    /// How long [`ConnectedAccounts::get_cached`] keeps an account at most.
+    pub const CACHED_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+
     /// One page of the accounts matching `filter` (entities, apps, integrations,
     /// statuses: any of; labels: all of), oldest first (or newest, as `filter` says):
     /// `filter.limit` accounts, 100
@@ -135,9 +160,7 @@ impl<'a> ConnectedAccounts<'a> {
             self.kh
                 .event(EventKind::Deleted, &account, Some("deleted".into()))?,
         ];
-        let deleted = self.kh.store().delete_account(&parsed, &events).await;
-        self.kh.inner.cache.forget(&parsed);
-        if !deleted? {
+        if !self.kh.store().delete_account(&parsed, &events).await? {
             return Err(not_found(id));
         }
         tracing::info!(account = %account.id, "connected account deleted");
@@ -263,7 +286,6 @@ impl<'a> ConnectedAccounts<'a> {
                 .await
             {
                 Ok(stored) => {
-                    self.kh.inner.cache.forget(&stored.id);
                     tracing::info!(account = %stored.id, from = %account.status, to = %stored.status, "status changed");
                     self.kh.announce(events);
                     return Ok(stored);
@@ -473,7 +495,6 @@ impl Keyhaven {
                 Ok(None) => Ok(credentials),
                 Ok(Some(fresh)) => {
                     self.store_refreshed(account, &fresh).await?;
-                    self.inner.cache.forget(id);
                     refresher.succeeded(id);
                     tracing::info!(account = %id, expires_at = ?fresh.expires_at(), "credentials refreshed");
                     Ok(fresh)

@@ -1,13 +1,18 @@
 //! The credentials cache: decrypted credentials of ACTIVE accounts, kept in this
 //! process (bounded, still secret types) so that fresh credentials are served
-//! without touching the database. Dropped when this process changes the account,
-//! and when the store reports that another process or instance did.
+//! without touching the database; beside them, the accounts themselves (no
+//! credentials), integrations and request targets as read for the server's views.
+//! Dropped when this process changes the account (every write through the
+//! facade's store: see [`crate::metered`]), and when the store reports that another
+//! process or instance did.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
-use keyhaven_core::{ConnectedAccountId, Credentials, Integration, IntegrationId, StoreChange};
+use keyhaven_core::{
+    ConnectedAccount, ConnectedAccountId, Credentials, Integration, IntegrationId, StoreChange,
+};
 
 /// One cached account.
 #[derive(Clone)]
@@ -114,6 +119,10 @@ pub(crate) struct CredentialCache {
     /// Integrations as read, with when (see [`crate::Integrations::get_cached`]).
     integrations:
         Option<quick_cache::sync::Cache<IntegrationId, Arc<(std::time::Instant, Integration)>>>,
+    /// Accounts as read, with when (see [`crate::ConnectedAccounts::get_cached`]).
+    accounts: Option<
+        quick_cache::sync::Cache<ConnectedAccountId, Arc<(std::time::Instant, ConnectedAccount)>>,
+    >,
     /// Bumped by every invalidation, so that a read that started before one does
     /// not put what it read into the cache afterwards.
     generation: AtomicU64,
@@ -127,6 +136,7 @@ impl CredentialCache {
             entries: (capacity > 0).then(|| quick_cache::sync::Cache::new(capacity)),
             targets: (capacity > 0).then(|| quick_cache::sync::Cache::new(capacity)),
             integrations: (capacity > 0).then(|| quick_cache::sync::Cache::new(1024)),
+            accounts: (capacity > 0).then(|| quick_cache::sync::Cache::new(capacity)),
             generation: AtomicU64::new(0),
         })
     }
@@ -191,6 +201,19 @@ impl CredentialCache {
         self.insert_since(self.integrations.as_ref(), id, value, generation);
     }
 
+    /// The cached account `id`, if read less than `ttl` ago.
+    pub(crate) fn account(&self, id: &str, ttl: std::time::Duration) -> Option<ConnectedAccount> {
+        let hit = self.accounts.as_ref()?.get(id)?;
+        (hit.0.elapsed() < ttl).then(|| hit.1.clone())
+    }
+
+    /// Caches an account read since `generation`, as [`CredentialCache::put`].
+    pub(crate) fn put_account(&self, account: ConnectedAccount, generation: u64) {
+        let id = account.id.clone();
+        let value = Arc::new((std::time::Instant::now(), account));
+        self.insert_since(self.accounts.as_ref(), id, value, generation);
+    }
+
     /// Inserts `key` into `map` (when caching is on) unless an invalidation came
     /// after `generation`, checked again after the insert: one may slip in between.
     fn insert_since<K, V>(
@@ -220,6 +243,9 @@ impl CredentialCache {
         }
         if let Some(targets) = &self.targets {
             targets.remove(id.as_str());
+        }
+        if let Some(accounts) = &self.accounts {
+            accounts.remove(id.as_str());
         }
     }
 
@@ -251,6 +277,9 @@ impl CredentialCache {
                 }
                 if let Some(integrations) = &self.integrations {
                     integrations.clear();
+                }
+                if let Some(accounts) = &self.accounts {
+                    accounts.clear();
                 }
             }
         }

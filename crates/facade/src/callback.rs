@@ -255,7 +255,6 @@ impl Keyhaven {
                 .await
             {
                 Ok(stored) => {
-                    self.inner.cache.forget(&stored.id);
                     self.announce(events);
                     return Ok(stored);
                 }

@@ -461,11 +461,11 @@ impl<'a> Integrations<'a> {
     }
 
     async fn save(&self, integration: Integration) -> Result<Integration, Error> {
+        // The store forgets the cached copies: requests of its accounts go by the
+        // new settings from now on.
         if !self.kh.store().update_integration(&integration).await? {
             return Err(not_found(integration.id.as_str()));
         }
-        // Requests of its accounts go by the new settings from now on.
-        self.kh.inner.cache.forget_integrations();
         tracing::info!(integration = %integration.id, app = %integration.app, disabled = integration.disabled, "integration changed");
         Ok(integration)
     }
@@ -477,10 +477,7 @@ impl<'a> Integrations<'a> {
     pub async fn delete(&self, id: &str) -> Result<(), Error> {
         let parsed = IntegrationId::parse(id)?;
         match self.kh.store().delete_integration(&parsed).await {
-            Ok(true) => {
-                self.kh.inner.cache.forget_integrations();
-                Ok(())
-            }
+            Ok(true) => Ok(()),
             Ok(false) => Err(not_found(id)),
             Err(keyhaven_core::StoreError::Conflict(why)) => Err(Error::Conflict(why)),
             Err(e) => Err(e.into()),

@@ -221,10 +221,13 @@ impl Keyhaven {
         mut settings: Settings,
         catalog: Arc<Catalog>,
     ) -> Self {
-        let store: Arc<dyn Store> = Arc::new(metered::Metered(store));
+        let cache = cache::CredentialCache::new(settings.cache_capacity);
+        let store: Arc<dyn Store> = Arc::new(metered::Metered {
+            store,
+            cache: cache.clone(),
+        });
         let fast_clock = clock.is_none().then(cache::FastClock::new);
         let clock = clock.unwrap_or_else(|| Arc::new(SystemClock));
-        let cache = cache::CredentialCache::new(settings.cache_capacity);
         let feed = cache.clone();
         let events = events::EventBus::new();
         let bus = events.clone();

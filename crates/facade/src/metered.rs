@@ -4,6 +4,11 @@
 //! `keyhaven_store_errors_total{operation}` through the `metrics` facade. Without a
 //! recorder installed (a library user who exports no metrics) each record is a
 //! check of one atomic; the keyhaven server installs a Prometheus recorder.
+//!
+//! Every write through it also forgets what this process cached of what it wrote
+//! (an account's credentials, its copy and request target; integrations), once the
+//! write is done, whether or not it succeeded: so does every write of the facade,
+//! and a library user's own writes through [`Keyhaven::store`](crate::Keyhaven::store).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,8 +60,12 @@ pub(crate) fn provider_call(app: &str, call: &'static str, ok: bool) {
     .increment(1);
 }
 
-/// A store whose every call is timed (see the module).
-pub(crate) struct Metered(pub(crate) Arc<dyn Store>);
+/// A store whose every call is timed, and whose writes forget what `cache` holds
+/// of what they changed (see the module).
+pub(crate) struct Metered {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) cache: Arc<crate::cache::CredentialCache>,
+}
 
 /// Records one call of `operation` that took from `started` and ended in `result`.
 fn record<T>(operation: &'static str, started: Instant, result: &Result<T, StoreError>) {
@@ -80,7 +89,10 @@ macro_rules! timed {
 #[async_trait]
 impl Store for Metered {
     async fn insert_integration(&self, integration: &Integration) -> Result<(), StoreError> {
-        timed!("insert_integration", self.0.insert_integration(integration))
+        timed!(
+            "insert_integration",
+            self.store.insert_integration(integration)
+        )
     }
 
     async fn find_or_insert_integration(
@@ -89,27 +101,34 @@ impl Store for Metered {
     ) -> Result<Integration, StoreError> {
         timed!(
             "find_or_insert_integration",
-            self.0.find_or_insert_integration(candidate)
+            self.store.find_or_insert_integration(candidate)
         )
     }
 
     async fn get_integration(&self, id: &IntegrationId) -> Result<Option<Integration>, StoreError> {
-        timed!("get_integration", self.0.get_integration(id))
+        timed!("get_integration", self.store.get_integration(id))
     }
 
     async fn list_integrations(
         &self,
         app: Option<&AppSlug>,
     ) -> Result<Vec<Integration>, StoreError> {
-        timed!("list_integrations", self.0.list_integrations(app))
+        timed!("list_integrations", self.store.list_integrations(app))
     }
 
     async fn update_integration(&self, integration: &Integration) -> Result<bool, StoreError> {
-        timed!("update_integration", self.0.update_integration(integration))
+        let result = timed!(
+            "update_integration",
+            self.store.update_integration(integration)
+        );
+        self.cache.forget_integrations();
+        result
     }
 
     async fn delete_integration(&self, id: &IntegrationId) -> Result<bool, StoreError> {
-        timed!("delete_integration", self.0.delete_integration(id))
+        let result = timed!("delete_integration", self.store.delete_integration(id));
+        self.cache.forget_integrations();
+        result
     }
 
     async fn insert_account(
@@ -120,7 +139,7 @@ impl Store for Metered {
     ) -> Result<(), StoreError> {
         timed!(
             "insert_account",
-            self.0.insert_account(account, credentials, events)
+            self.store.insert_account(account, credentials, events)
         )
     }
 
@@ -128,7 +147,7 @@ impl Store for Metered {
         &self,
         id: &ConnectedAccountId,
     ) -> Result<Option<ConnectedAccount>, StoreError> {
-        timed!("get_account", self.0.get_account(id))
+        timed!("get_account", self.store.get_account(id))
     }
 
     async fn get_account_and_credentials(
@@ -137,7 +156,7 @@ impl Store for Metered {
     ) -> Result<Option<(ConnectedAccount, Option<Credentials>)>, StoreError> {
         timed!(
             "get_account_and_credentials",
-            self.0.get_account_and_credentials(id)
+            self.store.get_account_and_credentials(id)
         )
     }
 
@@ -147,10 +166,12 @@ impl Store for Metered {
         credentials: CredentialsUpdate<'_>,
         events: &[AccountEvent],
     ) -> Result<ConnectedAccount, StoreError> {
-        timed!(
+        let result = timed!(
             "update_account",
-            self.0.update_account(account, credentials, events)
-        )
+            self.store.update_account(account, credentials, events)
+        );
+        self.cache.forget(&account.id);
+        result
     }
 
     async fn delete_account(
@@ -158,25 +179,27 @@ impl Store for Metered {
         id: &ConnectedAccountId,
         events: &[AccountEvent],
     ) -> Result<bool, StoreError> {
-        timed!("delete_account", self.0.delete_account(id, events))
+        let result = timed!("delete_account", self.store.delete_account(id, events));
+        self.cache.forget(id);
+        result
     }
 
     async fn put_pending_state(&self, pending: &PendingState) -> Result<(), StoreError> {
-        timed!("put_pending_state", self.0.put_pending_state(pending))
+        timed!("put_pending_state", self.store.put_pending_state(pending))
     }
 
     async fn get_pending_state(&self, state: &str) -> Result<Option<PendingState>, StoreError> {
-        timed!("get_pending_state", self.0.get_pending_state(state))
+        timed!("get_pending_state", self.store.get_pending_state(state))
     }
 
     async fn take_pending_state(&self, state: &str) -> Result<Option<PendingState>, StoreError> {
-        timed!("take_pending_state", self.0.take_pending_state(state))
+        timed!("take_pending_state", self.store.take_pending_state(state))
     }
 
     async fn purge_expired_pending_states(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         timed!(
             "purge_expired_pending_states",
-            self.0.purge_expired_pending_states(now)
+            self.store.purge_expired_pending_states(now)
         )
     }
 
@@ -184,19 +207,19 @@ impl Store for Metered {
         &self,
         id: &ConnectedAccountId,
     ) -> Result<Box<dyn AccountLock>, StoreError> {
-        timed!("lock_account", self.0.lock_account(id))
+        timed!("lock_account", self.store.lock_account(id))
     }
 
     fn subscribe(&self, sink: ChangeSink) {
-        self.0.subscribe(sink);
+        self.store.subscribe(sink);
     }
 
     async fn check_ready(&self) -> Result<(), StoreError> {
-        timed!("check_ready", self.0.check_ready())
+        timed!("check_ready", self.store.check_ready())
     }
 
     async fn append_events(&self, events: &[AccountEvent]) -> Result<(), StoreError> {
-        timed!("append_events", self.0.append_events(events))
+        timed!("append_events", self.store.append_events(events))
     }
 
     async fn events_after(
@@ -204,11 +227,11 @@ impl Store for Metered {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Option<Vec<AccountEvent>>, StoreError> {
-        timed!("events_after", self.0.events_after(after, limit))
+        timed!("events_after", self.store.events_after(after, limit))
     }
 
     async fn purge_events(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        timed!("purge_events", self.0.purge_events(before))
+        timed!("purge_events", self.store.purge_events(before))
     }
 
     async fn claim_deliveries(
@@ -220,7 +243,7 @@ impl Store for Metered {
     ) -> Result<Vec<Delivery>, StoreError> {
         timed!(
             "claim_deliveries",
-            self.0.claim_deliveries(targets, now, lease, limit)
+            self.store.claim_deliveries(targets, now, lease, limit)
         )
     }
 
@@ -233,35 +256,35 @@ impl Store for Metered {
     ) -> Result<bool, StoreError> {
         timed!(
             "finish_delivery",
-            self.0.finish_delivery(id, claim, outcome, now)
+            self.store.finish_delivery(id, claim, outcome, now)
         )
     }
 
     async fn list_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<Delivery>, StoreError> {
-        timed!("list_deliveries", self.0.list_deliveries(filter))
+        timed!("list_deliveries", self.store.list_deliveries(filter))
     }
 
     async fn count_deliveries(&self, state: DeliveryState) -> Result<u64, StoreError> {
-        timed!("count_deliveries", self.0.count_deliveries(state))
+        timed!("count_deliveries", self.store.count_deliveries(state))
     }
 
     async fn redeliver(&self, id: i64, now: DateTime<Utc>) -> Result<Option<Delivery>, StoreError> {
-        timed!("redeliver", self.0.redeliver(id, now))
+        timed!("redeliver", self.store.redeliver(id, now))
     }
 
     async fn list_accounts(
         &self,
         filter: &AccountFilter,
     ) -> Result<Page<ConnectedAccount>, StoreError> {
-        timed!("list_accounts", self.0.list_accounts(filter))
+        timed!("list_accounts", self.store.list_accounts(filter))
     }
 
     async fn count_accounts(&self, filter: &AccountFilter) -> Result<u64, StoreError> {
-        timed!("count_accounts", self.0.count_accounts(filter))
+        timed!("count_accounts", self.store.count_accounts(filter))
     }
 
     async fn append_audit(&self, lines: &[AuditLine]) -> Result<(), StoreError> {
-        timed!("append_audit", self.0.append_audit(lines))
+        timed!("append_audit", self.store.append_audit(lines))
     }
 
     async fn audit_lines(
@@ -273,7 +296,7 @@ impl Store for Metered {
     ) -> Result<Vec<String>, StoreError> {
         timed!(
             "audit_lines",
-            self.0.audit_lines(account, since, until, limit)
+            self.store.audit_lines(account, since, until, limit)
         )
     }
 }

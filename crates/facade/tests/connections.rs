@@ -1202,3 +1202,71 @@ async fn cached_integrations_see_their_own_changes_at_once() {
         ErrorKind::InvalidInput
     );
 }
+
+/// `get_cached` serves a copy of the account: every change made through the same
+/// `Keyhaven` shows at once (status changes, a refresh, a write through its store,
+/// a delete); another process's change shows through `get` at once and through the
+/// copy when the store reports it (here: a memory store, which reports nothing, so
+/// when the copy is `CACHED_FOR` old).
+#[tokio::test]
+async fn cached_accounts_see_their_own_changes_at_once() {
+    let store: std::sync::Arc<dyn keyhaven::Store> = std::sync::Arc::new(MemoryStore::new());
+    let make = || {
+        Keyhaven::builder()
+            .shared_store(store.clone())
+            .build()
+            .unwrap()
+    };
+    let (here, elsewhere) = (make(), make());
+    let id = here
+        .initiate_connection(openai(SECRET))
+        .await
+        .unwrap()
+        .connected_account_id
+        .to_string();
+    let accounts = here.connected_accounts();
+    let status = |a: ConnectedAccount| a.status;
+    assert_eq!(
+        status(accounts.get_cached(&id).await.unwrap()),
+        ConnectionStatus::Active
+    );
+    accounts.disable(&id).await.unwrap();
+    assert_eq!(
+        status(accounts.get_cached(&id).await.unwrap()),
+        ConnectionStatus::Inactive,
+        "a status change made here shows at once"
+    );
+    // A write through the store a library user holds forgets the copy too.
+    let mut changed = accounts.get(&id).await.unwrap();
+    changed.labels = vec![Label::new("written-directly").unwrap()];
+    here.store()
+        .update_account(&changed, keyhaven::CredentialsUpdate::Keep, &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        accounts.get_cached(&id).await.unwrap().labels,
+        changed.labels,
+        "a write through Keyhaven::store shows at once"
+    );
+    elsewhere.connected_accounts().enable(&id).await.unwrap();
+    assert_eq!(
+        status(accounts.get(&id).await.unwrap()),
+        ConnectionStatus::Active
+    );
+    assert_eq!(
+        status(accounts.get_cached(&id).await.unwrap()),
+        ConnectionStatus::Inactive,
+        "another process's change, unreported, waits for the copy to age"
+    );
+    assert!(keyhaven::ConnectedAccounts::CACHED_FOR <= std::time::Duration::from_secs(2));
+    accounts.delete(&id).await.unwrap();
+    assert_eq!(
+        accounts.get_cached(&id).await.unwrap_err().kind(),
+        ErrorKind::NotFound,
+        "a delete made here shows at once"
+    );
+    assert_eq!(
+        accounts.get_cached("ca_nope").await.unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+}

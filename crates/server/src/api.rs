@@ -373,7 +373,7 @@ pub(crate) async fn account(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<v1::AccountView>> {
-    let a = s.kh.connected_accounts().get(&id).await?;
+    let a = s.kh.connected_accounts().get_cached(&id).await?;
     Ok(Json(account_view(&s.kh, &a).await))
 }
 
@@ -545,7 +545,8 @@ pub(crate) async fn credentials(
     caller: Caller,
 ) -> Result<Response> {
     let result = s.kh.credentials(&id).await;
-    let account = s.kh.connected_accounts().get(&id).await.ok();
+    // Only its entity and app, for the audit line: they never change.
+    let account = s.kh.connected_accounts().get_cached(&id).await.ok();
     let outcome = match &result {
         Ok(_) => "granted".to_owned(),
         Err(e) => e.kind().to_string(),

@@ -517,7 +517,7 @@ pub(crate) async fn accounts(
     filter.check()?;
     let mut found = Vec::new();
     for id in &ids {
-        match s.kh.connected_accounts().get(id.as_str()).await {
+        match s.kh.connected_accounts().get_cached(id.as_str()).await {
             Ok(a)
                 if filter.matches(&a) && !found.iter().any(|f: &ConnectedAccount| f.id == a.id) =>
             {
@@ -550,10 +550,10 @@ pub(crate) async fn account(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<v3::Account>> {
-    let a = s.kh.connected_accounts().get(&id).await?;
+    let a = s.kh.connected_accounts().get_cached(&id).await?;
     let integration =
         s.kh.integrations()
-            .get(a.integration_id.as_str())
+            .get_cached(a.integration_id.as_str())
             .await
             .ok();
     Ok(Json(v3::Account::new(&a, integration.as_ref())))
