@@ -33,6 +33,10 @@ use keyhaven_server::{AdminKey, AppState, ServerConfig};
 use keyhaven_tests::load::{Once, Settings, measure, on_own_runtime, only, report};
 use keyhaven_tests::upstream::{FIXED_ANSWER, Upstream};
 
+/// The allocator of the `keyhaven` binary, for every way measured here.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const KEY: &str = "kh-bench-admin";
 const CONCURRENCY: usize = 32;
 

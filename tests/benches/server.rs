@@ -27,6 +27,10 @@ use keyhaven_tests::load::{
     Once, Settings, bare_handler, get, measure, on_own_runtime, only, report,
 };
 
+/// The allocator of the `keyhaven` binary, for every way measured here.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const KEY: &str = "kh-bench-admin";
 const CREDS: &str = "khc-bench-credentials";
 

@@ -34,6 +34,11 @@ use keyhaven_tests::load::{
     Once, Settings, bare_handler, get, measure, only, rows_json, write_results,
 };
 
+/// The allocator `keyhaven serve` uses, for the bare handler too: the comparison
+/// is of the work done, not of the allocators.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const KEY: &str = "kh-bench-admin";
 const CREDS: &str = "khc-bench-credentials";
 const MILLION: i64 = 1_000_000;

@@ -20,6 +20,12 @@ use clap::{CommandFactory, Parser, Subcommand};
 use crate::backend::Backend;
 use crate::local::StoreArgs;
 
+/// mimalloc, not the system allocator: a server request allocates a few dozen
+/// small buffers (headers, the JSON, the log line), and glibc's malloc and free
+/// took about a tenth of the server's CPU (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const EXIT_CODES: &str = "Exit codes:
   0  done (connect: the account is ACTIVE)
   1  an error not listed below
