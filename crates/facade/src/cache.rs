@@ -109,6 +109,19 @@ impl ReadCounts {
     }
 }
 
+/// Copies of what was read from the store, each with when it was read.
+type Copies<K, V> = quick_cache::sync::Cache<K, Arc<(std::time::Instant, V)>>;
+
+/// The copy of `id` in `map`, if read less than `ttl` ago.
+fn copy_of<K, V>(map: Option<&Copies<K, V>>, id: &str, ttl: std::time::Duration) -> Option<V>
+where
+    K: Eq + std::hash::Hash + std::borrow::Borrow<str>,
+    V: Clone,
+{
+    let hit = map?.get(id)?;
+    (hit.0.elapsed() < ttl).then(|| hit.1.clone())
+}
+
 /// The cache, shared with the store's change feed.
 pub(crate) struct CredentialCache {
     /// Reads served from the cache and not.
@@ -117,12 +130,9 @@ pub(crate) struct CredentialCache {
     /// Where each account's requests go, with what (see [`crate::request`]).
     targets: Option<quick_cache::sync::Cache<ConnectedAccountId, Arc<crate::request::Target>>>,
     /// Integrations as read, with when (see [`crate::Integrations::get_cached`]).
-    integrations:
-        Option<quick_cache::sync::Cache<IntegrationId, Arc<(std::time::Instant, Integration)>>>,
+    integrations: Option<Copies<IntegrationId, Integration>>,
     /// Accounts as read, with when (see [`crate::ConnectedAccounts::get_cached`]).
-    accounts: Option<
-        quick_cache::sync::Cache<ConnectedAccountId, Arc<(std::time::Instant, ConnectedAccount)>>,
-    >,
+    accounts: Option<Copies<ConnectedAccountId, ConnectedAccount>>,
     /// Bumped by every invalidation, so that a read that started before one does
     /// not put what it read into the cache afterwards.
     generation: AtomicU64,
@@ -190,28 +200,33 @@ impl CredentialCache {
 
     /// The cached integration `id`, if read less than `ttl` ago.
     pub(crate) fn integration(&self, id: &str, ttl: std::time::Duration) -> Option<Integration> {
-        let hit = self.integrations.as_ref()?.get(id)?;
-        (hit.0.elapsed() < ttl).then(|| hit.1.clone())
+        copy_of(self.integrations.as_ref(), id, ttl)
     }
 
     /// Caches an integration read since `generation`, as [`CredentialCache::put`].
     pub(crate) fn put_integration(&self, integration: Integration, generation: u64) {
         let id = integration.id.clone();
-        let value = Arc::new((std::time::Instant::now(), integration));
-        self.insert_since(self.integrations.as_ref(), id, value, generation);
+        self.put_copy(self.integrations.as_ref(), id, integration, generation);
     }
 
     /// The cached account `id`, if read less than `ttl` ago.
     pub(crate) fn account(&self, id: &str, ttl: std::time::Duration) -> Option<ConnectedAccount> {
-        let hit = self.accounts.as_ref()?.get(id)?;
-        (hit.0.elapsed() < ttl).then(|| hit.1.clone())
+        copy_of(self.accounts.as_ref(), id, ttl)
     }
 
     /// Caches an account read since `generation`, as [`CredentialCache::put`].
     pub(crate) fn put_account(&self, account: ConnectedAccount, generation: u64) {
         let id = account.id.clone();
-        let value = Arc::new((std::time::Instant::now(), account));
-        self.insert_since(self.accounts.as_ref(), id, value, generation);
+        self.put_copy(self.accounts.as_ref(), id, account, generation);
+    }
+
+    /// Caches a copy read since `generation`, stamped now.
+    fn put_copy<K, V>(&self, map: Option<&Copies<K, V>>, key: K, value: V, generation: u64)
+    where
+        K: Eq + std::hash::Hash + Clone,
+    {
+        let value = Arc::new((std::time::Instant::now(), value));
+        self.insert_since(map, key, value, generation);
     }
 
     /// Inserts `key` into `map` (when caching is on) unless an invalidation came

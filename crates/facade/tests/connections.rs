@@ -1151,11 +1151,9 @@ async fn connection_links_are_single_use_and_expire() {
     assert_eq!(ids(&snapshot(&kh).await), before);
 }
 
-/// `get_cached` serves a copy: changes made through the same `Keyhaven` show at
-/// once, a change another process made shows only through `get` until the copy
-/// is `CACHED_FOR` old.
-#[tokio::test]
-async fn cached_integrations_see_their_own_changes_at_once() {
+/// Two instances on one memory store, which reports no changes: as two processes
+/// on a store without a change feed.
+fn sharing_a_store() -> (Keyhaven, Keyhaven) {
     let store: std::sync::Arc<dyn keyhaven::Store> = std::sync::Arc::new(MemoryStore::new());
     let make = || {
         Keyhaven::builder()
@@ -1163,7 +1161,15 @@ async fn cached_integrations_see_their_own_changes_at_once() {
             .build()
             .unwrap()
     };
-    let (here, elsewhere) = (make(), make());
+    (make(), make())
+}
+
+/// `get_cached` serves a copy: changes made through the same `Keyhaven` show at
+/// once, a change another process made shows only through `get` until the copy
+/// is `CACHED_FOR` old.
+#[tokio::test]
+async fn cached_integrations_see_their_own_changes_at_once() {
+    let (here, elsewhere) = sharing_a_store();
     let made = here
         .integrations()
         .create(NewIntegration::new("openai", "API_KEY").name("first"))
@@ -1210,14 +1216,7 @@ async fn cached_integrations_see_their_own_changes_at_once() {
 /// when the copy is `CACHED_FOR` old).
 #[tokio::test]
 async fn cached_accounts_see_their_own_changes_at_once() {
-    let store: std::sync::Arc<dyn keyhaven::Store> = std::sync::Arc::new(MemoryStore::new());
-    let make = || {
-        Keyhaven::builder()
-            .shared_store(store.clone())
-            .build()
-            .unwrap()
-    };
-    let (here, elsewhere) = (make(), make());
+    let (here, elsewhere) = sharing_a_store();
     let id = here
         .initiate_connection(openai(SECRET))
         .await
