@@ -189,7 +189,8 @@ fn start(rt: &tokio::runtime::Runtime, place: &Place, audit: &Path) -> (Child, S
         .env("KEYHAVEN_CREDENTIALS_KEY", CREDS)
         .env("KEYHAVEN_AUDIT_LOG", audit)
         .env("KEYHAVEN_MASTER_KEY", KEY_B64)
-        .env("RUST_LOG", "warn")
+        // The default log: `info`, one JSON line per request.
+        .env_remove("KEYHAVEN_LOG")
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     match place {
