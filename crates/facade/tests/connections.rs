@@ -1210,8 +1210,8 @@ async fn cached_integrations_see_their_own_changes_at_once() {
 }
 
 /// `get_cached` serves a copy of the account: every change made through the same
-/// `Keyhaven` shows at once (status changes, a refresh, a write through its store,
-/// a delete); another process's change shows through `get` at once and through the
+/// `Keyhaven` shows at once (a status change, a write through its store, a
+/// delete); another process's change shows through `get` at once and through the
 /// copy when the store reports it (here: a memory store, which reports nothing, so
 /// when the copy is `CACHED_FOR` old).
 #[tokio::test]
