@@ -75,13 +75,9 @@ impl<'a> ConnectedAccounts<'a> {
     /// A malformed id, or none with that id.
     pub async fn get_cached(&self, id: &str) -> Result<ConnectedAccount, Error> {
         let cache = &self.kh.inner.cache;
-        if let Some(hit) = cache.account(id, Self::CACHED_FOR) {
-            return Ok(hit);
-        }
-        let generation = cache.generation();
-        let account = self.get(id).await?;
-        cache.put_account(account.clone(), generation);
-        Ok(account)
+        cache
+            .account_or_read(id, Self::CACHED_FOR, self.get(id))
+            .await
     }
 
     /// How long [`ConnectedAccounts::get_cached`] keeps an account at most.

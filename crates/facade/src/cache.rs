@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use keyhaven_core::{
-    ConnectedAccount, ConnectedAccountId, Credentials, Integration, IntegrationId, StoreChange,
+    ConnectedAccount, ConnectedAccountId, Credentials, Error, Integration, IntegrationId,
+    StoreChange,
 };
 
 /// One cached account.
@@ -112,16 +113,6 @@ impl ReadCounts {
 /// Copies of what was read from the store, each with when it was read.
 type Copies<K, V> = quick_cache::sync::Cache<K, Arc<(std::time::Instant, V)>>;
 
-/// The copy of `id` in `map`, if read less than `ttl` ago.
-fn copy_of<K, V>(map: Option<&Copies<K, V>>, id: &str, ttl: std::time::Duration) -> Option<V>
-where
-    K: Eq + std::hash::Hash + std::borrow::Borrow<str>,
-    V: Clone,
-{
-    let hit = map?.get(id)?;
-    (hit.0.elapsed() < ttl).then(|| hit.1.clone())
-}
-
 /// The cache, shared with the store's change feed.
 pub(crate) struct CredentialCache {
     /// Reads served from the cache and not.
@@ -198,35 +189,59 @@ impl CredentialCache {
         self.insert_since(self.targets.as_ref(), id.clone(), target, generation);
     }
 
-    /// The cached integration `id`, if read less than `ttl` ago.
-    pub(crate) fn integration(&self, id: &str, ttl: std::time::Duration) -> Option<Integration> {
-        copy_of(self.integrations.as_ref(), id, ttl)
+    /// The integration `id`: the copy read less than `ttl` ago, else what `read`
+    /// gives (see [`CredentialCache::copy_or_read`]).
+    pub(crate) async fn integration_or_read(
+        &self,
+        id: &str,
+        ttl: std::time::Duration,
+        read: impl Future<Output = Result<Integration, Error>>,
+    ) -> Result<Integration, Error> {
+        let map = self.integrations.as_ref();
+        self.copy_or_read(map, id, ttl, |i| i.id.clone(), read)
+            .await
     }
 
-    /// Caches an integration read since `generation`, as [`CredentialCache::put`].
-    pub(crate) fn put_integration(&self, integration: Integration, generation: u64) {
-        let id = integration.id.clone();
-        self.put_copy(self.integrations.as_ref(), id, integration, generation);
+    /// The account `id`: the copy read less than `ttl` ago, else what `read` gives
+    /// (see [`CredentialCache::copy_or_read`]).
+    pub(crate) async fn account_or_read(
+        &self,
+        id: &str,
+        ttl: std::time::Duration,
+        read: impl Future<Output = Result<ConnectedAccount, Error>>,
+    ) -> Result<ConnectedAccount, Error> {
+        let map = self.accounts.as_ref();
+        self.copy_or_read(map, id, ttl, |a| a.id.clone(), read)
+            .await
     }
 
-    /// The cached account `id`, if read less than `ttl` ago.
-    pub(crate) fn account(&self, id: &str, ttl: std::time::Duration) -> Option<ConnectedAccount> {
-        copy_of(self.accounts.as_ref(), id, ttl)
-    }
-
-    /// Caches an account read since `generation`, as [`CredentialCache::put`].
-    pub(crate) fn put_account(&self, account: ConnectedAccount, generation: u64) {
-        let id = account.id.clone();
-        self.put_copy(self.accounts.as_ref(), id, account, generation);
-    }
-
-    /// Caches a copy read since `generation`, stamped now.
-    fn put_copy<K, V>(&self, map: Option<&Copies<K, V>>, key: K, value: V, generation: u64)
+    /// The copy of `id` in `map` when it was read less than `ttl` ago; else what
+    /// `read` gives, kept as the copy (stamped now, under `key_of` of it) unless
+    /// something was invalidated while it read. `read` must not have started: the
+    /// generation is taken before it is first polled.
+    async fn copy_or_read<K, V>(
+        &self,
+        map: Option<&Copies<K, V>>,
+        id: &str,
+        ttl: std::time::Duration,
+        key_of: impl FnOnce(&V) -> K,
+        read: impl Future<Output = Result<V, Error>>,
+    ) -> Result<V, Error>
     where
-        K: Eq + std::hash::Hash + Clone,
+        K: Eq + std::hash::Hash + Clone + std::borrow::Borrow<str>,
+        V: Clone,
     {
-        let value = Arc::new((std::time::Instant::now(), value));
-        self.insert_since(map, key, value, generation);
+        if let Some(hit) = map
+            .and_then(|m| m.get(id))
+            .filter(|hit| hit.0.elapsed() < ttl)
+        {
+            return Ok(hit.1.clone());
+        }
+        let generation = self.generation();
+        let value = read.await?;
+        let copy = Arc::new((std::time::Instant::now(), value.clone()));
+        self.insert_since(map, key_of(&value), copy, generation);
+        Ok(value)
     }
 
     /// Inserts `key` into `map` (when caching is on) unless an invalidation came

@@ -375,13 +375,9 @@ impl<'a> Integrations<'a> {
     /// A malformed id, or none with that id.
     pub async fn get_cached(&self, id: &str) -> Result<Integration, Error> {
         let cache = &self.kh.inner.cache;
-        if let Some(hit) = cache.integration(id, Self::CACHED_FOR) {
-            return Ok(hit);
-        }
-        let generation = cache.generation();
-        let integration = self.get(id).await?;
-        cache.put_integration(integration.clone(), generation);
-        Ok(integration)
+        cache
+            .integration_or_read(id, Self::CACHED_FOR, self.get(id))
+            .await
     }
 
     /// How long [`Integrations::get_cached`] keeps an integration: as long as a
