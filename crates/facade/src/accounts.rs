@@ -12,6 +12,7 @@ use keyhaven_core::{
 use crate::Keyhaven;
 use crate::cache::Cached;
 use crate::integrations::effective_integration;
+use crate::refresh::FlightState;
 
 /// Resolves at the next event of `id` (or when events were missed).
 async fn event_of(
@@ -376,27 +377,95 @@ impl Keyhaven {
         Box::pin(self.credentials_uncached(id)).await
     }
 
+    /// A cache miss. Concurrent misses of one account share one read (and the
+    /// refresh it may lead to): the first caller reads under the account's flight
+    /// lock, and those that queued behind it take what it got. When it got nothing
+    /// (an error, or it was cancelled before it ended) each of them reads on its own.
     async fn credentials_uncached(&self, id: &str) -> Result<Credentials, Error> {
-        let now = self.now();
         let parsed = ConnectedAccountId::parse(id)?;
-        let generation = self.inner.cache.generation();
-        let (_, credentials) = self.active(&parsed).await?;
-        let margin = self.inner.settings.refresh_margin;
-        if !credentials.expires_within(now, margin) {
-            let refresh_at = credentials.expires_at().map(|at| at - margin);
-            let refresh_deadline = match (&self.inner.fast_clock, refresh_at) {
-                (Some(clock), Some(at)) => Some(clock.deadline(at, now)),
-                _ => None,
-            };
-            let cached = Cached {
-                credentials: credentials.clone(),
-                refresh_at,
-                refresh_deadline,
-            };
-            self.inner.cache.put(&parsed, cached, generation);
-            return Ok(credentials);
+        let refresher = &self.inner.refresher;
+        let flight = refresher.lock_for(&parsed);
+        let shared = async {
+            let seen = flight.ended.load(Ordering::Acquire);
+            let mut last = flight.last.lock().await;
+            if flight.ended.load(Ordering::Acquire) == seen {
+                return Some(self.read_in_flight(&parsed, &flight, &mut last).await);
+            }
+            // Another caller read or refreshed while this one waited.
+            last.as_ref()
+                .filter(|fresh| {
+                    !fresh.expires_within(self.now(), self.inner.settings.refresh_margin)
+                })
+                .map(|fresh| Ok(fresh.clone()))
         }
-        self.refresh_credentials(&parsed, Due::IfExpiring).await
+        .await;
+        refresher.release(&parsed, flight);
+        match shared {
+            Some(result) => result,
+            None => {
+                let (now, generation) = (self.now(), self.inner.cache.generation());
+                let (_, credentials) = self.active(&parsed).await?;
+                if self.due(&credentials, now) {
+                    return self.refresh_credentials(&parsed, Due::IfExpiring).await;
+                }
+                self.keep(&parsed, &credentials, now, generation);
+                Ok(credentials)
+            }
+        }
+    }
+
+    /// Reads the account's credentials and caches them, or refreshes them when they
+    /// are due, holding its flight lock (`last`), where what it got is left for the
+    /// callers queued behind.
+    async fn read_in_flight(
+        &self,
+        id: &ConnectedAccountId,
+        flight: &FlightState,
+        last: &mut Option<Credentials>,
+    ) -> Result<Credentials, Error> {
+        let (now, generation) = (self.now(), self.inner.cache.generation());
+        let credentials = match self.active(id).await {
+            Ok((_, credentials)) => credentials,
+            Err(e) => {
+                flight.end(last, None);
+                return Err(e);
+            }
+        };
+        if self.due(&credentials, now) {
+            return self.refresh_held(id, Due::IfExpiring, flight, last).await;
+        }
+        self.keep(id, &credentials, now, generation);
+        flight.end(last, Some(credentials.clone()));
+        Ok(credentials)
+    }
+
+    /// Whether `credentials` expire within the refresh margin of `now`.
+    fn due(&self, credentials: &Credentials, now: chrono::DateTime<chrono::Utc>) -> bool {
+        credentials.expires_within(now, self.inner.settings.refresh_margin)
+    }
+
+    /// Caches credentials read at `now` by a read that began at `generation`, with
+    /// the time they become due for a refresh.
+    fn keep(
+        &self,
+        id: &ConnectedAccountId,
+        credentials: &Credentials,
+        now: chrono::DateTime<chrono::Utc>,
+        generation: u64,
+    ) {
+        let refresh_at = credentials
+            .expires_at()
+            .map(|at| at - self.inner.settings.refresh_margin);
+        let refresh_deadline = match (&self.inner.fast_clock, refresh_at) {
+            (Some(clock), Some(at)) => Some(clock.deadline(at, now)),
+            _ => None,
+        };
+        let cached = Cached {
+            credentials: credentials.clone(),
+            refresh_at,
+            refresh_deadline,
+        };
+        self.inner.cache.put(id, cached, generation);
     }
 
     /// Refreshes under the account's lock: callers in this process queue on it and
@@ -409,15 +478,15 @@ impl Keyhaven {
         due: Due,
     ) -> Result<Credentials, Error> {
         let refresher = &self.inner.refresher;
-        let lock = refresher.lock_for(id);
+        let flight = refresher.lock_for(id);
         let result = async {
-            let seen = lock.ended.load(Ordering::Acquire);
-            let mut last = lock.last.lock().await;
-            // A refresh that ended while this caller waited: its credentials serve
-            // it too, without the store's lock (1,000 callers on one token: one
+            let seen = flight.ended.load(Ordering::Acquire);
+            let mut last = flight.last.lock().await;
+            // A read or refresh that ended while this caller waited: its credentials
+            // serve it too, without the store's lock (1,000 callers on one token: one
             // refresh, not one store lock each). Only such a one: older results may
             // have been replaced in the store since.
-            if lock.ended.load(Ordering::Acquire) != seen
+            if flight.ended.load(Ordering::Acquire) != seen
                 && let Some(fresh) = last.as_ref()
             {
                 let reuse = match &due {
@@ -431,18 +500,35 @@ impl Keyhaven {
                     return Ok(fresh.clone());
                 }
             }
-            // Other processes sharing the store queue here.
-            let store_lock = self.store().lock_account(id).await?;
-            let result = self.refresh_locked(id, due).await;
-            if let Err(e) = store_lock.release().await {
-                tracing::warn!(account = %id, error = %e, "could not release the refresh lock; it is released when it lapses");
-            }
-            *last = result.as_ref().ok().cloned();
-            lock.ended.fetch_add(1, Ordering::Release);
-            result
+            self.refresh_held(id, due, &flight, &mut last).await
         }
         .await;
-        refresher.release(id, lock);
+        refresher.release(id, flight);
+        result
+    }
+
+    /// Refreshes with the account's flight lock held (`last`): takes the store's
+    /// lock (other processes queue there), refreshes, and leaves what it got in
+    /// `last`.
+    async fn refresh_held(
+        &self,
+        id: &ConnectedAccountId,
+        due: Due,
+        flight: &FlightState,
+        last: &mut Option<Credentials>,
+    ) -> Result<Credentials, Error> {
+        let store_lock = match self.store().lock_account(id).await {
+            Ok(lock) => lock,
+            Err(e) => {
+                flight.end(last, None);
+                return Err(e.into());
+            }
+        };
+        let result = self.refresh_locked(id, due).await;
+        if let Err(e) = store_lock.release().await {
+            tracing::warn!(account = %id, error = %e, "could not release the refresh lock; it is released when it lapses");
+        }
+        flight.end(last, result.as_ref().ok().cloned());
         result
     }
 

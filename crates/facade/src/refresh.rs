@@ -18,18 +18,29 @@ pub(crate) struct Backoff {
     pub(crate) last_error: String,
 }
 
-/// The lock callers of one account queue on to refresh it, with what the last
-/// refresh under it gave.
+/// The lock callers of one account queue on to read it after a cache miss or to
+/// refresh it, with what the last read or refresh under it gave.
 pub(crate) type Flight = Arc<FlightState>;
 
 /// See [`Flight`].
 #[derive(Default)]
 pub(crate) struct FlightState {
-    /// Refreshes ended under this lock: a caller that sees it move while it waits
-    /// knows a refresh ended meanwhile.
+    /// Reads and refreshes ended under this lock: a caller that sees it move while
+    /// it waits knows one ended meanwhile.
     pub(crate) ended: std::sync::atomic::AtomicU64,
-    /// The lock, holding the credentials the last refresh gave (none after a failure).
+    /// The lock, holding the credentials the last read or refresh gave (none after a
+    /// failure).
     pub(crate) last: tokio::sync::Mutex<Option<Credentials>>,
+}
+
+impl FlightState {
+    /// Ends a read or refresh made holding the lock (`last`, its guard): leaves what
+    /// it gave for the callers queued behind, and tells them that it ended.
+    pub(crate) fn end(&self, last: &mut Option<Credentials>, got: Option<Credentials>) {
+        *last = got;
+        self.ended
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// Per-account refresh locks and back-off state.

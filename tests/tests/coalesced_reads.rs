@@ -1,0 +1,176 @@
+//! Cache misses of one account at once share one store read, on PostgreSQL (where a
+//! read awaits the database, so that the callers really are waiting together):
+//! - 1,000 callers of a cold account with live credentials: one read, and every
+//!   caller gets the same credentials;
+//! - 1,000 callers of one expired token: one read before the refresh and one under
+//!   its lock, one token request;
+//! - 200 callers of an account that is not `ACTIVE`: nothing to share, so each
+//!   caller reads on its own and gets the error that says why.
+//!
+//! Store reads are counted with the library's own store metric
+//! (`keyhaven_store_seconds_count{operation="get_account_and_credentials"}`),
+//! recorded by a recorder local to the test's thread: each test runs everything on
+//! one current-thread runtime inside [`metrics::with_local_recorder`].
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyhaven::{ConnectionStatus, ErrorKind, Keyhaven, PostgresStore, Store, chrono};
+use keyhaven_tests::storm::{TokenEndpoint, assert_each_refreshed_once, is_fresh, seed, seed_with};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Runs `test` on a current-thread runtime with a recorder of its own; `test` gets
+/// the recorder's handle, to read the counts.
+fn with_metrics<F: std::future::Future<Output = ()>>(test: impl FnOnce(PrometheusHandle) -> F) {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || rt.block_on(test(handle)));
+}
+
+/// How many account-and-credentials reads reached the store.
+fn store_reads(handle: &PrometheusHandle) -> u64 {
+    let text = handle.render();
+    text.lines()
+        .find(|l| {
+            l.starts_with("keyhaven_store_seconds_count{")
+                && l.contains("operation=\"get_account_and_credentials\"")
+        })
+        .and_then(|l| l.rsplit_once(' '))
+        .map_or(0, |(_, n)| n.parse().unwrap())
+}
+
+/// A keyhaven on a fresh PostgreSQL database, or `None` (said why) without one.
+async fn postgres() -> Option<(Keyhaven, Arc<dyn Store>)> {
+    let url = keyhaven_store::conformance::fresh_postgres_database().await?;
+    let (ring, _) = keyhaven_tests::new_key();
+    let store: Arc<dyn Store> = Arc::new(PostgresStore::connect(&url, ring).await.unwrap());
+    let kh = Keyhaven::builder()
+        .shared_store(store.clone())
+        .build()
+        .unwrap();
+    Some((kh, store))
+}
+
+/// `n` callers of `id` at once; what each got.
+async fn at_once(kh: &Keyhaven, id: &str, n: usize) -> Vec<Result<String, keyhaven::Error>> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (kh, id) = (kh.clone(), id.to_owned());
+            tokio::spawn(async move {
+                kh.credentials(&id)
+                    .await
+                    .map(|c| c.get_str("access_token").unwrap().to_owned())
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[test]
+fn a_thousand_misses_of_live_credentials_read_once() {
+    with_metrics(|metrics| async move {
+        let Some((kh, store)) = postgres().await else {
+            return;
+        };
+        let endpoint = TokenEndpoint::start(Duration::ZERO).await;
+        let later = chrono::Utc::now() + chrono::Duration::hours(1);
+        let (_, ids) = seed_with(
+            &kh,
+            store.as_ref(),
+            endpoint.integration(),
+            1,
+            "live",
+            later,
+        )
+        .await;
+        let before = store_reads(&metrics);
+        let got = at_once(&kh, ids[0].as_str(), 1000).await;
+        assert!(got.iter().all(|t| t.as_deref().unwrap() == "live-0"));
+        assert_eq!(
+            store_reads(&metrics) - before,
+            1,
+            "one read for 1,000 misses"
+        );
+        // Cached now: no read at all.
+        let got = at_once(&kh, ids[0].as_str(), 10).await;
+        assert!(got.iter().all(|t| t.as_deref().unwrap() == "live-0"));
+        assert_eq!(store_reads(&metrics) - before, 1);
+        assert_eq!(endpoint.refreshes().len(), 0, "nothing was refreshed");
+    });
+}
+
+#[test]
+fn a_thousand_misses_of_one_expired_token_read_once_and_refresh_once() {
+    with_metrics(|metrics| async move {
+        let Some((kh, store)) = postgres().await else {
+            return;
+        };
+        let endpoint = TokenEndpoint::start(Duration::ZERO).await;
+        let (_, ids) = seed(&kh, store.as_ref(), &endpoint, 1).await;
+        let before = store_reads(&metrics);
+        let got = at_once(&kh, ids[0].as_str(), 1000).await;
+        let tokens: std::collections::HashSet<String> =
+            got.into_iter().map(Result::unwrap).collect();
+        assert_eq!(
+            tokens.len(),
+            1,
+            "every caller got the same token: {tokens:?}"
+        );
+        assert!(tokens.iter().all(|t| is_fresh(t)));
+        assert_each_refreshed_once(&endpoint, 1);
+        assert_eq!(
+            store_reads(&metrics) - before,
+            2,
+            "the first caller's read, and its re-read under the refresh lock"
+        );
+    });
+}
+
+#[test]
+fn misses_of_an_account_that_is_not_active_each_get_the_error() {
+    with_metrics(|metrics| async move {
+        let Some((kh, store)) = postgres().await else {
+            return;
+        };
+        let endpoint = TokenEndpoint::start(Duration::ZERO).await;
+        let later = chrono::Utc::now() + chrono::Duration::hours(1);
+        let (_, ids) = seed_with(
+            &kh,
+            store.as_ref(),
+            endpoint.integration(),
+            1,
+            "live",
+            later,
+        )
+        .await;
+        let disabled = kh
+            .connected_accounts()
+            .disable(ids[0].as_str())
+            .await
+            .unwrap();
+        assert_eq!(disabled.status, ConnectionStatus::Inactive);
+        let before = store_reads(&metrics);
+        let got = at_once(&kh, ids[0].as_str(), 200).await;
+        for r in &got {
+            let e = r.as_ref().unwrap_err();
+            assert!(matches!(e, keyhaven::Error::NotActive { .. }), "{e}");
+            assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+            assert!(e.to_string().contains("INACTIVE"), "{e}");
+        }
+        assert_eq!(
+            store_reads(&metrics) - before,
+            200,
+            "an error is not shared: each caller read on its own"
+        );
+    });
+}
