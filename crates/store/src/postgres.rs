@@ -19,7 +19,7 @@ use keyhaven_core::{
 };
 use parking_lot::RwLock;
 use sha2::{Digest, Sha256};
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 
 use crate::crypto::KeyRing;
@@ -280,37 +280,43 @@ impl PostgresStore {
 
     /// [`PostgresStore::connect`] with a request pool of `max_connections` and
     /// `lock_connections` connections for refresh locks (at most that many refreshes
-    /// at once in this instance). The lock connections are opened when first needed.
+    /// at once in this instance). One lock connection is opened at once and kept; the others when needed.
     pub async fn connect_with_pools(
         url: &str,
         keys: KeyRing,
         max_connections: u32,
         lock_connections: u32,
     ) -> Result<Self, StoreError> {
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections.max(2))
-            // A point read holds a connection for well under a millisecond: a
-            // caller still waiting after this long is waiting for a server that
-            // is down, and gets a clear `Unavailable` instead of a longer hang.
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect(url)
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
+        let unavailable =
+            |e: sqlx::Error| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}"));
+        let options: PgConnectOptions = url.parse().map_err(unavailable)?;
         let lock_connections = lock_connections.max(1);
-        let lock_pool = PgPoolOptions::new()
-            .max_connections(lock_connections)
-            .min_connections(0)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .idle_timeout(Some(Duration::from_secs(60)))
-            // The lock may be held by another instance: a lock connection gives up
-            // after LOCK_WAIT rather than wait forever behind a stuck holder (set
-            // once per connection, not per lock).
-            .connect_lazy_with(
-                pool.connect_options()
-                    .as_ref()
-                    .clone()
-                    .options([("lock_timeout", format!("{}s", LOCK_WAIT.as_secs()))]),
-            );
+        // Both pools open their first connection now, at once: the first refresh
+        // after start does not wait for a lock connection to be opened (with TLS,
+        // sqlx 0.9.0 takes about 100 ms to open one here: it leaves Nagle's
+        // algorithm on, and the handshake waits for delayed ACKs).
+        let (pool, lock_pool) = tokio::try_join!(
+            PgPoolOptions::new()
+                .max_connections(max_connections.max(2))
+                // A point read holds a connection for well under a millisecond: a
+                // caller still waiting after this long is waiting for a server that
+                // is down, and gets a clear `Unavailable` instead of a longer hang.
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options.clone()),
+            PgPoolOptions::new()
+                .max_connections(lock_connections)
+                // One kept open: see above. The others close after a minute idle.
+                .min_connections(1)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .idle_timeout(Some(Duration::from_secs(60)))
+                // The lock may be held by another instance: a lock connection gives
+                // up after LOCK_WAIT rather than wait forever behind a stuck holder
+                // (set once per connection, not per lock).
+                .connect_with(
+                    options.options([("lock_timeout", format!("{}s", LOCK_WAIT.as_secs()))])
+                ),
+        )
+        .map_err(unavailable)?;
         let store = Self {
             pool,
             locks: RefreshLocks {
