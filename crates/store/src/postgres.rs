@@ -296,14 +296,14 @@ impl PostgresStore {
         // sqlx 0.9.0 takes about 100 ms to open one here: it leaves Nagle's
         // algorithm on, and the handshake waits for delayed ACKs).
         let (pool, lock_pool) = tokio::try_join!(
-            PgPoolOptions::new()
+            pool_options()
                 .max_connections(max_connections.max(2))
                 // A point read holds a connection for well under a millisecond: a
                 // caller still waiting after this long is waiting for a server that
                 // is down, and gets a clear `Unavailable` instead of a longer hang.
                 .acquire_timeout(ACQUIRE_TIMEOUT)
                 .connect_with(options.clone()),
-            PgPoolOptions::new()
+            pool_options()
                 .max_connections(lock_connections)
                 // One kept open: see above. The others close after a minute idle.
                 .min_connections(1)
@@ -501,6 +501,30 @@ impl AccountLock for AdvisoryLock {
             None => Ok(()),
         }
     }
+}
+
+/// A pooled connection idle for longer than this is pinged before it is handed
+/// out (one round trip), and replaced if the server does not answer: it may have
+/// been closed meanwhile (a restart, a failover, an idle timeout on the way). One
+/// in use more recently is handed out as it is: sqlx's default, a ping before every
+/// query, doubled the round trips of every read and write. A connection that broke
+/// within this time fails its next query, which then returns `Unavailable`, and is
+/// dropped.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
+/// The options both pools share: [`PING_IF_IDLE_FOR`].
+fn pool_options() -> PgPoolOptions {
+    PgPoolOptions::new()
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > PING_IF_IDLE_FOR {
+                    use sqlx::Connection;
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
 }
 
 /// How long a query waits for a pooled connection before `Unavailable`. A burst of
