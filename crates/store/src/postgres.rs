@@ -280,7 +280,8 @@ impl PostgresStore {
 
     /// [`PostgresStore::connect`] with a request pool of `max_connections` and
     /// `lock_connections` connections for refresh locks (at most that many refreshes
-    /// at once in this instance). One lock connection is opened at once and kept; the others when needed.
+    /// at once in this instance). One lock connection is opened at once and kept, the
+    /// others when needed.
     pub async fn connect_with_pools(
         url: &str,
         keys: KeyRing,
@@ -507,9 +508,9 @@ impl AccountLock for AdvisoryLock {
 /// out (one round trip), and replaced if the server does not answer: it may have
 /// been closed meanwhile (a restart, a failover, an idle timeout on the way). One
 /// in use more recently is handed out as it is: sqlx's default, a ping before every
-/// query, doubled the round trips of every read and write. A connection that broke
-/// within this time fails its next query, which then returns `Unavailable`, and is
-/// dropped.
+/// acquire, made every query three round trips with the ping sqlx makes when a
+/// connection goes back to the pool. A connection that broke within this time fails
+/// its next query, which then returns `Unavailable`, and is dropped.
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// The options both pools share: [`PING_IF_IDLE_FOR`].
