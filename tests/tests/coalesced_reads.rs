@@ -57,6 +57,26 @@ async fn postgres() -> Option<(Keyhaven, Arc<dyn Store>)> {
     Some((kh, store))
 }
 
+/// A keyhaven on a fresh PostgreSQL database with one `ACTIVE` OAuth account whose
+/// access token `live-0` is good for an hour, its token endpoint, and its id; `None`
+/// (said why) without PostgreSQL.
+async fn live_account() -> Option<(Keyhaven, TokenEndpoint, keyhaven::ConnectedAccountId)> {
+    let (kh, store) = postgres().await?;
+    let endpoint = TokenEndpoint::start(Duration::ZERO).await;
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    let (_, ids) = seed_with(
+        &kh,
+        store.as_ref(),
+        endpoint.integration(),
+        1,
+        "live",
+        later,
+    )
+    .await;
+    let id = ids.into_iter().next()?;
+    Some((kh, endpoint, id))
+}
+
 /// `n` callers of `id` at once; what each got.
 async fn at_once(kh: &Keyhaven, id: &str, n: usize) -> Vec<Result<String, keyhaven::Error>> {
     let tasks: Vec<_> = (0..n)
@@ -79,22 +99,11 @@ async fn at_once(kh: &Keyhaven, id: &str, n: usize) -> Vec<Result<String, keyhav
 #[test]
 fn a_thousand_misses_of_live_credentials_read_once() {
     with_metrics(|metrics| async move {
-        let Some((kh, store)) = postgres().await else {
+        let Some((kh, endpoint, id)) = live_account().await else {
             return;
         };
-        let endpoint = TokenEndpoint::start(Duration::ZERO).await;
-        let later = chrono::Utc::now() + chrono::Duration::hours(1);
-        let (_, ids) = seed_with(
-            &kh,
-            store.as_ref(),
-            endpoint.integration(),
-            1,
-            "live",
-            later,
-        )
-        .await;
         let before = store_reads(&metrics);
-        let got = at_once(&kh, ids[0].as_str(), 1000).await;
+        let got = at_once(&kh, id.as_str(), 1000).await;
         assert!(got.iter().all(|t| t.as_deref().unwrap() == "live-0"));
         assert_eq!(
             store_reads(&metrics) - before,
@@ -102,7 +111,7 @@ fn a_thousand_misses_of_live_credentials_read_once() {
             "one read for 1,000 misses"
         );
         // Cached now: no read at all.
-        let got = at_once(&kh, ids[0].as_str(), 10).await;
+        let got = at_once(&kh, id.as_str(), 10).await;
         assert!(got.iter().all(|t| t.as_deref().unwrap() == "live-0"));
         assert_eq!(store_reads(&metrics) - before, 1);
         assert_eq!(endpoint.refreshes().len(), 0, "nothing was refreshed");
@@ -117,8 +126,9 @@ fn a_thousand_misses_of_one_expired_token_read_once_and_refresh_once() {
         };
         let endpoint = TokenEndpoint::start(Duration::ZERO).await;
         let (_, ids) = seed(&kh, store.as_ref(), &endpoint, 1).await;
+        let id = &ids[0];
         let before = store_reads(&metrics);
-        let got = at_once(&kh, ids[0].as_str(), 1000).await;
+        let got = at_once(&kh, id.as_str(), 1000).await;
         let tokens: std::collections::HashSet<String> =
             got.into_iter().map(Result::unwrap).collect();
         assert_eq!(
@@ -139,28 +149,13 @@ fn a_thousand_misses_of_one_expired_token_read_once_and_refresh_once() {
 #[test]
 fn misses_of_an_account_that_is_not_active_each_get_the_error() {
     with_metrics(|metrics| async move {
-        let Some((kh, store)) = postgres().await else {
+        let Some((kh, _endpoint, id)) = live_account().await else {
             return;
         };
-        let endpoint = TokenEndpoint::start(Duration::ZERO).await;
-        let later = chrono::Utc::now() + chrono::Duration::hours(1);
-        let (_, ids) = seed_with(
-            &kh,
-            store.as_ref(),
-            endpoint.integration(),
-            1,
-            "live",
-            later,
-        )
-        .await;
-        let disabled = kh
-            .connected_accounts()
-            .disable(ids[0].as_str())
-            .await
-            .unwrap();
+        let disabled = kh.connected_accounts().disable(id.as_str()).await.unwrap();
         assert_eq!(disabled.status, ConnectionStatus::Inactive);
         let before = store_reads(&metrics);
-        let got = at_once(&kh, ids[0].as_str(), 200).await;
+        let got = at_once(&kh, id.as_str(), 200).await;
         for r in &got {
             let e = r.as_ref().unwrap_err();
             assert!(matches!(e, keyhaven::Error::NotActive { .. }), "{e}");
