@@ -393,9 +393,7 @@ impl Keyhaven {
             }
             // Another caller read or refreshed while this one waited.
             last.as_ref()
-                .filter(|fresh| {
-                    !fresh.expires_within(self.now(), self.inner.settings.refresh_margin)
-                })
+                .filter(|fresh| !self.due(fresh, self.now()))
                 .map(|fresh| Ok(fresh.clone()))
         }
         .await;
@@ -490,9 +488,7 @@ impl Keyhaven {
                 && let Some(fresh) = last.as_ref()
             {
                 let reuse = match &due {
-                    Due::IfExpiring => {
-                        !fresh.expires_within(self.now(), self.inner.settings.refresh_margin)
-                    }
+                    Due::IfExpiring => !self.due(fresh, self.now()),
                     Due::IfStill(used) => used != fresh,
                     Due::Now => false,
                 };
@@ -549,7 +545,7 @@ impl Keyhaven {
                 Due::IfStill(used) if *used != credentials => return Ok(credentials),
                 Due::IfStill(_) => true,
             };
-            if !force && !credentials.expires_within(now, self.inner.settings.refresh_margin) {
+            if !force && !self.due(&credentials, now) {
                 return Ok(credentials);
             }
             let expired = credentials.expires_within(now, chrono::Duration::zero());
