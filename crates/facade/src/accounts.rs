@@ -1,8 +1,6 @@
 //! Connected accounts: read, list, delete, enable, disable; their credentials, and
 //! requests authorized with them.
 
-use std::sync::atomic::Ordering;
-
 use keyhaven_core::{
     AccountContext, AccountFilter, ConnectedAccount, ConnectedAccountId, ConnectionStatus,
     Credentials, CredentialsUpdate, Error, EventKind, Integration, OutgoingRequest, Page,
@@ -386,9 +384,8 @@ impl Keyhaven {
         let refresher = &self.inner.refresher;
         let flight = refresher.lock_for(&parsed);
         let shared = async {
-            let seen = flight.ended.load(Ordering::Acquire);
-            let mut last = flight.last.lock().await;
-            if flight.ended.load(Ordering::Acquire) == seen {
+            let (mut last, ended) = flight.wait().await;
+            if !ended {
                 return Some(self.read_in_flight(&parsed, &flight, &mut last).await);
             }
             // Another caller read or refreshed while this one waited.
@@ -478,15 +475,12 @@ impl Keyhaven {
         let refresher = &self.inner.refresher;
         let flight = refresher.lock_for(id);
         let result = async {
-            let seen = flight.ended.load(Ordering::Acquire);
-            let mut last = flight.last.lock().await;
+            let (mut last, ended) = flight.wait().await;
             // A read or refresh that ended while this caller waited: its credentials
             // serve it too, without the store's lock (1,000 callers on one token: one
             // refresh, not one store lock each). Only such a one: older results may
             // have been replaced in the store since.
-            if flight.ended.load(Ordering::Acquire) != seen
-                && let Some(fresh) = last.as_ref()
-            {
+            if ended && let Some(fresh) = last.as_ref() {
                 let reuse = match &due {
                     Due::IfExpiring => !self.due(fresh, self.now()),
                     Due::IfStill(used) => used != fresh,

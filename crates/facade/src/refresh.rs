@@ -34,6 +34,15 @@ pub(crate) struct FlightState {
 }
 
 impl FlightState {
+    /// Takes the lock, and says whether a read or refresh ended under it while this
+    /// caller waited (then what it gave, in the guard, is as fresh as a read now).
+    pub(crate) async fn wait(&self) -> (tokio::sync::MutexGuard<'_, Option<Credentials>>, bool) {
+        let seen = self.ended.load(std::sync::atomic::Ordering::Acquire);
+        let last = self.last.lock().await;
+        let ended = self.ended.load(std::sync::atomic::Ordering::Acquire) != seen;
+        (last, ended)
+    }
+
     /// Ends a read or refresh made holding the lock (`last`, its guard): leaves what
     /// it gave for the callers queued behind, and tells them that it ended.
     pub(crate) fn end(&self, last: &mut Option<Credentials>, got: Option<Credentials>) {
