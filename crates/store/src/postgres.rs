@@ -5,6 +5,7 @@
 //! need; changes are announced with NOTIFY so that every instance's cache drops what
 //! another instance changed.
 
+mod lane;
 mod outbox;
 
 use std::sync::Arc;
@@ -132,6 +133,9 @@ fn lock_key(id: &ConnectedAccountId) -> i64 {
 /// The shared [`Store`]: PostgreSQL, credentials and secrets encrypted with a [`KeyRing`].
 #[derive(Clone)]
 pub struct PostgresStore {
+    /// The hot statements' connections: see [`lane`].
+    lane: lane::Lane,
+    /// The other statements' (and migrations', the change listener's).
     pool: PgPool,
     locks: RefreshLocks,
     keys: Arc<RwLock<Arc<KeyRing>>>,
@@ -158,6 +162,7 @@ impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresStore")
             .field("pool_size", &self.pool.size())
+            .field("lane_size", &self.lane.size())
             .finish_non_exhaustive()
     }
 }
@@ -223,7 +228,7 @@ impl PostgresStore {
                 Arg::Int(i) => q.bind(i),
             };
         }
-        q.fetch_all(&self.pool).await.map_err(map_err)
+        self.lane.run(async |c| q.fetch_all(c).await).await
     }
 
     /// The pending state `sql` (a query by `state_hash` answering account id, data and
@@ -257,19 +262,23 @@ impl PostgresStore {
         Self::connect_with_pool_size(url, keys, Self::DEFAULT_POOL_SIZE).await
     }
 
-    /// Connections per instance by default. Many instances share one server (whose
+    /// Connections per instance by default for the hot statements (account and
+    /// integration reads, listings, counts, the account update of a refresh); a
+    /// third as many more, at least 3, serve the other statements, the change
+    /// listener among them. Many instances share one server (whose
     /// `max_connections` is 100 by default), and a point read holds a connection for
     /// well under a millisecond, so a few go a long way.
     pub const DEFAULT_POOL_SIZE: u32 = 10;
 
-    /// Connections per instance kept for refresh locks, besides the request pool: as
-    /// many refreshes of different accounts run at once in one instance; more wait
-    /// their turn. Four instances with the defaults use 4 x (10 + 8) = 72 of the
-    /// server's 100 connections.
+    /// Connections per instance kept for refresh locks, besides the request pools:
+    /// as many refreshes of different accounts run at once in one instance; more
+    /// wait their turn. Four instances with the defaults use 4 x (10 + 3 + 8) = 84
+    /// of the server's 100 connections.
     pub const DEFAULT_LOCK_CONNECTIONS: u32 = 8;
 
-    /// [`PostgresStore::connect`] with a pool of `max_connections` (and
-    /// [`PostgresStore::DEFAULT_LOCK_CONNECTIONS`] for refresh locks).
+    /// [`PostgresStore::connect`] with `max_connections` for the hot statements
+    /// (see [`PostgresStore::DEFAULT_POOL_SIZE`]) and
+    /// [`PostgresStore::DEFAULT_LOCK_CONNECTIONS`] for refresh locks.
     pub async fn connect_with_pool_size(
         url: &str,
         keys: KeyRing,
@@ -278,10 +287,10 @@ impl PostgresStore {
         Self::connect_with_pools(url, keys, max_connections, Self::DEFAULT_LOCK_CONNECTIONS).await
     }
 
-    /// [`PostgresStore::connect`] with a request pool of `max_connections` and
-    /// `lock_connections` connections for refresh locks (at most that many refreshes
-    /// at once in this instance). One lock connection is opened at once and kept, the
-    /// others when needed.
+    /// [`PostgresStore::connect`] with `max_connections` for the hot statements
+    /// (see [`PostgresStore::DEFAULT_POOL_SIZE`]) and `lock_connections` connections
+    /// for refresh locks (at most that many refreshes at once in this instance).
+    /// One connection of each pool is opened at once, the others when needed.
     pub async fn connect_with_pools(
         url: &str,
         keys: KeyRing,
@@ -292,33 +301,42 @@ impl PostgresStore {
             |e: sqlx::Error| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}"));
         let options: PgConnectOptions = url.parse().map_err(unavailable)?;
         let lock_connections = lock_connections.max(1);
-        // Both pools open their first connection now, at once: the first refresh
-        // after start does not wait for a lock connection to be opened (with TLS,
-        // sqlx 0.9.0 takes about 100 ms to open one here: it leaves Nagle's
+        let lane = lane::Lane::new(
+            options.clone(),
+            max_connections.max(2) as usize,
+            ACQUIRE_TIMEOUT,
+        )?;
+        // The pools open their first connection now, at once: the first read or
+        // refresh after start does not wait for a connection to be opened (with
+        // TLS, sqlx 0.9.0 takes about 100 ms to open one here: it leaves Nagle's
         // algorithm on, and the handshake waits for delayed ACKs).
-        let (pool, lock_pool) = tokio::try_join!(
-            pool_options()
-                .max_connections(max_connections.max(2))
-                // A point read holds a connection for well under a millisecond: a
-                // caller still waiting after this long is waiting for a server that
-                // is down, and gets a clear `Unavailable` instead of a longer hang.
-                .acquire_timeout(ACQUIRE_TIMEOUT)
-                .connect_with(options.clone()),
-            pool_options()
-                .max_connections(lock_connections)
-                // One kept open: see above. The others close after a minute idle.
-                .min_connections(1)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
-                .idle_timeout(Some(Duration::from_secs(60)))
-                // The lock may be held by another instance: a lock connection gives
-                // up after LOCK_WAIT rather than wait forever behind a stuck holder
-                // (set once per connection, not per lock).
-                .connect_with(
-                    options.options([("lock_timeout", format!("{}s", LOCK_WAIT.as_secs()))])
-                ),
-        )
-        .map_err(unavailable)?;
+        let others = pool_options()
+            .max_connections((max_connections / 3).max(3))
+            // A statement holds a connection for well under a millisecond: a caller
+            // still waiting after this long is waiting for a server that is down,
+            // and gets a clear `Unavailable` instead of a longer hang.
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.clone());
+        let locks = pool_options()
+            .max_connections(lock_connections)
+            // One kept open: see above. The others close after a minute idle.
+            .min_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .idle_timeout(Some(Duration::from_secs(60)))
+            // The lock may be held by another instance: a lock connection gives up
+            // after LOCK_WAIT rather than wait forever behind a stuck holder (set
+            // once per connection, not per lock).
+            .connect_with(options.options([("lock_timeout", format!("{}s", LOCK_WAIT.as_secs()))]));
+        let (pool, lock_pool, ()) = tokio::try_join!(
+            async { others.await.map_err(unavailable) },
+            async { locks.await.map_err(unavailable) },
+            lane.run(async |c| {
+                use sqlx::Connection;
+                c.ping().await
+            }),
+        )?;
         let store = Self {
+            lane,
             pool,
             locks: RefreshLocks {
                 pool: lock_pool,
@@ -334,6 +352,7 @@ impl PostgresStore {
             Err(e) => Err(e),
         };
         if let Err(e) = checked {
+            store.lane.close();
             store.pool.close().await;
             return Err(e);
         }
@@ -509,8 +528,9 @@ impl AccountLock for AdvisoryLock {
 /// been closed meanwhile (a restart, a failover, an idle timeout on the way). One
 /// in use more recently is handed out as it is: sqlx's default, a ping before every
 /// acquire, made every query three round trips with the ping sqlx makes when a
-/// connection goes back to the pool. A connection that broke within this time fails
-/// its next query, which then returns `Unavailable`, and is dropped.
+/// connection goes back to its pool (the lane, see [`lane`], makes neither). A
+/// connection that broke within this time fails its next query, which then returns
+/// `Unavailable`, and is replaced.
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// The options both pools share: [`PING_IF_IDLE_FOR`].
@@ -591,13 +611,13 @@ impl Store for PostgresStore {
     }
 
     async fn get_integration(&self, id: &IntegrationId) -> Result<Option<Integration>, StoreError> {
-        let row = sqlx::query(safe(format!(
+        let sql = safe(format!(
             "SELECT {INTEGRATION_COLUMNS} FROM integrations WHERE id = $1"
-        )))
-        .bind(id.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(map_err)?;
+        ));
+        let row = self
+            .lane
+            .run(async |c| sqlx::query(sql).bind(id.as_str()).fetch_optional(c).await)
+            .await?;
         row.map(|r| integration_row(&r)?.decode(&self.key_ring()))
             .transpose()
     }
@@ -743,13 +763,13 @@ impl Store for PostgresStore {
         &self,
         id: &ConnectedAccountId,
     ) -> Result<Option<ConnectedAccount>, StoreError> {
-        let row = sqlx::query(safe(format!(
+        let sql = safe(format!(
             "SELECT {ACCOUNT_COLUMNS} FROM connected_accounts WHERE id = $1"
-        )))
-        .bind(id.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(map_err)?;
+        ));
+        let row = self
+            .lane
+            .run(async |c| sqlx::query(sql).bind(id.as_str()).fetch_optional(c).await)
+            .await?;
         row.map(|r| account_row(&r)?.decode()).transpose()
     }
 
@@ -757,13 +777,13 @@ impl Store for PostgresStore {
         &self,
         id: &ConnectedAccountId,
     ) -> Result<Option<(ConnectedAccount, Option<Credentials>)>, StoreError> {
-        let row = sqlx::query(safe(format!(
+        let sql = safe(format!(
             "SELECT {ACCOUNT_COLUMNS}, credentials, credentials_expires_at FROM connected_accounts WHERE id = $1"
-        )))
-        .bind(id.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(map_err)?;
+        ));
+        let row = self
+            .lane
+            .run(async |c| sqlx::query(sql).bind(id.as_str()).fetch_optional(c).await)
+            .await?;
         let Some(row) = row else { return Ok(None) };
         let account = account_row(&row)?;
         let blob: Option<Vec<u8>> = row.try_get(14).map_err(map_err)?;
@@ -814,7 +834,7 @@ impl Store for PostgresStore {
             .bind(&labels)
             .bind(CHANNEL);
         let (n, current) = if events.is_empty() {
-            update.fetch_one(&self.pool).await.map_err(map_err)?
+            self.lane.run(async |c| update.fetch_one(c).await).await?
         } else {
             let mut tx = self.pool.begin().await.map_err(map_err)?;
             let done = update.fetch_one(&mut *tx).await.map_err(map_err)?;
@@ -1054,7 +1074,7 @@ impl Store for PostgresStore {
                 Arg::Int(i) => q.bind(i),
             };
         }
-        let n = q.fetch_one(&self.pool).await.map_err(map_err)?;
+        let n = self.lane.run(async |c| q.fetch_one(c).await).await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 

@@ -1,0 +1,239 @@
+//! The request lane: the connections the hot statements run on (an account or an
+//! integration read, a listing, a count, the account update of a refresh).
+//!
+//! sqlx's pool pings every connection that comes back to it, one more round trip
+//! for every statement, and that cannot be turned off in sqlx 0.9: measured, it cost
+//! the server's listing on PostgreSQL about a quarter of its throughput. The lane
+//! is a pool of plain sqlx connections ([`deadpool`]) that pings a connection only
+//! when that can tell something:
+//! - when it has not been handed out for more than [`PING_IF_IDLE_FOR`]: it may have
+//!   been closed meanwhile (a restart, a failover, an idle timeout on the way);
+//! - when its last statement did not run to its end: it failed, or its caller gave
+//!   up half-way (a dropped future). The connection may then be broken or still
+//!   carry the end of an answer. sqlx reads up to the end of any answer left over
+//!   before its next statement, and the ping does that at once, or shows the
+//!   connection is broken, and it is replaced.
+//!
+//! A statement runs through [`Lane::run`], which marks its connection unfinished
+//! until the statement has returned, so no statement can forget the mark.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use deadpool::managed::{self, Metrics, RecycleResult};
+use keyhaven_core::StoreError;
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+
+use super::{PING_IF_IDLE_FOR, map_err};
+
+/// A connection of the lane, and whether its last statement ran to its end.
+pub(super) struct LaneConnection {
+    raw: PgConnection,
+    finished: bool,
+}
+
+/// Opens the lane's connections and checks them when they are handed out again.
+pub(super) struct Connector {
+    options: PgConnectOptions,
+    /// How many pings it sent.
+    pings: AtomicU64,
+}
+
+impl managed::Manager for Connector {
+    type Type = LaneConnection;
+    type Error = sqlx::Error;
+
+    async fn create(&self) -> Result<LaneConnection, sqlx::Error> {
+        Ok(LaneConnection {
+            raw: PgConnection::connect_with(&self.options).await?,
+            finished: true,
+        })
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut LaneConnection,
+        metrics: &Metrics,
+    ) -> RecycleResult<sqlx::Error> {
+        if !conn.finished || metrics.last_used() > PING_IF_IDLE_FOR {
+            self.pings.fetch_add(1, Ordering::Relaxed);
+            conn.raw.ping().await?;
+            conn.finished = true;
+        }
+        Ok(())
+    }
+}
+
+/// The pool of the lane.
+#[derive(Clone)]
+pub(super) struct Lane {
+    pool: managed::Pool<Connector>,
+}
+
+impl Lane {
+    /// A lane of at most `max` connections, opened when first needed; a statement
+    /// waits at most `wait` for one.
+    pub(super) fn new(
+        options: PgConnectOptions,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Self, StoreError> {
+        let pool = managed::Pool::builder(Connector {
+            options,
+            pings: AtomicU64::new(0),
+        })
+        .max_size(max)
+        .wait_timeout(Some(wait))
+        // Opening a connection (TCP, TLS, authentication) or a ping that takes
+        // this long is a server that is not answering: fail with `Unavailable`.
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .recycle_timeout(Some(CONNECT_TIMEOUT))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .map_err(|e| StoreError::Unavailable(format!("cannot make the connection pool: {e}")))?;
+        Ok(Self { pool })
+    }
+
+    /// Runs one statement on a connection of the lane: `statement` gets the
+    /// connection and answers what sqlx answered.
+    pub(super) async fn run<T>(
+        &self,
+        statement: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.pool.get().await.map_err(|e| match e {
+            managed::PoolError::Backend(e) => map_err(e),
+            managed::PoolError::Timeout(_) => StoreError::Unavailable(
+                "PostgreSQL: no connection came free or could be opened in time; the server is down or overloaded, try again later".into(),
+            ),
+            managed::PoolError::Closed => StoreError::Unavailable("the store is closing".into()),
+            other => StoreError::Unavailable(format!("PostgreSQL: {other}")),
+        })?;
+        conn.finished = false;
+        let answer = statement(&mut conn.raw).await.map_err(map_err)?;
+        conn.finished = true;
+        Ok(answer)
+    }
+
+    /// How many connections the lane holds.
+    pub(super) fn size(&self) -> usize {
+        self.pool.status().size
+    }
+
+    /// How many pings the lane sent.
+    #[cfg(test)]
+    fn pings(&self) -> u64 {
+        self.pool.manager().pings.load(Ordering::Relaxed)
+    }
+
+    /// Closes the lane: its idle connections are dropped, statements waiting fail.
+    pub(super) fn close(&self) {
+        self.pool.close();
+    }
+}
+
+/// How long opening a connection, or a ping, may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// A lane of one connection to `KEYHAVEN_TEST_DATABASE_URL`, and that URL; `None`
+    /// (after saying why) when it is unset, unless `KEYHAVEN_REQUIRE_SERVICES=1`.
+    fn lane() -> Option<(Lane, String)> {
+        let Ok(url) = std::env::var("KEYHAVEN_TEST_DATABASE_URL") else {
+            let why = "KEYHAVEN_TEST_DATABASE_URL is not set: PostgreSQL tests are skipped (cargo xtask test sets it)";
+            assert!(
+                std::env::var("KEYHAVEN_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "{why}"
+            );
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("SKIPPED: {why}");
+            }
+            return None;
+        };
+        let lane = Lane::new(url.parse().unwrap(), 1, Duration::from_secs(10)).unwrap();
+        Some((lane, url))
+    }
+
+    async fn number(lane: &Lane, n: i32) -> Result<i32, StoreError> {
+        lane.run(async |c| {
+            sqlx::query_scalar::<_, i32>("SELECT $1::int4")
+                .bind(n)
+                .fetch_one(c)
+                .await
+        })
+        .await
+    }
+
+    async fn backend(lane: &Lane) -> i32 {
+        lane.run(async |c| {
+            sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()")
+                .fetch_one(c)
+                .await
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn finished_statements_reuse_their_connection_without_a_ping() {
+        let Some((lane, _)) = lane() else { return };
+        let first = backend(&lane).await;
+        for n in 0..50 {
+            assert_eq!(number(&lane, n).await.unwrap(), n);
+        }
+        assert_eq!(backend(&lane).await, first, "one connection, reused");
+        assert_eq!(lane.pings(), 0, "no statement was followed by a ping");
+        // Idle for longer than PING_IF_IDLE_FOR: pinged before it is handed out.
+        tokio::time::sleep(PING_IF_IDLE_FOR + Duration::from_millis(100)).await;
+        assert_eq!(number(&lane, 1).await.unwrap(), 1);
+        assert_eq!(lane.pings(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_statement_leaves_nothing_for_the_next() {
+        let Some((lane, _)) = lane() else { return };
+        let first = backend(&lane).await;
+        // The caller gives up while the server is still answering.
+        let abandoned = tokio::time::timeout(
+            Duration::from_millis(50),
+            lane.run(async |c| {
+                sqlx::query_scalar::<_, i32>("SELECT 7 FROM pg_sleep(0.5)")
+                    .fetch_one(c)
+                    .await
+            }),
+        )
+        .await;
+        assert!(abandoned.is_err(), "the statement was abandoned");
+        // The next statement gets its own answer, on the same connection, after
+        // one ping that read to the end of the abandoned one's.
+        assert_eq!(number(&lane, 8).await.unwrap(), 8);
+        assert_eq!(lane.pings(), 1);
+        assert_eq!(backend(&lane).await, first);
+    }
+
+    #[tokio::test]
+    async fn a_cut_connection_fails_one_statement_and_is_replaced() {
+        let Some((lane, url)) = lane() else { return };
+        let first = backend(&lane).await;
+        let mut admin = PgConnection::connect(&url).await.unwrap();
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(first)
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        // Used just now, so handed out without a ping: the statement fails, clearly.
+        let cut = number(&lane, 1).await.unwrap_err();
+        assert!(
+            matches!(cut, StoreError::Unavailable(_)),
+            "a cut connection is Unavailable: {cut}"
+        );
+        // Its failure marks it: pinged, found broken, replaced by a new connection.
+        assert_eq!(number(&lane, 2).await.unwrap(), 2);
+        assert_ne!(backend(&lane).await, first, "a new connection");
+    }
+}
