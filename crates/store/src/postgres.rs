@@ -330,10 +330,7 @@ impl PostgresStore {
         let (pool, lock_pool, ()) = tokio::try_join!(
             async { others.await.map_err(unavailable) },
             async { locks.await.map_err(unavailable) },
-            lane.run(async |c| {
-                use sqlx::Connection;
-                c.ping().await
-            }),
+            async { lane.open_one().await.map_err(unavailable) },
         )?;
         let store = Self {
             lane,

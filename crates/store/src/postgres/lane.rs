@@ -115,6 +115,16 @@ impl Lane {
         Ok(answer)
     }
 
+    /// Opens a connection now (or checks an idle one) and leaves it in the lane.
+    pub(super) async fn open_one(&self) -> Result<(), sqlx::Error> {
+        match self.pool.get().await {
+            Ok(_) => Ok(()),
+            Err(managed::PoolError::Backend(e)) => Err(e),
+            Err(managed::PoolError::Closed) => Err(sqlx::Error::PoolClosed),
+            Err(_) => Err(sqlx::Error::PoolTimedOut),
+        }
+    }
+
     /// How many connections the lane holds.
     pub(super) fn size(&self) -> usize {
         self.pool.status().size
