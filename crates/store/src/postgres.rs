@@ -262,22 +262,23 @@ impl PostgresStore {
         Self::connect_with_pool_size(url, keys, Self::DEFAULT_POOL_SIZE).await
     }
 
-    /// Connections per instance by default for the hot statements (account and
-    /// integration reads, listings, counts, the account update of a refresh); a
-    /// third as many more, at least 3, serve the other statements, the change
-    /// listener among them. Many instances share one server (whose
-    /// `max_connections` is 100 by default), and a point read holds a connection for
-    /// well under a millisecond, so a few go a long way.
+    /// Connections per instance by default, besides the lock connections. A third
+    /// of them, at least 3, serve the change listener and the statements that are
+    /// not hot; the rest (at least 2) are the lane's, for the hot statements
+    /// (account and integration reads, listings, counts, the account update of a
+    /// refresh). Many instances share one server (whose `max_connections` is 100 by
+    /// default), and a point read holds a connection for well under a millisecond,
+    /// so a few go a long way.
     pub const DEFAULT_POOL_SIZE: u32 = 10;
 
     /// Connections per instance kept for refresh locks, besides the request pools:
     /// as many refreshes of different accounts run at once in one instance; more
-    /// wait their turn. Four instances with the defaults use 4 x (10 + 3 + 8) = 84
-    /// of the server's 100 connections.
+    /// wait their turn. Four instances with the defaults use 4 x (10 + 8) = 72 of
+    /// the server's 100 connections.
     pub const DEFAULT_LOCK_CONNECTIONS: u32 = 8;
 
-    /// [`PostgresStore::connect`] with `max_connections` for the hot statements
-    /// (see [`PostgresStore::DEFAULT_POOL_SIZE`]) and
+    /// [`PostgresStore::connect`] with `max_connections` for statements (see
+    /// [`PostgresStore::DEFAULT_POOL_SIZE`]) and
     /// [`PostgresStore::DEFAULT_LOCK_CONNECTIONS`] for refresh locks.
     pub async fn connect_with_pool_size(
         url: &str,
@@ -287,8 +288,8 @@ impl PostgresStore {
         Self::connect_with_pools(url, keys, max_connections, Self::DEFAULT_LOCK_CONNECTIONS).await
     }
 
-    /// [`PostgresStore::connect`] with `max_connections` for the hot statements
-    /// (see [`PostgresStore::DEFAULT_POOL_SIZE`]) and `lock_connections` connections
+    /// [`PostgresStore::connect`] with `max_connections` for statements (see
+    /// [`PostgresStore::DEFAULT_POOL_SIZE`]) and `lock_connections` connections
     /// for refresh locks (at most that many refreshes at once in this instance).
     /// One connection of each pool is opened at once, the others when needed.
     pub async fn connect_with_pools(
@@ -301,9 +302,10 @@ impl PostgresStore {
             |e: sqlx::Error| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}"));
         let options: PgConnectOptions = url.parse().map_err(unavailable)?;
         let lock_connections = lock_connections.max(1);
+        let others = (max_connections / 3).max(3);
         let lane = lane::Lane::new(
             options.clone(),
-            max_connections.max(2) as usize,
+            max_connections.saturating_sub(others).max(2) as usize,
             ACQUIRE_TIMEOUT,
         )?;
         // The pools open their first connection now, at once: the first read or
@@ -311,7 +313,7 @@ impl PostgresStore {
         // TLS, sqlx 0.9.0 takes about 100 ms to open one here: it leaves Nagle's
         // algorithm on, and the handshake waits for delayed ACKs).
         let others = pool_options()
-            .max_connections((max_connections / 3).max(3))
+            .max_connections(others)
             // A statement holds a connection for well under a millisecond: a caller
             // still waiting after this long is waiting for a server that is down,
             // and gets a clear `Unavailable` instead of a longer hang.
