@@ -198,6 +198,16 @@ impl TokenEndpoint {
     }
 }
 
+/// A turn at PostgreSQL for a storm: the storms of one test binary that use
+/// PostgreSQL take turns. Under a storm every keyhaven instance fills its pools (up
+/// to 10 connections for statements and 8 for refresh locks), so a four-instance
+/// storm holds up to 72 of the server's 100 connections, and two storms at once can
+/// run out ("too many clients"). Hold the guard for the whole test.
+pub async fn postgres_turn() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TURN.lock().await
+}
+
 /// Creates the endpoint's integration through `kh` and `n` `ACTIVE` accounts in
 /// `store` whose access tokens expired a minute ago (refresh token `rt-<i>`).
 /// Returns their ids, in order.

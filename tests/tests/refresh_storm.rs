@@ -23,12 +23,17 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 const PROCESSES: usize = 4;
 
-async fn postgres() -> Option<(Arc<dyn Store>, String, String)> {
+/// A fresh database's store, its spec for the worker processes, its key, and this
+/// test's turn at PostgreSQL (see [`keyhaven_tests::storm::postgres_turn`]).
+async fn postgres() -> Option<(Arc<dyn Store>, String, String, PostgresTurn)> {
+    let turn = keyhaven_tests::storm::postgres_turn().await;
     let url = keyhaven_store::conformance::fresh_postgres_database().await?;
     let (ring, b64) = keyhaven_tests::new_key();
     let store: Arc<dyn Store> = Arc::new(PostgresStore::connect(&url, ring).await.unwrap());
-    Some((store, format!("postgres:{url}"), b64))
+    Some((store, format!("postgres:{url}"), b64, turn))
 }
+
+type PostgresTurn = tokio::sync::MutexGuard<'static, ()>;
 
 fn sqlite(dir: &tempfile::TempDir) -> (Arc<dyn Store>, String, String) {
     let path = dir.path().join("kh.db");
@@ -178,7 +183,7 @@ async fn four_processes(store: Arc<dyn Store>, spec: &str, key_b64: &str, label:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_accounts_on_postgres_one_instance() {
-    let Some((store, _, _)) = postgres().await else {
+    let Some((store, _, _, _turn)) = postgres().await else {
         return;
     };
     one_instance(store, "PostgreSQL").await;
@@ -186,7 +191,7 @@ async fn a_thousand_accounts_on_postgres_one_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_accounts_on_postgres_four_processes() {
-    let Some((store, spec, key)) = postgres().await else {
+    let Some((store, spec, key, _turn)) = postgres().await else {
         return;
     };
     four_processes(store, &spec, &key, "PostgreSQL").await;
@@ -194,7 +199,7 @@ async fn a_thousand_accounts_on_postgres_four_processes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_callers_on_one_token_on_postgres() {
-    let Some((store, _, _)) = postgres().await else {
+    let Some((store, _, _, _turn)) = postgres().await else {
         return;
     };
     one_token(store, "PostgreSQL").await;
@@ -265,7 +270,7 @@ async fn killed_holder_releases(store: Arc<dyn Store>, spec: &str, key_b64: &str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_lock_holder_does_not_block_postgres() {
-    let Some((store, spec, key)) = postgres().await else {
+    let Some((store, spec, key, _turn)) = postgres().await else {
         return;
     };
     killed_holder_releases(store, &spec, &key, "PostgreSQL").await;

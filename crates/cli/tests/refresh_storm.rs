@@ -131,6 +131,7 @@ async fn run(
 }
 
 async fn on_postgres(instances: usize, kind: Kind) {
+    let _turn = keyhaven_tests::storm::postgres_turn().await;
     let Some(url) = keyhaven_store::conformance::fresh_postgres_database().await else {
         return;
     };
