@@ -36,6 +36,8 @@ pub(super) struct LaneConnection {
 /// Opens the lane's connections and checks them when they are handed out again.
 pub(super) struct Connector {
     options: PgConnectOptions,
+    /// A connection idle for longer than this is pinged when handed out.
+    ping_if_idle_for: Duration,
     /// How many pings it sent.
     pings: AtomicU64,
 }
@@ -56,7 +58,7 @@ impl managed::Manager for Connector {
         conn: &mut LaneConnection,
         metrics: &Metrics,
     ) -> RecycleResult<sqlx::Error> {
-        if !conn.finished || metrics.last_used() > PING_IF_IDLE_FOR {
+        if !conn.finished || metrics.last_used() > self.ping_if_idle_for {
             self.pings.fetch_add(1, Ordering::Relaxed);
             conn.raw.ping().await?;
             conn.finished = true;
@@ -79,8 +81,19 @@ impl Lane {
         max: usize,
         wait: Duration,
     ) -> Result<Self, StoreError> {
+        Self::pinging_after(options, max, wait, PING_IF_IDLE_FOR)
+    }
+
+    /// [`Lane::new`], pinging connections idle for longer than `idle`.
+    fn pinging_after(
+        options: PgConnectOptions,
+        max: usize,
+        wait: Duration,
+        idle: Duration,
+    ) -> Result<Self, StoreError> {
         let pool = managed::Pool::builder(Connector {
             options,
+            ping_if_idle_for: idle,
             pings: AtomicU64::new(0),
         })
         .max_size(max)
@@ -150,9 +163,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 mod tests {
     use super::*;
 
-    /// A lane of one connection to `KEYHAVEN_TEST_DATABASE_URL`, and that URL; `None`
-    /// (after saying why) when it is unset, unless `KEYHAVEN_REQUIRE_SERVICES=1`.
-    fn lane() -> Option<(Lane, String)> {
+    /// A lane of one connection to `KEYHAVEN_TEST_DATABASE_URL` that pings idle
+    /// connections after `idle`, and that URL; `None` (after saying why) when it is
+    /// unset, unless `KEYHAVEN_REQUIRE_SERVICES=1`.
+    fn lane_pinging_after(idle: Duration) -> Option<(Lane, String)> {
         let Ok(url) = std::env::var("KEYHAVEN_TEST_DATABASE_URL") else {
             let why = "KEYHAVEN_TEST_DATABASE_URL is not set: PostgreSQL tests are skipped (cargo xtask test sets it)";
             assert!(
@@ -165,8 +179,15 @@ mod tests {
             }
             return None;
         };
-        let lane = Lane::new(url.parse().unwrap(), 1, Duration::from_secs(10)).unwrap();
+        let lane =
+            Lane::pinging_after(url.parse().unwrap(), 1, Duration::from_secs(10), idle).unwrap();
         Some((lane, url))
+    }
+
+    /// A lane whose connections are never idle long enough to be pinged for it: a
+    /// stall of the machine between two statements cannot add a ping.
+    fn lane() -> Option<(Lane, String)> {
+        lane_pinging_after(Duration::from_secs(3600))
     }
 
     async fn number(lane: &Lane, n: i32) -> Result<i32, StoreError> {
@@ -198,10 +219,18 @@ mod tests {
         }
         assert_eq!(backend(&lane).await, first, "one connection, reused");
         assert_eq!(lane.pings(), 0, "no statement was followed by a ping");
-        // Idle for longer than PING_IF_IDLE_FOR: pinged before it is handed out.
-        tokio::time::sleep(PING_IF_IDLE_FOR + Duration::from_millis(100)).await;
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_pinged_before_it_is_handed_out() {
+        let Some((lane, _)) = lane_pinging_after(Duration::from_millis(50)) else {
+            return;
+        };
         assert_eq!(number(&lane, 1).await.unwrap(), 1);
-        assert_eq!(lane.pings(), 1);
+        assert_eq!(lane.pings(), 0, "a new connection is not pinged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(number(&lane, 2).await.unwrap(), 2);
+        assert_eq!(lane.pings(), 1, "idle for longer than 50 ms: one ping");
     }
 
     #[tokio::test]
@@ -212,7 +241,7 @@ mod tests {
         let abandoned = tokio::time::timeout(
             Duration::from_millis(50),
             lane.run(async |c| {
-                sqlx::query_scalar::<_, i32>("SELECT 7 FROM pg_sleep(0.5)")
+                sqlx::query_scalar::<_, i32>("SELECT 7 FROM pg_sleep(2)")
                     .fetch_one(c)
                     .await
             }),
