@@ -1,5 +1,6 @@
 //! The request lane: the connections the hot statements run on (an account or an
-//! integration read, a listing, a count, the account update of a refresh).
+//! integration read, a listing, a count, an account update without events, which is
+//! what a refresh writes).
 //!
 //! sqlx's pool pings every connection that comes back to it, one more round trip
 //! for every statement, and that cannot be turned off in sqlx 0.9: measured, it cost
