@@ -115,14 +115,7 @@ impl Lane {
         &self,
         statement: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
     ) -> Result<T, StoreError> {
-        let mut conn = self.pool.get().await.map_err(|e| match e {
-            managed::PoolError::Backend(e) => map_err(e),
-            managed::PoolError::Timeout(_) => StoreError::Unavailable(
-                "PostgreSQL: no connection came free or could be opened in time; the server is down or overloaded, try again later".into(),
-            ),
-            managed::PoolError::Closed => StoreError::Unavailable("the store is closing".into()),
-            other => StoreError::Unavailable(format!("PostgreSQL: {other}")),
-        })?;
+        let mut conn = self.get().await.map_err(map_err)?;
         conn.finished = false;
         let answer = statement(&mut conn.raw).await.map_err(map_err)?;
         conn.finished = true;
@@ -131,12 +124,19 @@ impl Lane {
 
     /// Opens a connection now (or checks an idle one) and leaves it in the lane.
     pub(super) async fn open_one(&self) -> Result<(), sqlx::Error> {
-        match self.pool.get().await {
-            Ok(_) => Ok(()),
-            Err(managed::PoolError::Backend(e)) => Err(e),
-            Err(managed::PoolError::Closed) => Err(sqlx::Error::PoolClosed),
-            Err(_) => Err(sqlx::Error::PoolTimedOut),
-        }
+        self.get().await.map(drop)
+    }
+
+    /// A connection of the lane, or why there is none, as sqlx's own pool says it: the
+    /// server's error as it is, a wait that ran out (for a free connection, to open
+    /// one, to ping one) as `PoolTimedOut`, a closed lane as `PoolClosed`.
+    async fn get(&self) -> Result<managed::Object<Connector>, sqlx::Error> {
+        self.pool.get().await.map_err(|e| match e {
+            managed::PoolError::Backend(e) => e,
+            managed::PoolError::Closed => sqlx::Error::PoolClosed,
+            // The rest are timeouts: the lane has a runtime and no hooks.
+            _ => sqlx::Error::PoolTimedOut,
+        })
     }
 
     /// How many connections the lane holds.
