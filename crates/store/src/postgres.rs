@@ -231,6 +231,14 @@ impl PostgresStore {
         self.lane.run(async |c| q.fetch_all(c).await).await
     }
 
+    /// The row `sql` (built by this crate, one placeholder) finds for `id`, if any.
+    async fn row_by_id(&self, sql: String, id: &str) -> Result<Option<PgRow>, StoreError> {
+        let sql = safe(sql);
+        self.lane
+            .run(async |c| sqlx::query(sql).bind(id).fetch_optional(c).await)
+            .await
+    }
+
     /// The pending state `sql` (a query by `state_hash` answering account id, data and
     /// expiry) finds for `state`.
     async fn pending_by(
@@ -302,10 +310,10 @@ impl PostgresStore {
             |e: sqlx::Error| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}"));
         let options: PgConnectOptions = url.parse().map_err(unavailable)?;
         let lock_connections = lock_connections.max(1);
-        let others = (max_connections / 3).max(3);
+        let other_connections = (max_connections / 3).max(3);
         let lane = lane::Lane::new(
             options.clone(),
-            max_connections.saturating_sub(others).max(2) as usize,
+            max_connections.saturating_sub(other_connections).max(2) as usize,
             ACQUIRE_TIMEOUT,
         )?;
         // The pools open their first connection now, at once: the first read or
@@ -313,7 +321,7 @@ impl PostgresStore {
         // TLS, sqlx 0.9.0 takes about 100 ms to open one here: it leaves Nagle's
         // algorithm on, and the handshake waits for delayed ACKs).
         let others = pool_options()
-            .max_connections(others)
+            .max_connections(other_connections)
             // A statement holds a connection for well under a millisecond: a caller
             // still waiting after this long is waiting for a server that is down,
             // and gets a clear `Unavailable` instead of a longer hang.
@@ -610,12 +618,11 @@ impl Store for PostgresStore {
     }
 
     async fn get_integration(&self, id: &IntegrationId) -> Result<Option<Integration>, StoreError> {
-        let sql = safe(format!(
-            "SELECT {INTEGRATION_COLUMNS} FROM integrations WHERE id = $1"
-        ));
         let row = self
-            .lane
-            .run(async |c| sqlx::query(sql).bind(id.as_str()).fetch_optional(c).await)
+            .row_by_id(
+                format!("SELECT {INTEGRATION_COLUMNS} FROM integrations WHERE id = $1"),
+                id.as_str(),
+            )
             .await?;
         row.map(|r| integration_row(&r)?.decode(&self.key_ring()))
             .transpose()
@@ -762,12 +769,11 @@ impl Store for PostgresStore {
         &self,
         id: &ConnectedAccountId,
     ) -> Result<Option<ConnectedAccount>, StoreError> {
-        let sql = safe(format!(
-            "SELECT {ACCOUNT_COLUMNS} FROM connected_accounts WHERE id = $1"
-        ));
         let row = self
-            .lane
-            .run(async |c| sqlx::query(sql).bind(id.as_str()).fetch_optional(c).await)
+            .row_by_id(
+                format!("SELECT {ACCOUNT_COLUMNS} FROM connected_accounts WHERE id = $1"),
+                id.as_str(),
+            )
             .await?;
         row.map(|r| account_row(&r)?.decode()).transpose()
     }
@@ -776,12 +782,11 @@ impl Store for PostgresStore {
         &self,
         id: &ConnectedAccountId,
     ) -> Result<Option<(ConnectedAccount, Option<Credentials>)>, StoreError> {
-        let sql = safe(format!(
-            "SELECT {ACCOUNT_COLUMNS}, credentials, credentials_expires_at FROM connected_accounts WHERE id = $1"
-        ));
         let row = self
-            .lane
-            .run(async |c| sqlx::query(sql).bind(id.as_str()).fetch_optional(c).await)
+            .row_by_id(
+                format!("SELECT {ACCOUNT_COLUMNS}, credentials, credentials_expires_at FROM connected_accounts WHERE id = $1"),
+                id.as_str(),
+            )
             .await?;
         let Some(row) = row else { return Ok(None) };
         let account = account_row(&row)?;
