@@ -1,6 +1,6 @@
-//! The credentials cache of one instance, and its copies of accounts, forget what
-//! another instance changed: with PostgreSQL through LISTEN/NOTIFY, with SQLite
-//! through `data_version`.
+//! The credentials cache of one instance, and its copies of accounts and listings,
+//! forget what another instance changed: with PostgreSQL through LISTEN/NOTIFY,
+//! with SQLite through `data_version`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,11 +8,157 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyhaven::{
-    ConnectedAccounts, ConnectionRequest, ConnectionStatus, ErrorKind, KeyRing, Keyhaven,
-    MasterKey, PostgresStore, SqliteStore, Store,
+    AccountFilter, ConnectedAccountId, ConnectedAccounts, ConnectionRequest, ConnectionStatus,
+    EntityId, ErrorKind, KeyRing, Keyhaven, MasterKey, PostgresStore, SqliteStore, Store,
 };
 
-async fn two_instances(a: Arc<dyn Store>, b: Arc<dyn Store>) {
+/// A's listings by entity, through its copies, noting when each entity's copy was
+/// last read from the store.
+struct Lister<'a> {
+    kh: &'a Keyhaven,
+    read_at: std::cell::RefCell<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+/// One listing as A sees it: the accounts (id and status), and whether more pages
+/// follow.
+struct Listed {
+    items: Vec<(String, ConnectionStatus)>,
+    more: bool,
+}
+
+impl Lister<'_> {
+    /// The accounts A lists for `entity` (`entity/N`: the first page of N), and
+    /// whether from a copy.
+    async fn list(&self, entity: &str) -> (Listed, bool) {
+        let (name, limit) = entity.split_once('/').unwrap_or((entity, "0"));
+        let filter = AccountFilter {
+            entity_ids: vec![EntityId::new(name).unwrap()],
+            limit: limit.parse().unwrap(),
+            ..AccountFilter::default()
+        };
+        let started = std::time::Instant::now();
+        let misses = self.kh.listing_cache_counts().misses;
+        let page = self
+            .kh
+            .connected_accounts()
+            .list_cached(&filter)
+            .await
+            .unwrap();
+        let copied = self.kh.listing_cache_counts().misses == misses;
+        if !copied {
+            self.read_at.borrow_mut().insert(entity.to_owned(), started);
+        }
+        let items = page
+            .items
+            .iter()
+            .map(|a| (a.id.to_string(), a.status))
+            .collect();
+        let more = page.next_cursor.is_some();
+        (Listed { items, more }, copied)
+    }
+
+    /// Waits until A's listing of `entity` passes `check`, which must happen
+    /// before the copy A held when the wait began ages (that would prove nothing).
+    async fn soon(&self, what: &str, entity: &str, check: impl Fn(&Listed) -> bool) {
+        self.list(entity).await;
+        let copy_read = self.read_at.borrow()[entity];
+        loop {
+            let (listed, _) = self.list(entity).await;
+            if check(&listed) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            copy_read.elapsed() < ConnectedAccounts::CACHED_FOR,
+            "{what}: seen only when A's copy aged, not when the change was reported"
+        );
+    }
+}
+
+/// Instance A's copies of listings by entity see B's new, changed and deleted
+/// accounts when the store reports them. With `per_entity` (PostgreSQL's
+/// notifications name the entity), a change to one entity's account leaves A's
+/// copies of the others' listings.
+async fn listings_across_instances(kh_a: &Keyhaven, kh_b: &Keyhaven, per_entity: bool) {
+    let a = Lister {
+        kh: kh_a,
+        read_at: std::cell::RefCell::default(),
+    };
+    let connect = async |entity: &str| {
+        kh_b.initiate_connection(
+            ConnectionRequest::for_app("openai")
+                .scheme("API_KEY")
+                .param("api_key", "sk-list")
+                .entity(entity),
+        )
+        .await
+        .unwrap()
+        .connected_account_id
+        .to_string()
+    };
+    let first = connect("ann").await;
+    connect("bea").await;
+    a.soon("B's first account", "ann", |l| l.items.len() == 1)
+        .await;
+
+    // B adds an account of ann's in one write (an initiation writes twice).
+    let mut added = kh_b.connected_accounts().get(&first).await.unwrap();
+    added.id = ConnectedAccountId::generate().unwrap();
+    let second = added.id.to_string();
+    // Each check begins with A holding a copy: this one, of one account.
+    a.list("ann").await;
+    kh_b.store()
+        .insert_account(&added, None, &[])
+        .await
+        .unwrap();
+    a.soon("B's new account", "ann", |l| l.items.len() == 2)
+        .await;
+
+    kh_b.connected_accounts().disable(&first).await.unwrap();
+    a.soon("B's status change", "ann", |l| {
+        l.items
+            .contains(&(first.clone(), ConnectionStatus::Inactive))
+    })
+    .await;
+
+    kh_b.connected_accounts().delete(&second).await.unwrap();
+    a.soon("B's delete", "ann", |l| l.items.len() == 1).await;
+
+    if per_entity {
+        // A change to ann's account leaves A's copy of bea's listing.
+        a.list("bea").await;
+        kh_b.connected_accounts().enable(&first).await.unwrap();
+        a.soon("B's change of ann's account", "ann", |l| {
+            l.items.contains(&(first.clone(), ConnectionStatus::Active))
+        })
+        .await;
+        let (_, copied) = a.list("bea").await;
+        if a.read_at.borrow()["bea"].elapsed() < ConnectedAccounts::CACHED_FOR {
+            assert!(
+                copied,
+                "a change to ann's account dropped A's copy of bea's listing"
+            );
+        } else {
+            println!("the machine stalled past the copies' age: the per-entity check is moot");
+        }
+
+        // B moves ann's second account to bea. A's first page of one of ann's
+        // accounts does not hold it, but said more followed: only the entity it
+        // left, told by B's change, drops that copy.
+        let third = connect("ann").await;
+        a.soon("B's third account", "ann/1", |l| l.more).await;
+        let mut moved = kh_b.connected_accounts().get(&third).await.unwrap();
+        moved.entity_id = EntityId::new("bea").unwrap();
+        kh_b.store()
+            .update_account(&moved, keyhaven::CredentialsUpdate::Keep, &[])
+            .await
+            .unwrap();
+        a.soon("B's move of an account", "ann/1", |l| !l.more).await;
+    }
+}
+
+async fn two_instances(a: Arc<dyn Store>, b: Arc<dyn Store>, per_entity: bool) {
     let kh_a = Keyhaven::builder().shared_store(a).build().unwrap();
     let kh_b = Keyhaven::builder().shared_store(b).build().unwrap();
     let id = kh_a
@@ -71,6 +217,7 @@ async fn two_instances(a: Arc<dyn Store>, b: Arc<dyn Store>) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(served);
+    listings_across_instances(&kh_a, &kh_b, per_entity).await;
 }
 
 fn ring_pair() -> (KeyRing, KeyRing) {
@@ -90,7 +237,7 @@ async fn postgres_instances_invalidate_each_other() {
     let (ra, rb) = ring_pair();
     let a = Arc::new(PostgresStore::connect(&url, ra).await.unwrap());
     let b = Arc::new(PostgresStore::connect(&url, rb).await.unwrap());
-    two_instances(a, b).await;
+    two_instances(a, b, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,5 +247,5 @@ async fn sqlite_processes_invalidate_each_other() {
     let (ra, rb) = ring_pair();
     let a = Arc::new(SqliteStore::open(&path, ra).unwrap());
     let b = Arc::new(SqliteStore::open(&path, rb).unwrap());
-    two_instances(a, b).await;
+    two_instances(a, b, false).await;
 }

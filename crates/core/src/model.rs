@@ -357,7 +357,7 @@ pub struct ConnectionRequestOutput {
 }
 
 /// Which connected accounts to list. Empty lists match everything.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct AccountFilter {
     /// Any of these entities.
     pub entity_ids: Vec<EntityId>,

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 
 use crate::error::StoreError;
 use crate::event::AccountEvent;
-use crate::ids::{AppSlug, ConnectedAccountId, IntegrationId};
+use crate::ids::{AppSlug, ConnectedAccountId, EntityId, IntegrationId};
 use chrono::{DateTime, Utc};
 
 use crate::model::{
@@ -269,8 +269,15 @@ pub trait AccountLock: Send + Sync {
 /// A change made elsewhere, reported by [`Store::subscribe`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreChange {
-    /// This account changed or was deleted.
-    Account(ConnectedAccountId),
+    /// This account was added, changed or deleted.
+    Account {
+        /// The account.
+        id: ConnectedAccountId,
+        /// The entities it belonged to before and after (one when they are the
+        /// same), when the store says; `None` when it does not, and then any
+        /// listing may have changed.
+        entities: Option<Vec<EntityId>>,
+    },
     /// Changes may have been missed: forget everything cached.
     Everything,
     /// Another process or instance appended this event to the shared event log.

@@ -79,7 +79,8 @@ impl<'a> ConnectedAccounts<'a> {
             .await
     }
 
-    /// How long [`ConnectedAccounts::get_cached`] keeps an account at most.
+    /// How long [`ConnectedAccounts::get_cached`] keeps an account at most, and
+    /// [`ConnectedAccounts::list_cached`] a listing.
     pub const CACHED_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 
     /// One page of the accounts matching `filter` (entities, apps, integrations,
@@ -92,6 +93,51 @@ impl<'a> ConnectedAccounts<'a> {
     pub async fn list(&self, filter: &AccountFilter) -> Result<Page<ConnectedAccount>, Error> {
         filter.check()?;
         Ok(self.kh.store().list_accounts(filter).await?)
+    }
+
+    /// The same page as [`ConnectedAccounts::list`], from this process's copy when
+    /// `filter` names exactly one entity and the copy was read less than
+    /// [`ConnectedAccounts::CACHED_FOR`] ago (the server's listings: an SDK lists an
+    /// entity's connections many times for each change). Copies are kept by entity:
+    /// adding, changing or deleting an account through this keyhaven drops its
+    /// entity's copies at once; another instance's changes drop them when the store
+    /// reports them (PostgreSQL: at its notification, only the entity's; SQLite:
+    /// within 0.2 s, every copy). An account moved to another entity by a write
+    /// made straight to the store may show in its former entity's counts until its
+    /// copies age. Listings of several entities, or of none, are read each time.
+    ///
+    /// # Errors
+    /// As [`ConnectedAccounts::list`].
+    pub async fn list_cached(
+        &self,
+        filter: &AccountFilter,
+    ) -> Result<std::sync::Arc<Page<ConnectedAccount>>, Error> {
+        filter.check()?;
+        let cache = &self.kh.inner.cache;
+        if let Some(page) = cache.listed_page(filter, Self::CACHED_FOR) {
+            return Ok(page);
+        }
+        let generation = cache.generation();
+        let page = std::sync::Arc::new(self.kh.store().list_accounts(filter).await?);
+        cache.put_page(filter, page.clone(), generation);
+        Ok(page)
+    }
+
+    /// [`ConnectedAccounts::count`], kept as [`ConnectedAccounts::list_cached`]
+    /// keeps pages.
+    ///
+    /// # Errors
+    /// As [`ConnectedAccounts::count`].
+    pub async fn count_cached(&self, filter: &AccountFilter) -> Result<u64, Error> {
+        filter.check()?;
+        let cache = &self.kh.inner.cache;
+        if let Some(count) = cache.listed_count(filter, Self::CACHED_FOR) {
+            return Ok(count);
+        }
+        let generation = cache.generation();
+        let count = self.kh.store().count_accounts(filter).await?;
+        cache.put_count(filter, count, generation);
+        Ok(count)
     }
 
     /// How many accounts match `filter`, its cursor and limit aside (one query, not a

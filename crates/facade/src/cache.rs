@@ -4,15 +4,17 @@
 //! credentials), integrations and request targets as read for the server's views.
 //! Dropped when this process changes the account (every write through the
 //! facade's store: see [`crate::metered`]), and when the store reports that another
-//! process or instance did.
+//! process or instance did. Listings by entity are kept too ([`listings`]).
+
+mod listings;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use keyhaven_core::{
-    ConnectedAccount, ConnectedAccountId, Credentials, Error, Integration, IntegrationId,
-    StoreChange,
+    AccountFilter, ConnectedAccount, ConnectedAccountId, Credentials, EntityId, Error, Integration,
+    IntegrationId, Page, StoreChange,
 };
 
 /// One cached account.
@@ -117,6 +119,9 @@ type Copies<K, V> = quick_cache::sync::Cache<K, Arc<(std::time::Instant, V)>>;
 pub(crate) struct CredentialCache {
     /// Reads served from the cache and not.
     pub(crate) reads: ReadCounts,
+    /// Listings served from their copies and not (by one entity only: see
+    /// [`listings`]).
+    pub(crate) listing_reads: ReadCounts,
     entries: Option<quick_cache::sync::Cache<ConnectedAccountId, Cached>>,
     /// Where each account's requests go, with what (see [`crate::request`]).
     targets: Option<quick_cache::sync::Cache<ConnectedAccountId, Arc<crate::request::Target>>>,
@@ -124,6 +129,8 @@ pub(crate) struct CredentialCache {
     integrations: Option<Copies<IntegrationId, Integration>>,
     /// Accounts as read, with when (see [`crate::ConnectedAccounts::get_cached`]).
     accounts: Option<Copies<ConnectedAccountId, ConnectedAccount>>,
+    /// Listings by one entity, as read (see [`crate::ConnectedAccounts::list_cached`]).
+    listings: Option<listings::Listings>,
     /// Bumped by every invalidation, so that a read that started before one does
     /// not put what it read into the cache afterwards.
     generation: AtomicU64,
@@ -134,10 +141,12 @@ impl CredentialCache {
     pub(crate) fn new(capacity: usize) -> Arc<Self> {
         Arc::new(Self {
             reads: ReadCounts::new(),
+            listing_reads: ReadCounts::new(),
             entries: (capacity > 0).then(|| quick_cache::sync::Cache::new(capacity)),
             targets: (capacity > 0).then(|| quick_cache::sync::Cache::new(capacity)),
             integrations: (capacity > 0).then(|| quick_cache::sync::Cache::new(1024)),
             accounts: (capacity > 0).then(|| quick_cache::sync::Cache::new(capacity)),
+            listings: (capacity > 0).then(|| listings::Listings::new(capacity)),
             generation: AtomicU64::new(0),
         })
     }
@@ -265,9 +274,78 @@ impl CredentialCache {
         }
     }
 
-    /// Forgets one account.
-    pub(crate) fn forget(&self, id: &ConnectedAccountId) {
+    /// The page `filter` lists, if this process read it less than `ttl` ago and
+    /// nothing it lists changed since (counted in `listing_reads`).
+    pub(crate) fn listed_page(
+        &self,
+        filter: &AccountFilter,
+        ttl: std::time::Duration,
+    ) -> Option<Arc<Page<ConnectedAccount>>> {
+        let hit = self.listings.as_ref()?.page(filter, ttl);
+        self.count_listing(filter, hit.is_some());
+        hit
+    }
+
+    /// The count of `filter`, as [`CredentialCache::listed_page`].
+    pub(crate) fn listed_count(
+        &self,
+        filter: &AccountFilter,
+        ttl: std::time::Duration,
+    ) -> Option<u64> {
+        let hit = self.listings.as_ref()?.count(filter, ttl);
+        self.count_listing(filter, hit.is_some());
+        hit
+    }
+
+    fn count_listing(&self, filter: &AccountFilter, hit: bool) {
+        if listings::entity_of(filter).is_some() {
+            if hit {
+                self.listing_reads.hit();
+            } else {
+                self.listing_reads.miss();
+            }
+        }
+    }
+
+    /// Keeps the page read for `filter` since `generation`, unless something
+    /// changed since.
+    pub(crate) fn put_page(
+        &self,
+        filter: &AccountFilter,
+        page: Arc<Page<ConnectedAccount>>,
+        generation: u64,
+    ) {
+        if let Some(listings) = &self.listings {
+            listings.put_page(filter, page, || self.generation() == generation);
+        }
+    }
+
+    /// Keeps the count read for `filter`, as [`CredentialCache::put_page`].
+    pub(crate) fn put_count(&self, filter: &AccountFilter, count: u64, generation: u64) {
+        if let Some(listings) = &self.listings {
+            listings.put_count(filter, count, || self.generation() == generation);
+        }
+    }
+
+    /// Forgets the listings of `entity` (an account of it was added).
+    pub(crate) fn forget_listings_of(&self, entity: &EntityId) {
         self.generation.fetch_add(1, Ordering::AcqRel);
+        if let Some(listings) = &self.listings {
+            listings.forget_entity(entity);
+        }
+    }
+
+    /// Forgets one account, and the listings of `entities` (those it belonged to
+    /// before and after its change) and any it was listed in; every listing when
+    /// `entities` is `None` (not known).
+    pub(crate) fn forget(&self, id: &ConnectedAccountId, entities: Option<&[EntityId]>) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        if let Some(listings) = &self.listings {
+            match entities {
+                Some(entities) => listings.forget(id, entities),
+                None => listings.clear(),
+            }
+        }
         if let Some(entries) = &self.entries {
             entries.remove(id.as_str());
         }
@@ -294,7 +372,7 @@ impl CredentialCache {
     /// Applies a change reported by the store.
     pub(crate) fn apply(&self, change: StoreChange) {
         match change {
-            StoreChange::Account(id) => self.forget(&id),
+            StoreChange::Account { id, entities } => self.forget(&id, entities.as_deref()),
             // The change itself is reported as Account(id) too.
             StoreChange::Event(_) => {}
             StoreChange::Everything => {
@@ -310,6 +388,9 @@ impl CredentialCache {
                 }
                 if let Some(accounts) = &self.accounts {
                     accounts.clear();
+                }
+                if let Some(listings) = &self.listings {
+                    listings.clear();
                 }
             }
         }

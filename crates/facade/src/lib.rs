@@ -118,8 +118,8 @@ struct Inner {
 /// default address.
 pub const DEFAULT_CALLBACK_URL: &str = "http://127.0.0.1:9210/api/v1/oauth/callback";
 
-/// Credential reads served from the cache (`hits`) and not (`misses`), see
-/// [`Keyhaven::credential_cache_counts`].
+/// Reads served from the cache (`hits`) and not (`misses`), see
+/// [`Keyhaven::credential_cache_counts`] and [`Keyhaven::listing_cache_counts`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CacheCounts {
     /// Served from memory.
@@ -271,6 +271,14 @@ impl Keyhaven {
     /// since it was built.
     pub fn credential_cache_counts(&self) -> CacheCounts {
         let (hits, misses) = self.inner.cache.reads.totals();
+        CacheCounts { hits, misses }
+    }
+
+    /// How many listings by one entity ([`ConnectedAccounts::list_cached`],
+    /// [`ConnectedAccounts::count_cached`]) this keyhaven served from its copies,
+    /// and how many it read from the store, since it was built.
+    pub fn listing_cache_counts(&self) -> CacheCounts {
+        let (hits, misses) = self.inner.cache.listing_reads.totals();
         CacheCounts { hits, misses }
     }
 

@@ -137,10 +137,12 @@ impl Store for Metered {
         credentials: Option<&Credentials>,
         events: &[AccountEvent],
     ) -> Result<(), StoreError> {
-        timed!(
+        let result = timed!(
             "insert_account",
             self.store.insert_account(account, credentials, events)
-        )
+        );
+        self.cache.forget_listings_of(&account.entity_id);
+        result
     }
 
     async fn get_account(
@@ -170,7 +172,10 @@ impl Store for Metered {
             "update_account",
             self.store.update_account(account, credentials, events)
         );
-        self.cache.forget(&account.id);
+        // Its entity before the change is not known here: the cache also drops the
+        // listings it holds the account in.
+        self.cache
+            .forget(&account.id, Some(std::slice::from_ref(&account.entity_id)));
         result
     }
 
@@ -180,7 +185,8 @@ impl Store for Metered {
         events: &[AccountEvent],
     ) -> Result<bool, StoreError> {
         let result = timed!("delete_account", self.store.delete_account(id, events));
-        self.cache.forget(id);
+        // Its entity is not known here: every listing may have changed.
+        self.cache.forget(id, None);
         result
     }
 

@@ -1269,3 +1269,123 @@ async fn cached_accounts_see_their_own_changes_at_once() {
         ErrorKind::InvalidInput
     );
 }
+
+/// `list_cached` and `count_cached` serve copies of listings by one entity:
+/// every change made through the same `Keyhaven` to an account of the entity (a
+/// new account, a status change, a write through its store, a delete) shows at
+/// once; a change to another entity's account keeps the copy; another process's
+/// change (a memory store reports none) waits for the copy to age.
+#[tokio::test]
+async fn cached_listings_see_their_own_changes_at_once() {
+    let (here, elsewhere) = sharing_a_store();
+    let accounts = here.connected_accounts();
+    let of = |entity: &str| AccountFilter {
+        entity_ids: vec![keyhaven::EntityId::new(entity).unwrap()],
+        ..AccountFilter::default()
+    };
+    let connect = |kh: &Keyhaven, entity: &'static str| {
+        let kh = kh.clone();
+        async move {
+            kh.initiate_connection(openai(SECRET).entity(entity))
+                .await
+                .unwrap()
+                .connected_account_id
+                .to_string()
+        }
+    };
+    let ids = |page: std::sync::Arc<keyhaven::Page<ConnectedAccount>>| {
+        page.items
+            .iter()
+            .map(|a| a.id.to_string())
+            .collect::<Vec<_>>()
+    };
+    let first = connect(&here, "alice").await;
+    let bobs = connect(&here, "bob").await;
+    let (alice, bob) = (of("alice"), of("bob"));
+    assert_eq!(
+        ids(accounts.list_cached(&alice).await.unwrap()),
+        [first.as_str()]
+    );
+    assert_eq!(accounts.count_cached(&alice).await.unwrap(), 1);
+    assert_eq!(
+        ids(accounts.list_cached(&bob).await.unwrap()),
+        [bobs.as_str()]
+    );
+    let counts = here.listing_cache_counts();
+    assert_eq!((counts.hits, counts.misses), (0, 3));
+
+    // Served from the copy.
+    accounts.list_cached(&alice).await.unwrap();
+    assert_eq!(here.listing_cache_counts().hits, 1);
+
+    // A new account of alice's shows at once; bob's copy stays.
+    let second = connect(&here, "alice").await;
+    assert_eq!(
+        ids(accounts.list_cached(&alice).await.unwrap()),
+        [first.as_str(), second.as_str()]
+    );
+    assert_eq!(accounts.count_cached(&alice).await.unwrap(), 2);
+    let before = here.listing_cache_counts().hits;
+    accounts.list_cached(&bob).await.unwrap();
+    assert_eq!(
+        here.listing_cache_counts().hits,
+        before + 1,
+        "a change to alice's accounts dropped bob's listing"
+    );
+
+    // A status change.
+    accounts.disable(&first).await.unwrap();
+    let active = AccountFilter {
+        statuses: vec![ConnectionStatus::Active],
+        ..of("alice")
+    };
+    assert_eq!(
+        ids(accounts.list_cached(&active).await.unwrap()),
+        [second.as_str()]
+    );
+    assert_eq!(
+        accounts.list_cached(&alice).await.unwrap().items[0].status,
+        ConnectionStatus::Inactive
+    );
+
+    // A write through the store a library user holds, moving the account to bob:
+    // it leaves alice's listing (it was listed there) and joins bob's.
+    let mut moved = accounts.get(&second).await.unwrap();
+    moved.entity_id = keyhaven::EntityId::new("bob").unwrap();
+    here.store()
+        .update_account(&moved, keyhaven::CredentialsUpdate::Keep, &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(accounts.list_cached(&alice).await.unwrap()),
+        [first.as_str()]
+    );
+    assert_eq!(
+        ids(accounts.list_cached(&bob).await.unwrap()),
+        [bobs.as_str(), second.as_str()]
+    );
+    assert_eq!(accounts.count_cached(&alice).await.unwrap(), 1);
+
+    // Another process's change, unreported, waits for the copy to age.
+    connect(&elsewhere, "alice").await;
+    assert_eq!(accounts.list(&alice).await.unwrap().items.len(), 2);
+    assert_eq!(accounts.list_cached(&alice).await.unwrap().items.len(), 1);
+    assert_eq!(accounts.count_cached(&alice).await.unwrap(), 1);
+
+    // A delete made here shows at once (and drops every copy: its entity is not
+    // known where the delete is seen).
+    accounts.delete(&first).await.unwrap();
+    let left = ids(accounts.list_cached(&alice).await.unwrap());
+    assert_eq!(left.len(), 1);
+    assert_ne!(left[0], first);
+    assert_eq!(accounts.count_cached(&alice).await.unwrap(), 1);
+
+    // Listings of no entity, or of several, are read each time.
+    let counts = here.listing_cache_counts();
+    let everyone = AccountFilter::default();
+    assert_eq!(
+        accounts.list_cached(&everyone).await.unwrap().items.len(),
+        3
+    );
+    assert_eq!(here.listing_cache_counts(), counts);
+}

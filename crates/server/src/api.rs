@@ -353,10 +353,10 @@ pub(crate) async fn accounts(
         limit,
         newest_first: false,
     };
-    let page = s.kh.connected_accounts().list(&filter).await?;
+    let page = s.kh.connected_accounts().list_cached(&filter).await?;
     Ok(Json(v1::AccountPage {
         items: account_views(&s.kh, &page.items).await,
-        next_cursor: page.next_cursor,
+        next_cursor: page.next_cursor.clone(),
         total_pages: 1,
     }))
 }

@@ -501,11 +501,14 @@ pub(crate) async fn accounts(
     )?;
     if ids.is_empty() {
         let accounts = s.kh.connected_accounts();
-        let page = accounts.list(&filter).await?;
-        let total = accounts.count(&filter).await?;
+        let page = accounts.list_cached(&filter).await?;
+        let total = accounts.count_cached(&filter).await?;
         return Ok(Json(
-            v3::AccountPage::new(account_views(&s.kh, &page.items).await, page.next_cursor)
-                .of_total(total, filter.effective_limit()),
+            v3::AccountPage::new(
+                account_views(&s.kh, &page.items).await,
+                page.next_cursor.clone(),
+            )
+            .of_total(total, filter.effective_limit()),
         ));
     }
     if ids.len() > AccountFilter::MAX_LIMIT {

@@ -16,7 +16,8 @@ use chrono::{DateTime, Utc};
 use keyhaven_core::{
     AccountEvent, AccountFilter, AccountLock, AppSlug, ChangeSink, ConnectedAccount,
     ConnectedAccountId, Credentials, CredentialsUpdate, Delivery, DeliveryFilter, DeliveryOutcome,
-    Integration, IntegrationId, Page, PendingState, Store, StoreChange, StoreError, WebhookTarget,
+    EntityId, Integration, IntegrationId, Page, PendingState, Store, StoreChange, StoreError,
+    WebhookTarget,
 };
 use parking_lot::RwLock;
 use sha2::{Digest, Sha256};
@@ -178,11 +179,12 @@ const UPDATE_ACCOUNT: &str = "WITH upd AS ( \
         expires_at = $11, version = $12, created_at = $13, updated_at = $14, \
         credentials = CASE WHEN $16 THEN $17 ELSE credentials END, \
         credentials_expires_at = CASE WHEN $16 THEN $18 ELSE credentials_expires_at END \
-    WHERE id = $1 AND version = $15 RETURNING id), \
+    WHERE id = $1 AND version = $15 RETURNING id, entity_id), \
+was AS (SELECT entity_id FROM connected_accounts WHERE id = $1), \
 gone AS (DELETE FROM account_labels WHERE account_id IN (SELECT id FROM upd) AND label <> ALL($19::text[])), \
 added AS (INSERT INTO account_labels (label, account_id) \
     SELECT DISTINCT l, upd.id FROM upd CROSS JOIN unnest($19::text[]) AS l ON CONFLICT DO NOTHING), \
-told AS (SELECT pg_notify($20, id) FROM upd) \
+told AS (SELECT pg_notify($20, upd.id || ' ' || was.entity_id || ' ' || upd.entity_id) FROM upd, was) \
 SELECT (SELECT COUNT(*) FROM told), (SELECT version FROM connected_accounts WHERE id = $1)";
 
 async fn insert_labels(
@@ -207,14 +209,44 @@ async fn insert_labels(
     Ok(())
 }
 
-async fn notify(tx: &mut Transaction<'static, Postgres>, id: &str) -> Result<(), StoreError> {
-    sqlx::query("SELECT pg_notify($1, $2)")
+/// Tells the other instances that account `id` of `entity` was added or deleted
+/// (see [`change_of`]).
+async fn notify(
+    tx: &mut Transaction<'static, Postgres>,
+    id: &str,
+    entity: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, $2 || ' ' || $3)")
         .bind(CHANNEL)
         .bind(id)
+        .bind(entity)
         .execute(&mut **tx)
         .await
         .map_err(map_err)?;
     Ok(())
+}
+
+/// The change a notice on [`CHANNEL`] tells: the account's id, then the entities
+/// it belonged to before and after, separated by spaces (which neither holds). A
+/// notice of an older keyhaven carries the id alone: any listing may have changed.
+/// One that cannot be read: anything may have.
+fn change_of(payload: &str) -> StoreChange {
+    let mut words = payload.split(' ');
+    let Some(Ok(id)) = words.next().map(ConnectedAccountId::parse) else {
+        return StoreChange::Everything;
+    };
+    let entities: Result<Vec<EntityId>, _> = words.map(EntityId::new).collect();
+    match entities {
+        Ok(entities) if entities.is_empty() => StoreChange::Account { id, entities: None },
+        Ok(mut entities) => {
+            entities.dedup();
+            StoreChange::Account {
+                id,
+                entities: Some(entities),
+            }
+        }
+        Err(_) => StoreChange::Everything,
+    }
 }
 
 impl PostgresStore {
@@ -762,6 +794,7 @@ impl Store for PostgresStore {
             .map_err(map_err)?;
         insert_labels(&mut tx, account).await?;
         outbox::append(&mut tx, &events).await?;
+        notify(&mut tx, account.id.as_str(), account.entity_id.as_str()).await?;
         tx.commit().await.map_err(map_err)
     }
 
@@ -861,17 +894,19 @@ impl Store for PostgresStore {
     ) -> Result<bool, StoreError> {
         let events = EventRow::encode_all(events)?;
         let mut tx = self.pool.begin().await.map_err(map_err)?;
-        let n = sqlx::query("DELETE FROM connected_accounts WHERE id = $1")
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        if n.rows_affected() > 0 {
-            outbox::append(&mut tx, &events).await?;
-        }
-        notify(&mut tx, id.as_str()).await?;
+        let entity: Option<String> =
+            sqlx::query_scalar("DELETE FROM connected_accounts WHERE id = $1 RETURNING entity_id")
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        let Some(entity) = entity else {
+            return Ok(false);
+        };
+        outbox::append(&mut tx, &events).await?;
+        notify(&mut tx, id.as_str(), &entity).await?;
         tx.commit().await.map_err(map_err)?;
-        Ok(n.rows_affected() > 0)
+        Ok(true)
     }
 
     async fn put_pending_state(&self, pending: &PendingState) -> Result<(), StoreError> {
@@ -1049,10 +1084,7 @@ impl Store for PostgresStore {
                                 }
                             }
                         }
-                        Ok(Some(n)) => match ConnectedAccountId::parse(n.payload()) {
-                            Ok(id) => sink(StoreChange::Account(id)),
-                            Err(_) => sink(StoreChange::Everything),
-                        },
+                        Ok(Some(n)) => sink(change_of(n.payload())),
                         // The connection dropped; it is re-established on the next call.
                         Ok(None) => sink(StoreChange::Everything),
                         Err(_) => {
