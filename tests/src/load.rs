@@ -259,6 +259,18 @@ pub fn get(client: &reqwest::Client, url: String, key: &'static str) -> Once {
     })
 }
 
+/// As [`get`], each call to the next of `urls` in turn (from the first again after
+/// the last).
+pub fn get_each(client: &reqwest::Client, urls: Vec<String>, key: &'static str) -> Once {
+    let client = client.clone();
+    let urls: Arc<[String]> = urls.into();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    Arc::new(move || {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % urls.len();
+        get(&client, urls[i].clone(), key)()
+    })
+}
+
 /// An axum server on its own runtime thread answering `GET /account` with `body`
 /// behind the same `x-api-key` check as keyhaven's (a SHA-256 compared in constant
 /// time): the bare handler the server benchmarks compare with. Returns its base URL.

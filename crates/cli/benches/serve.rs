@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use keyhaven::{ConnectionRequest, KeyRing, Keyhaven, PostgresStore, SqliteStore, Store};
 use keyhaven_tests::load::{
-    Once, Settings, bare_handler, get, measure, only, rows_json, write_results,
+    Once, Settings, bare_handler, get, get_each, measure, only, rows_json, write_results,
 };
 
 /// The allocator `keyhaven serve` uses, for the bare handler too: the comparison
@@ -279,7 +279,7 @@ fn run(
             .unwrap()
     });
     let bare = bare_handler(KEY, body);
-    let ways: Vec<(String, Once)> = vec![
+    let mut ways: Vec<(String, Once)> = vec![
         (
             "bare axum handler, same bytes, same key check".into(),
             get(&client, format!("{bare}/account"), KEY),
@@ -309,6 +309,20 @@ fn run(
             get(&client, format!("{account_url}/credentials"), CREDS),
         ),
     ];
+    // The listings above are of one entity, again and again (an SDK polling its
+    // user's connections): after the first, from the server's copy. On a million
+    // accounts, the same listing of a different entity each time, which the server
+    // must read from the store: 499,000 entities, each listed once a round.
+    if accounts >= 1_000_000 {
+        let urls = (0..499_000)
+            .map(|i| format!("{base}/api/v1/connectedAccounts?user_uuid=filler-{i}"))
+            .collect();
+        ways.push((
+            "GET /api/v1/connectedAccounts?user_uuid=..., a different entity each time (no copy)"
+                .into(),
+            get_each(&client, urls, KEY),
+        ));
+    }
     let rows = rt.block_on(measure(&only(ways), settings, 1000));
     let peak = status_mib(pid, "VmHWM:");
     let after = status_mib(pid, "VmRSS:");
