@@ -263,6 +263,58 @@ pub async fn seed_with(
     (integration, ids)
 }
 
+/// Waits until `kh` has heard of the changes written so far straight to `store`
+/// (not through `kh`, as [`seed`] writes), so that none of their notices lands in
+/// what a test then counts or times. `kh` first holds a copy of the listing of
+/// `id`'s entity (listed until one listing is served from the copy: a notice that
+/// comes meanwhile keeps a copy from being kept); then one more change is written
+/// (a label on `id`), and `kh`'s listing must show it. A store's notices come in
+/// order (PostgreSQL's on one connection, after the "anything may have changed"
+/// of its listener's start; SQLite's feed tells of every commit before its poll),
+/// so the earlier ones have come too. A store that reports nothing is waited for
+/// until the copy ages ([`keyhaven::ConnectedAccounts::CACHED_FOR`]).
+pub async fn settle(kh: &Keyhaven, store: &dyn Store, id: &ConnectedAccountId) {
+    let accounts = kh.connected_accounts();
+    let label = keyhaven::Label::new("settled").unwrap();
+    let mut account = store.get_account(id).await.unwrap().unwrap();
+    let filter = keyhaven::AccountFilter {
+        entity_ids: vec![account.entity_id.clone()],
+        ..keyhaven::AccountFilter::default()
+    };
+    let started = std::time::Instant::now();
+    let waited = || {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the store's change feed did not settle in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5))
+    };
+    loop {
+        let hits = kh.listing_cache_counts().hits;
+        accounts.list_cached(&filter).await.unwrap();
+        if kh.listing_cache_counts().hits > hits {
+            break;
+        }
+        waited().await;
+    }
+    account.labels.push(label.clone());
+    store
+        .update_account(&account, keyhaven::CredentialsUpdate::Keep, &[])
+        .await
+        .unwrap();
+    loop {
+        let page = accounts.list_cached(&filter).await.unwrap();
+        if page
+            .items
+            .iter()
+            .any(|a| a.id == *id && a.labels.contains(&label))
+        {
+            break;
+        }
+        waited().await;
+    }
+}
+
 /// Checks a storm's outcome: every one of `n` refresh tokens refreshed exactly
 /// once, and nothing else asked for.
 pub fn assert_each_refreshed_once(endpoint: &TokenEndpoint, n: usize) {

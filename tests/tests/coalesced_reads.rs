@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyhaven::{ConnectionStatus, ErrorKind, Keyhaven, PostgresStore, Store, chrono};
-use keyhaven_tests::storm::{TokenEndpoint, assert_each_refreshed_once, is_fresh, seed, seed_with};
+use keyhaven_tests::storm::{
+    TokenEndpoint, assert_each_refreshed_once, is_fresh, seed, seed_with, settle,
+};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Runs `test` on a current-thread runtime with a recorder of its own; `test` gets
@@ -74,6 +76,7 @@ async fn live_account() -> Option<(Keyhaven, TokenEndpoint, keyhaven::ConnectedA
     )
     .await;
     let id = ids.into_iter().next()?;
+    settle(&kh, store.as_ref(), &id).await;
     Some((kh, endpoint, id))
 }
 
@@ -127,6 +130,7 @@ fn a_thousand_misses_of_one_expired_token_read_once_and_refresh_once() {
         let endpoint = TokenEndpoint::start(Duration::ZERO).await;
         let (_, ids) = seed(&kh, store.as_ref(), &endpoint, 1).await;
         let id = &ids[0];
+        settle(&kh, store.as_ref(), id).await;
         let before = store_reads(&metrics);
         let got = at_once(&kh, id.as_str(), 1000).await;
         let tokens: std::collections::HashSet<String> =

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use keyhaven::{Keyhaven, PostgresStore, SqliteStore, Store};
 use keyhaven_tests::storm::{
-    ACCOUNTS, Figures, TokenEndpoint, assert_each_refreshed_once, is_fresh, seed, total_refreshes,
+    ACCOUNTS, Figures, TokenEndpoint, assert_each_refreshed_once, is_fresh, seed, settle,
+    total_refreshes,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -51,6 +52,7 @@ async fn one_instance(store: Arc<dyn Store>, label: &'static str) {
     let endpoint = TokenEndpoint::start(Duration::ZERO).await;
     let kh = keyhaven(store.clone());
     let (_, ids) = seed(&kh, store.as_ref(), &endpoint, ACCOUNTS).await;
+    settle(&kh, store.as_ref(), &ids[ACCOUNTS - 1]).await;
     let started = Instant::now();
     let tasks: Vec<_> = ids
         .iter()
@@ -93,6 +95,7 @@ async fn one_token(store: Arc<dyn Store>, label: &'static str) {
     let endpoint = TokenEndpoint::start(Duration::ZERO).await;
     let kh = keyhaven(store.clone());
     let (_, ids) = seed(&kh, store.as_ref(), &endpoint, 1).await;
+    settle(&kh, store.as_ref(), &ids[0]).await;
     let id = ids[0].to_string();
     let started = Instant::now();
     let tasks: Vec<_> = (0..ACCOUNTS)
