@@ -113,8 +113,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Box<dyn AccountLock>, StoreError>;
 
     /// Asks to be told when another process or instance changes accounts, so that
-    /// caches can drop what they hold. Stores that are never shared keep the default,
-    /// which never calls.
+    /// caches can drop what they hold: each added, changed or deleted account as
+    /// [`StoreChange::Account`], naming the entities it belonged to when the store
+    /// can (listings are kept by entity), else [`StoreChange::Everything`]. Stores
+    /// that are never shared keep the default, which never calls.
     fn subscribe(&self, sink: ChangeSink) {
         let _ = sink;
     }
