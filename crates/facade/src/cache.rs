@@ -373,7 +373,7 @@ impl CredentialCache {
     pub(crate) fn apply(&self, change: StoreChange) {
         match change {
             StoreChange::Account { id, entities } => self.forget(&id, entities.as_deref()),
-            // The change itself is reported as Account(id) too.
+            // The change itself is reported as an Account change too.
             StoreChange::Event(_) => {}
             StoreChange::Everything => {
                 self.generation.fetch_add(1, Ordering::AcqRel);

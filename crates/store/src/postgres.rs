@@ -1127,3 +1127,50 @@ impl Store for PostgresStore {
         Ok(page(items, filter))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notices_name_the_account_and_its_entities() {
+        let id = ConnectedAccountId::generate().unwrap();
+        let entity = |e: &str| EntityId::new(e).unwrap();
+        // An insert or delete, and an update that keeps the entity.
+        for payload in [format!("{id} ann"), format!("{id} ann ann")] {
+            assert_eq!(
+                change_of(&payload),
+                StoreChange::Account {
+                    id: id.clone(),
+                    entities: Some(vec![entity("ann")]),
+                }
+            );
+        }
+        // A move.
+        assert_eq!(
+            change_of(&format!("{id} ann bea")),
+            StoreChange::Account {
+                id: id.clone(),
+                entities: Some(vec![entity("ann"), entity("bea")]),
+            }
+        );
+        // An older keyhaven's notice: the id alone.
+        assert_eq!(
+            change_of(id.as_str()),
+            StoreChange::Account {
+                id: id.clone(),
+                entities: None,
+            }
+        );
+        // What cannot be read drops everything.
+        for payload in [
+            "",
+            "not-an-id ann",
+            &format!("{id} not an entity!"),
+            &format!("{id}  ann"),
+        ] {
+            assert_eq!(change_of(payload), StoreChange::Everything, "{payload:?}");
+        }
+    }
+}
