@@ -244,19 +244,19 @@ pub fn report(name: &str, rows: &[Row], settings: Settings) {
 /// answer is 200.
 pub fn get(client: &reqwest::Client, url: String, key: &'static str) -> Once {
     let client = client.clone();
-    Arc::new(move || {
-        let (client, url) = (client.clone(), url.clone());
-        Box::pin(async move {
-            let r = client
-                .get(&url)
-                .header("x-api-key", key)
-                .send()
-                .await
-                .expect("the request is answered");
-            assert_eq!(r.status(), 200, "{url}");
-            let _ = r.bytes().await.expect("the body is read");
-        })
-    })
+    Arc::new(move || Box::pin(get_once(client.clone(), url.clone(), key)))
+}
+
+/// One GET of [`get`].
+async fn get_once(client: reqwest::Client, url: String, key: &'static str) {
+    let r = client
+        .get(&url)
+        .header("x-api-key", key)
+        .send()
+        .await
+        .expect("the request is answered");
+    assert_eq!(r.status(), 200, "{url}");
+    let _ = r.bytes().await.expect("the body is read");
 }
 
 /// As [`get`], each call to the next of `urls` in turn (from the first again after
@@ -267,7 +267,7 @@ pub fn get_each(client: &reqwest::Client, urls: Vec<String>, key: &'static str) 
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     Arc::new(move || {
         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % urls.len();
-        get(&client, urls[i].clone(), key)()
+        Box::pin(get_once(client.clone(), urls[i].clone(), key))
     })
 }
 
