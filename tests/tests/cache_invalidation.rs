@@ -11,6 +11,7 @@ use keyhaven::{
     AccountFilter, ConnectedAccountId, ConnectedAccounts, ConnectionRequest, ConnectionStatus,
     EntityId, ErrorKind, KeyRing, Keyhaven, MasterKey, PostgresStore, SqliteStore, Store,
 };
+use keyhaven_tests::storm::{TokenEndpoint, assert_each_refreshed_once, is_fresh, seed_with};
 
 /// A's listings by entity, through its copies, noting when each entity's copy was
 /// last read from the store.
@@ -160,7 +161,7 @@ async fn listings_across_instances(kh_a: &Keyhaven, kh_b: &Keyhaven, per_entity:
 
 async fn two_instances(a: Arc<dyn Store>, b: Arc<dyn Store>, per_entity: bool) {
     let kh_a = Keyhaven::builder().shared_store(a).build().unwrap();
-    let kh_b = Keyhaven::builder().shared_store(b).build().unwrap();
+    let kh_b = Keyhaven::builder().shared_store(b.clone()).build().unwrap();
     let id = kh_a
         .initiate_connection(
             ConnectionRequest::for_app("openai")
@@ -217,7 +218,38 @@ async fn two_instances(a: Arc<dyn Store>, b: Arc<dyn Store>, per_entity: bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(served);
+    refreshed_across_instances(&kh_a, &kh_b, b.as_ref()).await;
     listings_across_instances(&kh_a, &kh_b, per_entity).await;
+}
+
+/// B refreshes an account whose credentials A holds (on PostgreSQL the refresh's
+/// write joins a group and its notice is sent after the commit): A serves the new
+/// token soon. Without the notice A would serve the old one until it is due, in an
+/// hour.
+async fn refreshed_across_instances(kh_a: &Keyhaven, kh_b: &Keyhaven, store_b: &dyn Store) {
+    let endpoint = TokenEndpoint::start(Duration::ZERO).await;
+    let in_an_hour = keyhaven::chrono::Utc::now() + keyhaven::chrono::Duration::hours(1);
+    let (_, ids) = seed_with(kh_b, store_b, endpoint.integration(), 1, "old", in_an_hour).await;
+    let id = ids[0].to_string();
+    let token = async |kh: &Keyhaven| {
+        kh.credentials(&id)
+            .await
+            .unwrap()
+            .get_str("access_token")
+            .map(str::to_owned)
+            .unwrap()
+    };
+    assert_eq!(token(kh_a).await, "old-0");
+    kh_b.connected_accounts().refresh(&id).await.unwrap();
+    let refreshed = std::time::Instant::now();
+    while !is_fresh(&token(kh_a).await) {
+        assert!(
+            refreshed.elapsed() < Duration::from_secs(10),
+            "instance A still serves the token B refreshed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_each_refreshed_once(&endpoint, 1);
 }
 
 fn ring_pair() -> (KeyRing, KeyRing) {

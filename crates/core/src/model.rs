@@ -243,6 +243,15 @@ pub enum CredentialsUpdate<'a> {
     Keep,
     /// Replace them.
     Set(&'a crate::Credentials),
+    /// Replace them with what a refresh gave: stored as [`Set`](Self::Set) is, but a
+    /// shared store may tell other instances after the write has committed rather
+    /// than with it (PostgreSQL does: a notice sent in the write's transaction
+    /// serialised every refresh's commit behind the previous one's disk flush). A
+    /// notice lost there (the process died between the two) leaves another
+    /// instance serving the older token until it is due, when it re-reads under
+    /// the refresh lock: an older access token, still valid, never a wrong
+    /// account's. Anything else that changes credentials uses `Set`.
+    Refreshed(&'a crate::Credentials),
     /// Remove them.
     Clear,
 }

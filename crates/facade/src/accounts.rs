@@ -668,7 +668,7 @@ impl Keyhaven {
             account.updated_at = self.now();
             match self
                 .store()
-                .update_account(&account, CredentialsUpdate::Set(fresh), &[])
+                .update_account(&account, CredentialsUpdate::Refreshed(fresh), &[])
                 .await
             {
                 Ok(_) => return Ok(()),

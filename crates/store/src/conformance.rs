@@ -22,6 +22,7 @@ pub async fn run(store: Arc<dyn Store>) {
     find_or_insert_is_atomic(store.clone()).await;
     accounts_round_trip(&*store).await;
     update_is_compare_and_set(store.clone()).await;
+    refreshed_writes_are_compare_and_set(store.clone()).await;
     delete_integration_in_use_is_refused(&*store).await;
     list_filters_and_pages(&*store).await;
     pending_states_are_single_use(store.clone()).await;
@@ -822,6 +823,142 @@ async fn update_is_compare_and_set(store: Arc<dyn Store>) {
     assert!(matches!(
         store
             .update_account(&ghost, CredentialsUpdate::Keep, &[])
+            .await,
+        Err(StoreError::Missing { .. })
+    ));
+}
+
+/// `CredentialsUpdate::Refreshed` is stored as `Set` is, whatever path a store
+/// takes for it (PostgreSQL writes refreshes in groups, and an account the group
+/// cannot write alone): many at once all land, each once; a stale version is
+/// refused and changes nothing; changed labels or a moved entity are written with
+/// it; a missing account is missing.
+async fn refreshed_writes_are_compare_and_set(store: Arc<dyn Store>) {
+    let int = integration(&unique_app("refreshed"), "OAUTH2");
+    store.insert_integration(&int).await.unwrap();
+    let mut accounts = Vec::new();
+    for i in 0..300 {
+        let acc = account(&int, &format!("refreshed-{i}"), &["storm"]);
+        store
+            .insert_account(&acc, Some(&credentials("old")), &[])
+            .await
+            .unwrap();
+        accounts.push(acc);
+    }
+    // All at once, and each twice from the same version: one of each pair wins.
+    let mut tasks = Vec::new();
+    for (i, acc) in accounts.iter().enumerate() {
+        for copy in 0..2 {
+            let (store, mut acc) = (store.clone(), acc.clone());
+            acc.updated_at = Utc::now();
+            tasks.push(tokio::spawn(async move {
+                let fresh = credentials(&format!("new-{i}-{copy}"));
+                store
+                    .update_account(&acc, CredentialsUpdate::Refreshed(&fresh), &[])
+                    .await
+                    .map(|stored| (i, copy, stored))
+            }));
+        }
+    }
+    let mut winners = std::collections::HashMap::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok((i, copy, stored)) => {
+                assert_eq!(stored.version, accounts[i].version + 1);
+                assert!(
+                    winners.insert(i, copy).is_none(),
+                    "account {i} written twice"
+                );
+            }
+            Err(StoreError::Conflict(_)) => {}
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert_eq!(winners.len(), accounts.len(), "every account written once");
+    for (i, acc) in accounts.iter().enumerate() {
+        let (now, creds) = store
+            .get_account_and_credentials(&acc.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(now.version, acc.version + 1);
+        let token = format!("new-{i}-{}", winners[&i]);
+        assert_eq!(creds.unwrap().get_str("token"), Some(token.as_str()));
+    }
+    // A stale version is refused and changes nothing.
+    let stale = &accounts[0];
+    assert!(matches!(
+        store
+            .update_account(
+                stale,
+                CredentialsUpdate::Refreshed(&credentials("late")),
+                &[]
+            )
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let (current, creds) = store
+        .get_account_and_credentials(&stale.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(creds.unwrap().get_str("token"), Some("late"));
+    // Labels changed, then the entity moved, with a refresh's write: written, and
+    // found by them.
+    let mut relabelled = current.clone();
+    relabelled.labels = vec![Label::new("after").unwrap()];
+    let relabelled = store
+        .update_account(
+            &relabelled,
+            CredentialsUpdate::Refreshed(&credentials("relabelled")),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(relabelled.version, current.version + 1);
+    for (label, found) in [("after", 1), ("storm", 0)] {
+        let page = store
+            .list_accounts(&AccountFilter {
+                integration_ids: vec![int.id.clone()],
+                entity_ids: vec![EntityId::new("refreshed-0").unwrap()],
+                labels: vec![Label::new(label).unwrap()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            page.items.len(),
+            found,
+            "label {label} after a relabelling refresh"
+        );
+    }
+    let mut moved = relabelled.clone();
+    moved.entity_id = EntityId::new("refreshed-moved").unwrap();
+    store
+        .update_account(
+            &moved,
+            CredentialsUpdate::Refreshed(&credentials("moved")),
+            &[],
+        )
+        .await
+        .unwrap();
+    for (label, entity, found) in [("after", "refreshed-moved", 1), ("after", "refreshed-0", 0)] {
+        let page = store
+            .list_accounts(&AccountFilter {
+                integration_ids: vec![int.id.clone()],
+                entity_ids: vec![EntityId::new(entity).unwrap()],
+                labels: vec![Label::new(label).unwrap()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.items.len(), found, "label {label} of {entity}");
+    }
+    let mut ghost = account(&int, "refreshed-ghost", &[]);
+    ghost.version = 1;
+    assert!(matches!(
+        store
+            .update_account(&ghost, CredentialsUpdate::Refreshed(&credentials("x")), &[])
             .await,
         Err(StoreError::Missing { .. })
     ));

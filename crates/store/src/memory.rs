@@ -255,7 +255,9 @@ impl Store for MemoryStore {
         next.version = stored.version + 1;
         match credentials {
             CredentialsUpdate::Keep => {}
-            CredentialsUpdate::Set(c) => *creds = Some(c.clone()),
+            CredentialsUpdate::Set(c) | CredentialsUpdate::Refreshed(c) => {
+                *creds = Some(c.clone());
+            }
             CredentialsUpdate::Clear => *creds = None,
         }
         *stored = next.clone();

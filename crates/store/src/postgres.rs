@@ -5,8 +5,12 @@
 //! need; changes are announced with NOTIFY so that every instance's cache drops what
 //! another instance changed.
 
+mod groups;
 mod lane;
+mod locks;
+mod notices;
 mod outbox;
+mod refreshes;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +61,20 @@ const MIGRATION_LOCK: i64 = 0x6b65_7968_6176_656e; // "keyhaven"
 /// from input) as audited for sqlx.
 fn safe(sql: impl Into<String>) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(sql.into())
+}
+
+/// The same error again, for each caller of a group whose statement failed.
+fn copy_of(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
+        StoreError::Missing { kind, id } => StoreError::Missing {
+            kind,
+            id: id.clone(),
+        },
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
+        other => StoreError::Backend(other.to_string().into()),
+    }
 }
 
 fn map_err(e: sqlx::Error) -> StoreError {
@@ -125,12 +143,6 @@ fn integration_row(r: &PgRow) -> Result<IntegrationRow, StoreError> {
     })
 }
 
-/// The advisory lock key of an account: 64 bits of the SHA-256 of its id.
-fn lock_key(id: &ConnectedAccountId) -> i64 {
-    let d = Sha256::digest(id.as_str().as_bytes());
-    i64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
-}
-
 /// The shared [`Store`]: PostgreSQL, credentials and secrets encrypted with a [`KeyRing`].
 #[derive(Clone)]
 pub struct PostgresStore {
@@ -138,25 +150,11 @@ pub struct PostgresStore {
     lane: lane::Lane,
     /// The other statements' (and migrations', the change listener's).
     pool: PgPool,
-    locks: RefreshLocks,
+    /// The refresh locks: see [`locks`].
+    locks: locks::RefreshLocks,
+    /// Refreshes' writes: see [`refreshes`].
+    refreshes: refreshes::RefreshWrites,
     keys: Arc<RwLock<Arc<KeyRing>>>,
-}
-
-/// Where refresh locks live: connections of their own, outside the request pool.
-///
-/// A refresh holds its advisory lock for as long as it talks to the provider, and
-/// needs the request pool meanwhile for its re-read and its write. Were the lock
-/// held on a request-pool connection, as many simultaneous refreshes as the pool
-/// has connections would hold them all and wait for each other until the acquire
-/// timeout. Here a lock holder owns one lock connection and borrows a request-pool
-/// connection only for single statements, never while waiting for a lock, so the
-/// two pools cannot wait on each other. The semaphore admits as many refreshes as
-/// there are lock connections; the rest queue on it (in order, without the pool's
-/// acquire timeout) rather than on a connection.
-#[derive(Clone)]
-struct RefreshLocks {
-    pool: PgPool,
-    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -172,7 +170,8 @@ impl std::fmt::Debug for PostgresStore {
 /// statement: the row (and its credentials when `$16`), its labels (those no longer
 /// there deleted, new ones added) and the change notice, all only when the stored
 /// version is still `$15`. Answers how many rows it updated, and the version that
-/// was stored before (to say why an update was refused).
+/// was stored before (to say why an update was refused). Refreshes are written in
+/// groups instead, when they can be ([`refreshes`]).
 const UPDATE_ACCOUNT: &str = "WITH upd AS ( \
     UPDATE connected_accounts SET entity_id = $2, integration_id = $3, app = $4, auth_scheme = $5, \
         status = $6, status_reason = $7, labels = $8, params = $9, redirect_url = $10, \
@@ -312,8 +311,8 @@ impl PostgresStore {
     pub const DEFAULT_POOL_SIZE: u32 = 10;
 
     /// Connections per instance kept for refresh locks, besides the request pools:
-    /// as many refreshes of different accounts run at once in one instance; more
-    /// wait their turn. Four instances with the defaults use 4 x (10 + 8) = 72 of
+    /// as many lock transactions at once in one instance, each holding the locks
+    /// of up to 64 accounts (see [`locks`]); more wait their turn. Four instances with the defaults use 4 x (10 + 8) = 72 of
     /// the server's 100 connections.
     pub const DEFAULT_LOCK_CONNECTIONS: u32 = 8;
 
@@ -330,7 +329,8 @@ impl PostgresStore {
 
     /// [`PostgresStore::connect`] with `max_connections` for statements (see
     /// [`PostgresStore::DEFAULT_POOL_SIZE`]) and `lock_connections` connections
-    /// for refresh locks (at most that many refreshes at once in this instance).
+    /// for refresh locks (at most that many lock transactions at once in this
+    /// instance, each of up to 64 accounts' locks).
     /// One connection of each pool is opened at once, the others when needed.
     pub async fn connect_with_pools(
         url: &str,
@@ -375,12 +375,13 @@ impl PostgresStore {
             async { lane.open_one().await.map_err(unavailable) },
         )?;
         let store = Self {
-            lane,
+            refreshes: refreshes::RefreshWrites::new(
+                lane.clone(),
+                Arc::new(notices::Deferred::new(pool.clone())),
+            ),
             pool,
-            locks: RefreshLocks {
-                pool: lock_pool,
-                slots: Arc::new(tokio::sync::Semaphore::new(lock_connections as usize)),
-            },
+            locks: locks::RefreshLocks::new(lock_pool, lock_connections as usize, LOCK_WAIT),
+            lane,
             keys: Arc::new(RwLock::new(Arc::new(keys))),
         };
         let checked = match store.migrate().await {
@@ -547,21 +548,6 @@ impl PostgresStore {
 /// A held advisory lock: the transaction on a lock connection that took it, and
 /// the slot that admitted it. Dropped without release, the transaction rolls back
 /// (releasing the lock) when its connection goes back to the lock pool.
-struct AdvisoryLock {
-    tx: Option<Transaction<'static, Postgres>>,
-    _slot: tokio::sync::OwnedSemaphorePermit,
-}
-
-#[async_trait]
-impl AccountLock for AdvisoryLock {
-    async fn release(mut self: Box<Self>) -> Result<(), StoreError> {
-        match self.tx.take() {
-            Some(tx) => tx.commit().await.map_err(map_err),
-            None => Ok(()),
-        }
-    }
-}
-
 /// A pooled connection idle for longer than this is pinged before it is handed
 /// out (one round trip), and replaced if the server does not answer: it may have
 /// been closed meanwhile (a restart, a failover, an idle timeout on the way). One
@@ -841,6 +827,17 @@ impl Store for PostgresStore {
             credentials: creds,
         } = prepare_update(&self.key_ring(), account, credentials)?;
         let events = EventRow::encode_all(events)?;
+        // A refresh's write joins the next group (see `refreshes`); one the group
+        // could not write is written alone below, which says why or writes it.
+        if let (CredentialsUpdate::Refreshed(_), Some((Some(blob), expiry)), true) =
+            (credentials, &creds, events.is_empty())
+            && self
+                .refreshes
+                .write(r.clone(), expected, blob.clone(), *expiry)
+                .await?
+        {
+            return Ok(next);
+        }
         let labels: Vec<&str> = next.labels.iter().map(|l| l.as_str()).collect();
         let (set_credentials, blob, expiry) = match creds {
             Some((blob, expiry)) => (true, blob, expiry),
@@ -1023,31 +1020,7 @@ impl Store for PostgresStore {
         &self,
         id: &ConnectedAccountId,
     ) -> Result<Box<dyn AccountLock>, StoreError> {
-        let slot = tokio::time::timeout(LOCK_WAIT, self.locks.slots.clone().acquire_owned())
-            .await
-            .map_err(|_| {
-                StoreError::Unavailable(format!(
-                    "no refresh lock slot of this instance came free within {LOCK_WAIT:?}; the provider is answering slowly, try again later"
-                ))
-            })?
-            .map_err(|_| StoreError::Unavailable("the store is closing".into()))?;
-        let mut tx = self.locks.pool.begin().await.map_err(map_err)?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(lock_key(id))
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| match &e {
-                sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => {
-                    StoreError::Unavailable(format!(
-                        "the refresh lock of {id} was held by another instance for more than {LOCK_WAIT:?}"
-                    ))
-                }
-                _ => map_err(e),
-            })?;
-        Ok(Box::new(AdvisoryLock {
-            tx: Some(tx),
-            _slot: slot,
-        }))
+        self.locks.lock(id).await
     }
 
     fn subscribe(&self, sink: ChangeSink) {

@@ -411,7 +411,7 @@ pub(crate) fn prepare_update(
         i64::try_from(account.version).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let credentials = match credentials {
         U::Keep => None,
-        U::Set(c) => {
+        U::Set(c) | U::Refreshed(c) => {
             let (blob, expiry) = encode_credentials(keys, &account.id, c)?;
             Some((Some(blob), expiry))
         }
