@@ -875,13 +875,36 @@ async fn refreshed_writes_are_compare_and_set(store: Arc<dyn Store>) {
         }
     }
     assert_eq!(winners.len(), accounts.len(), "every account written once");
+    // Read back all at once (PostgreSQL reads in groups), with ids that are not
+    // there among them, and one id asked for three times.
+    let mut reads = Vec::new();
     for (i, acc) in accounts.iter().enumerate() {
-        let (now, creds) = store
-            .get_account_and_credentials(&acc.id)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(now.version, acc.version + 1);
+        let times = if i == 7 { 3 } else { 1 };
+        for _ in 0..times {
+            let (store, id) = (store.clone(), acc.id.clone());
+            reads.push((
+                Some(i),
+                tokio::spawn(async move { store.get_account_and_credentials(&id).await }),
+            ));
+        }
+        if i % 30 == 0 {
+            let store = store.clone();
+            let missing = ConnectedAccountId::generate().unwrap();
+            reads.push((
+                None,
+                tokio::spawn(async move { store.get_account_and_credentials(&missing).await }),
+            ));
+        }
+    }
+    for (i, read) in reads {
+        let found = read.await.unwrap().unwrap();
+        let Some(i) = i else {
+            assert!(found.is_none(), "a missing id reads as none");
+            continue;
+        };
+        let (now, creds) = found.expect("a stored account reads back");
+        assert_eq!(now.id, accounts[i].id);
+        assert_eq!(now.version, accounts[i].version + 1);
         let token = format!("new-{i}-{}", winners[&i]);
         assert_eq!(creds.unwrap().get_str("token"), Some(token.as_str()));
     }

@@ -10,6 +10,7 @@ mod lane;
 mod locks;
 mod notices;
 mod outbox;
+mod reads;
 mod refreshes;
 
 use std::sync::Arc;
@@ -154,6 +155,8 @@ pub struct PostgresStore {
     locks: locks::RefreshLocks,
     /// Refreshes' writes: see [`refreshes`].
     refreshes: refreshes::RefreshWrites,
+    /// Reads of accounts with their credentials: see [`reads`].
+    reads: reads::AccountReads,
     keys: Arc<RwLock<Arc<KeyRing>>>,
 }
 
@@ -375,6 +378,7 @@ impl PostgresStore {
             async { lane.open_one().await.map_err(unavailable) },
         )?;
         let store = Self {
+            reads: reads::AccountReads::new(lane.clone()),
             refreshes: refreshes::RefreshWrites::new(
                 lane.clone(),
                 Arc::new(notices::Deferred::new(pool.clone())),
@@ -801,13 +805,9 @@ impl Store for PostgresStore {
         &self,
         id: &ConnectedAccountId,
     ) -> Result<Option<(ConnectedAccount, Option<Credentials>)>, StoreError> {
-        let row = self
-            .row_by_id(
-                format!("SELECT {ACCOUNT_COLUMNS}, credentials, credentials_expires_at FROM connected_accounts WHERE id = $1"),
-                id.as_str(),
-            )
-            .await?;
-        let Some(row) = row else { return Ok(None) };
+        let Some(row) = self.reads.read(id.as_str()).await? else {
+            return Ok(None);
+        };
         let account = account_row(&row)?;
         let blob: Option<Vec<u8>> = row.try_get(14).map_err(map_err)?;
         let expiry: Option<i64> = row.try_get(15).map_err(map_err)?;

@@ -80,6 +80,16 @@ impl<T: Member> Groups<T> {
         }
     }
 
+    /// A permit to do one item's work alone, at once, in the caller: when nothing is
+    /// queued and a permit is free (no load, so no group to join). `None`: queue it.
+    pub(super) fn try_alone(&self) -> Option<OwnedSemaphorePermit> {
+        let queue = self.inner.queue.lock();
+        if !queue.waiting.is_empty() {
+            return None;
+        }
+        self.inner.permits.clone().try_acquire_owned().ok()
+    }
+
     /// Queues `item`; starts the leader if none is running. Needs a tokio runtime.
     pub(super) fn push(&self, item: T) {
         let start_leader = {
@@ -191,6 +201,29 @@ mod tests {
         assert_eq!(group[0].key, 1);
         assert_eq!(waiting.len(), 9);
         assert_eq!(waiting[0].key, 65);
+    }
+
+    #[tokio::test]
+    async fn an_item_goes_alone_only_when_nothing_waits_and_a_permit_is_free() {
+        let permits = Arc::new(Semaphore::new(1));
+        let (ran, mut runs) = tokio::sync::mpsc::unbounded_channel::<Vec<i64>>();
+        let groups = Groups::new(permits, 8, move |group: Vec<Item>, permit| {
+            let ran = ran.clone();
+            async move {
+                drop(permit);
+                let _ = ran.send(keys(&group));
+            }
+        });
+        let alone = groups.try_alone().expect("idle: alone");
+        assert!(groups.try_alone().is_none(), "no permit free");
+        groups.push(Item {
+            key: 1,
+            gave_up: false,
+        });
+        drop(alone);
+        // The permit is free again, but an item waits for it: queue behind it.
+        assert!(groups.try_alone().is_none(), "something queued");
+        assert_eq!(runs.recv().await, Some(vec![1]));
     }
 
     #[tokio::test]
