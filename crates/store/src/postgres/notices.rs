@@ -42,12 +42,14 @@ impl Deferred {
     /// Queues `payload` (see `change_of`) for [`CHANNEL`]. Starts the sending task
     /// on the current runtime when there is none yet, or when the runtime the last
     /// one ran on has ended.
-    pub(super) fn send(&self, payload: String) {
+    pub(super) fn send(&self, mut payload: String) {
         let mut queue = self.queue.lock();
-        let payload = match queue.as_ref().map(|q| q.send(payload.clone())) {
-            Some(Ok(())) => return,
-            _ => payload,
-        };
+        if let Some(q) = queue.as_ref() {
+            match q.send(payload) {
+                Ok(()) => return,
+                Err(unsent) => payload = unsent.0,
+            }
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         if tx.send(payload).is_ok() {
             tokio::spawn(send_queued(self.pool.clone(), rx));
