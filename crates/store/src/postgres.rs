@@ -1,9 +1,11 @@
 //! The shared store: PostgreSQL through sqlx, for many keyhaven instances on one
 //! database. Refresh locks are transaction-scoped advisory locks (released when the
-//! holder commits, rolls back or its connection dies), held on a small pool of their
+//! holders commit, roll back or their connection dies), held on a small pool of their
 //! own so that a refresh storm cannot take the connections its own reads and writes
 //! need; changes are announced with NOTIFY so that every instance's cache drops what
-//! another instance changed.
+//! another instance changed. Under load, refresh locks, refreshes' writes and reads
+//! with credentials are taken in groups, one statement for many callers
+//! ([`groups`]).
 
 mod groups;
 mod lane;
@@ -315,8 +317,8 @@ impl PostgresStore {
 
     /// Connections per instance kept for refresh locks, besides the request pools:
     /// as many lock transactions at once in one instance, each holding the locks
-    /// of up to 64 accounts (see [`locks`]); more wait their turn. Four instances with the defaults use 4 x (10 + 8) = 72 of
-    /// the server's 100 connections.
+    /// of up to 64 accounts (see [`locks`]); more wait their turn. Four instances
+    /// with the defaults use 4 x (10 + 8) = 72 of the server's 100 connections.
     pub const DEFAULT_LOCK_CONNECTIONS: u32 = 8;
 
     /// [`PostgresStore::connect`] with `max_connections` for statements (see
@@ -549,9 +551,6 @@ impl PostgresStore {
     }
 }
 
-/// A held advisory lock: the transaction on a lock connection that took it, and
-/// the slot that admitted it. Dropped without release, the transaction rolls back
-/// (releasing the lock) when its connection goes back to the lock pool.
 /// A pooled connection idle for longer than this is pinged before it is handed
 /// out (one round trip), and replaced if the server does not answer: it may have
 /// been closed meanwhile (a restart, a failover, an idle timeout on the way). One
