@@ -32,16 +32,26 @@ const GROUPS_AT_ONCE: usize = 3;
 
 /// The group statement: the rows whose version, entity and labels are still the
 /// ones given, written whole; answers the ids it wrote.
-const WRITE: &str = "UPDATE connected_accounts AS c SET integration_id = u.integration_id, \
-    app = u.app, auth_scheme = u.auth_scheme, status = u.status, status_reason = u.status_reason, \
-    params = u.params, redirect_url = u.redirect_url, expires_at = u.expires_at, version = u.version, \
-    created_at = u.created_at, updated_at = u.updated_at, credentials = u.credentials, \
-    credentials_expires_at = u.credentials_expires_at \
-FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+///
+/// The rows are locked first, in the order of their ids, and only then written:
+/// groups run at once and an account can be in two of them (a second refresh's
+/// write queued while the first one's group runs), and two statements that lock
+/// the same rows in different orders deadlock (PostgreSQL then fails one of them
+/// after `deadlock_timeout`). Locking in one order, every group waits for the
+/// other at its first shared row and none holds a row the other has.
+const WRITE: &str = "WITH u AS MATERIALIZED (SELECT u.* \
+    FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
     $8::text[], $9::text[], $10::text[], $11::text[], $12::int8[], $13::int8[], $14::int8[], \
     $15::int8[], $16::bytea[], $17::int8[]) \
     AS u(id, expected, entity_id, integration_id, app, auth_scheme, status, status_reason, labels, \
     params, redirect_url, expires_at, version, created_at, updated_at, credentials, credentials_expires_at) \
+    JOIN connected_accounts AS l ON l.id = u.id ORDER BY l.id FOR UPDATE OF l) \
+UPDATE connected_accounts AS c SET integration_id = u.integration_id, \
+    app = u.app, auth_scheme = u.auth_scheme, status = u.status, status_reason = u.status_reason, \
+    params = u.params, redirect_url = u.redirect_url, expires_at = u.expires_at, version = u.version, \
+    created_at = u.created_at, updated_at = u.updated_at, credentials = u.credentials, \
+    credentials_expires_at = u.credentials_expires_at \
+FROM u \
 WHERE c.id = u.id AND c.version = u.expected AND c.entity_id = u.entity_id AND c.labels = u.labels \
 RETURNING c.id";
 
@@ -133,7 +143,22 @@ async fn write_group(
         .bind(column(&group, |w| w.row.updated_at))
         .bind(column(&group, |w| w.credentials.clone()))
         .bind(column(&group, |w| w.credentials_expire_at));
-    match lane.run(async |c| statement.fetch_all(c).await).await {
+    // Should the group still be chosen as a deadlock's victim (against a statement
+    // of another kind that locks accounts in another order), nothing of it was
+    // written: its callers write alone, as they do for a row it left out.
+    let written = lane.run(async |c| match statement.fetch_all(c).await {
+        Err(sqlx::Error::Database(db))
+            if matches!(db.code().as_deref(), Some("40P01" | "40001")) =>
+        {
+            tracing::warn!(
+                accounts = group.len(),
+                "a group of refreshed writes lost a lock conflict; each is written alone"
+            );
+            Ok(Vec::new())
+        }
+        other => other,
+    });
+    match written.await {
         Ok(written) => {
             let written: HashSet<String> = written.into_iter().collect();
             for w in group {
@@ -148,6 +173,123 @@ async fn write_group(
             for w in group {
                 let _ = w.answer.send(Err(copy_of(&e)));
             }
+        }
+    }
+}
+
+#[cfg(all(test, feature = "conformance"))]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use keyhaven_core::{CredentialsUpdate, Store};
+    use sqlx::Connection;
+
+    use super::*;
+    use crate::conformance::{
+        account, credentials, fresh_postgres_database, integration, unique_app,
+    };
+    use crate::rows::prepare_update;
+    use crate::{KeyRing, MasterKey, PostgresStore};
+
+    /// A group given its rows against the order of their ids (and stored that way)
+    /// still locks the lower id first: while it waits for the higher one, held by
+    /// another transaction, the lower one is already its own. A group that locked
+    /// in the order given (or stored) would hold nothing yet, and two such groups
+    /// with the same rows in two orders deadlock.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_locks_its_rows_in_the_order_of_their_ids() {
+        let Some(url) = fresh_postgres_database().await else {
+            return;
+        };
+        let store = PostgresStore::connect(&url, KeyRing::new(MasterKey::generate().unwrap(), []))
+            .await
+            .unwrap();
+        let int = integration(&unique_app("order"), "OAUTH2");
+        store.insert_integration(&int).await.unwrap();
+        let mut two = [account(&int, "ann", &[]), account(&int, "bea", &[])];
+        two.sort_by(|a, b| b.id.as_str().cmp(a.id.as_str()));
+        for acc in &two {
+            store
+                .insert_account(acc, Some(&credentials("old")), &[])
+                .await
+                .unwrap();
+        }
+        let (high, low) = (&two[0], &two[1]);
+
+        let mut holder = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+        sqlx::query("SELECT 1 FROM connected_accounts WHERE id = $1 FOR UPDATE")
+            .bind(high.id.as_str())
+            .execute(&mut holder)
+            .await
+            .unwrap();
+
+        let fresh = credentials("new");
+        let mut answers = Vec::new();
+        let mut group = Vec::new();
+        for acc in [high, low] {
+            let prepared =
+                prepare_update(&store.key_ring(), acc, CredentialsUpdate::Refreshed(&fresh))
+                    .unwrap();
+            let Some((Some(blob), expiry)) = prepared.credentials else {
+                panic!("a refresh writes credentials");
+            };
+            let (answer, answered) = oneshot::channel();
+            answers.push(answered);
+            group.push(Write {
+                row: prepared.row,
+                expected: prepared.expected,
+                credentials: blob,
+                credentials_expire_at: expiry,
+                answer,
+            });
+        }
+        let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
+        let notices = Arc::new(Deferred::new(store.pool.clone()));
+        let writing = tokio::spawn(write_group(store.lane.clone(), notices, group, permit));
+
+        // Wait until the group waits for the row the holder has.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&mut holder)
+            .await
+            .unwrap();
+            if waiting > 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the group never waited for the held row"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
+        let taken = sqlx::query("SELECT 1 FROM connected_accounts WHERE id = $1 FOR UPDATE NOWAIT")
+            .bind(low.id.as_str())
+            .execute(&mut other)
+            .await;
+        match taken {
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("55P03") => {}
+            other => panic!("the lower id should be the waiting group's: {other:?}"),
+        }
+
+        sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+        writing.await.unwrap();
+        for answered in answers {
+            assert!(answered.await.unwrap().unwrap(), "both written");
+        }
+        for acc in [high, low] {
+            let (stored, creds) = store
+                .get_account_and_credentials(&acc.id)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(stored.version, acc.version + 1);
+            assert_eq!(creds.unwrap().get_str("token"), Some("new"));
         }
     }
 }
