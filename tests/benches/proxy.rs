@@ -222,6 +222,31 @@ fn main() {
             "bare forwarder: axum handler + reqwest, no keyhaven (the passthrough's ceiling)",
             Way::Passthrough(client, format!("{forwarder}/fixed")),
         ),
+        // Last, so that the indexes above stay as they were: which of keyhaven's
+        // client settings costs what (see BENCHMARKS.md).
+        (
+            "raw reqwest, read_timeout only",
+            Way::Raw(
+                reqwest::Client::builder()
+                    .read_timeout(keyhaven::request::READ_TIMEOUT)
+                    .build()
+                    .unwrap(),
+                format!("{api_url}/api/fixed"),
+            ),
+        ),
+        (
+            "raw reqwest, keyhaven's client settings but read_timeout",
+            Way::Raw(
+                reqwest::Client::builder()
+                    .connect_timeout(keyhaven::request::CONNECT_TIMEOUT)
+                    .tcp_nodelay(true)
+                    .redirect(reqwest::redirect::Policy::none())
+                    .user_agent("keyhaven")
+                    .build()
+                    .unwrap(),
+                format!("{api_url}/api/fixed"),
+            ),
+        ),
     ];
     let ways: Vec<(String, Once)> = only(
         ways.into_iter()
