@@ -52,6 +52,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     (4, include_str!("../migrations/postgres/0004_audit_log.sql")),
     (5, include_str!("../migrations/postgres/0005_events.sql")),
+    (
+        6,
+        include_str!("../migrations/postgres/0006_credentials_header_column.sql"),
+    ),
 ];
 /// The NOTIFY channel of account changes.
 const CHANNEL: &str = "keyhaven_account_changes";
@@ -413,7 +417,10 @@ impl PostgresStore {
         let now = micros(Utc::now());
         let mut missing = MissingKeys::default();
         for table in Table::ALL {
-            let header = crate::rotate::postgres_header(table.column);
+            let header = table.postgres_header.map_or_else(
+                || crate::rotate::postgres_header(table.column),
+                str::to_owned,
+            );
             let live = match table.expires {
                 Some(column) => format!(" AND {column} >= $2"),
                 None => " AND $2::BIGINT IS NOT NULL".to_owned(),

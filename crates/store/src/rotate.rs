@@ -17,6 +17,10 @@ pub(crate) struct Table {
     pub(crate) aad: &'static str,
     /// The column of the row's expiry, for rows that are useless once expired.
     pub(crate) expires: Option<&'static str>,
+    /// The PostgreSQL column generated from `column` that holds its header
+    /// ([`postgres_header`]), indexed; without one, queries compute the header.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) postgres_header: Option<&'static str>,
 }
 
 impl Table {
@@ -27,6 +31,7 @@ impl Table {
             column: "secrets",
             aad: crate::rows::AAD_SECRETS,
             expires: None,
+            postgres_header: None,
         },
         Table {
             table: "connected_accounts",
@@ -34,6 +39,7 @@ impl Table {
             column: "credentials",
             aad: crate::rows::AAD_CREDENTIALS,
             expires: None,
+            postgres_header: Some("credentials_header"),
         },
         Table {
             table: "pending_states",
@@ -41,6 +47,7 @@ impl Table {
             column: "data",
             aad: crate::rows::AAD_PENDING,
             expires: Some("expires_at"),
+            postgres_header: None,
         },
     ];
 }
@@ -92,7 +99,9 @@ pub(crate) fn sqlite_header(column: &str) -> String {
     format!("substr({column}, 1, 4 + unicode(CAST(substr({column}, 4, 1) AS TEXT)))")
 }
 
-/// The same for PostgreSQL (`get_byte` reads the length), also indexed.
+/// The same for PostgreSQL (`get_byte` reads the length). For `connected_accounts`
+/// it is the generated column `credentials_header` (migration 6; migration 2 indexed
+/// the expression), so it must not change alone either.
 #[cfg(feature = "postgres")]
 pub(crate) fn postgres_header(column: &str) -> String {
     format!(

@@ -399,7 +399,7 @@ async fn postgres_tables_hold_no_secret_and_rotation_loses_nothing() {
         .fetch_one(store.pool())
         .await
         .unwrap();
-    assert_eq!(n, 5, "every migration (five), once each");
+    assert_eq!(n, 6, "every migration (six), once each");
 
     // Rotation under concurrent reads and writes.
     let new = MasterKey::generate().unwrap();

@@ -292,4 +292,58 @@ mod tests {
             assert_eq!(creds.unwrap().get_str("token"), Some("new"));
         }
     }
+
+    /// New credentials under the same key change no indexed value (the key header is
+    /// a generated column, migration 6): a refresh's write is a HOT update, the row
+    /// alone, not an entry in each of the table's indexes. Moving the account to
+    /// another entity (indexed) is not, which shows the counter counts.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn new_credentials_under_the_same_key_are_a_hot_update() {
+        let Some(url) = fresh_postgres_database().await else {
+            return;
+        };
+        let store = PostgresStore::connect(&url, KeyRing::new(MasterKey::generate().unwrap(), []))
+            .await
+            .unwrap();
+        let int = integration(&unique_app("hot"), "OAUTH2");
+        store.insert_integration(&int).await.unwrap();
+        let (one, other) = (account(&int, "ann", &[]), account(&int, "bea", &[]));
+        store
+            .insert_account(&one, Some(&credentials("old")), &[])
+            .await
+            .unwrap();
+        store
+            .insert_account(&other, Some(&credentials("new")), &[])
+            .await
+            .unwrap();
+        let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+        for (set, hot) in [
+            (
+                "credentials = (SELECT credentials FROM connected_accounts WHERE id = $2)",
+                1,
+            ),
+            ("entity_id = 'moved'", 0),
+        ] {
+            // The counter holds what this backend has not reported yet: a difference.
+            let counter =
+                "SELECT pg_stat_get_xact_tuples_hot_updated('connected_accounts'::regclass)";
+            sqlx::query("BEGIN").execute(&mut c).await.unwrap();
+            let before: i64 = sqlx::query_scalar(counter).fetch_one(&mut c).await.unwrap();
+            let sql = format!(
+                "UPDATE connected_accounts SET {set}, version = version + 1 WHERE id = $1 AND $2 <> ''"
+            );
+            let n = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(one.id.as_str())
+                .bind(other.id.as_str())
+                .execute(&mut c)
+                .await
+                .unwrap()
+                .rows_affected();
+            assert_eq!(n, 1);
+            let after: i64 = sqlx::query_scalar(counter).fetch_one(&mut c).await.unwrap();
+            let counted = after - before;
+            assert_eq!(counted, hot, "SET {set}");
+            sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
+        }
+    }
 }
