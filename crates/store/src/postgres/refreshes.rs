@@ -178,10 +178,11 @@ async fn write_group(
 }
 
 #[cfg(all(test, feature = "conformance"))]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::time::{Duration, Instant};
 
-    use keyhaven_core::{CredentialsUpdate, Store};
+    use keyhaven_core::{ConnectedAccount, CredentialsUpdate, Store};
     use sqlx::Connection;
 
     use super::*;
@@ -191,6 +192,26 @@ mod tests {
     use crate::rows::prepare_update;
     use crate::{KeyRing, MasterKey, PostgresStore};
 
+    /// A fresh database's URL and store, with two accounts of one integration whose
+    /// credentials are "old" and "new", highest id first, inserted in that order.
+    async fn two_accounts() -> Option<(String, PostgresStore, [ConnectedAccount; 2])> {
+        let url = fresh_postgres_database().await?;
+        let store = PostgresStore::connect(&url, KeyRing::new(MasterKey::generate().unwrap(), []))
+            .await
+            .unwrap();
+        let int = integration(&unique_app("group"), "OAUTH2");
+        store.insert_integration(&int).await.unwrap();
+        let mut two = [account(&int, "ann", &[]), account(&int, "bea", &[])];
+        two.sort_by(|a, b| b.id.as_str().cmp(a.id.as_str()));
+        for (acc, token) in two.iter().zip(["old", "new"]) {
+            store
+                .insert_account(acc, Some(&credentials(token)), &[])
+                .await
+                .unwrap();
+        }
+        Some((url, store, two))
+    }
+
     /// A group given its rows against the order of their ids (and stored that way)
     /// still locks the lower id first: while it waits for the higher one, held by
     /// another transaction, the lower one is already its own. A group that locked
@@ -198,22 +219,9 @@ mod tests {
     /// with the same rows in two orders deadlock.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_group_locks_its_rows_in_the_order_of_their_ids() {
-        let Some(url) = fresh_postgres_database().await else {
+        let Some((url, store, two)) = two_accounts().await else {
             return;
         };
-        let store = PostgresStore::connect(&url, KeyRing::new(MasterKey::generate().unwrap(), []))
-            .await
-            .unwrap();
-        let int = integration(&unique_app("order"), "OAUTH2");
-        store.insert_integration(&int).await.unwrap();
-        let mut two = [account(&int, "ann", &[]), account(&int, "bea", &[])];
-        two.sort_by(|a, b| b.id.as_str().cmp(a.id.as_str()));
-        for acc in &two {
-            store
-                .insert_account(acc, Some(&credentials("old")), &[])
-                .await
-                .unwrap();
-        }
         let (high, low) = (&two[0], &two[1]);
 
         let mut holder = sqlx::PgConnection::connect(&url).await.unwrap();
@@ -299,23 +307,9 @@ mod tests {
     /// another entity (indexed) is not, which shows the counter counts.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn new_credentials_under_the_same_key_are_a_hot_update() {
-        let Some(url) = fresh_postgres_database().await else {
+        let Some((url, _store, [one, other])) = two_accounts().await else {
             return;
         };
-        let store = PostgresStore::connect(&url, KeyRing::new(MasterKey::generate().unwrap(), []))
-            .await
-            .unwrap();
-        let int = integration(&unique_app("hot"), "OAUTH2");
-        store.insert_integration(&int).await.unwrap();
-        let (one, other) = (account(&int, "ann", &[]), account(&int, "bea", &[]));
-        store
-            .insert_account(&one, Some(&credentials("old")), &[])
-            .await
-            .unwrap();
-        store
-            .insert_account(&other, Some(&credentials("new")), &[])
-            .await
-            .unwrap();
         let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
         for (set, hot) in [
             (
