@@ -432,48 +432,62 @@ async fn postgres_going_away_gives_clear_errors_and_nothing_half_written() {
         .unwrap();
     let admin_url = std::env::var("KEYHAVEN_TEST_DATABASE_URL").unwrap();
 
-    // Many writes of accounts with labels while every connection is cut, again and again.
+    // Writes of accounts with labels, back to back from 32 tasks, while every connection
+    // is cut, again and again: at least 20 times, and on until some write has failed
+    // (a write that fails is what this test is about; 30 s without one fails it).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
-    for n in 0..200 {
+    for task in 0..32 {
         let (store, int) = (store.clone(), int.clone());
+        let (stop, failures) = (stop.clone(), failures.clone());
         tasks.push(tokio::spawn(async move {
-            let acc = account(&int, "away", &["a", "b", "c"]);
-            let r = store
-                .insert_account(&acc, Some(&creds(&format!("t{n}"))), &[])
-                .await;
-            (acc.id, r)
+            let mut done = Vec::new();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let acc = account(&int, "away", &["a", "b", "c"]);
+                let r = store
+                    .insert_account(&acc, Some(&creds(&format!("t{task}-{n}"))), &[])
+                    .await;
+                if let Err(e) = &r {
+                    failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let msg = e.to_string();
+                    assert!(
+                        msg.contains("PostgreSQL") || msg.contains("store"),
+                        "a clear error: {msg}"
+                    );
+                }
+                done.push((acc.id, r.is_ok()));
+            }
+            done
         }));
     }
-    let killer = {
-        let (admin_url, db) = (admin_url.clone(), db.clone());
-        tokio::spawn(async move {
-            use sqlx::Connection;
-            let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
-            for _ in 0..20 {
-                sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
-                    .bind(&db)
-                    .execute(&mut admin)
-                    .await
-                    .unwrap();
-                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-            }
-        })
-    };
-    let mut failed = 0;
+    {
+        use sqlx::Connection;
+        let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut cuts = 0;
+        while cuts < 20 || failures.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "cutting connections for 30 s made no write fail"
+            );
+            sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
+                .bind(&db)
+                .execute(&mut admin)
+                .await
+                .unwrap();
+            cuts += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut results = Vec::new();
     for t in tasks {
-        let (id, r) = t.await.unwrap();
-        if let Err(e) = &r {
-            failed += 1;
-            let msg = e.to_string();
-            assert!(
-                msg.contains("PostgreSQL") || msg.contains("store"),
-                "a clear error: {msg}"
-            );
-        }
-        results.push((id, r.is_ok()));
+        results.extend(t.await.unwrap());
     }
-    killer.await.unwrap();
+    let failed = results.iter().filter(|(_, ok)| !ok).count();
     // Whatever was written is whole: an account with its three labels and credentials;
     // whatever failed left nothing.
     let check = PostgresStore::connect(&url, ring()).await.ok();
@@ -506,7 +520,10 @@ async fn postgres_going_away_gives_clear_errors_and_nothing_half_written() {
         }
     }
     assert!(failed > 0, "cutting connections made some writes fail");
-    eprintln!("{failed} of 200 writes failed while connections were cut");
+    eprintln!(
+        "{failed} of {} writes failed while connections were cut",
+        results.len()
+    );
 
     // The database dropped outright: every call is a clear Unavailable error.
     {
