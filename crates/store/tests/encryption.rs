@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use keyhaven_core::{
     ConnectionStatus, Credentials, CredentialsUpdate, PendingState, SecretFields, Store, StoreError,
@@ -211,7 +212,7 @@ async fn rotation_under_traffic(
         ids.push(acc.id);
     }
     let ids = Arc::new(ids);
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
     // Writers: each owns a slice of the accounts and records its last write.
     let mut writers = Vec::new();
     for w in 0..4 {
@@ -219,7 +220,7 @@ async fn rotation_under_traffic(
         writers.push(tokio::spawn(async move {
             let mut last: HashMap<String, String> = HashMap::new();
             let mut round = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) || round < 2 {
+            while !stop.load(Ordering::Relaxed) || round < 2 {
                 round += 1;
                 for id in ids.iter().skip(w).step_by(4) {
                     let (acc, _) = store
@@ -244,7 +245,7 @@ async fn rotation_under_traffic(
         let (store, ids, stop) = (store.clone(), ids.clone(), stop.clone());
         readers.push(tokio::spawn(async move {
             let mut reads = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 for id in ids.iter() {
                     let (_, c) = store
                         .get_account_and_credentials(id)
@@ -259,7 +260,7 @@ async fn rotation_under_traffic(
         }));
     }
     let report = rotate().await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     let mut expected: HashMap<String, String> = HashMap::new();
     for w in writers {
         expected.extend(w.await.unwrap());
@@ -435,8 +436,8 @@ async fn postgres_going_away_gives_clear_errors_and_nothing_half_written() {
     // Writes of accounts with labels, back to back from 32 tasks, while every connection
     // is cut, again and again: at least 20 times, and on until some write has failed
     // (a write that fails is what this test is about; 30 s without one fails it).
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for task in 0..32 {
         let (store, int) = (store.clone(), int.clone());
@@ -444,14 +445,14 @@ async fn postgres_going_away_gives_clear_errors_and_nothing_half_written() {
         tasks.push(tokio::spawn(async move {
             let mut done = Vec::new();
             let mut n = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 let acc = account(&int, "away", &["a", "b", "c"]);
                 let r = store
                     .insert_account(&acc, Some(&creds(&format!("t{task}-{n}"))), &[])
                     .await;
                 if let Err(e) = &r {
-                    failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    failures.fetch_add(1, Ordering::Relaxed);
                     let msg = e.to_string();
                     assert!(
                         msg.contains("PostgreSQL") || msg.contains("store"),
@@ -468,7 +469,7 @@ async fn postgres_going_away_gives_clear_errors_and_nothing_half_written() {
         let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         let mut cuts = 0;
-        while cuts < 20 || failures.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        while cuts < 20 || failures.load(Ordering::Relaxed) == 0 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "cutting connections for 30 s made no write fail"
@@ -482,12 +483,12 @@ async fn postgres_going_away_gives_clear_errors_and_nothing_half_written() {
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     let mut results = Vec::new();
     for t in tasks {
         results.extend(t.await.unwrap());
     }
-    let failed = results.iter().filter(|(_, ok)| !ok).count();
+    let failed = failures.load(Ordering::Relaxed);
     // Whatever was written is whole: an account with its three labels and credentials;
     // whatever failed left nothing.
     let check = PostgresStore::connect(&url, ring()).await.ok();
