@@ -271,9 +271,15 @@ pub enum Decision {
 
 /// A user agent with a cookie jar that follows the provider's pages as a person would,
 /// until the provider sends it to the callback URL.
+///
+/// The jar is `cookie_store`'s (RFC 6265: domains, paths, expiry), kept here rather
+/// than through reqwest's `cookies` feature: a workspace build unifies features, so
+/// that feature would put reqwest's cookie layer (which parses every request's URL
+/// again) into the keyhaven binary and the benchmarks built from this workspace.
 #[derive(Debug)]
 pub struct UserAgent {
     client: reqwest::Client,
+    jar: std::sync::Mutex<cookie_store::CookieStore>,
 }
 
 impl Default for UserAgent {
@@ -286,11 +292,39 @@ impl UserAgent {
     /// A fresh browser: no cookies.
     pub fn new() -> Self {
         let client = reqwest::Client::builder()
-            .cookie_store(true)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap();
-        Self { client }
+        Self {
+            client,
+            jar: std::sync::Mutex::new(cookie_store::CookieStore::new()),
+        }
+    }
+
+    /// Sends `request` to `url` with the jar's cookies for it, and keeps the cookies
+    /// the answer sets.
+    async fn send(&self, url: &Url, request: reqwest::RequestBuilder) -> reqwest::Response {
+        let cookies: Vec<String> = {
+            let jar = self.jar.lock().unwrap();
+            jar.get_request_values(url)
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect()
+        };
+        let request = if cookies.is_empty() {
+            request
+        } else {
+            request.header("cookie", cookies.join("; "))
+        };
+        let response = request.send().await.unwrap();
+        let mut jar = self.jar.lock().unwrap();
+        for set in response.headers().get_all("set-cookie") {
+            if let Ok(text) = set.to_str() {
+                // A cookie the jar refuses (another domain, a bad attribute) is
+                // dropped, as a browser drops it.
+                let _ = jar.parse(text, url);
+            }
+        }
+        response
     }
 
     /// Opens `authorize_url`, signs in as `login` and approves (or denies), and
@@ -327,7 +361,7 @@ impl UserAgent {
                 Some(form) => self.client.post(next.clone()).form(&form),
                 None => self.client.get(next.clone()),
             };
-            let response = request.send().await.unwrap();
+            let response = self.send(&next, request).await;
             let status = response.status();
             if status.is_redirection() {
                 let location = response.headers()["location"].to_str().unwrap().to_owned();
