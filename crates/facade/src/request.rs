@@ -210,8 +210,9 @@ pub fn http_error_reason(e: reqwest::Error) -> String {
 }
 
 /// What a transport error says, without any URL, with the query values of `sent`
-/// (which may hold credentials) scrubbed out in case a cause quotes them.
-pub fn transport_reason(e: reqwest::Error, sent: &Url) -> String {
+/// (which may hold credentials) scrubbed out in case a cause quotes them. `sent`
+/// may be left out for a URL without a query: there is nothing to scrub then.
+pub fn transport_reason(e: reqwest::Error, sent: Option<&Url>) -> String {
     if e.is_timeout() {
         return format!(
             "timed out (keyhaven waits {} s to connect and {} s for each part of the answer)",
@@ -219,7 +220,11 @@ pub fn transport_reason(e: reqwest::Error, sent: &Url) -> String {
             READ_TIMEOUT.as_secs()
         );
     }
-    rules::scrub(&http_error_reason(e), sent)
+    let reason = http_error_reason(e);
+    match sent {
+        Some(sent) => rules::scrub(&reason, sent),
+        None => reason,
+    }
 }
 
 /// A request body: bytes, which can be sent again after a refresh, or a stream,
@@ -236,12 +241,16 @@ enum Body {
 #[must_use = "a request does nothing until it is sent"]
 pub struct ApiRequest {
     kh: Keyhaven,
-    account: String,
+    /// The account's id, parsed when the request is made (its error is answered
+    /// when sent, after the caller's own mistakes).
+    account: Result<ConnectedAccountId, Error>,
     method: Method,
-    path: String,
+    /// `None`: the base URL itself (`/`).
+    path: Option<String>,
     headers: HeaderMap,
     body: Body,
-    caller: AuditCaller,
+    /// `None`: the library (`key: "library"` in the audit log).
+    caller: Option<AuditCaller>,
     error: Option<Error>,
 }
 
@@ -258,15 +267,12 @@ impl Keyhaven {
     pub fn request(&self, account_id: &str) -> ApiRequest {
         ApiRequest {
             kh: self.clone(),
-            account: account_id.to_owned(),
+            account: ConnectedAccountId::parse(account_id),
             method: Method::GET,
-            path: "/".to_owned(),
+            path: None,
             headers: HeaderMap::new(),
             body: Body::Bytes(Bytes::new()),
-            caller: AuditCaller {
-                key: Some("library".to_owned()),
-                ..AuditCaller::default()
-            },
+            caller: None,
             error: None,
         }
     }
@@ -301,7 +307,7 @@ impl ApiRequest {
     /// To `path` under the account's API base URL (`/user/repos?per_page=5`), or to
     /// a full URL under it. Anything outside it is refused when sent.
     pub fn path(mut self, path: impl Into<String>) -> Self {
-        self.path = path.into();
+        self.path = Some(path.into());
         self
     }
 
@@ -396,7 +402,7 @@ impl ApiRequest {
 
     /// Who asks, for the audit log (the server names the key and address).
     pub fn caller(mut self, caller: AuditCaller) -> Self {
-        self.caller = caller;
+        self.caller = Some(caller);
         self
     }
 
@@ -423,12 +429,13 @@ impl ApiRequest {
             return Err(e);
         }
         // Everything about the request is checked before the credentials are read.
-        let method = rules::method(Some(method.as_str()))?;
-        let id = ConnectedAccountId::parse(&account)?;
+        let method = rules::sendable(method)?;
+        let id = account?;
+        let account = id.as_str();
         let audit = &kh.inner.audit;
         audit.ready()?;
         let target = kh.target(&id).await?;
-        let url = rules::target(&target.base, &path)?;
+        let url = rules::target(&target.base, path.as_deref().unwrap_or("/"))?;
         let client = target.client(&kh.inner.http).await?;
         for (name, value) in &target.headers {
             if !headers.contains_key(name) {
@@ -436,7 +443,7 @@ impl ApiRequest {
             }
         }
         let mut body = Some(body);
-        let mut used = kh.credentials(&account).await?;
+        let mut used = kh.credentials(account).await?;
         let mut retried = false;
         loop {
             let mut outgoing = OutgoingRequest::new(method.clone(), url.clone());
@@ -458,7 +465,9 @@ impl ApiRequest {
                     target.account.auth_scheme
                 )));
             }
-            let sent = outgoing.url.clone();
+            // Kept to scrub an error's text of the query's values (credentials in a
+            // query parameter); a URL without a query has none to scrub.
+            let sent = outgoing.url.query().is_some().then(|| outgoing.url.clone());
             let mut builder = client
                 .request(outgoing.method, outgoing.url)
                 .headers(outgoing.headers);
@@ -475,9 +484,13 @@ impl ApiRequest {
                 _ => builder,
             };
             let entry = |outcome: &str, status: Option<u16>| {
-                let mut entry = AuditEntry::new(kh.now(), AuditAction::Request, &account, outcome)
+                let caller = caller.clone().unwrap_or_else(|| AuditCaller {
+                    key: Some("library".to_owned()),
+                    ..AuditCaller::default()
+                });
+                let mut entry = AuditEntry::new(kh.now(), AuditAction::Request, account, outcome)
                     .of(&target.account)
-                    .by(caller.clone());
+                    .by(caller);
                 entry.method = Some(method.to_string());
                 entry.host = url.host_str().map(|host| match url.port() {
                     Some(port) => format!("{host}:{port}"),
@@ -502,7 +515,7 @@ impl ApiRequest {
                     return Err(unavailable(format!(
                         "the API at {} could not be reached: {}",
                         rules::shown(&url),
-                        transport_reason(e, &sent)
+                        transport_reason(e, sent.as_ref())
                     )));
                 }
             };

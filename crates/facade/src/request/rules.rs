@@ -69,22 +69,41 @@ fn invalid(field: &str, reason: impl Into<String>) -> Error {
 /// # Errors
 /// Any other method (`TRACE`, `CONNECT`, a made-up one).
 pub fn method(given: Option<&str>) -> Result<Method, Error> {
-    let name = given.unwrap_or("GET").trim().to_ascii_uppercase();
+    let name = given.unwrap_or("GET").trim();
     METHODS
         .iter()
-        .find(|m| m.as_str() == name)
+        .find(|m| m.as_str().eq_ignore_ascii_case(name))
         .cloned()
-        .ok_or_else(|| {
-            let allowed: Vec<&str> = METHODS.iter().map(Method::as_str).collect();
-            let shown: String = name.chars().filter(|c| !c.is_control()).take(20).collect();
-            invalid(
-                "method",
-                format!(
-                    "{shown:?} is not sent through the proxy; use one of {}",
-                    allowed.join(", ")
-                ),
-            )
-        })
+        .ok_or_else(|| refused_method(name))
+}
+
+/// `method` when the proxy sends it (one of [`METHODS`]).
+///
+/// # Errors
+/// Any other method, as [`method`].
+pub fn sendable(method: Method) -> Result<Method, Error> {
+    if METHODS.contains(&method) {
+        Ok(method)
+    } else {
+        Err(refused_method(method.as_str()))
+    }
+}
+
+fn refused_method(name: &str) -> Error {
+    let allowed: Vec<&str> = METHODS.iter().map(Method::as_str).collect();
+    let shown: String = name
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(20)
+        .collect::<String>()
+        .to_ascii_uppercase();
+    invalid(
+        "method",
+        format!(
+            "{shown:?} is not sent through the proxy; use one of {}",
+            allowed.join(", ")
+        ),
+    )
 }
 
 /// A caller's header, checked: not `Host`, not a hop-by-hop or `proxy-*` header,
@@ -177,22 +196,13 @@ fn raw_path(given: &str) -> &str {
 /// twice (`%252e`).
 fn check_segments(path: &str) -> Result<(), Error> {
     for segment in path.split('/') {
-        let decoded = percent_decode(segment);
-        let text = String::from_utf8_lossy(&decoded).to_ascii_lowercase();
-        let name = text.split(';').next().unwrap_or_default();
-        let why = if name == "." || name == ".." {
-            Some("has a . or .. segment (also as %2e)")
-        } else if text.contains(['/', '\\']) {
-            Some("has an encoded slash or backslash (%2f, %5c)")
-        } else if text.contains(|c: char| c.is_control()) {
-            Some("has an encoded control character (such as %00)")
-        } else if ["%2e", "%2f", "%5c", "%00", "%25"]
-            .iter()
-            .any(|e| text.contains(e))
-        {
-            Some("has an escape encoded twice (such as %252e)")
+        let why = if segment.contains('%') {
+            encoded_segment_trick(segment)
         } else {
-            None
+            // Nothing encoded: the segment is what servers read. Control characters
+            // and backslashes were refused in the whole path before.
+            let name = segment.split(';').next().unwrap_or_default();
+            (name == "." || name == "..").then_some(DOT_SEGMENT)
         };
         if let Some(why) = why {
             return Err(invalid(
@@ -202,6 +212,30 @@ fn check_segments(path: &str) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+const DOT_SEGMENT: &str = "has a . or .. segment (also as %2e)";
+
+/// What is wrong with a path segment holding `%` escapes, decoded: a dot segment,
+/// an encoded slash, backslash or control character, an escape encoded twice.
+fn encoded_segment_trick(segment: &str) -> Option<&'static str> {
+    let decoded = percent_decode(segment);
+    let text = String::from_utf8_lossy(&decoded).to_ascii_lowercase();
+    let name = text.split(';').next().unwrap_or_default();
+    if name == "." || name == ".." {
+        Some(DOT_SEGMENT)
+    } else if text.contains(['/', '\\']) {
+        Some("has an encoded slash or backslash (%2f, %5c)")
+    } else if text.contains(|c: char| c.is_control()) {
+        Some("has an encoded control character (such as %00)")
+    } else if ["%2e", "%2f", "%5c", "%00", "%25"]
+        .iter()
+        .any(|e| text.contains(e))
+    {
+        Some("has an escape encoded twice (such as %252e)")
+    } else {
+        None
+    }
 }
 
 /// The path of `base` with no `/` at its end: `""` for an API at the host's root.
@@ -247,8 +281,11 @@ pub fn target(base: &Url, path: &str) -> Result<Url, Error> {
             "has a backslash, which some servers read as /; use / or percent-encode it as %5C in a query",
         ));
     }
-    let lower = path.to_ascii_lowercase();
-    let absolute = lower.starts_with("http://") || lower.starts_with("https://");
+    let starts_with = |prefix: &str| {
+        path.get(..prefix.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+    };
+    let absolute = starts_with("http://") || starts_with("https://");
     if !absolute && (!path.starts_with('/') || path.starts_with("//")) {
         return Err(invalid(
             "path",
