@@ -183,6 +183,17 @@ async fn every_metric_is_there_and_moves_after_a_scripted_flow() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    // A made-up method is counted, as OTHER: clients do not make new series.
+    let r = http
+        .request(
+            reqwest::Method::from_bytes(b"FROBNICATE").unwrap(),
+            format!("{base}/api/v1/connectedAccounts"),
+        )
+        .header("x-api-key", ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error(), "{}", r.status());
     // Every event delivered: created and active of the new account, inactive.
     for _ in 0..200 {
         if received.load(Ordering::SeqCst) >= 3 {
@@ -230,6 +241,12 @@ async fn every_metric_is_there_and_moves_after_a_scripted_flow() {
         ],
         1.0,
     );
+    moved(
+        "keyhaven_http_requests_total",
+        &[("method", "OTHER"), ("route", "/api/v1/connectedAccounts")],
+        1.0,
+    );
+    assert!(!text.contains("FROBNICATE"), "{text}");
     moved(
         "keyhaven_http_request_seconds_count",
         &[("route", "/api/v1/connectedAccounts/{id}/credentials")],

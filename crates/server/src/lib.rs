@@ -549,14 +549,14 @@ async fn log_request(mut request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+        .cloned();
     let started = std::time::Instant::now();
     let mut response = tracing::Instrument::instrument(
         async move {
             let response = next.run(request).await;
             metrics::http_request(
-                method.as_str(),
-                route,
+                &method,
+                route.as_ref().map_or("unmatched", |m| m.as_str()),
                 response.status().as_u16(),
                 started.elapsed().as_secs_f64(),
             );

@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use keyhaven::{AccountFilter, ConnectionStatus, DeliveryState};
@@ -57,19 +57,105 @@ pub fn recorder() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// The method as a label: the standard ones by name, any other as `OTHER` (a client
+/// may send any token as a method; labels stay bounded).
+fn method_label(method: &Method) -> &'static str {
+    const KNOWN: [(Method, &str); 9] = [
+        (Method::GET, "GET"),
+        (Method::HEAD, "HEAD"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::PATCH, "PATCH"),
+        (Method::DELETE, "DELETE"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::TRACE, "TRACE"),
+        (Method::CONNECT, "CONNECT"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(known, _)| known == method)
+        .map_or("OTHER", |(_, name)| name)
+}
+
+/// A series of the HTTP metrics: method, route template, status.
+#[derive(PartialEq, Eq, Hash)]
+struct Series {
+    method: &'static str,
+    route: Box<str>,
+    status: u16,
+}
+
+/// A series as a request has it, to look one up without making its key.
+struct SeriesRef<'a> {
+    method: &'static str,
+    route: &'a str,
+    status: u16,
+}
+
+// Hashed as `Series` hashes (field by field, a `Box<str>` as its `str`).
+impl std::hash::Hash for SeriesRef<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.method.hash(state);
+        self.route.hash(state);
+        self.status.hash(state);
+    }
+}
+
+impl quick_cache::Equivalent<Series> for SeriesRef<'_> {
+    fn equivalent(&self, key: &Series) -> bool {
+        self.method == key.method && self.route == &*key.route && self.status == key.status
+    }
+}
+
+/// The handles of the series seen so far: a request records through them without
+/// building its labels and looking them up in the recorder. Bounded: the routes are
+/// the router's templates and the methods bounded by [`method_label`]; a series
+/// dropped from here is only looked up again.
+fn handles(method: &Method, route: &str, status: u16) -> (metrics::Counter, metrics::Histogram) {
+    static SEEN: OnceLock<
+        quick_cache::sync::Cache<Series, (metrics::Counter, metrics::Histogram)>,
+    > = OnceLock::new();
+    let seen = SEEN.get_or_init(|| quick_cache::sync::Cache::new(512));
+    let method = method_label(method);
+    let wanted = SeriesRef {
+        method,
+        route,
+        status,
+    };
+    if let Some(found) = seen.get(&wanted) {
+        return found;
+    }
+    let made = (
+        metrics::counter!(
+            "keyhaven_http_requests_total",
+            "method" => method,
+            "route" => route.to_owned(),
+            "status" => status.to_string()
+        ),
+        metrics::histogram!(
+            "keyhaven_http_request_seconds",
+            "method" => method,
+            "route" => route.to_owned()
+        ),
+    );
+    seen.insert(
+        Series {
+            method,
+            route: route.into(),
+            status,
+        },
+        made.clone(),
+    );
+    made
+}
+
 /// Records one HTTP request: `keyhaven_http_requests_total{method, route, status}`
-/// and `keyhaven_http_request_seconds{method, route}`.
-pub(crate) fn http_request(method: &str, route: String, status: u16, seconds: f64) {
-    let method = method.to_owned();
-    metrics::counter!(
-        "keyhaven_http_requests_total",
-        "method" => method.clone(),
-        "route" => route.clone(),
-        "status" => status.to_string()
-    )
-    .increment(1);
-    metrics::histogram!("keyhaven_http_request_seconds", "method" => method, "route" => route)
-        .record(seconds);
+/// and `keyhaven_http_request_seconds{method, route}`. Methods other than the
+/// standard ones are counted as `OTHER`.
+pub(crate) fn http_request(method: &Method, route: &str, status: u16, seconds: f64) {
+    let (requests, seconds_taken) = handles(method, route, status);
+    requests.increment(1);
+    seconds_taken.record(seconds);
 }
 
 /// Records one webhook try: `keyhaven_webhook_deliveries_total{outcome}`
