@@ -733,12 +733,15 @@ fn fmt_value(v: f64, unit: &str) -> String {
     }
 }
 
-/// What moved since the figures recorded last time: changes of 10% or more.
-fn changes(old: &Value, new: &BTreeMap<String, Figure>) -> String {
+/// What moved since the figures recorded last time: changes of 10% or more, each
+/// marked when it was recorded on another machine than `machine` (this run's).
+fn changes(old: &Value, new: &BTreeMap<String, Figure>, machine: &str) -> String {
     let mut t = String::new();
     let mut rows = 0;
+    let mut elsewhere = 0;
     for (key, f) in new {
-        let Some(before) = old["figures"][key]["value"].as_f64() else {
+        let recorded = &old["figures"][key];
+        let Some(before) = recorded["value"].as_f64() else {
             continue;
         };
         if before == 0.0 || !before.is_finite() || !f.value.is_finite() {
@@ -753,15 +756,23 @@ fn changes(old: &Value, new: &BTreeMap<String, Figure>) -> String {
             t.push_str("| figure | before | now | change |\n|---|---:|---:|---:|\n");
         }
         rows += 1;
+        let other = recorded["machine"]
+            .as_str()
+            .is_some_and(|before| before != machine);
+        elsewhere += usize::from(other);
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {:+.0}% ({}) |",
+            "| {} | {} | {} | {:+.0}% ({}){} |",
             f.label,
             fmt_value(before, f.unit),
             fmt_value(f.value, f.unit),
             change * 100.0,
-            if better { "better" } else { "worse" }
+            if better { "better" } else { "worse" },
+            if other { ", other machine" } else { "" }
         );
+    }
+    if elsewhere > 0 {
+        t.push_str("\n\"Other machine\": the figure before was measured on another machine (or with another rustc or PostgreSQL); absolute figures are not comparable across machines, ratios measured within one run more nearly so.\n");
     }
     let Some(since) = old["run"].as_str() else {
         return "No figures were recorded before this run.".to_owned();
@@ -906,7 +917,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<(), String> {
         );
     }
     doc = replace_block(&doc, "run", &run);
-    doc = replace_block(&doc, "changes", &changes(&old, &figures));
+    doc = replace_block(&doc, "changes", &changes(&old, &figures, &machine));
     doc = replace_block(&doc, "targets", &targets);
     std::fs::write(&md_path, doc).map_err(|e| format!("{}: {e}", md_path.display()))?;
     // Figures of sections not run are kept, so the next comparison has them.
@@ -914,7 +925,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<(), String> {
     for (k, f) in &figures {
         recorded.insert(
             k.clone(),
-            json!({"label": f.label, "value": f.value, "unit": f.unit, "higher_is_better": f.higher_is_better}),
+            json!({"label": f.label, "value": f.value, "unit": f.unit, "higher_is_better": f.higher_is_better, "machine": machine}),
         );
     }
     let out =
@@ -967,12 +978,21 @@ mod tests {
         new.insert("b".to_owned(), f(130.0, false));
         new.insert("c".to_owned(), f(130.0, true));
         new.insert("d".to_owned(), f(1.0, true));
-        let t = changes(&old, &new);
+        let t = changes(&old, &new, "cpu A");
         assert!(
             t.contains("+30% (worse)") && t.contains("+30% (better)"),
             "{t}"
         );
         assert_eq!(t.matches("| l |").count(), 2, "{t}");
+        assert!(!t.contains("other machine"), "{t}");
+        // Figures say where they were measured; a move from another machine is marked.
+        let mut on_a = old.clone();
+        on_a["figures"]["b"]["machine"] = json!("cpu A");
+        on_a["figures"]["c"]["machine"] = json!("cpu B");
+        let t = changes(&on_a, &new, "cpu B");
+        assert!(t.contains("+30% (worse), other machine |"), "{t}");
+        assert!(t.contains("+30% (better) |"), "{t}");
+        assert!(t.contains("measured on another machine"), "{t}");
     }
 
     #[test]
