@@ -605,7 +605,9 @@ fn storms(root: &Path, _s: Settings, envs: &[(String, String)]) -> Result<Outcom
             "ms",
             false,
         );
-        if let Some(x) = ratio {
+        // Rows shown to explain others (the storm without a database) are not judged.
+        let judged = r["judged"].as_bool() != Some(false);
+        if let Some(x) = ratio.filter(|_| judged) {
             o.verdict(
                 format!("{place} on {db}: {kind}, {instances} instance(s), ≤ 1.5x the same number of bare token requests"),
                 format!("{x:.2}x"),

@@ -126,6 +126,7 @@ async fn run(
         token_requests: total_refreshes(&endpoint),
         took,
         bare,
+        judged: true,
     }
     .record();
 }
