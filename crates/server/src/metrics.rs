@@ -7,7 +7,7 @@
 //! this crate adds the HTTP requests and the webhook deliveries, and, when scraped,
 //! reads the accounts by status, the webhook backlog and the credential cache's
 //! counts. Labels are bounded: routes are templates (`/api/v1/connectedAccounts/{id}`),
-//! apps are the integrations' apps.
+//! methods the standard ones (any other is `OTHER`), apps the integrations' apps.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
