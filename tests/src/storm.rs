@@ -355,26 +355,7 @@ pub async fn bare_token_requests(n: usize) -> Duration {
 
 async fn bare_token_requests_once(n: usize) -> Duration {
     let endpoint = TokenEndpoint::start(Duration::ZERO).await;
-    let http = reqwest::Client::new();
-    let started = std::time::Instant::now();
-    let tasks: Vec<_> = (0..n)
-        .map(|i| {
-            let request = http.post(&endpoint.url).form(&[
-                ("grant_type", "refresh_token".to_owned()),
-                ("refresh_token", format!("rt-{i}")),
-                ("client_id", "storm-client".to_owned()),
-            ]);
-            tokio::spawn(async move {
-                let r = request.send().await.unwrap();
-                assert!(r.status().is_success());
-                r.bytes().await.unwrap();
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let took = started.elapsed();
+    let took = token_requests_at_once(&reqwest::Client::new(), &endpoint.url, n).await;
     assert_each_refreshed_once(&endpoint, n);
     took
 }
@@ -390,30 +371,34 @@ pub async fn bare_token_requests_warm(n: usize) -> Duration {
 async fn bare_token_requests_warm_once(n: usize) -> Duration {
     let endpoint = TokenEndpoint::start(Duration::ZERO).await;
     let http = reqwest::Client::new();
-    let mut took = Duration::ZERO;
-    for _ in 0..2 {
-        let started = std::time::Instant::now();
-        let tasks: Vec<_> = (0..n)
-            .map(|i| {
-                let request = http.post(&endpoint.url).form(&[
-                    ("grant_type", "refresh_token".to_owned()),
-                    ("refresh_token", format!("rt-{i}")),
-                    ("client_id", "storm-client".to_owned()),
-                ]);
-                tokio::spawn(async move {
-                    let r = request.send().await.unwrap();
-                    assert!(r.status().is_success());
-                    r.bytes().await.unwrap();
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap();
-        }
-        took = started.elapsed();
-    }
+    token_requests_at_once(&http, &endpoint.url, n).await;
+    let took = token_requests_at_once(&http, &endpoint.url, n).await;
     assert_eq!(total_refreshes(&endpoint), 2 * n as u64);
     took
+}
+
+/// `n` refresh requests (refresh tokens `rt-0`...) sent at once with `http` to the
+/// token endpoint at `url`; how long until every answer was read.
+async fn token_requests_at_once(http: &reqwest::Client, url: &str, n: usize) -> Duration {
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let request = http.post(url).form(&[
+                ("grant_type", "refresh_token".to_owned()),
+                ("refresh_token", format!("rt-{i}")),
+                ("client_id", "storm-client".to_owned()),
+            ]);
+            tokio::spawn(async move {
+                let r = request.send().await.unwrap();
+                assert!(r.status().is_success());
+                r.bytes().await.unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    started.elapsed()
 }
 
 /// A storm's figures, printed as one `STORM {json}` line (read by `cargo xtask
