@@ -186,14 +186,11 @@ pub(crate) async fn limit_pages(
     next.run(request).await
 }
 
-/// Middleware of every route: the response must start within `timeout`, except
-/// on the [`UNBOUNDED_ROUTES`]. A request past it is dropped (its work is
-/// cancelled) and answered 503.
-pub(crate) async fn deadline(
-    State(timeout): State<Duration>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// The request deadline of every route, run by the request log's middleware (one
+/// layer for both): the response must start within `timeout`, except on the
+/// [`UNBOUNDED_ROUTES`]. A request past it is dropped (its work is cancelled) and
+/// answered 503.
+pub(crate) async fn within_deadline(timeout: Duration, request: Request, next: Next) -> Response {
     let unbounded = request
         .extensions()
         .get::<MatchedPath>()
@@ -201,12 +198,13 @@ pub(crate) async fn deadline(
     if unbounded {
         return next.run(request).await;
     }
-    let path = request.uri().path().to_owned();
+    // A cheap clone (the request's bytes are shared), for the warning only.
+    let uri = request.uri().clone();
     match tokio::time::timeout(timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => {
             tracing::warn!(
-                path,
+                path = uri.path(),
                 seconds = timeout.as_secs_f64(),
                 "request timed out; cancelled"
             );
