@@ -107,15 +107,22 @@ impl quick_cache::Equivalent<Series> for SeriesRef<'_> {
     }
 }
 
+type Handles = (metrics::Counter, metrics::Histogram);
+
 /// The handles of the series seen so far: a request records through them without
 /// building its labels and looking them up in the recorder. Bounded: the routes are
 /// the router's templates and the methods bounded by [`method_label`]; a series
-/// dropped from here is only looked up again.
-fn handles(method: &Method, route: &str, status: u16) -> (metrics::Counter, metrics::Histogram) {
-    static SEEN: OnceLock<
-        quick_cache::sync::Cache<Series, (metrics::Counter, metrics::Histogram)>,
-    > = OnceLock::new();
-    let seen = SEEN.get_or_init(|| quick_cache::sync::Cache::new(512));
+/// dropped from here is only looked up again. A handle is the recorder's that was
+/// installed when its series was first seen: [`crate::router`] installs keyhaven's
+/// (or finds a program's own) before the first request.
+fn seen() -> &'static quick_cache::sync::Cache<Series, Handles> {
+    static SEEN: OnceLock<quick_cache::sync::Cache<Series, Handles>> = OnceLock::new();
+    SEEN.get_or_init(|| quick_cache::sync::Cache::new(512))
+}
+
+/// The handles of one series, from [`seen`] or made (and kept there).
+fn handles(method: &Method, route: &str, status: u16) -> Handles {
+    let seen = seen();
     let method = method_label(method);
     let wanted = SeriesRef {
         method,
@@ -236,5 +243,32 @@ pub(crate) async fn require_metrics_key(
             "give the metrics key (--metrics-key) or the admin key in the x-api-key header, or scrape the metrics listener (--metrics-listen)",
         )
         .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_are_bounded_and_series_found_again_without_a_key() {
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+        let made_up = Method::from_bytes(b"FROBNICATE").expect("a method token");
+        assert_eq!(method_label(&made_up), "OTHER");
+        let route = "/test/series/{id}";
+        let wanted = SeriesRef {
+            method: "OTHER",
+            route,
+            status: 418,
+        };
+        assert!(seen().get(&wanted).is_none());
+        let _made = handles(&made_up, route, 418);
+        // Found through the borrowed key: it hashes and compares as the stored one.
+        assert!(seen().get(&wanted).is_some());
+        let other_status = SeriesRef {
+            status: 419,
+            ..wanted
+        };
+        assert!(seen().get(&other_status).is_none());
     }
 }
