@@ -4,9 +4,9 @@
 //! with a fresh token, and the token endpoint sees each account refreshed exactly
 //! once. Also 1,000 callers on one expired token: exactly one token request; and
 //! the distinct-account storm on the in-memory store, twice (no database: what the
-//! refresh path itself costs, cold and warm). The
-//! time each storm took is printed (`STORM {json}` lines, run with `--nocapture`,
-//! read by `cargo xtask bench`); nothing here asserts a duration.
+//! refresh path itself costs, cold and warm). The time each storm took is printed
+//! (`STORM {json}` lines, run with `--nocapture`, read by `cargo xtask bench`);
+//! nothing here asserts a duration.
 //!
 //! Also: a process killed with SIGKILL while it holds a refresh lock does not keep
 //! the account locked (PostgreSQL: its connection dies and the lock with it;
