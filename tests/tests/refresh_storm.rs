@@ -22,8 +22,8 @@ use keyhaven::{
     ConnectedAccountId, Keyhaven, ManualClock, MemoryStore, PostgresStore, SqliteStore, Store,
 };
 use keyhaven_tests::storm::{
-    ACCOUNTS, Figures, TokenEndpoint, assert_each_refreshed_once, is_fresh, seed, settle,
-    total_refreshes,
+    ACCOUNTS, Figures, TokenEndpoint, assert_each_refreshed, assert_each_refreshed_once, is_fresh,
+    seed, settle, total_refreshes,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -139,11 +139,7 @@ async fn a_thousand_accounts_without_a_database_cold_then_warm() {
     figures("distinct accounts", first, took, bare).record();
     clock.advance(keyhaven::chrono::Duration::hours(2));
     let took = every_account_at_once(&kh, &ids).await;
-    let counts = endpoint.refreshes();
-    assert!(
-        counts.len() == ACCOUNTS && counts.values().all(|n| *n == 2),
-        "each account refreshed once more"
-    );
+    assert_each_refreshed(&endpoint, ACCOUNTS, 2);
     let again = total_refreshes(&endpoint) - first;
     let bare = keyhaven_tests::storm::bare_token_requests_warm(ACCOUNTS).await;
     figures("distinct accounts, again (warm)", again, took, bare).record();
