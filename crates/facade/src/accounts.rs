@@ -1,6 +1,8 @@
 //! Connected accounts: read, list, delete, enable, disable; their credentials, and
 //! requests authorized with them.
 
+use std::sync::Arc;
+
 use keyhaven_core::{
     AccountContext, AccountFilter, ConnectedAccount, ConnectedAccountId, ConnectionStatus,
     Credentials, CredentialsUpdate, Error, EventKind, Integration, OutgoingRequest, Page,
@@ -358,16 +360,19 @@ impl Keyhaven {
     pub(crate) async fn integration_of(
         &self,
         account: &ConnectedAccount,
-    ) -> Result<Integration, Error> {
-        self.store()
-            .get_integration(&account.integration_id)
-            .await?
-            .ok_or_else(|| {
+    ) -> Result<Arc<Integration>, Error> {
+        let id = &account.integration_id;
+        let read = || async {
+            let integration = self.store().get_integration(id).await?.ok_or_else(|| {
                 Error::Internal(format!(
-                    "integration {} of connected account {} is missing",
-                    account.integration_id, account.id
+                    "integration {id} of connected account {} is missing",
+                    account.id
                 ))
-            })
+            })?;
+            Ok(Arc::new(integration))
+        };
+        // Concurrent refreshes of accounts of one integration (a storm) read it once.
+        self.inner.cache.integration_read(id, read).await
     }
 
     /// The account and its credentials, when it is `ACTIVE`.

@@ -7,6 +7,7 @@
 //! process or instance did. Listings by entity are kept too ([`listings`]).
 
 mod listings;
+mod shared;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -131,6 +132,10 @@ pub(crate) struct CredentialCache {
     accounts: Option<Copies<ConnectedAccountId, ConnectedAccount>>,
     /// Listings by one entity, as read (see [`crate::ConnectedAccounts::list_cached`]).
     listings: Option<listings::Listings>,
+    /// Reads of integrations from the store in flight, shared by those who ask
+    /// meanwhile (see [`CredentialCache::integration_read`]); on even when caching
+    /// is off, as it keeps nothing.
+    integration_reads: shared::SharedReads<IntegrationId, Arc<Integration>>,
     /// Bumped by every invalidation, so that a read that started before one does
     /// not put what it read into the cache afterwards.
     generation: AtomicU64,
@@ -147,6 +152,7 @@ impl CredentialCache {
             integrations: (capacity > 0).then(|| quick_cache::sync::Cache::new(1024)),
             accounts: (capacity > 0).then(|| quick_cache::sync::Cache::new(capacity)),
             listings: (capacity > 0).then(|| listings::Listings::new(capacity)),
+            integration_reads: shared::SharedReads::default(),
             generation: AtomicU64::new(0),
         })
     }
@@ -209,6 +215,20 @@ impl CredentialCache {
         let map = self.integrations.as_ref();
         self.copy_or_read(map, id, ttl, |i| i.id.clone(), read)
             .await
+    }
+
+    /// The integration `id` as stored: what `read` (a read of the store) gives, or
+    /// what the read of `id` already in flight gives. Nothing is kept once the
+    /// read has ended, so each caller gets what was stored while it waited.
+    pub(crate) async fn integration_read<F>(
+        &self,
+        id: &IntegrationId,
+        read: impl FnOnce() -> F,
+    ) -> Result<Arc<Integration>, Error>
+    where
+        F: Future<Output = Result<Arc<Integration>, Error>>,
+    {
+        self.integration_reads.read(id, read).await
     }
 
     /// The account `id`: the copy read less than `ttl` ago, else what `read` gives
@@ -361,6 +381,7 @@ impl CredentialCache {
     /// changed).
     pub(crate) fn forget_integrations(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
+        self.integration_reads.forget();
         if let Some(targets) = &self.targets {
             targets.clear();
         }
@@ -377,6 +398,7 @@ impl CredentialCache {
             StoreChange::Event(_) => {}
             StoreChange::Everything => {
                 self.generation.fetch_add(1, Ordering::AcqRel);
+                self.integration_reads.forget();
                 if let Some(entries) = &self.entries {
                     entries.clear();
                 }

@@ -159,7 +159,7 @@ impl Keyhaven {
     async fn open_form(
         &self,
         token: &str,
-    ) -> Result<(ConnectForm, PendingState, Integration), Error> {
+    ) -> Result<(ConnectForm, PendingState, std::sync::Arc<Integration>), Error> {
         let (pending, account) = self.live_link_token(token, "token", is_form_state).await?;
         let integration = self.integration_of(&account).await?;
         let scheme = self.schemes().get(&integration.auth_scheme)?;
