@@ -5,7 +5,9 @@
 //! - 1,000 callers of one expired token: one read before the refresh and one under
 //!   its lock, one token request;
 //! - 200 callers of an account that is not `ACTIVE`: nothing to share, so each
-//!   caller reads on its own and gets the error that says why.
+//!   caller reads on its own and gets the error that says why;
+//! - 200 expired accounts of one integration at once: each refreshed once, and the
+//!   refreshes share the integration's reads in flight (each would read it alone).
 //!
 //! Store reads are counted with the library's own store metric
 //! (`keyhaven_store_seconds_count{operation="get_account_and_credentials"}`),
@@ -37,12 +39,15 @@ fn with_metrics<F: std::future::Future<Output = ()>>(test: impl FnOnce(Prometheu
 
 /// How many account-and-credentials reads reached the store.
 fn store_reads(handle: &PrometheusHandle) -> u64 {
+    store_calls(handle, "get_account_and_credentials")
+}
+
+/// How many calls of `operation` reached the store.
+fn store_calls(handle: &PrometheusHandle, operation: &str) -> u64 {
     let text = handle.render();
+    let label = format!("operation=\"{operation}\"");
     text.lines()
-        .find(|l| {
-            l.starts_with("keyhaven_store_seconds_count{")
-                && l.contains("operation=\"get_account_and_credentials\"")
-        })
+        .find(|l| l.starts_with("keyhaven_store_seconds_count{") && l.contains(&label))
         .and_then(|l| l.rsplit_once(' '))
         .map_or(0, |(_, n)| n.parse().unwrap())
 }
@@ -170,6 +175,39 @@ fn misses_of_an_account_that_is_not_active_each_get_the_error() {
             store_reads(&metrics) - before,
             200,
             "an error is not shared: each caller read on its own"
+        );
+    });
+}
+
+#[test]
+fn refreshes_of_many_accounts_of_one_integration_share_its_reads() {
+    const ACCOUNTS: usize = 200;
+    with_metrics(|metrics| async move {
+        let Some((kh, store)) = postgres().await else {
+            return;
+        };
+        let endpoint = TokenEndpoint::start(Duration::ZERO).await;
+        let (_, ids) = seed(&kh, store.as_ref(), &endpoint, ACCOUNTS).await;
+        settle(&kh, store.as_ref(), &ids[ACCOUNTS - 1]).await;
+        let before = store_calls(&metrics, "get_integration");
+        let tasks: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let (kh, id) = (kh.clone(), id.to_string());
+                tokio::spawn(async move { kh.credentials(&id).await })
+            })
+            .collect();
+        for t in tasks {
+            let credentials = t.await.unwrap().unwrap();
+            assert!(is_fresh(credentials.get_str("access_token").unwrap()));
+        }
+        assert_each_refreshed_once(&endpoint, ACCOUNTS);
+        let reads = store_calls(&metrics, "get_integration") - before;
+        // The refreshes reach the integration read in waves (their locks and
+        // re-reads are grouped); each wave shares one read.
+        assert!(
+            (1..=ACCOUNTS as u64 / 4).contains(&reads),
+            "{reads} integration reads for {ACCOUNTS} refreshes"
         );
     });
 }
