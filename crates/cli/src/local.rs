@@ -61,8 +61,21 @@ impl StoreArgs {
     }
 }
 
-/// Opens the store the arguments name, and says which it is.
-pub(crate) async fn open_store(args: &StoreArgs) -> Result<(Arc<dyn Store>, String), CliError> {
+/// How long the process that opens a store will use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Use {
+    /// One command, then the process exits: no connection opened ahead of need.
+    OneCommand,
+    /// A server: PostgreSQL's pools are filled in the background at start, so that
+    /// the first burst of requests does not wait for connections to open.
+    Serving,
+}
+
+/// Opens the store the arguments name, for `usage`, and says which it is.
+pub(crate) async fn open_store(
+    args: &StoreArgs,
+    usage: Use,
+) -> Result<(Arc<dyn Store>, String), CliError> {
     match &args.database_url {
         Some(url) => {
             let keys = match args.keys.ring(&args.dir()).await? {
@@ -71,9 +84,11 @@ pub(crate) async fn open_store(args: &StoreArgs) -> Result<(Arc<dyn Store>, Stri
                     .map_err(CliError::from_store)?
                     .ok_or_else(|| CliError::usage("a PostgreSQL store needs KEYHAVEN_MASTER_KEY (base64 of 32 bytes), the same on every instance, or --master-key-command, or --kms-key-id"))?,
             };
-            let store = PostgresStore::connect(url, keys)
-                .await
-                .map_err(CliError::from_store)?;
+            let store = match usage {
+                Use::Serving => PostgresStore::connect(url, keys).await,
+                Use::OneCommand => PostgresStore::connect_cold(url, keys).await,
+            }
+            .map_err(CliError::from_store)?;
             Ok((Arc::new(store), "PostgreSQL store".to_owned()))
         }
         None => {
@@ -94,7 +109,7 @@ pub(crate) async fn open_store(args: &StoreArgs) -> Result<(Arc<dyn Store>, Stri
 /// The library on the store, with the settings of `keyhaven serve` that matter to a
 /// client: the public URL (for the OAuth callback) and the redirect allowlist.
 pub(crate) async fn open(args: &StoreArgs) -> Result<Keyhaven, CliError> {
-    let (store, _) = open_store(args).await?;
+    let (store, _) = open_store(args, Use::OneCommand).await?;
     // The server's audit log: uses of credentials here are recorded with its own.
     let audit_path = std::env::var_os("KEYHAVEN_AUDIT_LOG")
         .filter(|p| !p.is_empty())
@@ -137,7 +152,7 @@ pub(crate) async fn rotate_keys(
     let (report, key_id, retired) = match (&args.database_url, from_env) {
         (Some(url), Some(ring)) => {
             let id = ring.primary_id().to_owned();
-            let store = PostgresStore::connect(url, ring)
+            let store = PostgresStore::connect_cold(url, ring)
                 .await
                 .map_err(CliError::from_store)?;
             (

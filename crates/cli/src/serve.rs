@@ -12,7 +12,7 @@ use keyhaven_server::proxy::ProxyLimits;
 use keyhaven_server::{AdminKey, AppState, CREDENTIALS_KEY_FILE, RateLimit, ServerConfig, Webhook};
 use serde::Deserialize;
 
-use crate::local::{StoreArgs, open_store};
+use crate::local::{StoreArgs, Use, open_store};
 use crate::{CliError, output};
 
 /// The default address: loopback only.
@@ -427,7 +427,7 @@ pub(crate) async fn serve(
             })
             .collect::<Result<Vec<_>, _>>()?;
     let data_dir = store_args.dir();
-    let (store, description) = open_store(&store_args).await?;
+    let (store, description) = open_store(&store_args, Use::Serving).await?;
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -159,6 +159,8 @@ pub struct PostgresStore {
     pool: PgPool,
     /// The refresh locks: see [`locks`].
     locks: locks::RefreshLocks,
+    /// The connections the refresh locks are taken on (also in `locks`).
+    lock_pool: PgPool,
     /// Refreshes' writes: see [`refreshes`].
     refreshes: refreshes::RefreshWrites,
     /// Reads of accounts with their credentials: see [`reads`].
@@ -171,6 +173,7 @@ impl std::fmt::Debug for PostgresStore {
         f.debug_struct("PostgresStore")
             .field("pool_size", &self.pool.size())
             .field("lane_size", &self.lane.size())
+            .field("lock_pool_size", &self.lock_pool.size())
             .finish_non_exhaustive()
     }
 }
@@ -306,8 +309,34 @@ impl PostgresStore {
     /// PostgreSQL cannot be reached or migrated; or the database holds values
     /// encrypted under keys that `keys` lacks ([`KeyError::NotConfigured`](crate::KeyError),
     /// in [`StoreError::Backend`]): then nothing is written.
+    ///
+    /// The pools' other connections are opened in the background once it has
+    /// connected, and stay open: the first burst of work (1,000 refreshes at once)
+    /// does not wait for connections to open. That matters here: sqlx 0.9.0 leaves
+    /// Nagle's algorithm on, and opening a connection over TLS takes about 90 ms on
+    /// loopback (3 ms without TLS) as the handshake waits for delayed ACKs. A
+    /// process that runs one command and exits should use
+    /// [`PostgresStore::connect_cold`].
     pub async fn connect(url: &str, keys: KeyRing) -> Result<Self, StoreError> {
         Self::connect_with_pool_size(url, keys, Self::DEFAULT_POOL_SIZE).await
+    }
+
+    /// [`PostgresStore::connect`] without opening more connections than it uses:
+    /// for a process that runs one command and exits (the CLI's), which would
+    /// otherwise leave PostgreSQL a log line for each connection it dropped while
+    /// being opened.
+    ///
+    /// # Errors
+    /// As [`PostgresStore::connect`].
+    pub async fn connect_cold(url: &str, keys: KeyRing) -> Result<Self, StoreError> {
+        Self::open(
+            url,
+            keys,
+            Self::DEFAULT_POOL_SIZE,
+            Self::DEFAULT_LOCK_CONNECTIONS,
+            false,
+        )
+        .await
     }
 
     /// Connections per instance by default, besides the lock connections. A third
@@ -340,12 +369,28 @@ impl PostgresStore {
     /// [`PostgresStore::DEFAULT_POOL_SIZE`]) and `lock_connections` connections
     /// for refresh locks (at most that many lock transactions at once in this
     /// instance, each of up to 64 accounts' locks).
-    /// One connection of each pool is opened at once, the others when needed.
+    /// One connection of each pool is opened at once, the others in the background
+    /// (see [`PostgresStore::connect`]).
+    ///
+    /// # Errors
+    /// As [`PostgresStore::connect`].
     pub async fn connect_with_pools(
         url: &str,
         keys: KeyRing,
         max_connections: u32,
         lock_connections: u32,
+    ) -> Result<Self, StoreError> {
+        Self::open(url, keys, max_connections, lock_connections, true).await
+    }
+
+    /// Connects, migrates and checks the keys; then, when `warm`, opens the pools'
+    /// other connections in the background.
+    async fn open(
+        url: &str,
+        keys: KeyRing,
+        max_connections: u32,
+        lock_connections: u32,
+        warm: bool,
     ) -> Result<Self, StoreError> {
         let unavailable =
             |e: sqlx::Error| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}"));
@@ -370,10 +415,12 @@ impl PostgresStore {
             .connect_with(options.clone());
         let locks = pool_options()
             .max_connections(lock_connections)
-            // One kept open: see above. The others close after a minute idle.
+            // One kept open: see above. Those opened later stay open too (as the
+            // lane's do): a burst of refreshes after a quiet minute would otherwise
+            // wait for them to open again.
             .min_connections(1)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .idle_timeout(Some(Duration::from_secs(60)))
+            .idle_timeout(None)
             // The lock may be held by another instance: a lock connection gives up
             // after LOCK_WAIT rather than wait forever behind a stuck holder (set
             // once per connection, not per lock).
@@ -390,7 +437,12 @@ impl PostgresStore {
                 Arc::new(notices::Deferred::new(pool.clone())),
             ),
             pool,
-            locks: locks::RefreshLocks::new(lock_pool, lock_connections as usize, LOCK_WAIT),
+            locks: locks::RefreshLocks::new(
+                lock_pool.clone(),
+                lock_connections as usize,
+                LOCK_WAIT,
+            ),
+            lock_pool,
             lane,
             keys: Arc::new(RwLock::new(Arc::new(keys))),
         };
@@ -406,7 +458,33 @@ impl PostgresStore {
             store.pool.close().await;
             return Err(e);
         }
+        if warm {
+            tokio::spawn(store.clone().warm_up());
+        }
         Ok(store)
+    }
+
+    /// Opens every connection the lane and the lock pool may hold, side by side;
+    /// those that cannot be opened now are opened when needed, as without this.
+    async fn warm_up(self) {
+        let locks = async {
+            let max = self.lock_pool.options().get_max_connections();
+            let had = futures::future::join_all((0..max).map(|_| self.lock_pool.acquire())).await;
+            let opened = had.iter().filter(|c| c.is_ok()).count();
+            had.into_iter()
+                .find_map(Result::err)
+                .map_or(Ok(opened), Err)
+        };
+        match tokio::join!(self.lane.open_all(), locks) {
+            (Ok(lane), Ok(locks)) => {
+                tracing::debug!(lane, locks, "PostgreSQL connections opened");
+            }
+            // The store was closed meanwhile: nothing to open for.
+            (Err(sqlx::Error::PoolClosed), _) | (_, Err(sqlx::Error::PoolClosed)) => {}
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "could not open every PostgreSQL connection ahead of need; the rest open when needed");
+            }
+        }
     }
 
     /// The key ids the stored values are encrypted with that `keys` lacks, with how
@@ -1111,6 +1189,54 @@ impl Store for PostgresStore {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "conformance")]
+    /// Polls until the lane and the lock pool hold `lane` and `locks` connections,
+    /// for at most 20 s; what they held at the end.
+    async fn sizes_reach(store: &PostgresStore, lane: usize, locks: u32) -> (usize, u32) {
+        let started = std::time::Instant::now();
+        loop {
+            let now = (store.lane.size(), store.lock_pool.size());
+            if now == (lane, locks) || started.elapsed() > Duration::from_secs(20) {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[cfg(feature = "conformance")]
+    fn ring() -> KeyRing {
+        KeyRing::new(crate::MasterKey::generate().unwrap(), [])
+    }
+
+    /// `connect` fills the lane and the lock pool in the background; `connect_cold`
+    /// opens one connection of each and no more.
+    #[cfg(feature = "conformance")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connect_opens_every_connection_ahead_of_need_and_connect_cold_does_not() {
+        let Some(url) = crate::conformance::fresh_postgres_database().await else {
+            return;
+        };
+        let warm = PostgresStore::connect_with_pools(&url, ring(), 9, 3)
+            .await
+            .unwrap();
+        // 9 connections: 3 for the other statements, 6 for the lane.
+        assert_eq!(sizes_reach(&warm, 6, 3).await, (6, 3));
+        // And they serve: a read on the lane, a lock on the lock pool.
+        let id = ConnectedAccountId::generate().unwrap();
+        assert!(warm.get_account(&id).await.unwrap().is_none());
+        warm.lock_account(&id)
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+        drop(warm);
+
+        let cold = PostgresStore::connect_cold(&url, ring()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!((cold.lane.size(), cold.lock_pool.size()), (1, 1));
+    }
 
     #[test]
     fn notices_name_the_account_and_its_entities() {

@@ -127,6 +127,19 @@ impl Lane {
         self.get().await.map(drop)
     }
 
+    /// Fills the lane: asks for as many connections as it may hold, all at once, and
+    /// keeps each until all are had (else the first, already open, would be handed
+    /// out again and again), so those not open yet are opened side by side.
+    /// Statements wait meanwhile, as they would for a connection being opened. How
+    /// many are open after.
+    pub(super) async fn open_all(&self) -> Result<usize, sqlx::Error> {
+        let max = self.pool.status().max_size;
+        let had = futures::future::join_all((0..max).map(|_| self.get())).await;
+        let had = had.into_iter().collect::<Result<Vec<_>, _>>()?;
+        drop(had);
+        Ok(self.size())
+    }
+
     /// A connection of the lane, or why there is none, as sqlx's own pool says it: the
     /// server's error as it is, a wait that ran out (for a free connection, to open
     /// one, to ping one) as `PoolTimedOut`, a closed lane as `PoolClosed`.
