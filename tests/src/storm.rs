@@ -336,6 +336,34 @@ pub fn assert_each_refreshed(endpoint: &TokenEndpoint, n: usize, times: u64) {
     }
 }
 
+/// Asks `kh` for the credentials of every account of `ids` at once; how long until
+/// all were served, each with a token the endpoint issued.
+pub async fn every_account_at_once(kh: &Keyhaven, ids: &[ConnectedAccountId]) -> Duration {
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (kh, id) = (kh.clone(), id.to_string());
+            tokio::spawn(async move { kh.credentials(&id).await.map_err(|e| e.to_string()) })
+        })
+        .collect();
+    let mut errors = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(c) => assert!(is_fresh(c.get_str("access_token").unwrap())),
+            Err(e) => errors.push(e),
+        }
+    }
+    let took = started.elapsed();
+    assert!(
+        errors.is_empty(),
+        "{} calls failed: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(3)]
+    );
+    took
+}
+
 /// Whether an access token is one the endpoint issued (not the expired one).
 pub fn is_fresh(token: &str) -> bool {
     token.starts_with("at-rt-")

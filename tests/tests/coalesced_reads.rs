@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use keyhaven::{ConnectionStatus, ErrorKind, Keyhaven, PostgresStore, Store, chrono};
 use keyhaven_tests::storm::{
-    TokenEndpoint, assert_each_refreshed_once, is_fresh, seed, seed_with, settle,
+    TokenEndpoint, assert_each_refreshed_once, every_account_at_once, is_fresh, seed, seed_with,
+    settle,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -190,17 +191,7 @@ fn refreshes_of_many_accounts_of_one_integration_share_its_reads() {
         let (_, ids) = seed(&kh, store.as_ref(), &endpoint, ACCOUNTS).await;
         settle(&kh, store.as_ref(), &ids[ACCOUNTS - 1]).await;
         let before = store_calls(&metrics, "get_integration");
-        let tasks: Vec<_> = ids
-            .iter()
-            .map(|id| {
-                let (kh, id) = (kh.clone(), id.to_string());
-                tokio::spawn(async move { kh.credentials(&id).await })
-            })
-            .collect();
-        for t in tasks {
-            let credentials = t.await.unwrap().unwrap();
-            assert!(is_fresh(credentials.get_str("access_token").unwrap()));
-        }
+        every_account_at_once(&kh, &ids).await;
         assert_each_refreshed_once(&endpoint, ACCOUNTS);
         let reads = store_calls(&metrics, "get_integration") - before;
         // The refreshes reach the integration read in waves (their locks and

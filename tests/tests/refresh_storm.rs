@@ -18,12 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keyhaven::chrono::Utc;
-use keyhaven::{
-    ConnectedAccountId, Keyhaven, ManualClock, MemoryStore, PostgresStore, SqliteStore, Store,
-};
+use keyhaven::{Keyhaven, ManualClock, MemoryStore, PostgresStore, SqliteStore, Store};
 use keyhaven_tests::storm::{
-    ACCOUNTS, Figures, TokenEndpoint, assert_each_refreshed, assert_each_refreshed_once, is_fresh,
-    seed, settle, total_refreshes,
+    ACCOUNTS, Figures, TokenEndpoint, assert_each_refreshed, assert_each_refreshed_once,
+    every_account_at_once, is_fresh, seed, settle, total_refreshes,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -73,34 +71,6 @@ async fn one_instance(store: Arc<dyn Store>, label: &'static str) {
         judged: true,
     }
     .record();
-}
-
-/// Asks `kh` for the credentials of every account of `ids` at once; how long until
-/// all were served, each with a token the endpoint issued.
-async fn every_account_at_once(kh: &Keyhaven, ids: &[ConnectedAccountId]) -> Duration {
-    let started = Instant::now();
-    let tasks: Vec<_> = ids
-        .iter()
-        .map(|id| {
-            let (kh, id) = (kh.clone(), id.to_string());
-            tokio::spawn(async move { kh.credentials(&id).await.map_err(|e| e.to_string()) })
-        })
-        .collect();
-    let mut errors = Vec::new();
-    for t in tasks {
-        match t.await.unwrap() {
-            Ok(c) => assert!(is_fresh(c.get_str("access_token").unwrap())),
-            Err(e) => errors.push(e),
-        }
-    }
-    let took = started.elapsed();
-    assert!(
-        errors.is_empty(),
-        "{} calls failed: {:?}",
-        errors.len(),
-        &errors[..errors.len().min(3)]
-    );
-    took
 }
 
 /// The same storm with no database: the in-memory store, to show what the refresh

@@ -467,13 +467,12 @@ impl PostgresStore {
     /// Opens every connection the lane and the lock pool may hold, side by side;
     /// those that cannot be opened now are opened when needed, as without this.
     async fn warm_up(self) {
+        // As the lane's `open_all`: every connection had at once, then given back.
         let locks = async {
             let max = self.lock_pool.options().get_max_connections();
             let had = futures::future::join_all((0..max).map(|_| self.lock_pool.acquire())).await;
-            let opened = had.iter().filter(|c| c.is_ok()).count();
-            had.into_iter()
-                .find_map(Result::err)
-                .map_or(Ok(opened), Err)
+            drop(had.into_iter().collect::<Result<Vec<_>, _>>()?);
+            Ok(self.lock_pool.size())
         };
         match tokio::join!(self.lane.open_all(), locks) {
             (Ok(lane), Ok(locks)) => {
