@@ -2,8 +2,11 @@
 //! read awaits the database, so that the callers really are waiting together):
 //! - 1,000 callers of a cold account with live credentials: one read, and every
 //!   caller gets the same credentials;
-//! - 1,000 callers of one expired token: one read before the refresh and one under
-//!   its lock, one token request;
+//! - 1,000 callers of one expired token: one read before the refresh (the refresh
+//!   lock shows the account unchanged since, so it is not read again), one token
+//!   request;
+//! - a caller whose account another instance refreshed while it waited for the
+//!   refresh lock: read again under the lock, and that refresh reused;
 //! - 200 callers of an account that is not `ACTIVE`: nothing to share, so each
 //!   caller reads on its own and gets the error that says why;
 //! - 200 expired accounts of one integration at once: each refreshed once, and the
@@ -22,7 +25,7 @@ use std::time::Duration;
 use keyhaven::{ConnectionStatus, ErrorKind, Keyhaven, PostgresStore, Store, chrono};
 use keyhaven_tests::storm::{
     TokenEndpoint, assert_each_refreshed_once, every_account_at_once, is_fresh, seed, seed_with,
-    settle,
+    settle, total_refreshes,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -150,8 +153,63 @@ fn a_thousand_misses_of_one_expired_token_read_once_and_refresh_once() {
         assert_each_refreshed_once(&endpoint, 1);
         assert_eq!(
             store_reads(&metrics) - before,
+            1,
+            "the first caller's read only: the refresh lock showed the account unchanged since"
+        );
+    });
+}
+
+#[test]
+fn an_account_changed_while_its_refresh_waited_for_the_lock_is_read_again() {
+    with_metrics(|metrics| async move {
+        let Some((kh, store)) = postgres().await else {
+            return;
+        };
+        let endpoint = TokenEndpoint::start(Duration::ZERO).await;
+        let (_, ids) = seed(&kh, store.as_ref(), &endpoint, 1).await;
+        let id = ids[0].clone();
+        settle(&kh, store.as_ref(), &id).await;
+        // Another instance holds the account's refresh lock.
+        let held = store.lock_account(&id).await.unwrap();
+        let before = store_reads(&metrics);
+        let caller = tokio::spawn({
+            let (kh, id) = (kh.clone(), id.to_string());
+            async move {
+                kh.credentials(&id)
+                    .await
+                    .map(|c| c.get_str("access_token").unwrap().to_owned())
+            }
+        });
+        // The caller has read the expired token and waits for the lock (this
+        // runtime has one thread: it ran until it had to wait).
+        while store_reads(&metrics) == before {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // The holder refreshes meanwhile, then lets go.
+        let mut account = store.get_account(&id).await.unwrap().unwrap();
+        let later = chrono::Utc::now() + chrono::Duration::hours(1);
+        let mut fields = keyhaven::SecretFields::new();
+        fields.insert("access_token", "theirs");
+        fields.insert("refresh_token", "rt-theirs");
+        fields.insert("token_type", "Bearer");
+        let theirs = keyhaven::Credentials::new(fields, Some(later));
+        account.expires_at = Some(later);
+        store
+            .update_account(
+                &account,
+                keyhaven::CredentialsUpdate::Refreshed(&theirs),
+                &[],
+            )
+            .await
+            .unwrap();
+        held.release().await.unwrap();
+        let got = caller.await.unwrap().unwrap();
+        assert_eq!(got, "theirs", "the refresh made meanwhile is reused");
+        assert_eq!(total_refreshes(&endpoint), 0, "and not repeated");
+        assert_eq!(
+            store_reads(&metrics) - before,
             2,
-            "the first caller's read, and its re-read under the refresh lock"
+            "read before the lock, and again under it: the lock showed another version"
         );
     });
 }

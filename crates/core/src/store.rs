@@ -106,7 +106,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Takes the refresh lock of one account, waiting for it, across every process
     /// that shares this store. Whoever holds it re-reads the account before
-    /// refreshing, so a refresh made by the previous holder is reused.
+    /// refreshing, so a refresh made by the previous holder is reused (unless the
+    /// lock's [`AccountLock::version`] shows the account unchanged since the
+    /// holder's last read).
     async fn lock_account(
         &self,
         id: &ConnectedAccountId,
@@ -266,6 +268,17 @@ pub trait AccountLock: Send + Sync {
     /// Lets the next waiter in. Dropping the lock without calling this releases it too,
     /// perhaps later (when a lease runs out or a connection closes).
     async fn release(self: Box<Self>) -> Result<(), StoreError>;
+
+    /// The account's `version` as stored once the lock was held, when the store
+    /// read it then (after the lock was taken, so no refresh of another holder can
+    /// have been written since without changing it); `None` when it did not, or the
+    /// account is gone. A holder that read the account before locking and finds the
+    /// same version here may skip its re-read: nothing changed in between. Stores
+    /// that cannot read it along with the lock keep the default, `None`, and every
+    /// holder re-reads.
+    fn version(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A change made elsewhere, reported by [`Store::subscribe`].

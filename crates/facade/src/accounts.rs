@@ -470,15 +470,18 @@ impl Keyhaven {
         last: &mut Option<Credentials>,
     ) -> Result<Credentials, Error> {
         let (now, generation) = (self.now(), self.inner.cache.generation());
-        let credentials = match self.active(id).await {
-            Ok((_, credentials)) => credentials,
+        let (account, credentials) = match self.active(id).await {
+            Ok(read) => read,
             Err(e) => {
                 flight.end(last, None);
                 return Err(e);
             }
         };
         if self.due(&credentials, now) {
-            return self.refresh_held(id, Due::IfExpiring, flight, last).await;
+            let read = Some((account, credentials));
+            return self
+                .refresh_held(id, Due::IfExpiring, read, flight, last)
+                .await;
         }
         self.keep(id, &credentials, now, generation);
         flight.end(last, Some(credentials.clone()));
@@ -541,7 +544,7 @@ impl Keyhaven {
                     return Ok(fresh.clone());
                 }
             }
-            self.refresh_held(id, due, &flight, &mut last).await
+            self.refresh_held(id, due, None, &flight, &mut last).await
         }
         .await;
         refresher.release(id, flight);
@@ -550,11 +553,12 @@ impl Keyhaven {
 
     /// Refreshes with the account's flight lock held (`last`): takes the store's
     /// lock (other processes queue there), refreshes, and leaves what it got in
-    /// `last`.
+    /// `last`. `read` is the account as this caller read it just before, if it did.
     async fn refresh_held(
         &self,
         id: &ConnectedAccountId,
         due: Due,
+        read: Option<(ConnectedAccount, Credentials)>,
         flight: &FlightState,
         last: &mut Option<Credentials>,
     ) -> Result<Credentials, Error> {
@@ -565,7 +569,12 @@ impl Keyhaven {
                 return Err(e.into());
             }
         };
-        let result = self.refresh_locked(id, due).await;
+        // The store read the account's version once the lock was held: when it is
+        // still the one read before, nobody (in any process) changed the account in
+        // between, and that read stands. Otherwise it is read again, so that a
+        // refresh another process just made is reused, not repeated.
+        let read = read.filter(|(account, _)| store_lock.version() == Some(account.version));
+        let result = self.refresh_locked(id, due, read).await;
         if let Err(e) = store_lock.release().await {
             tracing::warn!(account = %id, error = %e, "could not release the refresh lock; it is released when it lapses");
         }
@@ -573,15 +582,20 @@ impl Keyhaven {
         result
     }
 
-    /// The refresh itself, under both locks.
+    /// The refresh itself, under both locks, of the account as `read` under them
+    /// (read now when `None`).
     async fn refresh_locked(
         &self,
         id: &ConnectedAccountId,
         due: Due,
+        read: Option<(ConnectedAccount, Credentials)>,
     ) -> Result<Credentials, Error> {
         let refresher = &self.inner.refresher;
         {
-            let (account, credentials) = self.active(id).await?;
+            let (account, credentials) = match read {
+                Some(read) => read,
+                None => self.active(id).await?,
+            };
             let now = self.now();
             let force = match &due {
                 Due::IfExpiring => false,

@@ -27,6 +27,7 @@ pub async fn run(store: Arc<dyn Store>) {
     list_filters_and_pages(&*store).await;
     pending_states_are_single_use(store.clone()).await;
     account_locks_exclude_each_other(store.clone()).await;
+    account_locks_carry_the_version_held(store.clone(), false).await;
     audit_lines_are_kept_by_account_and_time(&*store).await;
     events_are_kept_with_their_writes(&*store).await;
     deliveries_are_made_once_and_claimed_once(store.clone()).await;
@@ -469,6 +470,64 @@ async fn account_locks_exclude_each_other(store: Arc<dyn Store>) {
         .expect("a dropped lock is released")
         .unwrap();
     again.release().await.unwrap();
+}
+
+/// Checks that `store`'s locks carry their account's version
+/// ([`keyhaven_core::AccountLock::version`]; [`run`] lets a store give none), and
+/// the right one.
+pub async fn locks_give_versions(store: Arc<dyn Store>) {
+    account_locks_carry_the_version_held(store, true).await;
+}
+
+/// A lock's version, when the store gives one (`required`: it must), is the
+/// account's as stored once the lock was held: a waiter sees what the holder before
+/// it wrote, never the version from before (its holder would then skip the re-read
+/// and refresh again).
+async fn account_locks_carry_the_version_held(store: Arc<dyn Store>, required: bool) {
+    let app = unique_app("lockver");
+    let int = integration(&app, "API_KEY");
+    store.insert_integration(&int).await.unwrap();
+    let acc = account(&int, "lock-version", &[]);
+    store
+        .insert_account(&acc, Some(&credentials("v1")), &[])
+        .await
+        .unwrap();
+    let held = store.lock_account(&acc.id).await.unwrap();
+    let first = held.version();
+    assert!(
+        (first.is_none() && !required) || first == Some(acc.version),
+        "{first:?} for an account of version {}",
+        acc.version
+    );
+    // A waiter queues while the holder writes, then the holder lets go.
+    let waiter = tokio::spawn({
+        let (store, id) = (store.clone(), acc.id.clone());
+        async move { store.lock_account(&id).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let written = store
+        .update_account(&acc, CredentialsUpdate::Refreshed(&credentials("v2")), &[])
+        .await
+        .unwrap();
+    held.release().await.unwrap();
+    let next = tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter gets the lock once it is released")
+        .unwrap()
+        .unwrap();
+    let seen = next.version();
+    assert!(
+        (seen.is_none() && !required) || seen == Some(written.version),
+        "the waiter's lock says version {seen:?}, the holder wrote {}",
+        written.version
+    );
+    next.release().await.unwrap();
+    // An account that does not exist has no version.
+    let gone = ConnectedAccountId::generate().unwrap();
+    let lock = store.lock_account(&gone).await.unwrap();
+    assert_eq!(lock.version(), None);
+    lock.release().await.unwrap();
+    store.delete_account(&acc.id, &[]).await.unwrap();
 }
 
 /// A slug no other check or run uses.

@@ -123,6 +123,8 @@ pub(crate) struct Lease {
     store: SqliteStore,
     account: String,
     holder: String,
+    /// The account's version read when the lease was taken.
+    version: Option<u64>,
 }
 
 impl Lease {
@@ -153,24 +155,31 @@ impl Lease {
                     let free = taken.is_none_or(|(other, until)| {
                         until <= now || holder_is_gone(&other)
                     });
-                    if free {
-                        let until = now.saturating_add(
-                            i64::try_from(lease.as_micros()).unwrap_or(i64::MAX),
-                        );
-                        conn.prepare_cached(
-                            "INSERT OR REPLACE INTO refresh_leases (account_id, holder, expires_at) VALUES (?1, ?2, ?3)",
-                        )
-                        .and_then(|mut st| st.execute(params![account, me, until]))
-                        .map_err(map_err)?;
+                    if !free {
+                        return Ok(None);
                     }
-                    Ok(free)
+                    let until = now
+                        .saturating_add(i64::try_from(lease.as_micros()).unwrap_or(i64::MAX));
+                    conn.prepare_cached(
+                        "INSERT OR REPLACE INTO refresh_leases (account_id, holder, expires_at) VALUES (?1, ?2, ?3)",
+                    )
+                    .and_then(|mut st| st.execute(params![account, me, until]))
+                    .map_err(map_err)?;
+                    // Read in the writer's transaction, which no other process can
+                    // write in: what any later refresh of another holder must change.
+                    let version: Option<i64> = conn
+                        .prepare_cached("SELECT version FROM connected_accounts WHERE id = ?1")
+                        .and_then(|mut st| st.query_row([&account], |r| r.get(0)).optional())
+                        .map_err(map_err)?;
+                    Ok(Some(version.and_then(|v| u64::try_from(v).ok())))
                 })
                 .await?;
-            if acquired {
+            if let Some(version) = acquired {
                 return Ok(Box::new(Lease {
                     store: store.clone(),
                     account: id.to_string(),
                     holder,
+                    version,
                 }));
             }
             if started.elapsed() > LOCK_WAIT {
@@ -202,6 +211,10 @@ impl AccountLock for Lease {
     async fn release(self: Box<Self>) -> Result<(), StoreError> {
         drop(self);
         Ok(())
+    }
+
+    fn version(&self) -> Option<u64> {
+        self.version
     }
 }
 

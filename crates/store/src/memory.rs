@@ -47,12 +47,20 @@ pub struct MemoryStore {
 }
 
 /// A refresh lock of the memory store: an owned async mutex guard.
-struct MemoryLock(#[allow(dead_code)] tokio::sync::OwnedMutexGuard<()>);
+struct MemoryLock {
+    _held: tokio::sync::OwnedMutexGuard<()>,
+    /// The account's version once the lock was held.
+    version: Option<u64>,
+}
 
 #[async_trait]
 impl AccountLock for MemoryLock {
     async fn release(self: Box<Self>) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    fn version(&self) -> Option<u64> {
+        self.version
     }
 }
 
@@ -493,7 +501,12 @@ impl Store for MemoryStore {
         id: &ConnectedAccountId,
     ) -> Result<Box<dyn AccountLock>, StoreError> {
         let lock = self.locks.lock().entry(id.clone()).or_default().clone();
-        Ok(Box::new(MemoryLock(lock.lock_owned().await)))
+        let held = lock.lock_owned().await;
+        let version = self.state.read().accounts.get(id).map(|(a, _)| a.version);
+        Ok(Box::new(MemoryLock {
+            _held: held,
+            version,
+        }))
     }
 
     async fn count_accounts(&self, filter: &AccountFilter) -> Result<u64, StoreError> {

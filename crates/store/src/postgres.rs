@@ -430,6 +430,12 @@ impl PostgresStore {
             async { locks.await.map_err(unavailable) },
             async { lane.open_one().await.map_err(unavailable) },
         )?;
+        let locks = locks::RefreshLocks::new(
+            lock_pool.clone(),
+            pool.clone(),
+            lock_connections as usize,
+            LOCK_WAIT,
+        );
         let store = Self {
             reads: reads::AccountReads::new(lane.clone()),
             refreshes: refreshes::RefreshWrites::new(
@@ -437,11 +443,7 @@ impl PostgresStore {
                 Arc::new(notices::Deferred::new(pool.clone())),
             ),
             pool,
-            locks: locks::RefreshLocks::new(
-                lock_pool.clone(),
-                lock_connections as usize,
-                LOCK_WAIT,
-            ),
+            locks,
             lock_pool,
             lane,
             keys: Arc::new(RwLock::new(Arc::new(keys))),

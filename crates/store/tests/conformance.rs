@@ -12,15 +12,19 @@ fn ring() -> KeyRing {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_store_conforms() {
-    conformance::run(Arc::new(MemoryStore::new())).await;
+    let store = Arc::new(MemoryStore::new());
+    conformance::run(store.clone()).await;
+    conformance::locks_give_versions(store).await;
 }
 
 #[cfg(feature = "sqlite")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_store_conforms() {
     let dir = tempfile::tempdir().unwrap();
-    let store = keyhaven_store::SqliteStore::open(dir.path().join("kh.db"), ring()).unwrap();
-    conformance::run(Arc::new(store)).await;
+    let store =
+        Arc::new(keyhaven_store::SqliteStore::open(dir.path().join("kh.db"), ring()).unwrap());
+    conformance::run(store.clone()).await;
+    conformance::locks_give_versions(store).await;
 }
 
 #[cfg(feature = "postgres")]
@@ -29,8 +33,11 @@ async fn postgres_store_conforms() {
     let Some(url) = conformance::fresh_postgres_database().await else {
         return;
     };
-    let store = keyhaven_store::PostgresStore::connect(&url, ring())
-        .await
-        .unwrap();
-    conformance::run(Arc::new(store)).await;
+    let store = Arc::new(
+        keyhaven_store::PostgresStore::connect(&url, ring())
+            .await
+            .unwrap(),
+    );
+    conformance::run(store.clone()).await;
+    conformance::locks_give_versions(store).await;
 }

@@ -27,7 +27,16 @@
 //! storm, the refreshes of one group run side by side). A caller whose account is
 //! already queued waits for a later group, since a transaction's advisory locks are
 //! re-entrant: two holders in one group would not exclude each other.
+//!
+//! **Versions.** Once a group's locks are taken, one statement reads the version
+//! of each of its accounts (on a request connection, so in a snapshot taken after
+//! the locks were), and each lock carries its account's
+//! ([`AccountLock::version`]): a holder that read the account before locking and
+//! finds the same version skips its re-read. A lock waited for alone reads its
+//! version the same way. Should that read fail, the locks carry none and their
+//! holders re-read, as before.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,6 +82,9 @@ impl Member for Waiter {
 #[derive(Clone)]
 struct Connections {
     pool: PgPool,
+    /// Where the locked accounts' versions are read: not on the lock connections,
+    /// whose transactions began before their locks were taken.
+    versions: PgPool,
     /// One per lock transaction open at once (a group's or a lone waiter's).
     slots: Arc<Semaphore>,
     /// How long a caller waits for its lock, for a connection and then for the lock
@@ -88,11 +100,13 @@ pub(super) struct RefreshLocks {
 }
 
 impl RefreshLocks {
-    /// Locks on `pool`'s connections, at most `connections` transactions at once.
-    pub(super) fn new(pool: PgPool, connections: usize, wait: Duration) -> Self {
+    /// Locks on `pool`'s connections, at most `connections` transactions at once;
+    /// the locked accounts' versions read on `versions`.
+    pub(super) fn new(pool: PgPool, versions: PgPool, connections: usize, wait: Duration) -> Self {
         let slots = Arc::new(Semaphore::new(connections.max(1)));
         let on = Connections {
             pool,
+            versions,
             slots: slots.clone(),
             wait,
         };
@@ -160,11 +174,19 @@ async fn hold_group(on: Connections, group: Vec<Waiter>, slot: OwnedSemaphorePer
             return;
         }
     };
+    let locked: Vec<&str> = group
+        .iter()
+        .zip(&taken)
+        .filter(|&(_, &taken)| taken)
+        .map(|(w, _)| w.id.as_str())
+        .collect();
+    let versions = read_versions(&on.versions, &locked).await;
     let (held, mut all_done) = mpsc::channel::<()>(1);
     for (w, taken) in group.into_iter().zip(taken) {
         if taken {
             let _ = w.answer.send(Ok(Box::new(GroupLock {
                 _held: held.clone(),
+                version: versions.get(w.id.as_str()).copied(),
             })));
         } else {
             tokio::spawn(wait_alone(on.clone(), w));
@@ -203,9 +225,13 @@ async fn wait_alone(on: Connections, w: Waiter) {
                 }
                 _ => map_err(e),
             })?;
+        let version = read_versions(&on.versions, &[w.id.as_str()])
+            .await
+            .remove(w.id.as_str());
         Ok(Box::new(AdvisoryLock {
             tx: Some(tx),
             _slot: slot,
+            version,
         }) as Box<dyn AccountLock>)
     }
     .await;
@@ -213,16 +239,44 @@ async fn wait_alone(on: Connections, w: Waiter) {
     let _ = w.answer.send(result);
 }
 
+/// The stored versions of the accounts `ids` that exist, read in one statement;
+/// none when the read fails (their holders then re-read the accounts).
+async fn read_versions(pool: &PgPool, ids: &[&str]) -> HashMap<String, u64> {
+    if ids.is_empty() {
+        return HashMap::new();
+    }
+    let rows: Result<Vec<(String, i64)>, _> =
+        sqlx::query_as("SELECT id, version FROM connected_accounts WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(pool)
+            .await;
+    match rows {
+        Ok(rows) => rows
+            .into_iter()
+            .filter_map(|(id, version)| Some((id, u64::try_from(version).ok()?)))
+            .collect(),
+        Err(e) => {
+            tracing::debug!(error = %map_err(e), "the locked accounts' versions could not be read; their holders re-read them");
+            HashMap::new()
+        }
+    }
+}
+
 /// A lock of a group: releasing or dropping it lets the group's transaction end
 /// once the group's other holders are done.
 struct GroupLock {
     _held: mpsc::Sender<()>,
+    version: Option<u64>,
 }
 
 #[async_trait]
 impl AccountLock for GroupLock {
     async fn release(self: Box<Self>) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    fn version(&self) -> Option<u64> {
+        self.version
     }
 }
 
@@ -231,6 +285,7 @@ impl AccountLock for GroupLock {
 struct AdvisoryLock {
     tx: Option<Transaction<'static, Postgres>>,
     _slot: OwnedSemaphorePermit,
+    version: Option<u64>,
 }
 
 #[async_trait]
@@ -240,5 +295,9 @@ impl AccountLock for AdvisoryLock {
             Some(tx) => tx.commit().await.map_err(map_err),
             None => Ok(()),
         }
+    }
+
+    fn version(&self) -> Option<u64> {
+        self.version
     }
 }
