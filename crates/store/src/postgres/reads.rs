@@ -1,9 +1,9 @@
 //! Account reads with credentials, in groups: one statement for every read queued
 //! meanwhile ([`super::groups`]).
 //!
-//! A refresh storm reads each account twice (the cache miss, then again under the
-//! refresh lock); 1,000 accounts at once were 2,000 single-row statements on the
-//! lane's connections. A group reads up to [`GROUP_MAX`] ids in one statement
+//! A refresh storm read each account twice (the cache miss, then again under the
+//! refresh lock, now only when the lock shows it changed); 1,000 accounts at once
+//! were 2,000 single-row statements on the lane's connections. A group reads up to [`GROUP_MAX`] ids in one statement
 //! (`id = ANY($1)`). A read that finds nothing queued and a group permit free runs
 //! at once in its caller, as the single-row statement it was (no task hop, so a
 //! read alone costs what it did). Rows come back undecrypted: each caller decrypts
