@@ -548,7 +548,7 @@ impl PostgresStore {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut tx = begin(&self.pool).await.map_err(map_err)?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(MIGRATION_LOCK)
             .execute(&mut *tx)
@@ -614,7 +614,7 @@ impl PostgresStore {
                     col = table.column,
                     t = table.table
                 );
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = begin(&self.pool).await.map_err(map_err)?;
                 for (key, old, new) in &changes {
                     let n = sqlx::query(safe(update.as_str()))
                         .bind(new)
@@ -662,6 +662,14 @@ fn pool_options() -> PgPoolOptions {
         })
 }
 
+/// A transaction on `pool`. Boxed: sqlx's `begin` holds the pool's
+/// connection-opening future inline (about 14 KiB), and awaited inline it made the
+/// future of every method that may begin one as large, allocated and copied on
+/// each call although a connection is opened rarely.
+async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    Box::pin(pool.begin()).await
+}
+
 /// How long a query waits for a pooled connection before `Unavailable`. A burst of
 /// load queues for connections rather than failing (1,000 refreshes at once through
 /// one debug-built server on a busy 2-core machine saw a wait above 10 s); a query
@@ -691,7 +699,7 @@ impl Store for PostgresStore {
         candidate: &Integration,
     ) -> Result<Integration, StoreError> {
         let r = IntegrationRow::encode(candidate, &self.key_ring())?;
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut tx = begin(&self.pool).await.map_err(map_err)?;
         let key = {
             let d = Sha256::digest(format!("integration:{}:{}", r.app, r.auth_scheme).as_bytes());
             i64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
@@ -806,7 +814,7 @@ impl Store for PostgresStore {
     }
 
     async fn delete_integration(&self, id: &IntegrationId) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut tx = begin(&self.pool).await.map_err(map_err)?;
         sqlx::query("SELECT id FROM integrations WHERE id = $1 FOR UPDATE")
             .bind(id.as_str())
             .fetch_optional(&mut *tx)
@@ -847,7 +855,7 @@ impl Store for PostgresStore {
             Some((b, e)) => (Some(b), e),
             None => (None, None),
         };
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut tx = begin(&self.pool).await.map_err(map_err)?;
         let exists: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM integrations WHERE id = $1)")
                 .bind(&r.integration_id)
@@ -955,7 +963,7 @@ impl Store for PostgresStore {
         let (n, current) = if events.is_empty() {
             self.lane.run(async |c| update.fetch_one(c).await).await?
         } else {
-            let mut tx = self.pool.begin().await.map_err(map_err)?;
+            let mut tx = begin(&self.pool).await.map_err(map_err)?;
             let done = update.fetch_one(&mut *tx).await.map_err(map_err)?;
             if done.0 > 0 {
                 outbox::append(&mut tx, &events).await?;
@@ -975,7 +983,7 @@ impl Store for PostgresStore {
         events: &[AccountEvent],
     ) -> Result<bool, StoreError> {
         let events = EventRow::encode_all(events)?;
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut tx = begin(&self.pool).await.map_err(map_err)?;
         let entity: Option<String> =
             sqlx::query_scalar("DELETE FROM connected_accounts WHERE id = $1 RETURNING entity_id")
                 .bind(id.as_str())
@@ -1027,7 +1035,7 @@ impl Store for PostgresStore {
         if events.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut tx = begin(&self.pool).await.map_err(map_err)?;
         outbox::append(&mut tx, &events).await?;
         tx.commit().await.map_err(map_err)
     }
@@ -1237,6 +1245,69 @@ mod tests {
         let cold = PostgresStore::connect_cold(&url, ring()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!((cold.lane.size(), cold.lock_pool.size()), (1, 1));
+    }
+
+    /// The futures of the store's statements stay small: each is allocated (the
+    /// trait's futures are boxed) and copied on every call. sqlx's opening of a
+    /// connection, when awaited inline where a connection may be opened, made them
+    /// 10–15 KiB.
+    #[cfg(feature = "conformance")]
+    #[tokio::test]
+    async fn statement_futures_stay_small() {
+        use crate::conformance::{account, credentials, integration, unique_app};
+        let Some(url) = crate::conformance::fresh_postgres_database().await else {
+            return;
+        };
+        let store = PostgresStore::connect_cold(&url, ring()).await.unwrap();
+        let int = integration(&unique_app("sizes"), "OAUTH2");
+        let acc = account(&int, "sizes", &[]);
+        let creds = credentials("token");
+        let filter = AccountFilter::default();
+        let event = AccountEvent::new(
+            keyhaven_core::EventKind::Created,
+            &acc,
+            None,
+            Utc::now(),
+            "kh_test",
+        )
+        .unwrap();
+        let sizes = [
+            (
+                "get_account",
+                std::mem::size_of_val(&*store.get_account(&acc.id)),
+            ),
+            (
+                "get_account_and_credentials",
+                std::mem::size_of_val(&*store.get_account_and_credentials(&acc.id)),
+            ),
+            (
+                "get_integration",
+                std::mem::size_of_val(&*store.get_integration(&int.id)),
+            ),
+            (
+                "update_account",
+                std::mem::size_of_val(&*store.update_account(
+                    &acc,
+                    CredentialsUpdate::Refreshed(&creds),
+                    std::slice::from_ref(&event),
+                )),
+            ),
+            (
+                "insert_account",
+                std::mem::size_of_val(&*store.insert_account(&acc, Some(&creds), &[])),
+            ),
+            (
+                "list_accounts",
+                std::mem::size_of_val(&*store.list_accounts(&filter)),
+            ),
+            (
+                "lock_account",
+                std::mem::size_of_val(&*store.lock_account(&acc.id)),
+            ),
+        ];
+        for (method, size) in sizes {
+            assert!(size <= 4096, "{method}'s future is {size} bytes");
+        }
     }
 
     #[test]

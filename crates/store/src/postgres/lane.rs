@@ -47,9 +47,13 @@ impl managed::Manager for Connector {
     type Type = LaneConnection;
     type Error = sqlx::Error;
 
+    /// Boxed: opening a connection (TCP, TLS, authentication) is a future of about
+    /// 10 KiB, and inline it made every statement's future as large (the pool's
+    /// `get` holds it), allocated and copied per statement although a connection is
+    /// opened rarely.
     async fn create(&self) -> Result<LaneConnection, sqlx::Error> {
         Ok(LaneConnection {
-            raw: PgConnection::connect_with(&self.options).await?,
+            raw: Box::pin(PgConnection::connect_with(&self.options)).await?,
             finished: true,
         })
     }
@@ -61,7 +65,7 @@ impl managed::Manager for Connector {
     ) -> RecycleResult<sqlx::Error> {
         if !conn.finished || metrics.last_used() > self.ping_if_idle_for {
             self.pings.fetch_add(1, Ordering::Relaxed);
-            conn.raw.ping().await?;
+            Box::pin(conn.raw.ping()).await?;
             conn.finished = true;
         }
         Ok(())

@@ -146,7 +146,7 @@ impl RefreshLocks {
 async fn hold_group(on: Connections, group: Vec<Waiter>, slot: OwnedSemaphorePermit) {
     let keys: Vec<i64> = group.iter().map(|w| w.key).collect();
     let tried = async {
-        let mut tx = on.pool.begin().await?;
+        let mut tx = super::begin(&on.pool).await?;
         let taken: Vec<bool> = sqlx::query_scalar(
             "SELECT pg_try_advisory_xact_lock(k) FROM unnest($1::int8[]) WITH ORDINALITY AS t(k, n) ORDER BY n",
         )
@@ -211,7 +211,7 @@ async fn wait_alone(on: Connections, w: Waiter) {
             .acquire_owned()
             .await
             .map_err(|_| StoreError::Unavailable("the store is closing".into()))?;
-        let mut tx = on.pool.begin().await.map_err(map_err)?;
+        let mut tx = super::begin(&on.pool).await.map_err(map_err)?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(w.key)
             .execute(&mut *tx)

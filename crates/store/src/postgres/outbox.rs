@@ -140,7 +140,7 @@ impl PostgresStore {
         }
         // Fan-out first, in its own transaction: the cursor rows it locks are not
         // held while deliveries are claimed.
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut tx = super::begin(&self.pool).await.map_err(map_err)?;
         for t in targets {
             fan_out(&mut tx, t, now).await?;
         }
