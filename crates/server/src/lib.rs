@@ -13,6 +13,7 @@ mod auth;
 mod deliveries;
 mod error;
 mod events;
+mod guard;
 mod inprocess;
 mod limits;
 mod listen;
@@ -20,6 +21,7 @@ mod metrics;
 mod openapi;
 mod pages;
 pub mod proxy;
+mod request_log;
 mod tls;
 mod views;
 mod webhooks;
@@ -30,7 +32,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use keyhaven::Keyhaven;
 use keyhaven::url::Url;
@@ -186,95 +188,6 @@ fn api_key(request: &Request) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
 }
 
-/// What the key checks need: the state, and the rate limit of refused requests.
-#[derive(Debug, Clone)]
-struct Guard {
-    state: Arc<AppState>,
-    limiter: Option<Arc<limits::IpLimiter>>,
-}
-
-impl Guard {
-    /// A request without a good key from an address over its rate: 429.
-    fn over_rate(&self, request: &Request) -> Option<Response> {
-        let limiter = self.limiter.as_ref()?;
-        let ip = limits::client_ip(request);
-        let wait = limiter.check(ip).err()?;
-        tracing::warn!(%ip, path = request.uri().path(), "rate limited: refused keys");
-        Some(limits::too_many_json(wait))
-    }
-}
-
-async fn require_admin(State(g): State<Guard>, mut request: Request, next: Next) -> Response {
-    match api_key(&request) {
-        Some(key) if g.state.admin_key.matches(key) => {
-            request.extensions_mut().insert(api::KeyUsed("admin"));
-            next.run(request).await
-        }
-        _ => g
-            .over_rate(&request)
-            .unwrap_or_else(|| ApiError::unauthorized().into_response()),
-    }
-}
-
-async fn require_credentials_key(
-    State(g): State<Guard>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let s = &g.state;
-    if api_key(&request)
-        .is_some_and(|key| s.credentials_key.as_ref().is_some_and(|k| k.matches(key)))
-    {
-        request.extensions_mut().insert(api::KeyUsed("credentials"));
-        return next.run(request).await;
-    }
-    let key = api_key(&request);
-    if let Some(refused) = g.over_rate(&request) {
-        return refused;
-    }
-    // Refused reads are audited too.
-    let account = request
-        .uri()
-        .path()
-        .split('/')
-        .rev()
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned();
-    let (outcome, response) = if key.is_some_and(|key| s.admin_key.matches(key)) {
-        (
-            "forbidden",
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "the admin key cannot read credentials; use the credentials key (KEYHAVEN_CREDENTIALS_KEY, shown once when the server first started)",
-            ),
-        )
-    } else if s.credentials_key.is_none() {
-        (
-            "unauthorized",
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "this server has no credentials key, so no one may read credentials through it; start it with one (KEYHAVEN_CREDENTIALS_KEY)",
-            ),
-        )
-    } else {
-        ("unauthorized", ApiError::unauthorized_credentials())
-    };
-    let entry = keyhaven::AuditEntry::new(
-        keyhaven::chrono::Utc::now(),
-        keyhaven::AuditAction::CredentialsRead,
-        &account,
-        outcome,
-    )
-    .by(api::caller_of(request.headers(), request.extensions()));
-    // A refusal gives nothing away, so it stands even when its line cannot be
-    // written (the writer logs that failure); it is not waited for.
-    let _ = s.kh.audit().record_queued(&entry);
-    response.into_response()
-}
-
 /// The admin API: every route needs the admin key.
 fn admin_routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
@@ -349,24 +262,12 @@ fn routes_and_doc(
     let (pages, pages_doc) = page_routes().split_for_parts();
     let (health, health_doc) = health_routes().split_for_parts();
     let doc = openapi::document([admin_doc, creds_doc, pages_doc, health_doc]);
-    let guard = Guard {
-        state: state.clone(),
-        limiter: limiter.clone(),
-    };
+    let guard = guard::Guard::new(state.clone(), limiter.clone());
     let router = Router::new()
-        .merge(admin.route_layer(middleware::from_fn_with_state(guard.clone(), require_admin)))
-        .merge(
-            v3_alias_routes()
-                .route_layer(middleware::from_fn_with_state(guard.clone(), require_admin)),
-        )
-        .merge(
-            passthrough_routes()
-                .route_layer(middleware::from_fn_with_state(guard.clone(), require_admin)),
-        )
-        .merge(creds.route_layer(middleware::from_fn_with_state(
-            guard,
-            require_credentials_key,
-        )))
+        .merge(admin.route_layer(guard.require(guard::Key::Admin)))
+        .merge(v3_alias_routes().route_layer(guard.require(guard::Key::Admin)))
+        .merge(passthrough_routes().route_layer(guard.require(guard::Key::Admin)))
+        .merge(creds.route_layer(guard.require(guard::Key::Credentials)))
         .merge(pages.route_layer(middleware::from_fn_with_state(limiter, limits::limit_pages)))
         .merge(health);
     (router, doc)
@@ -453,10 +354,9 @@ pub fn router(state: Arc<AppState>) -> Router {
                 "no such route; the API is under /api/v1 (see /api/v1/openapi.json)",
             )
         })
-        .layer(middleware::from_fn_with_state(
-            state.config.request_timeout,
-            log_request,
-        ))
+        .layer(request_log::RequestLog {
+            timeout: state.config.request_timeout,
+        })
         .with_state(state.clone());
     if !state.config.cors_origins.is_empty() {
         let origins: Vec<HeaderValue> = state
@@ -532,54 +432,6 @@ pub async fn serve_metrics(
     state: Arc<AppState>,
 ) -> std::io::Result<()> {
     axum::serve(listener, metrics_router(state)).await
-}
-
-/// One log line per request: method, path (never the query, which may carry an OAuth
-/// code, a state or a form's token), status and time taken; every line logged while
-/// the request is served carries its request id, which the response returns. The
-/// request runs within its deadline (`timeout`, see [`limits::within_deadline`]):
-/// one middleware for both, so that a request goes through one layer less.
-async fn log_request(
-    State(timeout): State<std::time::Duration>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let id = given_request_id(&request).unwrap_or_else(made_request_id);
-    request.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
-    // Visible ASCII (checked, or made so): no copy needed to log it.
-    let span = tracing::info_span!("request", request_id = %id.to_str().unwrap_or_default());
-    let method = request.method().clone();
-    // A cheap clone (the request's bytes are shared); only its path is logged.
-    let uri = request.uri().clone();
-    // The route's template, not the path: a bounded label.
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .cloned();
-    let started = std::time::Instant::now();
-    let mut response = tracing::Instrument::instrument(
-        async move {
-            let response = limits::within_deadline(timeout, request, next).await;
-            metrics::http_request(
-                &method,
-                route.as_ref().map_or("unmatched", |m| m.as_str()),
-                response.status().as_u16(),
-                started.elapsed().as_secs_f64(),
-            );
-            tracing::info!(
-                %method,
-                path = uri.path(),
-                status = response.status().as_u16(),
-                ms = started.elapsed().as_secs_f64() * 1000.0,
-                "request"
-            );
-            response
-        },
-        span,
-    )
-    .await;
-    response.headers_mut().insert(REQUEST_ID_HEADER, id);
-    response
 }
 
 /// Serves the application over plain HTTP on `listener` until `shutdown` resolves;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -184,41 +184,6 @@ pub(crate) async fn limit_pages(
         }
     }
     next.run(request).await
-}
-
-/// The request deadline of every route, run by the request log's middleware (one
-/// layer for both): the response must start within `timeout`, except on the
-/// [`UNBOUNDED_ROUTES`]. A request past it is dropped (its work is cancelled) and
-/// answered 503.
-pub(crate) async fn within_deadline(timeout: Duration, request: Request, next: Next) -> Response {
-    let unbounded = request
-        .extensions()
-        .get::<MatchedPath>()
-        .is_some_and(|p| UNBOUNDED_ROUTES.contains(&p.as_str()));
-    if unbounded {
-        return next.run(request).await;
-    }
-    // A cheap clone (the request's bytes are shared), for the warning only.
-    let uri = request.uri().clone();
-    match tokio::time::timeout(timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            tracing::warn!(
-                path = uri.path(),
-                seconds = timeout.as_secs_f64(),
-                "request timed out; cancelled"
-            );
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "timed_out",
-                format!(
-                    "the server did not finish this request within {} s (its request timeout); try again later",
-                    timeout.as_secs_f64()
-                ),
-            )
-            .into_response()
-        }
-    }
 }
 
 #[cfg(test)]
