@@ -10,7 +10,9 @@
 //! - 200 callers of an account that is not `ACTIVE`: nothing to share, so each
 //!   caller reads on its own and gets the error that says why;
 //! - 200 expired accounts of one integration at once: each refreshed once, and the
-//!   refreshes share the integration's reads in flight (each would read it alone).
+//!   refreshes share the integration's reads in flight (each would read it alone);
+//! - credentials read through the server, of an account not cached: the account is
+//!   read once, for the credentials and the audit line both.
 //!
 //! Store reads are counted with the library's own store metric
 //! (`keyhaven_store_seconds_count{operation="get_account_and_credentials"}`),
@@ -258,5 +260,48 @@ fn refreshes_of_many_accounts_of_one_integration_share_its_reads() {
             (1..=ACCOUNTS as u64 / 4).contains(&reads),
             "{reads} integration reads for {ACCOUNTS} refreshes"
         );
+    });
+}
+
+#[test]
+fn a_credentials_read_through_the_server_reads_the_account_once() {
+    const CREDENTIALS_KEY: &str = "khc_coalesced_reads_test";
+    with_metrics(|metrics| async move {
+        let Some((kh, _endpoint, id)) = live_account().await else {
+            return;
+        };
+        let mut state = keyhaven_server::AppState::new(
+            kh,
+            keyhaven_server::AdminKey::from_plain("kh_coalesced_reads_admin"),
+        );
+        state.credentials_key = Some(keyhaven_server::AdminKey::from_plain(CREDENTIALS_KEY));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/api/v1/connectedAccounts/{id}/credentials",
+            listener.local_addr().unwrap()
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(keyhaven_server::serve(listener, Arc::new(state), async {
+            let _ = stopped.await;
+        }));
+        let reads =
+            |metrics: &PrometheusHandle| store_reads(metrics) + store_calls(metrics, "get_account");
+        let before = reads(&metrics);
+        let response = reqwest::Client::new()
+            .get(&url)
+            .header("x-api-key", CREDENTIALS_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["credentials"]["access_token"], "live-0");
+        assert_eq!(
+            reads(&metrics) - before,
+            1,
+            "one read of the account, for the credentials and the audit line's entity and app"
+        );
+        let _ = stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
     });
 }

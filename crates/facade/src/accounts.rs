@@ -412,25 +412,58 @@ impl Keyhaven {
     /// says its status and what to do), a refresh refused by the provider (the
     /// account is then `EXPIRED`), or expired credentials that cannot be refreshed now.
     pub async fn credentials(&self, id: &str) -> Result<Credentials, Error> {
+        if let Some(hit) = self.cached_credentials(id) {
+            return Ok(hit);
+        }
+        // Boxed, so that the future of a cached read stays small (it is moved on
+        // every call) while the slow path keeps its large state machine on the heap.
+        Box::pin(self.credentials_uncached(id))
+            .await
+            .map(|(credentials, _)| credentials)
+    }
+
+    /// [`Keyhaven::credentials`], with the account as stored when this call read or
+    /// wrote it (a cache miss reads it, a refresh writes it); `None` when the
+    /// credentials came from the cache or from another caller's read. For callers
+    /// that need the account too, such as the server's audit line (its entity and
+    /// app), so that a miss does not read it twice.
+    ///
+    /// # Errors
+    /// As [`Keyhaven::credentials`].
+    pub async fn credentials_and_account(
+        &self,
+        id: &str,
+    ) -> Result<(Credentials, Option<ConnectedAccount>), Error> {
+        if let Some(hit) = self.cached_credentials(id) {
+            return Ok((hit, None));
+        }
+        Box::pin(self.credentials_uncached(id)).await
+    }
+
+    /// The cached credentials of `id` that are not due, counted as a hit or a miss.
+    #[inline]
+    fn cached_credentials(&self, id: &str) -> Option<Credentials> {
         let hit = match &self.inner.fast_clock {
             Some(clock) => self.inner.cache.fresh_fast(id, clock.now()),
             None => self.inner.cache.fresh(id, self.now()),
         };
-        if let Some(hit) = hit {
+        if hit.is_some() {
             self.inner.cache.reads.hit();
-            return Ok(hit);
+        } else {
+            self.inner.cache.reads.miss();
         }
-        self.inner.cache.reads.miss();
-        // Boxed, so that the future of a cached read stays small (it is moved on
-        // every call) while the slow path keeps its large state machine on the heap.
-        Box::pin(self.credentials_uncached(id)).await
+        hit
     }
 
     /// A cache miss. Concurrent misses of one account share one read (and the
     /// refresh it may lead to): the first caller reads under the account's flight
     /// lock, and those that queued behind it take what it got. When it got nothing
     /// (an error, or it was cancelled before it ended) each of them reads on its own.
-    async fn credentials_uncached(&self, id: &str) -> Result<Credentials, Error> {
+    /// With the account when this caller read or wrote it.
+    async fn credentials_uncached(
+        &self,
+        id: &str,
+    ) -> Result<(Credentials, Option<ConnectedAccount>), Error> {
         let parsed = ConnectedAccountId::parse(id)?;
         let refresher = &self.inner.refresher;
         let flight = refresher.lock_for(&parsed);
@@ -442,7 +475,7 @@ impl Keyhaven {
             // Another caller read or refreshed while this one waited.
             last.as_ref()
                 .filter(|fresh| !self.due(fresh, self.now()))
-                .map(|fresh| Ok(fresh.clone()))
+                .map(|fresh| Ok((fresh.clone(), None)))
         }
         .await;
         refresher.release(&parsed, flight);
@@ -450,25 +483,26 @@ impl Keyhaven {
             Some(result) => result,
             None => {
                 let (now, generation) = (self.now(), self.inner.cache.generation());
-                let (_, credentials) = self.active(&parsed).await?;
+                let (account, credentials) = self.active(&parsed).await?;
                 if self.due(&credentials, now) {
-                    return self.refresh_credentials(&parsed, Due::IfExpiring).await;
+                    let fresh = self.refresh_credentials(&parsed, Due::IfExpiring).await?;
+                    return Ok((fresh, None));
                 }
                 self.keep(&parsed, &credentials, now, generation);
-                Ok(credentials)
+                Ok((credentials, Some(account)))
             }
         }
     }
 
     /// Reads the account's credentials and caches them, or refreshes them when they
     /// are due, holding its flight lock (`last`), where what it got is left for the
-    /// callers queued behind.
+    /// callers queued behind. With the account as read or written.
     async fn read_in_flight(
         &self,
         id: &ConnectedAccountId,
         flight: &FlightState,
         last: &mut Option<Credentials>,
-    ) -> Result<Credentials, Error> {
+    ) -> Result<(Credentials, Option<ConnectedAccount>), Error> {
         let (now, generation) = (self.now(), self.inner.cache.generation());
         let (account, credentials) = match self.active(id).await {
             Ok(read) => read,
@@ -481,11 +515,12 @@ impl Keyhaven {
             let read = Some((account, credentials));
             return self
                 .refresh_held(id, Due::IfExpiring, read, flight, last)
-                .await;
+                .await
+                .map(|(credentials, account)| (credentials, Some(account)));
         }
         self.keep(id, &credentials, now, generation);
         flight.end(last, Some(credentials.clone()));
-        Ok(credentials)
+        Ok((credentials, Some(account)))
     }
 
     /// Whether `credentials` expire within the refresh margin of `now`.
@@ -544,7 +579,9 @@ impl Keyhaven {
                     return Ok(fresh.clone());
                 }
             }
-            self.refresh_held(id, due, None, &flight, &mut last).await
+            self.refresh_held(id, due, None, &flight, &mut last)
+                .await
+                .map(|(credentials, _)| credentials)
         }
         .await;
         refresher.release(id, flight);
@@ -554,6 +591,7 @@ impl Keyhaven {
     /// Refreshes with the account's flight lock held (`last`): takes the store's
     /// lock (other processes queue there), refreshes, and leaves what it got in
     /// `last`. `read` is the account as this caller read it just before, if it did.
+    /// With the account as read under the locks, or as written by the refresh.
     async fn refresh_held(
         &self,
         id: &ConnectedAccountId,
@@ -561,7 +599,7 @@ impl Keyhaven {
         read: Option<(ConnectedAccount, Credentials)>,
         flight: &FlightState,
         last: &mut Option<Credentials>,
-    ) -> Result<Credentials, Error> {
+    ) -> Result<(Credentials, ConnectedAccount), Error> {
         let store_lock = match self.store().lock_account(id).await {
             Ok(lock) => lock,
             Err(e) => {
@@ -578,18 +616,18 @@ impl Keyhaven {
         if let Err(e) = store_lock.release().await {
             tracing::warn!(account = %id, error = %e, "could not release the refresh lock; it is released when it lapses");
         }
-        flight.end(last, result.as_ref().ok().cloned());
+        flight.end(last, result.as_ref().ok().map(|(c, _)| c.clone()));
         result
     }
 
     /// The refresh itself, under both locks, of the account as `read` under them
-    /// (read now when `None`).
+    /// (read now when `None`). With the account as read, or as the refresh wrote it.
     async fn refresh_locked(
         &self,
         id: &ConnectedAccountId,
         due: Due,
         read: Option<(ConnectedAccount, Credentials)>,
-    ) -> Result<Credentials, Error> {
+    ) -> Result<(Credentials, ConnectedAccount), Error> {
         let refresher = &self.inner.refresher;
         {
             let (account, credentials) = match read {
@@ -601,16 +639,18 @@ impl Keyhaven {
                 Due::IfExpiring => false,
                 Due::Now => true,
                 // Someone else refreshed them meanwhile: theirs are the fresh ones.
-                Due::IfStill(used) if *used != credentials => return Ok(credentials),
+                Due::IfStill(used) if *used != credentials => {
+                    return Ok((credentials, account));
+                }
                 Due::IfStill(_) => true,
             };
             if !force && !self.due(&credentials, now) {
-                return Ok(credentials);
+                return Ok((credentials, account));
             }
             let expired = credentials.expires_within(now, chrono::Duration::zero());
             if let Some(backoff) = refresher.backoff(id, now) {
                 if !expired && !force {
-                    return Ok(credentials);
+                    return Ok((credentials, account));
                 }
                 return Err(Error::Scheme(SchemeError::Unavailable {
                     message: format!(
@@ -629,12 +669,12 @@ impl Keyhaven {
             let refreshed = scheme.refresh(cx).await;
             crate::metered::refresh_done(account.app.as_str(), started, &refreshed);
             match refreshed {
-                Ok(None) => Ok(credentials),
+                Ok(None) => Ok((credentials, account)),
                 Ok(Some(fresh)) => {
-                    self.store_refreshed(account, &fresh).await?;
+                    let stored = self.store_refreshed(account, &fresh).await?;
                     refresher.succeeded(id);
                     tracing::info!(account = %id, expires_at = ?fresh.expires_at(), "credentials refreshed");
-                    Ok(fresh)
+                    Ok((fresh, stored))
                 }
                 Err(SchemeError::Rejected { message }) => {
                     let reason = format!("refresh refused: {message}");
@@ -667,7 +707,7 @@ impl Keyhaven {
                     )
                     .await;
                     if !expired && !force {
-                        Ok(credentials)
+                        Ok((credentials, account))
                     } else {
                         Err(e.into())
                     }
@@ -676,12 +716,13 @@ impl Keyhaven {
         }
     }
 
-    /// Stores refreshed credentials, keeping whatever else changed meanwhile.
+    /// Stores refreshed credentials, keeping whatever else changed meanwhile; the
+    /// account as stored.
     async fn store_refreshed(
         &self,
         mut account: ConnectedAccount,
         fresh: &Credentials,
-    ) -> Result<(), Error> {
+    ) -> Result<ConnectedAccount, Error> {
         for _ in 0..8 {
             account.expires_at = fresh.expires_at();
             account.updated_at = self.now();
@@ -690,7 +731,7 @@ impl Keyhaven {
                 .update_account(&account, CredentialsUpdate::Refreshed(fresh), &[])
                 .await
             {
-                Ok(_) => return Ok(()),
+                Ok(stored) => return Ok(stored),
                 Err(StoreError::Conflict(_)) => {
                     account = self
                         .store()

@@ -544,9 +544,16 @@ pub(crate) async fn credentials(
     Path(id): Path<String>,
     caller: Caller,
 ) -> Result<Response> {
-    let result = s.kh.credentials(&id).await;
-    // Only its entity and app, for the audit line: they never change.
-    let account = s.kh.connected_accounts().get_cached(&id).await.ok();
+    let (result, read) = match s.kh.credentials_and_account(&id).await {
+        Ok((credentials, account)) => (Ok(credentials), account),
+        Err(e) => (Err(e), None),
+    };
+    // Only its entity and app, for the audit line: they never change. A read that
+    // missed the cache read the account already.
+    let account = match read {
+        Some(account) => Some(account),
+        None => s.kh.connected_accounts().get_cached(&id).await.ok(),
+    };
     let outcome = match &result {
         Ok(_) => "granted".to_owned(),
         Err(e) => e.kind().to_string(),
