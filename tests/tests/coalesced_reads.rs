@@ -12,7 +12,8 @@
 //! - 200 expired accounts of one integration at once: each refreshed once, and the
 //!   refreshes share the integration's reads in flight (each would read it alone);
 //! - credentials read through the server, of an account not cached: the account is
-//!   read once, for the credentials and the audit line both.
+//!   read once, for the credentials and the audit line both; and 200 such reads of
+//!   one expired token at once: read once for all of them, refreshed once.
 //!
 //! Store reads are counted with the library's own store metric
 //! (`keyhaven_store_seconds_count{operation="get_account_and_credentials"}`),
@@ -263,30 +264,55 @@ fn refreshes_of_many_accounts_of_one_integration_share_its_reads() {
     });
 }
 
+/// The credentials key of the servers these tests start.
+const CREDENTIALS_KEY: &str = "khc_coalesced_reads_test";
+
+/// Serves `kh` on a port of its own, with [`CREDENTIALS_KEY`]; the credentials URL of
+/// `id`, and what stops the server.
+async fn serve(
+    kh: Keyhaven,
+    id: &keyhaven::ConnectedAccountId,
+) -> (String, impl FnOnce() -> tokio::task::JoinHandle<()>) {
+    let mut state = keyhaven_server::AppState::new(
+        kh,
+        keyhaven_server::AdminKey::from_plain("kh_coalesced_reads_admin"),
+    );
+    state.credentials_key = Some(keyhaven_server::AdminKey::from_plain(CREDENTIALS_KEY));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/api/v1/connectedAccounts/{id}/credentials",
+        listener.local_addr().unwrap()
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        keyhaven_server::serve(listener, Arc::new(state), async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    let stop = move || {
+        let _ = stop.send(());
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+        })
+    };
+    (url, stop)
+}
+
+/// Account reads of any kind that reached the store: with credentials, and without.
+fn account_reads(metrics: &PrometheusHandle) -> u64 {
+    store_reads(metrics) + store_calls(metrics, "get_account")
+}
+
 #[test]
 fn a_credentials_read_through_the_server_reads_the_account_once() {
-    const CREDENTIALS_KEY: &str = "khc_coalesced_reads_test";
     with_metrics(|metrics| async move {
         let Some((kh, _endpoint, id)) = live_account().await else {
             return;
         };
-        let mut state = keyhaven_server::AppState::new(
-            kh,
-            keyhaven_server::AdminKey::from_plain("kh_coalesced_reads_admin"),
-        );
-        state.credentials_key = Some(keyhaven_server::AdminKey::from_plain(CREDENTIALS_KEY));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!(
-            "http://{}/api/v1/connectedAccounts/{id}/credentials",
-            listener.local_addr().unwrap()
-        );
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(keyhaven_server::serve(listener, Arc::new(state), async {
-            let _ = stopped.await;
-        }));
-        let reads =
-            |metrics: &PrometheusHandle| store_reads(metrics) + store_calls(metrics, "get_account");
-        let before = reads(&metrics);
+        let (url, stop) = serve(kh, &id).await;
+        let before = account_reads(&metrics);
         let response = reqwest::Client::new()
             .get(&url)
             .header("x-api-key", CREDENTIALS_KEY)
@@ -297,11 +323,58 @@ fn a_credentials_read_through_the_server_reads_the_account_once() {
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["credentials"]["access_token"], "live-0");
         assert_eq!(
-            reads(&metrics) - before,
+            account_reads(&metrics) - before,
             1,
             "one read of the account, for the credentials and the audit line's entity and app"
         );
-        let _ = stop.send(());
-        let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+        stop().await.unwrap();
+    });
+}
+
+/// 200 credentials reads through the server of one expired token, all queued while
+/// its refresh waits for the provider (2 s): the first caller's read is the only
+/// one. The callers queued behind it get the account with the credentials, for
+/// their audit lines, and do not read it again each.
+#[test]
+fn credentials_reads_through_the_server_of_one_expired_token_read_the_account_once() {
+    const CALLERS: usize = 200;
+    with_metrics(|metrics| async move {
+        let Some((kh, store)) = postgres().await else {
+            return;
+        };
+        let endpoint = TokenEndpoint::start(Duration::from_secs(2)).await;
+        let (_, ids) = seed(&kh, store.as_ref(), &endpoint, 1).await;
+        let id = ids[0].clone();
+        settle(&kh, store.as_ref(), &id).await;
+        let (url, stop) = serve(kh, &id).await;
+        let before = account_reads(&metrics);
+        let http = reqwest::Client::new();
+        let calls: Vec<_> = (0..CALLERS)
+            .map(|_| {
+                let request = http.get(&url).header("x-api-key", CREDENTIALS_KEY);
+                tokio::spawn(async move {
+                    let response = request.send().await.unwrap();
+                    assert_eq!(response.status(), 200);
+                    let body: serde_json::Value = response.json().await.unwrap();
+                    body["credentials"]["access_token"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned()
+                })
+            })
+            .collect();
+        let mut tokens = std::collections::HashSet::new();
+        for call in calls {
+            tokens.insert(call.await.unwrap());
+        }
+        assert_eq!(tokens.len(), 1, "one token for all: {tokens:?}");
+        assert!(tokens.iter().all(|t| is_fresh(t)));
+        assert_each_refreshed_once(&endpoint, 1);
+        assert_eq!(
+            account_reads(&metrics) - before,
+            1,
+            "the first caller's read only, for {CALLERS} credentials reads and their audit lines"
+        );
+        stop().await.unwrap();
     });
 }

@@ -12,7 +12,7 @@ use keyhaven_core::{
 use crate::Keyhaven;
 use crate::cache::Cached;
 use crate::integrations::effective_integration;
-use crate::refresh::FlightState;
+use crate::refresh::{FlightState, Got};
 
 /// Resolves at the next event of `id` (or when events were missed).
 async fn event_of(
@@ -422,11 +422,11 @@ impl Keyhaven {
             .map(|(credentials, _)| credentials)
     }
 
-    /// [`Keyhaven::credentials`], with the account as stored when this call read or
-    /// wrote it (a cache miss reads it, a refresh writes it); `None` when the
-    /// credentials came from the cache or from another caller's read. For callers
-    /// that need the account too, such as the server's audit line (its entity and
-    /// app), so that a miss does not read it twice.
+    /// [`Keyhaven::credentials`], with the account as stored when the credentials
+    /// were read or written (a cache miss reads it, a refresh writes it, by this
+    /// caller or by the one it queued behind); `None` when the credentials came from
+    /// the cache. For callers that need the account too, such as the server's audit
+    /// line (its entity and app), so that a miss does not read it twice.
     ///
     /// # Errors
     /// As [`Keyhaven::credentials`].
@@ -474,8 +474,8 @@ impl Keyhaven {
             }
             // Another caller read or refreshed while this one waited.
             last.as_ref()
-                .filter(|fresh| !self.due(fresh, self.now()))
-                .map(|fresh| Ok((fresh.clone(), None)))
+                .filter(|(fresh, _)| !self.due(fresh, self.now()))
+                .map(|(fresh, account)| Ok((fresh.clone(), Some(account.clone()))))
         }
         .await;
         refresher.release(&parsed, flight);
@@ -501,7 +501,7 @@ impl Keyhaven {
         &self,
         id: &ConnectedAccountId,
         flight: &FlightState,
-        last: &mut Option<Credentials>,
+        last: &mut Option<Got>,
     ) -> Result<(Credentials, Option<ConnectedAccount>), Error> {
         let (now, generation) = (self.now(), self.inner.cache.generation());
         let (account, credentials) = match self.active(id).await {
@@ -519,7 +519,7 @@ impl Keyhaven {
                 .map(|(credentials, account)| (credentials, Some(account)));
         }
         self.keep(id, &credentials, now, generation);
-        flight.end(last, Some(credentials.clone()));
+        flight.end(last, Some((credentials.clone(), account.clone())));
         Ok((credentials, Some(account)))
     }
 
@@ -569,7 +569,7 @@ impl Keyhaven {
             // serve it too, without the store's lock (1,000 callers on one token: one
             // refresh, not one store lock each). Only such a one: older results may
             // have been replaced in the store since.
-            if ended && let Some(fresh) = last.as_ref() {
+            if ended && let Some((fresh, _)) = last.as_ref() {
                 let reuse = match &due {
                     Due::IfExpiring => !self.due(fresh, self.now()),
                     Due::IfStill(used) => used != fresh,
@@ -598,7 +598,7 @@ impl Keyhaven {
         due: Due,
         read: Option<(ConnectedAccount, Credentials)>,
         flight: &FlightState,
-        last: &mut Option<Credentials>,
+        last: &mut Option<Got>,
     ) -> Result<(Credentials, ConnectedAccount), Error> {
         let store_lock = match self.store().lock_account(id).await {
             Ok(lock) => lock,
@@ -616,7 +616,7 @@ impl Keyhaven {
         if let Err(e) = store_lock.release().await {
             tracing::warn!(account = %id, error = %e, "could not release the refresh lock; it is released when it lapses");
         }
-        flight.end(last, result.as_ref().ok().map(|(c, _)| c.clone()));
+        flight.end(last, result.as_ref().ok().cloned());
         result
     }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
-use keyhaven_core::{ConnectedAccountId, Credentials};
+use keyhaven_core::{ConnectedAccount, ConnectedAccountId, Credentials};
 use parking_lot::Mutex;
 
 /// The longest wait between two refresh attempts after failures.
@@ -22,21 +22,26 @@ pub(crate) struct Backoff {
 /// refresh it, with what the last read or refresh under it gave.
 pub(crate) type Flight = Arc<FlightState>;
 
+/// What a read or refresh under a flight lock gave: the credentials, and the
+/// account as read or written with them (the callers queued behind get both, so
+/// that none of them reads the account again for its own use: the server's audit
+/// line names the account's entity and app).
+pub(crate) type Got = (Credentials, ConnectedAccount);
+
 /// See [`Flight`].
 #[derive(Default)]
 pub(crate) struct FlightState {
     /// Reads and refreshes ended under this lock: a caller that sees it move while
     /// it waits knows one ended meanwhile.
     pub(crate) ended: std::sync::atomic::AtomicU64,
-    /// The lock, holding the credentials the last read or refresh gave (none after a
-    /// failure).
-    pub(crate) last: tokio::sync::Mutex<Option<Credentials>>,
+    /// The lock, holding what the last read or refresh gave (none after a failure).
+    pub(crate) last: tokio::sync::Mutex<Option<Got>>,
 }
 
 impl FlightState {
     /// Takes the lock, and says whether a read or refresh ended under it while this
     /// caller waited (then what it gave, in the guard, is as fresh as a read now).
-    pub(crate) async fn wait(&self) -> (tokio::sync::MutexGuard<'_, Option<Credentials>>, bool) {
+    pub(crate) async fn wait(&self) -> (tokio::sync::MutexGuard<'_, Option<Got>>, bool) {
         let seen = self.ended.load(std::sync::atomic::Ordering::Acquire);
         let last = self.last.lock().await;
         let ended = self.ended.load(std::sync::atomic::Ordering::Acquire) != seen;
@@ -45,7 +50,7 @@ impl FlightState {
 
     /// Ends a read or refresh made holding the lock (`last`, its guard): leaves what
     /// it gave for the callers queued behind, and tells them that it ended.
-    pub(crate) fn end(&self, last: &mut Option<Credentials>, got: Option<Credentials>) {
+    pub(crate) fn end(&self, last: &mut Option<Got>, got: Option<Got>) {
         *last = got;
         self.ended
             .fetch_add(1, std::sync::atomic::Ordering::Release);

@@ -549,7 +549,8 @@ pub(crate) async fn credentials(
         Err(e) => (Err(e), None),
     };
     // Only its entity and app, for the audit line: they never change. A read that
-    // missed the cache read the account already.
+    // missed the cache has the account already (read or written by this caller or
+    // by the one it queued behind); a cache hit looks it up.
     let account = match read {
         Some(account) => Some(account),
         None => s.kh.connected_accounts().get_cached(&id).await.ok(),
