@@ -14,6 +14,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+/// The allocator of the `keyhaven` binary (and of the other benchmarks), for
+/// keyhaven and for the bare reference alike: the system allocator's locks cost
+/// keyhaven's refresh path, which allocates more than a bare request, a third more
+/// (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -11,6 +11,11 @@
 
 mod common;
 
+/// The allocator of the `keyhaven` binary the servers run, for the bare reference
+/// measured in this process too (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
