@@ -332,7 +332,9 @@ fn a_credentials_read_through_the_server_reads_the_account_once() {
 }
 
 /// 200 credentials reads through the server of one expired token, all queued while
-/// its refresh waits for the provider (2 s): the first caller's read is the only
+/// its refresh waits for the provider (4 s: ample for 200 connections to reach the
+/// server on a loaded machine; a caller that came after the refresh would read the
+/// account from the store for its audit line): the first caller's read is the only
 /// one. The callers queued behind it get the account with the credentials, for
 /// their audit lines, and do not read it again each.
 #[test]
@@ -342,7 +344,7 @@ fn credentials_reads_through_the_server_of_one_expired_token_read_the_account_on
         let Some((kh, store)) = postgres().await else {
             return;
         };
-        let endpoint = TokenEndpoint::start(Duration::from_secs(2)).await;
+        let endpoint = TokenEndpoint::start(Duration::from_secs(4)).await;
         let (_, ids) = seed(&kh, store.as_ref(), &endpoint, 1).await;
         let id = ids[0].clone();
         settle(&kh, store.as_ref(), &id).await;
