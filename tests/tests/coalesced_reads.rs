@@ -267,12 +267,27 @@ fn refreshes_of_many_accounts_of_one_integration_share_its_reads() {
 /// The credentials key of the servers these tests start.
 const CREDENTIALS_KEY: &str = "khc_coalesced_reads_test";
 
-/// Serves `kh` on a port of its own, with [`CREDENTIALS_KEY`]; the credentials URL of
-/// `id`, and what stops the server.
-async fn serve(
-    kh: Keyhaven,
-    id: &keyhaven::ConnectedAccountId,
-) -> (String, impl FnOnce() -> tokio::task::JoinHandle<()>) {
+/// A server these tests started, and the credentials URL of their account.
+struct Served {
+    url: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<Result<(), std::io::Error>>,
+}
+
+impl Served {
+    /// Stops the server; it must end, cleanly, within 10 s.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(10), self.server)
+            .await
+            .expect("the server stops within 10 s")
+            .unwrap()
+            .expect("the server ran cleanly");
+    }
+}
+
+/// Serves `kh` on a port of its own, with [`CREDENTIALS_KEY`], for `id`.
+async fn serve(kh: Keyhaven, id: &keyhaven::ConnectedAccountId) -> Served {
     let mut state = keyhaven_server::AppState::new(
         kh,
         keyhaven_server::AdminKey::from_plain("kh_coalesced_reads_admin"),
@@ -284,20 +299,10 @@ async fn serve(
         listener.local_addr().unwrap()
     );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        keyhaven_server::serve(listener, Arc::new(state), async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    });
-    let stop = move || {
-        let _ = stop.send(());
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
-        })
-    };
-    (url, stop)
+    let server = tokio::spawn(keyhaven_server::serve(listener, Arc::new(state), async {
+        let _ = stopped.await;
+    }));
+    Served { url, stop, server }
 }
 
 /// Account reads of any kind that reached the store: with credentials, and without.
@@ -311,10 +316,10 @@ fn a_credentials_read_through_the_server_reads_the_account_once() {
         let Some((kh, _endpoint, id)) = live_account().await else {
             return;
         };
-        let (url, stop) = serve(kh, &id).await;
+        let served = serve(kh, &id).await;
         let before = account_reads(&metrics);
         let response = reqwest::Client::new()
-            .get(&url)
+            .get(&served.url)
             .header("x-api-key", CREDENTIALS_KEY)
             .send()
             .await
@@ -327,7 +332,7 @@ fn a_credentials_read_through_the_server_reads_the_account_once() {
             1,
             "one read of the account, for the credentials and the audit line's entity and app"
         );
-        stop().await.unwrap();
+        served.stop().await;
     });
 }
 
@@ -348,12 +353,12 @@ fn credentials_reads_through_the_server_of_one_expired_token_read_the_account_on
         let (_, ids) = seed(&kh, store.as_ref(), &endpoint, 1).await;
         let id = ids[0].clone();
         settle(&kh, store.as_ref(), &id).await;
-        let (url, stop) = serve(kh, &id).await;
+        let served = serve(kh, &id).await;
         let before = account_reads(&metrics);
         let http = reqwest::Client::new();
         let calls: Vec<_> = (0..CALLERS)
             .map(|_| {
-                let request = http.get(&url).header("x-api-key", CREDENTIALS_KEY);
+                let request = http.get(&served.url).header("x-api-key", CREDENTIALS_KEY);
                 tokio::spawn(async move {
                     let response = request.send().await.unwrap();
                     assert_eq!(response.status(), 200);
@@ -377,6 +382,6 @@ fn credentials_reads_through_the_server_of_one_expired_token_read_the_account_on
             1,
             "the first caller's read only, for {CALLERS} credentials reads and their audit lines"
         );
-        stop().await.unwrap();
+        served.stop().await;
     });
 }
