@@ -1016,7 +1016,7 @@ async fn refreshed_writes_are_compare_and_set(store: Arc<dyn Store>) {
     }
     let mut moved = relabelled.clone();
     moved.entity_id = EntityId::new("refreshed-moved").unwrap();
-    store
+    let moved = store
         .update_account(
             &moved,
             CredentialsUpdate::Refreshed(&credentials("moved")),
@@ -1036,6 +1036,46 @@ async fn refreshed_writes_are_compare_and_set(store: Arc<dyn Store>) {
             .unwrap();
         assert_eq!(page.items.len(), found, "label {label} of {entity}");
     }
+    // A new status and reason with a refresh's write: listed by the new status only,
+    // and read back with the reason and the new credentials.
+    let mut expired = moved.clone();
+    expired.status = ConnectionStatus::Expired;
+    expired.status_reason = Some("refused".into());
+    let expired = store
+        .update_account(
+            &expired,
+            CredentialsUpdate::Refreshed(&credentials("expired")),
+            &[],
+        )
+        .await
+        .unwrap();
+    for (status, found) in [
+        (ConnectionStatus::Expired, 1),
+        (ConnectionStatus::Active, 0),
+    ] {
+        let page = store
+            .list_accounts(&AccountFilter {
+                integration_ids: vec![int.id.clone()],
+                entity_ids: vec![EntityId::new("refreshed-moved").unwrap()],
+                statuses: vec![status],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            page.items.len(),
+            found,
+            "status {status:?} after a refresh's write"
+        );
+    }
+    let (read, creds) = store
+        .get_account_and_credentials(&expired.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.version, expired.version);
+    assert_eq!(read.status_reason.as_deref(), Some("refused"));
+    assert_eq!(creds.unwrap().get_str("token"), Some("expired"));
     let mut ghost = account(&int, "refreshed-ghost", &[]);
     ghost.version = 1;
     assert!(matches!(

@@ -566,6 +566,25 @@ impl Store for SqliteStore {
         let events = EventRow::encode_all(events)?;
         let stored = next.clone();
         self.write(move |conn, _| {
+            // A refresh changes the credentials, their expiry, the version and the
+            // time, nothing else: one narrow statement then, matching only when every
+            // other column already holds what the full update below would write. It
+            // sets none of the columns of the entity, app, status and integration
+            // indexes, so their entries and the account's label rows are left alone
+            // (BENCHMARKS.md: the writer's share of a storm, a quarter → a fifth).
+            if let Some((blob, expiry)) = &creds {
+                let n = execute_cached(
+                    conn,
+                    "UPDATE connected_accounts SET expires_at = ?11, version = ?12, updated_at = ?14, credentials = ?16, credentials_expires_at = ?17 WHERE id = ?1 AND version = ?15 AND entity_id = ?2 AND integration_id = ?3 AND app = ?4 AND auth_scheme = ?5 AND status = ?6 AND status_reason IS ?7 AND labels = ?8 AND params = ?9 AND redirect_url IS ?10 AND created_at = ?13",
+                    params![row.id, row.entity_id, row.integration_id, row.app, row.auth_scheme, row.status, row.status_reason, row.labels, row.params, row.redirect_url, row.expires_at, row.version, row.created_at, row.updated_at, expected, blob, expiry],
+                )?;
+                if n == 1 {
+                    outbox::append(conn, &events)?;
+                    return Ok(());
+                }
+                // Something else changes too, or the account changed or went since
+                // it was read: the full update says which.
+            }
             let n = execute_cached(
                 conn,
                 "UPDATE connected_accounts SET entity_id = ?2, integration_id = ?3, app = ?4, auth_scheme = ?5, status = ?6, status_reason = ?7, labels = ?8, params = ?9, redirect_url = ?10, expires_at = ?11, version = ?12, created_at = ?13, updated_at = ?14 WHERE id = ?1 AND version = ?15",
