@@ -1,6 +1,7 @@
 //! The credentials cache of one instance, and its copies of accounts and listings,
 //! forget what another instance changed: with PostgreSQL through LISTEN/NOTIFY,
-//! with SQLite through `data_version`.
+//! with SQLite through `data_version`. And a refresh with a copy of an integration
+//! another instance changed is tried again with the stored one when it fails.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,9 +10,12 @@ use std::time::Duration;
 
 use keyhaven::{
     AccountFilter, ConnectedAccountId, ConnectedAccounts, ConnectionRequest, ConnectionStatus,
-    EntityId, ErrorKind, KeyRing, Keyhaven, MasterKey, PostgresStore, SqliteStore, Store,
+    EntityId, ErrorKind, IntegrationUpdate, KeyRing, Keyhaven, MasterKey, PostgresStore,
+    SqliteStore, Store,
 };
-use keyhaven_tests::storm::{TokenEndpoint, assert_each_refreshed_once, is_fresh, seed_with};
+use keyhaven_tests::storm::{
+    Fault, TokenEndpoint, assert_each_refreshed_once, is_fresh, seed_with,
+};
 
 /// A's listings by entity, through its copies, noting when each entity's copy was
 /// last read from the store.
@@ -219,6 +223,7 @@ async fn two_instances(a: Arc<dyn Store>, b: Arc<dyn Store>, per_entity: bool) {
     }
     assert!(served);
     refreshed_across_instances(&kh_a, &kh_b, b.as_ref()).await;
+    integration_changed_by_another_instance(&kh_a, &kh_b, b.as_ref()).await;
     listings_across_instances(&kh_a, &kh_b, per_entity).await;
 }
 
@@ -250,6 +255,55 @@ async fn refreshed_across_instances(kh_a: &Keyhaven, kh_b: &Keyhaven, store_b: &
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_each_refreshed_once(&endpoint, 1);
+}
+
+/// A refreshes with its copy of an integration; B changes the integration's token
+/// URL (A is not told: integration changes of another instance show when A's copy
+/// ages, after 30 s). While the old endpoint still answers, A's copy serves. Once the
+/// old endpoint fails, A's refresh with the copy is tried again with the integration
+/// as stored: the account is refreshed at the new endpoint and stays `ACTIVE`
+/// (without that second try it would fail, and a refusal would mark it `EXPIRED`).
+async fn integration_changed_by_another_instance(
+    kh_a: &Keyhaven,
+    kh_b: &Keyhaven,
+    store_b: &dyn Store,
+) {
+    let old = TokenEndpoint::start(Duration::ZERO).await;
+    let new = TokenEndpoint::start(Duration::ZERO).await;
+    let past = keyhaven::chrono::Utc::now() - keyhaven::chrono::Duration::minutes(1);
+    let (integration, ids) = seed_with(kh_b, store_b, old.integration(), 3, "old", past).await;
+    let token = async |i: usize| {
+        kh_a.credentials(ids[i].as_str())
+            .await
+            .map(|c| c.get_str("access_token").map(str::to_owned).unwrap())
+    };
+    assert!(is_fresh(&token(0).await.unwrap()));
+    kh_b.integrations()
+        .update(
+            integration.id.as_str(),
+            IntegrationUpdate::new().config("token_url", new.url.clone()),
+        )
+        .await
+        .unwrap();
+    assert!(is_fresh(&token(1).await.unwrap()));
+    assert_eq!(old.refreshes().get("rt-1"), Some(&1), "A's copy served");
+    // The old endpoint refuses every refresh from now on.
+    old.set_fault(Some(Fault::Status(400)));
+    let refreshed = token(2)
+        .await
+        .expect("refreshed with the stored integration");
+    assert!(is_fresh(&refreshed), "{refreshed}");
+    assert_eq!(
+        new.refreshes().get("rt-2"),
+        Some(&1),
+        "refreshed at the new endpoint"
+    );
+    let account = kh_a
+        .connected_accounts()
+        .get(ids[2].as_str())
+        .await
+        .unwrap();
+    assert_eq!(account.status, ConnectionStatus::Active);
 }
 
 fn ring_pair() -> (KeyRing, KeyRing) {

@@ -10,7 +10,8 @@
 //! - 200 callers of an account that is not `ACTIVE`: nothing to share, so each
 //!   caller reads on its own and gets the error that says why;
 //! - 200 expired accounts of one integration at once: each refreshed once, and the
-//!   refreshes share the integration's reads in flight (each would read it alone);
+//!   integration read once or twice: the first refreshes share the read in flight,
+//!   the later ones use the copy it left (each would read it alone);
 //! - credentials read through the server, of an account not cached: the account is
 //!   read once, for the credentials and the audit line both; and 200 such reads of
 //!   one expired token at once: read once for all of them, refreshed once.
@@ -255,10 +256,12 @@ fn refreshes_of_many_accounts_of_one_integration_share_its_reads() {
         every_account_at_once(&kh, &ids).await;
         assert_each_refreshed_once(&endpoint, ACCOUNTS);
         let reads = store_calls(&metrics, "get_integration") - before;
-        // The refreshes reach the integration read in waves (their locks and
-        // re-reads are grouped); each wave shares one read.
+        // The first refreshes share one read; those after it use the copy it left.
+        // (Before refreshes kept copies, the waves of a storm read it 3 to 5 times
+        // on PostgreSQL; before reads were shared, once per refresh.) Two: one
+        // refresh may start its read as the first read ends, before its copy is in.
         assert!(
-            (1..=ACCOUNTS as u64 / 4).contains(&reads),
+            (1..=2).contains(&reads),
             "{reads} integration reads for {ACCOUNTS} refreshes"
         );
     });

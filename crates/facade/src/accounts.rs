@@ -361,18 +361,44 @@ impl Keyhaven {
         &self,
         account: &ConnectedAccount,
     ) -> Result<Arc<Integration>, Error> {
-        let id = &account.integration_id;
-        let read = || async {
-            let integration = self.store().get_integration(id).await?.ok_or_else(|| {
-                Error::Internal(format!(
-                    "integration {id} of connected account {} is missing",
-                    account.id
-                ))
-            })?;
-            Ok(Arc::new(integration))
-        };
         // Concurrent refreshes of accounts of one integration (a storm) read it once.
+        let read = || self.stored_integration(account);
+        let id = &account.integration_id;
         self.inner.cache.integration_read(id, read).await
+    }
+
+    /// The account's integration as stored now.
+    async fn stored_integration(
+        &self,
+        account: &ConnectedAccount,
+    ) -> Result<Arc<Integration>, Error> {
+        let id = &account.integration_id;
+        let integration = self.store().get_integration(id).await?.ok_or_else(|| {
+            Error::Internal(format!(
+                "integration {id} of connected account {} is missing",
+                account.id
+            ))
+        })?;
+        Ok(Arc::new(integration))
+    }
+
+    /// The account's integration for a refresh: the copy this process read less
+    /// than `ttl` ago (and `true`), else read as [`Keyhaven::integration_of`] reads
+    /// it (shared with the reads in flight) and kept as the copy (and `false`). A
+    /// refresh that fails with a copy is tried again with the integration as
+    /// stored, when it changed since the copy (see `refresh_locked`): a copy
+    /// another process made stale (a new client secret, token URL) never marks an
+    /// account `EXPIRED` or backs its refreshes off.
+    async fn integration_for_refresh(
+        &self,
+        account: &ConnectedAccount,
+        ttl: std::time::Duration,
+    ) -> Result<(Arc<Integration>, bool), Error> {
+        let read = || self.stored_integration(account);
+        self.inner
+            .cache
+            .integration_or_read_shared(&account.integration_id, ttl, read)
+            .await
     }
 
     /// The account and its credentials, when it is `ACTIVE`.
@@ -660,14 +686,32 @@ impl Keyhaven {
                     ),
                 }));
             }
-            let integration = self.integration_of(&account).await?;
-            let scheme = self.schemes().get(&integration.auth_scheme)?;
-            let effective = effective_integration(&integration, &account.params);
-            let cx = AccountContext::new(&effective, &account, &credentials, now)
-                .with_http(self.http_client());
-            let started = std::time::Instant::now();
-            let refreshed = scheme.refresh(cx).await;
-            crate::metered::refresh_done(account.app.as_str(), started, &refreshed);
+            let (mut integration, mut copy) = self
+                .integration_for_refresh(&account, crate::Integrations::CACHED_FOR)
+                .await?;
+            let refreshed = loop {
+                let scheme = self.schemes().get(&integration.auth_scheme)?;
+                let effective = effective_integration(&integration, &account.params);
+                let cx = AccountContext::new(&effective, &account, &credentials, now)
+                    .with_http(self.http_client());
+                let started = std::time::Instant::now();
+                let refreshed = scheme.refresh(cx).await;
+                crate::metered::refresh_done(account.app.as_str(), started, &refreshed);
+                if refreshed.is_ok() || !copy {
+                    break refreshed;
+                }
+                // Refused or failed with this process's copy of the integration: tried
+                // again when the store holds a newer one (another process changed it).
+                copy = false;
+                let (stored, _) = self
+                    .integration_for_refresh(&account, std::time::Duration::ZERO)
+                    .await?;
+                if stored.updated_at == integration.updated_at {
+                    break refreshed;
+                }
+                tracing::info!(account = %id, integration = %stored.id, "the integration changed since this process read it; refreshing again with it");
+                integration = stored;
+            };
             match refreshed {
                 Ok(None) => Ok((credentials, account)),
                 Ok(Some(fresh)) => {

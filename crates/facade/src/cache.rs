@@ -126,8 +126,9 @@ pub(crate) struct CredentialCache {
     entries: Option<quick_cache::sync::Cache<ConnectedAccountId, Cached>>,
     /// Where each account's requests go, with what (see [`crate::request`]).
     targets: Option<quick_cache::sync::Cache<ConnectedAccountId, Arc<crate::request::Target>>>,
-    /// Integrations as read, with when (see [`crate::Integrations::get_cached`]).
-    integrations: Option<Copies<IntegrationId, Integration>>,
+    /// Integrations as read, with when (see [`crate::Integrations::get_cached`], and
+    /// [`CredentialCache::integration_or_read_shared`] for refreshes).
+    integrations: Option<Copies<IntegrationId, Arc<Integration>>>,
     /// Accounts as read, with when (see [`crate::ConnectedAccounts::get_cached`]).
     accounts: Option<Copies<ConnectedAccountId, ConnectedAccount>>,
     /// Listings by one entity, as read (see [`crate::ConnectedAccounts::list_cached`]).
@@ -139,6 +140,11 @@ pub(crate) struct CredentialCache {
     /// Bumped by every invalidation, so that a read that started before one does
     /// not put what it read into the cache afterwards.
     generation: AtomicU64,
+    /// The same for integrations alone: bumped when an integration changes (or
+    /// everything may have), not by the accounts' changes. In a refresh storm
+    /// every refresh writes its account; were integration copies judged by
+    /// [`CredentialCache::generation`], none read during one would be kept.
+    integration_generation: AtomicU64,
 }
 
 impl CredentialCache {
@@ -154,6 +160,7 @@ impl CredentialCache {
             listings: (capacity > 0).then(|| listings::Listings::new(capacity)),
             integration_reads: shared::SharedReads::default(),
             generation: AtomicU64::new(0),
+            integration_generation: AtomicU64::new(0),
         })
     }
 
@@ -186,7 +193,8 @@ impl CredentialCache {
     /// Caches what a read that began at `generation` found, unless something was
     /// invalidated since.
     pub(crate) fn put(&self, id: &ConnectedAccountId, value: Cached, generation: u64) {
-        self.insert_since(self.entries.as_ref(), id.clone(), value, generation);
+        let since = (&self.generation, generation);
+        self.insert_since(self.entries.as_ref(), id.clone(), value, since);
     }
 
     /// The cached request target of `id`.
@@ -201,7 +209,8 @@ impl CredentialCache {
         target: Arc<crate::request::Target>,
         generation: u64,
     ) {
-        self.insert_since(self.targets.as_ref(), id.clone(), target, generation);
+        let since = (&self.generation, generation);
+        self.insert_since(self.targets.as_ref(), id.clone(), target, since);
     }
 
     /// The integration `id`: the copy read less than `ttl` ago, else what `read`
@@ -213,8 +222,42 @@ impl CredentialCache {
         read: impl Future<Output = Result<Integration, Error>>,
     ) -> Result<Integration, Error> {
         let map = self.integrations.as_ref();
-        self.copy_or_read(map, id, ttl, |i| i.id.clone(), read)
+        let read = async { read.await.map(Arc::new) };
+        let generation = &self.integration_generation;
+        self.copy_or_read(map, generation, id, ttl, |i| i.id.clone(), read)
             .await
+            .map(Arc::unwrap_or_clone)
+    }
+
+    /// The integration `id`: the copy read less than `ttl` ago (and `true`), else
+    /// what `read` gives, or the read of `id` already in flight (and `false`), kept
+    /// as the copy. For refreshes, which re-read the store when a refresh with a
+    /// copy fails (see `Keyhaven::refresh_locked`).
+    pub(crate) async fn integration_or_read_shared<F>(
+        &self,
+        id: &IntegrationId,
+        ttl: std::time::Duration,
+        read: impl FnOnce() -> F,
+    ) -> Result<(Arc<Integration>, bool), Error>
+    where
+        F: Future<Output = Result<Arc<Integration>, Error>>,
+    {
+        let map = self.integrations.as_ref();
+        if let Some(hit) = map
+            .and_then(|m| m.get(id.as_str()))
+            .filter(|hit| hit.0.elapsed() < ttl)
+        {
+            return Ok((hit.1.clone(), true));
+        }
+        let generation = &self.integration_generation;
+        let read = async {
+            let started = generation.load(Ordering::Acquire);
+            let value = self.integration_reads.read(id, read).await?;
+            let copy = Arc::new((std::time::Instant::now(), value.clone()));
+            self.insert_since(map, id.clone(), copy, (generation, started));
+            Ok(value)
+        };
+        read.await.map(|value| (value, false))
     }
 
     /// The integration `id` as stored: what `read` (a read of the store) gives, or
@@ -240,17 +283,18 @@ impl CredentialCache {
         read: impl Future<Output = Result<ConnectedAccount, Error>>,
     ) -> Result<ConnectedAccount, Error> {
         let map = self.accounts.as_ref();
-        self.copy_or_read(map, id, ttl, |a| a.id.clone(), read)
+        self.copy_or_read(map, &self.generation, id, ttl, |a| a.id.clone(), read)
             .await
     }
 
     /// The copy of `id` in `map` when it was read less than `ttl` ago; else what
     /// `read` gives, kept as the copy (stamped now, under `key_of` of it) unless
-    /// something was invalidated while it read. `read` must not have started: the
-    /// generation is taken before it is first polled.
+    /// something was invalidated (`generation` moved) while it read. `read` must
+    /// not have started: the generation is taken before it is first polled.
     async fn copy_or_read<K, V>(
         &self,
         map: Option<&Copies<K, V>>,
+        generation: &AtomicU64,
         id: &str,
         ttl: std::time::Duration,
         key_of: impl FnOnce(&V) -> K,
@@ -266,29 +310,31 @@ impl CredentialCache {
         {
             return Ok(hit.1.clone());
         }
-        let generation = self.generation();
+        let started = generation.load(Ordering::Acquire);
         let value = read.await?;
         let copy = Arc::new((std::time::Instant::now(), value.clone()));
-        self.insert_since(map, key_of(&value), copy, generation);
+        self.insert_since(map, key_of(&value), copy, (generation, started));
         Ok(value)
     }
 
     /// Inserts `key` into `map` (when caching is on) unless an invalidation came
-    /// after `generation`, checked again after the insert: one may slip in between.
+    /// after the read began (`since`: the generation counter and what it was then),
+    /// checked again after the insert: one may slip in between.
     fn insert_since<K, V>(
         &self,
         map: Option<&quick_cache::sync::Cache<K, V>>,
         key: K,
         value: V,
-        generation: u64,
+        since: (&AtomicU64, u64),
     ) where
         K: Eq + std::hash::Hash + Clone,
         V: Clone,
     {
         let Some(map) = map else { return };
-        if self.generation.load(Ordering::Acquire) == generation {
+        let (counter, generation) = since;
+        if counter.load(Ordering::Acquire) == generation {
             map.insert(key.clone(), value);
-            if self.generation.load(Ordering::Acquire) != generation {
+            if counter.load(Ordering::Acquire) != generation {
                 map.remove(&key);
             }
         }
@@ -381,6 +427,7 @@ impl CredentialCache {
     /// changed).
     pub(crate) fn forget_integrations(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
+        self.integration_generation.fetch_add(1, Ordering::AcqRel);
         self.integration_reads.forget();
         if let Some(targets) = &self.targets {
             targets.clear();
@@ -398,6 +445,7 @@ impl CredentialCache {
             StoreChange::Event(_) => {}
             StoreChange::Everything => {
                 self.generation.fetch_add(1, Ordering::AcqRel);
+                self.integration_generation.fetch_add(1, Ordering::AcqRel);
                 self.integration_reads.forget();
                 if let Some(entries) = &self.entries {
                     entries.clear();

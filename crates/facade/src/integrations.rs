@@ -368,8 +368,10 @@ impl<'a> Integrations<'a> {
     /// process for at most [`Integrations::CACHED_FOR`]: changes made through this
     /// `Keyhaven` show at once, changes another process sharing the store made
     /// within that time. For views shown many times a second (the server renders
-    /// every account with its integration's base URL); read with `get` where the
-    /// stored value matters (a refresh reads the store).
+    /// every account with its integration's base URL, and a refresh storm needs the
+    /// same integration a thousand times); read with `get` where the stored value
+    /// matters. Refreshes use the same copies, and one that fails with a copy is
+    /// tried again with the integration as stored when it has changed since.
     ///
     /// # Errors
     /// A malformed id, or none with that id.
