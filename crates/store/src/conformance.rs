@@ -985,85 +985,65 @@ async fn refreshed_writes_are_compare_and_set(store: Arc<dyn Store>) {
         .unwrap()
         .unwrap();
     assert_ne!(creds.unwrap().get_str("token"), Some("late"));
-    // Labels changed, then the entity moved, with a refresh's write: written, and
-    // found by them.
+    // Labels changed, then the entity moved, then the status, each with a refresh's
+    // write: written, and found by them.
+    let refresh_write = async |acc: &ConnectedAccount, token: &str| {
+        store
+            .update_account(acc, CredentialsUpdate::Refreshed(&credentials(token)), &[])
+            .await
+            .unwrap()
+    };
+    // How many accounts of this integration `filter` lists.
+    let listed = async |filter: AccountFilter| {
+        let filter = AccountFilter {
+            integration_ids: vec![int.id.clone()],
+            ..filter
+        };
+        store.list_accounts(&filter).await.unwrap().items.len()
+    };
+    let by_label = |entity: &str, label: &str| AccountFilter {
+        entity_ids: vec![EntityId::new(entity).unwrap()],
+        labels: vec![Label::new(label).unwrap()],
+        ..Default::default()
+    };
     let mut relabelled = current.clone();
     relabelled.labels = vec![Label::new("after").unwrap()];
-    let relabelled = store
-        .update_account(
-            &relabelled,
-            CredentialsUpdate::Refreshed(&credentials("relabelled")),
-            &[],
-        )
-        .await
-        .unwrap();
+    let relabelled = refresh_write(&relabelled, "relabelled").await;
     assert_eq!(relabelled.version, current.version + 1);
     for (label, found) in [("after", 1), ("storm", 0)] {
-        let page = store
-            .list_accounts(&AccountFilter {
-                integration_ids: vec![int.id.clone()],
-                entity_ids: vec![EntityId::new("refreshed-0").unwrap()],
-                labels: vec![Label::new(label).unwrap()],
-                ..Default::default()
-            })
-            .await
-            .unwrap();
         assert_eq!(
-            page.items.len(),
+            listed(by_label("refreshed-0", label)).await,
             found,
             "label {label} after a relabelling refresh"
         );
     }
     let mut moved = relabelled.clone();
     moved.entity_id = EntityId::new("refreshed-moved").unwrap();
-    let moved = store
-        .update_account(
-            &moved,
-            CredentialsUpdate::Refreshed(&credentials("moved")),
-            &[],
-        )
-        .await
-        .unwrap();
-    for (label, entity, found) in [("after", "refreshed-moved", 1), ("after", "refreshed-0", 0)] {
-        let page = store
-            .list_accounts(&AccountFilter {
-                integration_ids: vec![int.id.clone()],
-                entity_ids: vec![EntityId::new(entity).unwrap()],
-                labels: vec![Label::new(label).unwrap()],
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(page.items.len(), found, "label {label} of {entity}");
+    let moved = refresh_write(&moved, "moved").await;
+    for (entity, found) in [("refreshed-moved", 1), ("refreshed-0", 0)] {
+        assert_eq!(
+            listed(by_label(entity, "after")).await,
+            found,
+            "label after of {entity}"
+        );
     }
-    // A new status and reason with a refresh's write: listed by the new status only,
-    // and read back with the reason and the new credentials.
+    // A new status and reason: listed by the new status only, and read back with
+    // the reason and the new credentials.
     let mut expired = moved.clone();
     expired.status = ConnectionStatus::Expired;
     expired.status_reason = Some("refused".into());
-    let expired = store
-        .update_account(
-            &expired,
-            CredentialsUpdate::Refreshed(&credentials("expired")),
-            &[],
-        )
-        .await
-        .unwrap();
+    let expired = refresh_write(&expired, "expired").await;
     for (status, found) in [
         (ConnectionStatus::Expired, 1),
         (ConnectionStatus::Active, 0),
     ] {
-        let page = store
-            .list_accounts(&AccountFilter {
-                integration_ids: vec![int.id.clone()],
-                entity_ids: vec![EntityId::new("refreshed-moved").unwrap()],
-                statuses: vec![status],
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let filter = AccountFilter {
+            entity_ids: vec![EntityId::new("refreshed-moved").unwrap()],
+            statuses: vec![status],
+            ..Default::default()
+        };
         assert_eq!(
-            page.items.len(),
+            listed(filter).await,
             found,
             "status {status:?} after a refresh's write"
         );
