@@ -226,7 +226,7 @@ impl CredentialCache {
         let generation = &self.integration_generation;
         self.copy_or_read(map, generation, id, ttl, |i| i.id.clone(), read)
             .await
-            .map(Arc::unwrap_or_clone)
+            .map(|(integration, _)| Arc::unwrap_or_clone(integration))
     }
 
     /// The integration `id`: the copy read less than `ttl` ago (and `true`), else
@@ -243,21 +243,10 @@ impl CredentialCache {
         F: Future<Output = Result<Arc<Integration>, Error>>,
     {
         let map = self.integrations.as_ref();
-        if let Some(hit) = map
-            .and_then(|m| m.get(id.as_str()))
-            .filter(|hit| hit.0.elapsed() < ttl)
-        {
-            return Ok((hit.1.clone(), true));
-        }
         let generation = &self.integration_generation;
-        let read = async {
-            let started = generation.load(Ordering::Acquire);
-            let value = self.integration_reads.read(id, read).await?;
-            let copy = Arc::new((std::time::Instant::now(), value.clone()));
-            self.insert_since(map, id.clone(), copy, (generation, started));
-            Ok(value)
-        };
-        read.await.map(|value| (value, false))
+        let read = self.integration_reads.read(id, read);
+        self.copy_or_read(map, generation, id.as_str(), ttl, |i| i.id.clone(), read)
+            .await
     }
 
     /// The integration `id` as stored: what `read` (a read of the store) gives, or
@@ -285,12 +274,14 @@ impl CredentialCache {
         let map = self.accounts.as_ref();
         self.copy_or_read(map, &self.generation, id, ttl, |a| a.id.clone(), read)
             .await
+            .map(|(account, _)| account)
     }
 
-    /// The copy of `id` in `map` when it was read less than `ttl` ago; else what
-    /// `read` gives, kept as the copy (stamped now, under `key_of` of it) unless
-    /// something was invalidated (`generation` moved) while it read. `read` must
-    /// not have started: the generation is taken before it is first polled.
+    /// The copy of `id` in `map` when it was read less than `ttl` ago (and `true`);
+    /// else what `read` gives (and `false`), kept as the copy (stamped now, under
+    /// `key_of` of it) unless something was invalidated (`generation` moved) while
+    /// it read. `read` must not have started: the generation is taken before it is
+    /// first polled.
     async fn copy_or_read<K, V>(
         &self,
         map: Option<&Copies<K, V>>,
@@ -299,7 +290,7 @@ impl CredentialCache {
         ttl: std::time::Duration,
         key_of: impl FnOnce(&V) -> K,
         read: impl Future<Output = Result<V, Error>>,
-    ) -> Result<V, Error>
+    ) -> Result<(V, bool), Error>
     where
         K: Eq + std::hash::Hash + Clone + std::borrow::Borrow<str>,
         V: Clone,
@@ -308,13 +299,13 @@ impl CredentialCache {
             .and_then(|m| m.get(id))
             .filter(|hit| hit.0.elapsed() < ttl)
         {
-            return Ok(hit.1.clone());
+            return Ok((hit.1.clone(), true));
         }
         let started = generation.load(Ordering::Acquire);
         let value = read.await?;
         let copy = Arc::new((std::time::Instant::now(), value.clone()));
         self.insert_since(map, key_of(&value), copy, (generation, started));
-        Ok(value)
+        Ok((value, false))
     }
 
     /// Inserts `key` into `map` (when caching is on) unless an invalidation came
