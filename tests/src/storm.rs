@@ -391,39 +391,63 @@ pub async fn bare_token_requests(n: usize) -> Duration {
 }
 
 async fn bare_token_requests_once(n: usize) -> Duration {
-    let before = open_files();
-    let took = {
-        let endpoint = TokenEndpoint::start(Duration::ZERO).await;
-        let took = token_requests_at_once(&reqwest::Client::new(), &endpoint.url, n).await;
-        assert_each_refreshed_once(&endpoint, n);
-        took
-    };
-    connections_closed(before).await;
+    let endpoint = TokenEndpoint::start(Duration::ZERO).await;
+    let took = token_requests_at_once(&reqwest::Client::new(), &endpoint.url, n).await;
+    assert_each_refreshed_once(&endpoint, n);
+    connections_closed(endpoint).await;
     took
 }
 
-/// How many files this process has open, when `/proc` tells.
-fn open_files() -> Option<usize> {
-    std::fs::read_dir("/proc/self/fd").ok().map(Iterator::count)
-}
-
-/// Waits until the connections of a reference run (its client and endpoint, both
-/// dropped) are closed: about as many files open as `before` it (at most 10 s; 1 s
-/// without `/proc`). Closing 1,000 connections takes the runtime a few hundred
+/// Drops a reference run's endpoint (its client is dropped already) and waits until
+/// the connections to it are closed (at most 10 s; 1 s where `/proc/net/tcp` does
+/// not tell). Closing 1,000 connections takes the runtime a few hundred
 /// milliseconds after the drop; without this wait that work fell into the next
 /// run, the next reference or the storm after it, and slowed it (a scratch loop of
-/// cold storms: 126 ms a round with the previous round's connections closing,
-/// 42 ms after they had).
-async fn connections_closed(before: Option<usize>) {
-    let Some(before) = before else {
+/// 1,000 bare token requests on a new client per round: 126 ms a round with the
+/// previous round's connections closing, 41–45 ms once they had closed).
+async fn connections_closed(endpoint: TokenEndpoint) {
+    let port = reqwest::Url::parse(&endpoint.url)
+        .ok()
+        .and_then(|url| url.port());
+    drop(endpoint);
+    let Some(port) = port.filter(|&port| open_sockets(port).is_some()) else {
         tokio::time::sleep(Duration::from_secs(1)).await;
         return;
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while open_files().is_some_and(|now| now > before + 16) && std::time::Instant::now() < deadline
-    {
+    while open_sockets(port).is_some_and(|n| n > 0) && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The TCP connections from or to `port` on this machine that are still open at
+/// either end (established, or closed by the peer and not yet here), when
+/// `/proc/net/tcp` tells: only this endpoint's, whatever other tests of the same
+/// binary have open.
+fn open_sockets(port: u16) -> Option<usize> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let port_of = |address: &str| {
+        address
+            .rsplit(':')
+            .next()
+            .and_then(|hex| u16::from_str_radix(hex, 16).ok())
+    };
+    let open = table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let mut fields = line.split_whitespace().skip(1);
+            let (Some(local), Some(remote), Some(state)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                return false;
+            };
+            // 01: established; 08: closed by the peer, not yet by its owner.
+            matches!(state, "01" | "08")
+                && (port_of(local) == Some(port) || port_of(remote) == Some(port))
+        })
+        .count();
+    Some(open)
 }
 
 /// The reference for a storm in a process that has refreshed before: `n` token
@@ -435,16 +459,13 @@ pub async fn bare_token_requests_warm(n: usize) -> Duration {
 }
 
 async fn bare_token_requests_warm_once(n: usize) -> Duration {
-    let before = open_files();
-    let took = {
-        let endpoint = TokenEndpoint::start(Duration::ZERO).await;
-        let http = reqwest::Client::new();
-        token_requests_at_once(&http, &endpoint.url, n).await;
-        let took = token_requests_at_once(&http, &endpoint.url, n).await;
-        assert_each_refreshed(&endpoint, n, 2);
-        took
-    };
-    connections_closed(before).await;
+    let endpoint = TokenEndpoint::start(Duration::ZERO).await;
+    let http = reqwest::Client::new();
+    token_requests_at_once(&http, &endpoint.url, n).await;
+    let took = token_requests_at_once(&http, &endpoint.url, n).await;
+    assert_each_refreshed(&endpoint, n, 2);
+    drop(http);
+    connections_closed(endpoint).await;
     took
 }
 
