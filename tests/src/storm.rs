@@ -401,7 +401,7 @@ async fn bare_token_requests_once(n: usize) -> Duration {
 /// Drops a reference run's endpoint (its client is dropped already) and waits until
 /// the connections to it are closed (at most 10 s; 1 s where `/proc/net/tcp` does
 /// not tell). Closing 1,000 connections takes the runtime up to about a second
-/// milliseconds after the drop; without this wait that work fell into the next
+/// after the drop; without this wait that work fell into the next
 /// run, the next reference or the storm after it, and slowed it (a scratch loop of
 /// 1,000 bare token requests on a new client per round: 126 ms a round with the
 /// previous round's connections closing, 41–45 ms once they had closed).
