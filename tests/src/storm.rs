@@ -49,6 +49,8 @@ struct Counts {
 pub struct TokenEndpoint {
     /// `http://127.0.0.1:PORT/token`.
     pub url: String,
+    /// Where it listens.
+    addr: std::net::SocketAddr,
     counts: Arc<CountsHandle>,
     _server: tokio::task::JoinHandle<()>,
 }
@@ -160,12 +162,14 @@ impl TokenEndpoint {
             .route("/token", post(token))
             .with_state(counts.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/token", listener.local_addr().unwrap());
+        let addr = listener.local_addr().unwrap();
+        let url = format!("http://{addr}/token");
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
         Self {
             url,
+            addr,
             counts,
             _server: server,
         }
@@ -406,17 +410,16 @@ async fn bare_token_requests_once(n: usize) -> Duration {
 /// 1,000 bare token requests on a new client per round: 126 ms a round with the
 /// previous round's connections closing, 41–45 ms once they had closed).
 async fn connections_closed(endpoint: TokenEndpoint) {
-    let port = reqwest::Url::parse(&endpoint.url)
-        .ok()
-        .and_then(|url| url.port());
+    let port = endpoint.addr.port();
     drop(endpoint);
-    let Some(port) = port.filter(|&port| open_sockets(port).is_some()) else {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        return;
-    };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while open_sockets(port).is_some_and(|n| n > 0) && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    loop {
+        match open_sockets(port) {
+            None => return tokio::time::sleep(Duration::from_secs(1)).await,
+            Some(0) => return,
+            Some(_) if std::time::Instant::now() >= deadline => return,
+            Some(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
     }
 }
 
