@@ -264,7 +264,7 @@ macro_rules! prefixed_id {
                 let body = value.strip_prefix($prefix);
                 let ok = body.is_some_and(|b| {
                     (8..=64).contains(&b.len())
-                        && b.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                        && b.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
                 });
                 if ok {
                     Ok(Self(value.to_owned()))
