@@ -318,9 +318,15 @@ async fn requests_never_leave_the_accounts_api_and_redirects_are_not_followed() 
     let (kh, _) = keyhaven(&dir);
     let api = Upstream::start().await;
     let id = bearer(&kh, &api, "tok-ssrf").await;
-    for path in escapes(&api) {
-        let err = kh.request(&id).get(path.clone()).send().await.unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{path}: {err}");
+    // Twice, after a good path each time: a refused path is refused again, whatever
+    // the account's target keeps of the paths it sent to (`Target::url`).
+    for _ in 0..2 {
+        for path in escapes(&api) {
+            let err = kh.request(&id).get(path.clone()).send().await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{path}: {err}");
+            let fine = kh.request(&id).get("/echo").send().await.unwrap();
+            assert_eq!(fine.status(), 200);
+        }
     }
     for (name, value) in [
         ("host", "evil.example"),
@@ -347,6 +353,41 @@ async fn requests_never_leave_the_accounts_api_and_redirects_are_not_followed() 
     let redirect = kh.request(&id).get("/redirect").send().await.unwrap();
     assert_eq!(redirect.status(), 307, "answered as it is");
     assert_eq!(api.traps(), 0, "nothing reached beside the API");
+}
+
+/// An account's requests to many paths, each asked for again after others (more
+/// than the few whose URLs its target keeps): each reaches the path and query asked
+/// for, every time.
+#[tokio::test]
+async fn each_path_reaches_the_api_as_asked_every_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kh, _) = keyhaven(&dir);
+    let api = Upstream::start().await;
+    let id = bearer(&kh, &api, "tok-paths").await;
+    let long = format!("/echo/{}", "l".repeat(300));
+    let mut paths: Vec<String> = (0..6).map(|i| format!("/echo/p{i}?n={i}")).collect();
+    paths.push(long);
+    paths.push("/echo/a%20b?x=1&y=%2F".to_owned());
+    for round in 0..3 {
+        for (i, path) in paths.iter().enumerate() {
+            // Each path now and then twice in a row, and the others in between.
+            for _ in 0..=(round + i) % 2 {
+                let seen: Value = kh
+                    .request(&id)
+                    .get(path.clone())
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let (want_path, want_query) = path.split_once('?').unwrap_or((path, ""));
+                assert_eq!(seen["path"], format!("/api{want_path}"), "{path}");
+                assert_eq!(seen["query"].as_str().unwrap_or(""), want_query, "{path}");
+                assert_eq!(seen["headers"]["authorization"], "Bearer tok-paths");
+            }
+        }
+    }
 }
 
 /// A keyhaven server on 127.0.0.1 over `kh`.
