@@ -74,6 +74,7 @@ pub struct AuditCaller {
 #[serde(rename_all = "camelCase")]
 pub struct AuditEntry {
     /// When.
+    #[serde(serialize_with = "serialize_at")]
     pub at: DateTime<Utc>,
     /// What.
     pub action: AuditAction,
@@ -100,6 +101,64 @@ pub struct AuditEntry {
     /// The status the API answered a request with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
+}
+
+/// `at` written as chrono writes a `DateTime<Utc>` (RFC 3339 with `Z`, the fraction
+/// of a second in 0, 3, 6 or 9 digits, as few as it needs), without the formatting
+/// machinery: chrono's `Display` was about 2,500 instructions of every audit line,
+/// as much as the rest of the line (callgrind, BENCHMARKS.md). Years outside
+/// 0–9999 and leap seconds are left to chrono.
+fn serialize_at<S: serde::Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    let mut buf = [0u8; 30];
+    match rfc3339(at, &mut buf).and_then(|len| std::str::from_utf8(&buf[..len]).ok()) {
+        Some(text) => s.serialize_str(text),
+        None => at.serialize(s),
+    }
+}
+
+/// Writes `at` into `buf` as [`serialize_at`] says; its length, or `None` when
+/// chrono must write it.
+fn rfc3339(at: &DateTime<Utc>, buf: &mut [u8; 30]) -> Option<usize> {
+    use chrono::{Datelike, Timelike};
+    fn put(buf: &mut [u8], at: usize, mut value: u32, width: usize) {
+        for slot in buf[at..at + width].iter_mut().rev() {
+            *slot = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    }
+    let year = u32::try_from(at.year()).ok().filter(|year| *year <= 9999)?;
+    let nanos = at.nanosecond();
+    if nanos >= 1_000_000_000 {
+        return None;
+    }
+    put(buf, 0, year, 4);
+    buf[4] = b'-';
+    put(buf, 5, at.month(), 2);
+    buf[7] = b'-';
+    put(buf, 8, at.day(), 2);
+    buf[10] = b'T';
+    put(buf, 11, at.hour(), 2);
+    buf[13] = b':';
+    put(buf, 14, at.minute(), 2);
+    buf[16] = b':';
+    put(buf, 17, at.second(), 2);
+    let mut len = 19;
+    let (fraction, digits) = if nanos == 0 {
+        (0, 0)
+    } else if nanos % 1_000_000 == 0 {
+        (nanos / 1_000_000, 3)
+    } else if nanos % 1_000 == 0 {
+        (nanos / 1_000, 6)
+    } else {
+        (nanos, 9)
+    };
+    if digits > 0 {
+        buf[len] = b'.';
+        put(buf, len + 1, fraction, digits);
+        len += 1 + digits;
+    }
+    buf[len] = b'Z';
+    Some(len + 1)
 }
 
 impl AuditEntry {
@@ -713,6 +772,55 @@ mod tests {
     fn entry(account: &str, secs: i64) -> AuditEntry {
         let at = DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap_or_default();
         AuditEntry::new(at, AuditAction::Request, account, "sent")
+    }
+
+    /// The audit line's time is written exactly as chrono writes it, and read back.
+    #[test]
+    fn times_are_written_as_chrono_writes_them() {
+        let mut times: Vec<DateTime<Utc>> = Vec::new();
+        for secs in [0, 1, 59, 1_700_000_000, 253_402_300_799, -62_167_219_200] {
+            for nanos in [
+                0,
+                1,
+                5,
+                999_999_999,
+                1_000_000,
+                120_000_000,
+                123_000,
+                123_456_000,
+                123_456_789,
+                500_000_001,
+            ] {
+                times.extend(DateTime::from_timestamp(secs, nanos));
+            }
+        }
+        // Outside 0-9999 and a leap second: chrono's own writing.
+        times.extend(DateTime::from_timestamp(253_402_300_800, 7));
+        times.extend(DateTime::from_timestamp(-62_167_219_201, 0));
+        times.extend(DateTime::from_timestamp(1_483_228_799, 1_500_000_000));
+        let mut seconds = 1_234_567_u64;
+        for _ in 0..2_000 {
+            // A fixed sequence over years 1970-2100 and every fraction.
+            seconds = seconds
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            let secs = i64::try_from((seconds >> 20) % 4_102_444_800).unwrap_or(0);
+            let nanos = u32::try_from((seconds >> 8) % 1_000_000_000).unwrap_or(0);
+            times.extend(DateTime::from_timestamp(secs, nanos));
+        }
+        assert!(times.len() > 2_000);
+        for at in times {
+            let mut entry = entry("ca_0000000000000000000000000a", 0);
+            entry.at = at;
+            let line = serde_json::to_string(&entry).unwrap();
+            let chrono = serde_json::to_string(&at).unwrap();
+            assert!(
+                line.starts_with(&format!("{{\"at\":{chrono},")),
+                "{line} / {chrono}"
+            );
+            let back: AuditEntry = serde_json::from_str(&line).unwrap();
+            assert_eq!(back.at, at);
+        }
     }
 
     #[tokio::test]
