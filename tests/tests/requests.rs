@@ -64,6 +64,11 @@ async fn bearer(kh: &Keyhaven, api: &Upstream, token: &str) -> String {
     .await
 }
 
+/// What the API's echo route saw of `request`, sent.
+async fn echoed(request: keyhaven::request::ApiRequest) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 /// OAuth accounts whose tokens the API refuses (revoked) though they expire in an
 /// hour, with the storm endpoint as their token endpoint and `upstream` as their API.
 async fn revoked_accounts(
@@ -149,48 +154,31 @@ async fn each_scheme_puts_its_credentials_where_the_api_expects_them() {
         }
         // The caller cannot replace the credentials' own header.
         if name == "authorization" {
-            let seen: Value = kh
-                .request(&id)
-                .get("/echo")
-                .header("authorization", "Bearer forged")
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let seen = echoed(
+                kh.request(&id)
+                    .get("/echo")
+                    .header("authorization", "Bearer forged"),
+            )
+            .await;
             assert_eq!(seen["headers"]["authorization"], expected, "{scheme}");
         }
     }
     // A JSON body goes as JSON; bytes as they are.
     let id = bearer(&kh, &api, "tok-2").await;
-    let seen: Value = kh
-        .request(&id)
-        .post("/echo")
-        .json(&json!({"a": 1}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let seen = echoed(kh.request(&id).post("/echo").json(&json!({"a": 1}))).await;
     assert_eq!(seen["method"], "POST");
     assert_eq!(seen["body"], r#"{"a":1}"#);
     assert_eq!(seen["headers"]["content-type"], "application/json");
     // By entity and app: the entity's newest ACTIVE account of the app.
-    let seen: Value = kh
-        .entity("ada")
-        .unwrap()
-        .request("acme")
-        .await
-        .unwrap()
-        .get("/echo")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let seen = echoed(
+        kh.entity("ada")
+            .unwrap()
+            .request("acme")
+            .await
+            .unwrap()
+            .get("/echo"),
+    )
+    .await;
     assert_eq!(seen["headers"]["authorization"], "Bearer tok-2");
     let none = kh.entity("bob").unwrap().request("acme").await.unwrap_err();
     assert_eq!(none.kind(), ErrorKind::NotFound, "{none}");
@@ -372,15 +360,7 @@ async fn each_path_reaches_the_api_as_asked_every_time() {
         for (i, path) in paths.iter().enumerate() {
             // Each path now and then twice in a row, and the others in between.
             for _ in 0..=(round + i) % 2 {
-                let seen: Value = kh
-                    .request(&id)
-                    .get(path.clone())
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let seen = echoed(kh.request(&id).get(path.clone())).await;
                 let (want_path, want_query) = path.split_once('?').unwrap_or((path, ""));
                 assert_eq!(seen["path"], format!("/api{want_path}"), "{path}");
                 assert_eq!(seen["query"].as_str().unwrap_or(""), want_query, "{path}");
