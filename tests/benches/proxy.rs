@@ -235,10 +235,11 @@ fn main() {
             ),
         ),
         (
-            "raw reqwest, keyhaven's client settings but read_timeout",
+            "raw reqwest, keyhaven's client settings and reqwest's read_timeout",
             Way::Raw(
                 reqwest::Client::builder()
                     .connect_timeout(keyhaven::request::CONNECT_TIMEOUT)
+                    .read_timeout(keyhaven::request::READ_TIMEOUT)
                     .tcp_nodelay(true)
                     .redirect(reqwest::redirect::Policy::none())
                     .user_agent("keyhaven")

@@ -276,6 +276,120 @@ async fn a_streamed_body_is_not_sent_twice() {
     );
 }
 
+/// An API on 127.0.0.1 that reads a request's head and then, by its path: never
+/// answers (`/silent`); sends a head and 10 of the 100 bytes it announces, then
+/// nothing (`/stalls`); or sends 8 bytes one by one, 300 ms apart (`/slow`).
+async fn sluggish_api() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                if head.starts_with("GET /stalls ") {
+                    let _ = socket
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+                        .await;
+                } else if head.starts_with("GET /slow ") {
+                    let _ = socket
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                    for byte in b"unhurrie" {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        let _ = socket.write_all(&[*byte]).await;
+                    }
+                }
+                // Held open, silent, until the client goes.
+                let _ = socket.read(&mut buf).await;
+            });
+        }
+    });
+    url
+}
+
+/// `f`, which must end within 20 s: a guard on a test of how calls end, not a timing.
+async fn within<F: std::future::Future>(f: F) -> Result<F::Output, tokio::time::error::Elapsed> {
+    tokio::time::timeout(Duration::from_secs(20), f).await
+}
+
+#[tokio::test]
+async fn an_api_silent_for_longer_than_the_read_timeout_is_given_up_on_and_a_slow_one_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let kh = Keyhaven::builder()
+        .store(MemoryStore::new())
+        .audit_log(AuditLog::to_file(&dir.path().join("audit.log")).unwrap())
+        .read_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let api = sluggish_api().await;
+    let id = connect(
+        &kh,
+        "BEARER_TOKEN",
+        json!({"base_url": api}),
+        json!({"token": "tok"}),
+    )
+    .await;
+
+    let err = within(kh.request(&id).get("/silent").send())
+        .await
+        .expect("a request to a silent API ends")
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.to_string().contains("did not answer"), "{err}");
+    assert!(err.to_string().contains("sent nothing for 1 s"), "{err}");
+
+    let answer = kh.request(&id).get("/stalls").send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert!(
+        answer.url().as_str().ends_with("/stalls"),
+        "the URL is kept"
+    );
+    let err = within(answer.bytes())
+        .await
+        .expect("a body that stalls ends")
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+
+    // Slower in all than the limit, but never silent for that long.
+    let answer = kh.request(&id).get("/slow").send().await.unwrap();
+    let body = within(answer.bytes()).await.unwrap().unwrap();
+    assert_eq!(&body[..], b"unhurrie");
+
+    // A body read long after its head came is not timed out for that.
+    let answer = kh.request(&id).get("/slow").send().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let body = within(answer.bytes()).await.unwrap().unwrap();
+    assert_eq!(&body[..], b"unhurrie");
+
+    kh.audit().flush().await.unwrap();
+    let lines = kh.audit().query(&id, &AuditQuery::default()).await.unwrap();
+    let outcomes: Vec<&str> = lines.iter().map(|l| l.outcome.as_str()).collect();
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == "unreachable").count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == "sent").count(),
+        3,
+        "{outcomes:?}"
+    );
+}
+
 /// Paths that try to leave the account's API (base `{url}/api`), by every trick.
 fn escapes(api: &Upstream) -> Vec<String> {
     let origin = &api.url;

@@ -143,6 +143,8 @@ struct Settings {
     cache_capacity: usize,
     /// The HTTP client, when the builder was given one.
     http: Option<reqwest::Client>,
+    /// How long an API may stay silent while it answers a request.
+    read_timeout: Duration,
     /// The audit log.
     audit: AuditLog,
     /// Client id and secret per app, for integrations created from the catalogue.
@@ -160,6 +162,7 @@ impl Default for Settings {
             connect_form_url: None,
             cache_capacity: 10_000,
             http: None,
+            read_timeout: request::READ_TIMEOUT,
             audit: AuditLog::log_only(),
             app_credentials: std::collections::BTreeMap::new(),
         }
@@ -480,6 +483,17 @@ impl KeyhavenBuilder {
     #[must_use]
     pub fn http_client(mut self, client: reqwest::Client) -> Self {
         self.settings.http = Some(client);
+        self
+    }
+
+    /// How long an API may stay silent while it answers a request sent with
+    /// [`Keyhaven::request`]: before the head of its answer, and between two parts of
+    /// its body (counted from when the body is first read). Such a request fails as
+    /// unavailable; such a body, with an I/O error of kind `TimedOut`. Default
+    /// [`request::READ_TIMEOUT`] (60 s); noticed up to half a second late.
+    #[must_use]
+    pub fn read_timeout(mut self, limit: Duration) -> Self {
+        self.settings.read_timeout = limit;
         self
     }
 

@@ -17,6 +17,7 @@
 //! URL's query or user name. Every request is recorded in the audit log.
 
 pub mod rules;
+mod silence;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,9 +48,11 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 pub(crate) const TARGET_TTL: Duration = Duration::from_secs(30);
 
 /// The HTTP client keyhaven uses unless given one: connections kept open and reused,
-/// 10 s to connect, 60 s of silence at most while an answer comes, no redirects
-/// followed (an API's redirect is answered as it is: the credentials never follow it
-/// elsewhere), `TCP_NODELAY`.
+/// 10 s to connect, no redirects followed (an API's redirect is answered as it is:
+/// the credentials never follow it elsewhere), `TCP_NODELAY`. How long an API may
+/// stay silent while it answers is not the client's: [`ApiRequest::send`] watches
+/// that itself ([`READ_TIMEOUT`] unless set otherwise), more cheaply than reqwest's
+/// per-request timers, and the schemes give each of their calls a deadline.
 pub fn default_client() -> reqwest::Client {
     client_builder()
         .build()
@@ -59,7 +62,6 @@ pub fn default_client() -> reqwest::Client {
 fn client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
-        .read_timeout(READ_TIMEOUT)
         .pool_idle_timeout(POOL_IDLE)
         .tcp_nodelay(true)
         .redirect(reqwest::redirect::Policy::none())
@@ -246,9 +248,8 @@ pub fn http_error_reason(e: reqwest::Error) -> String {
 pub fn transport_reason(e: reqwest::Error, sent: Option<&Url>) -> String {
     if e.is_timeout() {
         return format!(
-            "timed out (keyhaven waits {} s to connect and {} s for each part of the answer)",
-            CONNECT_TIMEOUT.as_secs(),
-            READ_TIMEOUT.as_secs()
+            "timed out (keyhaven's client waits {} s to connect)",
+            CONNECT_TIMEOUT.as_secs()
         );
     }
     let reason = http_error_reason(e);
@@ -476,6 +477,9 @@ impl ApiRequest {
         let mut body = Some(body);
         let mut used = kh.credentials(account).await?;
         let mut retried = false;
+        let limit = kh.inner.settings.read_timeout;
+        let watch = silence::Guard::new(limit)
+            .map_err(|e| Error::Internal(format!("cannot send a request: {e}")))?;
         loop {
             let mut outgoing = OutgoingRequest::new(method.clone(), url.clone());
             outgoing.headers = headers.clone();
@@ -499,20 +503,17 @@ impl ApiRequest {
             // Kept to scrub an error's text of the query's values (credentials in a
             // query parameter); a URL without a query has none to scrub.
             let sent = outgoing.url.query().is_some().then(|| outgoing.url.clone());
-            let mut builder = client
-                .request(outgoing.method, outgoing.url)
-                .headers(outgoing.headers);
-            builder = match (replayable, body.take()) {
+            // Made whole here, not through a builder, which would merge the headers
+            // into an empty map one by one.
+            let mut request = reqwest::Request::new(outgoing.method, outgoing.url);
+            *request.headers_mut() = outgoing.headers;
+            *request.body_mut() = match (replayable, body.take()) {
                 (true, Some(Body::Bytes(bytes))) => {
                     body = Some(Body::Bytes(bytes.clone()));
-                    if bytes.is_empty() {
-                        builder
-                    } else {
-                        builder.body(bytes)
-                    }
+                    (!bytes.is_empty()).then(|| bytes.into())
                 }
-                (_, Some(Body::Stream(stream))) => builder.body(stream),
-                _ => builder,
+                (_, Some(Body::Stream(stream))) => Some(stream),
+                _ => None,
             };
             let entry = |outcome: &str, status: Option<u16>| {
                 let caller = caller.clone().unwrap_or_else(|| AuditCaller {
@@ -539,14 +540,22 @@ impl ApiRequest {
                     let _ = audit.record_queued(&entry(outcome, status));
                 }
             };
-            let response = match builder.send().await {
-                Ok(response) => response,
-                Err(e) => {
+            watch.alive();
+            let response = match watch.until(client.execute(request)).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(e)) => {
                     record("unreachable", None);
                     return Err(unavailable(format!(
                         "the API at {} could not be reached: {}",
                         rules::shown(&url),
                         transport_reason(e, sent.as_ref())
+                    )));
+                }
+                Err(silent) => {
+                    record("unreachable", None);
+                    return Err(unavailable(format!(
+                        "the API at {} did not answer: {silent}",
+                        rules::shown(&url),
                     )));
                 }
             };
@@ -566,7 +575,7 @@ impl ApiRequest {
             // Sent already: a line that cannot be queued now is logged, and the next
             // request is refused up front.
             record("sent", Some(status.as_u16()));
-            return Ok(response);
+            return Ok(watch.watch_body(response));
         }
     }
 }
