@@ -375,12 +375,28 @@ async fn an_api_silent_for_longer_than_the_read_timeout_is_given_up_on_and_a_slo
     let body = within(answer.bytes()).await.unwrap().unwrap();
     assert_eq!(&body[..], b"unhurrie");
 
+    // Through the server's passthrough: the same limit, and the API's silence is
+    // answered as an unreachable API.
+    let (base, _stop) = serve(kh.clone()).await;
+    let answer = within(
+        http()
+            .get(format!("{base}/api/v1/proxy/{id}/silent"))
+            .header("x-api-key", KEY)
+            .send(),
+    )
+    .await
+    .expect("the server answers for a silent API")
+    .unwrap();
+    assert_eq!(answer.status(), 503, "unavailable: worth a retry later");
+    let text = answer.text().await.unwrap();
+    assert!(text.contains("sent nothing for 1 s"), "{text}");
+
     kh.audit().flush().await.unwrap();
     let lines = kh.audit().query(&id, &AuditQuery::default()).await.unwrap();
     let outcomes: Vec<&str> = lines.iter().map(|l| l.outcome.as_str()).collect();
     assert_eq!(
         outcomes.iter().filter(|o| **o == "unreachable").count(),
-        1,
+        2,
         "{outcomes:?}"
     );
     assert_eq!(

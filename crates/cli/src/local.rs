@@ -124,6 +124,24 @@ pub(crate) async fn open(args: &StoreArgs) -> Result<Keyhaven, CliError> {
     }
     .map_err(|e| CliError::new(crate::Exit::Unavailable, e.to_string()))?;
     let mut builder = Keyhaven::builder().shared_store(store).audit_log(audit);
+    // A server's setting, taken here too: `keyhaven request` waits as the server would.
+    if let Some(value) = std::env::var("KEYHAVEN_API_READ_TIMEOUT")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+    {
+        let secs = value.trim().parse::<f64>().map_err(|_| {
+            CliError::usage(format!(
+                "KEYHAVEN_API_READ_TIMEOUT must be a number of seconds, such as 60 (got {value:?})"
+            ))
+        })?;
+        let limit = crate::serve::seconds(
+            "KEYHAVEN_API_READ_TIMEOUT",
+            Some(secs),
+            None,
+            keyhaven::request::READ_TIMEOUT,
+        )?;
+        builder = builder.read_timeout(limit);
+    }
     if let Some(url) = std::env::var("KEYHAVEN_PUBLIC_URL")
         .ok()
         .filter(|u| !u.is_empty())

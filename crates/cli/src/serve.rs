@@ -25,8 +25,8 @@ pub(crate) struct ServeArgs {
     /// tls_cert, tls_key, trusted_proxies,
     /// webhook_attempts,
     /// webhook_first_retry, webhook_lease, event_retention_days,
-    /// proxy_max_response_bytes, header_timeout, body_timeout, idle_timeout,
-    /// request_timeout, max_connections, rate_limit, rate_limit_burst, [[webhooks]]).
+    /// proxy_max_response_bytes, api_read_timeout, header_timeout, body_timeout,
+    /// idle_timeout, request_timeout, max_connections, rate_limit, rate_limit_burst, [[webhooks]]).
     #[arg(long, env = "KEYHAVEN_CONFIG")]
     config: Option<PathBuf>,
     /// The address to listen on.
@@ -112,6 +112,11 @@ pub(crate) struct ServeArgs {
     /// with 502. Default: 10485760 (10 MiB).
     #[arg(long, env = "KEYHAVEN_PROXY_MAX_RESPONSE_BYTES")]
     proxy_max_response_bytes: Option<u64>,
+    /// Seconds an account's API may stay silent while it answers a proxied request
+    /// (before the head of its answer, and between two parts of its body); then the
+    /// request fails (503) or its body is cut [default: 60].
+    #[arg(long, env = "KEYHAVEN_API_READ_TIMEOUT", value_name = "SECONDS")]
+    api_read_timeout: Option<f64>,
     /// Seconds a client has to send a request's headers, from when it connects or
     /// starts its next request; then the connection is dropped [default: 10].
     #[arg(long, env = "KEYHAVEN_HEADER_TIMEOUT", value_name = "SECONDS")]
@@ -177,6 +182,7 @@ struct FileConfig {
     webhook_lease: Option<f64>,
     event_retention_days: Option<f64>,
     proxy_max_response_bytes: Option<u64>,
+    api_read_timeout: Option<f64>,
     header_timeout: Option<f64>,
     body_timeout: Option<f64>,
     idle_timeout: Option<f64>,
@@ -189,7 +195,7 @@ struct FileConfig {
 }
 
 /// A timeout setting: the flag's or the file's seconds, else `default`.
-fn seconds(
+pub(crate) fn seconds(
     name: &str,
     flag: Option<f64>,
     file: Option<f64>,
@@ -470,9 +476,16 @@ pub(crate) async fn serve(
                 "event_retention_days must be a positive number of days, not {retention_days}"
             ))
         })?;
+    let api_read_timeout = seconds(
+        "api_read_timeout",
+        args.api_read_timeout,
+        file.api_read_timeout,
+        keyhaven::request::READ_TIMEOUT,
+    )?;
     let mut builder: KeyhavenBuilder = Keyhaven::builder()
         .shared_store(store)
         .event_retention(retention)
+        .read_timeout(api_read_timeout)
         .audit_log(audit.clone())
         .callback_url(&AppState::callback_url(&public_url))
         .connect_form_url(&AppState::connect_form_url(&public_url));

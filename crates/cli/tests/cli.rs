@@ -554,6 +554,7 @@ header_timeout = 0.5
 body_timeout = 2
 idle_timeout = 3
 request_timeout = 4.5
+api_read_timeout = 30
 max_connections = 7
 rate_limit = 0
 "#,
@@ -623,6 +624,11 @@ rate_limit = 0
             "--idle-timeout",
             "-1",
             "idle_timeout must be a positive number of seconds",
+        ),
+        (
+            "--api-read-timeout",
+            "0",
+            "api_read_timeout must be a positive number of seconds",
         ),
         (
             "--max-connections",
