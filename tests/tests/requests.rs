@@ -378,7 +378,12 @@ async fn an_api_silent_for_longer_than_the_read_timeout_is_given_up_on_and_a_slo
     // A reader that pauses between two parts for longer than the limit while the
     // API goes on sending: what came meanwhile is delivered, not cut.
     let mut answer = kh.request(&id).get("/slow").send().await.unwrap();
-    let mut body = within(answer.chunk()).await.unwrap().unwrap().unwrap().to_vec();
+    let mut body = within(answer.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .to_vec();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     while let Some(part) = within(answer.chunk()).await.unwrap().unwrap() {
         body.extend_from_slice(&part);

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::{HeaderValue, header};
@@ -32,9 +33,16 @@ pub enum HttpError {
 /// A provider-facing HTTP client: timeouts, no redirects (a token endpoint that
 /// redirects is refused rather than followed), and lenient answers: a token answer
 /// sent as a form or as JSON with the wrong content type is turned into JSON.
+///
+/// The default client is built when first used: a scheme that always gets the
+/// keyhaven's shared client from its context never builds it (building one loads
+/// the system's TLS roots).
 #[derive(Debug, Clone)]
 pub struct ProviderHttp {
-    client: reqwest::Client,
+    /// The client given, or the shared one picked for a call.
+    client: Option<reqwest::Client>,
+    /// The default client, built at its first use.
+    default: Arc<OnceLock<reqwest::Client>>,
     /// Given by the scheme's user: used as it is, never replaced by the shared one.
     given: bool,
     /// The deadline of each call (set on the keyhaven's shared client, which has no
@@ -43,19 +51,25 @@ pub struct ProviderHttp {
 }
 
 impl ProviderHttp {
-    /// The default client: 30 s timeout, 10 s to connect, no redirects.
+    /// The default client (30 s timeout, 10 s to connect, no redirects), built when a
+    /// call first needs it.
     pub fn new() -> Self {
-        let built = reqwest::Client::builder()
+        Self {
+            client: None,
+            default: Arc::new(OnceLock::new()),
+            given: false,
+            deadline: None,
+        }
+    }
+
+    fn default_client() -> reqwest::Client {
+        reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("keyhaven/", env!("CARGO_PKG_VERSION")))
-            .build();
-        Self {
-            client: built.unwrap_or_default(),
-            given: false,
-            deadline: None,
-        }
+            .build()
+            .unwrap_or_default()
     }
 
     /// The client to use for one call: this one when it was given
@@ -64,7 +78,8 @@ impl ProviderHttp {
     pub fn or_shared(&self, shared: Option<&reqwest::Client>) -> Self {
         match shared {
             Some(c) if !self.given => Self {
-                client: c.clone(),
+                client: Some(c.clone()),
+                default: self.default.clone(),
                 given: false,
                 deadline: Some(CALL_TIMEOUT),
             },
@@ -83,7 +98,8 @@ impl ProviderHttp {
     /// Uses a client of your own (proxy, timeouts, TLS roots). Turn redirects off on it.
     pub fn with_client(client: reqwest::Client) -> Self {
         Self {
-            client,
+            client: Some(client),
+            default: Arc::new(OnceLock::new()),
             given: true,
             deadline: None,
         }
@@ -91,7 +107,10 @@ impl ProviderHttp {
 
     /// The reqwest client, for other calls to the provider.
     pub fn client(&self) -> &reqwest::Client {
-        &self.client
+        match &self.client {
+            Some(client) => client,
+            None => self.default.get_or_init(Self::default_client),
+        }
     }
 }
 
@@ -188,7 +207,7 @@ impl<'c> AsyncHttpClient<'c> for ProviderHttp {
                 },
             };
             let response = self
-                .timed(self.client.request(parts.method, parts.uri.to_string()))
+                .timed(self.client().request(parts.method, parts.uri.to_string()))
                 .headers(parts.headers)
                 .body(body)
                 .send()
@@ -231,7 +250,22 @@ impl<'c> AsyncHttpClient<'c> for ProviderHttp {
 
 #[cfg(test)]
 mod tests {
-    use super::normalise_body;
+    use super::{ProviderHttp, normalise_body};
+
+    #[test]
+    fn the_default_client_is_built_only_when_a_call_needs_it() {
+        let http = ProviderHttp::new();
+        let shared = reqwest::Client::new();
+        let picked = http.or_shared(Some(&shared));
+        let _ = picked.client();
+        assert!(http.default.get().is_none(), "the shared client served");
+        let alone = http.or_shared(None);
+        let _ = alone.client();
+        assert!(http.default.get().is_some(), "built once, for every clone");
+        let given = ProviderHttp::with_client(shared).or_shared(Some(&reqwest::Client::new()));
+        let _ = given.client();
+        assert!(given.default.get().is_none(), "a given client is kept");
+    }
 
     #[test]
     fn forms_and_mislabelled_json_become_json() {
