@@ -554,8 +554,9 @@ impl ApiRequest {
                 Err(silent) => {
                     record("unreachable", None);
                     return Err(unavailable(format!(
-                        "the API at {} did not answer: {silent}",
+                        "the API at {} did not answer: it sent nothing for {} s",
                         rules::shown(&url),
+                        silent.0
                     )));
                 }
             };
