@@ -278,7 +278,8 @@ async fn a_streamed_body_is_not_sent_twice() {
 
 /// An API on 127.0.0.1 that reads a request's head and then, by its path: never
 /// answers (`/silent`); sends a head and 10 of the 100 bytes it announces, then
-/// nothing (`/stalls`); or sends 8 bytes one by one, 300 ms apart (`/slow`).
+/// nothing (`/stalls`); or sends 8 bytes one by one, 200 ms apart (`/slow`: never
+/// silent for long, however busy the machine, against the tests' 1 s limit).
 async fn sluggish_api() -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -309,7 +310,7 @@ async fn sluggish_api() -> String {
                         )
                         .await;
                     for byte in b"unhurrie" {
-                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
                         let _ = socket.write_all(&[*byte]).await;
                     }
                 }
