@@ -541,25 +541,21 @@ impl ApiRequest {
                 }
             };
             watch.alive();
-            let response = match watch.until(client.execute(request)).await {
-                Ok(Ok(response)) => response,
-                Ok(Err(e)) => {
-                    record("unreachable", None);
-                    return Err(unavailable(format!(
-                        "the API at {} could not be reached: {}",
-                        rules::shown(&url),
-                        transport_reason(e, sent.as_ref())
-                    )));
-                }
-                Err(silent) => {
-                    record("unreachable", None);
-                    return Err(unavailable(format!(
-                        "the API at {} did not answer: it sent nothing for {} s",
-                        rules::shown(&url),
-                        silent.0
-                    )));
-                }
+            let answer = match watch.until(client.execute(request)).await {
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(e)) => Err(format!(
+                    "could not be reached: {}",
+                    transport_reason(e, sent.as_ref())
+                )),
+                Err(silent) => Err(format!(
+                    "did not answer: it sent nothing for {} s",
+                    silent.0
+                )),
             };
+            let response = answer.map_err(|reason| {
+                record("unreachable", None);
+                unavailable(format!("the API at {} {reason}", rules::shown(&url)))
+            })?;
             let status = response.status();
             if status == http::StatusCode::UNAUTHORIZED && replayable && !retried {
                 retried = true;
