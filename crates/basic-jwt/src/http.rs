@@ -2,20 +2,11 @@
 
 use keyhaven_core::SchemeError;
 
-/// The default client: 30 s timeout, 10 s to connect, no redirects.
+/// The default client: 30 s timeout, 10 s to connect, no redirects
+/// ([`keyhaven_core::scheme_client`], the same for every scheme).
 pub fn default_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .connect_timeout(std::time::Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("keyhaven/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .unwrap_or_default()
+    keyhaven_core::scheme_client()
 }
-
-/// How long one call may take on the keyhaven's shared client (which has no overall
-/// timeout, so that request bodies can stream).
-const SHARED_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A scheme's HTTP client: one it was given (used as it is: its timeouts, its proxy),
 /// or none of its own, in which case the keyhaven's shared client from the context is
@@ -42,7 +33,7 @@ impl SchemeHttp {
             },
             (None, Some(shared)) => Picked {
                 client: shared.clone(),
-                deadline: Some(SHARED_CALL_TIMEOUT),
+                deadline: Some(keyhaven_core::SCHEME_CALL_TIMEOUT),
             },
             (None, None) => Picked {
                 client: default_client(),

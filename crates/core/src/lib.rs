@@ -31,6 +31,7 @@ pub use model::{
 pub use outbox::{Delivery, DeliveryFilter, DeliveryOutcome, DeliveryState, WebhookTarget};
 pub use scheme::{
     AccountContext, AuthScheme, CompleteContext, InitiateContext, Initiated, OutgoingRequest,
+    SCHEME_CALL_TIMEOUT, scheme_client,
 };
 pub use secret::{Credentials, SecretFields};
 pub use spec::{FieldKind, FieldSpec, SchemeSpec, ValidatedFields, validate_fields};

@@ -88,6 +88,25 @@ impl fmt::Debug for OutgoingRequest {
     }
 }
 
+/// How long one call of a scheme to a provider (a login, a token request) may take,
+/// answer included: the deadline a scheme gives each call on the keyhaven's shared
+/// client (which has no overall timeout), and the overall timeout of
+/// [`scheme_client`].
+pub const SCHEME_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The HTTP client of a scheme called without one (no shared client in its context,
+/// none given to it): [`SCHEME_CALL_TIMEOUT`] per call, 10 s to connect, no redirects
+/// (a token endpoint that redirects is refused rather than followed).
+pub fn scheme_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(SCHEME_CALL_TIMEOUT)
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("keyhaven/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_default()
+}
+
 /// What [`AuthScheme::initiate`] is given.
 #[derive(Debug)]
 #[non_exhaustive]

@@ -62,16 +62,6 @@ impl ProviderHttp {
         }
     }
 
-    fn default_client() -> reqwest::Client {
-        reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .connect_timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("keyhaven/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default()
-    }
-
     /// The client to use for one call: this one when it was given
     /// ([`ProviderHttp::with_client`]), else `shared` (the keyhaven's, from the
     /// scheme's context) with a 30 s deadline per call, else this default one.
@@ -81,7 +71,7 @@ impl ProviderHttp {
                 client: Some(c.clone()),
                 default: self.default.clone(),
                 given: false,
-                deadline: Some(CALL_TIMEOUT),
+                deadline: Some(keyhaven_core::SCHEME_CALL_TIMEOUT),
             },
             _ => self.clone(),
         }
@@ -109,7 +99,7 @@ impl ProviderHttp {
     pub fn client(&self) -> &reqwest::Client {
         match &self.client {
             Some(client) => client,
-            None => self.default.get_or_init(Self::default_client),
+            None => self.default.get_or_init(keyhaven_core::scheme_client),
         }
     }
 }
@@ -119,10 +109,6 @@ impl Default for ProviderHttp {
         Self::new()
     }
 }
-
-/// How long one call to a provider may take on the keyhaven's shared client, answer
-/// included (the scheme's own default client has the same overall timeout).
-pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The most a provider's answer may hold: a token answer is a few KiB; a provider
 /// (or something posing as one) that sends more is cut off, not buffered.
