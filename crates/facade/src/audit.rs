@@ -110,10 +110,16 @@ pub struct AuditEntry {
 /// 0–9999 and leap seconds are left to chrono.
 fn serialize_at<S: serde::Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
     let mut buf = [0u8; 30];
-    match rfc3339(at, &mut buf).and_then(|len| std::str::from_utf8(&buf[..len]).ok()) {
+    match rfc3339_str(at, &mut buf) {
         Some(text) => s.serialize_str(text),
         None => at.serialize(s),
     }
+}
+
+/// [`rfc3339`] as text in `buf`, or `None` when chrono must write it.
+fn rfc3339_str<'b>(at: &DateTime<Utc>, buf: &'b mut [u8; 30]) -> Option<&'b str> {
+    let len = rfc3339(at, buf)?;
+    std::str::from_utf8(&buf[..len]).ok()
 }
 
 /// Writes `at` into `buf` as [`serialize_at`] says; its length, or `None` when
@@ -210,34 +216,54 @@ impl AuditEntry {
     /// every audited request (BENCHMARKS.md).
     fn json_line(&self) -> Result<String, serde_json::Error> {
         use std::fmt::Write as _;
+        // Every field named, so that a field added to either struct cannot be left
+        // out of the line unnoticed: this stops compiling until it is written here.
+        let Self {
+            at,
+            action,
+            connected_account_id,
+            entity_id,
+            app_name,
+            outcome,
+            caller:
+                AuditCaller {
+                    key,
+                    remote,
+                    user_agent,
+                },
+            method,
+            host,
+            path,
+            status,
+        } = self;
         let mut out = String::with_capacity(320);
         out.push_str("{\"at\":");
         let mut buf = [0u8; 30];
-        match rfc3339(&self.at, &mut buf).and_then(|len| std::str::from_utf8(&buf[..len]).ok()) {
+        match rfc3339_str(at, &mut buf) {
             Some(text) => json_str(&mut out, text)?,
-            None => out.push_str(&serde_json::to_string(&self.at)?),
+            None => out.push_str(&serde_json::to_string(at)?),
         }
         out.push_str(",\"action\":");
-        json_str(&mut out, self.action.name())?;
+        json_str(&mut out, action.name())?;
         out.push_str(",\"connectedAccountId\":");
-        json_str(&mut out, &self.connected_account_id)?;
+        json_str(&mut out, connected_account_id)?;
         out.push_str(",\"entityId\":");
-        json_opt(&mut out, self.entity_id.as_deref())?;
+        json_opt(&mut out, entity_id.as_deref())?;
         out.push_str(",\"appName\":");
-        json_opt(&mut out, self.app_name.as_deref())?;
+        json_opt(&mut out, app_name.as_deref())?;
         out.push_str(",\"outcome\":");
-        json_str(&mut out, &self.outcome)?;
-        if let Some(key) = &self.caller.key {
+        json_str(&mut out, outcome)?;
+        if let Some(key) = key {
             out.push_str(",\"key\":");
             json_str(&mut out, key)?;
         }
         out.push_str(",\"remote\":");
-        json_opt(&mut out, self.caller.remote.as_deref())?;
+        json_opt(&mut out, remote.as_deref())?;
         for (name, value) in [
-            ("userAgent", &self.caller.user_agent),
-            ("method", &self.method),
-            ("host", &self.host),
-            ("path", &self.path),
+            ("userAgent", user_agent),
+            ("method", method),
+            ("host", host),
+            ("path", path),
         ] {
             if let Some(value) = value {
                 out.push_str(",\"");
@@ -246,7 +272,7 @@ impl AuditEntry {
                 json_str(&mut out, value)?;
             }
         }
-        if let Some(status) = self.status {
+        if let Some(status) = status {
             let _ = write!(out, ",\"status\":{status}");
         }
         out.push_str("}\n");
