@@ -377,6 +377,9 @@ type Waiter = tokio::sync::oneshot::Sender<Result<(), String>>;
 struct Queue {
     /// Lines not written yet, each ending in a newline.
     lines: String,
+    /// Where in `lines` the lines of [`AuditLog::record`] are (start, end): their
+    /// uses are refused when they cannot be written, so they are not tried again.
+    waited: Vec<(usize, usize)>,
     /// Those who wait for them.
     waiters: Vec<Waiter>,
     /// No more lines: write what is queued and stop.
@@ -390,21 +393,91 @@ const LINGER: Duration = Duration::from_millis(2);
 /// Queued lines that make the writer write at once.
 const BATCH_BYTES: usize = 256 * 1024;
 
+/// After a failed write, the first wait before the writer tries again on its own
+/// (the lines it could not write, or a probe when there were none: requests are
+/// refused meanwhile, so no new line would make it try); doubled after each
+/// failure, up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+
+/// The longest wait between two tries of a failing destination.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// A batch not written whole.
+struct Unwritten {
+    /// How many bytes of the batch, from its start, were written as whole lines.
+    written: usize,
+    reason: String,
+}
+
+impl Unwritten {
+    fn none(reason: impl ToString) -> Self {
+        Self {
+            written: 0,
+            reason: reason.to_string(),
+        }
+    }
+}
+
 /// Where the writer puts a batch of lines.
 trait Destination: Send {
-    /// Writes `batch` (whole lines), or says why not.
-    fn put(&mut self, batch: &str) -> Result<(), String>;
+    /// Writes `batch` (whole lines), or says why not and how much was written. An
+    /// empty batch is a probe: whether the destination takes writes again.
+    fn put(&mut self, batch: &str) -> Result<(), Unwritten>;
 }
 
 /// A file, a pipe, a test's writer: the batch in one write, then a flush.
-struct ToWriter(Box<dyn Write + Send>);
+struct ToWriter {
+    out: Box<dyn Write + Send>,
+    /// A failed write left part of a line: the next write ends it first, so that
+    /// the line after starts on a line of its own (the part is skipped on reading).
+    torn: bool,
+}
+
+impl ToWriter {
+    fn new(out: Box<dyn Write + Send>) -> Self {
+        Self { out, torn: false }
+    }
+}
 
 impl Destination for ToWriter {
-    fn put(&mut self, batch: &str) -> Result<(), String> {
-        self.0
-            .write_all(batch.as_bytes())
-            .and_then(|()| self.0.flush())
-            .map_err(|e| e.to_string())
+    fn put(&mut self, batch: &str) -> Result<(), Unwritten> {
+        if self.torn || batch.is_empty() {
+            self.out
+                .write_all(b"\n")
+                .and_then(|()| self.out.flush())
+                .map_err(Unwritten::none)?;
+            self.torn = false;
+        }
+        let bytes = batch.as_bytes();
+        let mut done = 0;
+        while done < bytes.len() {
+            let error = match self.out.write(&bytes[done..]) {
+                Ok(0) => std::io::Error::from(std::io::ErrorKind::WriteZero),
+                Ok(n) => {
+                    done += n;
+                    continue;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => e,
+            };
+            // The lines written whole stay written; a part of one is ended by the
+            // next write.
+            let written = bytes[..done]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |at| at + 1);
+            self.torn = written != done;
+            return Err(Unwritten {
+                written,
+                reason: error.to_string(),
+            });
+        }
+        // A buffering writer that cannot flush: what it wrote is unknown, so the
+        // batch is tried again whole (a line may then be written twice, none lost).
+        self.out.flush().map_err(|e| {
+            self.torn = true;
+            Unwritten::none(e)
+        })
     }
 }
 
@@ -416,7 +489,13 @@ struct ToStore {
 }
 
 impl Destination for ToStore {
-    fn put(&mut self, batch: &str) -> Result<(), String> {
+    fn put(&mut self, batch: &str) -> Result<(), Unwritten> {
+        if batch.is_empty() {
+            return self
+                .runtime
+                .block_on(self.store.check_ready())
+                .map_err(Unwritten::none);
+        }
         let lines: Vec<crate::AuditLine> = batch
             .lines()
             .filter_map(|line| {
@@ -428,9 +507,10 @@ impl Destination for ToStore {
                 })
             })
             .collect();
+        // One insert: all or nothing.
         self.runtime
             .block_on(self.store.append_audit(&lines))
-            .map_err(|e| e.to_string())
+            .map_err(Unwritten::none)
     }
 }
 
@@ -441,7 +521,8 @@ struct Sink {
     source: Source,
     queue: Arc<(Mutex<Queue>, Condvar)>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Set while the last write failed, cleared by the next that succeeds.
+    /// Set while the last write failed, cleared by the next that succeeds (the
+    /// writer tries again on its own).
     failing: Arc<AtomicBool>,
 }
 
@@ -489,7 +570,7 @@ impl AuditLog {
         Ok(Self::start(
             path.display().to_string(),
             Source::File(path.to_owned()),
-            Box::new(ToWriter(Box::new(file))),
+            Box::new(ToWriter::new(Box::new(file))),
         ))
     }
 
@@ -517,7 +598,7 @@ impl AuditLog {
         Self::start(
             name.to_owned(),
             Source::None,
-            Box::new(ToWriter(Box::new(writer))),
+            Box::new(ToWriter::new(Box::new(writer))),
         )
     }
 
@@ -605,10 +686,15 @@ impl AuditLog {
                 reason: "the audit writer has stopped".to_owned(),
             });
         }
+        // A writer with nothing queued sleeps until told: the first line of a batch
+        // wakes it (it then lingers for company), a waiter or a full batch at once.
+        let first = q.lines.is_empty();
+        let start = q.lines.len();
         q.lines.push_str(&line);
-        // The writer lingers for lines nobody waits for; a waiter wakes it at once.
-        let now = waiter.is_some() || q.lines.len() >= BATCH_BYTES;
+        let now = first || waiter.is_some() || q.lines.len() >= BATCH_BYTES;
         if let Some(waiter) = waiter {
+            let end = q.lines.len();
+            q.waited.push((start, end));
             q.waiters.push(waiter);
         }
         drop(q);
@@ -657,7 +743,7 @@ impl AuditLog {
     /// Whether a use may proceed: the last write did not fail.
     ///
     /// # Errors
-    /// The last write failed (it is tried again with the next line).
+    /// The last write failed (the writer tries again on its own, within seconds).
     pub fn ready(&self) -> Result<(), AuditError> {
         match &self.sink {
             Some(sink) if sink.failing.load(Ordering::Acquire) => Err(AuditError::Write {
@@ -681,14 +767,15 @@ impl AuditLog {
             let (queue, wake) = &*sink.queue;
             let mut q = queue.lock();
             if q.closed {
-                return Ok(());
+                drop(q);
+                return self.ready();
             }
             q.waiters.push(tx);
             drop(q);
             wake.notify_one();
         }
         rx.await
-            .unwrap_or(Ok(()))
+            .unwrap_or_else(|_| Err("the audit writer has stopped".to_owned()))
             .map_err(|reason| AuditError::Write {
                 to: sink.name.clone(),
                 reason,
@@ -833,6 +920,12 @@ fn read_entries(
 
 /// The writer thread: writes what is queued in batches (at once for those who wait,
 /// within [`LINGER`] for the rest), answers who waits, stops once closed and empty.
+///
+/// A failed write sets `failing` (new uses are refused up front) and is tried again
+/// on its own, after [`RETRY_FIRST`] and then longer waits: the queued lines it
+/// could not write first (their requests were sent: they are kept, in order), or a
+/// probe when none is left. Lines of [`AuditLog::record`] are not kept: their
+/// recorders were told, and refused what the lines would have recorded.
 fn write_loop(
     name: &str,
     mut writer: Box<dyn Destination>,
@@ -841,6 +934,11 @@ fn write_loop(
 ) {
     let (queue, wake) = shared;
     let mut batch = String::new();
+    // Queued lines a failed write left, written before the next ones.
+    let mut pending = String::new();
+    let mut waited = Vec::new();
+    // After a failure: when to try again, and the wait after that.
+    let mut retry: Option<(std::time::Instant, Duration)> = None;
     loop {
         let (waiters, closed) = {
             let mut q = queue.lock();
@@ -848,7 +946,11 @@ fn write_loop(
                 if q.closed || !q.waiters.is_empty() || q.lines.len() >= BATCH_BYTES {
                     break;
                 }
-                if q.lines.is_empty() {
+                if let Some((at, _)) = retry {
+                    if wake.wait_until(&mut q, at).timed_out() {
+                        break;
+                    }
+                } else if q.lines.is_empty() {
                     wake.wait(&mut q);
                 } else {
                     // Lines nobody waits for: a little longer, for company.
@@ -856,29 +958,70 @@ fn write_loop(
                     break;
                 }
             }
-            std::mem::swap(&mut batch, &mut q.lines);
+            batch.clear();
+            batch.push_str(&pending);
+            waited.clear();
+            waited.extend(
+                q.waited
+                    .drain(..)
+                    .map(|(start, end)| (start + pending.len(), end + pending.len())),
+            );
+            pending.clear();
+            batch.push_str(&q.lines);
+            q.lines.clear();
             (std::mem::take(&mut q.waiters), q.closed)
         };
-        let result = if batch.is_empty() {
+        let result = if batch.is_empty() && retry.is_none() {
             Ok(())
         } else {
             writer.put(&batch)
         };
-        match &result {
-            Ok(()) => failing.store(false, Ordering::Release),
-            Err(reason) => {
-                failing.store(true, Ordering::Release);
-                tracing::error!(to = %name, %reason, lines = batch.lines().count(), "cannot write the audit log");
+        let answer = match result {
+            Ok(()) => {
+                if retry.take().is_some() {
+                    tracing::info!(to = %name, "the audit log is written again");
+                }
+                failing.store(false, Ordering::Release);
+                Ok(())
             }
-        }
+            Err(Unwritten { written, reason }) => {
+                failing.store(true, Ordering::Release);
+                pending = queued_lines(&batch, written.min(batch.len()), &waited);
+                let wait = retry.map_or(RETRY_FIRST, |(_, wait)| (wait * 2).min(RETRY_MAX));
+                retry = Some((std::time::Instant::now() + wait, wait));
+                let kept = pending.lines().count();
+                if closed {
+                    tracing::error!(to = %name, %reason, lost = kept, "cannot write the audit log, and it is closing: these lines are lost");
+                } else {
+                    tracing::error!(to = %name, %reason, kept, retry_in_ms = wait.as_millis(), "cannot write the audit log; requests are refused until it is written again");
+                }
+                Err(reason)
+            }
+        };
         for waiter in waiters {
-            let _ = waiter.send(result.clone());
+            let _ = waiter.send(answer.clone());
         }
-        batch.clear();
+        // Closed: what was queued has been tried (once more, whatever failed before).
         if closed && queue.lock().lines.is_empty() {
             return;
         }
     }
+}
+
+/// The lines of `batch` from byte `from` (a line's start) on, less those of
+/// `waited` (sorted spans of whole lines).
+fn queued_lines(batch: &str, from: usize, waited: &[(usize, usize)]) -> String {
+    let mut out = String::new();
+    let mut at = from;
+    for &(start, end) in waited {
+        if end <= at {
+            continue;
+        }
+        out.push_str(batch.get(at..start.max(at)).unwrap_or_default());
+        at = end;
+    }
+    out.push_str(batch.get(at..).unwrap_or_default());
+    out
 }
 
 #[cfg(test)]
@@ -1038,6 +1181,128 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(text.contains("ca_last"));
         assert!(log.record(&entry("ca_late", 0)).await.is_err());
+    }
+
+    /// A queued line is written within moments with no flush, no waiter and no
+    /// company: an idle writer is woken by the first line of a batch.
+    #[tokio::test]
+    async fn a_lone_queued_line_is_written_without_a_flush() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::to_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        for round in 0..3 {
+            let account = format!("ca_lone_{round}");
+            log.record_queued(&entry(&account, round))
+                .unwrap_or_else(|e| panic!("{e}"));
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                if text.contains(&account) {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the line of {account} was not written within 10 s"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+
+    /// A disk that takes `budget` more bytes (all when `None`), then fails each
+    /// write, partly where a write crosses the budget; what it took in `taken`.
+    #[derive(Clone, Default)]
+    struct FlakyDisk {
+        budget: Arc<Mutex<Option<usize>>>,
+        taken: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for FlakyDisk {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let mut budget = self.budget.lock();
+            let n = match *budget {
+                None => buf.len(),
+                Some(0) => return Err(std::io::Error::other("No space left on device")),
+                Some(left) => buf.len().min(left),
+            };
+            if let Some(left) = budget.as_mut() {
+                *left -= n;
+            }
+            self.taken.lock().extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: not within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// A disk that fills up and is freed later: requests are refused meanwhile, the
+    /// lines of requests already sent are kept and written once it takes writes
+    /// again (the writer tries on its own: no request comes to make it), lines cut
+    /// by the full disk leave no torn line behind, and the lines of refused reads
+    /// are not written later.
+    #[tokio::test]
+    async fn a_full_disk_refuses_uses_until_freed_and_loses_no_sent_request() {
+        let disk = FlakyDisk::default();
+        let log = AuditLog::to_writer("flaky", disk.clone());
+        log.record(&entry("ca_before", 0))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Room for half a line: a queued line is cut, and the log fails.
+        *disk.budget.lock() = Some(40);
+        for i in 1..=3 {
+            log.record_queued(&entry(&format!("ca_sent_{i}"), i))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        eventually("the failure seen", || log.ready().is_err()).await;
+        assert!(log.record_queued(&entry("ca_refused", 4)).is_err());
+        assert!(
+            log.flush().await.is_err(),
+            "a flush says the log is failing"
+        );
+        assert!(log.ready().is_err(), "and does not clear the failure");
+        let read = log.record(&entry("ca_read_refused", 5)).await;
+        assert!(read.is_err(), "a read that cannot be recorded is refused");
+        // Freed: the writer writes the kept lines by itself, and uses go again.
+        *disk.budget.lock() = None;
+        eventually("the log written again", || log.ready().is_ok()).await;
+        log.record_queued(&entry("ca_after", 6))
+            .unwrap_or_else(|e| panic!("{e}"));
+        log.flush().await.unwrap_or_else(|e| panic!("{e}"));
+        let taken = String::from_utf8(disk.taken.lock().clone()).unwrap_or_default();
+        let accounts: Vec<String> = taken
+            .lines()
+            .filter_map(|line| serde_json::from_str::<AuditEntry>(line).ok())
+            .map(|e| e.connected_account_id)
+            .collect();
+        assert_eq!(
+            accounts,
+            [
+                "ca_before",
+                "ca_sent_1",
+                "ca_sent_2",
+                "ca_sent_3",
+                "ca_after"
+            ],
+            "{taken}"
+        );
+        // The cut line is on a line of its own, then the line whole.
+        let unreadable = taken
+            .lines()
+            .filter(|l| !l.is_empty() && serde_json::from_str::<AuditEntry>(l).is_err())
+            .count();
+        assert_eq!(unreadable, 1, "{taken}");
     }
 
     struct FullDisk;
