@@ -432,6 +432,8 @@ fn escapes(api: &Upstream) -> Vec<String> {
         "/..%2fapiother/x".to_owned(),
         "/..;/apiother/x".to_owned(),
         "/%252e%252e/apiother/x".to_owned(),
+        "/..;/apiother/x?next=http://x".to_owned(),
+        "/%252e%252e/apiother/x?u=https://a/b".to_owned(),
         "/..\\apiother/x".to_owned(),
         format!("{origin}/apiother/x"),
         format!("{origin}/api-internal/x"),

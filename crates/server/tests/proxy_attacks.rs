@@ -359,6 +359,8 @@ async fn paths_beside_or_above_the_base_path_get_no_credentials() {
         "/x%5c..%5c..%5capi-internal".to_owned(),
         "/x\\..\\..\\api-internal".to_owned(),
         "/%252e%252e/api-internal/x".to_owned(),
+        "/..;/api-internal/x?next=http://x".to_owned(),
+        "/x%2F..%2F..%2Fapi-internal?u=https://a/b".to_owned(),
         "/x%00/y".to_owned(),
         "/x\r\nHost: evil.example".to_owned(),
         "x".to_owned(),

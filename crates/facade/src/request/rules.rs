@@ -178,13 +178,15 @@ fn percent_decode(text: &str) -> Vec<u8> {
 }
 
 /// The path part of a caller's path or absolute URL, as written (before the query).
-fn raw_path(given: &str) -> &str {
+/// Only an absolute URL has a scheme and host to skip: a `://` in a relative path's
+/// query (`/x?next=https://a`) is not one.
+fn raw_path(given: &str, absolute: bool) -> &str {
     let rest = match given.split_once("://") {
-        Some((_, after_scheme)) => {
+        Some((_, after_scheme)) if absolute => {
             let start = after_scheme.find('/').unwrap_or(after_scheme.len());
             &after_scheme[start..]
         }
-        None => given,
+        _ => given,
     };
     let end = rest.find(['?', '#']).unwrap_or(rest.len());
     &rest[..end]
@@ -295,7 +297,7 @@ pub fn target(base: &Url, path: &str) -> Result<Url, Error> {
             ),
         ));
     }
-    check_segments(raw_path(path))?;
+    check_segments(raw_path(path, absolute))?;
     let url = if absolute {
         let url = Url::parse(path).map_err(|e| invalid("path", format!("is not a URL: {e}")))?;
         if !url.username().is_empty() || url.password().is_some() {
@@ -407,6 +409,11 @@ mod tests {
             "http://127.0.0.1:19401/api/../api-internal/x",
             "http://127.0.0.1:19401/api/%2e%2e/api-internal/x",
             "http://127.0.0.1:19401\\api/x",
+            // A URL in the query is no scheme of the path.
+            "/..;/api-internal/x?next=http://x",
+            "/x%2f..%2f..%2fapi-internal?u=https://a/b",
+            "/%252e%252e/api-internal#http://x",
+            "http://127.0.0.1:19401/api/..;/api-internal?u=http://a/b",
         ] {
             assert!(target(&base, bad).is_err(), "{bad:?} must be refused");
         }
@@ -414,6 +421,7 @@ mod tests {
             "/x",
             "/",
             "/x/y.json?a=..&b=%2f",
+            "/x?next=https://example.com/../y",
             "/files/a..b",
             "/x%20y",
             "http://127.0.0.1:19401/api",
