@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use keyhaven::chrono;
 use keyhaven::{
-    ConnectionRequest, ConnectionStatus, ErrorKind, Keyhaven, ManualClock, MemoryStore, Store,
+    ConnectionRequest, ConnectionStatus, ErrorKind, Keyhaven, ManualClock, MemoryStore,
+    PostgresStore, SqliteStore, Store,
 };
 use keyhaven_tests::storm::{Fault, TokenEndpoint, is_fresh, seed};
 
@@ -147,4 +148,64 @@ async fn faults_during_the_code_exchange_fail_the_connection_clearly() {
     ]);
     assert!(kh.handle_callback(&query).await.unwrap().succeeded());
     assert_eq!(endpoint.code_exchanges(), 1);
+}
+
+/// A caller that gives up while its refresh waits for the provider (a request that
+/// timed out, a client gone) does not cut the refresh short: what the provider gave
+/// is written and the lock released, so the next caller, in this process or
+/// another, gets it without a second token request (which a provider that rotates
+/// refresh tokens would refuse, the first having spent the old one).
+async fn a_caller_that_gives_up_does_not_lose_its_refresh(store: Arc<dyn Store>) {
+    let endpoint = TokenEndpoint::start(Duration::from_millis(400)).await;
+    let build = || {
+        Keyhaven::builder()
+            .shared_store(store.clone())
+            .callback_url("http://127.0.0.1:9/callback")
+            .build()
+            .unwrap()
+    };
+    let kh = build();
+    let (_, ids) = seed(&kh, store.as_ref(), &endpoint, 2).await;
+    for (n, id) in ids.iter().enumerate() {
+        let gave_up = tokio::time::timeout(Duration::from_millis(100), kh.credentials(id.as_str()));
+        assert!(
+            gave_up.await.is_err(),
+            "the caller gave up before the provider answered"
+        );
+        // The first account is asked for again here, the second by another instance.
+        let next = if n == 0 { kh.clone() } else { build() };
+        let fresh = tokio::time::timeout(Duration::from_secs(30), next.credentials(id.as_str()))
+            .await
+            .expect("the next caller is not held up")
+            .unwrap();
+        let rt = format!("rt-{n}");
+        assert_eq!(
+            fresh.get_str("access_token"),
+            Some(format!("at-{rt}-1").as_str())
+        );
+        assert_eq!(endpoint.refreshes().get(&rt), Some(&1), "one token request");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_gives_up_does_not_lose_its_refresh_in_memory() {
+    a_caller_that_gives_up_does_not_lose_its_refresh(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_gives_up_does_not_lose_its_refresh_in_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ring, _) = keyhaven_tests::new_key();
+    let store = SqliteStore::open(dir.path().join("kh.db"), ring).unwrap();
+    a_caller_that_gives_up_does_not_lose_its_refresh(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_gives_up_does_not_lose_its_refresh_in_postgres() {
+    let Some(url) = keyhaven_store::conformance::fresh_postgres_database().await else {
+        return;
+    };
+    let (ring, _) = keyhaven_tests::new_key();
+    let store = PostgresStore::connect(&url, ring).await.unwrap();
+    a_caller_that_gives_up_does_not_lose_its_refresh(Arc::new(store)).await;
 }

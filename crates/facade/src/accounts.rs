@@ -626,13 +626,35 @@ impl Keyhaven {
         flight: &FlightState,
         last: &mut Option<Got>,
     ) -> Result<(Credentials, ConnectedAccount), Error> {
-        let store_lock = match self.store().lock_account(id).await {
-            Ok(lock) => lock,
-            Err(e) => {
-                flight.end(last, None);
-                return Err(e.into());
-            }
-        };
+        // The store's lock, the refresh and its write run on a task of their own, to
+        // the end: a caller that gives up (a request timed out, a client gone) does
+        // not cut a refresh short between the provider's answer and the write of what
+        // it gave (a rotated refresh token is spent once the provider has answered),
+        // nor leave a lock half taken. Those queued behind this caller then wait at
+        // the store's lock until the write, and reuse what it wrote.
+        let kh = self.clone();
+        let owned = id.clone();
+        let task =
+            tokio::spawn(async move { kh.refresh_under_store_lock(&owned, due, read).await });
+        let result = task.await.unwrap_or_else(|e| {
+            let how = if e.is_panic() { "panicked" } else { "was cancelled" };
+            Err(Error::Internal(format!(
+                "the refresh of {id} {how}; the account is unchanged unless the provider answered, try again"
+            )))
+        });
+        flight.end(last, result.as_ref().ok().cloned());
+        result
+    }
+
+    /// Takes the store's lock of `id` (other processes queue there), refreshes, and
+    /// releases the lock once what the refresh gave is written.
+    async fn refresh_under_store_lock(
+        &self,
+        id: &ConnectedAccountId,
+        due: Due,
+        read: Option<(ConnectedAccount, Credentials)>,
+    ) -> Result<(Credentials, ConnectedAccount), Error> {
+        let store_lock = self.store().lock_account(id).await?;
         // The store read the account's version once the lock was held: when it is
         // still the one read before, nobody (in any process) changed the account in
         // between, and that read stands. Otherwise it is read again, so that a
@@ -642,7 +664,6 @@ impl Keyhaven {
         if let Err(e) = store_lock.release().await {
             tracing::warn!(account = %id, error = %e, "could not release the refresh lock; it is released when it lapses");
         }
-        flight.end(last, result.as_ref().ok().cloned());
         result
     }
 
@@ -715,10 +736,10 @@ impl Keyhaven {
             match refreshed {
                 Ok(None) => Ok((credentials, account)),
                 Ok(Some(fresh)) => {
-                    let stored = self.store_refreshed(account, &fresh).await?;
+                    let (kept, stored) = self.store_refreshed(account, &credentials, fresh).await?;
                     refresher.succeeded(id);
-                    tracing::info!(account = %id, expires_at = ?fresh.expires_at(), "credentials refreshed");
-                    Ok((fresh, stored))
+                    tracing::info!(account = %id, expires_at = ?kept.expires_at(), "credentials refreshed");
+                    Ok((kept, stored))
                 }
                 Err(SchemeError::Rejected { message }) => {
                     let reason = format!("refresh refused: {message}");
@@ -760,28 +781,37 @@ impl Keyhaven {
         }
     }
 
-    /// Stores refreshed credentials, keeping whatever else changed meanwhile; the
-    /// account as stored.
+    /// Stores `fresh`, refreshed from `used`, keeping whatever else changed
+    /// meanwhile: the credentials kept and the account as stored. When the stored
+    /// credentials are no longer `used` (written by someone else meanwhile, which the
+    /// locks should have prevented: a lease that lapsed under a refresh slower than
+    /// it), those stay and `fresh` is not written over them.
     async fn store_refreshed(
         &self,
         mut account: ConnectedAccount,
-        fresh: &Credentials,
-    ) -> Result<ConnectedAccount, Error> {
+        used: &Credentials,
+        fresh: Credentials,
+    ) -> Result<(Credentials, ConnectedAccount), Error> {
         for _ in 0..8 {
             account.expires_at = fresh.expires_at();
             account.updated_at = self.now();
             match self
                 .store()
-                .update_account(&account, CredentialsUpdate::Refreshed(fresh), &[])
+                .update_account(&account, CredentialsUpdate::Refreshed(&fresh), &[])
                 .await
             {
-                Ok(stored) => return Ok(stored),
+                Ok(stored) => return Ok((fresh, stored)),
                 Err(StoreError::Conflict(_)) => {
-                    account = self
+                    let (current, stored) = self
                         .store()
-                        .get_account(&account.id)
+                        .get_account_and_credentials(&account.id)
                         .await?
                         .ok_or_else(|| not_found(account.id.as_str()))?;
+                    if let Some(stored) = stored.filter(|stored| stored != used) {
+                        tracing::warn!(account = %account.id, "the account's credentials were written by another refresh during this one; those are kept");
+                        return Ok((stored, current));
+                    }
+                    account = current;
                 }
                 Err(e) => return Err(e.into()),
             }
