@@ -16,7 +16,7 @@ use keyhaven::{
     NewIntegration, Store,
 };
 use keyhaven_server::{AdminKey, AppState, ServerConfig};
-use keyhaven_tests::storm::{TokenEndpoint, seed_with};
+use keyhaven_tests::storm::{Fault, TokenEndpoint, seed_with};
 use keyhaven_tests::upstream::Upstream;
 use serde_json::{Value, json};
 
@@ -274,6 +274,29 @@ async fn a_streamed_body_is_not_sent_twice() {
         endpoint.refreshes().is_empty(),
         "no refresh: nothing to retry"
     );
+}
+
+/// A request sent with credentials the API refused is in the audit log even when
+/// the refresh that follows fails: it went out.
+#[tokio::test]
+async fn a_refused_request_is_audited_when_the_refresh_after_it_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kh, store) = keyhaven(&dir);
+    let api = Upstream::start().await;
+    let endpoint = TokenEndpoint::start(Duration::ZERO).await;
+    let ids = revoked_accounts(&kh, &store, &endpoint, &api, 2).await;
+    for (id, fault) in ids.iter().zip([Fault::Status(400), Fault::Status(503)]) {
+        endpoint.set_fault(Some(fault.clone()));
+        let err = kh.request(id).get("/me").send().await.unwrap_err();
+        assert_ne!(err.kind(), ErrorKind::InvalidInput, "{fault:?}: {err}");
+        let entries = kh.audit().query(id, &AuditQuery::default()).await.unwrap();
+        let outcomes: Vec<(&str, Option<u16>)> = entries
+            .iter()
+            .map(|e| (e.outcome.as_str(), e.status))
+            .collect();
+        assert_eq!(outcomes, [("refused", Some(401))], "{fault:?}");
+    }
+    assert_eq!(api.me(), 2, "each sent once");
 }
 
 /// An API on 127.0.0.1 that reads a request's head and then, by its path: never

@@ -559,9 +559,18 @@ impl ApiRequest {
             let status = response.status();
             if status == http::StatusCode::UNAUTHORIZED && replayable && !retried {
                 retried = true;
-                let fresh = kh
+                let fresh = match kh
                     .refresh_credentials(&id, Due::IfStill(used.clone()))
-                    .await?;
+                    .await
+                {
+                    Ok(fresh) => fresh,
+                    Err(e) => {
+                        // The request went out with the credentials: it is recorded
+                        // even though the refresh after its 401 failed.
+                        record("refused", Some(status.as_u16()));
+                        return Err(e);
+                    }
+                };
                 if fresh != used {
                     record("refused", Some(status.as_u16()));
                     used = fresh;
