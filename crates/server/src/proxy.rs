@@ -132,8 +132,14 @@ impl ProxyRequest {
             }
         }
         if any_query {
-            let joiner = if path.contains('?') { '&' } else { '?' };
-            path = format!("{path}{joiner}{}", query.finish());
+            // Before a fragment, if the endpoint has one: what follows `#` is never
+            // sent, and neither would the parameters be.
+            let (before, fragment) = match path.find('#') {
+                Some(at) => path.split_at(at),
+                None => (path.as_str(), ""),
+            };
+            let joiner = if before.contains('?') { '&' } else { '?' };
+            path = format!("{before}{joiner}{}{fragment}", query.finish());
         }
         Ok(Self {
             method,
@@ -453,4 +459,44 @@ async fn passthrough_inner(
     response
         .body(body)
         .map_err(|e| Error::Internal(format!("cannot pass the API's answer on: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn param(kind: &str, name: &str, value: &str) -> ComposioProxyParameter {
+        serde_json::from_value(serde_json::json!({"type": kind, "name": name, "value": value}))
+            .expect("a parameter")
+    }
+
+    #[test]
+    fn query_parameters_go_into_the_query_before_any_fragment() {
+        for (endpoint, expected) in [
+            ("/x", "/x?a=1+2&b=%26"),
+            ("/x?c=3", "/x?c=3&a=1+2&b=%26"),
+            ("/x#top", "/x?a=1+2&b=%26#top"),
+            ("/x?c=3#t?op", "/x?c=3&a=1+2&b=%26#t?op"),
+        ] {
+            let request = ProxyRequest::composio(
+                endpoint.to_owned(),
+                None,
+                None,
+                vec![
+                    param("query", "a", "1 2"),
+                    param("header", "x-h", "v"),
+                    param("query", "b", "&"),
+                ],
+            )
+            .expect("valid parameters");
+            assert_eq!(request.path, expected, "{endpoint}");
+            assert_eq!(request.headers.get("x-h").map(String::as_str), Some("v"));
+        }
+        let none = ProxyRequest::composio("/x#f".to_owned(), None, None, vec![]).expect("valid");
+        assert_eq!(none.path, "/x#f");
+        assert!(
+            ProxyRequest::composio("/x".to_owned(), None, None, vec![param("cookie", "a", "b")])
+                .is_err()
+        );
+    }
 }
