@@ -208,15 +208,21 @@ async fn hold_group(on: Connections, group: Vec<Waiter>, slot: OwnedSemaphorePer
     drop(slot);
 }
 
-/// Waits for one lock held elsewhere, on a transaction of its own.
-async fn wait_alone(on: Connections, w: Waiter) {
+/// Waits for one lock held elsewhere, on a transaction of its own. A caller that
+/// gave up while this waited for a lock connection is not waited for further: the
+/// connection goes to the next. (Once the statement is sent, it ends within the
+/// lock timeout, which is the caller's own wait.)
+async fn wait_alone(on: Connections, mut w: Waiter) {
     let result = async {
-        let slot = on
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError::Unavailable("the store is closing".into()))?;
+        let slot = tokio::select! {
+            slot = on.slots.clone().acquire_owned() => {
+                slot.map_err(|_| StoreError::Unavailable("the store is closing".into()))?
+            }
+            () = w.answer.closed() => return Err(gave_up()),
+        };
+        if w.gave_up() {
+            return Err(gave_up());
+        }
         let mut tx = super::begin(&on.pool).await.map_err(map_err)?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(w.key)
@@ -243,6 +249,11 @@ async fn wait_alone(on: Connections, w: Waiter) {
     .await;
     // A caller that gave up drops what it would have got: the lock is released.
     let _ = w.answer.send(result);
+}
+
+/// What a waiter whose caller gave up is answered (nobody reads it).
+fn gave_up() -> StoreError {
+    StoreError::Unavailable("the caller stopped waiting for the refresh lock".into())
 }
 
 /// The stored versions of the accounts `ids` that exist, read in one statement;
