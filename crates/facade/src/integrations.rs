@@ -74,6 +74,11 @@ pub struct IntegrationUpdate {
     /// Auth config fields to set (client id and secret, URLs ...); the others stay.
     /// `scopes` in it count as `scopes` above.
     pub auth_config: SecretFields,
+    /// Let a URL field (`base_url`, `token_url` ...) move to another host while
+    /// connected accounts use the integration. Off by default: those URLs decide
+    /// where the accounts' credentials are sent, so moving them hands every
+    /// account's credentials to the new host.
+    pub allow_new_destinations: bool,
 }
 
 impl IntegrationUpdate {
@@ -98,6 +103,33 @@ impl IntegrationUpdate {
     pub fn config(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
         self.auth_config.insert(key.into(), value.into());
         self
+    }
+
+    /// Lets URL fields move to other hosts although accounts use the integration:
+    /// their credentials go to the new hosts from then on. See
+    /// [`IntegrationUpdate::allow_new_destinations`].
+    pub fn allow_new_destinations(mut self) -> Self {
+        self.allow_new_destinations = true;
+        self
+    }
+}
+
+/// The value of URL field `name` of `integration`, wherever it is kept.
+fn url_field(integration: &Integration, name: &str) -> Option<String> {
+    integration
+        .config
+        .get(name)
+        .or_else(|| integration.secrets.expose().get(name))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+/// A URL's origin (scheme, host, port), or the whole string when it is not a URL
+/// (a template such as `https://{shop}.example.com`).
+fn origin(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => u.origin().ascii_serialization(),
+        Err(_) => url.to_owned(),
     }
 }
 
@@ -399,9 +431,17 @@ impl<'a> Integrations<'a> {
     /// given replace those of the same name (the others are kept), and the whole is
     /// checked again as at creation; the app and the scheme stay.
     ///
+    /// A URL field (`base_url`, `token_url` ...) decides where the credentials of
+    /// the integration's accounts are sent. While accounts use the integration,
+    /// such a field may change within its origin (scheme, host and port) only,
+    /// unless the change says [`IntegrationUpdate::allow_new_destinations`]: a
+    /// server's admin key, which cannot read credentials, must not be able to send
+    /// them to a host of its choosing either.
+    ///
     /// # Errors
-    /// None with that id, or a field that is unknown, empty or malformed: nothing
-    /// changes then.
+    /// None with that id, a field that is unknown, empty or malformed, or
+    /// ([`Error::Conflict`]) a URL field moved to another host while accounts use
+    /// the integration: nothing changes then.
     pub async fn update(&self, id: &str, change: IntegrationUpdate) -> Result<Integration, Error> {
         let stored = self.get(id).await?;
         let scheme = self.kh.schemes().get(&stored.auth_scheme)?;
@@ -428,7 +468,53 @@ impl<'a> Integrations<'a> {
         updated.id = stored.id.clone();
         updated.created_at = stored.created_at;
         updated.disabled = stored.disabled;
+        if !change.allow_new_destinations {
+            self.refuse_new_destinations(scheme, &stored, &updated)
+                .await?;
+        }
         self.save(updated).await
+    }
+
+    /// [`Error::Conflict`] when `updated` moves a URL field of `stored` to another
+    /// origin (or sets or removes one) while connected accounts use it.
+    async fn refuse_new_destinations(
+        &self,
+        scheme: &Registered,
+        stored: &Integration,
+        updated: &Integration,
+    ) -> Result<(), Error> {
+        let mut moved: Vec<&str> = scheme
+            .spec()
+            .config
+            .iter()
+            .chain(common_config())
+            .filter(|f| f.kind == FieldKind::Url)
+            .map(|f| f.name.as_str())
+            .filter(|name| {
+                let (old, new) = (url_field(stored, name), url_field(updated, name));
+                old != new && old.as_deref().map(origin) != new.as_deref().map(origin)
+            })
+            .collect();
+        moved.sort_unstable();
+        moved.dedup();
+        if moved.is_empty() {
+            return Ok(());
+        }
+        let filter = keyhaven_core::AccountFilter {
+            integration_ids: vec![stored.id.clone()],
+            ..Default::default()
+        };
+        let held = self.kh.store().count_accounts(&filter).await?;
+        if held == 0 {
+            return Ok(());
+        }
+        Err(Error::Conflict(format!(
+            "{} of integration {} would send the credentials of its {held} connected account(s) to another host; \
+             change a URL within its scheme, host and port, or make a new integration for the new host and connect the accounts again through it \
+             (the library can move them with IntegrationUpdate::allow_new_destinations)",
+            moved.join(", "),
+            stored.id
+        )))
     }
 
     /// Enables a disabled integration: connections may be made through it again.

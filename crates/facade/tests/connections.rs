@@ -994,6 +994,83 @@ async fn redirect_urls_are_checked_once_an_allowlist_exists() {
     );
 }
 
+/// The URLs of an integration decide where its accounts' credentials go: while
+/// accounts use it they move within their origin only, unless the change says so.
+#[tokio::test]
+async fn an_integrations_urls_do_not_move_its_accounts_credentials_to_another_host() {
+    let kh = kh();
+    let integration = kh
+        .integrations()
+        .create(
+            NewIntegration::new("openai", "API_KEY").config("base_url", "https://api.one.test/v1"),
+        )
+        .await
+        .unwrap();
+    let id = integration.id.as_str();
+    let update = |url: &str| IntegrationUpdate::new().config("base_url", url);
+    // No account yet: anything goes.
+    kh.integrations()
+        .update(id, update("https://api.two.test/v1"))
+        .await
+        .unwrap();
+    kh.initiate_connection(ConnectionRequest::for_integration(id).param("api_key", "sk-held"))
+        .await
+        .unwrap();
+    for moved in [
+        "https://evil.test/v1",
+        "http://api.two.test/v1",
+        "https://api.two.test:8443/v1",
+    ] {
+        let err = kh
+            .integrations()
+            .update(id, update(moved))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Conflict, "{moved}: {err}");
+        let said = err.to_string();
+        assert!(
+            said.contains("base_url") && said.contains("1 connected account"),
+            "{said}"
+        );
+        assert_eq!(
+            kh.integrations()
+                .get(id)
+                .await
+                .unwrap()
+                .config_str("base_url"),
+            Some("https://api.two.test/v1"),
+            "{moved}: nothing changed"
+        );
+    }
+    // Within its origin, or when the change says so, it moves.
+    let same_host = kh
+        .integrations()
+        .update(id, update("https://api.two.test/v2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        same_host.config_str("base_url"),
+        Some("https://api.two.test/v2")
+    );
+    let moved = kh
+        .integrations()
+        .update(
+            id,
+            update("https://api.three.test/").allow_new_destinations(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        moved.config_str("base_url"),
+        Some("https://api.three.test/")
+    );
+    // Other fields change as before.
+    kh.integrations()
+        .update(id, IntegrationUpdate::new().name("renamed"))
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn integrations_are_updated_disabled_and_enabled() {
     let kh = kh();

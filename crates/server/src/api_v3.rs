@@ -311,7 +311,8 @@ pub(crate) async fn auth_config(
     responses((status = 200, description = "Changed", body = crate::views::v3::Success),
         (status = 400, description = "An invalid field, named; nothing changed", body = crate::views::v1::ErrorBody),
         (status = 401, description = "No or a wrong admin key", body = crate::views::v1::ErrorBody),
-        (status = 404, description = "No such auth config", body = crate::views::v1::ErrorBody)),
+        (status = 404, description = "No such auth config", body = crate::views::v1::ErrorBody),
+        (status = 409, description = "A URL field (base_url, token_url ...) moved to another host while connected accounts use the auth config: their credentials would go there; nothing changed", body = crate::views::v1::ErrorBody)),
     security(("admin_key" = [])))]
 pub(crate) async fn update_auth_config(
     State(s): State<Arc<AppState>>,

@@ -681,6 +681,16 @@ async fn every_answer_matches_its_documented_schema() {
     assert_eq!(status, StatusCode::CREATED, "{started}");
     assert_eq!(started["connectionData"]["val"]["status"], "ACTIVE");
     let dana = started["id"].as_str().unwrap().to_owned();
+    // The admin key cannot send dana's key elsewhere by moving the auth config's URL.
+    let (status, moved) = c
+        .call(
+            patch.clone(),
+            &format!("{v3}/auth_configs/{ac}"),
+            Some(json!({"type": "custom", "credentials": {"base_url": "https://elsewhere.example.com"}})),
+            admin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{moved}");
     let (_, started) = c
         .call(
             post.clone(),
