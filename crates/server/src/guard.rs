@@ -133,7 +133,7 @@ impl Guard {
         let limiter = self.limiter.as_ref()?;
         let ip = limits::client_ip(request);
         let wait = limiter.check(ip).err()?;
-        tracing::warn!(%ip, path = request.uri().path(), "rate limited: refused keys");
+        tracing::warn!(%ip, path = crate::request_log::loggable_path(request.uri().path()), "rate limited: refused keys");
         Some(limits::too_many_json(wait))
     }
 }

@@ -179,7 +179,7 @@ pub(crate) async fn limit_pages(
     if let Some(limiter) = &limiter {
         let ip = client_ip(&request);
         if let Err(wait) = limiter.check(ip) {
-            tracing::warn!(%ip, path = request.uri().path(), "rate limited");
+            tracing::warn!(%ip, path = crate::request_log::loggable_path(request.uri().path()), "rate limited");
             return too_many_page(wait);
         }
     }

@@ -2,7 +2,8 @@
 //! and its metrics, as a tower service with a future of its own.
 //!
 //! One log line per request: method, path (never the query, which may carry an
-//! OAuth code, a state or a form's token), status and time taken; every line logged
+//! OAuth code, a state or a form's token; a connection link's token is masked, see
+//! [`loggable_path`]), status and time taken; every line logged
 //! while the request is served carries its request id, which the response returns.
 //! The request runs within its deadline (the server's request timeout, except on
 //! the routes of [`limits::UNBOUNDED_ROUTES`]): past it, its work is dropped
@@ -100,6 +101,16 @@ where
     }
 }
 
+/// `path` as it may be logged: a connection link's path (`/link/{token}`) carries
+/// the link's token, which connects an account for its entity until it is used, so
+/// its token is masked.
+pub(crate) fn loggable_path(path: &str) -> &str {
+    match path.strip_prefix("/link/") {
+        Some(_) => "/link/{token}",
+        None => path,
+    }
+}
+
 /// What the log line and the metrics need of the request.
 #[derive(Debug)]
 struct Seen {
@@ -117,7 +128,7 @@ impl Seen {
     fn finish(self, answer: Option<Response>) -> Response {
         let mut response = answer.unwrap_or_else(|| {
             tracing::warn!(
-                path = self.uri.path(),
+                path = loggable_path(self.uri.path()),
                 seconds = self.timeout.as_secs_f64(),
                 "request timed out; cancelled"
             );
@@ -141,7 +152,7 @@ impl Seen {
         );
         tracing::info!(
             method = %self.method,
-            path = self.uri.path(),
+            path = loggable_path(self.uri.path()),
             status,
             ms = took * 1000.0,
             "request"

@@ -324,6 +324,39 @@ async fn a_key_sent_as_a_query_parameter_never_shows_in_errors_or_logs() {
     assert!(!logs.contains("key="), "{logs}");
 }
 
+/// A connection link's token connects an account until it is used: its page's
+/// path is logged with the token masked, whatever the answer.
+#[tokio::test]
+async fn a_connection_links_token_never_shows_in_the_logs() {
+    logs();
+    let app = app(keyhaven());
+    let int = integration(
+        &app,
+        "API_KEY",
+        json!({"base_url": "https://api.example.com"}),
+    )
+    .await;
+    let link = call(
+        &app,
+        "POST",
+        "/api/v3/connected_accounts/link",
+        Some(json!({"auth_config_id": int, "user_id": "gina"})),
+    )
+    .await;
+    assert_eq!(link.status, StatusCode::CREATED, "{}", link.text);
+    let token = link.json["link_token"].as_str().unwrap().to_owned();
+    let page = call(&app, "GET", &format!("/link/{token}"), None).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    let last = if token.ends_with('A') { 'B' } else { 'A' };
+    let unknown = format!("{}{last}", &token[..token.len() - 1]);
+    let refused = call(&app, "GET", &format!("/link/{unknown}"), None).await;
+    assert_ne!(refused.status, StatusCode::OK, "{}", refused.text);
+    let logs = logged();
+    assert!(logs.contains("/link/{token}"), "logs are captured: {logs}");
+    assert!(!logs.contains(&token), "{logs}");
+    assert!(!logs.contains(&unknown), "{logs}");
+}
+
 #[tokio::test]
 async fn paths_beside_or_above_the_base_path_get_no_credentials() {
     logs();
