@@ -332,10 +332,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     // Installed before the first request, so that every one is counted.
     metrics::recorder();
     let limiter = limits::IpLimiter::new(state.config.rate_limit);
-    let (routes, doc) = routes_and_doc(&state, limiter);
+    let (routes, doc) = routes_and_doc(&state, limiter.clone());
     let doc = Arc::new(doc);
     let metrics_route = metrics::route().route_layer(middleware::from_fn_with_state(
-        state.clone(),
+        (state.clone(), limiter),
         metrics::require_metrics_key,
     ));
     let mut app = routes

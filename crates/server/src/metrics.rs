@@ -225,9 +225,11 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     response
 }
 
-/// `/metrics` on the API's listener: the metrics key or the admin key.
+/// `/metrics` on the API's listener: the metrics key or the admin key. Requests
+/// with neither count against their address's rate of refused keys, as on the API
+/// (the admin key is taken here too, so it must not be guessed here freely).
 pub(crate) async fn require_metrics_key(
-    State(s): State<Arc<AppState>>,
+    State((s, limiter)): State<(Arc<AppState>, Option<Arc<crate::limits::IpLimiter>>)>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -236,6 +238,11 @@ pub(crate) async fn require_metrics_key(
     });
     if allowed {
         next.run(request).await
+    } else if let Some(wait) =
+        limiter.and_then(|l| l.check(crate::limits::client_ip(&request)).err())
+    {
+        tracing::warn!(ip = %crate::limits::client_ip(&request), "rate limited: refused metrics keys");
+        crate::limits::too_many_json(wait)
     } else {
         ApiError::new(
             StatusCode::UNAUTHORIZED,

@@ -418,6 +418,39 @@ async fn wrong_keys_are_refused_401_until_the_burst_then_429() {
     server.stop(Duration::from_secs(5)).await;
 }
 
+/// `/metrics` takes the admin key too: wrong keys there count against the same
+/// rate, so the admin key cannot be guessed there at will.
+#[tokio::test]
+async fn wrong_keys_on_metrics_are_refused_401_until_the_burst_then_429() {
+    let server = start(ServerConfig {
+        rate_limit: Some(RateLimit {
+            per_second: 1,
+            burst: 3,
+        }),
+        ..config()
+    })
+    .await;
+    let client = client();
+    let mut statuses = Vec::new();
+    for path in [
+        "/metrics",
+        "/metrics",
+        "/api/v1/integrations",
+        "/metrics",
+        "/metrics",
+    ] {
+        let r = client
+            .get(server.url(path))
+            .header("x-api-key", "kh_guess")
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 401, 429, 429]);
+    server.stop(Duration::from_secs(5)).await;
+}
+
 /// An upstream API that never answers in time, and an account whose base URL is it.
 async fn slow_upstream_account(server: &Server) -> String {
     let upstream = axum::Router::new().route(
