@@ -85,15 +85,19 @@ impl Guard {
         if let Some(refused) = self.over_rate(request) {
             return Some(refused);
         }
-        // Refused reads are audited too.
-        let account = request
-            .uri()
-            .path()
-            .split('/')
-            .rev()
-            .nth(1)
-            .unwrap_or_default()
-            .to_owned();
+        // Refused reads are audited too, under the account as the route reads it
+        // (decoded: `%63a_...` is `ca_...`, and must be found under it).
+        let account = percent_encoding::percent_decode_str(
+            request
+                .uri()
+                .path()
+                .split('/')
+                .rev()
+                .nth(1)
+                .unwrap_or_default(),
+        )
+        .decode_utf8_lossy()
+        .into_owned();
         let (outcome, response) = if key.is_some_and(|key| s.admin_key.matches(key)) {
             (
                 "forbidden",

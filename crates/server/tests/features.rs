@@ -349,6 +349,12 @@ async fn credentials_need_their_own_key_and_every_read_is_audited() {
             && message.contains("x-api-key"),
         "the 401 names the key this route needs: {message}"
     );
+    // Refused under an encoded id (the route decodes it): on the account's record
+    // all the same.
+    assert!(id.starts_with("ca_"), "{id}");
+    let encoded = uri.replacen("/ca_", "/%63a_", 1);
+    let r = send(&app, api("GET", &encoded, "khc_wrong", None)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     let r = send(&app, api("GET", &uri, CREDS_KEY, None)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.json["credentials"]["api_key"], SECRET);
@@ -383,16 +389,22 @@ async fn credentials_need_their_own_key_and_every_read_is_audited() {
         .collect();
     assert_eq!(
         outcomes,
-        ["forbidden", "unauthorized", "granted", "invalid_input"],
+        [
+            "forbidden",
+            "unauthorized",
+            "unauthorized",
+            "granted",
+            "invalid_input"
+        ],
         "{text}"
     );
     assert!(
         lines
             .iter()
-            .take(3)
+            .take(4)
             .all(|l| l["connectedAccountId"] == id.as_str())
     );
-    assert_eq!(lines[2]["entityId"], "fay");
+    assert_eq!(lines[3]["entityId"], "fay");
     assert!(!text.contains(SECRET), "the audit log holds no secret");
     #[cfg(unix)]
     {
