@@ -299,6 +299,62 @@ async fn a_refused_request_is_audited_when_the_refresh_after_it_fails() {
     assert_eq!(api.me(), 2, "each sent once");
 }
 
+/// A request whose caller gives up before the API answers (a server's deadline, a
+/// client gone: its future dropped) went out with the credentials: it is in the
+/// audit log.
+#[tokio::test]
+async fn a_request_given_up_before_its_answer_is_audited() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (kh, _store) = keyhaven(&dir);
+    // An API that tells when a request's head has reached it, and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    let (reached, mut heads) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = reached.send(String::from_utf8_lossy(&head).into_owned());
+            held.push(socket);
+        }
+    });
+    let id = connect(
+        &kh,
+        "BEARER_TOKEN",
+        json!({"base_url": api}),
+        json!({"token": "tok"}),
+    )
+    .await;
+    let caller = {
+        let kh = kh.clone();
+        let id = id.clone();
+        tokio::spawn(async move { kh.request(&id).get("/wait?long=1").send().await })
+    };
+    let head = heads.recv().await.unwrap();
+    assert!(head.starts_with("GET /wait?long=1 "), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("authorization: bearer tok"),
+        "{head}"
+    );
+    caller.abort();
+    assert!(caller.await.unwrap_err().is_cancelled());
+    let entries = kh.audit().query(&id, &AuditQuery::default()).await.unwrap();
+    let seen: Vec<(&str, Option<&str>, Option<u16>)> = entries
+        .iter()
+        .map(|e| (e.outcome.as_str(), e.path.as_deref(), e.status))
+        .collect();
+    assert_eq!(seen, [("abandoned", Some("/wait"), None)]);
+}
+
 /// An API on 127.0.0.1 that reads a request's head and then, by its path: never
 /// answers (`/silent`); sends a head and 10 of the 100 bytes it announces, then
 /// nothing (`/stalls`); or sends 8 bytes one by one, 200 ms apart (`/slow`: never

@@ -84,7 +84,9 @@ pub struct AuditEntry {
     pub entity_id: Option<String>,
     /// Its app, when the account was found.
     pub app_name: Option<String>,
-    /// `granted`, `sent`, or why not (`not_found`, `not_active`, `unauthorized` ...).
+    /// `granted`, `sent`, or why not (`not_found`, `not_active`, `unauthorized` ...);
+    /// for a request also `refused` (a 401 before a refresh), `unreachable`, or
+    /// `abandoned` (its caller gave up before the answer: it may have been sent).
     pub outcome: String,
     /// Who.
     #[serde(flatten)]

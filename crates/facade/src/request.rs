@@ -541,6 +541,9 @@ impl ApiRequest {
                 }
             };
             watch.alive();
+            // From here the credentials may be out: a caller that gives up (a
+            // dropped future: a server's deadline, a client gone) leaves a line.
+            let abandoned = OnDrop::new(|| record("abandoned", None));
             let answer = match watch.until(client.execute(request)).await {
                 Ok(Ok(response)) => Ok(response),
                 Ok(Err(e)) => Err(format!(
@@ -552,6 +555,7 @@ impl ApiRequest {
                     silent.0
                 )),
             };
+            abandoned.disarm();
             let response = answer.map_err(|reason| {
                 record("unreachable", None);
                 unavailable(format!("the API at {} {reason}", rules::shown(&url)))
@@ -559,29 +563,48 @@ impl ApiRequest {
             let status = response.status();
             if status == http::StatusCode::UNAUTHORIZED && replayable && !retried {
                 retried = true;
-                let fresh = match kh
+                // The request went out with the credentials: it is recorded as
+                // refused when the refresh fails, when it gives credentials to try,
+                // and when the caller gives up meanwhile.
+                let refused = OnDrop::new(|| record("refused", Some(status.as_u16())));
+                let fresh = kh
                     .refresh_credentials(&id, Due::IfStill(used.clone()))
-                    .await
-                {
-                    Ok(fresh) => fresh,
-                    Err(e) => {
-                        // The request went out with the credentials: it is recorded
-                        // even though the refresh after its 401 failed.
-                        record("refused", Some(status.as_u16()));
-                        return Err(e);
-                    }
-                };
+                    .await?;
                 if fresh != used {
-                    record("refused", Some(status.as_u16()));
+                    drop(refused);
                     used = fresh;
                     continue;
                 }
                 // Nothing new to try: the API's 401 is the answer.
+                refused.disarm();
             }
             // Sent already: a line that cannot be queued now is logged, and the next
             // request is refused up front.
             record("sent", Some(status.as_u16()));
             return Ok(watch.watch_body(response));
+        }
+    }
+}
+
+/// Runs its closure when dropped, unless disarmed first: what is owed when a
+/// future is dropped at an `await` (an audit line for a request that went out).
+struct OnDrop<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> OnDrop<F> {
+    fn new(f: F) -> Self {
+        Self(Some(f))
+    }
+
+    /// Dropped without running the closure.
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl<F: FnOnce()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
         }
     }
 }
