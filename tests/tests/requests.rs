@@ -829,6 +829,44 @@ async fn instances_share_the_audit_trail(store_a: Arc<dyn Store>, store_b: Arc<d
         Some("/api/fixed"),
         "the newest one"
     );
+
+    // Times within one microsecond (the store orders by microseconds): the bounds
+    // hold to the nanosecond, as in the file, so paging back from the oldest time
+    // read skips nothing.
+    let base = keyhaven::chrono::DateTime::parse_from_rfc3339("2026-12-04T10:00:00.000001000Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let at = |ns: i64| base + keyhaven::chrono::TimeDelta::nanoseconds(ns);
+    for ns in [100, 700, 900] {
+        let entry = keyhaven::AuditEntry::new(at(ns), AuditAction::Request, "ca_paging", "sent");
+        a.audit().record(&entry).await.unwrap();
+    }
+    let page = |since: Option<i64>, until: Option<i64>, limit: usize| {
+        let a = a.clone();
+        async move {
+            let query = AuditQuery {
+                since: since.map(at),
+                until: until.map(at),
+                limit: Some(limit),
+            };
+            let entries = a.audit().query("ca_paging", &query).await.unwrap();
+            entries.iter().map(|e| e.at).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(page(None, None, 1).await, [at(900)]);
+    assert_eq!(
+        page(None, Some(900), 1).await,
+        [at(700)],
+        "until the oldest read"
+    );
+    assert_eq!(page(None, Some(700), 5).await, [at(100)]);
+    assert_eq!(page(Some(700), None, 5).await, [at(700), at(900)]);
+    assert!(page(Some(701), Some(900), 5).await.is_empty());
+    assert_eq!(
+        page(Some(100), Some(901), 2).await,
+        [at(700), at(900)],
+        "the newest two"
+    );
 }
 
 #[tokio::test]

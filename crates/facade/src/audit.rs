@@ -825,14 +825,38 @@ impl AuditLog {
                     .map_err(|e| failed(e.to_string()))?
             }
             Source::Store(store) => {
-                let lines = store
-                    .audit_lines(account, query.since, query.until, limit)
-                    .await
-                    .map_err(|e| failed(e.to_string()))?;
-                Ok(lines
-                    .iter()
-                    .filter_map(|line| serde_json::from_str(line).ok())
-                    .collect())
+                // The store orders and bounds lines by their time to the microsecond,
+                // rounded down; entries' times have nanoseconds. It is asked for every
+                // microsecond the bounds touch (`until` rounded up), and the entries
+                // are held to the bounds here, as the file's reader holds them: else a
+                // page that ends at an entry's time (`until` = the oldest time read)
+                // skips the entries earlier in that same microsecond. Entries cut here
+                // can leave a page short: it is asked again for more.
+                let until = query.until.map(|u| {
+                    u.checked_add_signed(chrono::TimeDelta::nanoseconds(999))
+                        .unwrap_or(u)
+                });
+                let within = |e: &AuditEntry| {
+                    query.since.is_none_or(|t| e.at >= t) && query.until.is_none_or(|t| e.at < t)
+                };
+                let mut asked = limit;
+                loop {
+                    let lines = store
+                        .audit_lines(account, query.since, until, asked)
+                        .await
+                        .map_err(|e| failed(e.to_string()))?;
+                    let mut entries: Vec<AuditEntry> = lines
+                        .iter()
+                        .filter_map(|line| serde_json::from_str(line).ok())
+                        .filter(within)
+                        .collect();
+                    if entries.len() >= limit || lines.len() < asked {
+                        // Oldest first: the newest `limit` are the last ones.
+                        entries.drain(..entries.len().saturating_sub(limit));
+                        return Ok(entries);
+                    }
+                    asked = asked.saturating_mul(2);
+                }
             }
         }
     }
