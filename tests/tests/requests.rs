@@ -636,6 +636,9 @@ async fn the_server_routes_pass_requests_on_and_keep_every_rule() {
         .post(format!("{base}/api/v1/proxy/{id}/echo/a%20b?x=1&y=2"))
         .header("x-api-key", KEY)
         .header("x-trace", "t-9")
+        // Headers named in Connection are this hop's only.
+        .header("connection", "x-hop, keep-alive")
+        .header("x-hop", "for keyhaven only")
         .header("content-type", "text/plain")
         .body("hello")
         .send()
@@ -649,6 +652,7 @@ async fn the_server_routes_pass_requests_on_and_keep_every_rule() {
     assert_eq!(seen["query"], "x=1&y=2");
     assert_eq!(seen["body"], "hello");
     assert_eq!(seen["headers"]["x-trace"], "t-9");
+    assert!(seen["headers"].get("x-hop").is_none(), "{seen}");
     assert_eq!(seen["headers"]["authorization"], "Bearer tok-server");
     assert!(
         seen["headers"].get("x-api-key").is_none(),
@@ -771,7 +775,7 @@ async fn the_passthrough_refreshes_a_refused_token_and_retries_a_small_body() {
     let (kh, store) = keyhaven(&dir);
     let api = Upstream::start().await;
     let endpoint = TokenEndpoint::start(Duration::ZERO).await;
-    let ids = revoked_accounts(&kh, &store, &endpoint, &api, 1).await;
+    let ids = revoked_accounts(&kh, &store, &endpoint, &api, 2).await;
     let (base, _stop) = serve(kh.clone()).await;
     let answer = http()
         .put(format!("{base}/api/v1/proxy/{}/me", ids[0]))
@@ -783,6 +787,17 @@ async fn the_passthrough_refreshes_a_refused_token_and_retries_a_small_body() {
     assert_eq!(answer.status(), 200);
     assert_eq!(endpoint.refreshes().get("rt-0"), Some(&1));
     assert_eq!(api.me(), 2);
+    // No body at all (no Content-Length, as `curl -X DELETE` sends): nothing to
+    // stream, so it is sent again too.
+    let answer = http()
+        .delete(format!("{base}/api/v1/proxy/{}/me", ids[1]))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(endpoint.refreshes().get("rt-1"), Some(&1));
+    assert_eq!(api.me(), 4);
 }
 
 /// Two instances over one store, each recording to the store's audit table: each

@@ -403,16 +403,22 @@ async fn passthrough_inner(
     }
     let mut forwarded = keyhaven::http::HeaderMap::new();
     for (name, value) in &parts.headers {
-        if rules::refusal(name.as_str()).is_some() {
+        if rules::refusal(name.as_str()).is_some()
+            || rules::named_by_connection(&parts.headers, name.as_str())
+        {
             continue;
         }
         forwarded.append(name.clone(), value.clone());
     }
+    // A body of no length: `Content-Length: 0`, or none at all (a request without
+    // `Content-Length` or `Transfer-Encoding`, as `curl -X DELETE` sends): nothing
+    // to stream, so the request stays replayable after a 401.
     let size = parts
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+        .and_then(|v| v.parse::<usize>().ok())
+        .or_else(|| http_body::Body::is_end_stream(&body).then_some(0));
     let mut outgoing =
         s.kh.request(id)
             .method(parts.method.clone())
@@ -440,7 +446,9 @@ async fn passthrough_inner(
     let mut response = axum::response::Response::builder().status(answer.status());
     if let Some(headers) = response.headers_mut() {
         for (name, value) in answer.headers() {
-            if !rules::is_hop_by_hop(name.as_str()) {
+            if !rules::is_hop_by_hop(name.as_str())
+                && !rules::named_by_connection(answer.headers(), name.as_str())
+            {
                 headers.append(name.clone(), value.clone());
             }
         }

@@ -64,6 +64,21 @@ fn invalid(field: &str, reason: impl Into<String>) -> Error {
     Error::invalid(field, reason)
 }
 
+/// Whether `headers`' `Connection` header lists `name`: a header meant for this
+/// hop only, which a proxy removes (RFC 9110, section 7.6.1), in either direction.
+pub fn named_by_connection(headers: &http::HeaderMap, name: &str) -> bool {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .any(|listed| {
+            listed.to_str().is_ok_and(|listed| {
+                listed
+                    .split(',')
+                    .any(|token| token.trim().eq_ignore_ascii_case(name))
+            })
+        })
+}
+
 /// The method to send: `GET` when none is given; only [`METHODS`].
 ///
 /// # Errors
