@@ -49,21 +49,38 @@ fn sse(e: &AccountEvent) -> Event {
 const REPLAY_MAX: usize = 10_000;
 
 /// What a reconnecting listener missed: the kept events after `last` (its
-/// `Last-Event-ID`), oldest first. `Ok(None)`: `last` is no longer kept (or never
+/// `Last-Event-ID`), oldest first, at most [`REPLAY_MAX`], and when there were more,
+/// the `lagged` event that says so. `Ok(None)`: `last` is no longer kept (or never
 /// was): the listener must read the current state.
-async fn missed(s: &AppState, last: &str) -> Result<Option<Vec<AccountEvent>>> {
-    let mut out = Vec::new();
+async fn missed(
+    s: &AppState,
+    last: &str,
+    max: usize,
+) -> Result<Option<(Vec<AccountEvent>, Option<Event>)>> {
+    const PAGE: usize = 500;
+    let mut out: Vec<AccountEvent> = Vec::new();
     let mut after = last.to_owned();
     loop {
-        match s.kh.events_after(Some(&after), 500).await {
+        // One more than may be replayed, to know whether there are more.
+        let want = PAGE
+            .min(max.saturating_add(1).saturating_sub(out.len()))
+            .max(1);
+        match s.kh.events_after(Some(&after), want).await {
             Ok(page) => {
-                let done = page.len() < 500;
+                let done = page.len() < want;
                 if let Some(e) = page.last() {
                     after = e.id.clone();
                 }
                 out.extend(page);
-                if done || out.len() >= REPLAY_MAX {
-                    return Ok(Some(out));
+                if out.len() > max {
+                    // More were missed than are replayed at once: the listener is told
+                    // where the replay stopped, to resume from there.
+                    out.truncate(max);
+                    let stopped = out.last().map_or(last, |e| e.id.as_str()).to_owned();
+                    return Ok(Some((out, Some(cut(&stopped)))));
+                }
+                if done {
+                    return Ok(Some((out, None)));
                 }
             }
             Err(keyhaven::Error::NotFound { .. }) if out.is_empty() => return Ok(None),
@@ -84,19 +101,28 @@ fn last_event_id(headers: &HeaderMap) -> Option<String> {
 
 /// The events `filter` lets through, as SSE events: first those of `replay` (what
 /// a reconnecting listener missed), then those heard live, less the ones already
-/// replayed; a listener that fell behind is told how many it missed (`lagged`). A
-/// one-account stream ends with its deletion.
+/// replayed; a listener that fell behind is told how many it missed (`lagged`), and
+/// `cut` follows a replay that was cut short. A one-account stream ends with its
+/// deletion.
 fn feed(
     receiver: Receiver<AccountEvent>,
     filter: Filter,
     replay: Vec<AccountEvent>,
+    cut: Option<Event>,
     closing: tokio::sync::watch::Receiver<bool>,
 ) -> impl Stream<Item = std::result::Result<Event, Infallible>> {
     let filter = Arc::new(filter);
     let replay: Vec<AccountEvent> = replay.into_iter().filter(|e| filter.matches(e)).collect();
     let replayed: HashSet<String> = replay.iter().map(|e| e.id.clone()).collect();
     let ended = filter.account.is_some() && replay.iter().any(|e| e.kind == EventKind::Deleted);
-    let first = stream::iter(replay.iter().map(|e| Ok(sse(e))).collect::<Vec<_>>());
+    let first = stream::iter(
+        replay
+            .iter()
+            .map(sse)
+            .chain(cut)
+            .map(Ok)
+            .collect::<Vec<_>>(),
+    );
     let live = stream::unfold((!ended).then_some((receiver, closing)), move |state| {
         let filter = filter.clone();
         let replayed = replayed.clone();
@@ -132,8 +158,9 @@ fn feed(
 enum Resume {
     /// It gave no `Last-Event-ID`.
     Fresh,
-    /// The kept events after its `Last-Event-ID`, to send first.
-    Missed(Vec<AccountEvent>),
+    /// The kept events after its `Last-Event-ID`, to send first, and the `lagged`
+    /// event to send after them when they were cut.
+    Missed(Vec<AccountEvent>, Option<Event>),
     /// Its `Last-Event-ID` is no longer kept: this `lagged` event, then the current
     /// state.
     Lost(Event),
@@ -144,10 +171,22 @@ async fn resume(s: &AppState, headers: &HeaderMap) -> Result<Resume> {
     let Some(last) = last_event_id(headers) else {
         return Ok(Resume::Fresh);
     };
-    Ok(match missed(s, &last).await? {
-        Some(replay) => Resume::Missed(replay),
+    Ok(match missed(s, &last, REPLAY_MAX).await? {
+        Some((replay, cut)) => Resume::Missed(replay, cut),
         None => Resume::Lost(reset(&last)),
     })
+}
+
+/// The event after a replay cut at [`REPLAY_MAX`] events, the last of them `last`.
+fn cut(last: &str) -> Event {
+    Event::default().event("lagged").data(
+        serde_json::json!({
+            "missed": null,
+            "lastEventId": last,
+            "reason": format!("more than {REPLAY_MAX} events were missed and only those were replayed; reconnect with this lastEventId as Last-Event-ID for the next ones, or read the current state"),
+        })
+        .to_string(),
+    )
 }
 
 /// The event a listener gets when its `Last-Event-ID` is no longer kept.
@@ -191,10 +230,10 @@ pub(crate) async fn account_events(
     // events are read is lost.
     let receiver = s.kh.events();
     let account = s.kh.connected_accounts().get(&id).await?;
-    let (mut first, replay, snapshot) = match resume(&s, &headers).await? {
-        Resume::Fresh => (Vec::new(), Vec::new(), true),
-        Resume::Missed(replay) => (Vec::new(), replay, false),
-        Resume::Lost(lagged) => (vec![lagged], Vec::new(), true),
+    let (mut first, replay, cut, snapshot) = match resume(&s, &headers).await? {
+        Resume::Fresh => (Vec::new(), Vec::new(), None, true),
+        Resume::Missed(replay, cut) => (Vec::new(), replay, cut, false),
+        Resume::Lost(lagged) => (vec![lagged], Vec::new(), None, true),
     };
     if snapshot {
         let view = account_view(&s.kh, &account).await;
@@ -212,6 +251,7 @@ pub(crate) async fn account_events(
         receiver,
         filter,
         replay,
+        cut,
         s.closing.subscribe(),
     ));
     Ok(Sse::new(events).keep_alive(keep_alive()))
@@ -257,11 +297,62 @@ pub(crate) async fn all_events(
         apps: list(&q, &["appNames", "appName"]),
         kinds,
     };
-    let (first, replay) = match resume(&s, &headers).await? {
-        Resume::Fresh => (Vec::new(), Vec::new()),
-        Resume::Missed(replay) => (Vec::new(), replay),
-        Resume::Lost(lagged) => (vec![Ok(lagged)], Vec::new()),
+    let (first, replay, cut) = match resume(&s, &headers).await? {
+        Resume::Fresh => (Vec::new(), Vec::new(), None),
+        Resume::Missed(replay, cut) => (Vec::new(), replay, cut),
+        Resume::Lost(lagged) => (vec![Ok(lagged)], Vec::new(), None),
     };
-    let events = stream::iter(first).chain(feed(receiver, filter, replay, s.closing.subscribe()));
+    let events =
+        stream::iter(first).chain(feed(receiver, filter, replay, cut, s.closing.subscribe()));
     Ok(Sse::new(events).keep_alive(keep_alive()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyhaven::{ConnectionRequest, Keyhaven, MemoryStore};
+
+    #[tokio::test]
+    async fn a_replay_cut_short_says_where_it_stopped() {
+        let kh = Keyhaven::builder()
+            .store(MemoryStore::new())
+            .build()
+            .expect("a keyhaven");
+        for key in ["sk-1", "sk-2", "sk-3", "sk-4"] {
+            kh.initiate_connection(
+                ConnectionRequest::for_app("openai")
+                    .scheme("API_KEY")
+                    .param("api_key", key),
+            )
+            .await
+            .expect("connected");
+        }
+        let s = AppState::new(kh, crate::AdminKey::from_plain("kh_events"));
+        let all = s.kh.events_after(None, 100).await.expect("events kept");
+        assert!(all.len() >= 4, "{}", all.len());
+        let ids = |events: &[AccountEvent]| events.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
+        let after_first = ids(&all[1..]);
+        // All that was missed, when it fits (also exactly).
+        for max in [all.len() - 1, all.len() + 5] {
+            let (replay, cut) = missed(&s, &all[0].id, max)
+                .await
+                .expect("read")
+                .expect("kept");
+            assert_eq!(ids(&replay), after_first, "max {max}");
+            assert!(cut.is_none(), "max {max}");
+        }
+        // More than fits: the first ones, then a `lagged` event naming the last.
+        let (replay, cut) = missed(&s, &all[0].id, 2)
+            .await
+            .expect("read")
+            .expect("kept");
+        assert_eq!(ids(&replay), ids(&all[1..3]));
+        let cut = format!("{:?}", cut.expect("told"));
+        assert!(
+            cut.contains("lagged") && cut.contains(all[2].id.as_str()),
+            "{cut}"
+        );
+        // An unknown id: the listener must read the current state.
+        assert!(missed(&s, "ev_unknown", 10).await.expect("read").is_none());
+    }
 }
