@@ -514,10 +514,15 @@ pub(crate) fn cli_request(
         }),
     };
     let mut map = keyhaven::http::HeaderMap::new();
-    for h in headers {
-        let (name, value) = h
-            .split_once(':')
-            .ok_or_else(|| CliError::usage(format!("header {h:?} is not \"Name: value\"")))?;
+    for (n, h) in headers.iter().enumerate() {
+        // Never echoed: a mistyped header is most often a credential
+        // (`Authorization=Bearer ...`).
+        let (name, value) = h.split_once(':').ok_or_else(|| {
+            CliError::usage(format!(
+                "header {} (-H) is not \"Name: value\" (not shown: it may hold a secret)",
+                n + 1
+            ))
+        })?;
         let name = keyhaven::http::HeaderName::from_bytes(name.trim().as_bytes())
             .map_err(|_| CliError::usage(format!("{:?} is not a header name", name.trim())))?;
         let value = keyhaven::http::HeaderValue::from_str(value.trim())

@@ -548,15 +548,22 @@ async fn run(cli: Cli) -> Result<Exit, CliError> {
         } => {
             let b = backend().await?;
             let request = backend::cli_request(&method, path, data, &headers)?;
-            let response = b.request(&id, request).await?;
-            let status = output::response(response, include, json).await?;
-            if let Some(kh) = b.keyhaven() {
-                // The request's audit line is written before the process ends.
-                kh.audit()
+            let shown = match b.request(&id, request).await {
+                Ok(response) => output::response(response, include, json).await,
+                Err(e) => Err(e),
+            };
+            // The request's audit line is written before the process ends, whatever
+            // became of the answer (the API unreachable, stdout closed, a cut body).
+            let flushed = match b.keyhaven() {
+                Some(kh) => kh
+                    .audit()
                     .flush()
                     .await
-                    .map_err(|e| CliError::new(Exit::Unavailable, e.to_string()))?;
-            }
+                    .map_err(|e| CliError::new(Exit::Unavailable, e.to_string())),
+                None => Ok(()),
+            };
+            let status = shown?;
+            flushed?;
             Ok(if status >= 400 {
                 Exit::ApiError
             } else {

@@ -128,6 +128,12 @@ impl Remote {
                 ),
             ));
         }
+        // The server refuses dot segments and encoded tricks, but it never sees
+        // them: the URL parser here would resolve `/../other/x` (also `%2e%2e`, `\`)
+        // first, onto another account's route or keyhaven's own API. So the path is
+        // held to the server's rules before it is put in a URL (under any base: the
+        // rules do not depend on it for a path starting with /).
+        keyhaven::request::rules::target(&self.base, &request.path)?;
         let url = self.url(&format!("/api/v1/proxy/{}{}", enc(id), request.path));
         let mut outgoing = self
             .client

@@ -538,6 +538,28 @@ fn oauth_commands(s: &Setup) {
     );
     let text = s.ok(&["audit", &id]).stdout;
     assert!(text.contains("request  sent  GET 127.0.0.1"), "{text}");
+    // Paths that step out of the account's API are refused before anything is
+    // sent, in local mode and with --server alike (where a URL parser would
+    // resolve them onto keyhaven's own routes first).
+    for (tricky, why) in [
+        ("/../../connectedAccounts/x", "segment"),
+        ("/%2e%2e/%2E%2e/connectedAccounts/x", "segment"),
+        ("/a\\..\\..\\b", "backslash"),
+    ] {
+        fails(&s.run(&["request", &id, "DELETE", tricky]), 4, why);
+    }
+    s.ok(&["accounts", "show", &id]);
+    // A mistyped header is not echoed: it is most often a credential.
+    let typo = s.run(&[
+        "request",
+        &id,
+        "GET",
+        "/me",
+        "-H",
+        "Authorization=Bearer sekrit-77",
+    ]);
+    fails(&typo, 2, "not \"Name: value\"");
+    assert!(!typo.stderr.contains("sekrit-77"), "{}", typo.stderr);
 
     // refresh: a new access token from the real server.
     let before = rt.block_on(provider.token_requests("refresh_token"));
