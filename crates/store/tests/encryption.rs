@@ -245,7 +245,11 @@ async fn rotation_under_traffic(
         let (store, ids, stop) = (store.clone(), ids.clone(), stop.clone());
         readers.push(tokio::spawn(async move {
             let mut reads = 0u64;
-            while !stop.load(Ordering::Relaxed) {
+            // At least one whole pass, however soon the rotation ends (it can end
+            // before this task is first polled on a busy machine), as the writers do.
+            let mut passes = 0;
+            while !stop.load(Ordering::Relaxed) || passes < 1 {
+                passes += 1;
                 for id in ids.iter() {
                     let (_, c) = store
                         .get_account_and_credentials(id)
