@@ -222,6 +222,52 @@ async fn kms_wraps_the_key_and_a_new_wrapping_key_touches_no_row() {
     assert_eq!(bytes(&dir.join("keyhaven.db")), db);
 }
 
+/// Processes that start at once on a new data directory agree on one data key: the
+/// first to write the wrapped key file wins and the others read its key (before,
+/// each wrote its own over the others', and rows written under a key overwritten
+/// could not be read again).
+#[tokio::test]
+async fn processes_starting_at_once_share_one_data_key() {
+    let Some(moto) = Moto::start().await else {
+        return;
+    };
+    let key = moto.create_key().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let kms = [
+        "--kms-key-id",
+        key.as_str(),
+        "--kms-endpoint",
+        moto.url.as_str(),
+    ];
+    let dir_for = dir.clone();
+    let kms_owned: Vec<String> = kms.iter().map(|s| (*s).to_owned()).collect();
+    let ids = tokio::task::spawn_blocking(move || {
+        let kms: Vec<&str> = kms_owned.iter().map(String::as_str).collect();
+        std::thread::scope(|scope| {
+            let started: Vec<_> = (0..6)
+                .map(|i| {
+                    let (dir, kms) = (&dir_for, &kms);
+                    scope.spawn(move || (i, connect(dir, kms, &format!("sk-at-once-{i}"))))
+                })
+                .collect();
+            started
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .collect::<Vec<_>>()
+        })
+    })
+    .await
+    .unwrap();
+    for (i, id) in ids {
+        assert_eq!(
+            ok(&token(&dir, &kms, &id)).trim(),
+            format!("sk-at-once-{i}"),
+            "every process's row is readable with the directory's key"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_plain_key_moves_into_the_envelope_and_a_missing_kms_key_creates_nothing() {
     let Some(moto) = Moto::start().await else {

@@ -266,8 +266,11 @@ fn read_wrapped(path: &Path) -> Result<Option<WrappedFile>, StoreError> {
     }
 }
 
-/// Writes the wrapped key file atomically (a new 0600 file, then a rename).
-fn write_wrapped(path: &Path, content: &WrappedFile) -> Result<(), StoreError> {
+/// Writes the wrapped key file atomically (a new 0600 file, then a rename; with
+/// `create_new`, a hard link that fails when the file exists, so that of two
+/// processes making the first key at once one wins and the other reads its key,
+/// as the plain key file does). Returns whether the file was written.
+fn write_wrapped(path: &Path, content: &WrappedFile, create_new: bool) -> Result<bool, StoreError> {
     use std::io::Write;
     let text = serde_json::to_string_pretty(content).map_err(|e| file_error(path, e))?;
     let suffix = keyhaven_core::random_hex::<8>().map_err(|e| file_error(path, e))?;
@@ -276,12 +279,24 @@ fn write_wrapped(path: &Path, content: &WrappedFile) -> Result<(), StoreError> {
         f.write_all(text.as_bytes())?;
         f.sync_all()
     });
-    let placed = written.and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = placed {
+    let placed = written.and_then(|()| {
+        if !create_new {
+            return std::fs::rename(&tmp, path).map(|()| true);
+        }
+        let linked = match std::fs::hard_link(&tmp, path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            // A file system without hard links: check, then rename (not atomic).
+            Err(_) if path.exists() => Ok(false),
+            Err(_) => return std::fs::rename(&tmp, path).map(|()| true),
+        };
         let _ = std::fs::remove_file(&tmp);
-        return Err(file_error(path, format!("cannot write it: {e}")));
-    }
-    Ok(())
+        linked
+    });
+    placed.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        file_error(path, format!("cannot write it: {e}"))
+    })
 }
 
 /// The data key a wrapped key file holds: unwrapped with the KMS key that wrapped
@@ -307,7 +322,13 @@ async fn open(path: &Path, file: &WrappedFile, kms: &Kms) -> Result<MasterKey, S
 /// Wraps `key` with the KMS key `kms_key_id`, checks that the KMS gives it back,
 /// then writes the wrapped key file at `path` (its directory made if need be, mode
 /// 0700); nothing is made or written when a call fails.
-async fn seal(path: &Path, kms: &Kms, kms_key_id: &str, key: &MasterKey) -> Result<(), StoreError> {
+async fn seal(
+    path: &Path,
+    kms: &Kms,
+    kms_key_id: &str,
+    key: &MasterKey,
+    create_new: bool,
+) -> Result<bool, StoreError> {
     let wrapped = kms.wrap(kms_key_id, key).await?;
     if kms.unwrap(kms_key_id, &wrapped).await?.id() != key.id() {
         return Err(kms_error(format!(
@@ -325,6 +346,7 @@ async fn seal(path: &Path, kms: &Kms, kms_key_id: &str, key: &MasterKey) -> Resu
             wrapped: B64.encode(&wrapped),
             key_id: key.id().to_owned(),
         },
+        create_new,
     )
 }
 
@@ -355,9 +377,19 @@ pub async fn ring_from_kms(dir: &Path, kms: &Kms, kms_key_id: &str) -> Result<Ke
     } else {
         (MasterKey::generate()?, false)
     };
-    seal(&path, kms, kms_key_id, &key).await?;
+    if !seal(&path, kms, kms_key_id, &key, true).await? {
+        // Another process made the file meanwhile: its key is the directory's (the
+        // one made here was never used).
+        let file = read_wrapped(&path)?
+            .ok_or_else(|| file_error(&path, "it was made by another process and is gone again"))?;
+        return Ok(KeyRing::new(open(&path, &file, kms).await?, []));
+    }
     if moved {
-        std::fs::remove_file(plain.path()).map_err(|e| file_error(plain.path(), e))?;
+        match std::fs::remove_file(plain.path()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(file_error(plain.path(), e)),
+        }
         tracing::info!(path = %path.display(), "the master key moved into the KMS envelope; the plain key file was removed");
     } else {
         tracing::info!(path = %path.display(), kms_key = %kms_key_id, "a new data key, wrapped by the KMS");
@@ -381,6 +413,6 @@ pub async fn rewrap(dir: &Path, kms: &Kms, new_kms_key_id: &str) -> Result<PathB
         )
     })?;
     let key = open(&path, &file, kms).await?;
-    seal(&path, kms, new_kms_key_id, &key).await?;
+    seal(&path, kms, new_kms_key_id, &key, false).await?;
     Ok(path)
 }
