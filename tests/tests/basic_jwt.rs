@@ -736,6 +736,7 @@ async fn service_accounts_sign_assertions_and_renew() {
         .integrations()
         .create(
             NewIntegration::new("google-cloud", "GOOGLE_SERVICE_ACCOUNT")
+                .config("token_url", format!("{base}/token"))
                 .scope("https://www.googleapis.com/auth/cloud-platform"),
         )
         .await
@@ -774,10 +775,10 @@ async fn bad_service_account_input_is_refused_and_changes_nothing() {
         .unwrap();
     let google = kh
         .integrations()
-        .create(NewIntegration::new(
-            "google-cloud",
-            "GOOGLE_SERVICE_ACCOUNT",
-        ))
+        .create(
+            NewIntegration::new("google-cloud", "GOOGLE_SERVICE_ACCOUNT")
+                .config("token_url", format!("{base}/token")),
+        )
         .await
         .unwrap();
     let before = kh
@@ -825,6 +826,25 @@ async fn bad_service_account_input_is_refused_and_changes_nothing() {
             "{missing}: {err}"
         );
         assert!(!err.to_string().contains("PRIVATE KEY"), "{err}");
+    }
+    // The key file is pasted by the user: it does not choose where keyhaven posts
+    // (another host, an internal address).
+    for elsewhere in [
+        "http://127.0.0.1:9/token".to_owned(),
+        "https://oauth2.googleapis.com/token".to_owned(),
+        format!("{base}/other"),
+    ] {
+        let mut c = full.clone();
+        c["token_uri"] = Value::from(elsewhere.clone());
+        let err = kh
+            .initiate_connection(
+                ConnectionRequest::for_integration(google.id.as_str())
+                    .param("credentials_json", c.to_string()),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{elsewhere}: {err}");
+        assert!(err.to_string().contains("token_uri other than"), "{err}");
     }
     full["private_key"] = Value::from("garbage");
     let err = kh

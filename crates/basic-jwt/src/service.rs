@@ -291,7 +291,20 @@ impl GoogleServiceAccount {
 }
 
 /// The fields of a credentials JSON that keyhaven needs, checked.
-fn google_fields(json: &str) -> Result<SecretFields, SchemeError> {
+/// Google's token endpoint, which a key file's `token_uri` names.
+const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
+
+/// The token endpoint of a Google service account integration: its `token_url`, or
+/// Google's. The key file's `token_uri` must name it: the key file is pasted by an
+/// end user, and its assertion (and every refresh) is sent there from keyhaven's
+/// host, so a key file must not choose where (another host, an internal address).
+fn google_token_url(integration: &Integration) -> &str {
+    integration
+        .config_str("token_url")
+        .unwrap_or(GOOGLE_TOKEN_URL)
+}
+
+fn google_fields(json: &str, token_url: &str) -> Result<SecretFields, SchemeError> {
     const FIELD: &str = "connected_account_params.credentials_json";
     let parsed = SecretFields::from_json(json)
         .map_err(|_| SchemeError::invalid(FIELD, "is not a JSON object"))?;
@@ -316,13 +329,12 @@ fn google_fields(json: &str) -> Result<SecretFields, SchemeError> {
         ));
     }
     let token_uri = parsed.get_str("token_uri").unwrap_or_default();
-    if Url::parse(token_uri)
-        .map(|u| !matches!(u.scheme(), "https" | "http"))
-        .unwrap_or(true)
-    {
+    if Url::parse(token_uri).ok() != Url::parse(token_url).ok() {
         return Err(SchemeError::invalid(
             FIELD,
-            "has a token_uri that is not a URL",
+            format!(
+                "has a token_uri other than this integration's token endpoint ({token_url}); paste the key file Google gave you, or set the integration's token_url"
+            ),
         ));
     }
     let mut out = SecretFields::new();
@@ -343,7 +355,10 @@ impl GoogleServiceAccount {
         subject: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<(String, Option<i64>), SchemeError> {
-        let token_uri = fields.get_str("token_uri").unwrap_or_default();
+        // The integration's endpoint, which the key file's token_uri was held to when
+        // it was pasted (not the stored token_uri: what was stored before that check
+        // is not trusted).
+        let token_uri = google_token_url(integration);
         let signer = Signer {
             issuer: fields.get_str("client_email").unwrap_or_default(),
             subject,
@@ -381,6 +396,13 @@ impl AuthScheme for GoogleServiceAccount {
             .secret(),
             FieldSpec::optional("subject", "A user to act for (domain-wide delegation)."),
         ])
+        .with_config(vec![
+            FieldSpec::optional(
+                "token_url",
+                "The token endpoint (Google's, https://oauth2.googleapis.com/token, when absent); a key file's token_uri must name it.",
+            )
+            .kind(FieldKind::Url),
+        ])
     }
 
     async fn initiate(&self, cx: InitiateContext<'_>) -> Result<Initiated, SchemeError> {
@@ -389,7 +411,7 @@ impl AuthScheme for GoogleServiceAccount {
             .secret
             .get_str("credentials_json")
             .unwrap_or_default();
-        let fields = google_fields(json)?;
+        let fields = google_fields(json, google_token_url(cx.integration))?;
         encoding_key(
             fields.get_str("private_key").unwrap_or_default(),
             Algorithm::RS256,
