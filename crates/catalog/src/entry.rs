@@ -6,7 +6,7 @@ use keyhaven_core::{SchemeSpec, SecretFields};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::{CONNECTION_PARAMS, CatalogError};
+use crate::{CONNECTION_PARAM_VALUES, CONNECTION_PARAMS, CatalogError};
 
 /// The key of a scheme table that lists the scopes an integration asks for by
 /// default (the integration's `scopes`, not a config field).
@@ -52,6 +52,10 @@ pub struct ParamEntry {
     pub description: String,
     /// An example value.
     pub example: Option<String>,
+    /// The values it may take, when the provider has a fixed list of them (such as
+    /// data centres); any value of the allowed characters when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed: Vec<String>,
 }
 
 impl AppEntry {
@@ -127,6 +131,15 @@ impl AppEntry {
                 .map(|p| (p.name.clone(), Value::from(p.description.clone())))
                 .collect();
             c.insert(CONNECTION_PARAMS, Value::Object(params));
+            let values: Map<String, Value> = self
+                .params
+                .iter()
+                .filter(|p| !p.allowed.is_empty())
+                .map(|p| (p.name.clone(), Value::from(p.allowed.clone())))
+                .collect();
+            if !values.is_empty() {
+                c.insert(CONNECTION_PARAM_VALUES, Value::Object(values));
+            }
         }
         for (key, value) in self.table(spec).into_iter().flatten() {
             if spec.config_field(key).is_some_and(|f| !f.per_deployment) {

@@ -75,6 +75,10 @@ pub const CATEGORIES: &[&str] = &[
 /// (`{name: description}`), which fill the `{templates}` of its URLs.
 pub const CONNECTION_PARAMS: &str = "connection_params";
 
+/// The integration config key that lists the values connection parameters may take
+/// (`{name: [values]}`), for those the provider has a fixed list of.
+pub const CONNECTION_PARAM_VALUES: &str = "connection_param_values";
+
 /// Why the catalogue or an entry cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {

@@ -115,6 +115,15 @@ impl AppEntry {
             if p.description.trim().is_empty() {
                 problems.push(format!("param {} has no description", p.name));
             }
+            if let Some(example) = &p.example
+                && !p.allowed.is_empty()
+                && !p.allowed.contains(example)
+            {
+                problems.push(format!(
+                    "param {}'s example {example:?} is not one of its allowed values",
+                    p.name
+                ));
+            }
         }
         let examples = self.example_params();
         let mut used = BTreeSet::new();

@@ -162,6 +162,84 @@ pub fn private_host_error(
     )
 }
 
+/// The config fields whose URLs receive the integration's own secrets (an OAuth
+/// client secret) with each token request and revocation, whoever's account it is.
+const SECRET_DESTINATIONS: &[&str] = &["token_url", "revocation_url"];
+
+/// The integration config field that lists the values a connection parameter may
+/// take (`{"dc_domain": ["com", "eu", ...]}`), from the catalogue or the admin.
+pub const CONNECTION_PARAM_VALUES: &str = keyhaven_catalog::CONNECTION_PARAM_VALUES;
+
+/// The values `param` may take, when the integration lists them.
+pub(crate) fn allowed_values<'a>(integration: &'a Integration, param: &str) -> Option<&'a [Value]> {
+    integration
+        .config
+        .get(CONNECTION_PARAM_VALUES)?
+        .get(param)?
+        .as_array()
+        .map(Vec::as_slice)
+}
+
+/// The parameters of a URL template that choose its host's domain: those of a host
+/// that does not end in a fixed domain of two labels or more after its last
+/// parameter (`{instance}`, `accounts.zoho.{dc_domain}`), as opposed to a name under
+/// the provider's own domain (`{shop}.myshopify.com`, `api.{shard}.adobesign.com`).
+fn domain_params(template: &str) -> Vec<String> {
+    let authority = authority(template);
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let host = match host.rsplit_once(':') {
+        Some((host, port)) if !port.contains('}') => host,
+        _ => host,
+    };
+    let Some(last) = host.rfind('}') else {
+        return Vec::new();
+    };
+    let fixed = host[last + 1..]
+        .split('.')
+        .filter(|label| !label.is_empty())
+        .count();
+    if host[last + 1..].starts_with('.') && fixed >= 2 {
+        return Vec::new();
+    }
+    keyhaven_catalog::template_names(host)
+}
+
+/// Refuses a connection whose parameters would choose the domain that receives the
+/// integration's own secrets: an end user naming their own server as the token
+/// endpoint of an integration with a client secret would be sent that secret (and,
+/// on revocation, tokens). Such a parameter must be one of the values the
+/// integration lists ([`CONNECTION_PARAM_VALUES`]); else the admin writes the URL
+/// out in the integration (one integration per instance, as its OAuth client is).
+///
+/// # Errors
+/// [`Error::InvalidInput`] naming the parameter and what to do.
+pub(crate) fn check_secret_destinations(
+    integration: &Integration,
+    values: &Map<String, Value>,
+) -> Result<(), Error> {
+    if integration.secrets.expose().is_empty() {
+        return Ok(());
+    }
+    for field in SECRET_DESTINATIONS {
+        let Some(template) = integration.config.get(*field).and_then(Value::as_str) else {
+            continue;
+        };
+        for param in domain_params(template) {
+            if values.contains_key(&param) && allowed_values(integration, &param).is_none() {
+                return Err(Error::invalid(
+                    format!("connected_account_params.{param}"),
+                    format!(
+                        "chooses the host of auth_config.{field}, which receives this integration's client secret, so an end user may not give it; the admin sets {field} (and the app's other URLs) to the instance's own in the integration's auth_config, one integration per instance, or lists the values {param} may take in auth_config.{CONNECTION_PARAM_VALUES}"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks every URL of `integration`'s config whose host is filled from `values`
 /// (the connection's parameters): none may name a private or local host, unless the
 /// integration allows it. A URL whose templates are not all filled yet is skipped (it
@@ -173,6 +251,7 @@ pub(crate) fn check_param_hosts(
     integration: &Integration,
     values: &Map<String, Value>,
 ) -> Result<(), Error> {
+    check_secret_destinations(integration, values)?;
     if allows_private_hosts(integration) {
         return Ok(());
     }

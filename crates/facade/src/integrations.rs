@@ -163,6 +163,11 @@ fn common_config() -> &'static [FieldSpec] {
                 "Parameters each connection gives ({name: description}) to fill the {name} templates of the URLs.",
             )
             .kind(FieldKind::Object),
+            FieldSpec::optional(
+                crate::egress::CONNECTION_PARAM_VALUES,
+                "The values a connection parameter may take ({name: [values]}); a parameter that chooses the domain of the token URL must have them.",
+            )
+            .kind(FieldKind::Object),
         ]
     })
 }
@@ -605,6 +610,15 @@ pub(crate) fn check_connection_params(
             return Err(Error::invalid(
                 format!("connected_account_params.{}", spec.name),
                 "may hold only letters, digits, '.', '-' and '_' (it becomes part of a URL): give the bare name, such as acme for acme.example.com",
+            ));
+        }
+        if let Some(allowed) = crate::egress::allowed_values(integration, &spec.name)
+            && !allowed.iter().any(|a| a.as_str() == Some(v))
+        {
+            let listed: Vec<&str> = allowed.iter().filter_map(Value::as_str).collect();
+            return Err(Error::invalid(
+                format!("connected_account_params.{}", spec.name),
+                format!("must be one of {}", listed.join(", ")),
             ));
         }
     }

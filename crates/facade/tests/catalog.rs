@@ -162,6 +162,7 @@ async fn an_authorization_url_for_every_oauth_entry() {
     }
     let kh = builder.build().unwrap();
     let mut failures = Vec::new();
+    let mut pinned_by_the_admin = Vec::new();
     for entry in &oauth {
         let mut request = ConnectionRequest::for_app(entry.slug.clone()).scheme("OAUTH2");
         for (k, v) in entry.example_params() {
@@ -169,6 +170,15 @@ async fn an_authorization_url_for_every_oauth_entry() {
         }
         let out = match kh.initiate_connection(request).await {
             Ok(out) => out,
+            // The token URL's whole domain is the user's to choose (a self-hosted
+            // instance): with a client secret, the admin writes it out instead.
+            Err(e)
+                if e.to_string()
+                    .contains("receives this integration's client secret") =>
+            {
+                pinned_by_the_admin.push(entry.slug.clone());
+                continue;
+            }
             Err(e) => {
                 failures.push(format!("{}: {e}", entry.slug));
                 continue;
@@ -215,6 +225,79 @@ async fn an_authorization_url_for_every_oauth_entry() {
         failures.len(),
         failures.join("\n")
     );
+    assert_eq!(
+        pinned_by_the_admin,
+        ["auth0", "canvas-lms", "mastodon", "okta"],
+        "the entries whose token URL's domain a connection parameter chooses"
+    );
+}
+
+/// A connection parameter may not choose the domain that receives the integration's
+/// client secret: it is one of the entry's listed values, or the admin writes the
+/// URLs out.
+#[tokio::test]
+async fn the_client_secret_goes_only_to_the_providers_own_hosts() {
+    let kh = Keyhaven::builder()
+        .store(MemoryStore::new())
+        .app_credentials("zoho-crm", "zoho-id", Some("zoho-secret"))
+        .app_credentials("okta", "okta-id", Some("okta-secret"))
+        .build()
+        .unwrap();
+    let zoho = |dc: &str| {
+        ConnectionRequest::for_app("zoho-crm")
+            .scheme("OAUTH2")
+            .param("dc_domain", dc)
+    };
+    for evil in ["evil.example", "com.evil.example", "evil"] {
+        let err = kh.initiate_connection(zoho(evil)).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{evil}: {err}");
+        assert!(
+            err.to_string().contains("dc_domain") && err.to_string().contains("one of com, eu"),
+            "{err}"
+        );
+    }
+    let out = kh.initiate_connection(zoho("eu")).await.unwrap();
+    let url = Url::parse(out.redirect_url.as_deref().unwrap()).unwrap();
+    assert_eq!(url.host_str(), Some("accounts.zoho.eu"));
+
+    // A self-hosted instance: the end user may not name it...
+    let err = kh
+        .initiate_connection(
+            ConnectionRequest::for_app("okta")
+                .scheme("OAUTH2")
+                .param("okta_domain", "evil.example"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("okta_domain"), "{err}");
+    assert!(!err.to_string().contains("okta-secret"), "{err}");
+    // ... the admin does, once for the integration.
+    let pinned = kh
+        .integrations()
+        .create(
+            keyhaven::NewIntegration::new("okta", "OAUTH2")
+                .config("client_id", "okta-id")
+                .config("client_secret", "okta-secret")
+                .config(
+                    "authorize_url",
+                    "https://acme.okta.com/oauth2/default/v1/authorize",
+                )
+                .config("token_url", "https://acme.okta.com/oauth2/default/v1/token")
+                .config(
+                    "revocation_url",
+                    "https://acme.okta.com/oauth2/default/v1/revoke",
+                )
+                .config("base_url", "https://acme.okta.com/api/v1")
+                .config("connection_params", serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+    let out = kh
+        .initiate_connection(ConnectionRequest::for_integration(pinned.id.as_str()))
+        .await
+        .unwrap();
+    assert_eq!(out.connection_status, ConnectionStatus::Initiated);
 }
 
 fn keyhaven_catalog_fill(template: &str, entry: &keyhaven::AppEntry) -> String {
