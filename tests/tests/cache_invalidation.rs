@@ -281,7 +281,9 @@ async fn integration_changed_by_another_instance(
     kh_b.integrations()
         .update(
             integration.id.as_str(),
-            IntegrationUpdate::new().config("token_url", new.url.clone()),
+            IntegrationUpdate::new()
+                .config("token_url", new.url.clone())
+                .allow_new_destinations(),
         )
         .await
         .unwrap();
