@@ -214,6 +214,18 @@ pub(crate) async fn rotate_keys(
             store.set_key_ring(ring);
             let report = store.rotate(batch).await.map_err(CliError::from_store)?;
             if retire_old {
+                // A process still running with the old keys writes under its primary:
+                // what it wrote after the rotation passed needs the old keys still.
+                store
+                    .check_keys(&store.key_ring().only_primary())
+                    .map_err(|e| {
+                        CliError::new(
+                            crate::Exit::Failed,
+                            format!(
+                                "the old keys were not retired: values were written under them while the rotation ran, most likely by a keyhaven still running with them ({e}); stop every other keyhaven process on this data directory, then run keys rotate --retire-old again"
+                            ),
+                        )
+                    })?;
                 file.retire_old_keys().map_err(CliError::from_store)?;
             }
             (report, id, retire_old)

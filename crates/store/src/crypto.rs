@@ -154,6 +154,20 @@ impl KeyRing {
         }
     }
 
+    /// A ring of this one's primary key alone: what is left once the older keys are
+    /// retired.
+    pub fn only_primary(&self) -> Self {
+        Self {
+            primary: self.primary.clone(),
+            ciphers: self
+                .ciphers
+                .iter()
+                .filter(|(id, _)| **id == self.primary)
+                .map(|(id, cipher)| (id.clone(), cipher.clone()))
+                .collect(),
+        }
+    }
+
     /// The id of the key new writes use.
     pub fn primary_id(&self) -> &str {
         &self.primary

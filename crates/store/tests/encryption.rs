@@ -291,6 +291,55 @@ async fn rotation_under_traffic(
     }
 }
 
+/// Retiring the old keys after a rotation is held back while a value needs them:
+/// one written under them meanwhile by a process still running with them.
+#[tokio::test]
+async fn old_keys_are_not_retired_while_a_value_needs_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kh.db");
+    let old = MasterKey::generate().unwrap();
+    let old_b64 = old.to_base64();
+    let rotating = SqliteStore::open(&path, KeyRing::new(old, [])).unwrap();
+    let id = write_secrets(&rotating).await;
+    // Another process, still on the old key.
+    let running = SqliteStore::open(
+        &path,
+        keyhaven_store::ring_from_base64(&old_b64, &[]).unwrap(),
+    )
+    .unwrap();
+    let new = MasterKey::generate().unwrap();
+    let new_id = new.id().to_owned();
+    rotating.set_key_ring(KeyRing::new(
+        new,
+        [MasterKey::from_base64(&old_b64).unwrap()],
+    ));
+    rotating.rotate(16).await.unwrap();
+    let only_new = rotating.key_ring().only_primary();
+    assert_eq!(only_new.key_ids().collect::<Vec<_>>(), [new_id.as_str()]);
+    rotating.check_keys(&only_new).unwrap();
+    // It writes after the rotation passed: the old key is needed again.
+    // (It cannot read the rewritten values; its write needs only the account.)
+    let (acc, _) = rotating
+        .get_account_and_credentials(&id)
+        .await
+        .unwrap()
+        .unwrap();
+    running
+        .update_account(
+            &acc,
+            CredentialsUpdate::Set(&creds("written-meanwhile")),
+            &[],
+        )
+        .await
+        .unwrap();
+    let err = rotating.check_keys(&only_new).unwrap_err().to_string();
+    let old_id = MasterKey::from_base64(&old_b64).unwrap().id().to_owned();
+    assert!(err.contains(&old_id), "{err}");
+    // Rotated again, nothing needs it.
+    rotating.rotate(16).await.unwrap();
+    rotating.check_keys(&only_new).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_rotation_under_traffic_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();

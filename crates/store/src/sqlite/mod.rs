@@ -252,6 +252,17 @@ impl SqliteStore {
         Self::open(dir.join(DB_FILE), keys)
     }
 
+    /// Whether every stored value can be read with `keys`: before keys are retired,
+    /// the check that no value was written under them meanwhile (by a process still
+    /// running with them).
+    ///
+    /// # Errors
+    /// A key the values need that `keys` lacks (named, with how many values), or the
+    /// database cannot be read.
+    pub fn check_keys(&self, keys: &KeyRing) -> Result<(), StoreError> {
+        self.missing_keys(keys)?.check(keys)
+    }
+
     /// The key ids the stored values are encrypted with that `keys` lacks, with how
     /// many values each: a loose scan of the distinct blob headers of each secret
     /// column (an index seek per key id in use on `connected_accounts`), then a count
