@@ -290,7 +290,6 @@ impl GoogleServiceAccount {
     }
 }
 
-/// The fields of a credentials JSON that keyhaven needs, checked.
 /// Google's token endpoint, which a key file's `token_uri` names.
 const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
 
@@ -304,6 +303,8 @@ fn google_token_url(integration: &Integration) -> &str {
         .unwrap_or(GOOGLE_TOKEN_URL)
 }
 
+/// The fields of a credentials JSON that keyhaven needs, checked; its `token_uri`
+/// must be `token_url`.
 fn google_fields(json: &str, token_url: &str) -> Result<SecretFields, SchemeError> {
     const FIELD: &str = "connected_account_params.credentials_json";
     let parsed = SecretFields::from_json(json)
