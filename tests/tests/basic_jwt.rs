@@ -805,6 +805,14 @@ async fn bad_service_account_input_is_refused_and_changes_nothing() {
             && err.to_string().contains("PEM"),
         "{err}"
     );
+    // A credentials JSON the Google integration refuses: the error.
+    let refused = async |json: String| {
+        kh.initiate_connection(
+            ConnectionRequest::for_integration(google.id.as_str()).param("credentials_json", json),
+        )
+        .await
+        .unwrap_err()
+    };
     let mut full = json!({
         "type": "service_account",
         "client_email": "svc-google@project.iam.gserviceaccount.com",
@@ -814,13 +822,7 @@ async fn bad_service_account_input_is_refused_and_changes_nothing() {
     for missing in ["client_email", "private_key", "token_uri"] {
         let mut c = full.clone();
         c.as_object_mut().unwrap().remove(missing);
-        let err = kh
-            .initiate_connection(
-                ConnectionRequest::for_integration(google.id.as_str())
-                    .param("credentials_json", c.to_string()),
-            )
-            .await
-            .unwrap_err();
+        let err = refused(c.to_string()).await;
         assert!(
             err.to_string().contains("credentials_json") && err.to_string().contains(missing),
             "{missing}: {err}"
@@ -836,32 +838,14 @@ async fn bad_service_account_input_is_refused_and_changes_nothing() {
     ] {
         let mut c = full.clone();
         c["token_uri"] = Value::from(elsewhere.clone());
-        let err = kh
-            .initiate_connection(
-                ConnectionRequest::for_integration(google.id.as_str())
-                    .param("credentials_json", c.to_string()),
-            )
-            .await
-            .unwrap_err();
+        let err = refused(c.to_string()).await;
         assert_eq!(err.kind(), ErrorKind::InvalidInput, "{elsewhere}: {err}");
         assert!(err.to_string().contains("token_uri other than"), "{err}");
     }
     full["private_key"] = Value::from("garbage");
-    let err = kh
-        .initiate_connection(
-            ConnectionRequest::for_integration(google.id.as_str())
-                .param("credentials_json", full.to_string()),
-        )
-        .await
-        .unwrap_err();
+    let err = refused(full.to_string()).await;
     assert!(err.to_string().contains("private_key"), "{err}");
-    let err = kh
-        .initiate_connection(
-            ConnectionRequest::for_integration(google.id.as_str())
-                .param("credentials_json", "{not json"),
-        )
-        .await
-        .unwrap_err();
+    let err = refused("{not json".to_owned()).await;
     assert!(err.to_string().contains("JSON"), "{err}");
     assert_eq!(
         kh.connected_accounts()

@@ -304,28 +304,10 @@ async fn a_refused_request_is_audited_when_the_refresh_after_it_fails() {
 /// audit log.
 #[tokio::test]
 async fn a_request_given_up_before_its_answer_is_audited() {
-    use tokio::io::AsyncReadExt;
     let dir = tempfile::tempdir().unwrap();
     let (kh, _store) = keyhaven(&dir);
-    // An API that tells when a request's head has reached it, and never answers.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = format!("http://{}", listener.local_addr().unwrap());
-    let (reached, mut heads) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match socket.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
-            let _ = reached.send(String::from_utf8_lossy(&head).into_owned());
-            held.push(socket);
-        }
-    });
+    // An API that never answers this path, and tells when a request's head came.
+    let (api, mut heads) = sluggish_api().await;
     let id = connect(
         &kh,
         "BEARER_TOKEN",
@@ -358,16 +340,19 @@ async fn a_request_given_up_before_its_answer_is_audited() {
 /// An API on 127.0.0.1 that reads a request's head and then, by its path: never
 /// answers (`/silent`); sends a head and 10 of the 100 bytes it announces, then
 /// nothing (`/stalls`); or sends 8 bytes one by one, 200 ms apart (`/slow`: never
-/// silent for long, however busy the machine, against the tests' 1 s limit).
-async fn sluggish_api() -> String {
+/// silent for long, however busy the machine, against the tests' 1 s limit). Every
+/// path but these two is silent. The heads it read come on the receiver.
+async fn sluggish_api() -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
+    let (reached, heads) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
             let Ok((mut socket, _)) = listener.accept().await else {
                 return;
             };
+            let reached = reached.clone();
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 let mut buf = [0u8; 1024];
@@ -378,6 +363,7 @@ async fn sluggish_api() -> String {
                     }
                 }
                 let head = String::from_utf8_lossy(&head).into_owned();
+                let _ = reached.send(head.clone());
                 if head.starts_with("GET /stalls ") {
                     let _ = socket
                         .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
@@ -398,7 +384,7 @@ async fn sluggish_api() -> String {
             });
         }
     });
-    url
+    (url, heads)
 }
 
 /// `f`, which must end within 20 s: a guard on a test of how calls end, not a timing.
@@ -415,7 +401,7 @@ async fn an_api_silent_for_longer_than_the_read_timeout_is_given_up_on_and_a_slo
         .read_timeout(Duration::from_secs(1))
         .build()
         .unwrap();
-    let api = sluggish_api().await;
+    let (api, _heads) = sluggish_api().await;
     let id = connect(
         &kh,
         "BEARER_TOKEN",

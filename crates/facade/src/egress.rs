@@ -251,7 +251,6 @@ pub(crate) fn check_param_hosts(
     integration: &Integration,
     values: &Map<String, Value>,
 ) -> Result<(), Error> {
-    check_secret_destinations(integration, values)?;
     if allows_private_hosts(integration) {
         return Ok(());
     }

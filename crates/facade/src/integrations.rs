@@ -591,8 +591,10 @@ pub(crate) fn connection_param_specs(integration: &Integration) -> Vec<FieldSpec
 }
 
 /// Checks the values of connection parameters: they go into hosts and paths, so only
-/// letters, digits, '.', '-' and '_' are allowed (no '/', '@', ':' or '?'), and a
-/// host they fill must be a public one unless the integration allows private hosts.
+/// letters, digits, '.', '-' and '_' are allowed (no '/', '@', ':' or '?'), one of
+/// the listed values where the integration lists them; they may not choose the
+/// domain that receives the integration's secrets; and a host they fill must be a
+/// public one unless the integration allows private hosts.
 pub(crate) fn check_connection_params(
     integration: &Integration,
     specs: &[FieldSpec],
@@ -622,6 +624,7 @@ pub(crate) fn check_connection_params(
             ));
         }
     }
+    crate::egress::check_secret_destinations(integration, values)?;
     crate::egress::check_param_hosts(integration, values)
 }
 

@@ -393,8 +393,9 @@ async fn the_rate_limit_answers_429_on_the_callback_and_wrong_keys_not_on_the_ap
     server.stop(Duration::from_secs(5)).await;
 }
 
-#[tokio::test]
-async fn wrong_keys_are_refused_401_until_the_burst_then_429() {
+/// The statuses of GETs of `paths` with the wrong key `key`, on a server allowing
+/// a burst of 3 refused requests per address, then 1 a second.
+async fn statuses_with_a_wrong_key(key: &str, paths: &[&str]) -> Vec<u16> {
     let server = start(ServerConfig {
         rate_limit: Some(RateLimit {
             per_second: 1,
@@ -405,50 +406,45 @@ async fn wrong_keys_are_refused_401_until_the_burst_then_429() {
     .await;
     let client = client();
     let mut statuses = Vec::new();
-    for _ in 0..5 {
+    for path in paths {
         let r = client
-            .get(server.url("/api/v1/connectedAccounts/ca_x/credentials"))
-            .header("x-api-key", "khc_guess")
+            .get(server.url(path))
+            .header("x-api-key", key)
             .send()
             .await
             .unwrap();
         statuses.push(r.status().as_u16());
     }
-    assert_eq!(statuses, [401, 401, 401, 429, 429]);
     server.stop(Duration::from_secs(5)).await;
+    statuses
+}
+
+#[tokio::test]
+async fn wrong_keys_are_refused_401_until_the_burst_then_429() {
+    let statuses = statuses_with_a_wrong_key(
+        "khc_guess",
+        &["/api/v1/connectedAccounts/ca_x/credentials"; 5],
+    )
+    .await;
+    assert_eq!(statuses, [401, 401, 401, 429, 429]);
 }
 
 /// `/metrics` takes the admin key too: wrong keys there count against the same
 /// rate, so the admin key cannot be guessed there at will.
 #[tokio::test]
 async fn wrong_keys_on_metrics_are_refused_401_until_the_burst_then_429() {
-    let server = start(ServerConfig {
-        rate_limit: Some(RateLimit {
-            per_second: 1,
-            burst: 3,
-        }),
-        ..config()
-    })
+    let statuses = statuses_with_a_wrong_key(
+        "kh_guess",
+        &[
+            "/metrics",
+            "/metrics",
+            "/api/v1/integrations",
+            "/metrics",
+            "/metrics",
+        ],
+    )
     .await;
-    let client = client();
-    let mut statuses = Vec::new();
-    for path in [
-        "/metrics",
-        "/metrics",
-        "/api/v1/integrations",
-        "/metrics",
-        "/metrics",
-    ] {
-        let r = client
-            .get(server.url(path))
-            .header("x-api-key", "kh_guess")
-            .send()
-            .await
-            .unwrap();
-        statuses.push(r.status().as_u16());
-    }
     assert_eq!(statuses, [401, 401, 401, 429, 429]);
-    server.stop(Duration::from_secs(5)).await;
 }
 
 /// An upstream API that never answers in time, and an account whose base URL is it.
