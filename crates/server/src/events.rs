@@ -179,23 +179,30 @@ async fn resume(s: &AppState, headers: &HeaderMap) -> Result<Resume> {
 
 /// The event after a replay cut at [`REPLAY_MAX`] events, the last of them `last`.
 fn cut(last: &str) -> Event {
-    Event::default().event("lagged").data(
-        serde_json::json!({
-            "missed": null,
-            "lastEventId": last,
-            "reason": format!("more than {REPLAY_MAX} events were missed and only those were replayed; reconnect with this lastEventId as Last-Event-ID for the next ones, or read the current state"),
-        })
-        .to_string(),
+    lagged(
+        last,
+        &format!(
+            "more than {REPLAY_MAX} events were missed and only those were replayed; reconnect with this lastEventId as Last-Event-ID for the next ones, or read the current state"
+        ),
     )
 }
 
 /// The event a listener gets when its `Last-Event-ID` is no longer kept.
 fn reset(last: &str) -> Event {
+    lagged(
+        last,
+        "that event is no longer kept (older than the event retention); read the current state",
+    )
+}
+
+/// A `lagged` event for a listener whose events after `last` are not all sent, and
+/// why.
+fn lagged(last: &str, reason: &str) -> Event {
     Event::default().event("lagged").data(
         serde_json::json!({
             "missed": null,
             "lastEventId": last,
-            "reason": "that event is no longer kept (older than the event retention); read the current state"
+            "reason": reason,
         })
         .to_string(),
     )

@@ -134,11 +134,7 @@ impl Guard {
 
     /// A request without a good key from an address over its rate: 429.
     fn over_rate(&self, request: &Request) -> Option<Response> {
-        let limiter = self.limiter.as_ref()?;
-        let ip = limits::client_ip(request);
-        let wait = limiter.check(ip).err()?;
-        tracing::warn!(%ip, path = crate::request_log::loggable_path(request.uri().path()), "rate limited: refused keys");
-        Some(limits::too_many_json(wait))
+        limits::over_refused_rate(self.limiter.as_deref(), request)
     }
 }
 

@@ -141,6 +141,19 @@ fn retry_after(wait: Duration) -> HeaderValue {
     HeaderValue::from(secs.max(1))
 }
 
+/// The answer to a request refused for its key when its address is over its rate
+/// of refused requests: 429 (logged); `None` under the rate, or with no limit.
+pub(crate) fn over_refused_rate(
+    limiter: Option<&IpLimiter>,
+    request: &Request,
+) -> Option<Response> {
+    let limiter = limiter?;
+    let ip = client_ip(request);
+    let wait = limiter.check(ip).err()?;
+    tracing::warn!(%ip, path = crate::request_log::loggable_path(request.uri().path()), "rate limited: refused keys");
+    Some(too_many_json(wait))
+}
+
 /// 429 as JSON, for the API (failed key checks).
 pub(crate) fn too_many_json(wait: Duration) -> Response {
     let mut response = ApiError::new(

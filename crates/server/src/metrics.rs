@@ -238,11 +238,8 @@ pub(crate) async fn require_metrics_key(
     });
     if allowed {
         next.run(request).await
-    } else if let Some(wait) =
-        limiter.and_then(|l| l.check(crate::limits::client_ip(&request)).err())
-    {
-        tracing::warn!(ip = %crate::limits::client_ip(&request), "rate limited: refused metrics keys");
-        crate::limits::too_many_json(wait)
+    } else if let Some(refused) = crate::limits::over_refused_rate(limiter.as_deref(), &request) {
+        refused
     } else {
         ApiError::new(
             StatusCode::UNAUTHORIZED,

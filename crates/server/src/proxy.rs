@@ -402,9 +402,11 @@ async fn passthrough_inner(
         target.push_str(query);
     }
     let mut forwarded = keyhaven::http::HeaderMap::new();
+    // Looked up once, not for every header: most requests have no `Connection`.
+    let hop_listed = parts.headers.contains_key(header::CONNECTION);
     for (name, value) in &parts.headers {
         if rules::refusal(name.as_str()).is_some()
-            || rules::named_by_connection(&parts.headers, name.as_str())
+            || (hop_listed && rules::named_by_connection(&parts.headers, name.as_str()))
         {
             continue;
         }
@@ -445,9 +447,10 @@ async fn passthrough_inner(
     let answer = outgoing.send().await?;
     let mut response = axum::response::Response::builder().status(answer.status());
     if let Some(headers) = response.headers_mut() {
+        let hop_listed = answer.headers().contains_key(header::CONNECTION);
         for (name, value) in answer.headers() {
             if !rules::is_hop_by_hop(name.as_str())
-                && !rules::named_by_connection(answer.headers(), name.as_str())
+                && (!hop_listed || !rules::named_by_connection(answer.headers(), name.as_str()))
             {
                 headers.append(name.clone(), value.clone());
             }
