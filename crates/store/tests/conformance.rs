@@ -41,3 +41,83 @@ async fn postgres_store_conforms() {
     conformance::run(store.clone()).await;
     conformance::locks_give_versions(store).await;
 }
+
+/// Events become visible in the order of their sequence numbers: a reader that saw
+/// an event and asks for those after it (a stream resumed with `Last-Event-ID`)
+/// never misses one numbered before it that committed later. The first append is
+/// held between taking its number and committing (a trigger sleeps on its row); the
+/// second, started meanwhile, must not be visible before it.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_events_become_visible_in_sequence_order() {
+    use keyhaven_core::{
+        AccountEvent, AppSlug, ConnectedAccountId, ConnectionStatus, EntityId, EventKind,
+        IntegrationId, Store,
+    };
+    use sqlx::Connection;
+
+    let Some(url) = conformance::fresh_postgres_database().await else {
+        return;
+    };
+    let store = Arc::new(
+        keyhaven_store::PostgresStore::connect(&url, ring())
+            .await
+            .unwrap(),
+    );
+    let event = |account: &ConnectedAccountId| AccountEvent {
+        id: format!(
+            "evt_{}",
+            &ConnectedAccountId::generate().unwrap().as_str()[3..]
+        ),
+        kind: EventKind::RefreshFailed,
+        connected_account_id: account.clone(),
+        entity_id: EntityId::new("default").unwrap(),
+        app_name: AppSlug::new("github").unwrap(),
+        integration_id: IntegrationId::generate().unwrap(),
+        status: ConnectionStatus::Active,
+        reason: None,
+        at: chrono::Utc::now(),
+        origin: "kh_test".into(),
+    };
+    let slow = ConnectedAccountId::generate().unwrap();
+    let fast = ConnectedAccountId::generate().unwrap();
+    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE FUNCTION slow_event() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF NEW.account_id = '{slow}' THEN PERFORM pg_sleep(1.5); END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER slow_event AFTER INSERT ON events FOR EACH ROW EXECUTE FUNCTION slow_event();"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+
+    let (first, second) = (event(&slow), event(&fast));
+    let held = tokio::spawn({
+        let (store, first) = (store.clone(), first.clone());
+        async move { store.append_events(&[first]).await }
+    });
+    // The first has its number and sleeps in the trigger.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    store
+        .append_events(std::slice::from_ref(&second))
+        .await
+        .unwrap();
+    // A reader now: everything visible, then (resumed from the last it saw)
+    // everything after that once the first has committed.
+    let seen = store.events_after(None, 100).await.unwrap().unwrap();
+    held.await.unwrap().unwrap();
+    let last = seen.last().map(|e| e.id.clone());
+    let later = store
+        .events_after(last.as_deref(), 100)
+        .await
+        .unwrap()
+        .unwrap();
+    let ids: Vec<&str> = seen.iter().chain(&later).map(|e| e.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [first.id.as_str(), second.id.as_str()],
+        "read {:?} at first, then {:?}",
+        seen.iter().map(|e| &e.id).collect::<Vec<_>>(),
+        later.iter().map(|e| &e.id).collect::<Vec<_>>()
+    );
+}

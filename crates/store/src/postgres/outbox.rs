@@ -1,11 +1,17 @@
 //! The event log and the webhook outbox in PostgreSQL, shared by every instance.
 //!
 //! Events are appended in the writer's transaction, with a NOTIFY that reaches the
-//! other instances when it commits. Sequence numbers are taken before commit, so
-//! they may become visible out of order: a webhook's cursor moves only past events
-//! appended more than [`PG_SETTLE`] ago, and the newer ones are looked at again on
-//! each pass (a unique key makes each delivery once). Deliveries are claimed with
-//! `FOR UPDATE SKIP LOCKED`, so two instances never claim the same one.
+//! other instances when it commits. Sequence numbers become visible in their order:
+//! a transaction takes [`EVENT_ORDER_LOCK`] before it appends, and holds it until it
+//! has committed, so no event can take a number while an earlier number is still
+//! uncommitted. A reader replaying events after one it saw (`Last-Event-ID`) would
+//! otherwise miss an event numbered before it that committed after it was read.
+//! (NOTIFY makes PostgreSQL serialise the commits of these transactions anyway, so
+//! the lock costs them little.) A webhook's cursor still moves only past events
+//! appended more than [`PG_SETTLE`] ago, for events appended by a keyhaven from
+//! before the lock; the newer ones are looked at again on each pass (a unique key
+//! makes each delivery once). Deliveries are claimed with `FOR UPDATE SKIP LOCKED`,
+//! so two instances never claim the same one.
 
 use chrono::{DateTime, Utc};
 use keyhaven_core::{
@@ -28,11 +34,26 @@ use crate::rows::micros;
 /// once: a unique key). SQLite commits in sequence order and needs none.
 const PG_SETTLE: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
-/// Appends events in `tx`, each told to the other instances when it commits.
+/// The advisory lock (the two-key form, apart from the accounts' one-key locks)
+/// that an appending transaction holds until it commits: it orders the events'
+/// sequence numbers as their commits. "kh", 1.
+const EVENT_ORDER_LOCK: (i32, i32) = (0x6b68, 1);
+
+/// Appends events in `tx`, each told to the other instances when it commits. Call
+/// it last before the commit: it holds every other appending transaction until then.
 pub(super) async fn append(
     tx: &mut Transaction<'static, Postgres>,
     events: &[EventRow],
 ) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+        .bind(EVENT_ORDER_LOCK.0)
+        .bind(EVENT_ORDER_LOCK.1)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
     let recorded = micros(Utc::now());
     for e in events {
         sqlx::query(
