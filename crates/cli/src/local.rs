@@ -212,6 +212,9 @@ pub(crate) async fn rotate_keys(
             let ring = file.add_primary().map_err(CliError::from_store)?;
             let id = ring.primary_id().to_owned();
             store.set_key_ring(ring);
+            // Other processes on this directory take the new key up within
+            // KEY_FILE_CHECK: after that, nothing more is written under the old ones.
+            tokio::time::sleep(2 * keyhaven::KEY_FILE_CHECK).await;
             let report = store.rotate(batch).await.map_err(CliError::from_store)?;
             if retire_old {
                 // A process still running with the old keys writes under its primary:
@@ -222,7 +225,7 @@ pub(crate) async fn rotate_keys(
                         CliError::new(
                             crate::Exit::Failed,
                             format!(
-                                "the old keys were not retired: values were written under them while the rotation ran, most likely by a keyhaven still running with them ({e}); stop every other keyhaven process on this data directory, then run keys rotate --retire-old again"
+                                "the old keys were not retired: values were written under them while the rotation ran, most likely by a keyhaven that cannot read the key file or takes its keys from elsewhere ({e}); give every keyhaven on this data directory the same keys, or stop the others, then run keys rotate --retire-old again"
                             ),
                         )
                     })?;

@@ -687,6 +687,53 @@ fn every_command_against_a_server() {
         audit.lines().count() >= 3 && !audit.contains(SECRET),
         "{audit}"
     );
+
+    // keys rotate beside the running server, on its data directory: the server takes
+    // the new key up, so what it writes afterwards needs no retired key (a store
+    // opened with the key file alone reads everything) and it reads what was rewritten.
+    let on_dir = || {
+        let mut c = bin();
+        c.env("KEYHAVEN_DATA_DIR", s.dir.join("data"))
+            .current_dir(&s.dir);
+        c
+    };
+    let rotated = on_dir()
+        .args(["keys", "rotate", "--retire-old", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        rotated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    let rotated: Value = serde_json::from_slice(&rotated.stdout).unwrap();
+    assert_eq!(rotated["oldKeysRetired"], true, "{rotated}");
+    let after = s
+        .ok(&[
+            "connect",
+            "openai",
+            "--entity",
+            "after-rotation",
+            "--param",
+            &format!("api_key={SECRET}-after"),
+            "--json",
+        ])
+        .json();
+    let after_id = after["id"].as_str().unwrap();
+    assert_eq!(
+        s.ok(&["token", after_id]).stdout.trim(),
+        format!("{SECRET}-after")
+    );
+    let local = on_dir().args(["token", after_id]).output().unwrap();
+    assert!(
+        local.status.success(),
+        "{}",
+        String::from_utf8_lossy(&local.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&local.stdout).trim(),
+        format!("{SECRET}-after")
+    );
 }
 
 #[test]

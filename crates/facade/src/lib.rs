@@ -74,8 +74,8 @@ pub use keyhaven_store::kms;
 #[cfg(feature = "sqlite")]
 pub use keyhaven_store::{DB_FILE, SqliteStore};
 pub use keyhaven_store::{
-    KeyError, KeyFile, KeyRing, MASTER_KEY_COMMAND_ENV, MASTER_KEY_ENV, MasterKey, MemoryStore,
-    OLD_KEYS_ENV, files, ring_from_base64, ring_from_command, ring_from_env,
+    KEY_FILE_CHECK, KeyError, KeyFile, KeyRing, MASTER_KEY_COMMAND_ENV, MASTER_KEY_ENV, MasterKey,
+    MemoryStore, OLD_KEYS_ENV, files, ring_from_base64, ring_from_command, ring_from_env,
 };
 pub use link::{ConnectionLink, LinkPage};
 pub use registry::{Registered, SchemeRegistry};

@@ -168,6 +168,18 @@ impl KeyRing {
         }
     }
 
+    /// This ring, also decrypting with the keys of `older` that it lacks: what a
+    /// running store keeps when its key file changes, so that nothing it could read
+    /// becomes unreadable to it.
+    pub(crate) fn keeping(mut self, older: &Self) -> Self {
+        for (id, cipher) in &older.ciphers {
+            self.ciphers
+                .entry(id.clone())
+                .or_insert_with(|| cipher.clone());
+        }
+        self
+    }
+
     /// The id of the key new writes use.
     pub fn primary_id(&self) -> &str {
         &self.primary
@@ -205,6 +217,12 @@ impl KeyRing {
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&sealed);
         Ok(out)
+    }
+
+    /// Whether the key `blob` names is in the ring (a blob naming none is not ours:
+    /// decrypting it says so).
+    pub(crate) fn knows(&self, blob: &[u8]) -> bool {
+        Self::key_id_of(blob).is_none_or(|id| self.ciphers.contains_key(id))
     }
 
     /// The key id written in a blob's header.

@@ -323,3 +323,111 @@ mod tests {
         assert_eq!(file.load().unwrap().key_ids().count(), 1);
     }
 }
+
+/// How often a store that follows its key file looks whether the file changed, at
+/// most (a `stat`), besides each time a value names a key it lacks. A store that
+/// writes looks at least this often, so a key made primary in the file is in use
+/// everywhere this long after (`keyhaven keys rotate` waits twice as long before it
+/// re-encrypts).
+pub const KEY_FILE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What tells one version of a key file from another: every write of it is a new
+/// file renamed into place, so a new inode (and usually a new size and time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl FileStamp {
+    /// The version of the file at `path` now; `None` when it cannot be looked at.
+    pub(crate) fn of(path: &Path) -> Option<Self> {
+        let meta = fs::metadata(path).ok()?;
+        #[cfg(unix)]
+        let (dev, ino) = {
+            use std::os::unix::fs::MetadataExt;
+            (meta.dev(), meta.ino())
+        };
+        #[cfg(not(unix))]
+        let (dev, ino) = (0, 0);
+        Some(Self {
+            dev,
+            ino,
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        })
+    }
+}
+
+/// A key file followed by the store that was opened with it, so that a running
+/// process takes up what `keyhaven keys rotate` (another process) wrote to it: the
+/// new primary key for its writes, within [`KEY_FILE_CHECK`], and the key of a value
+/// re-encrypted under it as soon as that value is read.
+#[derive(Debug)]
+pub(crate) struct KeyFileWatch {
+    file: KeyFile,
+    /// The version of the file last read.
+    stamp: parking_lot::Mutex<Option<FileStamp>>,
+    /// When the file is next looked at, in milliseconds after `since`.
+    next_check: std::sync::atomic::AtomicU64,
+    since: std::time::Instant,
+}
+
+impl KeyFileWatch {
+    /// Follows `file`, whose version `stamp` was taken before the keys in use were
+    /// read from it (a change made in between is then read again, harmlessly,
+    /// rather than missed).
+    pub(crate) fn new(file: KeyFile, stamp: Option<FileStamp>) -> Self {
+        Self {
+            file,
+            stamp: parking_lot::Mutex::new(stamp),
+            next_check: std::sync::atomic::AtomicU64::new(0),
+            since: std::time::Instant::now(),
+        }
+    }
+
+    /// The file's path.
+    pub(crate) fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    /// Whether it is time to look at the file again (once per [`KEY_FILE_CHECK`]).
+    pub(crate) fn due(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let now = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let next = self.next_check.load(Ordering::Relaxed);
+        now >= next
+            && self
+                .next_check
+                .compare_exchange(
+                    next,
+                    now.saturating_add(KEY_FILE_CHECK.as_millis() as u64),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    /// The key ring the file holds, when it changed since it was last read. A file
+    /// that cannot be read now (mid-change on a file system without atomic renames,
+    /// its mode loosened) is left for the next look, the keys in use kept, and said.
+    pub(crate) fn changed(&self) -> Option<KeyRing> {
+        let mut last = self.stamp.lock();
+        let now = FileStamp::of(self.file.path());
+        if now.is_none() || now == *last {
+            return None;
+        }
+        match self.file.load() {
+            Ok(ring) => {
+                *last = now;
+                Some(ring)
+            }
+            Err(e) => {
+                tracing::warn!(path = %self.file.path().display(), error = %e, "the key file changed but cannot be read; the keys in use are kept");
+                None
+            }
+        }
+    }
+}

@@ -37,8 +37,8 @@ pub mod conformance;
 
 pub use crypto::{KeyError, KeyRing, MasterKey};
 pub use keys::{
-    KEY_FILE, KeyFile, MASTER_KEY_COMMAND_ENV, MASTER_KEY_ENV, OLD_KEYS_ENV, ring_from_base64,
-    ring_from_command, ring_from_env,
+    KEY_FILE, KEY_FILE_CHECK, KeyFile, MASTER_KEY_COMMAND_ENV, MASTER_KEY_ENV, OLD_KEYS_ENV,
+    ring_from_base64, ring_from_command, ring_from_env,
 };
 #[cfg(feature = "sqlite")]
 pub use lease::DEFAULT_LEASE;

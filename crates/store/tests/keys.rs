@@ -294,3 +294,84 @@ async fn postgres_refuses_a_key_ring_without_the_old_key() {
         .unwrap();
     assert_eq!(c.unwrap().get_str("token"), Some("tok-KEYS"));
 }
+
+/// Reads every value `write_secrets` wrote for account `id` (its integration's
+/// secrets, its credentials, its pending state) through `store`.
+async fn read_secrets(store: &dyn Store, id: &ConnectedAccountId) {
+    let (account, credentials) = store
+        .get_account_and_credentials(id)
+        .await
+        .unwrap_or_else(|e| panic!("{id}: {e}"))
+        .unwrap();
+    assert_eq!(credentials.unwrap().get_str("token"), Some("tok-KEYS"));
+    let integration = store
+        .get_integration(&account.integration_id)
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", account.integration_id))
+        .unwrap();
+    assert!(!integration.secrets.is_empty());
+    assert!(
+        store
+            .get_pending_state(&format!("state-{id}"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+/// A store opened on a data directory follows its key file, so that `keyhaven keys
+/// rotate` in another process does not leave a running server unable to read what
+/// it re-encrypted: the new key is taken up at the first value that needs it, and
+/// for writes within `KEY_FILE_CHECK`; the old keys retired, it goes on. A key
+/// file replaced by an unrelated key is not taken up (opening would refuse it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_store_takes_up_a_rotation_made_by_another_process() {
+    // A store that made the key file, and one opened on it afterwards.
+    for reopened in [false, true] {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("data");
+        if reopened {
+            drop(SqliteStore::open_dir(&dir).unwrap());
+        }
+        takes_up_a_rotation(&dir).await;
+    }
+}
+
+async fn takes_up_a_rotation(dir: &std::path::Path) {
+    let running = SqliteStore::open_dir(dir).unwrap();
+    let old_id = running.key_ring().primary_id().to_owned();
+    let first = write_secrets(&running).await;
+
+    // The other process, as `keyhaven keys rotate` does it.
+    let file = KeyFile::in_dir(dir);
+    let rotating = SqliteStore::open(dir.join(DB_FILE), file.load().unwrap()).unwrap();
+    let ring = file.add_primary().unwrap();
+    let new_id = ring.primary_id().to_owned();
+    rotating.set_key_ring(ring);
+    let report = rotating.rotate(100).await.unwrap();
+    assert_eq!(report.reencrypted, 3, "{report:?}");
+
+    // Read at once, under the new key.
+    read_secrets(&running, &first).await;
+    assert_eq!(running.key_ring().primary_id(), new_id, "writes take it up");
+    let second = write_secrets(&running).await;
+    rotating
+        .check_keys(&rotating.key_ring().only_primary())
+        .unwrap();
+    file.retire_old_keys().unwrap();
+    drop(rotating);
+    tokio::time::sleep(keyhaven_store::KEY_FILE_CHECK * 3 / 2).await;
+    read_secrets(&running, &first).await;
+    read_secrets(&running, &second).await;
+    assert_eq!(running.key_ring().primary_id(), new_id);
+
+    // A file replaced by another key: not taken up, everything still read.
+    std::fs::remove_file(dir.join(KEY_FILE)).unwrap();
+    KeyFile::in_dir(dir)
+        .create(&MasterKey::generate().unwrap())
+        .unwrap();
+    tokio::time::sleep(keyhaven_store::KEY_FILE_CHECK * 3 / 2).await;
+    read_secrets(&running, &first).await;
+    assert_eq!(running.key_ring().primary_id(), new_id, "not taken up");
+    assert_ne!(new_id, old_id);
+}

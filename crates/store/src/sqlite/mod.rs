@@ -38,6 +38,7 @@ use parking_lot::{Mutex, RwLock};
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use crate::crypto::KeyRing;
+use crate::keys::{FileStamp, KeyFileWatch};
 use crate::outbox::EventRow;
 use crate::rotate::{MissingKeys, Table};
 use crate::rows::{
@@ -80,6 +81,9 @@ struct Inner {
     writer: writer::Writer,
     readers: Mutex<Vec<Connection>>,
     keys: RwLock<Arc<KeyRing>>,
+    /// The data directory's key file, when the keys came from it: followed, so that
+    /// a rotation by another process (`keyhaven keys rotate`) is taken up.
+    key_file: Option<crate::keys::KeyFileWatch>,
     lease: crate::lease::LeaseTime,
 }
 
@@ -178,13 +182,26 @@ impl SqliteStore {
     /// keys that `keys` lacks ([`KeyError::NotConfigured`](crate::KeyError), in
     /// [`StoreError::Backend`]): then nothing is written.
     pub fn open(path: impl AsRef<Path>, keys: KeyRing) -> Result<Self, StoreError> {
-        let store = Self::open_unchecked(path.as_ref(), keys)?;
+        Self::open_following(path.as_ref(), keys, None)
+    }
+
+    /// [`SqliteStore::open`], following `key_file` when the keys came from it.
+    fn open_following(
+        path: &Path,
+        keys: KeyRing,
+        key_file: Option<crate::keys::KeyFileWatch>,
+    ) -> Result<Self, StoreError> {
+        let store = Self::open_unchecked(path, keys, key_file)?;
         let keys = store.key_ring();
         store.missing_keys(&keys)?.check(&keys)?;
         Ok(store)
     }
 
-    fn open_unchecked(path: &Path, keys: KeyRing) -> Result<Self, StoreError> {
+    fn open_unchecked(
+        path: &Path,
+        keys: KeyRing,
+        key_file: Option<crate::keys::KeyFileWatch>,
+    ) -> Result<Self, StoreError> {
         let path = path.to_path_buf();
         create_db_file(&path)?;
         let mut writer = open_connection(&path)?;
@@ -195,6 +212,7 @@ impl SqliteStore {
                 writer: writer::Writer::start(writer)?,
                 readers: Mutex::new(Vec::new()),
                 keys: RwLock::new(Arc::new(keys)),
+                key_file,
                 lease: crate::lease::LeaseTime::default(),
             }),
         })
@@ -218,11 +236,17 @@ impl SqliteStore {
         }
         let file = crate::keys::KeyFile::in_dir(dir);
         if file.path().exists() {
-            return Self::open(path, file.load()?);
+            let stamp = FileStamp::of(file.path());
+            let keys = file.load()?;
+            return Self::open_following(&path, keys, Some(KeyFileWatch::new(file, stamp)));
         }
         // No key file: a new key, kept only if nothing is encrypted under another.
         let key = crate::crypto::MasterKey::generate()?;
-        let store = Self::open_unchecked(&path, KeyRing::new(key.clone_key(), []))?;
+        let store = Self::open_unchecked(
+            &path,
+            KeyRing::new(key.clone_key(), []),
+            Some(KeyFileWatch::new(file.clone(), None)),
+        )?;
         let missing = store.missing_keys(&store.key_ring())?.into_vec();
         if !missing.is_empty() {
             let rows = missing.iter().map(|(_, n)| n).sum();
@@ -306,9 +330,53 @@ impl SqliteStore {
         &self.inner.path
     }
 
-    /// The key ring in use.
+    /// The key ring in use. A store opened on a data directory's key file takes up
+    /// the file's new keys once they are written (looked at once a second, at most).
     pub fn key_ring(&self) -> Arc<KeyRing> {
+        if self.inner.key_file.as_ref().is_some_and(KeyFileWatch::due) {
+            self.reload_keys();
+        }
         self.inner.keys.read().clone()
+    }
+
+    /// Reads the key file again when it changed (another process rotated the keys):
+    /// its primary key is used from now on, and every key held so far is kept for
+    /// reading. Whether the keys changed. A file whose keys lack this process's
+    /// primary key is taken up only when they read every stored value (a rotation
+    /// that ended with `--retire-old`); a file replaced by another key is not, and
+    /// said, as opening the store would refuse it.
+    fn reload_keys(&self) -> bool {
+        let Some(watch) = &self.inner.key_file else {
+            return false;
+        };
+        let Some(ring) = watch.changed() else {
+            return false;
+        };
+        let current = self.inner.keys.read().clone();
+        if !ring.key_ids().any(|id| id == current.primary_id())
+            && let Err(e) = self.check_keys(&ring)
+        {
+            tracing::error!(path = %watch.path().display(), error = %e, "the key file changed to keys that cannot read every stored value; this process goes on with the keys it has. Put back the key file that holds them");
+            return false;
+        }
+        let ring = Arc::new(ring.keeping(&current));
+        tracing::info!(
+            primary = ring.primary_id(),
+            "the key file changed: its keys are in use"
+        );
+        *self.inner.keys.write() = ring;
+        true
+    }
+
+    /// The keys to read the values `blobs` with: those in use, or when a value names a
+    /// key they lack (a value re-encrypted by a rotation in another process), the key
+    /// file's as it is now.
+    fn keys_for<'b>(&self, blobs: impl IntoIterator<Item = &'b [u8]>) -> Arc<KeyRing> {
+        let keys = self.key_ring();
+        if blobs.into_iter().all(|b| keys.knows(b)) || !self.reload_keys() {
+            return keys;
+        }
+        self.key_ring()
     }
 
     /// Replaces the key ring (after adding a key); new writes use its primary.
@@ -412,7 +480,10 @@ impl Store for SqliteStore {
             })
             .await?;
         match found {
-            Some(row) => row.decode(&self.key_ring()),
+            Some(row) => {
+                let keys = self.keys_for(row.secrets.as_deref());
+                row.decode(&keys)
+            }
             None => Ok(candidate.clone()),
         }
     }
@@ -425,7 +496,11 @@ impl Store for SqliteStore {
             .and_then(|mut st| st.query_row([id.as_str()], row_to_integration).optional())
             .map_err(map_err)
         })?;
-        row.map(|r| r.decode(&self.key_ring())).transpose()
+        row.map(|r| {
+            let keys = self.keys_for(r.secrets.as_deref());
+            r.decode(&keys)
+        })
+        .transpose()
     }
 
     async fn list_integrations(
@@ -448,7 +523,7 @@ impl Store for SqliteStore {
                 .map_err(map_err)?;
             Ok(rows)
         })?;
-        let keys = self.key_ring();
+        let keys = self.keys_for(rows.iter().filter_map(|r| r.secrets.as_deref()));
         rows.into_iter().map(|r| r.decode(&keys)).collect()
     }
 
@@ -559,7 +634,8 @@ impl Store for SqliteStore {
         let Some((row, blob, expiry)) = row else {
             return Ok(None);
         };
-        account_and_credentials(&self.key_ring(), row, blob, expiry).map(Some)
+        let keys = self.keys_for(blob.as_deref());
+        account_and_credentials(&keys, row, blob, expiry).map(Some)
     }
 
     async fn update_account(
@@ -677,7 +753,8 @@ impl Store for SqliteStore {
         let Some((account, blob, expires)) = row else {
             return Ok(None);
         };
-        pending_state(&self.key_ring(), state, &hash, &account, &blob, expires).map(Some)
+        let keys = self.keys_for([blob.as_slice()]);
+        pending_state(&keys, state, &hash, &account, &blob, expires).map(Some)
     }
 
     async fn take_pending_state(&self, state: &str) -> Result<Option<PendingState>, StoreError> {
@@ -699,7 +776,8 @@ impl Store for SqliteStore {
         let Some((account, blob, expires)) = taken else {
             return Ok(None);
         };
-        pending_state(&self.key_ring(), state, &hash, &account, &blob, expires).map(Some)
+        let keys = self.keys_for([blob.as_slice()]);
+        pending_state(&keys, state, &hash, &account, &blob, expires).map(Some)
     }
 
     async fn purge_expired_pending_states(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
