@@ -79,7 +79,7 @@ pub(crate) async fn send(
         message: if e.is_timeout() {
             format!("{what}: timed out")
         } else if e.is_connect() {
-            format!("{what}: connection failed")
+            format!("{what}: {}", keyhaven_core::connect_failure(&e))
         } else {
             format!("{what}: {}", e.without_url())
         },

@@ -31,7 +31,7 @@ pub use model::{
 pub use outbox::{Delivery, DeliveryFilter, DeliveryOutcome, DeliveryState, WebhookTarget};
 pub use scheme::{
     AccountContext, AuthScheme, CompleteContext, InitiateContext, Initiated, OutgoingRequest,
-    SCHEME_CALL_TIMEOUT, scheme_client,
+    SCHEME_CALL_TIMEOUT, connect_failure, scheme_client,
 };
 pub use secret::{Credentials, SecretFields};
 pub use spec::{FieldKind, FieldSpec, SchemeSpec, ValidatedFields, validate_fields};

@@ -107,6 +107,23 @@ pub fn scheme_client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
+/// Why a scheme's call could not connect, for its message: `connection failed: ` and
+/// the innermost cause (a refused connection, a name that does not resolve, or one
+/// keyhaven would not connect to: a host typed by an end user that resolves to this
+/// machine). The causes of a connect error name no URL, so no query is shown.
+pub fn connect_failure(e: &reqwest::Error) -> String {
+    let mut last: Option<&(dyn std::error::Error + 'static)> = None;
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        last = Some(cause);
+        source = cause.source();
+    }
+    match last {
+        Some(cause) => format!("connection failed: {cause}"),
+        None => "connection failed".to_owned(),
+    }
+}
+
 /// What [`AuthScheme::initiate`] is given.
 #[derive(Debug)]
 #[non_exhaustive]

@@ -217,8 +217,9 @@ impl<'a> ConnectedAccounts<'a> {
                     let integration = kh.integration_of(&account).await?;
                     let scheme = kh.schemes().get(&integration.auth_scheme)?;
                     let effective = effective_integration(&integration, &account.params);
+                    let http = kh.provider_client(&integration, &account.params)?;
                     let cx = AccountContext::new(&effective, &account, &credentials, kh.now())
-                        .with_http(kh.http_client());
+                        .with_http(&http);
                     scheme.revoke(cx).await.map_err(Error::from)
                 };
                 match result.await {
@@ -713,10 +714,19 @@ impl Keyhaven {
             let refreshed = loop {
                 let scheme = self.schemes().get(&integration.auth_scheme)?;
                 let effective = effective_integration(&integration, &account.params);
-                let cx = AccountContext::new(&effective, &account, &credentials, now)
-                    .with_http(self.http_client());
                 let started = std::time::Instant::now();
-                let refreshed = scheme.refresh(cx).await;
+                let refreshed = match self.provider_client(&integration, &account.params) {
+                    Ok(http) => {
+                        let cx = AccountContext::new(&effective, &account, &credentials, now)
+                            .with_http(&http);
+                        scheme.refresh(cx).await
+                    }
+                    // The provider's host does not resolve, or not where it may: a
+                    // failure like the provider's being down (backed off, ACTIVE kept).
+                    Err(e) => Err(SchemeError::Unavailable {
+                        message: e.to_string(),
+                    }),
+                };
                 crate::metered::refresh_done(account.app.as_str(), started, &refreshed);
                 if refreshed.is_ok() || !copy {
                     break refreshed;

@@ -171,23 +171,27 @@ impl Keyhaven {
             None => {
                 let callback_url = self.callback_url().clone();
                 let effective = effective_integration(&integration, &account.params);
-                let cx = CompleteContext::new(
-                    &effective,
-                    &account,
-                    query,
-                    &pending.data,
-                    &callback_url,
-                    now,
-                )
-                .with_http(self.http_client());
-                {
-                    let completed = scheme.complete(cx).await;
-                    crate::metered::provider_call(
-                        account.app.as_str(),
-                        "complete",
-                        completed.is_ok(),
-                    );
-                    completed.map_err(|e| clip(&e.to_string()))
+                match self.provider_client(&integration, &account.params) {
+                    // The provider's host no longer resolves where it may: FAILED.
+                    Err(e) => Err(clip(&e.to_string())),
+                    Ok(http) => {
+                        let cx = CompleteContext::new(
+                            &effective,
+                            &account,
+                            query,
+                            &pending.data,
+                            &callback_url,
+                            now,
+                        )
+                        .with_http(&http);
+                        let completed = scheme.complete(cx).await;
+                        crate::metered::provider_call(
+                            account.app.as_str(),
+                            "complete",
+                            completed.is_ok(),
+                        );
+                        completed.map_err(|e| clip(&e.to_string()))
+                    }
                 }
             }
         };

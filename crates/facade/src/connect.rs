@@ -108,10 +108,11 @@ impl Keyhaven {
         let now = self.now();
         let state = new_state()?;
         let callback_url = self.callback_url().clone();
+        let http = self.provider_client(&integration, &params.public)?;
         let cx = InitiateContext::new(&effective, &account_id, &entity, &params, now)
             .with_redirect_url(redirect_url.as_ref())
             .with_callback(&state, &callback_url)
-            .with_http(self.http_client());
+            .with_http(&http);
         let initiated = match scheme.initiate(cx).await {
             Ok(initiated) => Ok(initiated),
             // The provider refused the credentials: a FAILED account says so, and

@@ -240,10 +240,39 @@ pub(crate) fn check_secret_destinations(
     Ok(())
 }
 
+/// The URLs of `integration`'s config whose host is filled from `values` (the
+/// connection's parameters), as (`auth_config.<field>`, template, URL): none when the
+/// integration allows private hosts. A URL whose templates are not all filled yet is
+/// left out (it is checked once they are), as is one that does not parse.
+pub(crate) fn param_host_urls<'a>(
+    integration: &'a Integration,
+    values: &'a Map<String, Value>,
+) -> impl Iterator<Item = (String, &'a str, Url)> + 'a {
+    let allowed = allows_private_hosts(integration);
+    integration
+        .config
+        .iter()
+        .filter(move |_| !allowed)
+        .filter_map(move |(field, value)| {
+            let template = value.as_str()?;
+            if field == keyhaven_catalog::CONNECTION_PARAMS
+                || !template.contains("://")
+                || host_param_names(template).is_empty()
+            {
+                return None;
+            }
+            let filled = keyhaven_catalog::fill_template(template, values);
+            if !host_param_names(&filled).is_empty() {
+                // Not all given yet (a connect form will ask for the rest).
+                return None;
+            }
+            let url = Url::parse(&filled).ok()?;
+            Some((format!("auth_config.{field}"), template, url))
+        })
+}
+
 /// Checks every URL of `integration`'s config whose host is filled from `values`
-/// (the connection's parameters): none may name a private or local host, unless the
-/// integration allows it. A URL whose templates are not all filled yet is skipped (it
-/// is checked once they are).
+/// ([`param_host_urls`]): none may name a private or local host, as written.
 ///
 /// # Errors
 /// [`Error::InvalidInput`] naming the parameter.
@@ -251,33 +280,13 @@ pub(crate) fn check_param_hosts(
     integration: &Integration,
     values: &Map<String, Value>,
 ) -> Result<(), Error> {
-    if allows_private_hosts(integration) {
-        return Ok(());
-    }
-    for (field, value) in &integration.config {
-        let Some(template) = value.as_str() else {
-            continue;
-        };
-        if field == keyhaven_catalog::CONNECTION_PARAMS
-            || !template.contains("://")
-            || host_param_names(template).is_empty()
-        {
-            continue;
-        }
-        let filled = keyhaven_catalog::fill_template(template, values);
-        if !host_param_names(&filled).is_empty() {
-            // Not all given yet (a connect form will ask for the rest).
-            continue;
-        }
-        let Ok(url) = Url::parse(&filled) else {
-            continue;
-        };
+    for (field, template, url) in param_host_urls(integration, values) {
         if let Some(kind) = private_url_kind(&url) {
             let host = url.host_str().unwrap_or_default();
             return Err(private_host_error(
                 "connected_account_params",
                 template,
-                &format!("auth_config.{field}"),
+                &field,
                 host,
                 kind,
             ));

@@ -213,6 +213,7 @@ impl Keyhaven {
         let template = connection_param_specs(&integration);
         let params = validate_fields(&form_fields(scheme, &integration), PLACE, &merged)?;
         check_connection_params(&integration, &template, &params.public)?;
+        let http = self.provider_client(&integration, &params.public)?;
 
         // Valid: use the link up, so that of two submits exactly one goes on.
         let Some(pending) = self.store().take_pending_state(token).await? else {
@@ -227,7 +228,7 @@ impl Keyhaven {
             &params,
             self.now(),
         )
-        .with_http(self.http_client());
+        .with_http(&http);
         let result = match scheme.initiate(cx).await {
             Ok(Initiated::Active { credentials }) => Ok(credentials),
             Ok(Initiated::Redirect { .. }) => {

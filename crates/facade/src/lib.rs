@@ -143,6 +143,8 @@ struct Settings {
     cache_capacity: usize,
     /// The HTTP client, when the builder was given one.
     http: Option<reqwest::Client>,
+    /// The host name resolver, when the builder was given one.
+    resolver: Option<request::Resolver>,
     /// How long an API may stay silent while it answers a request.
     read_timeout: Duration,
     /// The audit log.
@@ -162,6 +164,7 @@ impl Default for Settings {
             connect_form_url: None,
             cache_capacity: 10_000,
             http: None,
+            resolver: None,
             read_timeout: request::READ_TIMEOUT,
             audit: AuditLog::log_only(),
             app_credentials: std::collections::BTreeMap::new(),
@@ -235,7 +238,10 @@ impl Keyhaven {
         let events = events::EventBus::new();
         let bus = events.clone();
         // Kept once, in `Inner`, not also in its settings.
-        let http = settings.http.take().unwrap_or_else(request::default_client);
+        let http = settings
+            .http
+            .take()
+            .unwrap_or_else(|| request::client_with(settings.resolver.as_ref()));
         let audit = std::mem::take(&mut settings.audit);
         store.subscribe(Arc::new(move |change| match change {
             StoreChange::Event(event) => bus.relay_foreign(event),
@@ -483,6 +489,17 @@ impl KeyhavenBuilder {
     #[must_use]
     pub fn http_client(mut self, client: reqwest::Client) -> Self {
         self.settings.http = Some(client);
+        self
+    }
+
+    /// Resolves host names with `resolver` (a DNS client of your choice, a fixed
+    /// table) instead of the system's: in keyhaven's own HTTP client (unless given one
+    /// with [`KeyhavenBuilder::http_client`]), and where a host typed by an end user
+    /// (a connection parameter) is resolved to check that every address is public
+    /// before credentials are sent there.
+    #[must_use]
+    pub fn dns_resolver(mut self, resolver: Arc<dyn reqwest::dns::Resolve>) -> Self {
+        self.settings.resolver = Some(request::Resolver(resolver));
         self
     }
 

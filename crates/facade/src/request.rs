@@ -54,18 +54,196 @@ pub(crate) const TARGET_TTL: Duration = Duration::from_secs(30);
 /// that itself ([`READ_TIMEOUT`] unless set otherwise), more cheaply than reqwest's
 /// per-request timers, and the schemes give each of their calls a deadline.
 pub fn default_client() -> reqwest::Client {
-    client_builder()
+    client_with(None)
+}
+
+/// [`default_client`], resolving host names with `resolver` when given.
+pub(crate) fn client_with(resolver: Option<&Resolver>) -> reqwest::Client {
+    client_builder(resolver)
         .build()
         .unwrap_or_else(|_| reqwest::Client::new())
 }
 
-fn client_builder() -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
+fn client_builder(resolver: Option<&Resolver>) -> reqwest::ClientBuilder {
+    let builder = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .pool_idle_timeout(POOL_IDLE)
         .tcp_nodelay(true)
         .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("keyhaven/", env!("CARGO_PKG_VERSION")))
+        .user_agent(concat!("keyhaven/", env!("CARGO_PKG_VERSION")));
+    match resolver {
+        Some(r) => builder.dns_resolver(r.0.clone()),
+        None => builder,
+    }
+}
+
+/// The host name resolver given to [`crate::KeyhavenBuilder::dns_resolver`].
+#[derive(Clone)]
+pub(crate) struct Resolver(pub(crate) Arc<dyn reqwest::dns::Resolve>);
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Resolver")
+    }
+}
+
+impl Resolver {
+    /// The addresses of `name` (port 0: the URL's own port is used).
+    async fn lookup(&self, name: &str) -> std::io::Result<Vec<SocketAddr>> {
+        use std::str::FromStr;
+        let parsed = reqwest::dns::Name::from_str(name)
+            .map_err(|_| std::io::Error::other("not a host name"))?;
+        let found = self
+            .0
+            .resolve(parsed)
+            .await
+            .map_err(std::io::Error::other)?;
+        Ok(found.collect())
+    }
+}
+
+/// A host name typed by an end user (it fills `template`, the URL of config
+/// `field`), which must resolve to public addresses only.
+#[derive(Debug, Clone)]
+struct GuardedName {
+    name: String,
+    template: String,
+    field: String,
+}
+
+/// The resolver of a client that sends to hosts typed by end users: names resolve
+/// as with the builder's resolver (else the system's), and a guarded name that
+/// resolves to any private or local address does not resolve at all. The addresses
+/// checked are the ones connected to, for every new connection: a name cannot lead
+/// to this machine or its network by resolving differently a moment later.
+struct Guarding {
+    inner: Option<Resolver>,
+    names: Vec<GuardedName>,
+}
+
+/// A guarded name that resolved to a private address: the cause of the transport
+/// error, from which [`guard_refusal`] gets the error to answer.
+#[derive(Debug)]
+struct Refused {
+    guarded: GuardedName,
+    address: std::net::IpAddr,
+    kind: &'static str,
+}
+
+impl Refused {
+    fn error(&self) -> Error {
+        let g = &self.guarded;
+        egress::private_host_error(
+            "connected_account_params",
+            &g.template,
+            &g.field,
+            &format!("{} (which resolves to {})", g.name, self.address),
+            self.kind,
+        )
+    }
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error().fmt(f)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// The error to answer when a request failed because a guarded name resolved to a
+/// private address (invalid input, naming the parameter), rather than as a
+/// transport failure.
+fn guard_refusal(e: &reqwest::Error) -> Option<Error> {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(refused) = cause.downcast_ref::<Refused>() {
+            return Some(refused.error());
+        }
+        source = cause.source();
+    }
+    None
+}
+
+impl reqwest::dns::Resolve for Guarding {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let guarded = self
+            .names
+            .iter()
+            .find(|g| g.name.eq_ignore_ascii_case(name.as_str()))
+            .cloned();
+        let inner = self.inner.clone();
+        let name = name.as_str().to_owned();
+        Box::pin(async move {
+            let found = match &inner {
+                Some(r) => r.lookup(&name).await?,
+                None => tokio::net::lookup_host((name.as_str(), 0)).await?.collect(),
+            };
+            if let Some(guarded) = guarded {
+                for addr in &found {
+                    if let Some(kind) = egress::private_address_kind(addr.ip()) {
+                        return Err(Box::new(Refused {
+                            guarded,
+                            address: addr.ip(),
+                            kind,
+                        })
+                            as Box<dyn std::error::Error + Send + Sync>);
+                    }
+                }
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(found.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+impl Keyhaven {
+    /// The shared client, or for `guarded` names (hosts typed by end users) a new
+    /// client that resolves them only to public addresses ([`Guarding`]).
+    fn guarding_client(&self, guarded: Vec<GuardedName>) -> Result<reqwest::Client, Error> {
+        if guarded.is_empty() {
+            return Ok(self.inner.http.clone());
+        }
+        let resolver = self.inner.settings.resolver.clone();
+        client_builder(None)
+            .dns_resolver(Arc::new(Guarding {
+                inner: resolver,
+                names: guarded,
+            }))
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot make an HTTP client: {e}")))
+    }
+
+    /// The client for a scheme's calls to the provider (login, code exchange,
+    /// refresh, revocation) for a connection with `params`: the shared one, unless a
+    /// URL of `integration` (as stored, with its templates) takes its host from the
+    /// parameters, typed by an end user. Then a client that connects to those hosts
+    /// only at public addresses, checked as they are resolved for each connection,
+    /// as [`Keyhaven::request`]'s are: a name that passed the connect checks as
+    /// written cannot lead to this machine or its network by what it resolves to.
+    /// Nothing is resolved until a call is made (an OAuth redirect makes none).
+    ///
+    /// # Errors
+    /// Such a host, as written, is a private or local one (invalid, naming the
+    /// parameter).
+    pub(crate) fn provider_client(
+        &self,
+        integration: &Integration,
+        params: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<reqwest::Client, Error> {
+        egress::check_param_hosts(integration, params)?;
+        let guarded = egress::param_host_urls(integration, params)
+            .filter_map(|(field, template, url)| match url.host() {
+                Some(Host::Domain(name)) => Some(GuardedName {
+                    name: name.to_owned(),
+                    template: template.to_owned(),
+                    field,
+                }),
+                _ => None,
+            })
+            .collect();
+        self.guarding_client(guarded)
+    }
 }
 
 /// Where an account's requests go, and with what: read once, reused until the
@@ -78,9 +256,10 @@ pub(crate) struct Target {
     scheme: crate::Registered,
     /// The API base URL, filled in.
     base: Url,
-    /// The integration's `base_url` template, when its host is filled from the
-    /// connection's parameters (typed by an end user) and must be a public one.
-    guarded: Option<String>,
+    /// The client to send with: the shared one, or when the base URL's host is
+    /// filled from the connection's parameters (typed by an end user), one that
+    /// connects to it only at public addresses ([`Guarding`]).
+    client: reqwest::Client,
     /// The integration's fixed request headers.
     headers: HeaderMap,
     /// The last few paths asked for and the URLs [`rules::target`] made of them
@@ -133,19 +312,27 @@ impl Target {
             ))
         })?;
         let from_params = !egress::host_param_names(&template).is_empty();
-        let guarded =
-            (from_params && !egress::allows_private_hosts(&integration)).then(|| template.clone());
-        if let Some(template) = &guarded
-            && let Some(kind) = egress::private_url_kind(&base)
-        {
-            return Err(egress::private_host_error(
-                "connected_account_params",
-                template,
-                "auth_config.base_url",
-                base.host_str().unwrap_or_default(),
-                kind,
-            ));
+        let mut guarded = Vec::new();
+        if from_params && !egress::allows_private_hosts(&integration) {
+            let field = "auth_config.base_url";
+            if let Some(kind) = egress::private_url_kind(&base) {
+                return Err(egress::private_host_error(
+                    "connected_account_params",
+                    &template,
+                    field,
+                    base.host_str().unwrap_or_default(),
+                    kind,
+                ));
+            }
+            if let Some(Host::Domain(name)) = base.host() {
+                guarded.push(GuardedName {
+                    name: name.to_owned(),
+                    template: template.clone(),
+                    field: field.to_owned(),
+                });
+            }
         }
+        let client = kh.guarding_client(guarded)?;
         let effective = effective_integration(&integration, &account.params).into_owned();
         let headers = fixed_headers(&effective);
         Ok(Self {
@@ -154,7 +341,7 @@ impl Target {
             integration: effective,
             scheme,
             base,
-            guarded,
+            client,
             headers,
             urls: parking_lot::Mutex::new(Vec::new()),
         })
@@ -181,51 +368,6 @@ impl Target {
         }
         Ok(url)
     }
-
-    /// The client to send with: `shared`, or for a host name filled from parameters,
-    /// a client pinned to the addresses it resolves to now, each checked to be public
-    /// (so that a name cannot lead to this machine or its network, even by resolving
-    /// differently a moment later).
-    async fn client(&self, shared: &reqwest::Client) -> Result<reqwest::Client, Error> {
-        let (Some(template), Some(Host::Domain(name))) = (&self.guarded, self.base.host()) else {
-            return Ok(shared.clone());
-        };
-        let port = self.base.port_or_known_default().unwrap_or(443);
-        let found = resolve_public(name, port, template).await?;
-        client_builder()
-            .resolve_to_addrs(name, &found)
-            .build()
-            .map_err(|e| Error::Internal(format!("cannot make an HTTP client: {e}")))
-    }
-}
-
-/// The addresses `name` resolves to, when every one is public.
-///
-/// # Errors
-/// A name that does not resolve (unavailable), or resolves to any private or local
-/// address (invalid, naming the parameter of `template` that filled it in).
-async fn resolve_public(name: &str, port: u16, template: &str) -> Result<Vec<SocketAddr>, Error> {
-    let found: Vec<SocketAddr> =
-        tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host((name, port)))
-            .await
-            .map_err(|_| unavailable(format!("resolving {name} took too long")))?
-            .map_err(|e| unavailable(format!("cannot resolve {name}: {e}")))?
-            .collect();
-    if found.is_empty() {
-        return Err(unavailable(format!("{name} resolves to no address")));
-    }
-    for addr in &found {
-        if let Some(kind) = egress::private_address_kind(addr.ip()) {
-            return Err(egress::private_host_error(
-                "connected_account_params",
-                template,
-                "auth_config.base_url",
-                &format!("{name} (which resolves to {})", addr.ip()),
-                kind,
-            ));
-        }
-    }
-    Ok(found)
 }
 
 /// What an HTTP client's error says, with its causes and without the URL (whose
@@ -468,7 +610,7 @@ impl ApiRequest {
         audit.ready()?;
         let target = kh.target(&id).await?;
         let url = target.url(path.as_deref().unwrap_or("/"))?;
-        let client = target.client(&kh.inner.http).await?;
+        let client = target.client.clone();
         for (name, value) in &target.headers {
             if !headers.contains_key(name) {
                 headers.insert(name.clone(), value.clone());
@@ -546,10 +688,18 @@ impl ApiRequest {
             let abandoned = OnDrop::new(|| record("abandoned", None));
             let answer = match watch.until(client.execute(request)).await {
                 Ok(Ok(response)) => Ok(response),
-                Ok(Err(e)) => Err(format!(
-                    "could not be reached: {}",
-                    transport_reason(e, sent.as_ref())
-                )),
+                Ok(Err(e)) => {
+                    if let Some(refused) = guard_refusal(&e) {
+                        // Never connected: the host resolved where it may not.
+                        abandoned.disarm();
+                        record("unreachable", None);
+                        return Err(refused);
+                    }
+                    Err(format!(
+                        "could not be reached: {}",
+                        transport_reason(e, sent.as_ref())
+                    ))
+                }
                 Err(silent) => Err(format!(
                     "did not answer: it sent nothing for {} s",
                     silent.0
@@ -614,15 +764,34 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn names_that_resolve_to_private_addresses_are_refused() {
+    async fn guarded_names_that_resolve_to_private_addresses_do_not_resolve() {
+        use reqwest::dns::Resolve;
         // localhost passes no name check here: only what it resolves to is judged.
-        let err = resolve_public("localhost", 80, "http://{host}/api")
-            .await
-            .unwrap_err();
+        let guarding = Guarding {
+            inner: None,
+            names: vec![GuardedName {
+                name: "localhost".into(),
+                template: "http://{host}/api".into(),
+                field: "auth_config.base_url".into(),
+            }],
+        };
+        let Err(e) = guarding.resolve("localhost".parse().unwrap()).await else {
+            panic!("localhost resolved")
+        };
+        let err = e.downcast_ref::<Refused>().unwrap().error();
         assert_eq!(err.kind(), keyhaven_core::ErrorKind::InvalidInput);
         let text = err.to_string();
         assert!(text.contains("connected_account_params.host"), "{text}");
-        assert!(text.contains("which resolves to"), "{text}");
+        assert!(text.contains("localhost (which resolves to"), "{text}");
         assert!(text.contains("loopback"), "{text}");
+        // A name the end user did not type resolves as it is.
+        let unguarded = Guarding {
+            inner: None,
+            names: Vec::new(),
+        };
+        let Ok(found) = unguarded.resolve("localhost".parse().unwrap()).await else {
+            panic!("localhost did not resolve")
+        };
+        assert!(found.into_iter().all(|a| a.ip().is_loopback()));
     }
 }

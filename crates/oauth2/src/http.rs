@@ -187,7 +187,7 @@ impl<'c> AsyncHttpClient<'c> for ProviderHttp {
                 reason: if e.is_timeout() {
                     "timed out".to_owned()
                 } else if e.is_connect() {
-                    "connection failed".to_owned()
+                    keyhaven_core::connect_failure(&e)
                 } else {
                     e.without_url().to_string()
                 },
