@@ -140,6 +140,15 @@ impl Lease {
         let mut pause = Duration::from_millis(5);
         loop {
             let (account, me) = (id.to_string(), holder.clone());
+            // The lease as it will be held: dropped while the write below is queued
+            // (the caller gave up), it queues the lease's removal behind it, since the
+            // write may still take the lease once no one is left to release it.
+            let mut pending = Lease {
+                store: store.clone(),
+                account: id.to_string(),
+                holder: holder.clone(),
+                version: None,
+            };
             let acquired = store
                 .write(move |conn, _| {
                     let now = micros(Utc::now());
@@ -173,15 +182,14 @@ impl Lease {
                         .map_err(map_err)?;
                     Ok(Some(version.and_then(|v| u64::try_from(v).ok())))
                 })
-                .await?;
+                .await
+                .inspect_err(|_| pending.disarm())?;
             if let Some(version) = acquired {
-                return Ok(Box::new(Lease {
-                    store: store.clone(),
-                    account: id.to_string(),
-                    holder,
-                    version,
-                }));
+                pending.version = version;
+                return Ok(Box::new(pending));
             }
+            // Not taken: nothing to remove.
+            pending.disarm();
             if started.elapsed() > LOCK_WAIT {
                 return Err(StoreError::Unavailable(format!(
                     "the refresh lock of {id} was held for more than {LOCK_WAIT:?}"
@@ -218,8 +226,18 @@ impl AccountLock for Lease {
     }
 }
 
+impl Lease {
+    /// Makes dropping this lease do nothing: it was not taken.
+    fn disarm(&mut self) {
+        self.holder.clear();
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
+        if self.holder.is_empty() {
+            return;
+        }
         let (account, holder) = (
             std::mem::take(&mut self.account),
             std::mem::take(&mut self.holder),
@@ -263,6 +281,40 @@ mod tests {
         // Malformed holders are never taken over early.
         assert!(!holder_is_gone("0123456789abcdef"));
         assert!(!holder_is_gone(""));
+    }
+
+    /// A caller that gives up while its lease is still queued behind other writes
+    /// leaves no lease behind: the write takes it after the caller is gone, and the
+    /// removal queued when the caller gave up follows it. Before, the lease stayed
+    /// until it lapsed (60 s: its holder, this process, is alive).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lease_given_up_while_queued_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = crate::KeyRing::new(crate::MasterKey::generate().unwrap(), []);
+        let store = SqliteStore::open(dir.path().join("kh.db"), ring).unwrap();
+        let id = ConnectedAccountId::generate().unwrap();
+        // The writer busy for a while: the lease's write waits behind it.
+        let busy = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .write(|_, _| {
+                        std::thread::sleep(Duration::from_millis(400));
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(50), Lease::acquire(&store, &id)).await;
+        assert!(gave_up.is_err(), "given up while queued");
+        busy.await.unwrap().unwrap();
+        let again = tokio::time::timeout(Duration::from_secs(5), Lease::acquire(&store, &id))
+            .await
+            .expect("the lease given up is not held")
+            .unwrap();
+        drop(again);
     }
 
     #[test]
