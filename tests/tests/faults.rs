@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use keyhaven::chrono;
 use keyhaven::{
-    ConnectionRequest, ConnectionStatus, ErrorKind, Keyhaven, ManualClock, MemoryStore,
-    PostgresStore, SqliteStore, Store,
+    ConnectionRequest, ConnectionStatus, Credentials, CredentialsUpdate, ErrorKind, Keyhaven,
+    Label, ManualClock, MemoryStore, PostgresStore, SecretFields, SqliteStore, Store,
 };
 use keyhaven_tests::storm::{Fault, TokenEndpoint, is_fresh, seed};
 
@@ -208,4 +208,108 @@ async fn a_caller_that_gives_up_does_not_lose_its_refresh_in_postgres() {
     let (ring, _) = keyhaven_tests::new_key();
     let store = PostgresStore::connect(&url, ring).await.unwrap();
     a_caller_that_gives_up_does_not_lose_its_refresh(Arc::new(store)).await;
+}
+
+/// What is written to an account while its refresh waits for the provider (by a
+/// process whose refresh lock lapsed, or an app changing its labels) is not lost
+/// when the refresh stores its result: a label added meanwhile stays beside the
+/// fresh token, and credentials written meanwhile win over the refresh's (the
+/// refresh hands the caller those), since the provider may already have retired
+/// the refresh token the refresh used.
+async fn a_refresh_keeps_what_was_written_during_it(store: Arc<dyn Store>) {
+    let endpoint = TokenEndpoint::start(Duration::from_millis(400)).await;
+    let kh = Keyhaven::builder()
+        .shared_store(store.clone())
+        .callback_url("http://127.0.0.1:9/callback")
+        .build()
+        .unwrap();
+    let (_, ids) = seed(&kh, store.as_ref(), &endpoint, 2).await;
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    let mut fields = SecretFields::new();
+    fields.insert("access_token", "written-meanwhile");
+    fields.insert("refresh_token", "rt-meanwhile");
+    fields.insert("token_type", "Bearer");
+    let winner = Credentials::new(fields, Some(later));
+
+    for (n, id) in ids.iter().enumerate() {
+        let refreshing = tokio::spawn({
+            let (kh, id) = (kh.clone(), id.clone());
+            async move { kh.credentials(id.as_str()).await }
+        });
+        // The token request is in, and waits 400 ms: write meanwhile.
+        let rt = format!("rt-{n}");
+        while !endpoint.refreshes().contains_key(&rt) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut account = store.get_account(id).await.unwrap().unwrap();
+        let change = if n == 0 {
+            account.labels.push(Label::new("added-meanwhile").unwrap());
+            CredentialsUpdate::Keep
+        } else {
+            CredentialsUpdate::Set(&winner)
+        };
+        store.update_account(&account, change, &[]).await.unwrap();
+
+        let got = refreshing.await.unwrap().unwrap();
+        let (stored, credentials) = store
+            .get_account_and_credentials(id)
+            .await
+            .unwrap()
+            .unwrap();
+        let stored_token = credentials
+            .unwrap()
+            .get_str("access_token")
+            .map(str::to_owned);
+        if n == 0 {
+            assert_eq!(got.get_str("access_token"), Some("at-rt-0-1"));
+            assert_eq!(
+                stored_token.as_deref(),
+                Some("at-rt-0-1"),
+                "the fresh token is stored"
+            );
+            assert!(
+                stored
+                    .labels
+                    .iter()
+                    .any(|l| l.as_str() == "added-meanwhile"),
+                "{:?}",
+                stored.labels
+            );
+        } else {
+            assert_eq!(
+                got.get_str("access_token"),
+                Some("written-meanwhile"),
+                "the caller gets what was written meanwhile"
+            );
+            assert_eq!(
+                stored_token.as_deref(),
+                Some("written-meanwhile"),
+                "and it stays stored"
+            );
+        }
+        assert_eq!(endpoint.refreshes().get(&rt), Some(&1));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_keeps_what_was_written_during_it_in_memory() {
+    a_refresh_keeps_what_was_written_during_it(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_keeps_what_was_written_during_it_in_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ring, _) = keyhaven_tests::new_key();
+    let store = SqliteStore::open(dir.path().join("kh.db"), ring).unwrap();
+    a_refresh_keeps_what_was_written_during_it(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_keeps_what_was_written_during_it_in_postgres() {
+    let Some(url) = keyhaven_store::conformance::fresh_postgres_database().await else {
+        return;
+    };
+    let (ring, _) = keyhaven_tests::new_key();
+    let store = PostgresStore::connect(&url, ring).await.unwrap();
+    a_refresh_keeps_what_was_written_during_it(Arc::new(store)).await;
 }
