@@ -121,3 +121,53 @@ async fn postgres_events_become_visible_in_sequence_order() {
         later.iter().map(|e| &e.id).collect::<Vec<_>>()
     );
 }
+
+/// A caller that stops waiting for a refresh lock held by another instance does not
+/// keep a lock connection: here the only one, which its wait would have held for
+/// as long as the other instance keeps the lock. The next caller gets it.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_lock_waiter_that_gave_up_leaves_its_connection_to_the_next() {
+    use keyhaven_core::{ConnectedAccountId, Store};
+    use std::time::Duration;
+
+    let Some(url) = conformance::fresh_postgres_database().await else {
+        return;
+    };
+    // Nothing encrypted is written: each instance may have a key of its own.
+    let other = keyhaven_store::PostgresStore::connect(&url, ring())
+        .await
+        .unwrap();
+    let store = keyhaven_store::PostgresStore::connect_with_pools(&url, ring(), 10, 1)
+        .await
+        .unwrap();
+    let [w, x, y, z] = [(); 4].map(|()| ConnectedAccountId::generate().unwrap());
+
+    // Another instance holds x's lock. Here, x and y are asked for while the only
+    // lock connection is busy (w's), so that both are tried in one group once it is
+    // free: y is taken, and x goes to wait on a transaction of its own, for a
+    // connection, which y's group holds.
+    let x_elsewhere = other.lock_account(&x).await.unwrap();
+    let w_held = store.lock_account(&w).await.unwrap();
+    let ask = |id: &ConnectedAccountId, limit: Duration| {
+        let (store, id) = (store.clone(), id.clone());
+        tokio::spawn(async move { tokio::time::timeout(limit, store.lock_account(&id)).await })
+    };
+    let x_asked = ask(&x, Duration::from_millis(800));
+    let y_asked = ask(&y, Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    w_held.release().await.unwrap();
+    let y_held = y_asked.await.unwrap().unwrap().unwrap();
+    // x's caller gives up while its wait has no connection yet.
+    assert!(x_asked.await.unwrap().is_err(), "x is held elsewhere");
+    y_held.release().await.unwrap();
+    // The connection is free now; the next caller comes a moment later, and gets
+    // it: the wait for x, whose caller is gone, did not take it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let z_held = tokio::time::timeout(Duration::from_secs(5), store.lock_account(&z))
+        .await
+        .expect("the lock connection was left to the next caller")
+        .unwrap();
+    z_held.release().await.unwrap();
+    x_elsewhere.release().await.unwrap();
+}
