@@ -875,3 +875,48 @@ fn the_prompt_hides_the_secret_and_the_spinner_spins_in_a_terminal() {
     );
     tmux(&["kill-session", "-t", &session]);
 }
+
+/// A request whose API cannot be reached is on record too, as `unreachable`, each
+/// time, though the command exits with the error (8).
+#[test]
+fn a_request_that_fails_is_on_record() {
+    let s = local("unreachable");
+    // An API on a port nothing listens on.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let int = s
+        .ok(&[
+            "integrations",
+            "create",
+            "openai",
+            "--scheme",
+            "API_KEY",
+            "--config",
+            &format!("base_url={dead}"),
+            "--json",
+        ])
+        .json();
+    let int_id = int["id"].as_str().unwrap();
+    let account = s
+        .ok(&[
+            "connect",
+            "--integration",
+            int_id,
+            "--param",
+            &format!("api_key={SECRET}"),
+            "--json",
+        ])
+        .json();
+    let id = account["id"].as_str().unwrap();
+    for attempt in 0..3 {
+        let out = s.run(&["request", id, "GET", "/models"]);
+        assert_eq!(out.code, 8, "unreachable: {}", out.stderr);
+        let audit = s.ok(&["audit", id, "--json"]).json();
+        let unreachable = audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "request" && e["outcome"] == "unreachable")
+            .count();
+        assert_eq!(unreachable, attempt + 1, "{audit}");
+    }
+}
