@@ -19,6 +19,35 @@ use keyhaven::{
 };
 use keyhaven_tests::storm::{Fault, TokenEndpoint, is_fresh, seed};
 
+/// The tests of `check` on each store: in memory, SQLite in a directory of its
+/// own, and PostgreSQL in a fresh database (skipped, saying why, without one).
+macro_rules! on_every_store {
+    ($check:ident: $memory:ident, $sqlite:ident, $postgres:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $memory() {
+            $check(Arc::new(MemoryStore::new())).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $sqlite() {
+            let dir = tempfile::tempdir().unwrap();
+            let (ring, _) = keyhaven_tests::new_key();
+            let store = SqliteStore::open(dir.path().join("kh.db"), ring).unwrap();
+            $check(Arc::new(store)).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $postgres() {
+            let Some(url) = keyhaven_store::conformance::fresh_postgres_database().await else {
+                return;
+            };
+            let (ring, _) = keyhaven_tests::new_key();
+            let store = PostgresStore::connect(&url, ring).await.unwrap();
+            $check(Arc::new(store)).await;
+        }
+    };
+}
+
 const FAULTS: [Fault; 5] = [
     Fault::Status(500),
     Fault::Status(503),
@@ -187,28 +216,7 @@ async fn a_caller_that_gives_up_does_not_lose_its_refresh(store: Arc<dyn Store>)
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_caller_that_gives_up_does_not_lose_its_refresh_in_memory() {
-    a_caller_that_gives_up_does_not_lose_its_refresh(Arc::new(MemoryStore::new())).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_caller_that_gives_up_does_not_lose_its_refresh_in_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ring, _) = keyhaven_tests::new_key();
-    let store = SqliteStore::open(dir.path().join("kh.db"), ring).unwrap();
-    a_caller_that_gives_up_does_not_lose_its_refresh(Arc::new(store)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_caller_that_gives_up_does_not_lose_its_refresh_in_postgres() {
-    let Some(url) = keyhaven_store::conformance::fresh_postgres_database().await else {
-        return;
-    };
-    let (ring, _) = keyhaven_tests::new_key();
-    let store = PostgresStore::connect(&url, ring).await.unwrap();
-    a_caller_that_gives_up_does_not_lose_its_refresh(Arc::new(store)).await;
-}
+on_every_store!(a_caller_that_gives_up_does_not_lose_its_refresh: a_caller_that_gives_up_does_not_lose_its_refresh_in_memory, a_caller_that_gives_up_does_not_lose_its_refresh_in_sqlite, a_caller_that_gives_up_does_not_lose_its_refresh_in_postgres);
 
 /// What is written to an account while its refresh waits for the provider (by a
 /// process whose refresh lock lapsed, or an app changing its labels) is not lost
@@ -291,25 +299,4 @@ async fn a_refresh_keeps_what_was_written_during_it(store: Arc<dyn Store>) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refresh_keeps_what_was_written_during_it_in_memory() {
-    a_refresh_keeps_what_was_written_during_it(Arc::new(MemoryStore::new())).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refresh_keeps_what_was_written_during_it_in_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ring, _) = keyhaven_tests::new_key();
-    let store = SqliteStore::open(dir.path().join("kh.db"), ring).unwrap();
-    a_refresh_keeps_what_was_written_during_it(Arc::new(store)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refresh_keeps_what_was_written_during_it_in_postgres() {
-    let Some(url) = keyhaven_store::conformance::fresh_postgres_database().await else {
-        return;
-    };
-    let (ring, _) = keyhaven_tests::new_key();
-    let store = PostgresStore::connect(&url, ring).await.unwrap();
-    a_refresh_keeps_what_was_written_during_it(Arc::new(store)).await;
-}
+on_every_store!(a_refresh_keeps_what_was_written_during_it: a_refresh_keeps_what_was_written_during_it_in_memory, a_refresh_keeps_what_was_written_during_it_in_sqlite, a_refresh_keeps_what_was_written_during_it_in_postgres);

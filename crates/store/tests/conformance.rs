@@ -27,17 +27,23 @@ async fn sqlite_store_conforms() {
     conformance::locks_give_versions(store).await;
 }
 
+/// A store on a fresh PostgreSQL database, and the database's URL; `None` (after
+/// saying why) without PostgreSQL.
+#[cfg(feature = "postgres")]
+async fn postgres() -> Option<(Arc<keyhaven_store::PostgresStore>, String)> {
+    let url = conformance::fresh_postgres_database().await?;
+    let store = keyhaven_store::PostgresStore::connect(&url, ring())
+        .await
+        .unwrap();
+    Some((Arc::new(store), url))
+}
+
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_store_conforms() {
-    let Some(url) = conformance::fresh_postgres_database().await else {
+    let Some((store, _)) = postgres().await else {
         return;
     };
-    let store = Arc::new(
-        keyhaven_store::PostgresStore::connect(&url, ring())
-            .await
-            .unwrap(),
-    );
     conformance::run(store.clone()).await;
     conformance::locks_give_versions(store).await;
 }
@@ -56,14 +62,9 @@ async fn postgres_events_become_visible_in_sequence_order() {
     };
     use sqlx::Connection;
 
-    let Some(url) = conformance::fresh_postgres_database().await else {
+    let Some((store, url)) = postgres().await else {
         return;
     };
-    let store = Arc::new(
-        keyhaven_store::PostgresStore::connect(&url, ring())
-            .await
-            .unwrap(),
-    );
     let event = |account: &ConnectedAccountId| AccountEvent {
         id: format!(
             "evt_{}",
@@ -131,13 +132,10 @@ async fn postgres_a_lock_waiter_that_gave_up_leaves_its_connection_to_the_next()
     use keyhaven_core::{ConnectedAccountId, Store};
     use std::time::Duration;
 
-    let Some(url) = conformance::fresh_postgres_database().await else {
+    // Nothing encrypted is written: each instance may have a key of its own.
+    let Some((other, url)) = postgres().await else {
         return;
     };
-    // Nothing encrypted is written: each instance may have a key of its own.
-    let other = keyhaven_store::PostgresStore::connect(&url, ring())
-        .await
-        .unwrap();
     let store = keyhaven_store::PostgresStore::connect_with_pools(&url, ring(), 10, 1)
         .await
         .unwrap();
