@@ -291,39 +291,6 @@ impl KeyFile {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn created_0600_and_refused_when_readable_by_others() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = KeyFile::in_dir(dir.path());
-        let ring = file.load_or_create().unwrap();
-        let again = file.load_or_create().unwrap();
-        assert_eq!(
-            ring.primary_id(),
-            again.primary_id(),
-            "an existing file is reused"
-        );
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(file.path()).unwrap().permissions().mode() & 0o777;
-            assert_eq!(mode, 0o600);
-            fs::set_permissions(file.path(), fs::Permissions::from_mode(0o644)).unwrap();
-            let err = file.load().unwrap_err().to_string();
-            assert!(err.contains("chmod 600") && err.contains("644"), "{err}");
-            fs::set_permissions(file.path(), fs::Permissions::from_mode(0o600)).unwrap();
-        }
-        let rotated = file.add_primary().unwrap();
-        assert_ne!(rotated.primary_id(), ring.primary_id());
-        assert_eq!(rotated.key_ids().count(), 2);
-        file.retire_old_keys().unwrap();
-        assert_eq!(file.load().unwrap().key_ids().count(), 1);
-    }
-}
-
 /// How often a store that follows its key file looks whether the file changed, at
 /// most (a `stat`), besides each time a value names a key it lacks. A store that
 /// writes looks at least this often, so a key made primary in the file is in use
@@ -410,24 +377,55 @@ impl KeyFileWatch {
                 .is_ok()
     }
 
-    /// The key ring the file holds, when it changed since it was last read. A file
-    /// that cannot be read now (mid-change on a file system without atomic renames,
-    /// its mode loosened) is left for the next look, the keys in use kept, and said.
+    /// The key ring the file holds, when it changed since it was last read. A
+    /// version of the file that cannot be read (not valid, open to others) is said
+    /// once, and the keys in use kept.
     pub(crate) fn changed(&self) -> Option<KeyRing> {
         let mut last = self.stamp.lock();
         let now = FileStamp::of(self.file.path());
         if now.is_none() || now == *last {
             return None;
         }
+        *last = now;
         match self.file.load() {
-            Ok(ring) => {
-                *last = now;
-                Some(ring)
-            }
+            Ok(ring) => Some(ring),
             Err(e) => {
                 tracing::warn!(path = %self.file.path().display(), error = %e, "the key file changed but cannot be read; the keys in use are kept");
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_0600_and_refused_when_readable_by_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = KeyFile::in_dir(dir.path());
+        let ring = file.load_or_create().unwrap();
+        let again = file.load_or_create().unwrap();
+        assert_eq!(
+            ring.primary_id(),
+            again.primary_id(),
+            "an existing file is reused"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(file.path()).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+            fs::set_permissions(file.path(), fs::Permissions::from_mode(0o644)).unwrap();
+            let err = file.load().unwrap_err().to_string();
+            assert!(err.contains("chmod 600") && err.contains("644"), "{err}");
+            fs::set_permissions(file.path(), fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let rotated = file.add_primary().unwrap();
+        assert_ne!(rotated.primary_id(), ring.primary_id());
+        assert_eq!(rotated.key_ids().count(), 2);
+        file.retire_old_keys().unwrap();
+        assert_eq!(file.load().unwrap().key_ids().count(), 1);
     }
 }
