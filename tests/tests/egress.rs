@@ -83,6 +83,16 @@ fn host_typed_integration(endpoint: &TokenEndpoint, allow_private: bool) -> NewI
 /// An `ACTIVE` account of `integration` on host `NAME`, whose access token expired.
 async fn expired_account(store: &MemoryStore, integration: &keyhaven::Integration) -> String {
     let past = Utc::now() - keyhaven::chrono::Duration::minutes(1);
+    account_expiring(store, integration, past).await
+}
+
+/// An `ACTIVE` account of `integration` on host `NAME`, whose access token expires
+/// at `at`.
+async fn account_expiring(
+    store: &MemoryStore,
+    integration: &keyhaven::Integration,
+    at: keyhaven::chrono::DateTime<Utc>,
+) -> String {
     let mut account = ConnectedAccount::new(
         ConnectedAccountId::generate().unwrap(),
         EntityId::new("mallory").unwrap(),
@@ -93,13 +103,13 @@ async fn expired_account(store: &MemoryStore, integration: &keyhaven::Integratio
         Utc::now(),
     );
     account.params.insert("host".into(), json!(NAME));
-    account.expires_at = Some(past);
+    account.expires_at = Some(at);
     let mut fields = SecretFields::new();
     fields.insert("access_token", "old-access");
     fields.insert("refresh_token", "rt-egress");
     fields.insert("token_type", "Bearer");
     store
-        .insert_account(&account, Some(&Credentials::new(fields, Some(past))), &[])
+        .insert_account(&account, Some(&Credentials::new(fields, Some(at))), &[])
         .await
         .unwrap();
     account.id.to_string()
@@ -140,9 +150,15 @@ async fn refreshes_and_requests_never_reach_a_host_that_resolves_inward() {
         ConnectionStatus::Active,
         "a failure, not a refusal"
     );
-    // The account's API, by the same name: refused before anything is sent.
+    // The account's API, by the same name, with a token still fresh: refused
+    // before anything is sent, as the caller's mistake (the parameter), not as an
+    // outage.
+    let fresh = Utc::now() + keyhaven::chrono::Duration::hours(1);
+    let id = account_expiring(&store, &integration, fresh).await;
     let err = kh.request(&id).get("/anything").send().await.unwrap_err();
     says_resolves_inward(&err);
+    assert_eq!(err.kind(), keyhaven::ErrorKind::InvalidInput);
+    assert!(endpoint.refreshes().is_empty());
 
     // An integration meant for a private network says so: then it is reached.
     let allowed = kh

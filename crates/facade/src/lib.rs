@@ -110,6 +110,9 @@ struct Inner {
     events: events::EventBus,
     /// The HTTP client of requests (and of the built-in schemes).
     http: reqwest::Client,
+    /// The clients for hosts typed by end users, by the names they guard (see
+    /// `request::Guarding`), so that each such host keeps its connections.
+    guarding: request::GuardingClients,
     /// Where uses of credentials are recorded.
     audit: AuditLog,
 }
@@ -260,6 +263,7 @@ impl Keyhaven {
                 catalog,
                 events,
                 http,
+                guarding: request::GuardingClients::default(),
                 audit,
             }),
         }

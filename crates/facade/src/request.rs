@@ -19,6 +19,7 @@
 pub mod rules;
 mod silence;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -104,7 +105,7 @@ impl Resolver {
 
 /// A host name typed by an end user (it fills `template`, the URL of config
 /// `field`), which must resolve to public addresses only.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct GuardedName {
     name: String,
     template: String,
@@ -197,21 +198,47 @@ impl reqwest::dns::Resolve for Guarding {
     }
 }
 
+/// The clients made for hosts typed by end users, by the names each guards: a
+/// refresh or request to such a host reuses its client and connections instead of
+/// making a client (and its TLS setup) each time. At most [`GUARDING_CLIENTS`];
+/// past that, all are dropped and made again as needed.
+#[derive(Default)]
+pub(crate) struct GuardingClients(parking_lot::Mutex<HashMap<Vec<GuardedName>, reqwest::Client>>);
+
+/// How many clients [`GuardingClients`] keeps.
+const GUARDING_CLIENTS: usize = 256;
+
+impl std::fmt::Debug for GuardingClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GuardingClients({})", self.0.lock().len())
+    }
+}
+
 impl Keyhaven {
-    /// The shared client, or for `guarded` names (hosts typed by end users) a new
-    /// client that resolves them only to public addresses ([`Guarding`]).
+    /// The shared client, or for `guarded` names (hosts typed by end users) a
+    /// client that resolves them only to public addresses ([`Guarding`]), kept for
+    /// the next call with the same names.
     fn guarding_client(&self, guarded: Vec<GuardedName>) -> Result<reqwest::Client, Error> {
         if guarded.is_empty() {
             return Ok(self.inner.http.clone());
         }
-        let resolver = self.inner.settings.resolver.clone();
-        client_builder(None)
+        let kept = &self.inner.guarding.0;
+        if let Some(client) = kept.lock().get(&guarded) {
+            return Ok(client.clone());
+        }
+        let client = client_builder(None)
             .dns_resolver(Arc::new(Guarding {
-                inner: resolver,
-                names: guarded,
+                inner: self.inner.settings.resolver.clone(),
+                names: guarded.clone(),
             }))
             .build()
-            .map_err(|e| Error::Internal(format!("cannot make an HTTP client: {e}")))
+            .map_err(|e| Error::Internal(format!("cannot make an HTTP client: {e}")))?;
+        let mut kept = kept.lock();
+        if kept.len() >= GUARDING_CLIENTS {
+            kept.clear();
+        }
+        kept.insert(guarded, client.clone());
+        Ok(client)
     }
 
     /// The client for a scheme's calls to the provider (login, code exchange,
