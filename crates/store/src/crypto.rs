@@ -133,6 +133,7 @@ impl fmt::Debug for MasterKey {
 }
 
 /// The keys a store can decrypt with, and the primary one it encrypts with.
+#[derive(Clone)]
 pub struct KeyRing {
     primary: String,
     ciphers: BTreeMap<String, Aes256Gcm>,

@@ -306,6 +306,10 @@ pub(crate) struct FileStamp {
     ino: u64,
     len: u64,
     modified: Option<std::time::SystemTime>,
+    /// The inode's change time and mode: a `chmod 600` that makes an unusable
+    /// version usable is a change too.
+    changed: (i64, i64),
+    mode: u32,
 }
 
 impl FileStamp {
@@ -313,17 +317,24 @@ impl FileStamp {
     pub(crate) fn of(path: &Path) -> Option<Self> {
         let meta = fs::metadata(path).ok()?;
         #[cfg(unix)]
-        let (dev, ino) = {
+        let (dev, ino, changed, mode) = {
             use std::os::unix::fs::MetadataExt;
-            (meta.dev(), meta.ino())
+            (
+                meta.dev(),
+                meta.ino(),
+                (meta.ctime(), meta.ctime_nsec()),
+                meta.mode(),
+            )
         };
         #[cfg(not(unix))]
-        let (dev, ino) = (0, 0);
+        let (dev, ino, changed, mode) = (0, 0, (0, 0), 0);
         Some(Self {
             dev,
             ino,
             len: meta.len(),
             modified: meta.modified().ok(),
+            changed,
+            mode,
         })
     }
 }
@@ -377,16 +388,30 @@ impl KeyFileWatch {
                 .is_ok()
     }
 
+    /// Takes the file's version now as read (the caller just read it).
+    pub(crate) fn read_now(&self) {
+        *self.stamp.lock() = FileStamp::of(self.file.path());
+    }
+
+    /// Makes the next look read the file, changed or not (it could not be used).
+    pub(crate) fn look_again(&self) {
+        *self.stamp.lock() = None;
+    }
+
     /// The key ring the file holds, when it changed since it was last read. A
     /// version of the file that cannot be read (not valid, open to others) is said
     /// once, and the keys in use kept.
     pub(crate) fn changed(&self) -> Option<KeyRing> {
         let mut last = self.stamp.lock();
         let now = FileStamp::of(self.file.path());
-        if now.is_none() || now == *last {
+        if now == *last {
             return None;
         }
         *last = now;
+        if now.is_none() {
+            tracing::warn!(path = %self.file.path().display(), "the key file is gone; the keys in use are kept (put it back before this process restarts)");
+            return None;
+        }
         match self.file.load() {
             Ok(ring) => Some(ring),
             Err(e) => {

@@ -326,18 +326,22 @@ async fn read_secrets(store: &dyn Store, id: &ConnectedAccountId) {
 /// file replaced by an unrelated key is not taken up (opening would refuse it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_store_takes_up_a_rotation_made_by_another_process() {
-    // A store that made the key file, and one opened on it afterwards.
+    // A store that made the key file and reads first, and one opened on it
+    // afterwards that writes first.
     for reopened in [false, true] {
         let base = tempfile::tempdir().unwrap();
         let dir = base.path().join("data");
         if reopened {
             drop(SqliteStore::open_dir(&dir).unwrap());
         }
-        takes_up_a_rotation(&dir).await;
+        takes_up_a_rotation(&dir, reopened).await;
     }
 }
 
-async fn takes_up_a_rotation(dir: &std::path::Path) {
+/// `writes_first`: the running store writes before the rotation, and reads
+/// nothing: it takes the new key up when its write looks at the file (due once a
+/// second); else it takes it up reading a value the rotation rewrote.
+async fn takes_up_a_rotation(dir: &std::path::Path, writes_first: bool) {
     let running = SqliteStore::open_dir(dir).unwrap();
     let old_id = running.key_ring().primary_id().to_owned();
     let first = write_secrets(&running).await;
@@ -348,8 +352,15 @@ async fn takes_up_a_rotation(dir: &std::path::Path) {
     let ring = file.add_primary().unwrap();
     let new_id = ring.primary_id().to_owned();
     rotating.set_key_ring(ring);
+    if writes_first {
+        tokio::time::sleep(keyhaven_store::KEY_FILE_CHECK * 3 / 2).await;
+        write_secrets(&running).await;
+    }
     let report = rotating.rotate(100).await.unwrap();
-    assert_eq!(report.reencrypted, 3, "{report:?}");
+    assert_eq!(
+        report.reencrypted, 3,
+        "what was written under the old key only: {report:?}"
+    );
 
     // Read at once, under the new key.
     read_secrets(&running, &first).await;

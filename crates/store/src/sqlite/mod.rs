@@ -260,6 +260,9 @@ impl SqliteStore {
         }
         // Another process may have made the file meanwhile: then its key is used.
         store.set_key_ring(file.create(&key)?);
+        if let Some(watch) = &store.inner.key_file {
+            watch.read_now();
+        }
         Ok(store)
     }
 
@@ -349,23 +352,59 @@ impl SqliteStore {
         let Some(watch) = &self.inner.key_file else {
             return false;
         };
+        // Held while the file's keys are checked and put in place: no write takes
+        // the keys in use meanwhile.
+        let mut keys = self.inner.keys.write();
         let Some(ring) = watch.changed() else {
             return false;
         };
-        let current = self.inner.keys.read().clone();
-        if !ring.key_ids().any(|id| id == current.primary_id())
-            && let Err(e) = self.check_keys(&ring)
-        {
-            tracing::error!(path = %watch.path().display(), error = %e, "the key file changed to keys that cannot read every stored value; this process goes on with the keys it has. Put back the key file that holds them");
+        let retired = !ring.key_ids().any(|id| id == keys.primary_id());
+        if retired && let Err(e) = self.check_keys(&ring) {
+            let missing = matches!(&e, StoreError::Backend(b) if b.is::<crate::KeyError>());
+            if missing {
+                tracing::error!(path = %watch.path().display(), error = %e, "the key file changed to keys that cannot read every stored value; this process goes on with the keys it has. Put back the key file that holds them");
+            } else {
+                tracing::warn!(path = %watch.path().display(), error = %e, "the key file changed, and the stored values could not be checked against it; looked at again later");
+                watch.look_again();
+            }
             return false;
         }
-        let ring = Arc::new(ring.keeping(&current));
+        let in_use = Arc::new(ring.clone().keeping(&keys));
         tracing::info!(
-            primary = ring.primary_id(),
+            primary = in_use.primary_id(),
             "the key file changed: its keys are in use"
         );
-        *self.inner.keys.write() = ring;
+        *keys = in_use;
+        drop(keys);
+        if retired {
+            self.reencrypt_stragglers(ring);
+        }
         true
+    }
+
+    /// After this process took up a key file that retired its previous primary key:
+    /// a write that took the keys just before they were replaced may commit under
+    /// that key, which no key file holds any more (a restart could not read it).
+    /// Such values are re-encrypted under the new primary key, by this process,
+    /// which still holds the old one, a moment later (on a task of its own).
+    fn reencrypt_stragglers(&self, file: KeyRing) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = self.clone();
+        runtime.spawn(async move {
+            tokio::time::sleep(crate::keys::KEY_FILE_CHECK).await;
+            if store.check_keys(&file).is_ok() {
+                return;
+            }
+            match store.rotate(256).await {
+                Ok(report) => tracing::warn!(
+                    reencrypted = report.reencrypted,
+                    "values written under the retired key while the key file changed were re-encrypted under the new one"
+                ),
+                Err(e) => tracing::error!(error = %e, "values written under the retired key while the key file changed could not be re-encrypted; run keyhaven keys rotate while this process runs"),
+            }
+        });
     }
 
     /// The keys to read the values `blobs` with: those in use, or when a value names a
