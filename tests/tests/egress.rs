@@ -220,6 +220,7 @@ async fn a_login_never_goes_to_a_host_that_resolves_inward() {
         .insert("password", "the-users-password");
     let err = kh.initiate_connection(request).await.unwrap_err();
     says_resolves_inward(&err);
+    assert_eq!(err.kind(), keyhaven::ErrorKind::InvalidInput, "{err}");
     assert!(!err.to_string().contains("the-users-password"));
     assert_eq!(logins.load(Ordering::SeqCst), 0, "no password was sent");
     let listed = kh

@@ -721,8 +721,9 @@ impl Keyhaven {
                             .with_http(&http);
                         scheme.refresh(cx).await
                     }
-                    // The provider's host does not resolve, or not where it may: a
-                    // failure like the provider's being down (backed off, ACTIVE kept).
+                    // A host typed by the user that is now a private one, as written:
+                    // a failure like the provider's being down (backed off, ACTIVE
+                    // kept). (One that resolves inward fails the call, the same way.)
                     Err(e) => Err(SchemeError::Unavailable {
                         message: e.to_string(),
                     }),

@@ -118,7 +118,13 @@ impl Keyhaven {
             // The provider refused the credentials: a FAILED account says so, and
             // never an ACTIVE one. Bad input and outages store nothing.
             Err(keyhaven_core::SchemeError::Rejected { message }) => Err(message),
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                // A host typed here that resolves inward is the caller's mistake.
+                if let Some(refused) = self.refused_host(&integration, &params.public).await {
+                    return Err(refused);
+                }
+                return Err(e.into());
+            }
         };
 
         let integration = self.store_integration(integration, created).await?;

@@ -239,8 +239,12 @@ impl Keyhaven {
             }
             Err(SchemeError::Rejected { message }) => Err(message),
             Err(e) => {
-                // Not the user's fault: keep the link for another try.
+                // Kept for another try: an outage is not the user's fault, and a host
+                // typed here that resolves inward is theirs to correct.
                 self.store().put_pending_state(&pending).await?;
+                if let Some(refused) = self.refused_host(&integration, &params.public).await {
+                    return Err(refused);
+                }
                 return Err(e.into());
             }
         };

@@ -489,7 +489,10 @@ impl KeyhavenBuilder {
 
     /// Sends requests (and the built-in schemes' calls) with this client instead of
     /// [`request::default_client`]. Turn redirects off on it: a redirect followed
-    /// would carry the credentials.
+    /// would carry the credentials. Calls to a host typed by an end user (a
+    /// connection parameter, such as a shop's or an instance's name) go out on a
+    /// client of keyhaven's own instead, which checks every address the name
+    /// resolves to and never goes through a proxy.
     #[must_use]
     pub fn http_client(mut self, client: reqwest::Client) -> Self {
         self.settings.http = Some(client);

@@ -226,7 +226,10 @@ impl Keyhaven {
         if let Some(client) = kept.lock().get(&guarded) {
             return Ok(client.clone());
         }
+        // Never through a proxy (HTTPS_PROXY ...): the proxy would resolve the name,
+        // and what is connected to would not be what was checked.
         let client = client_builder(None)
+            .no_proxy()
             .dns_resolver(Arc::new(Guarding {
                 inner: self.inner.settings.resolver.clone(),
                 names: guarded.clone(),
@@ -259,18 +262,53 @@ impl Keyhaven {
         params: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<reqwest::Client, Error> {
         egress::check_param_hosts(integration, params)?;
-        let guarded = egress::param_host_urls(integration, params)
-            .filter_map(|(field, template, url)| match url.host() {
-                Some(Host::Domain(name)) => Some(GuardedName {
-                    name: name.to_owned(),
-                    template: template.to_owned(),
-                    field,
-                }),
-                _ => None,
-            })
-            .collect();
-        self.guarding_client(guarded)
+        self.guarding_client(guarded_names(integration, params))
     }
+
+    /// Why a call to the provider with [`Keyhaven::provider_client`] failed, when it
+    /// was because a host typed by an end user resolves to a private address: that
+    /// error (invalid input, naming the parameter), to answer instead of the
+    /// scheme's "could not connect". Asked only after a call failed (it resolves
+    /// the names again).
+    pub(crate) async fn refused_host(
+        &self,
+        integration: &Integration,
+        params: &serde_json::Map<String, serde_json::Value>,
+    ) -> Option<Error> {
+        use reqwest::dns::Resolve;
+        let names = guarded_names(integration, params);
+        let guarding = Guarding {
+            inner: self.inner.settings.resolver.clone(),
+            names: names.clone(),
+        };
+        for guarded in names {
+            let name = guarded.name.parse().ok()?;
+            let lookup = tokio::time::timeout(CONNECT_TIMEOUT, guarding.resolve(name));
+            if let Ok(Err(e)) = lookup.await
+                && let Some(refused) = e.downcast_ref::<Refused>()
+            {
+                return Some(refused.error());
+            }
+        }
+        None
+    }
+}
+
+/// The host names of `integration`'s URLs that `params` (typed by end users) fill.
+fn guarded_names(
+    integration: &Integration,
+    params: &serde_json::Map<String, serde_json::Value>,
+) -> Vec<GuardedName> {
+    egress::param_host_urls(integration, params)
+        .filter_map(|(field, template, url)| match url.host() {
+            Some(Host::Domain(name)) => Some(GuardedName {
+                name: name.to_owned(),
+                template: template.to_owned(),
+                field,
+            }),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Where an account's requests go, and with what: read once, reused until the
