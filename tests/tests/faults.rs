@@ -225,7 +225,8 @@ on_every_store!(a_caller_that_gives_up_does_not_lose_its_refresh: a_caller_that_
 /// refresh hands the caller those), since the provider may already have retired
 /// the refresh token the refresh used.
 async fn a_refresh_keeps_what_was_written_during_it(store: Arc<dyn Store>) {
-    let endpoint = TokenEndpoint::start(Duration::from_millis(400)).await;
+    // Long enough for the write meanwhile, under load too.
+    let endpoint = TokenEndpoint::start(Duration::from_millis(1500)).await;
     let kh = Keyhaven::builder()
         .shared_store(store.clone())
         .callback_url("http://127.0.0.1:9/callback")
@@ -244,7 +245,7 @@ async fn a_refresh_keeps_what_was_written_during_it(store: Arc<dyn Store>) {
             let (kh, id) = (kh.clone(), id.clone());
             async move { kh.credentials(id.as_str()).await }
         });
-        // The token request is in, and waits 400 ms: write meanwhile.
+        // The token request is in, and waits: write meanwhile.
         let rt = format!("rt-{n}");
         while !endpoint.refreshes().contains_key(&rt) {
             tokio::time::sleep(Duration::from_millis(5)).await;

@@ -299,15 +299,15 @@ mod tests {
             async move {
                 store
                     .write(|_, _| {
-                        std::thread::sleep(Duration::from_millis(400));
+                        std::thread::sleep(Duration::from_millis(1000));
                         Ok(())
                     })
                     .await
             }
         });
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let gave_up =
-            tokio::time::timeout(Duration::from_millis(50), Lease::acquire(&store, &id)).await;
+            tokio::time::timeout(Duration::from_millis(100), Lease::acquire(&store, &id)).await;
         assert!(gave_up.is_err(), "given up while queued");
         busy.await.unwrap().unwrap();
         let again = tokio::time::timeout(Duration::from_secs(5), Lease::acquire(&store, &id))

@@ -98,7 +98,19 @@ async fn postgres_events_become_visible_in_sequence_order() {
         async move { store.append_events(&[first]).await }
     });
     // The first has its number and sleeps in the trigger.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let sleeping = "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND datname = current_database())";
+    let started = std::time::Instant::now();
+    while !sqlx::query_scalar::<_, bool>(sleeping)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap()
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the first append never reached its trigger"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     store
         .append_events(std::slice::from_ref(&second))
         .await
