@@ -172,7 +172,8 @@ impl Keyhaven {
                 let callback_url = self.callback_url().clone();
                 let effective = effective_integration(&integration, &account.params);
                 match self.provider_client(&integration, &account.params) {
-                    // The provider's host no longer resolves where it may: FAILED.
+                    // A host typed by the user that is a private one, as written:
+                    // FAILED. (One that resolves inward fails the call, the same way.)
                     Err(e) => Err(clip(&e.to_string())),
                     Ok(http) => {
                         let cx = CompleteContext::new(

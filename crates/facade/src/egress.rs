@@ -280,19 +280,29 @@ pub(crate) fn check_param_hosts(
     integration: &Integration,
     values: &Map<String, Value>,
 ) -> Result<(), Error> {
-    for (field, template, url) in param_host_urls(integration, values) {
-        if let Some(kind) = private_url_kind(&url) {
-            let host = url.host_str().unwrap_or_default();
-            return Err(private_host_error(
+    checked_param_host_urls(integration, values).map(drop)
+}
+
+/// [`param_host_urls`], each checked as [`check_param_hosts`] does.
+///
+/// # Errors
+/// [`Error::InvalidInput`] naming the parameter of the first private host.
+pub(crate) fn checked_param_host_urls<'a>(
+    integration: &'a Integration,
+    values: &'a Map<String, Value>,
+) -> Result<Vec<(String, &'a str, Url)>, Error> {
+    param_host_urls(integration, values)
+        .map(|(field, template, url)| match private_url_kind(&url) {
+            Some(kind) => Err(private_host_error(
                 "connected_account_params",
                 template,
                 &field,
-                host,
+                url.host_str().unwrap_or_default(),
                 kind,
-            ));
-        }
-    }
-    Ok(())
+            )),
+            None => Ok((field, template, url)),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -261,8 +261,8 @@ impl Keyhaven {
         integration: &Integration,
         params: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<reqwest::Client, Error> {
-        egress::check_param_hosts(integration, params)?;
-        self.guarding_client(guarded_names(integration, params))
+        let urls = egress::checked_param_host_urls(integration, params)?;
+        self.guarding_client(guarded_names(urls))
     }
 
     /// Why a call to the provider with [`Keyhaven::provider_client`] failed, when it
@@ -276,7 +276,7 @@ impl Keyhaven {
         params: &serde_json::Map<String, serde_json::Value>,
     ) -> Option<Error> {
         use reqwest::dns::Resolve;
-        let names = guarded_names(integration, params);
+        let names = guarded_names(egress::param_host_urls(integration, params));
         let guarding = Guarding {
             inner: self.inner.settings.resolver.clone(),
             names: names.clone(),
@@ -294,12 +294,10 @@ impl Keyhaven {
     }
 }
 
-/// The host names of `integration`'s URLs that `params` (typed by end users) fill.
-fn guarded_names(
-    integration: &Integration,
-    params: &serde_json::Map<String, serde_json::Value>,
-) -> Vec<GuardedName> {
-    egress::param_host_urls(integration, params)
+/// The host names of `urls` (an integration's URLs whose hosts end users typed, as
+/// [`egress::param_host_urls`] gives them).
+fn guarded_names<'a>(urls: impl IntoIterator<Item = (String, &'a str, Url)>) -> Vec<GuardedName> {
+    urls.into_iter()
         .filter_map(|(field, template, url)| match url.host() {
             Some(Host::Domain(name)) => Some(GuardedName {
                 name: name.to_owned(),
