@@ -298,7 +298,7 @@ impl PostgresStore {
         let Some((account, blob, expires)) = row else {
             return Ok(None);
         };
-        pending_state(&self.key_ring(), state, &hash, &account, &blob, expires).map(Some)
+        pending_state(&self.key_ring(), state, &hash, &account, &blob, expires)
     }
 
     /// Connects to `url` (`postgres://user@host/db`) with a pool of
@@ -1001,7 +1001,7 @@ impl Store for PostgresStore {
 
     async fn put_pending_state(&self, pending: &PendingState) -> Result<(), StoreError> {
         let hash = state_hash(&pending.state);
-        let blob = encode_pending(&self.key_ring(), &hash, &pending.data)?;
+        let blob = encode_pending(&self.key_ring(), &hash, pending)?;
         sqlx::query("INSERT INTO pending_states (state_hash, account_id, data, expires_at) VALUES ($1, $2, $3, $4)")
             .bind(&hash)
             .bind(pending.account_id.as_str())

@@ -147,23 +147,70 @@ pub(crate) fn decode_credentials(
     ))
 }
 
-/// Encrypts the data of a pending state.
+/// What a pending state's encrypted value begins with since its account and expiry
+/// are bound to it: the tag, then `{account_id}\n{expires_at in µs}\n`, then the
+/// scheme's data as JSON. The state's hash is the value's associated data, so the
+/// whole row is bound: a value moved to another row, or a row whose account or
+/// expiry was changed in the database, is refused. Values written before (the data
+/// alone, which begins with `{`) name no account, and are refused as unknown.
+const PENDING_TAG: &[u8] = b"keyhaven-pending-2\n";
+
+/// Encrypts the data of a pending state, bound to its row: its hash (associated
+/// data), its account and its expiry (in the value).
 pub(crate) fn encode_pending(
     keys: &KeyRing,
     hash: &str,
-    data: &SecretFields,
+    pending: &keyhaven_core::PendingState,
 ) -> Result<Vec<u8>, StoreError> {
-    keys.encrypt(&aad(AAD_PENDING, hash), secrecy_bytes(&data.to_json()))
+    let json = pending.data.to_json();
+    let data = secrecy_bytes(&json);
+    let head = format!(
+        "{}\n{}\n",
+        pending.account_id.as_str(),
+        micros(pending.expires_at)
+    );
+    let mut plain = zeroize::Zeroizing::new(Vec::with_capacity(
+        PENDING_TAG.len() + head.len() + data.len(),
+    ));
+    plain.extend_from_slice(PENDING_TAG);
+    plain.extend_from_slice(head.as_bytes());
+    plain.extend_from_slice(data);
+    keys.encrypt(&aad(AAD_PENDING, hash), &plain)
 }
 
-/// Decrypts the data of a pending state.
+/// Decrypts the data of a pending state and checks that it was written for the
+/// row's `account` and `expires` (µs): `None` for a value written before pending
+/// states were bound to their account (see [`PENDING_TAG`]).
+///
+/// # Errors
+/// [`StoreError::Corrupt`] when the value does not decrypt for this row, or names
+/// another account or expiry than the row does: the row was changed outside
+/// keyhaven.
 pub(crate) fn decode_pending(
     keys: &KeyRing,
     hash: &str,
+    account: &str,
+    expires: i64,
     blob: &[u8],
-) -> Result<SecretFields, StoreError> {
+) -> Result<Option<SecretFields>, StoreError> {
     let plain = keys.decrypt(&aad(AAD_PENDING, hash), blob)?;
-    secret_fields(&plain, "pending state data")
+    let Some(rest) = plain.strip_prefix(PENDING_TAG) else {
+        return Ok(None);
+    };
+    let mut parts = rest.splitn(3, |b| *b == b'\n');
+    let (Some(bound_account), Some(bound_expires), Some(data)) =
+        (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(StoreError::Corrupt(
+            "a pending state's value is truncated".into(),
+        ));
+    };
+    if bound_account != account.as_bytes() || bound_expires != expires.to_string().as_bytes() {
+        return Err(StoreError::Corrupt(
+            "a pending state's row names another account or expiry than it was written with: the row was changed outside keyhaven, and is refused".into(),
+        ));
+    }
+    secret_fields(data, "pending state data").map(Some)
 }
 
 /// An account as stored (without its credentials).
@@ -439,7 +486,8 @@ pub(crate) fn update_refused(id: &str, current: Option<i64>, expected: i64) -> S
     }
 }
 
-/// A pending state read back from its row.
+/// A pending state read back from its row; `None` for one written before pending
+/// states were bound to their account (refused as unknown).
 pub(crate) fn pending_state(
     keys: &KeyRing,
     state: &str,
@@ -447,13 +495,19 @@ pub(crate) fn pending_state(
     account: &str,
     blob: &[u8],
     expires: i64,
-) -> Result<keyhaven_core::PendingState, StoreError> {
-    Ok(keyhaven_core::PendingState::new(
+) -> Result<Option<keyhaven_core::PendingState>, StoreError> {
+    let Some(data) = decode_pending(keys, hash, account, expires, blob)? else {
+        tracing::warn!(
+            "a pending state written by an earlier keyhaven (not bound to its account) was refused; its user must start the connection again"
+        );
+        return Ok(None);
+    };
+    Ok(Some(keyhaven_core::PendingState::new(
         state.to_owned(),
         ConnectedAccountId::parse(account).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        decode_pending(keys, hash, blob)?,
+        data,
         from_micros(expires)?,
-    ))
+    )))
 }
 
 /// An account row and its credentials blob, decrypted.
@@ -483,5 +537,78 @@ pub(crate) fn schema_is(found: i64, expected: usize) -> Result<(), StoreError> {
         )))
     } else {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::crypto::MasterKey;
+
+    fn pending(account: &str) -> keyhaven_core::PendingState {
+        let mut data = SecretFields::new();
+        data.insert("code_verifier", "verifier-1");
+        keyhaven_core::PendingState::new(
+            "the-state",
+            ConnectedAccountId::parse(account).unwrap(),
+            data,
+            from_micros(1_800_000_000_000_000).unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_pending_state_reads_back_only_for_its_own_row() {
+        let keys = KeyRing::new(MasterKey::generate().unwrap(), []);
+        let hash = state_hash("the-state");
+        let p = pending("ca_account01");
+        let expires = micros(p.expires_at);
+        let blob = encode_pending(&keys, &hash, &p).unwrap();
+
+        let read = pending_state(&keys, "the-state", &hash, "ca_account01", &blob, expires)
+            .unwrap()
+            .unwrap();
+        assert_eq!(read.account_id.as_str(), "ca_account01");
+        assert_eq!(read.expires_at, p.expires_at);
+        assert_eq!(read.data.get_str("code_verifier"), Some("verifier-1"));
+
+        // Another account, a later expiry, another row's hash: refused.
+        for (account, exp, h) in [
+            ("ca_account02", expires, hash.as_str()),
+            ("ca_account01", expires + 1, hash.as_str()),
+            ("ca_account01", expires, &*state_hash("other-state")),
+        ] {
+            let e = pending_state(&keys, "the-state", h, account, &blob, exp).unwrap_err();
+            assert!(matches!(e, StoreError::Corrupt(_)), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_pending_state_written_before_the_binding_is_unknown() {
+        let keys = KeyRing::new(MasterKey::generate().unwrap(), []);
+        let hash = state_hash("the-state");
+        let p = pending("ca_account01");
+        // What earlier versions wrote: the data alone.
+        let legacy = keys
+            .encrypt(&aad(AAD_PENDING, &hash), secrecy_bytes(&p.data.to_json()))
+            .unwrap();
+        let read = pending_state(
+            &keys,
+            "the-state",
+            &hash,
+            "ca_account01",
+            &legacy,
+            micros(p.expires_at),
+        );
+        assert!(read.unwrap().is_none());
+        // A tagged value cut short is corrupt.
+        let cut = keys
+            .encrypt(
+                &aad(AAD_PENDING, &hash),
+                b"keyhaven-pending-2\nca_account01",
+            )
+            .unwrap();
+        let e = pending_state(&keys, "the-state", &hash, "ca_account01", &cut, 0).unwrap_err();
+        assert!(e.to_string().contains("truncated"), "{e}");
     }
 }

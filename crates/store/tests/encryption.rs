@@ -73,6 +73,46 @@ fn assert_no_secret(bytes: &[u8], place: &str) {
     }
 }
 
+/// The pending state `write_secrets` wrote (for `owner`) is bound to its row: moved
+/// to `other` or given a longer life in the database, it is refused, and taking it
+/// then uses it up. `sql` runs a statement on the store's database.
+async fn pending_state_is_bound_to_its_row(
+    store: &dyn Store,
+    owner: &keyhaven_core::ConnectedAccountId,
+    other: &keyhaven_core::ConnectedAccountId,
+    sql: impl AsyncFn(String),
+) {
+    const STATE: &str = "state-that-is-secret-too";
+    let refused = |e: StoreError| {
+        assert!(
+            matches!(&e, StoreError::Corrupt(m) if m.contains("changed outside keyhaven")),
+            "{e}"
+        );
+    };
+    sql(format!(
+        "UPDATE pending_states SET account_id = '{}'",
+        other.as_str()
+    ))
+    .await;
+    refused(store.get_pending_state(STATE).await.unwrap_err());
+    sql(format!(
+        "UPDATE pending_states SET account_id = '{}'",
+        owner.as_str()
+    ))
+    .await;
+    let pending = store.get_pending_state(STATE).await.unwrap().unwrap();
+    assert_eq!(&pending.account_id, owner);
+    assert_eq!(pending.data.get_str("code_verifier"), Some(SECRETS[3]));
+
+    sql("UPDATE pending_states SET expires_at = expires_at + 3600000000".into()).await;
+    refused(store.get_pending_state(STATE).await.unwrap_err());
+    refused(store.take_pending_state(STATE).await.unwrap_err());
+    assert!(
+        store.get_pending_state(STATE).await.unwrap().is_none(),
+        "taken"
+    );
+}
+
 fn ring() -> KeyRing {
     KeyRing::new(MasterKey::generate().unwrap(), [])
 }
@@ -125,6 +165,10 @@ async fn sqlite_file_holds_no_secret_and_blobs_are_bound_to_rows() {
         err.to_string().contains(&key_id) && err.to_string().contains("another row"),
         "{err}"
     );
+    pending_state_is_bound_to_its_row(&store, &id, &other, async |q: String| {
+        raw.execute(&q, []).unwrap();
+    })
+    .await;
 
     // A wrong key is a clear error naming the key id, never garbage: at open...
     drop(store);
@@ -314,6 +358,14 @@ async fn old_keys_are_not_retired_while_a_value_needs_them() {
         [MasterKey::from_base64(&old_b64).unwrap()],
     ));
     rotating.rotate(16).await.unwrap();
+    // The pending state reads back after its rotation, bound to its account still.
+    let pending = rotating
+        .get_pending_state("state-that-is-secret-too")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pending.account_id, id);
+    assert_eq!(pending.data.get_str("code_verifier"), Some(SECRETS[3]));
     let only_new = rotating.key_ring().only_primary();
     assert_eq!(only_new.key_ids().collect::<Vec<_>>(), [new_id.as_str()]);
     rotating.check_keys(&only_new).unwrap();
@@ -426,6 +478,13 @@ async fn postgres_tables_hold_no_secret_and_rotation_loses_nothing() {
         err.contains(&key_id) && err.contains("another row"),
         "{err}"
     );
+    pending_state_is_bound_to_its_row(&store, &id, &other.id, async |q: String| {
+        sqlx::query(sqlx::AssertSqlSafe(q))
+            .execute(store.pool())
+            .await
+            .unwrap();
+    })
+    .await;
     store.delete_account(&other.id, &[]).await.unwrap();
 
     // A wrong key names the key id.

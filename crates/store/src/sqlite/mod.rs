@@ -759,7 +759,7 @@ impl Store for SqliteStore {
 
     async fn put_pending_state(&self, pending: &PendingState) -> Result<(), StoreError> {
         let hash = state_hash(&pending.state);
-        let blob = encode_pending(&self.key_ring(), &hash, &pending.data)?;
+        let blob = encode_pending(&self.key_ring(), &hash, pending)?;
         let (account, expires) = (pending.account_id.to_string(), micros(pending.expires_at));
         self.write(move |conn, _| {
             conn.execute(
@@ -793,7 +793,7 @@ impl Store for SqliteStore {
             return Ok(None);
         };
         let keys = self.keys_for([blob.as_slice()]);
-        pending_state(&keys, state, &hash, &account, &blob, expires).map(Some)
+        pending_state(&keys, state, &hash, &account, &blob, expires)
     }
 
     async fn take_pending_state(&self, state: &str) -> Result<Option<PendingState>, StoreError> {
@@ -816,7 +816,7 @@ impl Store for SqliteStore {
             return Ok(None);
         };
         let keys = self.keys_for([blob.as_slice()]);
-        pending_state(&keys, state, &hash, &account, &blob, expires).map(Some)
+        pending_state(&keys, state, &hash, &account, &blob, expires)
     }
 
     async fn purge_expired_pending_states(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
