@@ -313,6 +313,9 @@ fn guarded_names<'a>(urls: impl IntoIterator<Item = (String, &'a str, Url)>) -> 
 /// account or an integration changes (or [`TARGET_TTL`] passes).
 pub(crate) struct Target {
     made: Instant,
+    /// The same moment on the process's fast clock, when it has one: a request
+    /// checks the target's age with an atomic read rather than a clock read.
+    made_fast: Option<quanta::Instant>,
     account: ConnectedAccount,
     /// The integration, its templates filled with the account's parameters.
     integration: Integration,
@@ -327,7 +330,7 @@ pub(crate) struct Target {
     headers: HeaderMap,
     /// The last few paths asked for and the URLs [`rules::target`] made of them
     /// (see [`Target::url`]).
-    urls: parking_lot::Mutex<Vec<(String, Url)>>,
+    urls: parking_lot::Mutex<Vec<(String, Arc<Url>)>>,
 }
 
 /// How many paths a target keeps the URLs of, and the longest path it keeps: at
@@ -400,6 +403,11 @@ impl Target {
         let headers = fixed_headers(&effective);
         Ok(Self {
             made: Instant::now(),
+            made_fast: kh
+                .inner
+                .fast_clock
+                .as_ref()
+                .map(crate::cache::FastClock::now),
             account,
             integration: effective,
             scheme,
@@ -414,12 +422,12 @@ impl Target {
     /// `path`, which depends on nothing else, kept for the last few paths. Making it
     /// (setting and checking the path) was the largest share of keyhaven's own work
     /// per request, about 3,700 instructions (callgrind, BENCHMARKS.md); a kept one
-    /// costs a comparison and a copy. A refused path is refused each time.
-    fn url(&self, path: &str) -> Result<Url, Error> {
+    /// costs a comparison and a reference count. A refused path is refused each time.
+    fn url(&self, path: &str) -> Result<Arc<Url>, Error> {
         if let Some((_, url)) = self.urls.lock().iter().find(|(kept, _)| kept == path) {
             return Ok(url.clone());
         }
-        let url = rules::target(&self.base, path)?;
+        let url = Arc::new(rules::target(&self.base, path)?);
         if path.len() <= KEPT_PATH_BYTES {
             let mut urls = self.urls.lock();
             if !urls.iter().any(|(kept, _)| kept == path) {
@@ -521,10 +529,14 @@ impl Keyhaven {
 
     /// Where the account's requests go and with what, cached.
     async fn target(&self, id: &ConnectedAccountId) -> Result<Arc<Target>, Error> {
-        if let Some(hit) = self.inner.cache.target(id.as_str())
-            && hit.made.elapsed() < TARGET_TTL
-        {
-            return Ok(hit);
+        if let Some(hit) = self.inner.cache.target(id.as_str()) {
+            let age = match (&self.inner.fast_clock, hit.made_fast) {
+                (Some(clock), Some(made)) => clock.now().saturating_duration_since(made),
+                _ => hit.made.elapsed(),
+            };
+            if age < TARGET_TTL {
+                return Ok(hit);
+            }
         }
         let generation = self.inner.cache.generation();
         let target = Arc::new(Target::read(self, id).await?);
@@ -686,7 +698,7 @@ impl ApiRequest {
         let watch = silence::Guard::new(limit)
             .map_err(|e| Error::Internal(format!("cannot send a request: {e}")))?;
         loop {
-            let mut outgoing = OutgoingRequest::new(method.clone(), url.clone());
+            let mut outgoing = OutgoingRequest::new(method.clone(), Url::clone(&url));
             outgoing.headers = headers.clone();
             let replayable = match &body {
                 Some(Body::Bytes(bytes)) => {
