@@ -86,6 +86,13 @@ pub async fn round(once: &Once, concurrency: usize, seconds: f64) -> Round {
     }
 }
 
+/// The lowest and the highest of `v` (NaN when it is empty).
+pub fn spread(v: &[f64]) -> (f64, f64) {
+    v.iter().fold((f64::NAN, f64::NAN), |(low, high), &x| {
+        (low.min(x), high.max(x))
+    })
+}
+
 /// The median of `v` (not empty).
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -128,6 +135,9 @@ pub struct Row {
     pub p99: f64,
     /// Median latency one request at a time, µs.
     pub alone: f64,
+    /// Each round's requests per second against the reference's in the same round
+    /// (the first way's: all 1): how far the machine's noise moves the ratio.
+    pub round_ratios: Vec<f64>,
 }
 
 /// Measures every way in interleaved rounds, then one at a time (`alone` requests
@@ -157,11 +167,17 @@ pub async fn measure(ways: &[(String, Once)], settings: Settings, alone: usize) 
             one[i].push(t.elapsed().as_secs_f64() * 1e6);
         }
     }
+    let reference = results.first().map(|r| r.0.clone()).unwrap_or_default();
     ways.iter()
         .zip(results)
         .zip(one)
         .map(|(((name, _), (rps, p50, p99)), one)| Row {
             name: name.clone(),
+            round_ratios: rps
+                .iter()
+                .zip(&reference)
+                .map(|(r, base)| r / base)
+                .collect(),
             rps: median(rps),
             p50: median(p50),
             p99: median(p99),
@@ -194,6 +210,7 @@ pub fn rows_json(rows: &[Row], settings: Settings) -> serde_json::Value {
                 "way": r.name, "rps": r.rps, "p50_us": r.p50, "p99_us": r.p99,
                 "throughput_ratio": r.rps / reference.rps, "alone_p50_us": r.alone,
                 "alone_p50_delta_us": r.alone - reference.alone,
+                "round_ratios": r.round_ratios,
             })
         })
         .collect();
@@ -222,12 +239,13 @@ pub fn report(name: &str, rows: &[Row], settings: Settings) {
         settings.concurrency, settings.rounds, settings.seconds
     );
     println!(
-        "| way | requests/s | p50 | p99 | throughput vs first | one at a time: p50 | vs first |"
+        "| way | requests/s | p50 | p99 | throughput vs first | its rounds vs first's | one at a time: p50 | vs first |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for r in rows {
+        let (low, high) = spread(&r.round_ratios);
         println!(
-            "| {} | {:.0} | {:.0} µs | {:.0} µs | {:.2}x | {:.0} µs | {:+.0} µs |",
+            "| {} | {:.0} | {:.0} µs | {:.0} µs | {:.2}x | {low:.2}–{high:.2}x | {:.0} µs | {:+.0} µs |",
             r.name,
             r.rps,
             r.p50,

@@ -327,21 +327,24 @@ fn load_rows(root: &Path, name: &str) -> Result<(Value, Vec<Value>), String> {
 /// A throughput table of a load-generator result (first row = the reference).
 fn load_table(settings: &Value, rows: &[Value]) -> String {
     let mut t = format!(
-        "{} tasks, {} rounds of {} s, interleaved, medians of the rounds:\n\n\
-         | way | requests/s | p50 | p99 | vs first | one at a time: p50 | vs first |\n\
-         |---|---:|---:|---:|---:|---:|---:|\n",
+        "{} tasks, {} rounds of {} s, interleaved, medians of the rounds; \"its rounds\": \
+         the lowest and highest ratio of a round to the first way's round of the same pass, \
+         how far this machine's noise moved it:\n\n\
+         | way | requests/s | p50 | p99 | vs first | its rounds | one at a time: p50 | vs first |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n",
         settings["concurrency"], settings["rounds"], settings["seconds"]
     );
     for r in rows {
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         let _ = writeln!(
             t,
-            "| {} | {:.0} | {:.0} µs | {:.0} µs | **{:.2}x** | {:.0} µs | {:+.0} µs |",
+            "| {} | {:.0} | {:.0} µs | {:.0} µs | **{:.2}x** | {} | {:.0} µs | {:+.0} µs |",
             r["way"].as_str().unwrap_or("?"),
             f("rps"),
             f("p50_us"),
             f("p99_us"),
             f("throughput_ratio"),
+            round_spread(r).map_or(String::new(), |(low, high)| format!("{low:.2}–{high:.2}x")),
             f("alone_p50_us"),
             f("alone_p50_delta_us"),
         );
@@ -358,6 +361,27 @@ fn row<'a>(rows: &'a [Value], prefix: &str) -> Result<&'a Value, String> {
 
 fn num(r: &Value, k: &str) -> f64 {
     r[k].as_f64().unwrap_or(f64::NAN)
+}
+
+/// The lowest and highest of a row's round ratios, when it has them.
+fn round_spread(r: &Value) -> Option<(f64, f64)> {
+    let ratios: Vec<f64> = r["round_ratios"]
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_f64)
+        .collect();
+    let low = ratios.iter().copied().reduce(f64::min)?;
+    let high = ratios.iter().copied().reduce(f64::max)?;
+    Some((low, high))
+}
+
+/// A throughput ratio as a verdict shows it: the median, and its rounds' spread.
+fn ratio_shown(r: &Value) -> String {
+    let ratio = num(r, "throughput_ratio");
+    match round_spread(r) {
+        Some((low, high)) => format!("{ratio:.2}x (rounds {low:.2}–{high:.2}x)"),
+        None => format!("{ratio:.2}x"),
+    }
 }
 
 /// The throughput figures of every row.
@@ -411,7 +435,7 @@ fn proxy(root: &Path, s: Settings, envs: &[(String, String)]) -> Result<Outcome,
     let lib = row(&rows, "library kh.request (audit: log only)")?;
     o.verdict(
         "library request path ≥ 0.95x raw reqwest's throughput",
-        format!("{:.2}x", num(lib, "throughput_ratio")),
+        ratio_shown(lib),
         num(lib, "throughput_ratio") >= 0.95,
     );
     o.verdict(
@@ -422,7 +446,7 @@ fn proxy(root: &Path, s: Settings, envs: &[(String, String)]) -> Result<Outcome,
     let pass = row(&rows, "server passthrough")?;
     o.verdict(
         "server passthrough route ≥ 0.5x raw reqwest's throughput",
-        format!("{:.2}x", num(pass, "throughput_ratio")),
+        ratio_shown(pass),
         num(pass, "throughput_ratio") >= 0.5,
     );
     Ok(o)
@@ -447,7 +471,7 @@ fn server_verdicts(o: &mut Outcome, rows: &[Value], context: &str) -> Result<(),
         let ratio = num(r, "throughput_ratio");
         o.verdict(
             format!("{context}: {what} ≥ {target}x a bare axum handler"),
-            format!("{ratio:.2}x"),
+            ratio_shown(r),
             ratio >= target,
         );
     }
