@@ -375,12 +375,19 @@ fn round_spread(r: &Value) -> Option<(f64, f64)> {
     Some((low, high))
 }
 
-/// A throughput ratio as a verdict shows it: the median, and its rounds' spread.
-fn ratio_shown(r: &Value) -> String {
+/// A throughput ratio as a verdict against `target` shows it: the median, and its
+/// rounds' spread. Two decimals, or three when two would round it onto the target
+/// (0.9486 is not "0.95x" against a 0.95x target).
+fn ratio_shown(r: &Value, target: f64) -> String {
     let ratio = num(r, "throughput_ratio");
+    let places = if format!("{ratio:.2}") == format!("{target:.2}") && ratio != target {
+        3
+    } else {
+        2
+    };
     match round_spread(r) {
-        Some((low, high)) => format!("{ratio:.2}x (rounds {low:.2}–{high:.2}x)"),
-        None => format!("{ratio:.2}x"),
+        Some((low, high)) => format!("{ratio:.places$}x (rounds {low:.2}–{high:.2}x)"),
+        None => format!("{ratio:.places$}x"),
     }
 }
 
@@ -435,7 +442,7 @@ fn proxy(root: &Path, s: Settings, envs: &[(String, String)]) -> Result<Outcome,
     let lib = row(&rows, "library kh.request (audit: log only)")?;
     o.verdict(
         "library request path ≥ 0.95x raw reqwest's throughput",
-        ratio_shown(lib),
+        ratio_shown(lib, 0.95),
         num(lib, "throughput_ratio") >= 0.95,
     );
     o.verdict(
@@ -446,7 +453,7 @@ fn proxy(root: &Path, s: Settings, envs: &[(String, String)]) -> Result<Outcome,
     let pass = row(&rows, "server passthrough")?;
     o.verdict(
         "server passthrough route ≥ 0.5x raw reqwest's throughput",
-        ratio_shown(pass),
+        ratio_shown(pass, 0.5),
         num(pass, "throughput_ratio") >= 0.5,
     );
     Ok(o)
@@ -471,7 +478,7 @@ fn server_verdicts(o: &mut Outcome, rows: &[Value], context: &str) -> Result<(),
         let ratio = num(r, "throughput_ratio");
         o.verdict(
             format!("{context}: {what} ≥ {target}x a bare axum handler"),
-            ratio_shown(r),
+            ratio_shown(r, target),
             ratio >= target,
         );
     }
@@ -779,16 +786,24 @@ fn changes(old: &Value, new: &BTreeMap<String, Figure>, machine: &str) -> String
         }
         let better = (change > 0.0) == f.higher_is_better;
         if rows == 0 {
-            t.push_str("| figure | before | now | change |\n|---|---:|---:|---:|\n");
+            t.push_str(
+                "| figure | before | now | change | before: measured |\n|---|---:|---:|---:|---|\n",
+            );
         }
         rows += 1;
         let other = recorded["machine"]
             .as_str()
             .is_some_and(|before| before != machine);
         elsewhere += usize::from(other);
+        // A section not run last time keeps older figures: say which run each came from.
+        let section = key.split('.').next().unwrap_or(key);
+        let when = old["measured"][section]
+            .as_str()
+            .or_else(|| old["run"].as_str())
+            .unwrap_or("unknown");
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {:+.0}% ({}){} |",
+            "| {} | {} | {} | {:+.0}% ({}){} | {when} |",
             f.label,
             fmt_value(before, f.unit),
             fmt_value(f.value, f.unit),
@@ -807,7 +822,7 @@ fn changes(old: &Value, new: &BTreeMap<String, Figure>, machine: &str) -> String
         format!("Against the figures recorded before ({since}): no figure moved by 10% or more.")
     } else {
         format!(
-            "Against the figures recorded before ({since}), the figures that moved by 10% or more (this machine's noise between runs is about ±15%):\n\n{t}"
+            "Against the figures recorded before (the last run, {since}, or for a section it did not run, the run named in the last column), the figures that moved by 10% or more (this machine's noise between runs is about ±15%):\n\n{t}"
         )
     }
 }
@@ -1016,9 +1031,24 @@ mod tests {
         on_a["figures"]["b"]["machine"] = json!("cpu A");
         on_a["figures"]["c"]["machine"] = json!("cpu B");
         let t = changes(&on_a, &new, "cpu B");
-        assert!(t.contains("+30% (worse), other machine |"), "{t}");
-        assert!(t.contains("+30% (better) |"), "{t}");
+        assert!(t.contains("+30% (worse), other machine | r1 |"), "{t}");
+        assert!(t.contains("+30% (better) | r1 |"), "{t}");
         assert!(t.contains("measured on another machine"), "{t}");
+        // A figure whose section was last run before says when.
+        let mut older = old.clone();
+        older["measured"] = json!({"b": "r0"});
+        let t = changes(&older, &new, "cpu A");
+        assert!(t.contains("+30% (worse) | r0 |"), "{t}");
+        assert!(t.contains("+30% (better) | r1 |"), "{t}");
+    }
+
+    #[test]
+    fn a_ratio_next_to_its_target_shows_which_side_it_is_on() {
+        let r = |ratio: f64| json!({"throughput_ratio": ratio});
+        assert_eq!(ratio_shown(&r(0.9486), 0.95), "0.949x");
+        assert_eq!(ratio_shown(&r(0.9512), 0.95), "0.951x");
+        assert_eq!(ratio_shown(&r(0.95), 0.95), "0.95x");
+        assert_eq!(ratio_shown(&r(0.8812), 0.95), "0.88x");
     }
 
     #[test]
