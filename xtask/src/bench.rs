@@ -223,7 +223,7 @@ fn cache(root: &Path, s: Settings, envs: &[(String, String)]) -> Result<Outcome,
     o.verdict("cached `credentials(id)` ≤ 100 ns", ns(kh), kh <= 100.0);
     o.verdict(
         "cached `credentials(id)` ≤ 4x a bare HashMap read",
-        format!("{:.2}x", kh / bare),
+        ratio_text(kh / bare, 4.0),
         kh / bare <= 4.0,
     );
     Ok(o)
@@ -303,7 +303,7 @@ fn store(root: &Path, s: Settings, envs: &[(String, String)]) -> Result<Outcome,
         );
         o.verdict(
             format!("{db}: store read ≤ {limit}x the bare query (1M accounts)"),
-            format!("{ratio:.2}x"),
+            ratio_text(ratio, limit),
             ratio <= limit,
         );
         o.verdict(
@@ -375,19 +375,24 @@ fn round_spread(r: &Value) -> Option<(f64, f64)> {
     Some((low, high))
 }
 
-/// A throughput ratio as a verdict against `target` shows it: the median, and its
-/// rounds' spread. Two decimals, or three when two would round it onto the target
-/// (0.9486 is not "0.95x" against a 0.95x target).
-fn ratio_shown(r: &Value, target: f64) -> String {
-    let ratio = num(r, "throughput_ratio");
+/// A ratio as a verdict against `target` shows it: two decimals, or three when two
+/// would round it onto the target (0.9486 is not "0.95x" against a 0.95x target).
+fn ratio_text(ratio: f64, target: f64) -> String {
     let places = if format!("{ratio:.2}") == format!("{target:.2}") && ratio != target {
         3
     } else {
         2
     };
+    format!("{ratio:.places$}x")
+}
+
+/// A throughput ratio as a verdict against `target` shows it ([`ratio_text`]), with
+/// its rounds' spread.
+fn ratio_shown(r: &Value, target: f64) -> String {
+    let ratio = ratio_text(num(r, "throughput_ratio"), target);
     match round_spread(r) {
-        Some((low, high)) => format!("{ratio:.places$}x (rounds {low:.2}–{high:.2}x)"),
-        None => format!("{ratio:.places$}x"),
+        Some((low, high)) => format!("{ratio} (rounds {low:.2}–{high:.2}x)"),
+        None => ratio,
     }
 }
 
@@ -641,7 +646,7 @@ fn storms(root: &Path, _s: Settings, envs: &[(String, String)]) -> Result<Outcom
         if let Some(x) = ratio.filter(|_| judged) {
             o.verdict(
                 format!("{place} on {db}: {kind}, {instances} instance(s), ≤ 1.5x the same number of bare token requests"),
-                format!("{x:.2}x"),
+                ratio_text(x, 1.5),
                 x <= 1.5,
             );
         }
@@ -1049,6 +1054,8 @@ mod tests {
         assert_eq!(ratio_shown(&r(0.9512), 0.95), "0.951x");
         assert_eq!(ratio_shown(&r(0.95), 0.95), "0.95x");
         assert_eq!(ratio_shown(&r(0.8812), 0.95), "0.88x");
+        assert_eq!(ratio_text(1.5041, 1.5), "1.504x");
+        assert_eq!(ratio_text(1.78, 1.5), "1.78x");
     }
 
     #[test]
