@@ -172,6 +172,7 @@ impl KeyRing {
     /// This ring, also decrypting with the keys of `older` that it lacks: what a
     /// running store keeps when its key file changes, so that nothing it could read
     /// becomes unreadable to it.
+    #[cfg(feature = "sqlite")]
     pub(crate) fn keeping(mut self, older: &Self) -> Self {
         for (id, cipher) in &older.ciphers {
             self.ciphers
@@ -222,6 +223,7 @@ impl KeyRing {
 
     /// Whether the key `blob` names is in the ring (a blob naming none is not ours:
     /// decrypting it says so).
+    #[cfg(feature = "sqlite")]
     pub(crate) fn knows(&self, blob: &[u8]) -> bool {
         Self::key_id_of(blob).is_none_or(|id| self.ciphers.contains_key(id))
     }

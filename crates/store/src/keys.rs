@@ -300,6 +300,7 @@ pub const KEY_FILE_CHECK: std::time::Duration = std::time::Duration::from_secs(1
 
 /// What tells one version of a key file from another: every write of it is a new
 /// file renamed into place, so a new inode (and usually a new size and time).
+#[cfg(feature = "sqlite")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FileStamp {
     dev: u64,
@@ -312,6 +313,7 @@ pub(crate) struct FileStamp {
     mode: u32,
 }
 
+#[cfg(feature = "sqlite")]
 impl FileStamp {
     /// The version of the file at `path` now; `None` when it cannot be looked at.
     pub(crate) fn of(path: &Path) -> Option<Self> {
@@ -343,6 +345,7 @@ impl FileStamp {
 /// process takes up what `keyhaven keys rotate` (another process) wrote to it: the
 /// new primary key for its writes, within [`KEY_FILE_CHECK`], and the key of a value
 /// re-encrypted under it as soon as that value is read.
+#[cfg(feature = "sqlite")]
 #[derive(Debug)]
 pub(crate) struct KeyFileWatch {
     file: KeyFile,
@@ -353,6 +356,7 @@ pub(crate) struct KeyFileWatch {
     since: std::time::Instant,
 }
 
+#[cfg(feature = "sqlite")]
 impl KeyFileWatch {
     /// Follows `file`, whose version `stamp` was taken before the keys in use were
     /// read from it (a change made in between is then read again, harmlessly,

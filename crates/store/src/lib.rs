@@ -51,7 +51,7 @@ pub use rotate::RotationReport;
 pub use sqlite::{DB_FILE, SqliteStore};
 
 /// A random token (128 bits, hex) naming a lock holder.
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn random_token() -> Result<String, keyhaven_core::StoreError> {
     keyhaven_core::random_hex::<16>().map_err(|e| keyhaven_core::StoreError::Backend(Box::new(e)))
 }
